@@ -1,0 +1,140 @@
+use std::collections::HashMap;
+use std::path::Path;
+
+use switchyard_errors::ErrorName;
+
+use crate::AwsError;
+
+/// Environment variable naming the local endpoint map (a JSON file). Set only in the local
+/// cell; absent in AWS, where the cluster's DNS endpoint is used.
+pub const LOCAL_ENDPOINTS_ENV: &str = "SWITCHYARD_LOCAL_ENDPOINTS";
+
+/// Where a cluster identifier can be reached right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterEndpoint {
+    pub identifier: String,
+    /// `DbClusterResourceId`: stable across renames, unlike the identifier.
+    pub resource_id: String,
+    pub status: String,
+    pub engine_version: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl ClusterEndpoint {
+    pub fn is_available(&self) -> bool {
+        self.status == "available"
+    }
+}
+
+/// Local stand-in for DNS: `DbClusterResourceId` → `host:port` of the server behind it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct LocalEndpoints(HashMap<String, String>);
+
+impl LocalEndpoints {
+    pub fn new(map: HashMap<String, String>) -> Self {
+        Self(map)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, AwsError> {
+        let context = format!("loading local endpoint map {}", path.display());
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| AwsError::new(ErrorName::ConfigurationError, &context, e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| AwsError::new(ErrorName::ConfigurationError, &context, e.to_string()))
+    }
+
+    fn address(&self, resource_id: &str) -> Option<(String, u16)> {
+        let addr = self.0.get(resource_id)?;
+        let (host, port) = addr.rsplit_once(':')?;
+        Some((host.to_owned(), port.parse().ok()?))
+    }
+}
+
+/// How a cluster identifier becomes an address: AWS uses the cluster endpoint from
+/// `DescribeDBClusters`; the local cell maps the cluster's resource id to a local server.
+/// Both look the identifier up at call time, so a rename is followed exactly as DNS would.
+#[derive(Clone, Debug)]
+pub enum EndpointResolver {
+    Aws,
+    Local(LocalEndpoints),
+}
+
+impl EndpointResolver {
+    /// Local when [`LOCAL_ENDPOINTS_ENV`] is set, AWS otherwise.
+    pub fn from_env() -> Result<Self, AwsError> {
+        match std::env::var_os(LOCAL_ENDPOINTS_ENV) {
+            Some(path) => Ok(Self::Local(LocalEndpoints::load(Path::new(&path))?)),
+            None => Ok(Self::Aws),
+        }
+    }
+
+    /// Resolves whichever cluster holds `identifier` now. A missing cluster is
+    /// `ClusterNotAvailable` (during a rename the name is briefly unheld).
+    pub async fn resolve(&self, rds: &aws_sdk_rds::Client, identifier: &str) -> Result<ClusterEndpoint, AwsError> {
+        let context = format!("describing DB cluster {identifier}");
+        let out = rds
+            .describe_db_clusters()
+            .db_cluster_identifier(identifier)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.as_service_error().is_some_and(|s| s.is_db_cluster_not_found_fault()) {
+                    AwsError::new(ErrorName::ClusterNotAvailable, &context, "no cluster holds this identifier")
+                } else {
+                    AwsError::from_sdk(&context, &e)
+                }
+            })?;
+        let cluster = out
+            .db_clusters()
+            .first()
+            .ok_or_else(|| AwsError::new(ErrorName::ClusterNotAvailable, &context, "no cluster holds this identifier"))?;
+        let missing = |field: &str| AwsError::new(ErrorName::AwsError, &context, format!("response has no {field}"));
+        let resource_id = cluster.db_cluster_resource_id().ok_or_else(|| missing("DbClusterResourceId"))?;
+        let (host, port) = match self {
+            Self::Aws => {
+                let host = cluster.endpoint().ok_or_else(|| missing("Endpoint"))?;
+                let port = cluster.port().ok_or_else(|| missing("Port"))?;
+                let port = u16::try_from(port).map_err(|_| missing("valid Port"))?;
+                (host.to_owned(), port)
+            }
+            Self::Local(map) => map.address(resource_id).ok_or_else(|| {
+                AwsError::new(
+                    ErrorName::ConfigurationError,
+                    &context,
+                    format!("resource id {resource_id} is not in the local endpoint map"),
+                )
+            })?,
+        };
+        Ok(ClusterEndpoint {
+            identifier: cluster.db_cluster_identifier().unwrap_or(identifier).to_owned(),
+            resource_id: resource_id.to_owned(),
+            status: cluster.status().unwrap_or_default().to_owned(),
+            engine_version: cluster.engine_version().unwrap_or_default().to_owned(),
+            host,
+            port,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_map_parses_host_and_port() {
+        let map = LocalEndpoints::new(HashMap::from([
+            ("cluster-ABC".to_owned(), "127.0.0.11:5432".to_owned()),
+            ("cluster-BAD".to_owned(), "nowhere".to_owned()),
+        ]));
+        assert_eq!(map.address("cluster-ABC"), Some(("127.0.0.11".to_owned(), 5432)));
+        assert_eq!(map.address("cluster-BAD"), None);
+        assert_eq!(map.address("cluster-XYZ"), None);
+    }
+
+    #[test]
+    fn local_map_is_plain_json_object() {
+        let map: LocalEndpoints = serde_json::from_str(r#"{"cluster-A":"127.0.0.2:1"}"#).expect("json");
+        assert_eq!(map.address("cluster-A"), Some(("127.0.0.2".to_owned(), 1)));
+    }
+}

@@ -1,0 +1,12 @@
+//! AWS access: clients built once from the standard config chain (so `AWS_ENDPOINT_URL`
+//! points them at moto locally), SSM SecureString reads, and cluster endpoint resolution.
+
+mod clients;
+mod endpoints;
+mod error;
+mod secrets;
+
+pub use clients::AwsClients;
+pub use endpoints::{ClusterEndpoint, EndpointResolver, LocalEndpoints, LOCAL_ENDPOINTS_ENV};
+pub use error::AwsError;
+pub use secrets::{read_credentials, read_secure_string, DbCredentials};

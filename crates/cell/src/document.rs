@@ -1,0 +1,419 @@
+//! The cell document's shape: what a run is told about one cell.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::CellError;
+
+/// The checked-in example (`cells/local.json`), which the local rehearsal runs.
+pub const EXAMPLE: &str = include_str!("../../../cells/local.json");
+
+/// Everything a run needs to know about one cell. It travels as execution input, so it
+/// holds SSM parameter names only, never secrets.
+///
+/// Deserializing alone does not validate: use [`CellDocument::from_json`] or
+/// [`CellDocument::from_value`], or call [`CellDocument::validate`] on an embedded copy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CellDocument {
+    /// The cell's name; lowercase letters, digits and hyphens.
+    pub cell_id: String,
+    /// The AWS region the cell lives in, e.g. `us-east-1`.
+    pub region: String,
+    /// Where the cell runs, which decides what transport is acceptable.
+    pub environment: Environment,
+    /// Every database on blue that is replicated to green.
+    pub databases: Vec<String>,
+    /// The cluster serving today.
+    pub blue: ClusterRef,
+    /// The cluster on the new major version that takes over.
+    pub green: ClusterRef,
+    /// The PostgreSQL major version green runs.
+    pub target_major_version: u32,
+    /// Where the orchestrator's and applications' credentials live in SSM.
+    pub credentials: Credentials,
+    /// The PgBouncer fleet that fronts blue.
+    pub pgbouncer: PgBouncer,
+    /// ECS services that write to blue without PgBouncer; scaled to zero for the switchover.
+    #[serde(default)]
+    pub direct_writers: Vec<DirectWriter>,
+    /// Databases that subscribe to blue's publications.
+    #[serde(default)]
+    pub downstream: Vec<Downstream>,
+    /// Tables replicated through their own publication.
+    #[serde(default)]
+    pub table_groups: Vec<TableGroup>,
+    /// Time and size limits of the run.
+    #[serde(default)]
+    pub budgets: Budgets,
+}
+
+/// Where a cell runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Environment {
+    /// The local rehearsal: containers on one machine.
+    Local,
+    /// A real cell in an AWS account.
+    Aws,
+}
+
+impl Environment {
+    /// Whether connections may skip TLS: only on the local rehearsal, where the traffic
+    /// never leaves the machine.
+    pub fn allows_plain_tcp(self) -> bool {
+        matches!(self, Self::Local)
+    }
+}
+
+/// An Aurora cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterRef {
+    /// The DB cluster identifier, lowercase as RDS reports it.
+    pub cluster_identifier: String,
+}
+
+/// SSM parameter names of the credentials a run uses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// The orchestrator's own role (a SecureString holding its password).
+    pub orchestrator_parameter: String,
+    /// The SSM path, ending in `/`, under which each application role's password lives.
+    pub application_roles_path: String,
+}
+
+/// The PgBouncer fleet in front of blue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgBouncer {
+    /// How to find every instance.
+    pub discovery: Discovery,
+    /// SSM parameter name of the admin console credentials.
+    pub admin_credentials_parameter: String,
+    /// The PgBouncer databases to PAUSE and RESUME; each is one of the cell's databases.
+    pub databases: Vec<String>,
+}
+
+/// How to find every PgBouncer instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Discovery {
+    /// A fixed list of admin endpoints.
+    Static {
+        /// `host:port` of each instance's admin console.
+        hosts: Vec<String>,
+    },
+    /// The running tasks of an ECS service.
+    EcsService {
+        /// The ECS cluster name.
+        ecs_cluster: String,
+        /// The ECS service name.
+        service: String,
+        /// The admin console port on each task.
+        admin_port: u16,
+    },
+}
+
+/// An ECS service that writes to blue directly.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectWriter {
+    /// The ECS cluster name.
+    pub ecs_cluster: String,
+    /// The ECS service name.
+    pub service: String,
+}
+
+/// A database outside the cell that subscribes to blue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Downstream {
+    /// A short name, unique in the cell.
+    pub name: String,
+    /// `host:port` of the subscriber.
+    pub endpoint: String,
+    /// The subscriber's database holding the subscriptions.
+    pub database: String,
+    /// SSM parameter name of an admin login on the subscriber.
+    pub credentials_parameter: String,
+    /// SSM parameter name of the replication login the subscriptions use on the publisher.
+    pub publisher_credentials_parameter: String,
+    /// The subscriptions to drop and recreate around the switchover.
+    pub subscriptions: Vec<String>,
+    /// The NLB target group (ARN or name) through which the subscriber reaches the writer.
+    pub nlb_target_group: String,
+}
+
+/// Tables replicated through a publication of their own, e.g. the hottest ones.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableGroup {
+    /// The group's name, unique in the cell.
+    pub name: String,
+    /// Its tables; a table belongs to at most one group.
+    pub tables: Vec<TableRef>,
+}
+
+/// A table, unquoted. `Display` prints `schema.table`; quoting for SQL is done where SQL is
+/// built.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableRef {
+    /// The schema name.
+    pub schema: String,
+    /// The table name.
+    pub table: String,
+}
+
+impl fmt::Display for TableRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+/// Time and size limits of a run. Every field has a default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Budgets {
+    /// How long PgBouncer may take to drain on PAUSE.
+    pub drain_seconds: u64,
+    /// How long writes may stay paused in total; keep it below PgBouncer's `query_wait_timeout`.
+    pub pause_seconds: u64,
+    /// How long the slot-lag gate waits for green to catch up.
+    pub lag_gate_seconds: u64,
+    /// Replication lag under which green counts as caught up before the switchover.
+    pub max_replication_lag_bytes: u64,
+    /// How far past blue's value each sequence is set on green.
+    pub sequence_gap: u64,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self {
+            drain_seconds: 30,
+            pause_seconds: 60,
+            lag_gate_seconds: 120,
+            max_replication_lag_bytes: 1024 * 1024,
+            sequence_gap: 1000,
+        }
+    }
+}
+
+impl CellDocument {
+    /// Parses and validates a document; errors name the offending field.
+    pub fn from_json(json: &str) -> Result<Self, CellError> {
+        let mut deserializer = serde_json::Deserializer::from_str(json);
+        let document: Self = parse(&mut deserializer)?;
+        deserializer.end().map_err(|e| CellError::Malformed {
+            path: ".".to_owned(),
+            message: e.to_string(),
+        })?;
+        document.validate()?;
+        Ok(document)
+    }
+
+    /// Parses and validates a document received as a Lambda payload.
+    pub fn from_value(value: serde_json::Value) -> Result<Self, CellError> {
+        let document: Self = parse(value)?;
+        document.validate()?;
+        Ok(document)
+    }
+
+    /// The identifier blue gets when green takes its name: `<id>-blue-<major>`.
+    pub fn blue_renamed_identifier(&self, blue_major: u32) -> String {
+        format!("{}-blue-{blue_major}", self.blue.cluster_identifier)
+    }
+}
+
+fn parse<'de, T, D>(deserializer: D) -> Result<T, CellError>
+where
+    T: DeserializeOwned,
+    D: serde::Deserializer<'de>,
+{
+    serde_path_to_error::deserialize(deserializer).map_err(|e| CellError::Malformed {
+        path: e.path().to_string(),
+        message: e.inner().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn example_value() -> Value {
+        serde_json::from_str(EXAMPLE).expect("the example is JSON")
+    }
+
+    /// The error for `value` as JSON text and as a Lambda payload; both must name the field.
+    fn parse_errors(value: Value) -> [String; 2] {
+        let from_json = CellDocument::from_json(&value.to_string());
+        let from_value = CellDocument::from_value(value.clone());
+        match (from_json, from_value) {
+            (Err(a), Err(b)) => [a.to_string(), b.to_string()],
+            _ => panic!("accepted {value}"),
+        }
+    }
+
+    #[test]
+    fn example_parses_and_validates() {
+        let document = CellDocument::from_json(EXAMPLE).expect("example is valid");
+        assert_eq!(document.cell_id, "local-a");
+        assert_eq!(document.environment, Environment::Local);
+        assert_eq!(
+            document.pgbouncer.discovery,
+            Discovery::Static {
+                hosts: vec!["127.0.0.1:6432".to_owned()]
+            }
+        );
+        assert_eq!(document.downstream[0].subscriptions, ["search_sub"]);
+        assert_eq!(document.budgets, Budgets::default());
+        assert_eq!(
+            CellDocument::from_value(example_value()).expect("example is valid"),
+            document
+        );
+    }
+
+    #[test]
+    fn example_round_trips_through_json() {
+        let document = CellDocument::from_json(EXAMPLE).expect("example is valid");
+        let json = serde_json::to_string(&document).expect("serialize");
+        assert_eq!(CellDocument::from_json(&json).expect("reparse"), document);
+        assert_eq!(
+            serde_json::to_value(&document).expect("serialize"),
+            example_value()
+        );
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let mut value = example_value();
+        value.as_object_mut().expect("object").remove("region");
+        for error in parse_errors(value) {
+            assert!(error.contains("`region`"), "{error}");
+        }
+    }
+
+    #[test]
+    fn missing_nested_field_is_named_with_its_path() {
+        let mut value = example_value();
+        value["downstream"][0]
+            .as_object_mut()
+            .expect("object")
+            .remove("endpoint");
+        for error in parse_errors(value) {
+            assert!(
+                error.contains("downstream[0]: missing field `endpoint`"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_path() {
+        let mut value = example_value();
+        value["budgets"] = json!({ "pause_seconds": "sixty" });
+        for error in parse_errors(value) {
+            assert!(
+                error.contains("budgets.pause_seconds: invalid type"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_and_named() {
+        let mut value = example_value();
+        value["blue"]["password"] = json!("hunter2");
+        for error in parse_errors(value) {
+            assert!(
+                error.contains("blue.password: unknown field `password`"),
+                "{error}"
+            );
+            assert!(!error.contains("hunter2"), "{error}");
+        }
+
+        let mut value = example_value();
+        value["pgbouncer"]["discovery"] = json!({ "dns": { "name": "pgbouncer.local" } });
+        for error in parse_errors(value) {
+            assert!(
+                error.contains("pgbouncer.discovery: unknown variant `dns`"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn trailing_data_is_rejected() {
+        assert!(CellDocument::from_json(&format!("{EXAMPLE} {{}}")).is_err());
+    }
+
+    #[test]
+    fn optional_sections_default() {
+        let mut value = example_value();
+        let object = value.as_object_mut().expect("object");
+        for key in ["direct_writers", "downstream", "table_groups", "budgets"] {
+            object.remove(key);
+        }
+        let document = CellDocument::from_value(value).expect("valid without optional sections");
+        assert!(document.direct_writers.is_empty());
+        assert!(document.downstream.is_empty());
+        assert!(document.table_groups.is_empty());
+        assert_eq!(document.budgets, Budgets::default());
+
+        let mut value = example_value();
+        value["budgets"] = json!({ "pause_seconds": 45 });
+        let document = CellDocument::from_value(value).expect("valid with partial budgets");
+        assert_eq!(document.budgets.pause_seconds, 45);
+        assert_eq!(document.budgets.drain_seconds, 30);
+        assert_eq!(document.budgets.lag_gate_seconds, 120);
+        assert_eq!(document.budgets.max_replication_lag_bytes, 1_048_576);
+        assert_eq!(document.budgets.sequence_gap, 1000);
+    }
+
+    #[test]
+    fn ecs_service_discovery_parses() {
+        let mut value = example_value();
+        value["pgbouncer"]["discovery"] = json!({
+            "ecs_service": { "ecs_cluster": "cell-a", "service": "pgbouncer", "admin_port": 6432 }
+        });
+        let document = CellDocument::from_value(value).expect("valid");
+        assert_eq!(
+            document.pgbouncer.discovery,
+            Discovery::EcsService {
+                ecs_cluster: "cell-a".to_owned(),
+                service: "pgbouncer".to_owned(),
+                admin_port: 6432,
+            }
+        );
+    }
+
+    #[test]
+    fn only_local_allows_plain_tcp() {
+        assert!(Environment::Local.allows_plain_tcp());
+        assert!(!Environment::Aws.allows_plain_tcp());
+        let aws: Environment = serde_json::from_value(json!("aws")).expect("aws");
+        assert_eq!(aws, Environment::Aws);
+        assert!(serde_json::from_value::<Environment>(json!("Aws")).is_err());
+    }
+
+    #[test]
+    fn blue_is_renamed_with_its_major() {
+        let document = CellDocument::from_json(EXAMPLE).expect("example is valid");
+        assert_eq!(document.blue_renamed_identifier(16), "local-a-blue-16");
+    }
+
+    #[test]
+    fn table_ref_displays_unquoted() {
+        let table = TableRef {
+            schema: "public".to_owned(),
+            table: "payments".to_owned(),
+        };
+        assert_eq!(table.to_string(), "public.payments");
+    }
+}

@@ -1,0 +1,14 @@
+//! The cell document: the execution input every operation is driven by, and its validation.
+//!
+//! The document appears in Step Functions execution history, so it holds SSM parameter
+//! names and never the secrets themselves.
+
+mod document;
+mod error;
+mod validation;
+
+pub use document::{
+    Budgets, CellDocument, ClusterRef, Credentials, DirectWriter, Discovery, Downstream,
+    Environment, PgBouncer, TableGroup, TableRef, EXAMPLE,
+};
+pub use error::{CellError, Problem};
