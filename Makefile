@@ -1,0 +1,37 @@
+# switchyard — every entry point a newcomer, an operator or CI needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+LOCAL_CELL := target/debug/local-cell
+
+.PHONY: help setup build test test-unit test-cell lint fmt cell-up cell-down cell-status clean-cell
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: ## install pinned PostgreSQL servers, PgBouncer, psql/pg_dump 15 and moto into .cache/
+	bash scripts/setup.sh
+
+build: ## build every crate (debug)
+	$(CARGO) build --workspace --all-targets --locked
+
+test: setup ## run every test: unit tests and the local-cell tests against real servers
+	bash scripts/test.sh
+
+lint: ## rustfmt and clippy, warnings are errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+cell-up: setup ## start a local cell in the background (BLUE_PG=14 GREEN_PG=17 CELL_ROWS=1000)
+	$(CARGO) build --locked -p switchyard-local-cell --bin local-cell
+	$(LOCAL_CELL) up --detach
+
+cell-down: ## stop the local cell started by cell-up
+	@if [ -x $(LOCAL_CELL) ]; then $(LOCAL_CELL) down; else echo "no local cell binary"; fi
+
+cell-status: ## is a local cell running?
+	@$(LOCAL_CELL) status

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole suite: unit tests, then the local-cell tests (real PostgreSQL, PgBouncer and
+# moto), then a check that no server the run started is still alive, pass or fail.
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+# Each local-cell test starts a whole cell; two at a time fit the 2-core machine.
+threads=${TEST_THREADS:-2}
+status=0
+if command -v cargo-nextest >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --test-threads "$threads" --no-fail-fast || status=$?
+else
+  cargo test --workspace --locked --no-fail-fast -- --test-threads "$threads" || status=$?
+fi
+bash scripts/check-leftovers.sh || status=1
+exit $status

@@ -1,0 +1,72 @@
+//! Where the installed pieces are: what `make setup` (scripts/setup.sh) put in the cache.
+
+use std::path::{Path, PathBuf};
+
+use crate::CellError;
+
+/// Paths to binaries and to this run's working area.
+#[derive(Clone, Debug)]
+pub struct Install {
+    cache: PathBuf,
+    work: PathBuf,
+}
+
+impl Install {
+    /// `SWITCHYARD_CACHE` (default `<repo>/.cache`) and `SWITCHYARD_WORK_DIR`
+    /// (default `<repo>/target/local-cell`).
+    pub fn from_env() -> Self {
+        let repo = repo_root();
+        let cache = std::env::var_os("SWITCHYARD_CACHE").map(PathBuf::from).unwrap_or_else(|| repo.join(".cache"));
+        let work = std::env::var_os("SWITCHYARD_WORK_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo.join("target").join("local-cell"));
+        Self { cache, work }
+    }
+
+    pub fn work_dir(&self) -> &Path {
+        &self.work
+    }
+
+    /// Pids of every server alive right now, one file each (see `process`).
+    pub fn registry(&self) -> PathBuf {
+        self.work.join("pids")
+    }
+
+    pub fn pg_bin(&self, major: u32) -> Result<PathBuf, CellError> {
+        existing(self.cache.join("pg").join(major.to_string()).join("bin"), &format!("PostgreSQL {major}"))
+    }
+
+    /// psql from Debian's postgresql-client-15: the npm server builds ship no client tools.
+    pub fn psql(&self) -> Result<PathBuf, CellError> {
+        existing(PathBuf::from("/usr/lib/postgresql/15/bin/psql"), "psql 15")
+    }
+
+    pub fn pgbouncer(&self) -> Result<PathBuf, CellError> {
+        existing(PathBuf::from("/usr/sbin/pgbouncer"), "pgbouncer")
+    }
+
+    pub fn moto_server(&self) -> Result<PathBuf, CellError> {
+        existing(self.cache.join("venv").join("bin").join("moto_server"), "moto")
+    }
+
+    pub fn fixture(&self) -> PathBuf {
+        repo_root().join("tests").join("fixtures").join("app.sql")
+    }
+
+    pub fn example_cell_document(&self) -> PathBuf {
+        repo_root().join("cells").join("local.json")
+    }
+}
+
+fn existing(path: PathBuf, what: &str) -> Result<PathBuf, CellError> {
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(CellError::Setup(format!("{what} not found at {}: run `make setup`", path.display())))
+    }
+}
+
+fn repo_root() -> PathBuf {
+    // tests/local-cell → the repository root, wherever the clone lives.
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..")
+}

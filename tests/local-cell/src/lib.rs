@@ -1,0 +1,34 @@
+//! The local cell: one cell's whole environment on one machine, with real servers.
+//!
+//! Blue and green PostgreSQL of different majors, a downstream "search" database that
+//! subscribes to blue through an emulated NLB, a real PgBouncer in front of blue's emulated
+//! cluster endpoint, moto holding the AWS side (clusters, SSM, ECS, the target group), and
+//! the workloads. It is built from a cell document, so the names the operations read
+//! (identifiers, SSM parameters, services, target group) are the ones that exist here.
+//!
+//! Everything started is stopped when the [`LocalCell`] is dropped, pass or fail.
+
+mod cell;
+mod forwarder;
+mod install;
+mod moto;
+mod pg;
+mod pgbouncer;
+mod process;
+mod workload;
+
+pub use cell::{wait_subscription_ready, CellOptions, CellSecrets, LocalCell, RoleSecret, SEARCH_PUBLICATION};
+pub use forwarder::{Forwarder, Route};
+pub use install::Install;
+pub use pg::{PgServer, PgServerSpec, ServerTls};
+pub use process::{start_time as process_start_time, RunAs};
+pub use workload::{audit_keys, Ack, DirectWriterSpec, DirectWriters, KeyAudit, Ledger, LedgerSpec, Tally};
+
+/// Why the cell could not be built or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum CellError {
+    #[error("local cell setup: {0}")]
+    Setup(String),
+    #[error("local cell workload: {0}")]
+    Workload(String),
+}

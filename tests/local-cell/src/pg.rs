@@ -1,0 +1,195 @@
+//! A real PostgreSQL server of a chosen major, as one cluster of the cell.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use switchyard_postgres::{connect, ConnectOptions, Tls};
+use switchyard_telemetry::Secret;
+
+use crate::install::Install;
+use crate::process::{free_port, run_to_end, server_dir, RunAs, Server};
+use crate::CellError;
+
+/// TLS material for a server that should require encrypted connections.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+#[derive(Debug)]
+pub struct PgServerSpec<'a> {
+    pub name: &'a str,
+    pub major: u32,
+    /// A loopback address of its own: moto's target groups key targets by IP, so each
+    /// server needs a distinct one, as each Aurora writer has.
+    pub ip: &'a str,
+    pub superuser: &'a str,
+    pub superuser_password: &'a Secret,
+    pub tls: Option<ServerTls>,
+}
+
+/// A running server. Stopped (fast shutdown) when dropped.
+#[derive(Debug)]
+pub struct PgServer {
+    pub name: String,
+    pub major: u32,
+    pub ip: String,
+    pub port: u16,
+    pub version_num: i32,
+    pub version: String,
+    superuser: String,
+    superuser_password: Secret,
+    server: Server,
+}
+
+impl PgServer {
+    pub async fn start(spec: &PgServerSpec<'_>, install: &Install, run_dir: &Path, run_as: Option<RunAs>) -> Result<Self, CellError> {
+        let bin = install.pg_bin(spec.major)?;
+        let data = run_dir.join(format!("{}-data", spec.name));
+        let log = run_dir.join("logs").join(format!("{}.log", spec.name));
+        server_dir(run_as, &data, 0o700)?;
+
+        // initdb reads the password from a file that only the server user can read, and
+        // that is removed as soon as initdb is done.
+        let pwfile = run_dir.join(format!("{}-pwfile", spec.name));
+        fs::write(&pwfile, spec.superuser_password.expose()).map_err(|e| CellError::Setup(format!("pwfile: {e}")))?;
+        fs::set_permissions(&pwfile, fs::Permissions::from_mode(0o600)).map_err(|e| CellError::Setup(format!("pwfile: {e}")))?;
+        RunAs::own(run_as, &pwfile)?;
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", spec.superuser, "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C", "--no-sync"])
+            .arg(format!("--pwfile={}", pwfile.display()));
+        let result = run_to_end(&format!("initdb ({})", spec.name), initdb, run_as, &log).await;
+        let _ = fs::remove_file(&pwfile);
+        result?;
+
+        let port = free_port(spec.ip)?;
+        let mut conf = format!(
+            "listen_addresses = '{ip}'\nport = {port}\nunix_socket_directories = ''\n\
+             wal_level = logical\nmax_replication_slots = 20\nmax_wal_senders = 20\n\
+             max_logical_replication_workers = 12\nmax_worker_processes = 24\nmax_connections = 200\n\
+             shared_buffers = 32MB\nfsync = off\nsynchronous_commit = on\npassword_encryption = 'scram-sha-256'\n\
+             log_line_prefix = '%m [%p] %u@%d '\nlog_min_messages = warning\nlog_connections = off\n\
+             lc_messages = 'C'\n",
+            ip = spec.ip,
+        );
+        if let Some(tls) = &spec.tls {
+            for (file, body) in [("server.crt", &tls.cert_pem), ("server.key", &tls.key_pem)] {
+                let path = data.join(file);
+                fs::write(&path, body).map_err(|e| CellError::Setup(format!("{file}: {e}")))?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(|e| CellError::Setup(format!("{file}: {e}")))?;
+                RunAs::own(run_as, &path)?;
+            }
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        }
+        append(&data.join("postgresql.conf"), &conf)?;
+        let method = if spec.tls.is_some() { "hostssl" } else { "host" };
+        fs::write(
+            data.join("pg_hba.conf"),
+            format!("{method} all all 127.0.0.0/8 scram-sha-256\n{method} replication all 127.0.0.0/8 scram-sha-256\n"),
+        )
+        .map_err(|e| CellError::Setup(format!("pg_hba.conf: {e}")))?;
+
+        let (version, version_num) = server_version(&bin)?;
+        if version_num / 10000 != spec.major as i32 {
+            return Err(CellError::Setup(format!("{} binaries are {version}, not major {}", spec.name, spec.major)));
+        }
+        let mut cmd = Command::new(bin.join("postgres"));
+        cmd.arg("-D").arg(&data);
+        // SIGINT is PostgreSQL's fast shutdown: abort transactions, checkpoint, exit.
+        let mut server = Server::spawn(spec.name, cmd, run_as, &log, &install.registry(), Signal::SIGINT)?;
+        let started = Instant::now();
+        // The postmaster writes "ready" into postmaster.pid once it accepts connections
+        // (what pg_ctl -w waits for); it works whatever pg_hba or TLS demand.
+        while !is_ready(&data) {
+            server.ensure_running()?;
+            if started.elapsed() > Duration::from_secs(60) {
+                return Err(CellError::Setup(format!("{} did not become ready; see {}", spec.name, log.display())));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self {
+            name: spec.name.to_owned(),
+            major: spec.major,
+            ip: spec.ip.to_owned(),
+            port,
+            version_num,
+            version,
+            superuser: spec.superuser.to_owned(),
+            superuser_password: spec.superuser_password.clone(),
+            server,
+        })
+    }
+
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.ip, self.port)
+    }
+
+    /// Connection options for `user` on `dbname` over plain TCP (local cell only).
+    pub fn options(&self, dbname: &str, user: &str, password: &Secret) -> ConnectOptions {
+        ConnectOptions {
+            host: self.ip.clone(),
+            port: self.port,
+            dbname: dbname.to_owned(),
+            user: user.to_owned(),
+            password: password.clone(),
+            tls: Tls::Disabled,
+            application_name: "switchyard-local-cell".to_owned(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    pub fn superuser_options(&self, dbname: &str) -> ConnectOptions {
+        self.options(dbname, &self.superuser, &self.superuser_password)
+    }
+
+    pub async fn superuser_client(&self, dbname: &str) -> Result<tokio_postgres::Client, CellError> {
+        connect(&self.superuser_options(dbname)).await.map_err(|e| CellError::Setup(format!("{}: {e}", self.name)))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.server.pid()
+    }
+
+    pub fn log(&self) -> &Path {
+        self.server.log()
+    }
+
+    pub fn stop(&mut self) {
+        self.server.stop(Duration::from_secs(20));
+    }
+}
+
+fn append(path: &PathBuf, text: &str) -> Result<(), CellError> {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new().append(true).open(path).map_err(|e| CellError::Setup(format!("{}: {e}", path.display())))?;
+    f.write_all(text.as_bytes()).map_err(|e| CellError::Setup(format!("{}: {e}", path.display())))
+}
+
+fn is_ready(data: &Path) -> bool {
+    fs::read_to_string(data.join("postmaster.pid"))
+        .map(|pid| pid.lines().nth(7).is_some_and(|status| status.trim() == "ready"))
+        .unwrap_or(false)
+}
+
+/// `postgres -V` → ("14.23", 140023): the version moto's cluster is created with.
+fn server_version(bin: &Path) -> Result<(String, i32), CellError> {
+    let out = Command::new(bin.join("postgres"))
+        .arg("-V")
+        .output()
+        .map_err(|e| CellError::Setup(format!("postgres -V: {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().last().unwrap_or_default().to_owned();
+    let mut parts = version.split('.').map(|p| p.parse::<i32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => Ok((version.clone(), major * 10000 + minor)),
+        _ => Err(CellError::Setup(format!("cannot parse postgres -V output: {text}"))),
+    }
+}
