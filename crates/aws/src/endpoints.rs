@@ -41,7 +41,8 @@ impl LocalEndpoints {
         let context = format!("loading local endpoint map {}", path.display());
         let text = std::fs::read_to_string(path)
             .map_err(|e| AwsError::new(ErrorName::ConfigurationError, &context, e.to_string()))?;
-        serde_json::from_str(&text).map_err(|e| AwsError::new(ErrorName::ConfigurationError, &context, e.to_string()))
+        serde_json::from_str(&text)
+            .map_err(|e| AwsError::new(ErrorName::ConfigurationError, &context, e.to_string()))
     }
 
     fn address(&self, resource_id: &str) -> Option<(String, u16)> {
@@ -71,7 +72,11 @@ impl EndpointResolver {
 
     /// Resolves whichever cluster holds `identifier` now. A missing cluster is
     /// `ClusterNotAvailable` (during a rename the name is briefly unheld).
-    pub async fn resolve(&self, rds: &aws_sdk_rds::Client, identifier: &str) -> Result<ClusterEndpoint, AwsError> {
+    pub async fn resolve(
+        &self,
+        rds: &aws_sdk_rds::Client,
+        identifier: &str,
+    ) -> Result<ClusterEndpoint, AwsError> {
         let context = format!("describing DB cluster {identifier}");
         let out = rds
             .describe_db_clusters()
@@ -79,18 +84,35 @@ impl EndpointResolver {
             .send()
             .await
             .map_err(|e| {
-                if e.as_service_error().is_some_and(|s| s.is_db_cluster_not_found_fault()) {
-                    AwsError::new(ErrorName::ClusterNotAvailable, &context, "no cluster holds this identifier")
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_db_cluster_not_found_fault())
+                {
+                    AwsError::new(
+                        ErrorName::ClusterNotAvailable,
+                        &context,
+                        "no cluster holds this identifier",
+                    )
                 } else {
                     AwsError::from_sdk(&context, &e)
                 }
             })?;
-        let cluster = out
-            .db_clusters()
-            .first()
-            .ok_or_else(|| AwsError::new(ErrorName::ClusterNotAvailable, &context, "no cluster holds this identifier"))?;
-        let missing = |field: &str| AwsError::new(ErrorName::AwsError, &context, format!("response has no {field}"));
-        let resource_id = cluster.db_cluster_resource_id().ok_or_else(|| missing("DbClusterResourceId"))?;
+        let cluster = out.db_clusters().first().ok_or_else(|| {
+            AwsError::new(
+                ErrorName::ClusterNotAvailable,
+                &context,
+                "no cluster holds this identifier",
+            )
+        })?;
+        let missing = |field: &str| {
+            AwsError::new(
+                ErrorName::AwsError,
+                &context,
+                format!("response has no {field}"),
+            )
+        };
+        let resource_id = cluster
+            .db_cluster_resource_id()
+            .ok_or_else(|| missing("DbClusterResourceId"))?;
         let (host, port) = match self {
             Self::Aws => {
                 let host = cluster.endpoint().ok_or_else(|| missing("Endpoint"))?;
@@ -107,7 +129,10 @@ impl EndpointResolver {
             })?,
         };
         Ok(ClusterEndpoint {
-            identifier: cluster.db_cluster_identifier().unwrap_or(identifier).to_owned(),
+            identifier: cluster
+                .db_cluster_identifier()
+                .unwrap_or(identifier)
+                .to_owned(),
             resource_id: resource_id.to_owned(),
             status: cluster.status().unwrap_or_default().to_owned(),
             engine_version: cluster.engine_version().unwrap_or_default().to_owned(),
@@ -127,14 +152,18 @@ mod tests {
             ("cluster-ABC".to_owned(), "127.0.0.11:5432".to_owned()),
             ("cluster-BAD".to_owned(), "nowhere".to_owned()),
         ]));
-        assert_eq!(map.address("cluster-ABC"), Some(("127.0.0.11".to_owned(), 5432)));
+        assert_eq!(
+            map.address("cluster-ABC"),
+            Some(("127.0.0.11".to_owned(), 5432))
+        );
         assert_eq!(map.address("cluster-BAD"), None);
         assert_eq!(map.address("cluster-XYZ"), None);
     }
 
     #[test]
     fn local_map_is_plain_json_object() {
-        let map: LocalEndpoints = serde_json::from_str(r#"{"cluster-A":"127.0.0.2:1"}"#).expect("json");
+        let map: LocalEndpoints =
+            serde_json::from_str(r#"{"cluster-A":"127.0.0.2:1"}"#).expect("json");
         assert_eq!(map.address("cluster-A"), Some(("127.0.0.2".to_owned(), 1)));
     }
 }

@@ -13,8 +13,16 @@ pub struct AwsError {
 }
 
 impl AwsError {
-    pub(crate) fn new(name: ErrorName, context: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { name, context: context.into(), detail: detail.into() }
+    pub(crate) fn new(
+        name: ErrorName,
+        context: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            name,
+            context: context.into(),
+            detail: detail.into(),
+        }
     }
 
     /// Classifies an SDK error: throttling codes and transport failures are not-yet;
@@ -48,7 +56,9 @@ impl AwsError {
 fn describe_transport<E, R>(err: &SdkError<E, R>) -> String {
     match err {
         SdkError::TimeoutError(_) => "request timed out".to_owned(),
-        SdkError::DispatchFailure(_) => "request could not be sent (endpoint unreachable?)".to_owned(),
+        SdkError::DispatchFailure(_) => {
+            "request could not be sent (endpoint unreachable?)".to_owned()
+        }
         SdkError::ConstructionFailure(_) => "request could not be built".to_owned(),
         SdkError::ResponseError(_) => "response could not be read".to_owned(),
         _ => "service error without code".to_owned(),

@@ -14,16 +14,25 @@ pub async fn read_secure_string(ssm: &aws_sdk_ssm::Client, name: &str) -> Result
         .send()
         .await
         .map_err(|e| {
-            if e.as_service_error().is_some_and(|s| s.is_parameter_not_found()) {
-                AwsError::new(ErrorName::SecretUnavailable, &context, "parameter not found: create it or fix the cell document")
+            if e.as_service_error()
+                .is_some_and(|s| s.is_parameter_not_found())
+            {
+                AwsError::new(
+                    ErrorName::SecretUnavailable,
+                    &context,
+                    "parameter not found: create it or fix the cell document",
+                )
             } else {
                 AwsError::from_sdk(&context, &e)
             }
         })?;
-    let value = out
-        .parameter()
-        .and_then(|p| p.value())
-        .ok_or_else(|| AwsError::new(ErrorName::SecretUnavailable, &context, "parameter has no value"))?;
+    let value = out.parameter().and_then(|p| p.value()).ok_or_else(|| {
+        AwsError::new(
+            ErrorName::SecretUnavailable,
+            &context,
+            "parameter has no value",
+        )
+    })?;
     Ok(Secret::new(value.to_owned()))
 }
 
@@ -53,7 +62,10 @@ impl DbCredentials {
 }
 
 /// Reads and parses a [`DbCredentials`] parameter.
-pub async fn read_credentials(ssm: &aws_sdk_ssm::Client, name: &str) -> Result<DbCredentials, AwsError> {
+pub async fn read_credentials(
+    ssm: &aws_sdk_ssm::Client,
+    name: &str,
+) -> Result<DbCredentials, AwsError> {
     let value = read_secure_string(ssm, name).await?;
     DbCredentials::parse(name, &value)
 }

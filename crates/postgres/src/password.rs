@@ -19,6 +19,10 @@ mod tests {
         let verifier = scram_verifier(&password);
         assert!(verifier.starts_with("SCRAM-SHA-256$4096:"), "{verifier}");
         assert!(!verifier.contains(password.expose()));
-        assert_ne!(verifier, scram_verifier(&password), "salted: two verifiers differ");
+        assert_ne!(
+            verifier,
+            scram_verifier(&password),
+            "salted: two verifiers differ"
+        );
     }
 }

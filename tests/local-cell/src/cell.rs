@@ -54,7 +54,9 @@ impl CellOptions {
     pub fn from_env(install: &Install) -> Result<Self, CellError> {
         let num = |name: &str, default: u32| -> Result<u32, CellError> {
             match std::env::var(name) {
-                Ok(v) => v.parse().map_err(|_| CellError::Setup(format!("{name}={v} is not a number"))),
+                Ok(v) => v
+                    .parse()
+                    .map_err(|_| CellError::Setup(format!("{name}={v} is not a number"))),
                 Err(_) => Ok(default),
             }
         };
@@ -65,7 +67,9 @@ impl CellOptions {
             rows: num("CELL_ROWS", 1000)?,
             direct_writer_tasks: 2,
             run_direct_writers: true,
-            document: std::env::var_os("CELL_DOCUMENT").map(PathBuf::from).unwrap_or_else(|| install.example_cell_document()),
+            document: std::env::var_os("CELL_DOCUMENT")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| install.example_cell_document()),
         })
     }
 }
@@ -101,7 +105,10 @@ impl CellSecrets {
             Alphanumeric.sample_string(&mut rand::rng(), 10),
             Alphanumeric.sample_string(&mut rand::rng(), 10)
         ));
-        let role = |name: &str, password: Option<Secret>, attributes: Vec<&'static str>, member_of: &[&str]| RoleSecret {
+        let role = |name: &str,
+                    password: Option<Secret>,
+                    attributes: Vec<&'static str>,
+                    member_of: &[&str]| RoleSecret {
             name: name.to_owned(),
             password,
             attributes,
@@ -116,7 +123,12 @@ impl CellSecrets {
                 role("app_writer", Some(special), vec!["LOGIN"], &["app_rw"]),
                 role("app_reader", Some(random()), vec!["LOGIN"], &[]),
                 role("jobs_writer", Some(random()), vec!["LOGIN"], &["app_rw"]),
-                role("search_replicator", Some(random()), vec!["LOGIN", "REPLICATION"], &[]),
+                role(
+                    "search_replicator",
+                    Some(random()),
+                    vec!["LOGIN", "REPLICATION"],
+                    &[],
+                ),
             ],
             pgbouncer_admin_user: "pgbouncer_admin".to_owned(),
             pgbouncer_admin: random(),
@@ -135,7 +147,11 @@ impl CellSecrets {
 
     /// Every password of the cell: what a leak check greps for.
     pub fn all_passwords(&self) -> Vec<&Secret> {
-        let mut all = vec![&self.orchestrator, &self.pgbouncer_admin, &self.search_admin];
+        let mut all = vec![
+            &self.orchestrator,
+            &self.pgbouncer_admin,
+            &self.search_admin,
+        ];
         all.extend(self.roles.iter().filter_map(|r| r.password.as_ref()));
         all
     }
@@ -166,9 +182,11 @@ impl LocalCell {
     pub async fn start(options: &CellOptions) -> Result<Self, CellError> {
         let install = Install::from_env();
         let run_as = RunAs::detect()?;
-        let template = std::fs::read_to_string(&options.document)
-            .map_err(|e| CellError::Setup(format!("reading {}: {e}", options.document.display())))?;
-        let doc = CellDocument::from_json(&template).map_err(|e| CellError::Setup(format!("{}: {e}", options.document.display())))?;
+        let template = std::fs::read_to_string(&options.document).map_err(|e| {
+            CellError::Setup(format!("reading {}: {e}", options.document.display()))
+        })?;
+        let doc = CellDocument::from_json(&template)
+            .map_err(|e| CellError::Setup(format!("{}: {e}", options.document.display())))?;
 
         let run_dir = new_run_dir(&install, &doc.cell_id)?;
         server_dir(run_as, &run_dir, 0o755)?;
@@ -178,21 +196,42 @@ impl LocalCell {
 
         let moto = Moto::start(&install, &run_dir, &doc.region).await?;
         let blue = PgServer::start(
-            &PgServerSpec { name: "blue", major: options.blue_major, ip: BLUE_IP, superuser: &secrets.orchestrator_user, superuser_password: &secrets.orchestrator, tls: None },
+            &PgServerSpec {
+                name: "blue",
+                major: options.blue_major,
+                ip: BLUE_IP,
+                superuser: &secrets.orchestrator_user,
+                superuser_password: &secrets.orchestrator,
+                tls: None,
+            },
             &install,
             &run_dir,
             run_as,
         )
         .await?;
         let green = PgServer::start(
-            &PgServerSpec { name: "green", major: options.green_major, ip: GREEN_IP, superuser: &secrets.orchestrator_user, superuser_password: &secrets.orchestrator, tls: None },
+            &PgServerSpec {
+                name: "green",
+                major: options.green_major,
+                ip: GREEN_IP,
+                superuser: &secrets.orchestrator_user,
+                superuser_password: &secrets.orchestrator,
+                tls: None,
+            },
             &install,
             &run_dir,
             run_as,
         )
         .await?;
         let search = PgServer::start(
-            &PgServerSpec { name: "search", major: options.search_major, ip: SEARCH_IP, superuser: &secrets.search_admin_user, superuser_password: &secrets.search_admin, tls: None },
+            &PgServerSpec {
+                name: "search",
+                major: options.search_major,
+                ip: SEARCH_IP,
+                superuser: &secrets.search_admin_user,
+                superuser_password: &secrets.search_admin,
+                tls: None,
+            },
             &install,
             &run_dir,
             run_as,
@@ -203,7 +242,10 @@ impl LocalCell {
         // resource id, SSM parameters, ECS services and the downstream's target group.
         let clients = &moto.clients;
         let mut endpoints = HashMap::new();
-        for (identifier, server) in [(&doc.blue.cluster_identifier, &blue), (&doc.green.cluster_identifier, &green)] {
+        for (identifier, server) in [
+            (&doc.blue.cluster_identifier, &blue),
+            (&doc.green.cluster_identifier, &green),
+        ] {
             let resource_id = create_cluster(clients, identifier, server).await?;
             endpoints.insert(resource_id, server.address());
         }
@@ -214,22 +256,58 @@ impl LocalCell {
 
         let mut forwarders = HashMap::new();
         for identifier in [&doc.blue.cluster_identifier, &doc.green.cluster_identifier] {
-            let route = Route::Cluster { rds: clients.rds.clone(), resolver: resolver.clone(), identifier: identifier.clone() };
+            let route = Route::Cluster {
+                rds: clients.rds.clone(),
+                resolver: resolver.clone(),
+                identifier: identifier.clone(),
+            };
             forwarders.insert(identifier.clone(), Forwarder::start(route).await?);
         }
         let blue_endpoint = forwarders[&doc.blue.cluster_identifier].addr();
 
         let vpc = moto.create_vpc().await?;
-        let downstream = doc.downstream.first().ok_or_else(|| CellError::Setup("the cell document has no downstream".to_owned()))?;
-        let target_group_arn = create_target_group(clients, &downstream.nlb_target_group, &vpc, &blue).await?;
-        let nlb = Forwarder::start(Route::TargetGroup { elbv2: clients.elbv2.clone(), arn: target_group_arn.clone() }).await?;
+        let downstream = doc
+            .downstream
+            .first()
+            .ok_or_else(|| CellError::Setup("the cell document has no downstream".to_owned()))?;
+        let target_group_arn =
+            create_target_group(clients, &downstream.nlb_target_group, &vpc, &blue).await?;
+        let nlb = Forwarder::start(Route::TargetGroup {
+            elbv2: clients.elbv2.clone(),
+            arn: target_group_arn.clone(),
+        })
+        .await?;
 
-        let app_db = doc.databases.first().ok_or_else(|| CellError::Setup("the cell document lists no database".to_owned()))?.clone();
-        prepare_blue(&install, &blue, &app_db, &secrets, options.rows, &run_dir, run_as).await?;
+        let app_db = doc
+            .databases
+            .first()
+            .ok_or_else(|| CellError::Setup("the cell document lists no database".to_owned()))?
+            .clone();
+        prepare_blue(
+            &install,
+            &blue,
+            &app_db,
+            &secrets,
+            options.rows,
+            &run_dir,
+            run_as,
+        )
+        .await?;
         prepare_green(&green, &doc.databases).await?;
-        prepare_search(&search, &downstream.database, &downstream.subscriptions[0], nlb.addr(), &app_db, &secrets).await?;
+        prepare_search(
+            &search,
+            &downstream.database,
+            &downstream.subscriptions[0],
+            nlb.addr(),
+            &app_db,
+            &secrets,
+        )
+        .await?;
 
-        let mut users = vec![(secrets.pgbouncer_admin_user.as_str(), &secrets.pgbouncer_admin)];
+        let mut users = vec![(
+            secrets.pgbouncer_admin_user.as_str(),
+            &secrets.pgbouncer_admin,
+        )];
         for role in &secrets.roles {
             if let Some(password) = &role.password {
                 users.push((role.name.as_str(), password));
@@ -241,7 +319,11 @@ impl LocalCell {
                     .pgbouncer
                     .databases
                     .iter()
-                    .map(|name| PooledDatabase { name: name.clone(), host: blue_endpoint.ip().to_string(), port: blue_endpoint.port() })
+                    .map(|name| PooledDatabase {
+                        name: name.clone(),
+                        host: blue_endpoint.ip().to_string(),
+                        port: blue_endpoint.port(),
+                    })
                     .collect(),
                 users,
                 admin_user: &secrets.pgbouncer_admin_user,
@@ -282,14 +364,17 @@ impl LocalCell {
     /// The effective cell document names this cell's PgBouncer and downstream addresses,
     /// which are free ports chosen at start; everything else is the template's.
     fn fill_runtime_addresses(&mut self) -> Result<(), CellError> {
-        let mut value = serde_json::to_value(&self.document).map_err(|e| CellError::Setup(e.to_string()))?;
-        value["pgbouncer"]["discovery"] = json!({ "static": { "hosts": [format!("127.0.0.1:{}", self.pgbouncer.port)] } });
+        let mut value =
+            serde_json::to_value(&self.document).map_err(|e| CellError::Setup(e.to_string()))?;
+        value["pgbouncer"]["discovery"] =
+            json!({ "static": { "hosts": [format!("127.0.0.1:{}", self.pgbouncer.port)] } });
         if let Some(downstream) = value["downstream"].as_array_mut() {
             for d in downstream {
                 d["endpoint"] = json!(self.search.address());
             }
         }
-        self.document = CellDocument::from_value(value).map_err(|e| CellError::Setup(format!("effective cell document: {e}")))?;
+        self.document = CellDocument::from_value(value)
+            .map_err(|e| CellError::Setup(format!("effective cell document: {e}")))?;
         Ok(())
     }
 
@@ -297,14 +382,15 @@ impl LocalCell {
         let (user, password) = self.secrets.role("jobs_writer")?;
         let endpoint = self.endpoint(&self.document.blue.cluster_identifier)?;
         for service in &self.document.direct_writers {
-            self.direct_writers.push(DirectWriters::start(DirectWriterSpec {
-                ecs: self.moto.clients.ecs.clone(),
-                ecs_cluster: service.ecs_cluster.clone(),
-                service: service.service.clone(),
-                connect: plain(endpoint, &self.document.databases[0], user, password),
-                accounts: i64::from(self.fixture_rows),
-                job_interval: Duration::from_millis(20),
-            }));
+            self.direct_writers
+                .push(DirectWriters::start(DirectWriterSpec {
+                    ecs: self.moto.clients.ecs.clone(),
+                    ecs_cluster: service.ecs_cluster.clone(),
+                    service: service.service.clone(),
+                    connect: plain(endpoint, &self.document.databases[0], user, password),
+                    accounts: i64::from(self.fixture_rows),
+                    job_interval: Duration::from_millis(20),
+                }));
         }
         Ok(())
     }
@@ -332,13 +418,23 @@ impl LocalCell {
     /// Connection options through PgBouncer for a login role of the cell.
     pub fn via_pgbouncer(&self, role: &str) -> Result<ConnectOptions, CellError> {
         let (user, password) = self.secrets.role(role)?;
-        Ok(plain(self.pgbouncer_addr(), &self.document.databases[0], user, password))
+        Ok(plain(
+            self.pgbouncer_addr(),
+            &self.document.databases[0],
+            user,
+            password,
+        ))
     }
 
     /// Connection options through the emulated cluster endpoint `identifier`.
     pub fn via_endpoint(&self, identifier: &str, role: &str) -> Result<ConnectOptions, CellError> {
         let (user, password) = self.secrets.role(role)?;
-        Ok(plain(self.endpoint(identifier)?, &self.document.databases[0], user, password))
+        Ok(plain(
+            self.endpoint(identifier)?,
+            &self.document.databases[0],
+            user,
+            password,
+        ))
     }
 
     /// Starts the ledger writer through PgBouncer as `app_writer`.
@@ -355,16 +451,25 @@ impl LocalCell {
     /// chain, endpoints through the local map.
     pub fn env(&self) -> Vec<(String, String)> {
         let mut env = self.moto.env();
-        env.push((LOCAL_ENDPOINTS_ENV.to_owned(), self.endpoints_file.display().to_string()));
+        env.push((
+            LOCAL_ENDPOINTS_ENV.to_owned(),
+            self.endpoints_file.display().to_string(),
+        ));
         env
     }
 
     /// Pids of every server process of the cell.
     pub fn pids(&self) -> Vec<u32> {
-        [self.blue.pid(), self.green.pid(), self.search.pid(), self.pgbouncer.pid(), self.moto.pid()]
-            .into_iter()
-            .flatten()
-            .collect()
+        [
+            self.blue.pid(),
+            self.green.pid(),
+            self.search.pid(),
+            self.pgbouncer.pid(),
+            self.moto.pid(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     /// Stops everything now (dropping does the same).
@@ -404,9 +509,15 @@ fn plain(addr: SocketAddr, dbname: &str, user: &str, password: &Secret) -> Conne
 }
 
 fn new_run_dir(install: &Install, cell_id: &str) -> Result<PathBuf, CellError> {
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-    let dir = install.work_dir().join(format!("{cell_id}-{stamp}-{}", std::process::id()));
-    std::fs::create_dir_all(install.work_dir()).map_err(|e| CellError::Setup(format!("{}: {e}", install.work_dir().display())))?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let dir = install
+        .work_dir()
+        .join(format!("{cell_id}-{stamp}-{}", std::process::id()));
+    std::fs::create_dir_all(install.work_dir())
+        .map_err(|e| CellError::Setup(format!("{}: {e}", install.work_dir().display())))?;
     Ok(dir)
 }
 
@@ -416,11 +527,18 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), CellErro
 }
 
 fn write_env(path: &Path, env: &[(String, String)]) -> Result<(), CellError> {
-    let text: String = env.iter().map(|(k, v)| format!("export {k}={v}\n")).collect();
+    let text: String = env
+        .iter()
+        .map(|(k, v)| format!("export {k}={v}\n"))
+        .collect();
     std::fs::write(path, text).map_err(|e| CellError::Setup(format!("{}: {e}", path.display())))
 }
 
-async fn create_cluster(clients: &switchyard_aws::AwsClients, identifier: &str, server: &PgServer) -> Result<String, CellError> {
+async fn create_cluster(
+    clients: &switchyard_aws::AwsClients,
+    identifier: &str,
+    server: &PgServer,
+) -> Result<String, CellError> {
     let err = |what: &str, e: String| CellError::Setup(format!("moto {what} {identifier}: {e}"));
     let out = clients
         .rds
@@ -450,23 +568,44 @@ async fn create_cluster(clients: &switchyard_aws::AwsClients, identifier: &str, 
         .ok_or_else(|| err("CreateDBCluster", "no DbClusterResourceId".to_owned()))
 }
 
-async fn put_parameters(moto: &Moto, doc: &CellDocument, secrets: &CellSecrets) -> Result<(), CellError> {
-    let login = |user: &str, password: &Secret| json!({ "username": user, "password": password.expose() }).to_string();
+async fn put_parameters(
+    moto: &Moto,
+    doc: &CellDocument,
+    secrets: &CellSecrets,
+) -> Result<(), CellError> {
+    let login = |user: &str, password: &Secret| {
+        json!({ "username": user, "password": password.expose() }).to_string()
+    };
     let mut params = vec![
-        (doc.credentials.orchestrator_parameter.clone(), login(&secrets.orchestrator_user, &secrets.orchestrator)),
-        (doc.pgbouncer.admin_credentials_parameter.clone(), login(&secrets.pgbouncer_admin_user, &secrets.pgbouncer_admin)),
+        (
+            doc.credentials.orchestrator_parameter.clone(),
+            login(&secrets.orchestrator_user, &secrets.orchestrator),
+        ),
+        (
+            doc.pgbouncer.admin_credentials_parameter.clone(),
+            login(&secrets.pgbouncer_admin_user, &secrets.pgbouncer_admin),
+        ),
     ];
     for role in &secrets.roles {
         let mut value = json!({ "username": role.name, "attributes": role.attributes, "member_of": role.member_of });
         if let Some(password) = &role.password {
             value["password"] = json!(password.expose());
         }
-        params.push((format!("{}{}", doc.credentials.application_roles_path, role.name), value.to_string()));
+        params.push((
+            format!("{}{}", doc.credentials.application_roles_path, role.name),
+            value.to_string(),
+        ));
     }
     let (replicator, replicator_password) = secrets.role("search_replicator")?;
     for d in &doc.downstream {
-        params.push((d.credentials_parameter.clone(), login(&secrets.search_admin_user, &secrets.search_admin)));
-        params.push((d.publisher_credentials_parameter.clone(), login(replicator, replicator_password)));
+        params.push((
+            d.credentials_parameter.clone(),
+            login(&secrets.search_admin_user, &secrets.search_admin),
+        ));
+        params.push((
+            d.publisher_credentials_parameter.clone(),
+            login(replicator, replicator_password),
+        ));
     }
     for (name, value) in params {
         moto.clients
@@ -483,9 +622,18 @@ async fn put_parameters(moto: &Moto, doc: &CellDocument, secrets: &CellSecrets) 
     Ok(())
 }
 
-async fn create_target_group(clients: &switchyard_aws::AwsClients, name_or_arn: &str, vpc: &str, blue: &PgServer) -> Result<String, CellError> {
+async fn create_target_group(
+    clients: &switchyard_aws::AwsClients,
+    name_or_arn: &str,
+    vpc: &str,
+    blue: &PgServer,
+) -> Result<String, CellError> {
     // The template names the target group; an ARN there would belong to a real account.
-    let name = name_or_arn.rsplit('/').nth(1).filter(|_| name_or_arn.starts_with("arn:")).unwrap_or(name_or_arn);
+    let name = name_or_arn
+        .rsplit('/')
+        .nth(1)
+        .filter(|_| name_or_arn.starts_with("arn:"))
+        .unwrap_or(name_or_arn);
     let out = clients
         .elbv2
         .create_target_group()
@@ -518,19 +666,41 @@ async fn create_target_group(clients: &switchyard_aws::AwsClients, name_or_arn: 
     Ok(arn)
 }
 
-async fn create_ecs_services(clients: &switchyard_aws::AwsClients, doc: &CellDocument, tasks: i32) -> Result<(), CellError> {
+async fn create_ecs_services(
+    clients: &switchyard_aws::AwsClients,
+    doc: &CellDocument,
+    tasks: i32,
+) -> Result<(), CellError> {
     let err = |what: &str, e: String| CellError::Setup(format!("moto {what}: {e}"));
-    let mut clusters: Vec<&str> = doc.direct_writers.iter().map(|w| w.ecs_cluster.as_str()).collect();
+    let mut clusters: Vec<&str> = doc
+        .direct_writers
+        .iter()
+        .map(|w| w.ecs_cluster.as_str())
+        .collect();
     clusters.push(&doc.cell_id);
     clusters.sort_unstable();
     clusters.dedup();
     for cluster in &clusters {
-        clients.ecs.create_cluster().cluster_name(*cluster).send().await.map_err(|e| err("CreateCluster", format!("{e:?}")))?;
+        clients
+            .ecs
+            .create_cluster()
+            .cluster_name(*cluster)
+            .send()
+            .await
+            .map_err(|e| err("CreateCluster", format!("{e:?}")))?;
     }
     let mut services: Vec<(&str, &str, i32)> = vec![(&doc.cell_id, "pgbouncer", 1)];
-    services.extend(doc.direct_writers.iter().map(|w| (w.ecs_cluster.as_str(), w.service.as_str(), tasks)));
+    services.extend(
+        doc.direct_writers
+            .iter()
+            .map(|w| (w.ecs_cluster.as_str(), w.service.as_str(), tasks)),
+    );
     for (cluster, service, desired) in services {
-        let container = aws_sdk_ecs::types::ContainerDefinition::builder().name(service).image(format!("local/{service}")).memory(128).build();
+        let container = aws_sdk_ecs::types::ContainerDefinition::builder()
+            .name(service)
+            .image(format!("local/{service}"))
+            .memory(128)
+            .build();
         clients
             .ecs
             .register_task_definition()
@@ -569,15 +739,23 @@ async fn prepare_blue(
     run_as: Option<RunAs>,
 ) -> Result<(), CellError> {
     let admin = blue.superuser_client("postgres").await?;
-    let sql_err = |what: &str, e: tokio_postgres::Error| CellError::Setup(format!("blue: {what}: {e}"));
+    let sql_err =
+        |what: &str, e: tokio_postgres::Error| CellError::Setup(format!("blue: {what}: {e}"));
     // Roles first, memberships after: a role must exist before another can join it.
     for role in &secrets.roles {
-        let mut stmt = format!("CREATE ROLE {} {}", ident(&role.name), role.attributes.join(" "));
+        let mut stmt = format!(
+            "CREATE ROLE {} {}",
+            ident(&role.name),
+            role.attributes.join(" ")
+        );
         if let Some(password) = &role.password {
             stmt.push(' ');
             stmt.push_str(&password_clause(password));
         }
-        admin.batch_execute(&stmt).await.map_err(|e| sql_err(&format!("creating role {}", role.name), e))?;
+        admin
+            .batch_execute(&stmt)
+            .await
+            .map_err(|e| sql_err(&format!("creating role {}", role.name), e))?;
     }
     for role in &secrets.roles {
         for group in &role.member_of {
@@ -588,7 +766,11 @@ async fn prepare_blue(
         }
     }
     admin
-        .batch_execute(&format!("CREATE DATABASE {} OWNER {}", ident(app_db), ident("app_owner")))
+        .batch_execute(&format!(
+            "CREATE DATABASE {} OWNER {}",
+            ident(app_db),
+            ident("app_owner")
+        ))
         .await
         .map_err(|e| sql_err("creating database", e))?;
 
@@ -599,31 +781,58 @@ async fn prepare_blue(
         .arg(format!("rows={rows}"))
         .arg("-f")
         .arg(install.fixture())
-        .args(["-h", &blue.ip, "-p", &blue.port.to_string(), "-U", owner, "-d", app_db])
+        .args([
+            "-h",
+            &blue.ip,
+            "-p",
+            &blue.port.to_string(),
+            "-U",
+            owner,
+            "-d",
+            app_db,
+        ])
         // psql reads the password from the environment: never on a command line.
         .env("PGPASSWORD", owner_password.expose())
         .env("PGCONNECT_TIMEOUT", "10");
     let _ = run_as;
-    run_to_end("loading the fixture", psql, None, &run_dir.join("logs").join("fixture.log")).await?;
+    run_to_end(
+        "loading the fixture",
+        psql,
+        None,
+        &run_dir.join("logs").join("fixture.log"),
+    )
+    .await?;
 
     let app = blue.superuser_client(app_db).await?;
     let grants = [
         "GRANT USAGE ON SCHEMA public, billing TO app_rw, app_reader, search_replicator".to_owned(),
-        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public, billing TO app_rw".to_owned(),
-        "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public, billing TO app_rw".to_owned(),
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public, billing TO app_rw"
+            .to_owned(),
+        "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public, billing TO app_rw"
+            .to_owned(),
         "GRANT SELECT ON ALL TABLES IN SCHEMA public, billing TO app_reader".to_owned(),
         format!(
             "GRANT SELECT ON {} TO search_replicator",
-            SEARCH_TABLES.iter().map(|(s, t)| qualified(s, t)).collect::<Vec<_>>().join(", ")
+            SEARCH_TABLES
+                .iter()
+                .map(|(s, t)| qualified(s, t))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         format!(
             "CREATE PUBLICATION {} FOR TABLE {}",
             ident(SEARCH_PUBLICATION),
-            SEARCH_TABLES.iter().map(|(s, t)| qualified(s, t)).collect::<Vec<_>>().join(", ")
+            SEARCH_TABLES
+                .iter()
+                .map(|(s, t)| qualified(s, t))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     ];
     for stmt in grants {
-        app.batch_execute(&stmt).await.map_err(|e| sql_err("granting", e))?;
+        app.batch_execute(&stmt)
+            .await
+            .map_err(|e| sql_err("granting", e))?;
     }
     Ok(())
 }
@@ -685,16 +894,27 @@ async fn prepare_search(
         ))
         .await
         // The statement holds the password: report the SQLSTATE and message only.
-        .map_err(|e| CellError::Setup(format!("search: creating subscription {subscription}: {}", db_message(&e))))?;
+        .map_err(|e| {
+            CellError::Setup(format!(
+                "search: creating subscription {subscription}: {}",
+                db_message(&e)
+            ))
+        })?;
     wait_subscription_ready(&client, subscription, Duration::from_secs(120)).await
 }
 
 fn db_message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error().map(|d| format!("{}: {}", d.code().code(), d.message())).unwrap_or_else(|| "connection error".to_owned())
+    e.as_db_error()
+        .map(|d| format!("{}: {}", d.code().code(), d.message()))
+        .unwrap_or_else(|| "connection error".to_owned())
 }
 
 /// Waits until every table of `subscription` has finished its initial copy (state `r`).
-pub async fn wait_subscription_ready(client: &tokio_postgres::Client, subscription: &str, budget: Duration) -> Result<(), CellError> {
+pub async fn wait_subscription_ready(
+    client: &tokio_postgres::Client,
+    subscription: &str,
+    budget: Duration,
+) -> Result<(), CellError> {
     let started = Instant::now();
     loop {
         let row = client

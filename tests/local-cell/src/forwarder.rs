@@ -17,9 +17,16 @@ use crate::CellError;
 #[derive(Clone, Debug)]
 pub enum Route {
     /// A cluster endpoint: whichever moto cluster holds `identifier` now.
-    Cluster { rds: aws_sdk_rds::Client, resolver: EndpointResolver, identifier: String },
+    Cluster {
+        rds: aws_sdk_rds::Client,
+        resolver: EndpointResolver,
+        identifier: String,
+    },
     /// An NLB listener: the first healthy target registered in the target group now.
-    TargetGroup { elbv2: aws_sdk_elasticloadbalancingv2::Client, arn: String },
+    TargetGroup {
+        elbv2: aws_sdk_elasticloadbalancingv2::Client,
+        arn: String,
+    },
 }
 
 impl Route {
@@ -27,7 +34,11 @@ impl Route {
     /// client's connection is closed, as an NXDOMAIN or an empty target group would.
     async fn target(&self) -> Result<String, String> {
         match self {
-            Self::Cluster { rds, resolver, identifier } => resolver
+            Self::Cluster {
+                rds,
+                resolver,
+                identifier,
+            } => resolver
                 .resolve(rds, identifier)
                 .await
                 .map(|endpoint| format!("{}:{}", endpoint.host, endpoint.port))
@@ -42,7 +53,10 @@ impl Route {
                 out.target_health_descriptions()
                     .iter()
                     .filter(|d| {
-                        d.target_health().and_then(|h| h.state()).map(|s| s.as_str()) == Some("healthy")
+                        d.target_health()
+                            .and_then(|h| h.state())
+                            .map(|s| s.as_str())
+                            == Some("healthy")
                     })
                     .find_map(|d| {
                         let target = d.target()?;
@@ -74,10 +88,16 @@ impl Forwarder {
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .await
             .map_err(|e| CellError::Setup(format!("forwarder bind: {e}")))?;
-        let addr = listener.local_addr().map_err(|e| CellError::Setup(format!("forwarder addr: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| CellError::Setup(format!("forwarder addr: {e}")))?;
         let (shutdown, stop) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, route, stop));
-        Ok(Self { addr, shutdown, task })
+        Ok(Self {
+            addr,
+            shutdown,
+            task,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -16,7 +16,9 @@ impl Install {
     /// (default `<repo>/target/local-cell`).
     pub fn from_env() -> Self {
         let repo = repo_root();
-        let cache = std::env::var_os("SWITCHYARD_CACHE").map(PathBuf::from).unwrap_or_else(|| repo.join(".cache"));
+        let cache = std::env::var_os("SWITCHYARD_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo.join(".cache"));
         let work = std::env::var_os("SWITCHYARD_WORK_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| repo.join("target").join("local-cell"));
@@ -33,7 +35,10 @@ impl Install {
     }
 
     pub fn pg_bin(&self, major: u32) -> Result<PathBuf, CellError> {
-        existing(self.cache.join("pg").join(major.to_string()).join("bin"), &format!("PostgreSQL {major}"))
+        existing(
+            self.cache.join("pg").join(major.to_string()).join("bin"),
+            &format!("PostgreSQL {major}"),
+        )
     }
 
     /// psql from Debian's postgresql-client-15: the npm server builds ship no client tools.
@@ -46,7 +51,10 @@ impl Install {
     }
 
     pub fn moto_server(&self) -> Result<PathBuf, CellError> {
-        existing(self.cache.join("venv").join("bin").join("moto_server"), "moto")
+        existing(
+            self.cache.join("venv").join("bin").join("moto_server"),
+            "moto",
+        )
     }
 
     pub fn fixture(&self) -> PathBuf {
@@ -62,11 +70,39 @@ fn existing(path: PathBuf, what: &str) -> Result<PathBuf, CellError> {
     if path.exists() {
         Ok(path)
     } else {
-        Err(CellError::Setup(format!("{what} not found at {}: run `make setup`", path.display())))
+        Err(CellError::Setup(format!(
+            "{what} not found at {}: run `make setup`",
+            path.display()
+        )))
     }
 }
 
 fn repo_root() -> PathBuf {
     // tests/local-cell → the repository root, wherever the clone lives.
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..");
+    root.canonicalize().unwrap_or(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The repo carries its own copy of the shared fixture; it must not drift from it.
+    #[test]
+    fn fixture_matches_the_shared_one_when_present() {
+        let ours =
+            std::fs::read_to_string(Install::from_env().fixture()).expect("fixture in the repo");
+        assert!(ours.contains("CREATE TABLE public.payments"));
+        let shared = repo_root()
+            .join("..")
+            .join("shared")
+            .join("fixtures")
+            .join("app.sql");
+        if let Ok(theirs) = std::fs::read_to_string(shared) {
+            assert_eq!(
+                ours, theirs,
+                "tests/fixtures/app.sql differs from ../shared/fixtures/app.sql"
+            );
+        }
+    }
 }

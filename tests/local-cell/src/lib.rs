@@ -17,12 +17,16 @@ mod pgbouncer;
 mod process;
 mod workload;
 
-pub use cell::{wait_subscription_ready, CellOptions, CellSecrets, LocalCell, RoleSecret, SEARCH_PUBLICATION};
+pub use cell::{
+    wait_subscription_ready, CellOptions, CellSecrets, LocalCell, RoleSecret, SEARCH_PUBLICATION,
+};
 pub use forwarder::{Forwarder, Route};
 pub use install::Install;
 pub use pg::{PgServer, PgServerSpec, ServerTls};
 pub use process::{start_time as process_start_time, RunAs};
-pub use workload::{audit_keys, Ack, DirectWriterSpec, DirectWriters, KeyAudit, Ledger, LedgerSpec, Tally};
+pub use workload::{
+    audit_keys, Ack, DirectWriterSpec, DirectWriters, KeyAudit, Ledger, LedgerSpec, Tally,
+};
 
 /// Why the cell could not be built or driven.
 #[derive(Debug, thiserror::Error)]

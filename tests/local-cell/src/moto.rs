@@ -29,18 +29,36 @@ impl Moto {
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
         // moto refuses nothing as root and holds no data of ours worth isolating.
         let log = run_dir.join("logs").join("moto.log");
-        let mut server = Server::spawn("moto", cmd, None, &log, &install.registry(), Signal::SIGTERM)?;
+        let mut server = Server::spawn(
+            "moto",
+            cmd,
+            None,
+            &log,
+            &install.registry(),
+            Signal::SIGTERM,
+        )?;
         let started = Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
             server.ensure_running()?;
             if started.elapsed() > Duration::from_secs(60) {
-                return Err(CellError::Setup(format!("moto did not listen; see {}", log.display())));
+                return Err(CellError::Setup(format!(
+                    "moto did not listen; see {}",
+                    log.display()
+                )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let endpoint = format!("http://127.0.0.1:{port}");
         let clients = AwsClients::from_config(&sdk_config(&endpoint, region).await);
-        Ok(Self { endpoint, region: region.to_owned(), clients, server })
+        Ok(Self {
+            endpoint,
+            region: region.to_owned(),
+            clients,
+            server,
+        })
     }
 
     /// Environment that points the standard AWS config chain at this moto: what an
@@ -62,29 +80,59 @@ impl Moto {
             "AWS4-HMAC-SHA256 Credential=testing/20260101/{}/ec2/aws4_request, SignedHeaders=host, Signature=0",
             self.region
         );
-        let response = self.post("/", &[("Authorization", &auth), ("Content-Type", "application/x-www-form-urlencoded")], body).await?;
+        let response = self
+            .post(
+                "/",
+                &[
+                    ("Authorization", &auth),
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                ],
+                body,
+            )
+            .await?;
         let vpc = response
             .split("<vpcId>")
             .nth(1)
             .and_then(|rest| rest.split("</vpcId>").next())
-            .ok_or_else(|| CellError::Setup(format!("CreateVpc answered without a vpcId: {response}")))?;
+            .ok_or_else(|| {
+                CellError::Setup(format!("CreateVpc answered without a vpcId: {response}"))
+            })?;
         Ok(vpc.to_owned())
     }
 
-    async fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> Result<String, CellError> {
+    async fn post(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<String, CellError> {
         let addr = self.endpoint.trim_start_matches("http://");
-        let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| CellError::Setup(format!("moto: {e}")))?;
-        let mut request = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| CellError::Setup(format!("moto: {e}")))?;
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
         request.push_str("\r\n");
         request.push_str(body);
-        stream.write_all(request.as_bytes()).await.map_err(|e| CellError::Setup(format!("moto: {e}")))?;
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| CellError::Setup(format!("moto: {e}")))?;
         let mut response = String::new();
-        stream.read_to_string(&mut response).await.map_err(|e| CellError::Setup(format!("moto: {e}")))?;
+        stream
+            .read_to_string(&mut response)
+            .await
+            .map_err(|e| CellError::Setup(format!("moto: {e}")))?;
         if !response.starts_with("HTTP/1.1 2") && !response.starts_with("HTTP/1.0 2") {
-            return Err(CellError::Setup(format!("moto {path}: {}", response.lines().next().unwrap_or_default())));
+            return Err(CellError::Setup(format!(
+                "moto {path}: {}",
+                response.lines().next().unwrap_or_default()
+            )));
         }
         Ok(response)
     }
@@ -104,7 +152,13 @@ pub async fn sdk_config(endpoint: &str, region: &str) -> aws_config::SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(Region::new(region.to_owned()))
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "local-cell"))
+        .credentials_provider(Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "local-cell",
+        ))
         .load()
         .await
 }

@@ -44,11 +44,17 @@ pub struct PgServer {
     pub version: String,
     superuser: String,
     superuser_password: Secret,
+    data: PathBuf,
     server: Server,
 }
 
 impl PgServer {
-    pub async fn start(spec: &PgServerSpec<'_>, install: &Install, run_dir: &Path, run_as: Option<RunAs>) -> Result<Self, CellError> {
+    pub async fn start(
+        spec: &PgServerSpec<'_>,
+        install: &Install,
+        run_dir: &Path,
+        run_as: Option<RunAs>,
+    ) -> Result<Self, CellError> {
         let bin = install.pg_bin(spec.major)?;
         let data = run_dir.join(format!("{}-data", spec.name));
         let log = run_dir.join("logs").join(format!("{}.log", spec.name));
@@ -57,26 +63,38 @@ impl PgServer {
         // initdb reads the password from a file that only the server user can read, and
         // that is removed as soon as initdb is done.
         let pwfile = run_dir.join(format!("{}-pwfile", spec.name));
-        fs::write(&pwfile, spec.superuser_password.expose()).map_err(|e| CellError::Setup(format!("pwfile: {e}")))?;
-        fs::set_permissions(&pwfile, fs::Permissions::from_mode(0o600)).map_err(|e| CellError::Setup(format!("pwfile: {e}")))?;
+        fs::write(&pwfile, spec.superuser_password.expose())
+            .map_err(|e| CellError::Setup(format!("pwfile: {e}")))?;
+        fs::set_permissions(&pwfile, fs::Permissions::from_mode(0o600))
+            .map_err(|e| CellError::Setup(format!("pwfile: {e}")))?;
         RunAs::own(run_as, &pwfile)?;
         let mut initdb = Command::new(bin.join("initdb"));
         initdb
             .arg("-D")
             .arg(&data)
-            .args(["-U", spec.superuser, "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C", "--no-sync"])
+            .args([
+                "-U",
+                spec.superuser,
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()));
         let result = run_to_end(&format!("initdb ({})", spec.name), initdb, run_as, &log).await;
         let _ = fs::remove_file(&pwfile);
         result?;
 
         let port = free_port(spec.ip)?;
+        // log_min_error_statement = panic: a failing statement is otherwise logged whole,
+        // and some (CREATE SUBSCRIPTION … CONNECTION) carry a password.
         let mut conf = format!(
             "listen_addresses = '{ip}'\nport = {port}\nunix_socket_directories = ''\n\
              wal_level = logical\nmax_replication_slots = 20\nmax_wal_senders = 20\n\
              max_logical_replication_workers = 12\nmax_worker_processes = 24\nmax_connections = 200\n\
              shared_buffers = 32MB\nfsync = off\nsynchronous_commit = on\npassword_encryption = 'scram-sha-256'\n\
              log_line_prefix = '%m [%p] %u@%d '\nlog_min_messages = warning\nlog_connections = off\n\
+             log_min_error_statement = panic\n\
              lc_messages = 'C'\n",
             ip = spec.ip,
         );
@@ -84,13 +102,18 @@ impl PgServer {
             for (file, body) in [("server.crt", &tls.cert_pem), ("server.key", &tls.key_pem)] {
                 let path = data.join(file);
                 fs::write(&path, body).map_err(|e| CellError::Setup(format!("{file}: {e}")))?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(|e| CellError::Setup(format!("{file}: {e}")))?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                    .map_err(|e| CellError::Setup(format!("{file}: {e}")))?;
                 RunAs::own(run_as, &path)?;
             }
             conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
         }
         append(&data.join("postgresql.conf"), &conf)?;
-        let method = if spec.tls.is_some() { "hostssl" } else { "host" };
+        let method = if spec.tls.is_some() {
+            "hostssl"
+        } else {
+            "host"
+        };
         fs::write(
             data.join("pg_hba.conf"),
             format!("{method} all all 127.0.0.0/8 scram-sha-256\n{method} replication all 127.0.0.0/8 scram-sha-256\n"),
@@ -99,19 +122,33 @@ impl PgServer {
 
         let (version, version_num) = server_version(&bin)?;
         if version_num / 10000 != spec.major as i32 {
-            return Err(CellError::Setup(format!("{} binaries are {version}, not major {}", spec.name, spec.major)));
+            return Err(CellError::Setup(format!(
+                "{} binaries are {version}, not major {}",
+                spec.name, spec.major
+            )));
         }
         let mut cmd = Command::new(bin.join("postgres"));
         cmd.arg("-D").arg(&data);
         // SIGINT is PostgreSQL's fast shutdown: abort transactions, checkpoint, exit.
-        let mut server = Server::spawn(spec.name, cmd, run_as, &log, &install.registry(), Signal::SIGINT)?;
+        let mut server = Server::spawn(
+            spec.name,
+            cmd,
+            run_as,
+            &log,
+            &install.registry(),
+            Signal::SIGINT,
+        )?;
         let started = Instant::now();
         // The postmaster writes "ready" into postmaster.pid once it accepts connections
         // (what pg_ctl -w waits for); it works whatever pg_hba or TLS demand.
         while !is_ready(&data) {
             server.ensure_running()?;
             if started.elapsed() > Duration::from_secs(60) {
-                return Err(CellError::Setup(format!("{} did not become ready; see {}", spec.name, log.display())));
+                return Err(CellError::Setup(format!(
+                    "{} did not become ready; see {}",
+                    spec.name,
+                    log.display()
+                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -124,6 +161,7 @@ impl PgServer {
             version,
             superuser: spec.superuser.to_owned(),
             superuser_password: spec.superuser_password.clone(),
+            data,
             server,
         })
     }
@@ -150,8 +188,13 @@ impl PgServer {
         self.options(dbname, &self.superuser, &self.superuser_password)
     }
 
-    pub async fn superuser_client(&self, dbname: &str) -> Result<tokio_postgres::Client, CellError> {
-        connect(&self.superuser_options(dbname)).await.map_err(|e| CellError::Setup(format!("{}: {e}", self.name)))
+    pub async fn superuser_client(
+        &self,
+        dbname: &str,
+    ) -> Result<tokio_postgres::Client, CellError> {
+        connect(&self.superuser_options(dbname))
+            .await
+            .map_err(|e| CellError::Setup(format!("{}: {e}", self.name)))
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -162,20 +205,38 @@ impl PgServer {
         self.server.log()
     }
 
+    /// Stops the server and removes its data directory (the log stays).
     pub fn stop(&mut self) {
         self.server.stop(Duration::from_secs(20));
+        if self.server.pid().is_none() {
+            let _ = fs::remove_dir_all(&self.data);
+        }
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
 fn append(path: &PathBuf, text: &str) -> Result<(), CellError> {
     use std::io::Write;
-    let mut f = fs::OpenOptions::new().append(true).open(path).map_err(|e| CellError::Setup(format!("{}: {e}", path.display())))?;
-    f.write_all(text.as_bytes()).map_err(|e| CellError::Setup(format!("{}: {e}", path.display())))
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| CellError::Setup(format!("{}: {e}", path.display())))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| CellError::Setup(format!("{}: {e}", path.display())))
 }
 
 fn is_ready(data: &Path) -> bool {
     fs::read_to_string(data.join("postmaster.pid"))
-        .map(|pid| pid.lines().nth(7).is_some_and(|status| status.trim() == "ready"))
+        .map(|pid| {
+            pid.lines()
+                .nth(7)
+                .is_some_and(|status| status.trim() == "ready")
+        })
         .unwrap_or(false)
 }
 
@@ -186,10 +247,16 @@ fn server_version(bin: &Path) -> Result<(String, i32), CellError> {
         .output()
         .map_err(|e| CellError::Setup(format!("postgres -V: {e}")))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let version = text.split_whitespace().last().unwrap_or_default().to_owned();
+    let version = text
+        .split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
     let mut parts = version.split('.').map(|p| p.parse::<i32>().ok());
     match (parts.next().flatten(), parts.next().flatten()) {
         (Some(major), Some(minor)) => Ok((version.clone(), major * 10000 + minor)),
-        _ => Err(CellError::Setup(format!("cannot parse postgres -V output: {text}"))),
+        _ => Err(CellError::Setup(format!(
+            "cannot parse postgres -V output: {text}"
+        ))),
     }
 }

@@ -34,11 +34,18 @@ pub struct PgBouncerSpec<'a> {
 #[derive(Debug)]
 pub struct PgBouncer {
     pub port: u16,
+    /// Holds the auth file with plain passwords: removed when PgBouncer stops.
+    dir: std::path::PathBuf,
     server: Server,
 }
 
 impl PgBouncer {
-    pub async fn start(spec: &PgBouncerSpec<'_>, install: &Install, run_dir: &Path, run_as: Option<RunAs>) -> Result<Self, CellError> {
+    pub async fn start(
+        spec: &PgBouncerSpec<'_>,
+        install: &Install,
+        run_dir: &Path,
+        run_as: Option<RunAs>,
+    ) -> Result<Self, CellError> {
         let dir = run_dir.join("pgbouncer");
         crate::process::server_dir(run_as, &dir, 0o700)?;
         let port = free_port("127.0.0.1")?;
@@ -47,14 +54,23 @@ impl PgBouncer {
         // it lives in a 0700 directory of the server user, under the run's target dir.
         let mut userlist = String::new();
         for (user, password) in &spec.users {
-            let _ = writeln!(userlist, "\"{}\" \"{}\"", user.replace('"', "\"\""), password.expose().replace('"', "\"\""));
+            let _ = writeln!(
+                userlist,
+                "\"{}\" \"{}\"",
+                user.replace('"', "\"\""),
+                password.expose().replace('"', "\"\"")
+            );
         }
         let userlist_path = dir.join("userlist.txt");
         write_private(&userlist_path, &userlist, run_as)?;
 
         let mut ini = String::from("[databases]\n");
         for db in &spec.databases {
-            let _ = writeln!(ini, "{} = host={} port={} dbname={}", db.name, db.host, db.port, db.name);
+            let _ = writeln!(
+                ini,
+                "{} = host={} port={} dbname={}",
+                db.name, db.host, db.port, db.name
+            );
         }
         let log = run_dir.join("logs").join("pgbouncer.log");
         let _ = write!(
@@ -75,16 +91,29 @@ impl PgBouncer {
         let mut cmd = Command::new(install.pgbouncer()?);
         cmd.arg(&ini_path);
         // SIGTERM is PgBouncer's immediate shutdown (SIGINT would wait for clients).
-        let mut server = Server::spawn("pgbouncer", cmd, run_as, &log, &install.registry(), Signal::SIGTERM)?;
+        let mut server = Server::spawn(
+            "pgbouncer",
+            cmd,
+            run_as,
+            &log,
+            &install.registry(),
+            Signal::SIGTERM,
+        )?;
         let started = Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
             server.ensure_running()?;
             if started.elapsed() > Duration::from_secs(30) {
-                return Err(CellError::Setup(format!("pgbouncer did not listen; see {}", log.display())));
+                return Err(CellError::Setup(format!(
+                    "pgbouncer did not listen; see {}",
+                    log.display()
+                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(Self { port, server })
+        Ok(Self { port, dir, server })
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -93,11 +122,21 @@ impl PgBouncer {
 
     pub fn stop(&mut self) {
         self.server.stop(Duration::from_secs(10));
+        if self.server.pid().is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
 fn write_private(path: &Path, body: &str, run_as: Option<RunAs>) -> Result<(), CellError> {
     fs::write(path, body).map_err(|e| CellError::Setup(format!("{}: {e}", path.display())))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|e| CellError::Setup(format!("{}: {e}", path.display())))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .map_err(|e| CellError::Setup(format!("{}: {e}", path.display())))?;
     RunAs::own(run_as, path)
 }

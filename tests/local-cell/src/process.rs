@@ -37,9 +37,14 @@ impl RunAs {
         let user = User::from_name(SERVER_USER)
             .map_err(|e| CellError::Setup(format!("looking up user {SERVER_USER}: {e}")))?
             .ok_or_else(|| {
-                CellError::Setup(format!("running as root needs the unprivileged user {SERVER_USER}: run `make setup`"))
+                CellError::Setup(format!(
+                    "running as root needs the unprivileged user {SERVER_USER}: run `make setup`"
+                ))
             })?;
-        Ok(Some(Self { uid: user.uid, gid: user.gid }))
+        Ok(Some(Self {
+            uid: user.uid,
+            gid: user.gid,
+        }))
     }
 
     /// Hands a path the cell created to the server user.
@@ -60,16 +65,24 @@ impl RunAs {
 
 /// Makes a directory the server user can write (and everyone can read, for debugging).
 pub fn server_dir(run_as: Option<RunAs>, path: &Path, mode: u32) -> Result<(), CellError> {
-    fs::create_dir_all(path).map_err(|e| CellError::Setup(format!("creating {}: {e}", path.display())))?;
+    fs::create_dir_all(path)
+        .map_err(|e| CellError::Setup(format!("creating {}: {e}", path.display())))?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(|e| CellError::Setup(format!("chmod {}: {e}", path.display())))?;
     RunAs::own(run_as, path)
 }
 
 /// Runs a short command to completion as the server user, its output appended to `log`.
-pub async fn run_to_end(name: &str, mut cmd: Command, run_as: Option<RunAs>, log: &Path) -> Result<(), CellError> {
+pub async fn run_to_end(
+    name: &str,
+    mut cmd: Command,
+    run_as: Option<RunAs>,
+    log: &Path,
+) -> Result<(), CellError> {
     let out = log_file(log)?;
-    let err = out.try_clone().map_err(|e| CellError::Setup(format!("log {}: {e}", log.display())))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| CellError::Setup(format!("log {}: {e}", log.display())))?;
     RunAs::apply(run_as, &mut cmd);
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     let status = tokio::process::Command::from(cmd)
@@ -77,7 +90,10 @@ pub async fn run_to_end(name: &str, mut cmd: Command, run_as: Option<RunAs>, log
         .await
         .map_err(|e| CellError::Setup(format!("starting {name}: {e}")))?;
     if !status.success() {
-        return Err(CellError::Setup(format!("{name} failed ({status}); see {}", log.display())));
+        return Err(CellError::Setup(format!(
+            "{name} failed ({status}); see {}",
+            log.display()
+        )));
     }
     Ok(())
 }
@@ -112,17 +128,31 @@ impl Server {
         stop_signal: Signal,
     ) -> Result<Self, CellError> {
         let out = log_file(log)?;
-        let err = out.try_clone().map_err(|e| CellError::Setup(format!("log {}: {e}", log.display())))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| CellError::Setup(format!("log {}: {e}", log.display())))?;
         RunAs::apply(run_as, &mut cmd);
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         set_parent_death_signal(&mut cmd);
-        let child = cmd.spawn().map_err(|e| CellError::Setup(format!("starting {name}: {e}")))?;
-        fs::create_dir_all(registry).map_err(|e| CellError::Setup(format!("creating {}: {e}", registry.display())))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| CellError::Setup(format!("starting {name}: {e}")))?;
+        fs::create_dir_all(registry)
+            .map_err(|e| CellError::Setup(format!("creating {}: {e}", registry.display())))?;
         let record = registry.join(child.id().to_string());
-        fs::write(&record, format!("{name}\n{}\n", start_time(child.id()).unwrap_or_default()))
-            .map_err(|e| CellError::Setup(format!("recording pid: {e}")))?;
+        fs::write(
+            &record,
+            format!("{name}\n{}\n", start_time(child.id()).unwrap_or_default()),
+        )
+        .map_err(|e| CellError::Setup(format!("recording pid: {e}")))?;
         tracing::debug!(server = name, pid = child.id(), "started");
-        Ok(Self { name: name.to_owned(), child: Some(child), log: log.to_owned(), record, stop_signal })
+        Ok(Self {
+            name: name.to_owned(),
+            child: Some(child),
+            log: log.to_owned(),
+            record,
+            stop_signal,
+        })
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -152,7 +182,9 @@ impl Server {
     /// Sends the server's own stop signal, waits up to `grace`, then kills it. Only ever
     /// signals the pid this handle started.
     pub fn stop(&mut self, grace: Duration) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let pid = Pid::from_raw(child.id() as i32);
         if matches!(child.try_wait(), Ok(None)) {
             let _ = kill(pid, self.stop_signal);
@@ -205,8 +237,12 @@ pub fn start_time(pid: u32) -> Option<String> {
 /// Free TCP port on `ip`, found by binding port 0. Another process could take it before the
 /// server binds; the servers' own bind errors are then reported with their logs.
 pub fn free_port(ip: &str) -> Result<u16, CellError> {
-    let listener = std::net::TcpListener::bind((ip, 0)).map_err(|e| CellError::Setup(format!("binding {ip}:0: {e}")))?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| CellError::Setup(format!("local addr: {e}")))
+    let listener = std::net::TcpListener::bind((ip, 0))
+        .map_err(|e| CellError::Setup(format!("binding {ip}:0: {e}")))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| CellError::Setup(format!("local addr: {e}")))
 }
 
 #[cfg(test)]

@@ -22,10 +22,15 @@ async fn version_num(opts: &ConnectOptions) -> i32 {
 }
 
 async fn server_version_num(client: &tokio_postgres::Client) -> i32 {
-    let rows = client.simple_query("SELECT current_setting('server_version_num')").await.expect("query");
+    let rows = client
+        .simple_query("SELECT current_setting('server_version_num')")
+        .await
+        .expect("query");
     rows.iter()
         .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().expect("number")),
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                r.get(0).map(|v| v.parse().expect("number"))
+            }
             _ => None,
         })
         .expect("a row")
@@ -70,11 +75,23 @@ async fn ledger_writes_through_pgbouncer_land_on_blue_exactly_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let tally = ledger.stop().await;
-    assert!(tally.acks.len() >= 50, "only {} acknowledged; errors: {:?}", tally.acks.len(), tally.errors);
+    assert!(
+        tally.acks.len() >= 50,
+        "only {} acknowledged; errors: {:?}",
+        tally.acks.len(),
+        tally.errors
+    );
     assert_eq!(tally.failed, 0, "errors: {:?}", tally.errors);
 
     let keys: Vec<String> = tally.acks.iter().map(|a| a.key.clone()).collect();
-    let on_blue = audit_keys(&cell.blue.superuser_options("app"), ("public", "payments"), "memo", &keys).await.expect("audit");
+    let on_blue = audit_keys(
+        &cell.blue.superuser_options("app"),
+        ("public", "payments"),
+        "memo",
+        &keys,
+    )
+    .await
+    .expect("audit");
     assert_eq!(on_blue.present_once, keys.len(), "{on_blue:?}");
     assert_eq!((on_blue.missing, on_blue.duplicated), (0, 0));
 }
@@ -86,18 +103,34 @@ async fn renaming_in_moto_moves_new_connections_and_keeps_open_ones() {
     let green_id = cell.document.green.cluster_identifier.clone();
     let endpoint = cell.endpoint(&blue_id).expect("endpoint");
 
-    let open = connect(&orchestrator_via(&cell, endpoint)).await.expect("connect before rename");
+    let open = connect(&orchestrator_via(&cell, endpoint))
+        .await
+        .expect("connect before rename");
     assert_eq!(server_version_num(&open).await, cell.blue.version_num);
 
     let parked = format!("{blue_id}-blue-{}", cell.blue.major);
     rename(&cell, &blue_id, &parked).await;
     // Between the two renames nobody holds the name: like NXDOMAIN, a connection fails.
-    assert!(connect(&orchestrator_via(&cell, endpoint)).await.is_err(), "the name resolved while unheld");
+    assert!(
+        connect(&orchestrator_via(&cell, endpoint)).await.is_err(),
+        "the name resolved while unheld"
+    );
     rename(&cell, &green_id, &blue_id).await;
 
-    assert_eq!(version_num(&orchestrator_via(&cell, endpoint)).await, cell.green.version_num, "new connection");
-    assert_eq!(server_version_num(&open).await, cell.blue.version_num, "open connection stayed");
-    assert_ne!(cell.blue.version_num / 10000, cell.green.version_num / 10000);
+    assert_eq!(
+        version_num(&orchestrator_via(&cell, endpoint)).await,
+        cell.green.version_num,
+        "new connection"
+    );
+    assert_eq!(
+        server_version_num(&open).await,
+        cell.blue.version_num,
+        "open connection stayed"
+    );
+    assert_ne!(
+        cell.blue.version_num / 10000,
+        cell.green.version_num / 10000
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,9 +138,17 @@ async fn registering_green_in_the_target_group_moves_new_nlb_connections() {
     use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
     let cell = start_cell(false).await;
     let nlb = cell.nlb_endpoint();
-    assert_eq!(version_num(&orchestrator_via(&cell, nlb)).await, cell.blue.version_num);
+    assert_eq!(
+        version_num(&orchestrator_via(&cell, nlb)).await,
+        cell.blue.version_num
+    );
 
-    let target = |ip: &str, port: u16| TargetDescription::builder().id(ip).port(i32::from(port)).build();
+    let target = |ip: &str, port: u16| {
+        TargetDescription::builder()
+            .id(ip)
+            .port(i32::from(port))
+            .build()
+    };
     let elbv2 = &cell.moto.clients.elbv2;
     elbv2
         .register_targets()
@@ -123,7 +164,10 @@ async fn registering_green_in_the_target_group_moves_new_nlb_connections() {
         .send()
         .await
         .expect("deregister blue");
-    assert_eq!(version_num(&orchestrator_via(&cell, nlb)).await, cell.green.version_num);
+    assert_eq!(
+        version_num(&orchestrator_via(&cell, nlb)).await,
+        cell.green.version_num
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,33 +175,65 @@ async fn direct_writers_follow_the_service_desired_count() {
     let cell = start_cell(true).await;
     let service = cell.document.direct_writers[0].clone();
     let writers = &cell.direct_writers()[0];
-    wait_for("jobs to be written", Duration::from_secs(30), || writers.acknowledged() >= 10).await;
+    wait_for("jobs to be written", Duration::from_secs(30), || {
+        writers.acknowledged() >= 10
+    })
+    .await;
     assert_eq!(writers.running(), 2);
 
     let set_desired = |n: i32| {
-        cell.moto.clients.ecs.update_service().cluster(&service.ecs_cluster).service(&service.service).desired_count(n).send()
+        cell.moto
+            .clients
+            .ecs
+            .update_service()
+            .cluster(&service.ecs_cluster)
+            .service(&service.service)
+            .desired_count(n)
+            .send()
     };
     set_desired(0).await.expect("scale to 0");
-    wait_for("tasks to drain", Duration::from_secs(35), || writers.running() == 0).await;
+    wait_for("tasks to drain", Duration::from_secs(35), || {
+        writers.running() == 0
+    })
+    .await;
     let after_drain = writers.acknowledged();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(writers.acknowledged(), after_drain, "writes continued at desired count 0");
+    assert_eq!(
+        writers.acknowledged(),
+        after_drain,
+        "writes continued at desired count 0"
+    );
 
     set_desired(1).await.expect("scale to 1");
-    wait_for("writes to restart", Duration::from_secs(30), || writers.acknowledged() >= after_drain + 5).await;
+    wait_for("writes to restart", Duration::from_secs(30), || {
+        writers.acknowledged() >= after_drain + 5
+    })
+    .await;
     assert_eq!(writers.running(), 1);
 
     let tally = writers.tally();
     let keys: Vec<String> = tally.acks.iter().map(|a| a.key.clone()).collect();
-    let audit = audit_keys(&cell.blue.superuser_options("app"), ("billing", "invoice lines"), "description", &keys).await.expect("audit");
+    let audit = audit_keys(
+        &cell.blue.superuser_options("app"),
+        ("billing", "invoice lines"),
+        "description",
+        &keys,
+    )
+    .await
+    .expect("audit");
     assert_eq!(audit.present_once, keys.len(), "{audit:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_special_password_from_ssm_authenticates_through_pgbouncer_and_directly() {
     let cell = start_cell(false).await;
-    let parameter = format!("{}app_writer", cell.document.credentials.application_roles_path);
-    let creds = switchyard_aws::read_credentials(&cell.moto.clients.ssm, &parameter).await.expect("SSM read");
+    let parameter = format!(
+        "{}app_writer",
+        cell.document.credentials.application_roles_path
+    );
+    let creds = switchyard_aws::read_credentials(&cell.moto.clients.ssm, &parameter)
+        .await
+        .expect("SSM read");
     for c in ['@', '!', '\'', ':', '/'] {
         assert!(creds.password.expose().contains(c), "password lacks {c}");
     }
@@ -165,8 +241,13 @@ async fn the_special_password_from_ssm_authenticates_through_pgbouncer_and_direc
     via_pgbouncer.password = creds.password.clone();
     let direct = cell.blue.options("app", &creds.username, &creds.password);
     for opts in [via_pgbouncer, direct] {
-        let client = connect(&opts).await.unwrap_or_else(|e| panic!("{}:{}: {e}", opts.host, opts.port));
-        let rows = client.simple_query("SELECT current_user").await.expect("query");
+        let client = connect(&opts)
+            .await
+            .unwrap_or_else(|e| panic!("{}:{}: {e}", opts.host, opts.port));
+        let rows = client
+            .simple_query("SELECT current_user")
+            .await
+            .expect("query");
         let user = rows.iter().find_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
             _ => None,
@@ -175,7 +256,10 @@ async fn the_special_password_from_ssm_authenticates_through_pgbouncer_and_direc
     }
     let mut wrong = cell.via_pgbouncer("app_writer").expect("options");
     wrong.password = switchyard_telemetry::Secret::new("not-the-password");
-    assert!(connect(&wrong).await.is_err(), "a wrong password authenticated");
+    assert!(
+        connect(&wrong).await.is_err(),
+        "a wrong password authenticated"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,18 +269,63 @@ async fn logical_replication_from_blue_to_green_carries_the_fixture_and_new_writ
     // Schema: pg_dump 15 of blue (14), applied to green, without owners or grants (the
     // application roles are not on green yet) and without publications/subscriptions.
     let dump = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_dump")
-        .args(["--schema-only", "--no-owner", "--no-privileges", "--no-publications", "--no-subscriptions"])
-        .args(["-h", &cell.blue.ip, "-p", &cell.blue.port.to_string(), "-U", "switchyard", "-d", "app"])
+        .args([
+            "--schema-only",
+            "--no-owner",
+            "--no-privileges",
+            "--no-publications",
+            "--no-subscriptions",
+        ])
+        .args([
+            "-h",
+            &cell.blue.ip,
+            "-p",
+            &cell.blue.port.to_string(),
+            "-U",
+            "switchyard",
+            "-d",
+            "app",
+        ])
         .env("PGPASSWORD", cell.secrets.orchestrator.expose())
         .output()
         .expect("pg_dump runs");
-    assert!(dump.status.success(), "pg_dump: {}", String::from_utf8_lossy(&dump.stderr));
-    let _ = install;
+    assert!(
+        dump.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    // pg_dump ≥ 15.14 wraps its output in psql's \restrict meta-commands: apply it with psql.
+    let mut psql = std::process::Command::new(install.psql().expect("psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+        .args([
+            "-h",
+            &cell.green.ip,
+            "-p",
+            &cell.green.port.to_string(),
+            "-U",
+            "switchyard",
+            "-d",
+            "app",
+        ])
+        .env("PGPASSWORD", cell.secrets.orchestrator.expose())
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql runs");
+    std::io::Write::write_all(&mut psql.stdin.take().expect("stdin"), &dump.stdout)
+        .expect("feed psql");
+    let applied = psql.wait_with_output().expect("psql finishes");
+    assert!(
+        applied.status.success(),
+        "schema on green: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
     let green = cell.green.superuser_client("app").await.expect("green");
-    green.batch_execute(&String::from_utf8_lossy(&dump.stdout)).await.expect("schema applies on green");
 
     let blue = cell.blue.superuser_client("app").await.expect("blue");
-    blue.batch_execute("CREATE PUBLICATION upgrade_all FOR ALL TABLES").await.expect("publication");
+    blue.batch_execute("CREATE PUBLICATION upgrade_all FOR ALL TABLES")
+        .await
+        .expect("publication");
     let conninfo = format!(
         "host={} port={} dbname=app user=switchyard password={}",
         cell.blue.ip,
@@ -210,31 +339,54 @@ async fn logical_replication_from_blue_to_green_carries_the_fixture_and_new_writ
         ))
         .await
         .expect("subscription");
-    switchyard_local_cell::wait_subscription_ready(&green, "upgrade_all", Duration::from_secs(120)).await.expect("initial copy");
+    switchyard_local_cell::wait_subscription_ready(&green, "upgrade_all", Duration::from_secs(120))
+        .await
+        .expect("initial copy");
 
-    let ledger = cell.start_ledger(2, Duration::from_millis(5)).expect("ledger");
+    let ledger = cell
+        .start_ledger(2, Duration::from_millis(5))
+        .expect("ledger");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let tally = ledger.stop().await;
     assert!(!tally.acks.is_empty(), "{:?}", tally.errors);
     let keys: Vec<String> = tally.acks.iter().map(|a| a.key.clone()).collect();
     let started = Instant::now();
     loop {
-        let audit = audit_keys(&cell.green.superuser_options("app"), ("public", "payments"), "memo", &keys).await.expect("audit");
+        let audit = audit_keys(
+            &cell.green.superuser_options("app"),
+            ("public", "payments"),
+            "memo",
+            &keys,
+        )
+        .await
+        .expect("audit");
         if audit.present_once == keys.len() {
             assert_eq!(audit.duplicated, 0);
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "green is missing writes: {audit:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "green is missing writes: {audit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let count_sql = "SELECT format('%I.%I', n.nspname, c.relname), \
         (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text::bigint \
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
         WHERE c.relkind = 'r' AND n.nspname IN ('public', 'billing') ORDER BY 1";
-    let counts = |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1))).collect::<Vec<_>>();
+    let counts = |rows: Vec<tokio_postgres::Row>| {
+        rows.iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+            .collect::<Vec<_>>()
+    };
     let on_blue = counts(blue.query(count_sql, &[]).await.expect("blue counts"));
     let on_green = counts(green.query(count_sql, &[]).await.expect("green counts"));
-    assert!(on_blue.iter().any(|(t, n)| t == "public.events_2026_h1" && *n > 0), "{on_blue:?}");
+    assert!(
+        on_blue
+            .iter()
+            .any(|(t, n)| t == "public.events_2026_h1" && *n > 0),
+        "{on_blue:?}"
+    );
     assert_eq!(on_blue, on_green);
 }
 
@@ -251,17 +403,35 @@ async fn pgbouncer_pause_waits_for_open_transactions_and_resume_releases_waiters
     .await
     .expect("admin console");
 
-    let holder = connect(&cell.via_pgbouncer("app_writer").expect("opts")).await.expect("client");
-    holder.batch_execute("BEGIN; SELECT 1").await.expect("open transaction");
-    let pause = tokio::time::timeout(Duration::from_millis(500), admin.pause("app")).await;
-    assert!(pause.is_err(), "PAUSE returned while a transaction was open");
-    // The timed-out PAUSE stays in force on PgBouncer; its connection is dropped, never cancelled.
-    drop(admin);
-    let admin = PgBouncerAdmin::connect("127.0.0.1", cell.pgbouncer.port, &cell.secrets.pgbouncer_admin_user, &cell.secrets.pgbouncer_admin, Duration::from_secs(5))
+    let holder = connect(&cell.via_pgbouncer("app_writer").expect("opts"))
         .await
-        .expect("admin console again");
+        .expect("client");
+    holder
+        .batch_execute("BEGIN; SELECT 1")
+        .await
+        .expect("open transaction");
+    let pause = tokio::time::timeout(Duration::from_millis(500), admin.pause("app")).await;
+    assert!(
+        pause.is_err(),
+        "PAUSE returned while a transaction was open"
+    );
+    // Dropping the admin connection leaves the PAUSE in force (a cancel request would
+    // have resumed everything): the new session must still see the database paused.
+    drop(admin);
+    let admin = PgBouncerAdmin::connect(
+        "127.0.0.1",
+        cell.pgbouncer.port,
+        &cell.secrets.pgbouncer_admin_user,
+        &cell.secrets.pgbouncer_admin,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("admin console again");
     let paused = admin.show_databases().await.expect("show databases");
-    assert!(paused.iter().any(|d| d.name == "app" && d.paused), "{paused:?}");
+    assert!(
+        paused.iter().any(|d| d.name == "app" && d.paused),
+        "{paused:?}"
+    );
     holder.batch_execute("COMMIT").await.expect("commit");
 
     // A new client's query waits while paused and runs after RESUME.
@@ -273,11 +443,37 @@ async fn pgbouncer_pause_waits_for_open_transactions_and_resume_releases_waiters
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!waiter.is_finished(), "a query ran while paused");
     admin.resume("app").await.expect("resume");
-    tokio::time::timeout(Duration::from_secs(10), waiter).await.expect("released").expect("join").expect("query");
-    assert_eq!(admin.resume("app").await.expect("second resume"), switchyard_postgres::Resumed::WasNotPaused);
+    tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("released")
+        .expect("join")
+        .expect("query");
+    assert_eq!(
+        admin.resume("app").await.expect("second resume"),
+        switchyard_postgres::Resumed::WasNotPaused
+    );
 
     admin.set("dns_max_ttl", "1").await.expect("set");
-    assert_eq!(admin.config_value("dns_max_ttl").await.expect("show config").as_deref(), Some("1"));
+    assert_eq!(
+        admin
+            .config_value("dns_max_ttl")
+            .await
+            .expect("show config")
+            .as_deref(),
+        Some("1")
+    );
+    // Pins FIELD-NOTES' open question: RELOAD re-reads the file and reverts a SET
+    // (1.18), so a lowered TTL does not survive a reload during the window.
+    admin.reload().await.expect("reload");
+    let after_reload = admin
+        .config_value("dns_max_ttl")
+        .await
+        .expect("show config");
+    assert_eq!(
+        after_reload.as_deref(),
+        Some("15"),
+        "the cell's file says 15"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,21 +481,39 @@ async fn endpoint_resolution_follows_the_resource_id_across_a_rename() {
     let cell = start_cell(false).await;
     let rds = &cell.moto.clients.rds;
     let blue_id = cell.document.blue.cluster_identifier.clone();
-    let local = switchyard_aws::EndpointResolver::Local(switchyard_aws::LocalEndpoints::load(&cell.endpoints_file).expect("map"));
+    let local = switchyard_aws::EndpointResolver::Local(
+        switchyard_aws::LocalEndpoints::load(&cell.endpoints_file).expect("map"),
+    );
     let before = local.resolve(rds, &blue_id).await.expect("resolve");
-    assert_eq!((before.host.as_str(), before.port), (cell.blue.ip.as_str(), cell.blue.port));
+    assert_eq!(
+        (before.host.as_str(), before.port),
+        (cell.blue.ip.as_str(), cell.blue.port)
+    );
     assert_eq!(before.engine_version, cell.blue.version);
 
     let parked = format!("{blue_id}-blue-{}", cell.blue.major);
     rename(&cell, &blue_id, &parked).await;
     let parked_endpoint = local.resolve(rds, &parked).await.expect("resolve parked");
-    assert_eq!(parked_endpoint.resource_id, before.resource_id, "resource ids survive renames");
-    let err = local.resolve(rds, &blue_id).await.expect_err("nobody holds the name");
-    assert_eq!(switchyard_errors::Catalogued::error_name(&err), switchyard_errors::ErrorName::ClusterNotAvailable);
+    assert_eq!(
+        parked_endpoint.resource_id, before.resource_id,
+        "resource ids survive renames"
+    );
+    let err = local
+        .resolve(rds, &blue_id)
+        .await
+        .expect_err("nobody holds the name");
+    assert_eq!(
+        switchyard_errors::Catalogued::error_name(&err),
+        switchyard_errors::ErrorName::ClusterNotAvailable
+    );
 
     let aws = switchyard_aws::EndpointResolver::Aws;
     let dns = aws.resolve(rds, &parked).await.expect("aws mode");
-    assert!(dns.host.starts_with(&format!("{parked}.cluster-")), "{}", dns.host);
+    assert!(
+        dns.host.starts_with(&format!("{parked}.cluster-")),
+        "{}",
+        dns.host
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,14 +523,30 @@ async fn teardown_stops_every_process_the_cell_started() {
     assert_eq!(pids.len(), 5, "blue, green, search, pgbouncer, moto");
     let registry = Install::from_env().registry();
     for pid in &pids {
-        assert!(registry.join(pid.to_string()).exists(), "pid {pid} not recorded");
+        assert!(
+            registry.join(pid.to_string()).exists(),
+            "pid {pid} not recorded"
+        );
     }
-    let started: Vec<_> = pids.iter().map(|&pid| (pid, switchyard_local_cell::process_start_time(pid))).collect();
-    assert!(started.iter().all(|(_, t)| t.is_some()), "every server is running: {started:?}");
+    let started: Vec<_> = pids
+        .iter()
+        .map(|&pid| (pid, switchyard_local_cell::process_start_time(pid)))
+        .collect();
+    assert!(
+        started.iter().all(|(_, t)| t.is_some()),
+        "every server is running: {started:?}"
+    );
     cell.shutdown();
     for (pid, start_time) in started {
         // Same pid and same start time would be the same process still running.
-        assert_ne!(switchyard_local_cell::process_start_time(pid), start_time, "pid {pid} still running");
-        assert!(!registry.join(pid.to_string()).exists(), "pid {pid} still recorded");
+        assert_ne!(
+            switchyard_local_cell::process_start_time(pid),
+            start_time,
+            "pid {pid} still running"
+        );
+        assert!(
+            !registry.join(pid.to_string()).exists(),
+            "pid {pid} still recorded"
+        );
     }
 }

@@ -20,23 +20,43 @@ fn ca(name: &str) -> Ca {
     params.distinguished_name.push(DnType::CommonName, name);
     let key = KeyPair::generate().expect("key");
     let cert = params.self_signed(&key).expect("ca cert");
-    Ca { pem: cert.pem(), params, key }
+    Ca {
+        pem: cert.pem(),
+        params,
+        key,
+    }
 }
 
 fn server_cert(ca: &Ca, host: &str) -> ServerTls {
     let mut params = CertificateParams::new(vec![host.to_owned()]).expect("params");
-    params.subject_alt_names.push(SanType::DnsName(host.try_into().expect("dns name")));
+    params
+        .subject_alt_names
+        .push(SanType::DnsName(host.try_into().expect("dns name")));
     let key = KeyPair::generate().expect("key");
     let issuer = rcgen::Issuer::from_params(&ca.params, &ca.key);
     let cert = params.signed_by(&key, &issuer).expect("server cert");
-    ServerTls { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    ServerTls {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
 }
 
-async fn standalone(name: &str, tls: Option<ServerTls>, password: &Secret) -> (PgServer, tempdir::Dir) {
+async fn standalone(
+    name: &str,
+    tls: Option<ServerTls>,
+    password: &Secret,
+) -> (PgServer, tempdir::Dir) {
     let install = Install::from_env();
     let dir = tempdir::Dir::new(&install, name);
     let server = PgServer::start(
-        &PgServerSpec { name, major: 17, ip: "127.0.0.1", superuser: "switchyard", superuser_password: password, tls },
+        &PgServerSpec {
+            name,
+            major: 17,
+            ip: "127.0.0.1",
+            superuser: "switchyard",
+            superuser_password: password,
+            tls,
+        },
         &install,
         dir.path(),
         RunAs::detect().expect("run as"),
@@ -56,7 +76,10 @@ mod tempdir {
 
     impl Dir {
         pub fn new(install: &Install, name: &str) -> Self {
-            let path = install.work_dir().join(format!("{name}-{}-{}", std::process::id(), rand_suffix()));
+            let path =
+                install
+                    .work_dir()
+                    .join(format!("{name}-{}-{}", std::process::id(), rand_suffix()));
             std::fs::create_dir_all(path.join("logs")).expect("run dir");
             let run_as = RunAs::detect().expect("run as");
             RunAs::own(run_as, &path.join("logs")).expect("own logs");
@@ -69,7 +92,10 @@ mod tempdir {
     }
 
     fn rand_suffix() -> u128 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
     }
 }
 
@@ -91,26 +117,80 @@ async fn verify_full_accepts_the_right_ca_and_host_and_rejects_everything_else()
     let trusted = ca("switchyard test CA");
     let other = ca("some other CA");
     let password = Secret::new("tls-test-password");
-    let (server, dir) = standalone("tls", Some(server_cert(&trusted, "localhost")), &password).await;
+    let (server, dir) =
+        standalone("tls", Some(server_cert(&trusted, "localhost")), &password).await;
     let bundle = dir.path().join("ca.pem");
     let other_bundle = dir.path().join("other-ca.pem");
     std::fs::write(&bundle, &trusted.pem).expect("bundle");
     std::fs::write(&other_bundle, &other.pem).expect("bundle");
 
-    let good = connect(&options(&server, "localhost", &password, Tls::VerifyFull { ca_bundle: bundle.clone() }))
+    let good = connect(&options(
+        &server,
+        "localhost",
+        &password,
+        Tls::VerifyFull {
+            ca_bundle: bundle.clone(),
+        },
+    ))
+    .await
+    .expect("verify-full with the right CA and host");
+    let rows = good
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
         .await
-        .expect("verify-full with the right CA and host");
-    let rows = good.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.expect("query");
+        .expect("query");
     assert!(rows.get::<_, bool>(0), "the connection is encrypted");
 
-    let wrong_ca = connect(&options(&server, "localhost", &password, Tls::VerifyFull { ca_bundle: other_bundle })).await.expect_err("untrusted CA");
-    assert_eq!(wrong_ca.error_name(), ErrorName::DatabaseError, "{wrong_ca}");
+    let wrong_ca = connect(&options(
+        &server,
+        "localhost",
+        &password,
+        Tls::VerifyFull {
+            ca_bundle: other_bundle,
+        },
+    ))
+    .await
+    .expect_err("untrusted CA");
+    assert_eq!(
+        wrong_ca.error_name(),
+        ErrorName::DatabaseError,
+        "{wrong_ca}"
+    );
     // The certificate names localhost, not the address: hostname verification must fail.
-    let wrong_host = connect(&options(&server, "127.0.0.1", &password, Tls::VerifyFull { ca_bundle: bundle.clone() })).await.expect_err("wrong host");
-    assert_eq!(wrong_host.error_name(), ErrorName::DatabaseError, "{wrong_host}");
-    assert!(connect(&options(&server, "localhost", &password, Tls::Disabled)).await.is_err(), "the server requires TLS");
+    let wrong_host = connect(&options(
+        &server,
+        "127.0.0.1",
+        &password,
+        Tls::VerifyFull {
+            ca_bundle: bundle.clone(),
+        },
+    ))
+    .await
+    .expect_err("wrong host");
+    assert_eq!(
+        wrong_host.error_name(),
+        ErrorName::DatabaseError,
+        "{wrong_host}"
+    );
+    assert!(
+        connect(&options(&server, "localhost", &password, Tls::Disabled))
+            .await
+            .is_err(),
+        "the server requires TLS"
+    );
 
-    let missing = connect(&options(&server, "localhost", &password, Tls::VerifyFull { ca_bundle: dir.path().join("absent.pem") })).await.expect_err("no bundle");
+    let missing = connect(&options(
+        &server,
+        "localhost",
+        &password,
+        Tls::VerifyFull {
+            ca_bundle: dir.path().join("absent.pem"),
+        },
+    ))
+    .await
+    .expect_err("no bundle");
     assert_eq!(missing.error_name(), ErrorName::ConfigurationError);
     assert!(missing.to_string().contains("absent.pem"), "{missing}");
     for e in [wrong_ca, wrong_host, missing] {
@@ -122,20 +202,46 @@ async fn verify_full_accepts_the_right_ca_and_host_and_rejects_everything_else()
 async fn quoting_agrees_with_the_server_and_round_trips() {
     let password = Secret::new("quote-test-password");
     let (server, _dir) = standalone("quote", None, &password).await;
-    let client = connect(&options(&server, "127.0.0.1", &password, Tls::Disabled)).await.expect("connect");
-    let tricky = ["plain", "invoice lines", "it's", "say \"hi\"", "back\\slash", "Ünïcødé", "", "semi;colon -- x", "a'b\\c\"d", "$$dollar$$", "line\nbreak"];
+    let client = connect(&options(&server, "127.0.0.1", &password, Tls::Disabled))
+        .await
+        .expect("connect");
+    let tricky = [
+        "plain",
+        "invoice lines",
+        "it's",
+        "say \"hi\"",
+        "back\\slash",
+        "Ünïcødé",
+        "",
+        "semi;colon -- x",
+        "a'b\\c\"d",
+        "$$dollar$$",
+        "line\nbreak",
+    ];
     for s in tricky {
         let row = client
-            .query_one(&format!("SELECT {}::text, quote_ident($1), quote_literal($1)", quote::literal(s)), &[&s])
+            .query_one(
+                &format!(
+                    "SELECT {}::text, quote_ident($1), quote_literal($1)",
+                    quote::literal(s)
+                ),
+                &[&s],
+            )
             .await
             .unwrap_or_else(|e| panic!("literal of {s:?}: {e}"));
         assert_eq!(row.get::<_, String>(0), s, "literal round trip");
         let server_literal: String = row.get(2);
-        let back = client.query_one(&format!("SELECT {server_literal}::text"), &[]).await.expect("server literal");
+        let back = client
+            .query_one(&format!("SELECT {server_literal}::text"), &[])
+            .await
+            .expect("server literal");
         assert_eq!(back.get::<_, String>(0), s);
         if !s.is_empty() {
             let table = quote::qualified("public", s);
-            client.batch_execute(&format!("CREATE TABLE {table} (x int); DROP TABLE {table}")).await.unwrap_or_else(|e| panic!("ident of {s:?}: {e}"));
+            client
+                .batch_execute(&format!("CREATE TABLE {table} (x int); DROP TABLE {table}"))
+                .await
+                .unwrap_or_else(|e| panic!("ident of {s:?}: {e}"));
         }
     }
 }

@@ -15,7 +15,8 @@ use super::ledger::{record, Outcome};
 use super::{SharedTally, Tally, RECONNECT_DELAY};
 
 /// One job: an invoice and a line whose description carries the client's key.
-const INSERT_INVOICE: &str = "INSERT INTO billing.invoices (account_id, total) VALUES ($1, 10) RETURNING id";
+const INSERT_INVOICE: &str =
+    "INSERT INTO billing.invoices (account_id, total) VALUES ($1, 10) RETURNING id";
 const INSERT_LINE: &str = "INSERT INTO billing.\"invoice lines\" (invoice_id, description, unit_price) VALUES ($1, $2, 10)";
 
 /// ECS gives a task this long between SIGTERM and SIGKILL.
@@ -45,7 +46,11 @@ impl DirectWriters {
         let running = Arc::new(AtomicUsize::new(0));
         let tally = SharedTally::default();
         let scheduler = tokio::spawn(schedule(spec, running.clone(), tally.clone()));
-        Self { running, tally, scheduler }
+        Self {
+            running,
+            tally,
+            scheduler,
+        }
     }
 
     /// Tasks running now (ECS's `runningCount`).
@@ -60,7 +65,12 @@ impl DirectWriters {
 
     pub fn tally(&self) -> Tally {
         let t = self.tally.lock().unwrap_or_else(|p| p.into_inner());
-        Tally { acks: t.acks.clone(), failed: t.failed, in_doubt: t.in_doubt.clone(), errors: t.errors.clone() }
+        Tally {
+            acks: t.acks.clone(),
+            failed: t.failed,
+            in_doubt: t.in_doubt.clone(),
+            errors: t.errors.clone(),
+        }
     }
 }
 
@@ -88,23 +98,35 @@ async fn schedule(spec: DirectWriterSpec, running: Arc<AtomicUsize>, tally: Shar
             .send()
             .await
         {
-            Ok(out) => out.services().first().map(|s| s.desired_count().max(0) as usize),
+            Ok(out) => out
+                .services()
+                .first()
+                .map(|s| s.desired_count().max(0) as usize),
             Err(e) => {
                 tracing::debug!(error = %e, "describe_services failed; keeping current tasks");
                 None
             }
         };
         tasks.retain(|t| !t.handle.is_finished());
-        for t in tasks.iter_mut().filter(|t| t.stopping_since.is_some_and(|s| s.elapsed() > DRAIN_GRACE)) {
+        for t in tasks
+            .iter_mut()
+            .filter(|t| t.stopping_since.is_some_and(|s| s.elapsed() > DRAIN_GRACE))
+        {
             t.handle.abort(); // SIGKILL after the grace period, as ECS does
         }
-        let active: Vec<usize> = (0..tasks.len()).filter(|&i| tasks[i].stopping_since.is_none()).collect();
+        let active: Vec<usize> = (0..tasks.len())
+            .filter(|&i| tasks[i].stopping_since.is_none())
+            .collect();
         if let Some(desired) = desired {
             if desired > active.len() {
                 for _ in active.len()..desired {
                     let (stop, stopped) = watch::channel(false);
                     let handle = tokio::spawn(job_loop(spec.clone(), tally.clone(), stopped));
-                    tasks.push(Task { stop, handle, stopping_since: None });
+                    tasks.push(Task {
+                        stop,
+                        handle,
+                        stopping_since: None,
+                    });
                 }
             } else {
                 for &i in active.iter().skip(desired) {
@@ -158,7 +180,10 @@ async fn job(client: &tokio_postgres::Client, account: i64, key: &str) -> Outcom
     if let Err(e) = client.batch_execute("BEGIN").await {
         return Outcome::Failed(format!("begin: {e}"));
     }
-    let invoice: i64 = match client.query_typed(INSERT_INVOICE, &[(&account, Type::INT8)]).await {
+    let invoice: i64 = match client
+        .query_typed(INSERT_INVOICE, &[(&account, Type::INT8)])
+        .await
+    {
         Ok(rows) => match rows.first() {
             Some(row) => row.get(0),
             None => return Outcome::Failed("insert returned no id".to_owned()),
@@ -168,7 +193,10 @@ async fn job(client: &tokio_postgres::Client, account: i64, key: &str) -> Outcom
             return Outcome::Failed(format!("insert invoice: {e}"));
         }
     };
-    if let Err(e) = client.query_typed(INSERT_LINE, &[(&invoice, Type::INT8), (&key, Type::TEXT)]).await {
+    if let Err(e) = client
+        .query_typed(INSERT_LINE, &[(&invoice, Type::INT8), (&key, Type::TEXT)])
+        .await
+    {
         let _ = client.batch_execute("ROLLBACK").await;
         return Outcome::Failed(format!("insert line: {e}"));
     }

@@ -40,7 +40,11 @@ impl Ledger {
         for _ in 0..spec.workers {
             workers.spawn(worker(spec.clone(), tally.clone(), stopped.clone()));
         }
-        Self { stop, workers, tally }
+        Self {
+            stop,
+            workers,
+            tally,
+        }
     }
 
     /// Acknowledged commits so far.
@@ -75,7 +79,10 @@ async fn worker(spec: LedgerSpec, tally: SharedTally, stopped: watch::Receiver<b
         let key = format!("ledger:{}", uuid::Uuid::new_v4());
         let (account, cents) = {
             let mut rng = rand::rng();
-            (rng.random_range(1..=spec.accounts), rng.random_range(1..100_000i64))
+            (
+                rng.random_range(1..=spec.accounts),
+                rng.random_range(1..100_000i64),
+            )
         };
         let amount = format!("{}.{:02}", cents / 100, cents % 100);
         let started = Instant::now();
@@ -123,7 +130,14 @@ async fn pay(client: &tokio_postgres::Client, account: i64, amount: &str, key: &
         return Outcome::Failed(format!("begin: {e}"));
     }
     if let Err(e) = client
-        .query_typed(INSERT_PAYMENT, &[(&account, Type::INT8), (&amount, Type::TEXT), (&key, Type::TEXT)])
+        .query_typed(
+            INSERT_PAYMENT,
+            &[
+                (&account, Type::INT8),
+                (&amount, Type::TEXT),
+                (&key, Type::TEXT),
+            ],
+        )
         .await
     {
         let _ = client.batch_execute("ROLLBACK").await;

@@ -58,17 +58,22 @@ pub async fn audit_keys(
     column: &str,
     keys: &[String],
 ) -> Result<KeyAudit, crate::CellError> {
-    let client = switchyard_postgres::connect(opts).await.map_err(|e| crate::CellError::Workload(e.to_string()))?;
+    let client = switchyard_postgres::connect(opts)
+        .await
+        .map_err(|e| crate::CellError::Workload(e.to_string()))?;
     let sql = format!(
         "SELECT k, (SELECT count(*) FROM {rel} t WHERE t.{col} = k) FROM unnest($1::text[]) AS k",
         rel = switchyard_postgres::quote::qualified(schema, table),
         col = switchyard_postgres::quote::ident(column),
     );
-    let rows = client
-        .query(&sql, &[&keys])
-        .await
-        .map_err(|e| crate::CellError::Workload(format!("auditing keys in {schema}.{table}: {e}")))?;
-    let mut audit = KeyAudit { present_once: 0, missing: 0, duplicated: 0 };
+    let rows = client.query(&sql, &[&keys]).await.map_err(|e| {
+        crate::CellError::Workload(format!("auditing keys in {schema}.{table}: {e}"))
+    })?;
+    let mut audit = KeyAudit {
+        present_once: 0,
+        missing: 0,
+        duplicated: 0,
+    };
     for row in rows {
         match row.get::<_, i64>(1) {
             0 => audit.missing += 1,
