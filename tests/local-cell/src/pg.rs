@@ -247,16 +247,32 @@ fn server_version(bin: &Path) -> Result<(String, i32), CellError> {
         .output()
         .map_err(|e| CellError::Setup(format!("postgres -V: {e}")))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let version = text
-        .split_whitespace()
-        .last()
-        .unwrap_or_default()
-        .to_owned();
+    parse_version(&text)
+        .ok_or_else(|| CellError::Setup(format!("cannot parse postgres -V output: {text}")))
+}
+
+/// "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)": the third word.
+fn parse_version(text: &str) -> Option<(String, i32)> {
+    let version = text.split_whitespace().nth(2)?;
     let mut parts = version.split('.').map(|p| p.parse::<i32>().ok());
-    match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(major), Some(minor)) => Ok((version.clone(), major * 10000 + minor)),
-        _ => Err(CellError::Setup(format!(
-            "cannot parse postgres -V output: {text}"
-        ))),
+    let (major, minor) = (parts.next()??, parts.next()??);
+    Some((version.to_owned(), major * 10000 + minor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_version;
+
+    #[test]
+    fn parses_npm_and_debian_version_lines() {
+        assert_eq!(
+            parse_version("postgres (PostgreSQL) 14.23\n"),
+            Some(("14.23".to_owned(), 140023))
+        );
+        assert_eq!(
+            parse_version("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"),
+            Some(("15.18".to_owned(), 150018))
+        );
+        assert_eq!(parse_version("postgres (PostgreSQL) 18devel"), None);
     }
 }
