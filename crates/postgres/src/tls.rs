@@ -21,9 +21,25 @@ pub enum Tls {
         /// Path of a PEM file holding one or more CA certificates.
         ca_bundle: PathBuf,
     },
-    /// Plain TCP. Only for a local cell (containers on one machine): the caller decides
-    /// that from its configuration; this crate does not second-guess it.
+    /// Plain TCP. Only for a local cell: [`Tls::choose`] is where that rule lives.
     Disabled,
+}
+
+impl Tls {
+    /// The one place the TLS rule is decided: with a CA bundle, verify-full; without
+    /// one, plain TCP only when the cell is local (`allows_plain_tcp`, from the cell
+    /// document's `environment`); otherwise a `ConfigurationError`, never a silent
+    /// downgrade.
+    pub fn choose(allows_plain_tcp: bool, ca_bundle: Option<PathBuf>) -> Result<Self, PgError> {
+        match (ca_bundle, allows_plain_tcp) {
+            (Some(ca_bundle), _) => Ok(Self::VerifyFull { ca_bundle }),
+            (None, true) => Ok(Self::Disabled),
+            (None, false) => Err(PgError::configuration(
+                "choosing TLS for an AWS cell".into(),
+                "no CA bundle is configured: set the RDS CA bundle path; plain TCP is only for local cells".into(),
+            )),
+        }
+    }
 }
 
 /// Builds the connector for verify-full: aws-lc-rs named explicitly (no process-wide
@@ -77,6 +93,25 @@ async fn load_roots(ca_bundle: &Path) -> Result<RootCertStore, PgError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn plain_tcp_only_for_local_cells() {
+        use switchyard_errors::{Catalogued, ErrorName};
+        let bundle = PathBuf::from("/opt/rds/global-bundle.pem");
+        assert_eq!(
+            Tls::choose(false, Some(bundle.clone())).expect("aws with bundle"),
+            Tls::VerifyFull {
+                ca_bundle: bundle.clone()
+            }
+        );
+        assert_eq!(
+            Tls::choose(true, Some(bundle.clone())).expect("local with bundle"),
+            Tls::VerifyFull { ca_bundle: bundle }
+        );
+        assert_eq!(Tls::choose(true, None).expect("local"), Tls::Disabled);
+        let err = Tls::choose(false, None).expect_err("aws without bundle");
+        assert_eq!(err.error_name(), ErrorName::ConfigurationError);
+    }
+
     use super::*;
     use switchyard_errors::{Catalogued, ErrorName};
 
