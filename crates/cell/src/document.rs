@@ -54,7 +54,7 @@ pub struct CellDocument {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Environment {
-    /// The local rehearsal: containers on one machine.
+    /// The local cell: every server on one machine, AWS emulated by moto.
     Local,
     /// A real cell in an AWS account.
     Aws,
