@@ -11,13 +11,13 @@ use serde_json::json;
 use switchyard_aws::{EndpointResolver, LocalEndpoints, LOCAL_ENDPOINTS_ENV};
 use switchyard_cell::CellDocument;
 use switchyard_postgres::quote::{conninfo_value, ident, literal, qualified};
-use switchyard_postgres::{scram_verifier, ConnectOptions, Tls};
+use switchyard_postgres::{scram_verifier, ConnectOptions};
 use switchyard_telemetry::Secret;
 
 use crate::forwarder::{Forwarder, Route};
 use crate::install::Install;
 use crate::moto::Moto;
-use crate::pg::{PgServer, PgServerSpec};
+use crate::pg::{plain_options, PgServer, PgServerSpec};
 use crate::pgbouncer::{PgBouncer, PgBouncerSpec, PooledDatabase};
 use crate::process::{run_to_end, server_dir, RunAs};
 use crate::workload::{DirectWriterSpec, DirectWriters, Ledger, LedgerSpec};
@@ -195,48 +195,27 @@ impl LocalCell {
         tracing::info!(run_dir = %run_dir.display(), "starting local cell");
 
         let moto = Moto::start(&install, &run_dir, &doc.region).await?;
-        let blue = PgServer::start(
-            &PgServerSpec {
-                name: "blue",
-                major: options.blue_major,
-                ip: BLUE_IP,
-                superuser: &secrets.orchestrator_user,
-                superuser_password: &secrets.orchestrator,
+        let orchestrator = (secrets.orchestrator_user.as_str(), &secrets.orchestrator);
+        let search_admin = (secrets.search_admin_user.as_str(), &secrets.search_admin);
+        let mut servers = Vec::new();
+        for (name, major, ip, (superuser, superuser_password)) in [
+            ("blue", options.blue_major, BLUE_IP, orchestrator),
+            ("green", options.green_major, GREEN_IP, orchestrator),
+            ("search", options.search_major, SEARCH_IP, search_admin),
+        ] {
+            let spec = PgServerSpec {
+                name,
+                major,
+                ip,
+                superuser,
+                superuser_password,
                 tls: None,
-            },
-            &install,
-            &run_dir,
-            run_as,
-        )
-        .await?;
-        let green = PgServer::start(
-            &PgServerSpec {
-                name: "green",
-                major: options.green_major,
-                ip: GREEN_IP,
-                superuser: &secrets.orchestrator_user,
-                superuser_password: &secrets.orchestrator,
-                tls: None,
-            },
-            &install,
-            &run_dir,
-            run_as,
-        )
-        .await?;
-        let search = PgServer::start(
-            &PgServerSpec {
-                name: "search",
-                major: options.search_major,
-                ip: SEARCH_IP,
-                superuser: &secrets.search_admin_user,
-                superuser_password: &secrets.search_admin,
-                tls: None,
-            },
-            &install,
-            &run_dir,
-            run_as,
-        )
-        .await?;
+            };
+            servers.push(PgServer::start(&spec, &install, &run_dir, run_as).await?);
+        }
+        let [blue, green, search]: [PgServer; 3] = servers
+            .try_into()
+            .map_err(|_| CellError::Setup("three servers expected".to_owned()))?;
 
         // AWS side: clusters carrying the real servers' versions, the endpoint map keyed by
         // resource id, SSM parameters, ECS services and the downstream's target group.
@@ -496,16 +475,7 @@ impl Drop for LocalCell {
 }
 
 fn plain(addr: SocketAddr, dbname: &str, user: &str, password: &Secret) -> ConnectOptions {
-    ConnectOptions {
-        host: addr.ip().to_string(),
-        port: addr.port(),
-        dbname: dbname.to_owned(),
-        user: user.to_owned(),
-        password: password.clone(),
-        tls: Tls::Disabled,
-        application_name: "switchyard-local-cell".to_owned(),
-        connect_timeout: Duration::from_secs(5),
-    }
+    plain_options(&addr.ip().to_string(), addr.port(), dbname, user, password)
 }
 
 fn new_run_dir(install: &Install, cell_id: &str) -> Result<PathBuf, CellError> {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_rds::config::{BehaviorVersion, Credentials, Region};
 use nix::sys::signal::Signal;
@@ -37,20 +37,9 @@ impl Moto {
             &install.registry(),
             Signal::SIGTERM,
         )?;
-        let started = Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            server.ensure_running()?;
-            if started.elapsed() > Duration::from_secs(60) {
-                return Err(CellError::Setup(format!(
-                    "moto did not listen; see {}",
-                    log.display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        server
+            .wait_listening(("127.0.0.1", port), Duration::from_secs(60))
+            .await?;
         let endpoint = format!("http://127.0.0.1:{port}");
         let clients = AwsClients::from_config(&sdk_config(&endpoint, region).await);
         Ok(Self {

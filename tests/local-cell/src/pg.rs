@@ -172,16 +172,7 @@ impl PgServer {
 
     /// Connection options for `user` on `dbname` over plain TCP (local cell only).
     pub fn options(&self, dbname: &str, user: &str, password: &Secret) -> ConnectOptions {
-        ConnectOptions {
-            host: self.ip.clone(),
-            port: self.port,
-            dbname: dbname.to_owned(),
-            user: user.to_owned(),
-            password: password.clone(),
-            tls: Tls::Disabled,
-            application_name: "switchyard-local-cell".to_owned(),
-            connect_timeout: Duration::from_secs(5),
-        }
+        plain_options(&self.ip, self.port, dbname, user, password)
     }
 
     pub fn superuser_options(&self, dbname: &str) -> ConnectOptions {
@@ -211,6 +202,26 @@ impl PgServer {
         if self.server.pid().is_none() {
             let _ = fs::remove_dir_all(&self.data);
         }
+    }
+}
+
+/// Plain-TCP connection options: the local cell's servers and forwarders only.
+pub(crate) fn plain_options(
+    host: &str,
+    port: u16,
+    dbname: &str,
+    user: &str,
+    password: &Secret,
+) -> ConnectOptions {
+    ConnectOptions {
+        host: host.to_owned(),
+        port,
+        dbname: dbname.to_owned(),
+        user: user.to_owned(),
+        password: password.clone(),
+        tls: Tls::Disabled,
+        application_name: "switchyard-local-cell".to_owned(),
+        connect_timeout: Duration::from_secs(5),
     }
 }
 

@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use switchyard_telemetry::Secret;
@@ -99,20 +99,9 @@ impl PgBouncer {
             &install.registry(),
             Signal::SIGTERM,
         )?;
-        let started = Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            server.ensure_running()?;
-            if started.elapsed() > Duration::from_secs(30) {
-                return Err(CellError::Setup(format!(
-                    "pgbouncer did not listen; see {}",
-                    log.display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        server
+            .wait_listening(("127.0.0.1", port), Duration::from_secs(30))
+            .await?;
         Ok(Self { port, dir, server })
     }
 

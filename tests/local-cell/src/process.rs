@@ -79,12 +79,7 @@ pub async fn run_to_end(
     run_as: Option<RunAs>,
     log: &Path,
 ) -> Result<(), CellError> {
-    let out = log_file(log)?;
-    let err = out
-        .try_clone()
-        .map_err(|e| CellError::Setup(format!("log {}: {e}", log.display())))?;
-    RunAs::apply(run_as, &mut cmd);
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    prepare(&mut cmd, run_as, log)?;
     let status = tokio::process::Command::from(cmd)
         .status()
         .await
@@ -95,6 +90,17 @@ pub async fn run_to_end(
             log.display()
         )));
     }
+    Ok(())
+}
+
+/// Runs as the server user, no stdin, stdout and stderr appended to `log`.
+fn prepare(cmd: &mut Command, run_as: Option<RunAs>, log: &Path) -> Result<(), CellError> {
+    let out = log_file(log)?;
+    let err = out
+        .try_clone()
+        .map_err(|e| CellError::Setup(format!("log {}: {e}", log.display())))?;
+    RunAs::apply(run_as, cmd);
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     Ok(())
 }
 
@@ -127,12 +133,7 @@ impl Server {
         registry: &Path,
         stop_signal: Signal,
     ) -> Result<Self, CellError> {
-        let out = log_file(log)?;
-        let err = out
-            .try_clone()
-            .map_err(|e| CellError::Setup(format!("log {}: {e}", log.display())))?;
-        RunAs::apply(run_as, &mut cmd);
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        prepare(&mut cmd, run_as, log)?;
         set_parent_death_signal(&mut cmd);
         let child = cmd
             .spawn()
@@ -161,6 +162,30 @@ impl Server {
 
     pub fn log(&self) -> &Path {
         &self.log
+    }
+
+    /// Waits until the server accepts TCP connections on `addr`, failing with its log's
+    /// path if it exits first or `budget` passes.
+    pub async fn wait_listening(
+        &mut self,
+        addr: (&str, u16),
+        budget: Duration,
+    ) -> Result<(), CellError> {
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            self.ensure_running()?;
+            if started.elapsed() > budget {
+                return Err(CellError::Setup(format!(
+                    "{} did not listen on {}:{}; see {}",
+                    self.name,
+                    addr.0,
+                    addr.1,
+                    self.log.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
     }
 
     /// Fails with the log's path if the server already exited (e.g. a bad config).

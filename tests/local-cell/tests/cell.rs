@@ -83,7 +83,7 @@ async fn ledger_writes_through_pgbouncer_land_on_blue_exactly_once() {
     );
     assert_eq!(tally.failed, 0, "errors: {:?}", tally.errors);
 
-    let keys: Vec<String> = tally.acks.iter().map(|a| a.key.clone()).collect();
+    let keys = tally.keys();
     let on_blue = audit_keys(
         &cell.blue.superuser_options("app"),
         ("public", "payments"),
@@ -212,7 +212,7 @@ async fn direct_writers_follow_the_service_desired_count() {
     assert_eq!(writers.running(), 1);
 
     let tally = writers.tally();
-    let keys: Vec<String> = tally.acks.iter().map(|a| a.key.clone()).collect();
+    let keys = tally.keys();
     let audit = audit_keys(
         &cell.blue.superuser_options("app"),
         ("billing", "invoice lines"),
@@ -349,7 +349,7 @@ async fn logical_replication_from_blue_to_green_carries_the_fixture_and_new_writ
     tokio::time::sleep(Duration::from_secs(2)).await;
     let tally = ledger.stop().await;
     assert!(!tally.acks.is_empty(), "{:?}", tally.errors);
-    let keys: Vec<String> = tally.acks.iter().map(|a| a.key.clone()).collect();
+    let keys = tally.keys();
     let started = Instant::now();
     loop {
         let audit = audit_keys(

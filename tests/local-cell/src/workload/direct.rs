@@ -2,17 +2,18 @@
 //! service's `desiredCount` in moto, connect straight to the cluster endpoint (no
 //! PgBouncer), and drain gracefully — finish the job in hand — when scaled in.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_postgres::{connect, ConnectOptions};
+use switchyard_postgres::ConnectOptions;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::types::Type;
 
-use super::ledger::{record, Outcome};
-use super::{SharedTally, Tally, RECONNECT_DELAY};
+use super::{client_loop, Outcome, SharedTally, Tally};
 
 /// One job: an invoice and a line whose description carries the client's key.
 const INSERT_INVOICE: &str =
@@ -121,7 +122,15 @@ async fn schedule(spec: DirectWriterSpec, running: Arc<AtomicUsize>, tally: Shar
             if desired > active.len() {
                 for _ in active.len()..desired {
                     let (stop, stopped) = watch::channel(false);
-                    let handle = tokio::spawn(job_loop(spec.clone(), tally.clone(), stopped));
+                    let handle = tokio::spawn(client_loop(
+                        spec.connect.clone(),
+                        "job",
+                        spec.accounts,
+                        spec.job_interval,
+                        tally.clone(),
+                        stopped,
+                        job,
+                    ));
                     tasks.push(Task {
                         stop,
                         handle,
@@ -146,63 +155,35 @@ impl Drop for Task {
     }
 }
 
-async fn job_loop(spec: DirectWriterSpec, tally: SharedTally, stopped: watch::Receiver<bool>) {
-    let mut client = None;
-    while !*stopped.borrow() {
-        let c = match client.take() {
-            Some(c) => c,
-            None => match connect(&spec.connect).await {
-                Ok(c) => c,
-                Err(e) => {
-                    if let Ok(mut t) = tally.lock() {
-                        t.error(format!("connect: {e}"));
-                    }
-                    tokio::time::sleep(RECONNECT_DELAY).await;
-                    continue;
-                }
+fn job<'a>(
+    client: &'a tokio_postgres::Client,
+    key: &'a str,
+    account: i64,
+) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
+    Box::pin(async move {
+        if let Err(e) = client.batch_execute("BEGIN").await {
+            return Outcome::Failed(format!("begin: {e}"));
+        }
+        let invoice: i64 = match client
+            .query_typed(INSERT_INVOICE, &[(&account, Type::INT8)])
+            .await
+        {
+            Ok(rows) => match rows.first() {
+                Some(row) => row.get(0),
+                None => return Outcome::Failed("insert returned no id".to_owned()),
             },
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Outcome::Failed(format!("insert invoice: {e}"));
+            }
         };
-        let key = format!("job:{}", uuid::Uuid::new_v4());
-        let account = 1 + (uuid::Uuid::new_v4().as_u128() % spec.accounts.max(1) as u128) as i64;
-        let started = Instant::now();
-        let outcome = job(&c, account, &key).await;
-        if let Ok(mut t) = tally.lock() {
-            record(&mut t, outcome, key, started.elapsed().as_micros() as u64);
-        }
-        if !c.is_closed() {
-            client = Some(c);
-        }
-        tokio::time::sleep(spec.job_interval).await;
-    }
-}
-
-async fn job(client: &tokio_postgres::Client, account: i64, key: &str) -> Outcome {
-    if let Err(e) = client.batch_execute("BEGIN").await {
-        return Outcome::Failed(format!("begin: {e}"));
-    }
-    let invoice: i64 = match client
-        .query_typed(INSERT_INVOICE, &[(&account, Type::INT8)])
-        .await
-    {
-        Ok(rows) => match rows.first() {
-            Some(row) => row.get(0),
-            None => return Outcome::Failed("insert returned no id".to_owned()),
-        },
-        Err(e) => {
+        if let Err(e) = client
+            .query_typed(INSERT_LINE, &[(&invoice, Type::INT8), (&key, Type::TEXT)])
+            .await
+        {
             let _ = client.batch_execute("ROLLBACK").await;
-            return Outcome::Failed(format!("insert invoice: {e}"));
+            return Outcome::Failed(format!("insert line: {e}"));
         }
-    };
-    if let Err(e) = client
-        .query_typed(INSERT_LINE, &[(&invoice, Type::INT8), (&key, Type::TEXT)])
-        .await
-    {
-        let _ = client.batch_execute("ROLLBACK").await;
-        return Outcome::Failed(format!("insert line: {e}"));
-    }
-    match client.batch_execute("COMMIT").await {
-        Ok(()) => Outcome::Committed,
-        Err(e) if e.as_db_error().is_some() => Outcome::Failed(format!("commit: {e}")),
-        Err(e) => Outcome::InDoubt(format!("commit: {e}")),
-    }
+        Outcome::of_commit(client.batch_execute("COMMIT").await)
+    })
 }

@@ -5,10 +5,13 @@
 mod direct;
 mod ledger;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use switchyard_postgres::ConnectOptions;
+use switchyard_postgres::{connect, ConnectOptions};
+use tokio::sync::watch;
 
 pub use direct::{DirectWriterSpec, DirectWriters};
 pub use ledger::{Ledger, LedgerSpec};
@@ -34,6 +37,11 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// The keys of every acknowledged commit, for an audit.
+    pub fn keys(&self) -> Vec<String> {
+        self.acks.iter().map(|a| a.key.clone()).collect()
+    }
+
     fn error(&mut self, message: String) {
         if self.errors.len() < 20 && !self.errors.contains(&message) {
             self.errors.push(message);
@@ -86,3 +94,85 @@ pub async fn audit_keys(
 
 /// Reconnect pause after a failed connection: short, so a resumed PgBouncer is used at once.
 const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+
+/// How one client transaction ended, as the client saw it.
+enum Outcome {
+    Committed,
+    /// Failed before COMMIT was acknowledged and rolled back: no row.
+    Failed(String),
+    /// COMMIT was sent and no answer came back.
+    InDoubt(String),
+}
+
+impl Outcome {
+    /// Classifies COMMIT's result: a server error means rolled back, a lost connection
+    /// means nobody knows.
+    fn of_commit(result: Result<(), tokio_postgres::Error>) -> Self {
+        match result {
+            Ok(()) => Self::Committed,
+            Err(e) if e.as_db_error().is_some() => Self::Failed(format!("commit: {e}")),
+            Err(e) => Self::InDoubt(format!("commit: {e}")),
+        }
+    }
+}
+
+type Transaction = for<'a> fn(
+    &'a tokio_postgres::Client,
+    &'a str,
+    i64,
+) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
+
+/// One client: keeps a connection (reconnecting after failures), runs `transaction` under
+/// a fresh `<prefix>:<uuid>` key for a random account, records what happened, pauses,
+/// and repeats until `stopped` — finishing the transaction in hand first.
+async fn client_loop(
+    opts: ConnectOptions,
+    prefix: &'static str,
+    accounts: i64,
+    pause: Duration,
+    tally: SharedTally,
+    stopped: watch::Receiver<bool>,
+    transaction: Transaction,
+) {
+    let mut client = None;
+    while !*stopped.borrow() {
+        let c = match client.take() {
+            Some(c) => c,
+            None => match connect(&opts).await {
+                Ok(c) => c,
+                Err(e) => {
+                    if let Ok(mut t) = tally.lock() {
+                        t.error(format!("connect: {e}"));
+                    }
+                    tokio::time::sleep(RECONNECT_DELAY).await;
+                    continue;
+                }
+            },
+        };
+        let key = format!("{prefix}:{}", uuid::Uuid::new_v4());
+        let account = rand::random_range(1..=accounts.max(1));
+        let started = Instant::now();
+        let outcome = transaction(&c, &key, account).await;
+        let latency_us = started.elapsed().as_micros() as u64;
+        if let Ok(mut t) = tally.lock() {
+            match outcome {
+                Outcome::Committed => t.acks.push(Ack { key, latency_us }),
+                Outcome::Failed(e) => {
+                    t.failed += 1;
+                    t.error(e);
+                }
+                Outcome::InDoubt(e) => {
+                    t.failed += 1;
+                    t.in_doubt.push(key);
+                    t.error(e);
+                }
+            }
+        }
+        if !c.is_closed() {
+            client = Some(c);
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
