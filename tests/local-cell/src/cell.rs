@@ -269,7 +269,6 @@ impl LocalCell {
             &secrets,
             options.rows,
             &run_dir,
-            run_as,
         )
         .await?;
         prepare_green(&green, &doc.databases).await?;
@@ -706,7 +705,6 @@ async fn prepare_blue(
     secrets: &CellSecrets,
     rows: u32,
     run_dir: &Path,
-    run_as: Option<RunAs>,
 ) -> Result<(), CellError> {
     let admin = blue.superuser_client("postgres").await?;
     let sql_err =
@@ -764,7 +762,6 @@ async fn prepare_blue(
         // psql reads the password from the environment: never on a command line.
         .env("PGPASSWORD", owner_password.expose())
         .env("PGCONNECT_TIMEOUT", "10");
-    let _ = run_as;
     run_to_end(
         "loading the fixture",
         psql,

@@ -51,7 +51,8 @@ impl Moto {
     }
 
     /// Environment that points the standard AWS config chain at this moto: what an
-    /// operation run locally (or by hand) is given.
+    /// operation run locally (or by hand) is given. moto accepts any keys: these are
+    /// placeholders, not credentials.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
             ("AWS_ENDPOINT_URL".to_owned(), self.endpoint.clone()),
