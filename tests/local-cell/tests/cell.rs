@@ -265,83 +265,10 @@ async fn the_special_password_from_ssm_authenticates_through_pgbouncer_and_direc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logical_replication_from_blue_to_green_carries_the_fixture_and_new_writes() {
     let cell = start_cell(false).await;
-    let install = Install::from_env();
-    // Schema: pg_dump 15 of blue (14), applied to green, without owners or grants (the
-    // application roles are not on green yet) and without publications/subscriptions.
-    let dump = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_dump")
-        .args([
-            "--schema-only",
-            "--no-owner",
-            "--no-privileges",
-            "--no-publications",
-            "--no-subscriptions",
-        ])
-        .args([
-            "-h",
-            &cell.blue.ip,
-            "-p",
-            &cell.blue.port.to_string(),
-            "-U",
-            "switchyard",
-            "-d",
-            "app",
-        ])
-        .env("PGPASSWORD", cell.secrets.orchestrator.expose())
-        .output()
-        .expect("pg_dump runs");
-    assert!(
-        dump.status.success(),
-        "pg_dump: {}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
-    // pg_dump ≥ 15.14 wraps its output in psql's \restrict meta-commands: apply it with psql.
-    let mut psql = std::process::Command::new(install.psql().expect("psql"))
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
-        .args([
-            "-h",
-            &cell.green.ip,
-            "-p",
-            &cell.green.port.to_string(),
-            "-U",
-            "switchyard",
-            "-d",
-            "app",
-        ])
-        .env("PGPASSWORD", cell.secrets.orchestrator.expose())
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("psql runs");
-    std::io::Write::write_all(&mut psql.stdin.take().expect("stdin"), &dump.stdout)
-        .expect("feed psql");
-    let applied = psql.wait_with_output().expect("psql finishes");
-    assert!(
-        applied.status.success(),
-        "schema on green: {}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
-    let green = cell.green.superuser_client("app").await.expect("green");
-
+    // Schema by pg_dump 18 without owners or grants, then one FOR ALL TABLES pair.
+    cell.replicate_directly().await.expect("replication set up");
     let blue = cell.blue.superuser_client("app").await.expect("blue");
-    blue.batch_execute("CREATE PUBLICATION upgrade_all FOR ALL TABLES")
-        .await
-        .expect("publication");
-    let conninfo = format!(
-        "host={} port={} dbname=app user=switchyard password={}",
-        cell.blue.ip,
-        cell.blue.port,
-        switchyard_postgres::quote::conninfo_value(cell.secrets.orchestrator.expose())
-    );
-    green
-        .batch_execute(&format!(
-            "CREATE SUBSCRIPTION upgrade_all CONNECTION {} PUBLICATION upgrade_all",
-            switchyard_postgres::quote::literal(&conninfo)
-        ))
-        .await
-        .expect("subscription");
-    switchyard_local_cell::wait_subscription_ready(&green, "upgrade_all", Duration::from_secs(120))
-        .await
-        .expect("initial copy");
+    let green = cell.green.superuser_client("app").await.expect("green");
 
     let ledger = cell
         .start_ledger(2, Duration::from_millis(5))

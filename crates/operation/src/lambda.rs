@@ -1,0 +1,117 @@
+use std::future::Future;
+
+use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use switchyard_cell::CellDocument;
+use switchyard_errors::{ErrorName, Failure};
+
+use crate::{Deps, Error};
+
+/// An operation's input: it carries the cell document, validated before `run` sees it.
+pub trait OperationInput: DeserializeOwned {
+    fn cell(&self) -> &CellDocument;
+}
+
+/// Parses a payload into an operation's input: a malformed payload is `InvalidInput`
+/// naming the field path, and the cell document inside is validated.
+pub fn parse_input<I: OperationInput>(payload: serde_json::Value) -> Result<I, Error> {
+    let input: I = serde_path_to_error::deserialize(payload).map_err(|e| {
+        let path = e.path().to_string();
+        Error::stop(
+            ErrorName::InvalidInput,
+            format!("payload field {path}: {}", e.into_inner()),
+        )
+    })?;
+    input.cell().validate()?;
+    Ok(input)
+}
+
+/// The whole of an operation's `main`: tracing, deps built once, then the Lambda loop.
+/// The payload is taken as raw JSON and parsed here, so even a malformed one fails with
+/// a catalogued name (`InvalidInput`), never the runtime's Rust type name.
+pub async fn serve<I, O, F, Fut>(run: F) -> Result<(), lambda_runtime::Error>
+where
+    I: OperationInput,
+    O: Serialize,
+    F: Fn(I, Deps) -> Fut,
+    Fut: Future<Output = Result<O, Error>>,
+{
+    switchyard_telemetry::init_tracing();
+    let deps = match Deps::from_env().await {
+        Ok(deps) => deps,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start: deployment configuration");
+            return Err(Box::new(Failure::new(
+                ErrorName::ConfigurationError,
+                e.to_string(),
+            )));
+        }
+    };
+    let run = &run;
+    let deps = &deps;
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<serde_json::Value>| async move {
+            let input = parse_input::<I>(event.payload).map_err(Diagnostic::from)?;
+            run(input, deps.clone()).await.map_err(Diagnostic::from)
+        },
+    ))
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_errors::Catalogued;
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Probe {
+        cell: CellDocument,
+        #[allow(dead_code)]
+        mode: String,
+    }
+
+    impl OperationInput for Probe {
+        fn cell(&self) -> &CellDocument {
+            &self.cell
+        }
+    }
+
+    fn example() -> serde_json::Value {
+        serde_json::from_str(switchyard_cell::EXAMPLE).expect("example")
+    }
+
+    #[test]
+    fn a_good_payload_parses() {
+        let payload = serde_json::json!({ "cell": example(), "mode": "quick" });
+        assert!(parse_input::<Probe>(payload).is_ok());
+    }
+
+    #[test]
+    fn a_wrong_field_type_is_invalid_input_naming_the_path() {
+        let mut cell = example();
+        cell["budgets"] = serde_json::json!({ "pause_seconds": "sixty" });
+        let err = parse_input::<Probe>(serde_json::json!({ "cell": cell, "mode": "quick" }))
+            .err()
+            .expect("rejected");
+        assert_eq!(err.error_name(), ErrorName::InvalidInput);
+        assert!(
+            err.to_string().contains("cell.budgets.pause_seconds"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_cell_is_invalid_input() {
+        let mut cell = example();
+        cell["blue"]["cluster_identifier"] = serde_json::json!("Bad--Id");
+        let err = parse_input::<Probe>(serde_json::json!({ "cell": cell, "mode": "quick" }))
+            .err()
+            .expect("rejected");
+        assert_eq!(err.error_name(), ErrorName::InvalidInput);
+        assert!(err.to_string().contains("blue.cluster_identifier"), "{err}");
+        let diagnostic = Diagnostic::from(err);
+        assert_eq!(diagnostic.error_type, "InvalidInput");
+    }
+}

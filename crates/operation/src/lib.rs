@@ -1,0 +1,16 @@
+//! What every operation stands on.
+//!
+//! An operation is `async fn run(input, &Deps) -> Result<Output, Error>`; this crate gives
+//! it the [`Deps`] (deployment config parsed once, AWS clients built once, endpoint
+//! resolution), connections to the cell's clusters as the orchestrator, the shared
+//! [`Error`], and [`serve`], the whole of a Lambda's `main`.
+
+mod deploy;
+mod deps;
+mod error;
+mod lambda;
+
+pub use deploy::{Deployment, CA_BUNDLE_ENV, PG_DUMP_ENV};
+pub use deps::{Deps, Side};
+pub use error::Error;
+pub use lambda::{parse_input, serve, OperationInput};

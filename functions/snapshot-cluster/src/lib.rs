@@ -1,0 +1,179 @@
+//! `snapshot-cluster`: a manual cluster snapshot of blue before the prepare phase changes
+//! anything, named and tagged after the run so a retry reuses it instead of taking another.
+//!
+//! Returns the snapshot's status; the state machine polls (Wait + Choice) until it is
+//! `available`. Only blue is touched, and only by `CreateDBClusterSnapshot`.
+
+use aws_sdk_rds::types::Tag;
+use serde::{Deserialize, Serialize};
+use switchyard_cell::CellDocument;
+use switchyard_errors::ErrorName;
+use switchyard_operation::{Deps, Error, OperationInput};
+
+/// ```json
+/// {"cell": { …the cell document… }, "run_id": "2026-11-22T05-00-00-local-a"}
+/// ```
+/// (`payloads/input.json` holds a whole one.)
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub cell: CellDocument,
+    /// The run this snapshot belongs to: the Step Functions execution name.
+    pub run_id: String,
+}
+
+impl OperationInput for Input {
+    fn cell(&self) -> &CellDocument {
+        &self.cell
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Output {
+    pub snapshot_identifier: String,
+    /// RDS's status: `creating` until `available`.
+    pub status: String,
+    pub available: bool,
+    /// False when a snapshot of this run already existed and was reused.
+    pub created: bool,
+}
+
+/// The tag that marks a snapshot as this run's.
+pub const RUN_TAG: &str = "switchyard:run";
+
+/// `<blue identifier>-pre-upgrade-<run>`: letters, digits and single hyphens, as RDS
+/// requires, at most 255 characters.
+pub fn snapshot_identifier(blue: &str, run_id: &str) -> Result<String, Error> {
+    let mut run = String::new();
+    for c in run_id.chars() {
+        match c {
+            'a'..='z' | '0'..='9' => run.push(c),
+            'A'..='Z' => run.push(c.to_ascii_lowercase()),
+            _ if !run.ends_with('-') => run.push('-'),
+            _ => {}
+        }
+    }
+    let run = run.trim_matches('-');
+    let id = format!("{blue}-pre-upgrade-{run}");
+    if run.is_empty() || id.len() > 255 {
+        return Err(Error::stop(
+            ErrorName::InvalidInput,
+            format!("run_id {run_id:?} cannot name a snapshot: use letters, digits and hyphens, at most 200 characters"),
+        ));
+    }
+    Ok(id)
+}
+
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
+pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    let blue = &input.cell.blue.cluster_identifier;
+    let id = snapshot_identifier(blue, &input.run_id)?;
+    let rds = &deps.aws.rds;
+
+    if let Some(existing) = describe(rds, &id).await? {
+        // Reuse only a snapshot of this cluster: the same name on another cluster means
+        // someone else's snapshot, and overwriting or trusting it would both be wrong.
+        if existing.db_cluster_identifier() != Some(blue.as_str()) {
+            return Err(Error::stop(
+                ErrorName::PreconditionFailed,
+                format!(
+                    "snapshot {id} exists but belongs to cluster {}; delete or rename it, or use another run id",
+                    existing.db_cluster_identifier().unwrap_or("unknown")
+                ),
+            ));
+        }
+        tracing::info!(snapshot = %id, "reusing this run's snapshot");
+        return Ok(output(id, existing.status(), false));
+    }
+
+    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+    let created = rds
+        .create_db_cluster_snapshot()
+        .db_cluster_snapshot_identifier(&id)
+        .db_cluster_identifier(blue)
+        .tags(tag(RUN_TAG, &input.run_id))
+        .tags(tag("switchyard:cell", &input.cell.cell_id))
+        .send()
+        .await;
+    match created {
+        Ok(out) => {
+            let status = out.db_cluster_snapshot().and_then(|s| s.status());
+            tracing::info!(snapshot = %id, status = status.unwrap_or("unknown"), "snapshot requested");
+            Ok(output(id, status, true))
+        }
+        // A concurrent attempt (a retried invocation) created it between our describe and
+        // create: that is this run's snapshot.
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_db_cluster_snapshot_already_exists_fault()) => {
+            let status = describe(rds, &id).await?.and_then(|s| s.status().map(str::to_owned));
+            Ok(output(id, status.as_deref(), false))
+        }
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_invalid_db_cluster_state_fault()) => Err(Error::stop(
+            ErrorName::ClusterNotAvailable,
+            format!("cluster {blue} cannot be snapshotted in its current state; retry when it is available"),
+        )),
+        Err(e) => Err(Error::aws(&format!("creating snapshot {id}"), &e)),
+    }
+}
+
+async fn describe(
+    rds: &aws_sdk_rds::Client,
+    id: &str,
+) -> Result<Option<aws_sdk_rds::types::DbClusterSnapshot>, Error> {
+    match rds
+        .describe_db_cluster_snapshots()
+        .db_cluster_snapshot_identifier(id)
+        .send()
+        .await
+    {
+        Ok(out) => Ok(out.db_cluster_snapshots().first().cloned()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_db_cluster_snapshot_not_found_fault()) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(Error::aws(&format!("describing snapshot {id}"), &e)),
+    }
+}
+
+fn output(id: String, status: Option<&str>, created: bool) -> Output {
+    let status = status.unwrap_or("unknown").to_owned();
+    Output {
+        available: status == "available",
+        snapshot_identifier: id,
+        status,
+        created,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_rds_safe() {
+        assert_eq!(
+            snapshot_identifier("local-a", "Prepare_2026-11-22T05:00:00Z").expect("ok"),
+            "local-a-pre-upgrade-prepare-2026-11-22t05-00-00z"
+        );
+        assert!(snapshot_identifier("local-a", "___").is_err());
+        assert!(snapshot_identifier("local-a", &"x".repeat(250)).is_err());
+    }
+
+    #[test]
+    fn payload_examples_round_trip() {
+        let input: Input =
+            serde_json::from_str(include_str!("../payloads/input.json")).expect("input example");
+        assert_eq!(
+            input,
+            serde_json::from_value(serde_json::to_value(&input).expect("ser")).expect("de")
+        );
+        input.cell.validate().expect("example cell is valid");
+        let output: Output =
+            serde_json::from_str(include_str!("../payloads/output.json")).expect("output example");
+        assert_eq!(
+            output,
+            serde_json::from_value(serde_json::to_value(&output).expect("ser")).expect("de")
+        );
+    }
+}
