@@ -446,11 +446,9 @@ impl LocalCell {
         ))
     }
 
-    /// Test shortcut standing in for sync-roles/copy-schema/start-replication: blue's
-    /// schema on green (no owners or grants) and one FOR ALL TABLES publication and
-    /// subscription, initial copy done. Returns the subscription's name.
-    pub async fn replicate_directly(&self) -> Result<&'static str, CellError> {
-        const NAME: &str = "test_all";
+    /// Test shortcut standing in for copy-schema: blue's schema on green by pg_dump 18,
+    /// without owners, grants, publications or subscriptions (roles are not on green).
+    pub async fn copy_schema_directly(&self) -> Result<(), CellError> {
         let install = Install::from_env();
         let db = &self.document.databases[0];
         let pg_dump = install.pg_dump()?;
@@ -513,6 +511,16 @@ impl LocalCell {
                 String::from_utf8_lossy(&applied.stderr)
             )));
         }
+        Ok(())
+    }
+
+    /// Test shortcut standing in for sync-roles/copy-schema/start-replication: the schema
+    /// as [`Self::copy_schema_directly`] puts it, and one FOR ALL TABLES publication and
+    /// subscription, initial copy done. Returns the subscription's name.
+    pub async fn replicate_directly(&self) -> Result<&'static str, CellError> {
+        const NAME: &str = "test_all";
+        self.copy_schema_directly().await?;
+        let db = &self.document.databases[0];
         let blue = self.blue.superuser_client(db).await?;
         blue.batch_execute(&format!(
             "CREATE PUBLICATION {} FOR ALL TABLES",
