@@ -100,12 +100,18 @@ pub fn init_tracing_with(settings: &LogSettings) {
     let _ = subscriber(settings, std::io::stdout).try_init();
 }
 
+/// Crates whose debug output includes SQL text, held at info.
+const QUIET_STATEMENT_LOGGERS: &str = "tokio_postgres=info";
+
 fn subscriber<W>(settings: &LogSettings, writer: W) -> Box<dyn Subscriber + Send + Sync>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let filter =
         EnvFilter::try_new(&settings.filter).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    // Capped whatever the level asked for: tokio-postgres logs statement text at debug,
+    // and some statements (CREATE SUBSCRIPTION … CONNECTION) carry a password.
+    let filter = filter.add_directive(QUIET_STATEMENT_LOGGERS.parse().unwrap_or_default());
     // CloudWatch shows ANSI escapes as literal bytes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -232,6 +238,19 @@ mod tests {
         assert!(output.contains("shown"), "{output}");
         assert!(!output.contains('\u{1b}'), "{output:?}");
         assert_no_part_of_value(&output);
+    }
+
+    #[test]
+    fn statement_text_from_the_postgres_driver_is_never_logged_even_at_trace() {
+        let output = capture(&settings(LogFormat::Text, "trace"), || {
+            tracing::debug!(target: "tokio_postgres::query", statement = "CREATE SUBSCRIPTION s CONNECTION 'password=hunter2'", "executing");
+            tracing::debug!(target: "switchyard_probe", "ours at debug");
+        });
+        assert!(!output.contains("hunter2"), "{output}");
+        assert!(
+            output.contains("ours at debug"),
+            "the rest still logs at the asked level: {output}"
+        );
     }
 
     #[test]

@@ -332,10 +332,13 @@ impl LocalCell {
     }
 
     /// The effective cell document names this cell's PgBouncer and downstream addresses,
-    /// which are free ports chosen at start; everything else is the template's.
+    /// which are free ports chosen at start, and green's real major as the target;
+    /// everything else is the template's.
     fn fill_runtime_addresses(&mut self) -> Result<(), CellError> {
         let mut value =
             serde_json::to_value(&self.document).map_err(|e| CellError::Setup(e.to_string()))?;
+        // Green runs whatever GREEN_PG asked for: the document names that as the target.
+        value["target_major_version"] = json!(self.green.major);
         value["pgbouncer"]["discovery"] =
             json!({ "static": { "hosts": [format!("127.0.0.1:{}", self.pgbouncer.port)] } });
         if let Some(downstream) = value["downstream"].as_array_mut() {
