@@ -1,0 +1,385 @@
+//! `sync-roles`: the cell's application roles on green, as SSM describes them, so that
+//! PgBouncer and the applications log in to green unchanged after the switchover.
+//!
+//! Every parameter under `credentials.application_roles_path` is one role:
+//! `{"username": "app_writer", "password": "…", "attributes": ["LOGIN"], "member_of": ["app_rw"]}`
+//! (`password` absent for a group). All of them are read and checked before green is
+//! touched; then, in one transaction as the orchestrator, missing roles are created,
+//! existing ones altered where their attributes or password differ, and missing
+//! memberships granted. Passwords reach green only as SCRAM verifiers computed here, and
+//! never appear in a log, a message or the output.
+//!
+//! Nothing is dropped: a role on green that SSM does not describe is reported in
+//! `extra_roles`, except the platform's own (see [`is_platform_role`]).
+
+mod parameters;
+mod scram;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use switchyard_cell::CellDocument;
+use switchyard_errors::ErrorName;
+use switchyard_operation::{Deps, Error, OperationInput, Side};
+use switchyard_postgres::quote::{ident, literal};
+use switchyard_postgres::scram_verifier;
+use tokio_postgres::Client;
+
+use crate::parameters::{Attributes, Role};
+
+/// ```json
+/// {"cell": { …the cell document… }}
+/// ```
+/// (`payloads/input.json` holds a whole one.)
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub cell: CellDocument,
+}
+
+impl OperationInput for Input {
+    fn cell(&self) -> &CellDocument {
+        &self.cell
+    }
+}
+
+/// What was done to each role named in SSM (each appears in exactly one of the first
+/// four lists) and what green holds beyond them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Output {
+    /// Roles that did not exist on green.
+    pub created: Vec<String>,
+    /// Roles whose attributes differed, or whose stored password did not verify.
+    pub altered: Vec<String>,
+    /// Roles already as SSM describes them.
+    pub unchanged: Vec<String>,
+    /// Roles whose attributes matched but whose password was set without comparing it,
+    /// because the orchestrator cannot read `pg_authid` (Aurora).
+    pub password_set: Vec<String>,
+    /// `member→group` memberships granted.
+    pub memberships_granted: Vec<String>,
+    /// Roles on green that SSM does not describe: reported, never dropped.
+    pub extra_roles: Vec<String>,
+}
+
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.green.cluster_identifier))]
+pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    let cell = &input.cell;
+    // The AWS SDK's futures are deeply nested: boxed, so the Lambda's future stays within
+    // the compiler's layout depth limit.
+    let orchestrator = Box::pin(deps.orchestrator(cell)).await?.username;
+    let roles = Box::pin(parameters::read(
+        &deps.aws.ssm,
+        &cell.credentials.application_roles_path,
+        &orchestrator,
+    ))
+    .await?;
+    let order = parameters::ordered(&roles)?;
+
+    // Roles are cluster-wide: any of the cell's databases reaches them.
+    let database = cell.databases.first().ok_or_else(|| {
+        Error::stop(
+            ErrorName::InvalidInput,
+            "the cell document lists no database",
+        )
+    })?;
+    let mut client = Box::pin(deps.connect(cell, Side::Green, database)).await?;
+    let green = Green::read(&client).await?;
+    check_groups_exist(&roles, &green)?;
+
+    let mut output = Output {
+        extra_roles: extra_roles(&roles, &green, &orchestrator),
+        ..Output::default()
+    };
+    // One transaction: a failure halfway leaves green's roles as they were.
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| Error::query("BEGIN", e))?;
+    for role in &order {
+        match green.roles.get(&role.name) {
+            None => {
+                create(&tx, role).await?;
+                output.created.push(role.name.clone());
+            }
+            Some(existing) => match alter(&tx, role, existing, green.passwords_readable).await? {
+                Change::None => output.unchanged.push(role.name.clone()),
+                Change::Altered => output.altered.push(role.name.clone()),
+                Change::PasswordSet => output.password_set.push(role.name.clone()),
+            },
+        }
+    }
+    // After every CREATE: a group must exist before a role joins it.
+    for role in &order {
+        for group in &role.member_of {
+            if green
+                .memberships
+                .contains(&(role.name.clone(), group.clone()))
+            {
+                continue;
+            }
+            tx.batch_execute(&format!("GRANT {} TO {}", ident(group), ident(&role.name)))
+                .await
+                .map_err(|e| Error::query(format!("GRANT {group} TO {}", role.name), e))?;
+            tracing::info!(member = %role.name, group = %group, "membership granted");
+            output
+                .memberships_granted
+                .push(format!("{}→{group}", role.name));
+        }
+    }
+    tx.commit().await.map_err(|e| Error::query("COMMIT", e))?;
+    if !output.extra_roles.is_empty() {
+        tracing::warn!(roles = ?output.extra_roles, "green has roles that ssm does not describe; left in place");
+    }
+    Ok(output)
+}
+
+/// A role as green has it.
+struct Existing {
+    oid: u32,
+    attributes: Attributes,
+    /// `pg_authid.rolpassword`, when the orchestrator may read it.
+    stored_password: Option<String>,
+}
+
+struct Green {
+    roles: BTreeMap<String, Existing>,
+    /// (member, group)
+    memberships: BTreeSet<(String, String)>,
+    /// False on Aurora: rds_superuser cannot read `pg_authid`.
+    passwords_readable: bool,
+}
+
+impl Green {
+    async fn read(client: &Client) -> Result<Self, Error> {
+        let readable: bool = client
+            .query_one(
+                "SELECT pg_catalog.has_table_privilege('pg_catalog.pg_authid', 'SELECT')",
+                &[],
+            )
+            .await
+            .map_err(|e| Error::query("reading pg_authid privileges", e))?
+            .get(0);
+        let mut roles = BTreeMap::new();
+        for row in client
+            .query(
+                "SELECT oid, rolname, rolcanlogin, rolreplication, rolcreatedb, rolcreaterole, \
+                        rolinherit, rolbypassrls \
+                 FROM pg_catalog.pg_roles",
+                &[],
+            )
+            .await
+            .map_err(|e| Error::query("reading green's roles", e))?
+        {
+            let attributes = Attributes::from_catalog([
+                row.get(2),
+                row.get(3),
+                row.get(4),
+                row.get(5),
+                row.get(6),
+                row.get(7),
+            ]);
+            roles.insert(
+                row.get(1),
+                Existing {
+                    oid: row.get(0),
+                    attributes,
+                    stored_password: None,
+                },
+            );
+        }
+        if readable {
+            for row in client
+                .query(
+                    "SELECT rolname, rolpassword FROM pg_catalog.pg_authid WHERE rolpassword IS NOT NULL",
+                    &[],
+                )
+                .await
+                .map_err(|e| Error::query("reading stored password verifiers", e))?
+            {
+                let name: String = row.get(0);
+                if let Some(existing) = roles.get_mut(&name) {
+                    existing.stored_password = row.get(1);
+                }
+            }
+        }
+        let memberships = client
+            .query(
+                "SELECT m.rolname, g.rolname FROM pg_catalog.pg_auth_members a \
+                 JOIN pg_catalog.pg_roles m ON m.oid = a.member \
+                 JOIN pg_catalog.pg_roles g ON g.oid = a.roleid",
+                &[],
+            )
+            .await
+            .map_err(|e| Error::query("reading green's role memberships", e))?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        Ok(Self {
+            roles,
+            memberships,
+            passwords_readable: readable,
+        })
+    }
+}
+
+/// Every group a role joins is one SSM describes or one green already has (e.g.
+/// `rds_iam`, `pg_read_all_data`); checked before anything changes.
+fn check_groups_exist(roles: &[Role], green: &Green) -> Result<(), Error> {
+    let described: BTreeSet<&str> = roles.iter().map(|r| r.name.as_str()).collect();
+    let missing: Vec<String> = roles
+        .iter()
+        .flat_map(|r| r.member_of.iter().map(move |g| (r, g)))
+        .filter(|(_, g)| !described.contains(g.as_str()) && !green.roles.contains_key(*g))
+        .map(|(r, g)| {
+            format!(
+                "{}: member_of names {g:?}, which is neither in SSM nor on green",
+                r.parameter
+            )
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::stop(
+        ErrorName::InvalidInput,
+        format!(
+            "add the missing groups' parameters or fix member_of, then rerun (nothing was changed):\n{}",
+            missing.join("\n")
+        ),
+    ))
+}
+
+/// A role the platform made, not the application: names starting with `pg_` (predefined)
+/// or `rds` (Aurora's rdsadmin, rds_superuser, rds_iam, …), every role initdb created
+/// (oid below 16384, FirstNormalObjectId: the bootstrap superuser and the predefined
+/// roles, which cannot log in), and the orchestrator itself.
+fn is_platform_role(name: &str, oid: u32, orchestrator: &str) -> bool {
+    const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
+    name.starts_with("pg_")
+        || name.starts_with("rds")
+        || oid < FIRST_NORMAL_OBJECT_ID
+        || name == orchestrator
+}
+
+fn extra_roles(roles: &[Role], green: &Green, orchestrator: &str) -> Vec<String> {
+    let described: BTreeSet<&str> = roles.iter().map(|r| r.name.as_str()).collect();
+    green
+        .roles
+        .iter()
+        .filter(|(name, existing)| {
+            !described.contains(name.as_str())
+                && !is_platform_role(name, existing.oid, orchestrator)
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// `PASSWORD '<SCRAM verifier>'`: the plain password never enters SQL text, which the
+/// server may log whole when a statement fails.
+fn password_clause(role: &Role) -> Option<String> {
+    role.password
+        .as_ref()
+        .map(|p| format!("PASSWORD {}", literal(&scram_verifier(p))))
+}
+
+async fn create(tx: &tokio_postgres::Transaction<'_>, role: &Role) -> Result<(), Error> {
+    let mut clauses = role.attributes.keywords().join(" ");
+    if let Some(password) = password_clause(role) {
+        clauses.push(' ');
+        clauses.push_str(&password);
+    }
+    tx.batch_execute(&format!("CREATE ROLE {} {clauses}", ident(&role.name)))
+        .await
+        .map_err(|e| Error::query(format!("CREATE ROLE {}", role.name), e))?;
+    tracing::info!(role = %role.name, "role created");
+    Ok(())
+}
+
+enum Change {
+    None,
+    Altered,
+    PasswordSet,
+}
+
+async fn alter(
+    tx: &tokio_postgres::Transaction<'_>,
+    role: &Role,
+    existing: &Existing,
+    passwords_readable: bool,
+) -> Result<Change, Error> {
+    let attributes = role.attributes.changes_from(existing.attributes);
+    let password = match &role.password {
+        None => PasswordState::Absent,
+        Some(_) if !passwords_readable => PasswordState::Unknown,
+        Some(p) => match &existing.stored_password {
+            Some(stored) if scram::verifies(stored, p) => PasswordState::Verified,
+            _ => PasswordState::Differs,
+        },
+    };
+    let mut clauses: Vec<String> = attributes.iter().map(|a| (*a).to_owned()).collect();
+    if matches!(password, PasswordState::Differs | PasswordState::Unknown) {
+        clauses.extend(password_clause(role));
+    }
+    if clauses.is_empty() {
+        return Ok(Change::None);
+    }
+    tx.batch_execute(&format!(
+        "ALTER ROLE {} {}",
+        ident(&role.name),
+        clauses.join(" ")
+    ))
+    .await
+    .map_err(|e| Error::query(format!("ALTER ROLE {}", role.name), e))?;
+    let password_changed = matches!(password, PasswordState::Differs);
+    tracing::info!(role = %role.name, attributes = ?attributes, password_changed, "role altered");
+    Ok(
+        if attributes.is_empty() && matches!(password, PasswordState::Unknown) {
+            Change::PasswordSet
+        } else {
+            Change::Altered
+        },
+    )
+}
+
+/// How the password SSM holds compares with green's.
+enum PasswordState {
+    /// SSM holds none: green's is left alone.
+    Absent,
+    Verified,
+    Differs,
+    /// Green's cannot be read: it is set.
+    Unknown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_roles_are_not_extra() {
+        assert!(is_platform_role("pg_read_all_data", 4569, "switchyard"));
+        assert!(is_platform_role("rdsadmin", 16390, "switchyard"));
+        assert!(is_platform_role("rds_superuser", 16391, "switchyard"));
+        assert!(is_platform_role("postgres", 10, "switchyard"));
+        assert!(is_platform_role("switchyard", 16400, "switchyard"));
+        assert!(!is_platform_role("reporting", 16401, "switchyard"));
+    }
+
+    #[test]
+    fn payload_examples_round_trip() {
+        let input: Input =
+            serde_json::from_str(include_str!("../payloads/input.json")).expect("input example");
+        assert_eq!(
+            input,
+            serde_json::from_value(serde_json::to_value(&input).expect("ser")).expect("de")
+        );
+        input.cell.validate().expect("example cell is valid");
+        let output: Output =
+            serde_json::from_str(include_str!("../payloads/output.json")).expect("output example");
+        assert_eq!(
+            output,
+            serde_json::from_value(serde_json::to_value(&output).expect("ser")).expect("de")
+        );
+    }
+}
