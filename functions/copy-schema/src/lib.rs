@@ -1,0 +1,240 @@
+//! `copy-schema`: blue's schema on green, database by database, then proof that the two
+//! catalogs agree.
+//!
+//! For each of the cell's databases: when green's is empty, blue's schema is dumped
+//! (`pg_dump --schema-only --no-subscriptions --exclude-schema=switchyard`, owners,
+//! privileges and publications kept: sync-roles has created the roles), switchyard's own
+//! event triggers and publications left out, and applied on green in ONE transaction,
+//! which commits only if green's catalog then equals blue's.
+//! When green's already holds objects, nothing is applied: equal catalogs are a no-op
+//! (a retry), different ones are `SchemaMismatch` listing what is in the way.
+
+mod catalog;
+mod dump;
+
+use serde::{Deserialize, Serialize};
+use switchyard_cell::CellDocument;
+use switchyard_errors::ErrorName;
+use switchyard_operation::{Deps, Error, OperationInput, Side};
+use tokio_postgres::error::ErrorPosition;
+use tokio_postgres::Client;
+
+use crate::catalog::Catalog;
+
+/// ```json
+/// {"cell": { …the cell document… }}
+/// ```
+/// (`payloads/input.json` holds a whole one.)
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub cell: CellDocument,
+}
+
+impl OperationInput for Input {
+    fn cell(&self) -> &CellDocument {
+        &self.cell
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Output {
+    /// One entry per database of the cell, in the cell document's order.
+    pub databases: Vec<DatabaseSchema>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct DatabaseSchema {
+    pub name: String,
+    /// False when green already held blue's schema (a retry): nothing was run.
+    pub applied: bool,
+    /// Statements of the dump run on green (0 when not applied).
+    pub statements: usize,
+    /// Catalog differences left: always empty, since any difference fails the step.
+    pub differences: Vec<String>,
+    /// Extensions whose versions differ between blue and green: a note, not a mismatch.
+    pub extension_versions: Vec<String>,
+}
+
+/// The most differences a message lists; the rest are counted.
+const MAX_LISTED: usize = 100;
+
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.green.cluster_identifier))]
+pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    let mut databases = Vec::with_capacity(input.cell.databases.len());
+    for database in &input.cell.databases {
+        // Boxed: the AWS SDK futures inside are deep enough to overflow the layout query.
+        databases.push(Box::pin(copy_database(&input.cell, deps, database)).await?);
+    }
+    Ok(Output { databases })
+}
+
+#[tracing::instrument(skip_all, fields(database = %database))]
+async fn copy_database(
+    cell: &CellDocument,
+    deps: &Deps,
+    database: &str,
+) -> Result<DatabaseSchema, Error> {
+    let mut blue = deps.connect(cell, Side::Blue, database).await?;
+    let mut green = deps.connect(cell, Side::Green, database).await?;
+
+    let existing = read_catalog(&mut green).await?;
+    if existing.holds_user_objects() {
+        let blue_catalog = read_catalog(&mut blue).await?;
+        let differences = catalog::differences(&blue_catalog, &existing);
+        if !differences.is_empty() {
+            return Err(mismatch(
+                database,
+                "green's database already holds objects, and they differ from blue's; nothing was applied. \
+                 Make green match blue, or drop and recreate green's database empty, then rerun copy-schema",
+                &differences,
+            ));
+        }
+        tracing::info!("green already holds blue's schema");
+        return Ok(DatabaseSchema {
+            name: database.to_owned(),
+            applied: false,
+            statements: 0,
+            differences,
+            extension_versions: catalog::extension_versions(&blue_catalog, &existing),
+        });
+    }
+
+    let dump = dump::schema(deps, cell, database).await?;
+    let sql = dump::unwrap_restrict(&dump);
+    let statements: Vec<&str> = dump::statements(&sql)
+        .into_iter()
+        .filter(|statement| !dump::is_switchyards_own(statement))
+        .collect();
+    // One transaction: a failure or a difference leaves green's database as empty as it was.
+    let tx = green
+        .transaction()
+        .await
+        .map_err(|e| Error::query("BEGIN", e))?;
+    for (index, statement) in statements.iter().enumerate() {
+        tx.batch_execute(statement)
+            .await
+            .map_err(|e| failed_statement(database, index, statement, e))?;
+    }
+    let green_catalog = Catalog::read(&tx).await?;
+    // Read after the dump: DDL on blue in between shows up as a difference, not as a
+    // silently older schema on green.
+    let blue_catalog = read_catalog(&mut blue).await?;
+    let differences = catalog::differences(&blue_catalog, &green_catalog);
+    if !differences.is_empty() {
+        return Err(mismatch(
+            database,
+            "after applying blue's schema dump, green still differs from blue, so nothing was committed. \
+             If DDL ran on blue meanwhile, rerun copy-schema; otherwise reconcile these by hand",
+            &differences,
+        ));
+    }
+    tx.commit().await.map_err(|e| Error::query("COMMIT", e))?;
+    tracing::info!(
+        statements = statements.len(),
+        "blue's schema applied on green"
+    );
+    Ok(DatabaseSchema {
+        name: database.to_owned(),
+        applied: true,
+        statements: statements.len(),
+        differences,
+        extension_versions: catalog::extension_versions(&blue_catalog, &green_catalog),
+    })
+}
+
+/// The catalog in a read-only transaction of its own.
+async fn read_catalog(client: &mut Client) -> Result<Catalog, Error> {
+    let tx = client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| Error::query("BEGIN READ ONLY", e))?;
+    let catalog = Catalog::read(&tx).await?;
+    tx.commit().await.map_err(|e| Error::query("COMMIT", e))?;
+    Ok(catalog)
+}
+
+/// Names the failing statement by its number and text (around the server's error
+/// position when it gave one); classified by SQLSTATE like any database error.
+fn failed_statement(
+    database: &str,
+    index: usize,
+    statement: &str,
+    error: tokio_postgres::Error,
+) -> Error {
+    let position = error.as_db_error().and_then(|db| match db.position() {
+        Some(ErrorPosition::Original(p)) => usize::try_from(*p).ok(),
+        _ => None,
+    });
+    Error::query(
+        format!(
+            "statement {} of blue's schema dump (`{}`) on green's database {database}, so nothing was committed",
+            index + 1,
+            dump::excerpt(statement, position)
+        ),
+        error,
+    )
+}
+
+fn mismatch(database: &str, what: &str, differences: &[String]) -> Error {
+    let mut lines: Vec<String> = differences
+        .iter()
+        .take(MAX_LISTED)
+        .map(|d| format!("- {d}"))
+        .collect();
+    if differences.len() > MAX_LISTED {
+        lines.push(format!("… and {} more", differences.len() - MAX_LISTED));
+    }
+    Error::stop(
+        ErrorName::SchemaMismatch,
+        format!(
+            "database {database}: {what} ({} difference{}):\n{}",
+            differences.len(),
+            if differences.len() == 1 { "" } else { "s" },
+            lines.join("\n")
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_errors::Catalogued;
+
+    #[test]
+    fn mismatch_lists_at_most_a_hundred_differences() {
+        let differences: Vec<String> = (0..130)
+            .map(|i| format!("index public.i{i}: on blue, missing on green"))
+            .collect();
+        let err = mismatch("app", "green differs", &differences);
+        assert_eq!(err.error_name(), ErrorName::SchemaMismatch);
+        let message = err.to_failure().message().to_owned();
+        assert!(
+            message
+                .starts_with("database app: green differs (130 differences):\n- index public.i0:"),
+            "{message}"
+        );
+        assert!(message.contains("- index public.i99:"), "{message}");
+        assert!(!message.contains("public.i100:"), "{message}");
+        assert!(message.ends_with("… and 30 more"), "{message}");
+    }
+
+    #[test]
+    fn payload_examples_round_trip() {
+        let input: Input =
+            serde_json::from_str(include_str!("../payloads/input.json")).expect("input example");
+        assert_eq!(
+            input,
+            serde_json::from_value(serde_json::to_value(&input).expect("ser")).expect("de")
+        );
+        input.cell.validate().expect("example cell is valid");
+        let output: Output =
+            serde_json::from_str(include_str!("../payloads/output.json")).expect("output example");
+        assert_eq!(
+            output,
+            serde_json::from_value(serde_json::to_value(&output).expect("ser")).expect("de")
+        );
+    }
+}
