@@ -1,0 +1,274 @@
+//! `start-replication`: prepare step 5. For each of the cell's databases, as the
+//! orchestrator:
+//!
+//! 1. a DDL guard on blue (event triggers journaling DDL into `switchyard.ddl_journal`);
+//! 2. publications on blue: `switchyard_<group>` per table group, `switchyard_rest` for
+//!    every other table, partitioned tables through their root;
+//! 3. a `pgoutput` slot on blue per publication, same name;
+//! 4. a subscription on green per publication, same name, on that slot, copying every
+//!    table first (`copy_data = true`), then streaming.
+//!
+//! Each step finds what an earlier call made and keeps it, so a retry changes nothing.
+//! `check-replication` then waits for the copy to finish and for DDL to be absent.
+
+mod guard;
+mod names;
+mod publications;
+mod subscriptions;
+mod tables;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use switchyard_cell::{CellDocument, TableRef};
+use switchyard_errors::ErrorName;
+use switchyard_operation::{Deps, Error, OperationInput, Side};
+
+/// ```json
+/// {"cell": { …the cell document… }, "idle_transaction_seconds": 5, "lock_timeout_seconds": 30}
+/// ```
+/// (`payloads/input.json` holds a whole one.)
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub cell: CellDocument,
+    /// A client session on blue idle in a transaction for longer than this stops the run
+    /// before any slot is created (it would hang slot creation). Default 5.
+    #[serde(default = "default_idle_transaction_seconds")]
+    pub idle_transaction_seconds: u64,
+    /// `lock_timeout` of our session on blue (bounds slot creation and publication DDL)
+    /// and of every session green's subscriptions open on blue. 1 to 3600; default 30.
+    #[serde(default = "default_lock_timeout_seconds")]
+    pub lock_timeout_seconds: u64,
+}
+
+fn default_idle_transaction_seconds() -> u64 {
+    5
+}
+
+fn default_lock_timeout_seconds() -> u64 {
+    30
+}
+
+impl OperationInput for Input {
+    fn cell(&self) -> &CellDocument {
+        &self.cell
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Output {
+    pub databases: Vec<DatabaseOutput>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct DatabaseOutput {
+    pub name: String,
+    pub publications: Vec<PublicationOutput>,
+    pub subscriptions: Vec<SubscriptionOutput>,
+    /// True when this call installed (or repaired) the DDL guard; false when it was
+    /// already in place.
+    pub guard_installed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct PublicationOutput {
+    pub name: String,
+    /// What it publishes: plain tables and partitioned roots, never partitions.
+    pub tables: Vec<TableRef>,
+    /// True when this call created it or corrected its tables or options.
+    pub changed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct SubscriptionOutput {
+    /// The subscription on green; its publication on blue has the same name.
+    pub name: String,
+    /// Its slot on blue.
+    pub slot: String,
+    /// True when this call created the slot.
+    pub slot_created: bool,
+    /// True when this call created the subscription.
+    pub created: bool,
+}
+
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
+pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    if !(1..=3600).contains(&input.lock_timeout_seconds) {
+        return Err(Error::stop(
+            ErrorName::InvalidInput,
+            "lock_timeout_seconds must be 1 to 3600 (0 would let slot creation wait forever)",
+        ));
+    }
+    names::check(&input.cell)?;
+    let mut databases = Vec::new();
+    for database in &input.cell.databases {
+        // Boxed: the whole chain of awaits inlined into one future is too deep to lay out.
+        databases.push(Box::pin(start_database(&input, deps, database)).await?);
+    }
+    Ok(Output { databases })
+}
+
+#[tracing::instrument(skip_all, fields(database = %database))]
+async fn start_database(
+    input: &Input,
+    deps: &Deps,
+    database: &str,
+) -> Result<DatabaseOutput, Error> {
+    let cell = &input.cell;
+    let lock_timeout = Duration::from_secs(input.lock_timeout_seconds);
+    let blue_options = deps
+        .orchestrator_options(cell, Side::Blue, database)
+        .await?;
+    let mut blue = switchyard_postgres::connect(&blue_options).await?;
+    set_lock_timeout(&blue, lock_timeout).await?;
+    let green = deps.connect(cell, Side::Green, database).await?;
+    set_lock_timeout(&green, lock_timeout).await?;
+
+    // First, so that any DDL after the catalog read below is journaled.
+    let guard_installed = guard::install(&mut blue).await?;
+    let catalog = tables::read(&blue).await?;
+    let planned = tables::plan(&cell.table_groups, &catalog, database)?;
+
+    let mut existing = Vec::new();
+    for publication in &planned {
+        let found = subscriptions::find(&green, &publication.name).await?;
+        if let Some(sub) = &found {
+            if sub.slot.as_deref() != Some(publication.name.as_str())
+                || sub.publications != [publication.name.clone()]
+            {
+                return Err(Error::stop(
+                    ErrorName::PreconditionFailed,
+                    format!(
+                        "green's subscription {n} does not read publication and slot {n} of blue (slot {:?}, publications {:?}); drop it on green, empty its tables, then rerun start-replication",
+                        sub.slot, sub.publications, n = publication.name
+                    ),
+                ));
+            }
+        }
+        // Checked for every new subscription before anything is created on blue.
+        if found.is_none() {
+            subscriptions::require_empty(&green, &publication.tables).await?;
+        }
+        existing.push(found.is_some());
+    }
+
+    let version_num = server_version_num(&blue).await?;
+    let mut publications = Vec::new();
+    for (publication, &subscribed) in planned.iter().zip(&existing) {
+        let changed = publications::ensure(&mut blue, publication, subscribed, version_num).await?;
+        publications.push(PublicationOutput {
+            name: publication.name.clone(),
+            tables: publication.tables.clone(),
+            changed,
+        });
+    }
+
+    let mut slots = Vec::new();
+    for (publication, &subscribed) in planned.iter().zip(&existing) {
+        let slot = subscriptions::slot_exists(&blue, &publication.name).await?;
+        // A new slot would start after changes the subscription has not applied yet.
+        if subscribed && !slot {
+            return Err(Error::stop(
+                ErrorName::PreconditionFailed,
+                format!(
+                    "green's subscription {n} exists but its slot {n} is gone from blue, so green has missed changes; drop the subscription on green, empty its tables, then rerun start-replication",
+                    n = publication.name
+                ),
+            ));
+        }
+        slots.push(slot);
+    }
+    // Before any slot: creating one, ours or a table-sync worker's, waits for them.
+    if slots.iter().chain(&existing).any(|present| !present) {
+        subscriptions::refuse_idle_transactions(
+            &blue,
+            Duration::from_secs(input.idle_transaction_seconds),
+        )
+        .await?;
+    }
+
+    let conninfo = subscriptions::conninfo(&blue_options, lock_timeout);
+    let mut subscriptions_out = Vec::new();
+    for ((publication, &subscribed), &slot) in planned.iter().zip(&existing).zip(&slots) {
+        let name = &publication.name;
+        // The slot before its subscription, which only attaches to it (create_slot = false).
+        if !slot {
+            subscriptions::create_slot(&blue, name).await?;
+        }
+        if !subscribed {
+            subscriptions::create(&green, name, &conninfo, &blue_options.password).await?;
+        }
+        subscriptions_out.push(SubscriptionOutput {
+            name: name.clone(),
+            slot: name.clone(),
+            slot_created: !slot,
+            created: !subscribed,
+        });
+    }
+
+    Ok(DatabaseOutput {
+        name: database.to_owned(),
+        publications,
+        subscriptions: subscriptions_out,
+        guard_installed,
+    })
+}
+
+async fn set_lock_timeout(client: &tokio_postgres::Client, timeout: Duration) -> Result<(), Error> {
+    client
+        .execute(
+            "SELECT pg_catalog.set_config('lock_timeout', $1, false)",
+            &[&format!("{}ms", timeout.as_millis())],
+        )
+        .await
+        .map_err(|e| Error::query("setting lock_timeout", e))?;
+    Ok(())
+}
+
+async fn server_version_num(client: &tokio_postgres::Client) -> Result<i32, Error> {
+    Ok(client
+        .query_one(
+            "SELECT pg_catalog.current_setting('server_version_num')::int",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::query("reading the server version", e))?
+        .get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_examples_round_trip() {
+        let input: Input =
+            serde_json::from_str(include_str!("../payloads/input.json")).expect("input example");
+        assert_eq!(
+            input,
+            serde_json::from_value(serde_json::to_value(&input).expect("ser")).expect("de")
+        );
+        input.cell.validate().expect("example cell is valid");
+        let output: Output =
+            serde_json::from_str(include_str!("../payloads/output.json")).expect("output example");
+        assert_eq!(
+            output,
+            serde_json::from_value(serde_json::to_value(&output).expect("ser")).expect("de")
+        );
+    }
+
+    #[test]
+    fn timeouts_default_when_absent() {
+        let mut value: serde_json::Value =
+            serde_json::from_str(include_str!("../payloads/input.json")).expect("input example");
+        let object = value.as_object_mut().expect("object");
+        object.remove("idle_transaction_seconds");
+        object.remove("lock_timeout_seconds");
+        let input: Input = serde_json::from_value(value).expect("defaults");
+        assert_eq!(
+            (input.idle_transaction_seconds, input.lock_timeout_seconds),
+            (5, 30)
+        );
+    }
+}

@@ -1,0 +1,276 @@
+//! Slots on blue and subscriptions on green.
+//!
+//! We create each slot ourselves, before its subscription (`create_slot = false`): slot
+//! creation waits for every transaction older than it, and over the replication protocol
+//! (what CREATE SUBSCRIPTION would use) `statement_timeout` does not apply. From our own
+//! session it is bounded by `lock_timeout`, and checked first for idle transactions.
+
+use std::time::Duration;
+
+use switchyard_cell::TableRef;
+use switchyard_errors::ErrorName;
+use switchyard_operation::Error;
+use switchyard_postgres::quote::{conninfo_value, ident, literal, qualified};
+use switchyard_postgres::{ConnectOptions, Tls};
+use switchyard_telemetry::Secret;
+use tokio_postgres::Client;
+
+/// A subscription found on green.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    pub slot: Option<String>,
+    pub publications: Vec<String>,
+}
+
+/// Green's subscription `name` in the connected database, if any.
+pub(crate) async fn find(green: &Client, name: &str) -> Result<Option<Subscription>, Error> {
+    let row = green
+        .query_opt(
+            "SELECT subslotname::text, subpublications FROM pg_catalog.pg_subscription
+              WHERE subname = $1
+                AND subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())",
+            &[&name],
+        )
+        .await
+        .map_err(|e| Error::query(format!("reading subscription {name} on green"), e))?;
+    Ok(row.map(|row| Subscription {
+        slot: row.get(0),
+        publications: row.get(1),
+    }))
+}
+
+/// Fails `PreconditionFailed`, naming each one, when a client session on blue has sat idle
+/// in a transaction for longer than `idle`: it would hold slot creation (ours and the
+/// table-sync workers') until it ends.
+pub(crate) async fn refuse_idle_transactions(blue: &Client, idle: Duration) -> Result<(), Error> {
+    let rows = blue
+        .query(
+            "SELECT pid, coalesce(usename::text, '?'), coalesce(application_name, ''),
+                    coalesce(datname::text, '?'),
+                    extract(epoch FROM pg_catalog.now() - state_change)::bigint
+               FROM pg_catalog.pg_stat_activity
+              WHERE state IN ('idle in transaction', 'idle in transaction (aborted)')
+                AND backend_type = 'client backend' AND pid <> pg_catalog.pg_backend_pid()
+                AND state_change < pg_catalog.now() - pg_catalog.make_interval(secs => $1)
+              ORDER BY state_change",
+            &[&idle.as_secs_f64()],
+        )
+        .await
+        .map_err(|e| Error::query("listing idle transactions on blue", e))?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sessions: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "pid {} (user {}, application {:?}, database {}, idle {} s)",
+                r.get::<_, i32>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2),
+                r.get::<_, String>(3),
+                r.get::<_, i64>(4)
+            )
+        })
+        .collect();
+    Err(Error::stop(
+        ErrorName::PreconditionFailed,
+        format!(
+            "sessions idle in a transaction on blue would hang replication slot creation: {}; have them commit or end them (pg_terminate_backend), then rerun start-replication",
+            sessions.join(", ")
+        ),
+    ))
+}
+
+/// Whether blue has the slot `name` for this database; `PreconditionFailed` when the name
+/// is taken by a slot we cannot use.
+pub(crate) async fn slot_exists(blue: &Client, name: &str) -> Result<bool, Error> {
+    let row = blue
+        .query_opt(
+            "SELECT slot_type = 'logical' AND plugin::text = 'pgoutput'
+                    AND database::text = pg_catalog.current_database()
+               FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| Error::query(format!("reading slot {name} on blue"), e))?;
+    match row.map(|r| r.get::<_, Option<bool>>(0).unwrap_or(false)) {
+        None => Ok(false),
+        Some(true) => Ok(true),
+        Some(false) => Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!("blue has a slot named {name} that is not a pgoutput slot of this database; drop it (pg_drop_replication_slot) and rerun start-replication"),
+        )),
+    }
+}
+
+/// Creates the logical slot `name` from our session on blue (whose `lock_timeout` bounds
+/// the wait for older transactions).
+pub(crate) async fn create_slot(blue: &Client, name: &str) -> Result<(), Error> {
+    let lsn: String = blue
+        .query_one(
+            "SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&name],
+        )
+        .await
+        .map_err(|e| {
+            Error::query(
+                format!("creating slot {name} on blue (it waits for every older transaction, up to lock_timeout)"),
+                e,
+            )
+        })?
+        .get(0);
+    tracing::info!(slot = %name, %lsn, "slot created");
+    Ok(())
+}
+
+/// Fails `PreconditionFailed` unless each table exists on green and is empty: the initial
+/// copy inserts every row, so rows already there would collide or, without a primary key,
+/// be duplicated.
+pub(crate) async fn require_empty(green: &Client, tables: &[TableRef]) -> Result<(), Error> {
+    let mut missing = Vec::new();
+    let mut filled = Vec::new();
+    for table in tables {
+        let name = qualified(&table.schema, &table.table);
+        let exists: bool = green
+            .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&name])
+            .await
+            .map_err(|e| Error::query(format!("looking up {table} on green"), e))?
+            .get(0);
+        if !exists {
+            missing.push(table.to_string());
+            continue;
+        }
+        let has_rows: bool = green
+            .query_one(&format!("SELECT EXISTS (SELECT FROM {name})"), &[])
+            .await
+            .map_err(|e| Error::query(format!("reading {table} on green"), e))?
+            .get(0);
+        if has_rows {
+            filled.push(table.to_string());
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!(
+                "tables missing on green: {}; run copy-schema, then rerun start-replication",
+                missing.join(", ")
+            ),
+        ));
+    }
+    if !filled.is_empty() {
+        return Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!("tables on green already hold rows, which the initial copy would duplicate: {}; empty them (TRUNCATE on green), then rerun start-replication", filled.join(", ")),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates green's subscription `name` on publication and slot `name` of blue;
+/// `password` is the one inside `conninfo`.
+pub(crate) async fn create(
+    green: &Client,
+    name: &str,
+    conninfo: &Secret,
+    password: &Secret,
+) -> Result<(), Error> {
+    // create_slot = false: the slot is ours (see the module doc). Sent alone, as the simple
+    // query protocol does, so it runs outside any transaction block.
+    let sql = format!(
+        "CREATE SUBSCRIPTION {n} CONNECTION {} PUBLICATION {n} WITH (copy_data = true, create_slot = false, slot_name = {})",
+        literal(conninfo.expose()),
+        literal(name),
+        n = ident(name),
+    );
+    green.batch_execute(&sql).await.map_err(|e| {
+        // The statement holds the password: only the SQLSTATE and the server's message
+        // may surface, and not even that if the server quoted the password back.
+        let leaks = e
+            .as_db_error()
+            .is_some_and(|db| !password.expose().is_empty() && db.message().contains(password.expose()));
+        if leaks {
+            Error::stop(
+                ErrorName::DatabaseError,
+                format!("creating subscription {name} on green failed; the server's message quoted the connection string and is withheld: see green's log"),
+            )
+        } else {
+            Error::query(format!("CREATE SUBSCRIPTION {name} on green"), e)
+        }
+    })?;
+    tracing::info!(subscription = %name, "subscription created");
+    Ok(())
+}
+
+/// The connection string green's subscription uses to reach blue: blue's endpoint and the
+/// orchestrator's login, TLS as the cell requires, and `lock_timeout` for every session it
+/// opens, so a table-sync worker's slot cannot hang behind an idle transaction either.
+pub(crate) fn conninfo(blue: &ConnectOptions, lock_timeout: Duration) -> Secret {
+    let mut parts = vec![
+        format!("host={}", conninfo_value(&blue.host)),
+        format!("port={}", conninfo_value(&blue.port.to_string())),
+        format!("dbname={}", conninfo_value(&blue.dbname)),
+        format!("user={}", conninfo_value(&blue.user)),
+        format!("password={}", conninfo_value(blue.password.expose())),
+    ];
+    match &blue.tls {
+        Tls::VerifyFull { ca_bundle } => {
+            parts.push(format!("sslmode={}", conninfo_value("verify-full")));
+            parts.push(format!(
+                "sslrootcert={}",
+                conninfo_value(&ca_bundle.to_string_lossy())
+            ));
+        }
+        Tls::Disabled => parts.push(format!("sslmode={}", conninfo_value("disable"))),
+    }
+    parts.push(format!(
+        "options={}",
+        conninfo_value(&format!("-c lock_timeout={}", lock_timeout.as_millis()))
+    ));
+    Secret::new(parts.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn blue(tls: Tls) -> ConnectOptions {
+        ConnectOptions {
+            host: "blue.cluster.local".into(),
+            port: 5432,
+            dbname: "app".into(),
+            user: "switchyard".into(),
+            password: Secret::new(r"p@ss'w\o:r/d"),
+            tls,
+            application_name: "switchyard".into(),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn conninfo_quotes_every_value_and_bounds_locks() {
+        let info = conninfo(&blue(Tls::Disabled), Duration::from_secs(30));
+        assert_eq!(
+            info.expose(),
+            r"host='blue.cluster.local' port='5432' dbname='app' user='switchyard' password='p@ss\'w\\o:r/d' sslmode='disable' options='-c lock_timeout=30000'"
+        );
+        assert!(!format!("{info:?}").contains("p@ss"));
+    }
+
+    #[test]
+    fn conninfo_verifies_the_server_when_tls_is_on() {
+        let tls = Tls::VerifyFull {
+            ca_bundle: PathBuf::from("/opt/rds ca.pem"),
+        };
+        let info = conninfo(&blue(tls), Duration::from_secs(5));
+        assert!(
+            info.expose()
+                .contains("sslmode='verify-full' sslrootcert='/opt/rds ca.pem' options='-c lock_timeout=5000'"),
+            "{}",
+            info.expose()
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! start-replication's stops, against a local cell: nothing may hang, and a stop before
+//! the slots leaves none behind.
+
+use std::time::{Duration, Instant};
+
+use start_replication::{run, Input};
+use switchyard_cell::TableRef;
+use switchyard_errors::{Catalogued, ErrorName};
+use switchyard_local_cell::{CellOptions, Install, LocalCell};
+
+async fn cell() -> LocalCell {
+    let install = Install::from_env();
+    let mut options = CellOptions::from_env(&install).expect("options");
+    options.rows = 100;
+    options.run_direct_writers = false;
+    let cell = LocalCell::start(&options).await.expect("cell");
+    cell.copy_schema_directly().await.expect("schema on green");
+    cell
+}
+
+fn input(cell: &LocalCell) -> Input {
+    Input {
+        cell: cell.document.clone(),
+        idle_transaction_seconds: 5,
+        lock_timeout_seconds: 30,
+    }
+}
+
+/// Our slots on blue and subscriptions on green.
+async fn replication_objects(cell: &LocalCell) -> (Vec<String>, Vec<String>) {
+    let names = |client: tokio_postgres::Client, sql: &'static str| async move {
+        client
+            .query(sql, &[])
+            .await
+            .expect("names")
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+    };
+    (
+        names(
+            cell.blue.superuser_client("app").await.expect("blue"),
+            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name LIKE 'switchyard%' ORDER BY 1",
+        )
+        .await,
+        names(
+            cell.green.superuser_client("app").await.expect("green"),
+            "SELECT subname::text FROM pg_subscription ORDER BY 1",
+        )
+        .await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_transaction_on_blue_stops_it_before_any_slot() {
+    let cell = cell().await;
+    let deps = cell.deps().expect("deps");
+    let (user, password) = cell.secrets.role("app_writer").expect("app_writer");
+    let idle = switchyard_postgres::connect(&cell.blue.options("app", user, password))
+        .await
+        .expect("app_writer on blue");
+    idle.batch_execute("BEGIN; SELECT 1").await.expect("begin");
+    let pid: i32 = idle
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let started = Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        run(
+            Input {
+                idle_transaction_seconds: 1,
+                ..input(&cell)
+            },
+            &deps,
+        ),
+    )
+    .await
+    .expect("fails fast instead of waiting")
+    .expect_err("idle transaction");
+    assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("pid {pid} (user app_writer")),
+        "{message}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(replication_objects(&cell).await, (vec![], vec![]));
+
+    // Once it ends, the same call goes through.
+    idle.batch_execute("COMMIT").await.expect("commit");
+    let output = run(input(&cell), &deps).await.expect("start-replication");
+    assert!(output.databases[0].subscriptions.iter().all(|s| s.created));
+    assert_eq!(
+        replication_objects(&cell).await,
+        (
+            vec![
+                "switchyard_payments".to_owned(),
+                "switchyard_rest".to_owned()
+            ],
+            vec![
+                "switchyard_payments".to_owned(),
+                "switchyard_rest".to_owned()
+            ]
+        )
+    );
+}
+
+/// A transaction holding a transaction id blocks slot creation until it ends, however
+/// briefly it has been idle: lock_timeout is what bounds that wait (FIELD-NOTES).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_timeout_bounds_slot_creation_behind_a_writing_transaction() {
+    let cell = cell().await;
+    let deps = cell.deps().expect("deps");
+    let (user, password) = cell.secrets.role("app_writer").expect("app_writer");
+    let writer = switchyard_postgres::connect(&cell.blue.options("app", user, password))
+        .await
+        .expect("app_writer on blue");
+    writer
+        .batch_execute("BEGIN; SELECT pg_current_xact_id()")
+        .await
+        .expect("transaction with an xid");
+
+    let started = Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        run(
+            Input {
+                idle_transaction_seconds: 3600,
+                lock_timeout_seconds: 2,
+                ..input(&cell)
+            },
+            &deps,
+        ),
+    )
+    .await
+    .expect("bounded by lock_timeout")
+    .expect_err("slot creation times out");
+    assert_eq!(err.error_name(), ErrorName::DatabaseUnavailable, "{err}");
+    assert!(
+        err.to_string()
+            .contains("creating slot switchyard_payments"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("55P03"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(replication_objects(&cell).await, (vec![], vec![]));
+
+    writer.batch_execute("COMMIT").await.expect("commit");
+    run(input(&cell), &deps).await.expect("start-replication");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_table_groups_or_rows_on_green_stop_it_before_any_slot() {
+    let cell = cell().await;
+    let deps = cell.deps().expect("deps");
+    let mut bad = input(&cell);
+    bad.cell.table_groups[0].tables = vec![
+        TableRef {
+            schema: "public".into(),
+            table: "events_2026_h1".into(),
+        },
+        TableRef {
+            schema: "public".into(),
+            table: "no_such_table".into(),
+        },
+    ];
+    let err = run(bad, &deps).await.expect_err("invalid groups");
+    assert_eq!(err.error_name(), ErrorName::InvalidInput, "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("public.events_2026_h1 (group payments) is a partition of public.events"),
+        "{message}"
+    );
+    assert!(
+        message.contains("public.no_such_table (group payments) is not a table"),
+        "{message}"
+    );
+    assert_eq!(replication_objects(&cell).await, (vec![], vec![]));
+
+    // The initial copy would duplicate rows green already holds.
+    let green = cell.green.superuser_client("app").await.expect("green");
+    green
+        .batch_execute("INSERT INTO public.accounts (email) VALUES ('stray@example.com')")
+        .await
+        .expect("stray row on green");
+    let err = run(input(&cell), &deps).await.expect_err("rows on green");
+    assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
+    assert!(
+        err.to_string().contains("already hold rows")
+            && err.to_string().contains("public.accounts"),
+        "{err}"
+    );
+    assert_eq!(replication_objects(&cell).await, (vec![], vec![]));
+
+    green
+        .batch_execute("TRUNCATE public.accounts CASCADE")
+        .await
+        .expect("empty green");
+    run(input(&cell), &deps).await.expect("start-replication");
+}
