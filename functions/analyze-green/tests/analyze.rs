@@ -1,0 +1,153 @@
+//! analyze-green against a local cell replicating blue → green.
+
+use std::time::{Duration, Instant};
+
+use analyze_green::{run, Input, Output};
+use switchyard_local_cell::{CellOptions, Install, LocalCell};
+
+async fn replicating_cell() -> LocalCell {
+    let install = Install::from_env();
+    let mut options = CellOptions::from_env(&install).expect("options");
+    options.rows = 300;
+    options.run_direct_writers = false;
+    let cell = LocalCell::start(&options).await.expect("cell");
+    // switchyard's own schema on blue is replicated by the FOR ALL TABLES stand-in, but
+    // must never be analyzed.
+    cell.blue
+        .superuser_client("app")
+        .await
+        .expect("blue")
+        .batch_execute(
+            "CREATE SCHEMA switchyard; CREATE TABLE switchyard.journal (id bigint PRIMARY KEY)",
+        )
+        .await
+        .expect("switchyard schema");
+    cell.replicate_directly().await.expect("replicating");
+    cell
+}
+
+fn tables(output: &Output) -> Vec<&str> {
+    assert_eq!(output.databases.len(), 1);
+    assert_eq!(output.databases[0].name, "app");
+    output.databases[0]
+        .tables
+        .iter()
+        .map(|t| t.table.as_str())
+        .collect()
+}
+
+/// Waits (bounded) until `column` of pg_stat_user_tables is set for public.payments on
+/// green: statistics reach the shared view asynchronously.
+async fn stamped(cell: &LocalCell, column: &str) -> bool {
+    let green = cell.green.superuser_client("app").await.expect("green");
+    let sql = format!(
+        "SELECT {column} IS NOT NULL FROM pg_stat_user_tables WHERE schemaname = 'public' AND relname = 'payments'"
+    );
+    let started = Instant::now();
+    loop {
+        green
+            .batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .expect("clear");
+        if green
+            .query_one(&sql, &[])
+            .await
+            .expect("stat")
+            .get::<_, bool>(0)
+        {
+            return true;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyzes_every_replicated_table_and_partitioned_root_twice() {
+    let cell = replicating_cell().await;
+    let deps = cell.deps().expect("deps");
+    assert!(
+        !stamped_now(&cell, "last_analyze").await,
+        "green starts without a manual ANALYZE"
+    );
+    let input = Input {
+        cell: cell.document.clone(),
+        vacuum: false,
+    };
+
+    let first = run(input.clone(), &deps).await.expect("first run");
+    let names = tables(&first);
+    for expected in [
+        "public.accounts",
+        "public.payments",
+        "public.account_links",
+        "public.events_2026_h1",
+        "public.events_2026_h2",
+        "public.events_default",
+        "billing.invoices",
+        "billing.invoice lines",
+    ] {
+        assert!(names.contains(&expected), "{expected} analyzed: {names:?}");
+    }
+    assert_eq!(
+        names.last(),
+        Some(&"public.events"),
+        "the partitioned root is analyzed, after its leaves: {names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.starts_with("switchyard.")),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"billing.account_totals"),
+        "a matview is not replicated"
+    );
+    assert!(
+        stamped(&cell, "last_analyze").await,
+        "last_analyze set for public.payments"
+    );
+
+    let second = run(input, &deps).await.expect("second run");
+    assert_eq!(
+        tables(&second),
+        names,
+        "a second run analyzes the same tables"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vacuum_mode_vacuums_as_well() {
+    let cell = replicating_cell().await;
+    let deps = cell.deps().expect("deps");
+    assert!(
+        !stamped_now(&cell, "last_vacuum").await,
+        "green starts without a manual VACUUM"
+    );
+    let input = Input {
+        cell: cell.document.clone(),
+        vacuum: true,
+    };
+    let first = run(input.clone(), &deps).await.expect("first run");
+    assert!(tables(&first).contains(&"public.payments"));
+    assert!(
+        stamped(&cell, "last_vacuum").await,
+        "last_vacuum set for public.payments"
+    );
+    assert!(
+        stamped(&cell, "last_analyze").await,
+        "VACUUM (ANALYZE) analyzes too"
+    );
+    let second = run(input, &deps).await.expect("second run");
+    assert_eq!(tables(&second), tables(&first));
+}
+
+/// The column's state right now, without waiting.
+async fn stamped_now(cell: &LocalCell, column: &str) -> bool {
+    let green = cell.green.superuser_client("app").await.expect("green");
+    let sql = format!(
+        "SELECT {column} IS NOT NULL FROM pg_stat_user_tables WHERE schemaname = 'public' AND relname = 'payments'"
+    );
+    green.query_one(&sql, &[]).await.expect("stat").get(0)
+}

@@ -1,0 +1,289 @@
+//! One table, blue vs green, at a consistent point: blue's figures come from one
+//! REPEATABLE READ snapshot, green's only once green's slots have confirmed an LSN taken
+//! after that snapshot, over the same key ranges.
+
+use std::time::{Duration, Instant};
+
+use switchyard_errors::ErrorName;
+use switchyard_operation::{Error, Side};
+use tokio_postgres::types::{PgLsn, ToSql};
+use tokio_postgres::{Client, Statement};
+
+use crate::catalog::{KeyValues, Shape};
+
+const POLL: Duration = Duration::from_millis(100);
+
+/// Session settings under which a value's text form is the same on every major, so a
+/// row hashes the same on blue and green.
+pub(crate) const TEXT_SETTINGS: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
+     SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex'; \
+     SET lc_monetary = 'C'";
+
+const SNAPSHOT: &str = "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+
+/// The rows whose key is above `lower` and at most `upper`; no bound means no limit on
+/// that side (a table without a key is one chunk without bounds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Chunk {
+    pub lower: Option<KeyValues>,
+    pub upper: Option<KeyValues>,
+}
+
+/// What one side holds in one chunk; the checksum only in full mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Figures {
+    pub rows: i64,
+    pub checksum: Option<String>,
+}
+
+/// How to compare, the same for every table of a run.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Method<'a> {
+    pub full: bool,
+    pub chunk_rows: i64,
+    pub attempts: u32,
+    /// Green's slots on blue for this database.
+    pub slots: &'a [String],
+    /// How long green may take to confirm the LSN captured with a snapshot of blue.
+    pub catch_up: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Difference {
+    pub chunk: Chunk,
+    pub blue: Figures,
+    pub green: Figures,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Outcome {
+    /// Blue's rows in the compared ranges.
+    pub rows: u64,
+    pub chunks: usize,
+    /// Chunks that differed on every attempt.
+    pub differences: Vec<Difference>,
+    /// The latest LSN green confirmed for this table's comparisons.
+    pub lsn: PgLsn,
+}
+
+pub(crate) async fn compare(
+    blue: &Client,
+    green: &Client,
+    shape: &Shape,
+    method: Method<'_>,
+) -> Result<Outcome, Error> {
+    let mut lsn = begin_snapshot(blue).await?;
+    let chunks = plan(blue, shape, method).await?;
+    let all: Vec<&Chunk> = chunks.iter().collect();
+    let mut blue_figures = figures(blue, Side::Blue, shape, &all, method.full).await?;
+    end_snapshot(blue).await?;
+    wait_confirmed(blue, method, lsn).await?;
+    let mut green_figures = figures(green, Side::Green, shape, &all, method.full).await?;
+
+    let mut differing: Vec<usize> = (0..chunks.len())
+        .filter(|&i| blue_figures[i] != green_figures[i])
+        .collect();
+    // A row changed on blue after the snapshot differs only until a later snapshot sees
+    // it too; a real divergence differs every time.
+    for attempt in 1..=method.attempts {
+        if differing.is_empty() {
+            break;
+        }
+        tracing::info!(table = %shape.table, attempt, chunks = differing.len(), "re-checking differing chunks");
+        let again: Vec<&Chunk> = differing.iter().map(|&i| &chunks[i]).collect();
+        let at = begin_snapshot(blue).await?;
+        let blue_again = figures(blue, Side::Blue, shape, &again, method.full).await?;
+        end_snapshot(blue).await?;
+        wait_confirmed(blue, method, at).await?;
+        let green_again = figures(green, Side::Green, shape, &again, method.full).await?;
+        for ((&i, b), g) in differing.iter().zip(blue_again).zip(green_again) {
+            blue_figures[i] = b;
+            green_figures[i] = g;
+        }
+        differing.retain(|&i| blue_figures[i] != green_figures[i]);
+        lsn = lsn.max(at);
+    }
+
+    let rows = blue_figures.iter().map(|f| f.rows).sum::<i64>();
+    Ok(Outcome {
+        rows: u64::try_from(rows).unwrap_or(0),
+        chunks: chunks.len(),
+        differences: differing
+            .into_iter()
+            .map(|i| Difference {
+                chunk: chunks[i].clone(),
+                blue: blue_figures[i].clone(),
+                green: green_figures[i].clone(),
+            })
+            .collect(),
+        lsn,
+    })
+}
+
+/// Opens a REPEATABLE READ snapshot on blue; returns blue's WAL position read inside it.
+async fn begin_snapshot(blue: &Client) -> Result<PgLsn, Error> {
+    blue.batch_execute(SNAPSHOT)
+        .await
+        .map_err(|e| Error::query("starting a snapshot on blue", e))?;
+    // The first statement takes the snapshot: the LSN read after it covers every commit
+    // the snapshot sees.
+    Ok(blue
+        .query_one("SELECT pg_catalog.pg_current_wal_lsn()", &[])
+        .await
+        .map_err(|e| Error::query("reading blue's WAL position", e))?
+        .get(0))
+}
+
+async fn end_snapshot(blue: &Client) -> Result<(), Error> {
+    blue.batch_execute("COMMIT")
+        .await
+        .map_err(|e| Error::query("ending the snapshot on blue", e))
+}
+
+/// The chunks, inside blue's snapshot. Every range ends at the snapshot's largest key,
+/// so rows inserted after it are outside every chunk on both sides.
+async fn plan(blue: &Client, shape: &Shape, method: Method<'_>) -> Result<Vec<Chunk>, Error> {
+    let whole = vec![Chunk {
+        lower: None,
+        upper: None,
+    }];
+    if shape.key.is_empty() {
+        return Ok(whole);
+    }
+    let what = || format!("chunking {} on blue", shape.table);
+    let Some(max) = blue
+        .query_opt(&shape.max_key_sql(), &[])
+        .await
+        .map_err(|e| Error::query(what(), e))?
+        .map(|row| row.get::<_, KeyValues>(0))
+    else {
+        return Ok(whole);
+    };
+    let mut uppers: Vec<KeyValues> = if method.full {
+        blue.query(&shape.boundaries_sql(), &[&method.chunk_rows])
+            .await
+            .map_err(|e| Error::query(what(), e))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if uppers.last() != Some(&max) {
+        uppers.push(max);
+    }
+    let mut lower = None;
+    Ok(uppers
+        .into_iter()
+        .map(|upper| {
+            let chunk = Chunk {
+                lower: lower.take(),
+                upper: Some(upper.clone()),
+            };
+            lower = Some(upper);
+            chunk
+        })
+        .collect())
+}
+
+/// Each chunk's figures on one side, one statement per kind of range.
+async fn figures(
+    client: &Client,
+    side: Side,
+    shape: &Shape,
+    chunks: &[&Chunk],
+    full: bool,
+) -> Result<Vec<Figures>, Error> {
+    let what = || format!("checksums of {} on {side}", shape.table);
+    // Indexed by (has lower bound, has upper bound).
+    let mut statements: [[Option<Statement>; 2]; 2] = Default::default();
+    let mut out = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        let (lower, upper) = (chunk.lower.is_some(), chunk.upper.is_some());
+        let statement = match &statements[usize::from(lower)][usize::from(upper)] {
+            Some(statement) => statement.clone(),
+            None => {
+                let prepared = client
+                    .prepare(&shape.figures_sql(lower, upper, full))
+                    .await
+                    .map_err(|e| Error::query(what(), e))?;
+                statements[usize::from(lower)][usize::from(upper)] = Some(prepared.clone());
+                prepared
+            }
+        };
+        let params: Vec<&(dyn ToSql + Sync)> = chunk
+            .lower
+            .iter()
+            .chain(chunk.upper.iter())
+            .flatten()
+            .map(|value| value as &(dyn ToSql + Sync))
+            .collect();
+        let row = client
+            .query_one(&statement, &params)
+            .await
+            .map_err(|e| Error::query(what(), e))?;
+        out.push(Figures {
+            rows: row.get(0),
+            checksum: row.get(1),
+        });
+    }
+    Ok(out)
+}
+
+/// Waits until every one of green's slots on blue has confirmed `lsn`: from then on green
+/// holds every change blue's snapshot saw.
+async fn wait_confirmed(blue: &Client, method: Method<'_>, lsn: PgLsn) -> Result<(), Error> {
+    let slots = method.slots;
+    if slots.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    loop {
+        let rows = blue
+            .query(
+                "SELECT slot_name::text, confirmed_flush_lsn FROM pg_catalog.pg_replication_slots \
+                 WHERE slot_name::text = ANY($1)",
+                &[&slots],
+            )
+            .await
+            .map_err(|e| Error::query("reading green's slots on blue", e))?;
+        let confirmed: Vec<(String, Option<PgLsn>)> =
+            rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+        let missing: Vec<&str> = slots
+            .iter()
+            .filter(|slot| !confirmed.iter().any(|(name, _)| name == *slot))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::stop(
+                ErrorName::PreconditionFailed,
+                format!(
+                    "green's subscriptions stream from slots {} that blue does not have; repair replication (start-replication) before verifying data",
+                    missing.join(", ")
+                ),
+            ));
+        }
+        let behind: Vec<String> = confirmed
+            .iter()
+            .filter(|(_, at)| at.is_none_or(|at| at < lsn))
+            .map(|(name, at)| match at {
+                Some(at) => format!("{name} at {at}"),
+                None => format!("{name} at none"),
+            })
+            .collect();
+        if behind.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() >= method.catch_up {
+            return Err(Error::stop(
+                ErrorName::NotCaughtUp,
+                format!(
+                    "green has not confirmed blue's LSN {lsn} within {} s ({}); check replication (check-replication) and retry",
+                    method.catch_up.as_secs(),
+                    behind.join(", ")
+                ),
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}

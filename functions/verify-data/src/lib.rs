@@ -1,0 +1,389 @@
+//! `verify-data`: blue and green hold the same rows, table by table, compared at a
+//! consistent point while replication (and the application) keeps running.
+//!
+//! For every table green's subscriptions replicate (leaves of partitioned tables; never
+//! switchyard's own schema), found in green's catalogs:
+//! - `quick`: row counts;
+//! - `full`: row counts and an order-independent checksum per chunk of `chunk_rows` rows
+//!   in key order (primary key, else replica identity index, else the whole table), the
+//!   row's text built from blue's column list under fixed session settings so that it is
+//!   the same on every major.
+//!
+//! Blue's figures come from one REPEATABLE READ snapshot per table; green's once green's
+//! slots confirmed an LSN read after that snapshot (within the cell's lag gate budget),
+//! over key ranges that end at the snapshot's largest key. A chunk that still differs is
+//! re-checked with a fresh snapshot `attempts` times (rows changed on blue after a snapshot differ only until a
+//! later one); only a chunk that differs every time fails the run with `DataMismatch`.
+//! Nothing is written on either side.
+
+mod catalog;
+mod compare;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use switchyard_cell::CellDocument;
+use switchyard_errors::ErrorName;
+use switchyard_operation::{Deps, Error, OperationInput, Side};
+use tokio_postgres::types::PgLsn;
+
+use crate::catalog::TableName;
+use crate::compare::{Chunk, Difference, Method};
+
+/// ```json
+/// {"cell": { …the cell document… }, "mode": "full", "chunk_rows": 10000, "attempts": 3}
+/// ```
+/// (`payloads/input.json` holds a whole one.)
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub cell: CellDocument,
+    pub mode: Mode,
+    /// Rows per checksummed chunk in full mode (at least 1).
+    #[serde(default = "default_chunk_rows")]
+    pub chunk_rows: u64,
+    /// How many times a differing chunk is re-checked with a fresh snapshot before it
+    /// counts as a mismatch.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+}
+
+fn default_chunk_rows() -> u64 {
+    10_000
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+
+impl OperationInput for Input {
+    fn cell(&self) -> &CellDocument {
+        &self.cell
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Row counts.
+    Quick,
+    /// Row counts and checksums per key range.
+    Full,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Output {
+    pub mode: Mode,
+    pub databases: Vec<DatabaseVerification>,
+    /// The latest blue LSN a comparison was made at, which green had confirmed
+    /// (`null` when there was no table to compare).
+    pub compared_at_lsn: Option<String>,
+}
+
+/// One database of the cell.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct DatabaseVerification {
+    pub name: String,
+    pub tables: Vec<TableVerification>,
+}
+
+/// One table, `schema.name` as the catalogs spell it (unquoted).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct TableVerification {
+    pub table: String,
+    /// Blue's rows in the compared key ranges.
+    pub rows: u64,
+    pub chunks: u64,
+    pub equal: bool,
+}
+
+/// How many differences the failure message lists; the rest are counted.
+const LISTED: usize = 10;
+/// How much of a key value the failure message shows.
+const VALUE_CHARS: usize = 40;
+
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, mode = ?input.mode))]
+pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    let chunk_rows = i64::try_from(input.chunk_rows)
+        .ok()
+        .filter(|&rows| rows > 0)
+        .ok_or_else(|| {
+            Error::stop(
+                ErrorName::InvalidInput,
+                format!(
+                    "chunk_rows {} must be between 1 and 2^63 - 1",
+                    input.chunk_rows
+                ),
+            )
+        })?;
+    let mut mismatches = Vec::new();
+    let mut databases = Vec::with_capacity(input.cell.databases.len());
+    let mut compared_at: Option<PgLsn> = None;
+    for db in &input.cell.databases {
+        // Boxed: the nested connection and query futures are otherwise too deep for the
+        // compiler's layout computation of the Lambda's handler.
+        let (database, at) = Box::pin(verify_database(
+            &input,
+            deps,
+            db,
+            chunk_rows,
+            &mut mismatches,
+        ))
+        .await?;
+        compared_at = compared_at.max(at);
+        databases.push(database);
+    }
+    if !mismatches.is_empty() {
+        return Err(Error::stop(
+            ErrorName::DataMismatch,
+            mismatch_message(&mismatches, input.mode, input.attempts),
+        ));
+    }
+    Ok(Output {
+        mode: input.mode,
+        databases,
+        compared_at_lsn: compared_at.map(|lsn| lsn.to_string()),
+    })
+}
+
+/// A table that differs, with what differs about it.
+#[derive(Clone, Debug)]
+struct Mismatch {
+    database: String,
+    table: TableName,
+    found: Found,
+}
+
+#[derive(Clone, Debug)]
+enum Found {
+    /// Replicated on green, but blue has no such table.
+    NotOnBlue,
+    /// `key` names the key columns the chunk's bounds are values of.
+    Chunk { key: String, difference: Difference },
+}
+
+#[tracing::instrument(skip_all, fields(database = %db))]
+async fn verify_database(
+    input: &Input,
+    deps: &Deps,
+    db: &str,
+    chunk_rows: i64,
+    mismatches: &mut Vec<Mismatch>,
+) -> Result<(DatabaseVerification, Option<PgLsn>), Error> {
+    let blue = deps.connect(&input.cell, Side::Blue, db).await?;
+    let green = deps.connect(&input.cell, Side::Green, db).await?;
+    for (side, client) in [(Side::Blue, &blue), (Side::Green, &green)] {
+        client
+            .batch_execute(compare::TEXT_SETTINGS)
+            .await
+            .map_err(|e| Error::query(format!("setting text output on {side}"), e))?;
+    }
+    let slots = catalog::green_slots(&green).await?;
+    let method = Method {
+        full: input.mode == Mode::Full,
+        chunk_rows,
+        attempts: input.attempts,
+        slots: &slots,
+        // Waiting for green to confirm an LSN is what the slot-lag gate budgets for.
+        catch_up: Duration::from_secs(input.cell.budgets.lag_gate_seconds),
+    };
+    let mut tables = Vec::new();
+    let mut compared_at: Option<PgLsn> = None;
+    for table in catalog::replicated_tables(&green).await? {
+        let Some(shape) = catalog::shape(&blue, &table).await? else {
+            mismatches.push(Mismatch {
+                database: db.to_owned(),
+                table,
+                found: Found::NotOnBlue,
+            });
+            continue;
+        };
+        let outcome = compare::compare(&blue, &green, &shape, method).await?;
+        compared_at = compared_at.max(Some(outcome.lsn));
+        tracing::info!(table = %table, rows = outcome.rows, chunks = outcome.chunks, differing = outcome.differences.len(), "compared");
+        let equal = outcome.differences.is_empty();
+        mismatches.extend(outcome.differences.into_iter().map(|difference| Mismatch {
+            database: db.to_owned(),
+            table: table.clone(),
+            found: Found::Chunk {
+                key: shape.key_names(),
+                difference,
+            },
+        }));
+        tables.push(TableVerification {
+            table: table.to_string(),
+            rows: outcome.rows,
+            chunks: u64::try_from(outcome.chunks).unwrap_or(u64::MAX),
+            equal,
+        });
+    }
+    Ok((
+        DatabaseVerification {
+            name: db.to_owned(),
+            tables,
+        },
+        compared_at,
+    ))
+}
+
+/// The operator's message: the first few differences, each naming its table and (in
+/// full mode) its key range, with both sides' counts; bounded whatever the number.
+fn mismatch_message(mismatches: &[Mismatch], mode: Mode, attempts: u32) -> String {
+    let listed: Vec<String> = mismatches
+        .iter()
+        .take(LISTED)
+        .map(|m| describe(m, mode))
+        .collect();
+    let more = match mismatches.len().saturating_sub(LISTED) {
+        0 => String::new(),
+        n => format!("; and {n} more"),
+    };
+    format!(
+        "blue and green differ ({} after {attempts} re-check(s) each): {}{more}. \
+         Find how green diverged (writes made on green, an UPDATE or DELETE the apply worker skipped) \
+         and re-copy those tables before switching over",
+        mode_name(mode),
+        listed.join("; ")
+    )
+}
+
+fn describe(mismatch: &Mismatch, mode: Mode) -> String {
+    let Mismatch {
+        database,
+        table,
+        found,
+    } = mismatch;
+    match found {
+        Found::NotOnBlue => format!(
+            "{table} (database {database}) is replicated on green but is not a table on blue"
+        ),
+        Found::Chunk { key, difference } => {
+            let range = match mode {
+                Mode::Quick => String::new(),
+                Mode::Full => format!(" rows with {}", range(key, &difference.chunk)),
+            };
+            let checksums = if difference.blue.rows == difference.green.rows {
+                ", checksums differ"
+            } else {
+                ""
+            };
+            format!(
+                "{table} (database {database}){range}: blue {} rows, green {} rows{checksums}",
+                difference.blue.rows, difference.green.rows
+            )
+        }
+    }
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Quick => "row counts",
+        Mode::Full => "row counts and checksums",
+    }
+}
+
+fn range(key: &str, chunk: &Chunk) -> String {
+    let values = |v: &[String]| {
+        let shown: Vec<String> = v.iter().map(|value| shorten(value)).collect();
+        format!("({})", shown.join(", "))
+    };
+    match (&chunk.lower, &chunk.upper) {
+        (None, None) => "in the whole table".to_owned(),
+        (Some(lower), None) => format!("{key} > {}", values(lower)),
+        (None, Some(upper)) => format!("{key} <= {}", values(upper)),
+        (Some(lower), Some(upper)) => {
+            format!("{key} > {} and <= {}", values(lower), values(upper))
+        }
+    }
+}
+
+fn shorten(value: &str) -> String {
+    match value.char_indices().nth(VALUE_CHARS) {
+        Some((end, _)) => format!("{}…", &value[..end]),
+        None => value.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compare::Figures;
+
+    #[test]
+    fn payload_examples_round_trip() {
+        let input: Input =
+            serde_json::from_str(include_str!("../payloads/input.json")).expect("input example");
+        assert_eq!(
+            input,
+            serde_json::from_value(serde_json::to_value(&input).expect("ser")).expect("de")
+        );
+        input.cell.validate().expect("example cell is valid");
+        let output: Output =
+            serde_json::from_str(include_str!("../payloads/output.json")).expect("output example");
+        assert_eq!(
+            output,
+            serde_json::from_value(serde_json::to_value(&output).expect("ser")).expect("de")
+        );
+    }
+
+    #[test]
+    fn chunk_rows_and_attempts_have_defaults() {
+        let mut payload: serde_json::Value =
+            serde_json::from_str(include_str!("../payloads/input.json")).expect("input example");
+        let fields = payload.as_object_mut().expect("object");
+        fields.remove("chunk_rows");
+        fields.remove("attempts");
+        fields.insert("mode".to_owned(), serde_json::json!("quick"));
+        let input: Input = serde_json::from_value(payload).expect("defaults");
+        assert_eq!(
+            (input.mode, input.chunk_rows, input.attempts),
+            (Mode::Quick, 10_000, 3)
+        );
+    }
+
+    fn chunk_mismatch(i: i64, lower: &str) -> Mismatch {
+        Mismatch {
+            database: "app".to_owned(),
+            table: TableName {
+                schema: "billing".to_owned(),
+                name: "invoice lines".to_owned(),
+            },
+            found: Found::Chunk {
+                key: "(id)".to_owned(),
+                difference: Difference {
+                    chunk: Chunk {
+                        lower: Some(vec![lower.to_owned()]),
+                        upper: Some(vec![(i * 100).to_string()]),
+                    },
+                    blue: Figures {
+                        rows: 100,
+                        checksum: Some("1".to_owned()),
+                    },
+                    green: Figures {
+                        rows: 100 - i % 2,
+                        checksum: Some("2".to_owned()),
+                    },
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn the_message_names_tables_and_ranges_and_stays_bounded() {
+        let one = mismatch_message(&[chunk_mismatch(2, "100")], Mode::Full, 3);
+        assert!(
+            one.contains("billing.invoice lines (database app) rows with (id) > (100) and <= (200): blue 100 rows, green 100 rows, checksums differ"),
+            "{one}"
+        );
+        let quick = mismatch_message(&[chunk_mismatch(1, "0")], Mode::Quick, 3);
+        assert!(
+            quick.contains("billing.invoice lines (database app): blue 100 rows, green 99 rows."),
+            "{quick}"
+        );
+        let huge = "x".repeat(10_000);
+        let many: Vec<Mismatch> = (1..=5_000).map(|i| chunk_mismatch(i, &huge)).collect();
+        let message = mismatch_message(&many, Mode::Full, 3);
+        assert!(message.len() < 4_000, "{} bytes", message.len());
+        assert!(message.contains("and 4990 more"), "{message}");
+    }
+}

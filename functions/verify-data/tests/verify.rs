@@ -1,0 +1,278 @@
+//! verify-data against a local cell replicating blue → green, with the ledger writing
+//! through PgBouncer where the test says so.
+
+use std::time::{Duration, Instant};
+
+use switchyard_errors::{Catalogued, ErrorName};
+use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use verify_data::{run, Input, Mode, Output};
+
+async fn replicating_cell() -> LocalCell {
+    let install = Install::from_env();
+    let mut options = CellOptions::from_env(&install).expect("options");
+    options.rows = 300;
+    options.run_direct_writers = false;
+    let cell = LocalCell::start(&options).await.expect("cell");
+    // switchyard's own schema on blue is replicated by the FOR ALL TABLES stand-in, but
+    // must never be compared.
+    cell.blue
+        .superuser_client("app")
+        .await
+        .expect("blue")
+        .batch_execute(
+            "CREATE SCHEMA switchyard; CREATE TABLE switchyard.journal (id bigint PRIMARY KEY); \
+             INSERT INTO switchyard.journal VALUES (1)",
+        )
+        .await
+        .expect("switchyard schema");
+    cell.replicate_directly().await.expect("replicating");
+    cell
+}
+
+fn input(cell: &LocalCell, mode: Mode, chunk_rows: u64) -> Input {
+    Input {
+        cell: cell.document.clone(),
+        mode,
+        chunk_rows,
+        attempts: 3,
+    }
+}
+
+/// `table → (rows, chunks)`, every table equal.
+fn tables(output: &Output) -> Vec<(String, u64, u64)> {
+    assert_eq!(output.databases.len(), 1);
+    assert_eq!(output.databases[0].name, "app");
+    output.databases[0]
+        .tables
+        .iter()
+        .map(|t| {
+            assert!(t.equal, "{t:?}");
+            (t.table.clone(), t.rows, t.chunks)
+        })
+        .collect()
+}
+
+fn find<'a>(tables: &'a [(String, u64, u64)], name: &str) -> &'a (String, u64, u64) {
+    tables
+        .iter()
+        .find(|t| t.0 == name)
+        .unwrap_or_else(|| panic!("{name} compared: {tables:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_and_full_agree_while_the_ledger_writes() {
+    let cell = replicating_cell().await;
+    let deps = cell.deps().expect("deps");
+    let green = cell.green.superuser_client("app").await.expect("green");
+    // A difference in switchyard's own schema is none of verify-data's business.
+    green
+        .batch_execute("INSERT INTO switchyard.journal VALUES (2)")
+        .await
+        .expect("green-only journal row");
+
+    let ledger = cell
+        .start_ledger(2, Duration::from_millis(5))
+        .expect("ledger");
+    let started = Instant::now();
+    while ledger.acknowledged() < 50 {
+        assert!(started.elapsed() < Duration::from_secs(30), "ledger writes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let quick = run(input(&cell, Mode::Quick, 10_000), &deps)
+        .await
+        .expect("quick mode agrees under load");
+    let quick_tables = tables(&quick);
+    assert_eq!(quick.mode, Mode::Quick);
+    assert!(quick.compared_at_lsn.is_some());
+    assert!(
+        quick_tables.iter().all(|t| t.2 == 1),
+        "quick mode: one range per table"
+    );
+    let payments_before = find(&quick_tables, "public.payments").1;
+    assert!(
+        payments_before > 600,
+        "the ledger's rows are counted: {payments_before}"
+    );
+
+    let full = run(input(&cell, Mode::Full, 100), &deps)
+        .await
+        .expect("full mode agrees under load");
+    let full_tables = tables(&full);
+    let names: Vec<&str> = full_tables.iter().map(|t| t.0.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "billing.invoice lines",
+            "billing.invoices",
+            "public.account_links",
+            "public.accounts",
+            "public.events_2026_h1",
+            "public.events_2026_h2",
+            "public.events_default",
+            "public.payments",
+        ],
+        "leaves, not the partitioned root; not switchyard's schema; not the matview"
+    );
+    assert_eq!(
+        find(&full_tables, "billing.invoice lines"),
+        &("billing.invoice lines".to_owned(), 600, 6)
+    );
+    assert_eq!(
+        find(&full_tables, "public.account_links"),
+        &("public.account_links".to_owned(), 150, 2),
+        "chunked by its replica identity index"
+    );
+    let payments = find(&full_tables, "public.payments");
+    assert!(payments.1 >= payments_before, "{payments:?}");
+    assert!(payments.2 >= payments.1 / 100, "{payments:?}");
+    assert!(
+        full.compared_at_lsn.as_deref().map(lsn) >= quick.compared_at_lsn.as_deref().map(lsn),
+        "{:?} then {:?}",
+        quick.compared_at_lsn,
+        full.compared_at_lsn
+    );
+
+    // A second run reads the same tables again and agrees again.
+    let again = run(input(&cell, Mode::Full, 100), &deps)
+        .await
+        .expect("second full run");
+    let again_names: Vec<String> = tables(&again).into_iter().map(|t| t.0).collect();
+    assert_eq!(again_names, names);
+
+    let tally = ledger.stop().await;
+    assert!(
+        tally.acks.len() >= 50,
+        "the ledger kept writing: {}",
+        tally.acks.len()
+    );
+    assert!(tally.errors.is_empty(), "{:?}", tally.errors);
+}
+
+fn lsn(text: &str) -> u64 {
+    let (high, low) = text.split_once('/').expect("X/Y");
+    (u64::from_str_radix(high, 16).expect("hex") << 32) | u64::from_str_radix(low, 16).expect("hex")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_changed_on_green_fails_full_mode_but_not_quick_mode() {
+    let cell = replicating_cell().await;
+    let deps = cell.deps().expect("deps");
+    let green = cell.green.superuser_client("app").await.expect("green");
+    run(input(&cell, Mode::Full, 100), &deps)
+        .await
+        .expect("equal before the change");
+    // Behind replication's back: the apply worker never hears of it.
+    green
+        .batch_execute(
+            r#"UPDATE billing."invoice lines" SET description = 'tampered' WHERE id = 1"#,
+        )
+        .await
+        .expect("tamper");
+
+    for _ in 0..2 {
+        let err = run(input(&cell, Mode::Full, 100), &deps)
+            .await
+            .expect_err("full mode sees the changed row");
+        assert_eq!(err.error_name(), ErrorName::DataMismatch, "{err}");
+        let message = err.to_failure().message().to_owned();
+        assert!(
+            message.contains("billing.invoice lines (database app) rows with (id) <= (100): blue 100 rows, green 100 rows, checksums differ"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("public."),
+            "only the changed table: {message}"
+        );
+    }
+    // Counting cannot see a changed value: that is what full mode is for.
+    let quick = run(input(&cell, Mode::Quick, 100), &deps)
+        .await
+        .expect("quick mode only counts");
+    assert_eq!(find(&tables(&quick), "billing.invoice lines").1, 600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_deleted_on_green_fails_quick_mode() {
+    let cell = replicating_cell().await;
+    let deps = cell.deps().expect("deps");
+    let green = cell.green.superuser_client("app").await.expect("green");
+    run(input(&cell, Mode::Quick, 10_000), &deps)
+        .await
+        .expect("equal before the delete");
+    green
+        .batch_execute("DELETE FROM public.account_links WHERE parent_id = 1")
+        .await
+        .expect("delete");
+
+    let err = run(input(&cell, Mode::Quick, 10_000), &deps)
+        .await
+        .expect_err("quick mode sees the missing row");
+    assert_eq!(err.error_name(), ErrorName::DataMismatch, "{err}");
+    let message = err.to_failure().message().to_owned();
+    assert!(
+        message.contains("public.account_links (database app): blue 150 rows, green 149 rows"),
+        "{message}"
+    );
+    let full = run(input(&cell, Mode::Full, 100), &deps)
+        .await
+        .expect_err("full mode too");
+    let message = full.to_failure().message().to_owned();
+    assert!(
+        message.contains("public.account_links (database app) rows with (parent_id, child_id, kind) <= (199, 200, family): blue 100 rows, green 99 rows"),
+        "{message}"
+    );
+}
+
+/// Holds green's apply worker back on `billing."invoice lines"` (SHARE blocks its INSERT,
+/// not our reads) while blue takes a row there: green has not caught up.
+async fn hold_back_apply(cell: &LocalCell) -> tokio_postgres::Client {
+    let holder = cell.green.superuser_client("app").await.expect("green");
+    holder
+        .batch_execute(r#"BEGIN; LOCK TABLE billing."invoice lines" IN SHARE MODE"#)
+        .await
+        .expect("lock");
+    cell.blue
+        .superuser_client("app")
+        .await
+        .expect("blue")
+        .batch_execute(
+            r#"INSERT INTO billing."invoice lines" (invoice_id, description, unit_price) VALUES (1, 'late', 1)"#,
+        )
+        .await
+        .expect("row on blue");
+    holder
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_for_green_to_confirm_the_snapshot_lsn() {
+    let cell = replicating_cell().await;
+    let deps = cell.deps().expect("deps");
+
+    let holder = hold_back_apply(&cell).await;
+    let mut impatient = input(&cell, Mode::Quick, 10_000);
+    impatient.cell.budgets.lag_gate_seconds = 1;
+    let err = run(impatient, &deps)
+        .await
+        .expect_err("green cannot confirm while apply is held");
+    assert_eq!(err.error_name(), ErrorName::NotCaughtUp, "{err}");
+    assert!(
+        err.to_string().contains("test_all at "),
+        "names the slot: {err}"
+    );
+
+    let released = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        holder.batch_execute("COMMIT").await.expect("release");
+    });
+    let started = Instant::now();
+    let output = run(input(&cell, Mode::Quick, 10_000), &deps)
+        .await
+        .expect("equal once green caught up");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "it waited for green"
+    );
+    assert_eq!(find(&tables(&output), "billing.invoice lines").1, 601);
+    released.await.expect("released");
+}
