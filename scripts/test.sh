@@ -13,5 +13,16 @@ if command -v cargo-nextest >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast -- --test-threads "$threads" || status=$?
 fi
+# The version matrix: the default run above is 14 → 17; the end-to-end flows run again
+# for the other supported pairs.
+for pair in "15 17" "16 18"; do
+  set -- $pair
+  echo "== flows with blue PG $1, green PG $2"
+  if command -v cargo-nextest >/dev/null 2>&1; then
+    BLUE_PG=$1 GREEN_PG=$2 cargo nextest run --locked -p switchyard-flows --test-threads "$threads" --no-fail-fast || status=$?
+  else
+    BLUE_PG=$1 GREEN_PG=$2 cargo test --locked -p switchyard-flows --no-fail-fast -- --test-threads "$threads" || status=$?
+  fi
+done
 bash scripts/check-leftovers.sh || status=1
 exit $status
