@@ -279,18 +279,9 @@ mod tests {
 
     #[test]
     fn payload_examples_round_trip() {
-        let input: Input =
-            serde_json::from_str(include_str!("../payloads/input.json")).expect("input example");
-        assert_eq!(
-            input,
-            serde_json::from_value(serde_json::to_value(&input).expect("ser")).expect("de")
-        );
-        input.cell.validate().expect("example cell is valid");
-        let output: Output =
-            serde_json::from_str(include_str!("../payloads/output.json")).expect("output example");
-        assert_eq!(
-            output,
-            serde_json::from_value(serde_json::to_value(&output).expect("ser")).expect("de")
+        switchyard_operation::assert_examples_round_trip::<Input, Output>(
+            include_str!("../payloads/input.json"),
+            include_str!("../payloads/output.json"),
         );
     }
 
