@@ -227,6 +227,25 @@ impl CellDocument {
     pub fn blue_renamed_identifier(&self, blue_major: u32) -> String {
         format!("{}-blue-{blue_major}", self.blue.cluster_identifier)
     }
+
+    /// The replication pairs, in order: one per table group, then the rest. A
+    /// publication, its slot and its subscription share the name.
+    pub fn replication_names(&self) -> Vec<String> {
+        self.table_groups
+            .iter()
+            .map(|g| g.name.as_str())
+            .chain([REST_GROUP])
+            .map(replication_name)
+            .collect()
+    }
+}
+
+/// The pseudo-group of every table no table group names.
+pub const REST_GROUP: &str = "rest";
+
+/// `switchyard_<group>`: the publication, slot and subscription of one table group.
+pub fn replication_name(group: &str) -> String {
+    format!("switchyard_{group}")
 }
 
 fn parse<'de, T, D>(deserializer: D) -> Result<T, CellError>

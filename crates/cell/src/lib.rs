@@ -8,7 +8,7 @@ mod error;
 mod validation;
 
 pub use document::{
-    Budgets, CellDocument, ClusterRef, Credentials, DirectWriter, Discovery, Downstream,
-    Environment, PgBouncer, TableGroup, TableRef, EXAMPLE,
+    replication_name, Budgets, CellDocument, ClusterRef, Credentials, DirectWriter, Discovery,
+    Downstream, Environment, PgBouncer, TableGroup, TableRef, EXAMPLE, REST_GROUP,
 };
 pub use error::{CellError, Problem};

@@ -161,6 +161,20 @@ impl CellDocument {
         for (i, group) in self.table_groups.iter().enumerate() {
             let field = format!("table_groups[{i}]");
             problems.check(format!("{field}.name"), pg_name(&group.name));
+            if group.name == crate::REST_GROUP {
+                problems.push(
+                    format!("{field}.name"),
+                    "\"rest\" is reserved for the tables no group names",
+                );
+            } else if crate::replication_name(&group.name).len() > MAX_PG_NAME_BYTES {
+                problems.push(
+                    format!("{field}.name"),
+                    format!(
+                        "switchyard_{} would exceed {MAX_PG_NAME_BYTES} bytes as a slot name",
+                        group.name
+                    ),
+                );
+            }
             if group.tables.is_empty() {
                 problems.push(format!("{field}.tables"), "must list at least one table");
             }
@@ -880,6 +894,18 @@ mod tests {
                 "downstream[0].subscriptions[1]"
             ]
         );
+    }
+
+    #[test]
+    fn group_names_must_make_usable_replication_names() {
+        let fields = edited(|v| {
+            v["table_groups"][0]["name"] = json!("rest");
+        });
+        assert_eq!(fields, ["table_groups[0].name"]);
+        let fields = edited(|v| {
+            v["table_groups"][0]["name"] = json!("x".repeat(60));
+        });
+        assert_eq!(fields, ["table_groups[0].name"]);
     }
 
     #[test]

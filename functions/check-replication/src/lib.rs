@@ -72,9 +72,6 @@ struct Observed {
 /// How many not-ready tables a message and an output name, to bound the payload.
 const LISTED: usize = 20;
 
-/// The pseudo-group of every table no table group names (as in `start-replication`).
-const REST: &str = "rest";
-
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.green.cluster_identifier))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     let cell = &input.cell;
@@ -114,22 +111,11 @@ async fn check_database(
     let green = deps.connect(cell, Side::Green, database).await?;
     let version_num = server_version_num(&green).await?;
     let mut observed = Vec::new();
-    for name in replication_names(cell) {
+    for name in cell.replication_names() {
         observed.push(observe(&blue, &green, database, &name, version_num).await?);
     }
     let recorded = ddl::recorded(&blue, database).await?;
     Ok((observed, recorded))
-}
-
-/// `switchyard_<group>` per table group, then `switchyard_rest`: the names
-/// `start-replication` gives publications, slots and subscriptions.
-fn replication_names(cell: &CellDocument) -> Vec<String> {
-    cell.table_groups
-        .iter()
-        .map(|g| g.name.as_str())
-        .chain([REST])
-        .map(|group| format!("switchyard_{group}"))
-        .collect()
 }
 
 /// What keeps `o` from counting as caught up, if anything.
@@ -412,7 +398,7 @@ mod tests {
     fn names_follow_start_replication() {
         let cell = CellDocument::from_json(switchyard_cell::EXAMPLE).expect("example");
         assert_eq!(
-            replication_names(&cell),
+            cell.replication_names(),
             ["switchyard_payments", "switchyard_rest"]
         );
     }

@@ -12,7 +12,7 @@ use switchyard_errors::ErrorName;
 use switchyard_operation::Error;
 use tokio_postgres::Client;
 
-use crate::names::{publication_name, REST};
+use switchyard_cell::{replication_name as publication_name, REST_GROUP as REST};
 
 /// A table or partitioned table on blue, as far as publishing it goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
