@@ -19,6 +19,6 @@ mod tls;
 
 pub use crate::connect::{connect, ConnectOptions};
 pub use crate::error::PgError;
-pub use crate::password::scram_verifier;
+pub use crate::password::{scram_verifier, scram_verifies};
 pub use crate::pgbouncer::{PgBouncerAdmin, Resumed};
 pub use crate::tls::Tls;

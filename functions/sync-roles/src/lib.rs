@@ -13,7 +13,6 @@
 //! `extra_roles`, except the platform's own (see [`is_platform_role`]).
 
 mod parameters;
-mod scram;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -313,7 +312,9 @@ async fn alter(
         None => PasswordState::Absent,
         Some(_) if !passwords_readable => PasswordState::Unknown,
         Some(p) => match &existing.stored_password {
-            Some(stored) if scram::verifies(stored, p) => PasswordState::Verified,
+            Some(stored) if switchyard_postgres::scram_verifies(stored, p) => {
+                PasswordState::Verified
+            }
             _ => PasswordState::Differs,
         },
     };
