@@ -15,7 +15,7 @@ else
 fi
 # The version matrix: the default run above is 14 → 17; the end-to-end flows run again
 # for the other supported pairs.
-for pair in "15 17" "16 18"; do
+for pair in "15 17" "16 18" "14 16"; do
   set -- $pair
   echo "== flows with blue PG $1, green PG $2"
   if command -v cargo-nextest >/dev/null 2>&1; then

@@ -298,6 +298,17 @@ pub(crate) fn is_switchyards_own(statement: &str) -> bool {
     name.trim_start_matches('"').starts_with("switchyard_")
 }
 
+/// Whether a server of `version_num` accepts a session setting the dump starts with.
+/// pg_dump writes the settings of its own major (18 here): `transaction_timeout` exists
+/// from 17 on, and is only reset to 0 by the dump, so an older green can skip it.
+pub(crate) fn understood_by(statement: &str, version_num: i32) -> bool {
+    let setting = statement
+        .trim_start()
+        .strip_prefix("SET ")
+        .and_then(|rest| rest.split([' ', '=']).next());
+    !(setting == Some("transaction_timeout") && version_num < 170_000)
+}
+
 /// A failing statement as a message may show it: its first line, and the text around the
 /// server's error position (1-based, in characters) when that is elsewhere. A user
 /// mapping's OPTIONS can hold a password, so they are never shown.
@@ -384,6 +395,17 @@ SELECT 1"#;
         );
         assert!(parts[4].ends_with("NOTIFY b);"), "{}", parts[4]);
         assert_eq!(parts[5], "SELECT 1");
+    }
+
+    #[test]
+    fn settings_an_older_green_lacks_are_skipped_only_there() {
+        assert!(!understood_by("SET transaction_timeout = 0;", 160_004));
+        assert!(understood_by("SET transaction_timeout = 0;", 170_000));
+        assert!(understood_by("SET lock_timeout = 0;", 140_000));
+        assert!(understood_by(
+            "CREATE TABLE transaction_timeout (x int);",
+            140_000
+        ));
     }
 
     #[test]

@@ -102,9 +102,15 @@ async fn copy_database(
 
     let dump = dump::schema(deps, cell, database).await?;
     let sql = dump::unwrap_restrict(&dump);
+    let green_version: i32 = green
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| Error::query("reading green's version", e))?
+        .get(0);
     let statements: Vec<&str> = dump::statements(&sql)
         .into_iter()
         .filter(|statement| !dump::is_switchyards_own(statement))
+        .filter(|statement| dump::understood_by(statement, green_version))
         .collect();
     // One transaction: a failure or a difference leaves green's database as empty as it was.
     let tx = green
