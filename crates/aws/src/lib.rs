@@ -2,12 +2,14 @@
 //! points them at moto locally), SSM SecureString reads, and cluster endpoint resolution.
 
 mod clients;
+mod ecs;
 mod endpoints;
 mod error;
 mod secrets;
 
 pub use aws_sdk_rds::error::{ProvideErrorMetadata, SdkError};
 pub use clients::AwsClients;
+pub use ecs::{running_tasks, ServiceTask};
 pub use endpoints::{ClusterEndpoint, EndpointResolver, LocalEndpoints, LOCAL_ENDPOINTS_ENV};
 pub use error::AwsError;
 pub use secrets::{read_credentials, read_secure_string, DbCredentials};

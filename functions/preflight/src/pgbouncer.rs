@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use aws_sdk_ecs::types::DesiredStatus;
 use switchyard_cell::{CellDocument, Discovery};
 use switchyard_operation::{Deps, Error};
 use switchyard_postgres::PgBouncerAdmin;
@@ -11,8 +10,6 @@ use switchyard_postgres::PgBouncerAdmin;
 use crate::finding::{Code, Finding};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// DescribeTasks takes at most this many tasks per call.
-const DESCRIBE_BATCH: usize = 100;
 
 /// Findings for every PgBouncer instance of the cell.
 pub async fn check(cell: &CellDocument, deps: &Deps) -> Result<Vec<Finding>, Error> {
@@ -63,43 +60,13 @@ async fn discover(cell: &CellDocument, deps: &Deps) -> Result<Result<Vec<String>
             admin_port,
         } => (ecs_cluster, service, *admin_port),
     };
-    let context = format!("listing the tasks of ECS service {ecs_cluster}/{service}");
-    let mut arns = Vec::new();
-    let mut pages = deps
-        .aws
-        .ecs
-        .list_tasks()
-        .cluster(ecs_cluster)
-        .service_name(service)
-        .desired_status(DesiredStatus::Running)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| Error::aws(&context, &e))?;
-        arns.extend(page.task_arns().iter().cloned());
-    }
+    let tasks = switchyard_aws::running_tasks(&deps.aws.ecs, ecs_cluster, service).await?;
     let mut hosts = Vec::new();
     let mut without_address = Vec::new();
-    for batch in arns.chunks(DESCRIBE_BATCH) {
-        let out = deps
-            .aws
-            .ecs
-            .describe_tasks()
-            .cluster(ecs_cluster)
-            .set_tasks(Some(batch.to_vec()))
-            .send()
-            .await
-            .map_err(|e| {
-                Error::aws(
-                    &format!("describing the tasks of ECS service {ecs_cluster}/{service}"),
-                    &e,
-                )
-            })?;
-        for task in out.tasks() {
-            match private_address(task) {
-                Some(ip) => hosts.push(format!("{ip}:{admin_port}")),
-                None => without_address.push(task.task_arn().unwrap_or("unknown task").to_owned()),
-            }
+    for task in tasks {
+        match task.private_ip {
+            Some(ip) => hosts.push(format!("{ip}:{admin_port}")),
+            None => without_address.push(task.arn),
         }
     }
     let object = format!("pgbouncer ECS service {ecs_cluster}/{service}");
@@ -120,23 +87,6 @@ async fn discover(cell: &CellDocument, deps: &Deps) -> Result<Result<Vec<String>
         )));
     }
     Ok(Ok(hosts))
-}
-
-/// A task's private IPv4 address: from its ENI attachment (awsvpc), else its containers'.
-fn private_address(task: &aws_sdk_ecs::types::Task) -> Option<String> {
-    let from_attachment = task
-        .attachments()
-        .iter()
-        .flat_map(|a| a.details())
-        .find(|d| d.name() == Some("privateIPv4Address"))
-        .and_then(|d| d.value());
-    let from_container = || {
-        task.containers()
-            .iter()
-            .flat_map(|c| c.network_interfaces())
-            .find_map(|n| n.private_ipv4_address())
-    };
-    from_attachment.or_else(from_container).map(str::to_owned)
 }
 
 /// `host:port`, with an IPv6 host in brackets.
@@ -211,39 +161,5 @@ mod tests {
         assert_eq!(split_host_port("127.0.0.1:6432"), Some(("127.0.0.1", 6432)));
         assert_eq!(split_host_port("[::1]:6432"), Some(("::1", 6432)));
         assert_eq!(split_host_port("pgbouncer.internal:x"), None);
-    }
-
-    #[test]
-    fn task_addresses_come_from_the_eni_first() {
-        use aws_sdk_ecs::types::{Attachment, Container, KeyValuePair, NetworkInterface, Task};
-        let eni = Attachment::builder()
-            .details(
-                KeyValuePair::builder()
-                    .name("subnetId")
-                    .value("subnet-1")
-                    .build(),
-            )
-            .details(
-                KeyValuePair::builder()
-                    .name("privateIPv4Address")
-                    .value("10.0.0.5")
-                    .build(),
-            )
-            .build();
-        let container = Container::builder()
-            .network_interfaces(
-                NetworkInterface::builder()
-                    .private_ipv4_address("10.0.0.6")
-                    .build(),
-            )
-            .build();
-        let task = Task::builder()
-            .attachments(eni)
-            .containers(container.clone())
-            .build();
-        assert_eq!(private_address(&task).as_deref(), Some("10.0.0.5"));
-        let task = Task::builder().containers(container).build();
-        assert_eq!(private_address(&task).as_deref(), Some("10.0.0.6"));
-        assert_eq!(private_address(&Task::builder().build()), None);
     }
 }
