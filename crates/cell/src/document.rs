@@ -48,6 +48,10 @@ pub struct CellDocument {
     /// Time and size limits of the run.
     #[serde(default)]
     pub budgets: Budgets,
+    /// The SSM path, ending in `/`, where runs journal what manual repair needs (the run
+    /// lock, saved counts, …). Default: `/switchyard/<cell_id>/journal/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_path: Option<String>,
 }
 
 /// Where a cell runs.
@@ -226,6 +230,13 @@ impl CellDocument {
     /// The identifier blue gets when green takes its name: `<id>-blue-<major>`.
     pub fn blue_renamed_identifier(&self, blue_major: u32) -> String {
         format!("{}-blue-{blue_major}", self.blue.cluster_identifier)
+    }
+
+    /// Where this cell's run journal lives in SSM.
+    pub fn journal_path(&self) -> String {
+        self.journal_path
+            .clone()
+            .unwrap_or_else(|| format!("/switchyard/{}/journal/", self.cell_id))
     }
 
     /// The replication pairs, in order: one per table group, then the rest. A

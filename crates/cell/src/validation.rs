@@ -61,6 +61,9 @@ impl CellDocument {
             "credentials.application_roles_path",
             ssm_path(&self.credentials.application_roles_path),
         );
+        if let Some(path) = &self.journal_path {
+            problems.check("journal_path", ssm_path(path));
+        }
 
         self.check_pgbouncer(&mut problems);
         self.check_direct_writers(&mut problems);
@@ -894,6 +897,16 @@ mod tests {
                 "downstream[0].subscriptions[1]"
             ]
         );
+    }
+
+    #[test]
+    fn journal_path_defaults_per_cell_and_is_checked_when_given() {
+        let cell = CellDocument::from_json(EXAMPLE).expect("example");
+        assert_eq!(cell.journal_path(), "/switchyard/local-a/journal/");
+        let fields = edited(|v| {
+            v["journal_path"] = json!("/switchyard/local-a/journal");
+        });
+        assert_eq!(fields, ["journal_path"]);
     }
 
     #[test]

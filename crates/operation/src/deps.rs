@@ -64,6 +64,11 @@ impl Deps {
         })
     }
 
+    /// The cell's run journal (SSM, under `cell.journal_path()`).
+    pub fn journal<'a>(&'a self, cell: &CellDocument) -> crate::Journal<'a> {
+        crate::Journal::new(&self.aws.ssm, cell)
+    }
+
     /// Where `side`'s cluster can be reached now.
     pub async fn endpoint(
         &self,

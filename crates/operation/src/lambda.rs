@@ -1,4 +1,5 @@
 use std::future::Future;
+use std::pin::Pin;
 
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
 use serde::de::DeserializeOwned;
@@ -35,7 +36,7 @@ where
     I: OperationInput,
     O: Serialize,
     F: Fn(I, Deps) -> Fut,
-    Fut: Future<Output = Result<O, Error>>,
+    Fut: Future<Output = Result<O, Error>> + Send,
 {
     switchyard_telemetry::init_tracing();
     let deps = match Deps::from_env().await {
@@ -53,7 +54,11 @@ where
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {
             let input = parse_input::<I>(event.payload).map_err(Diagnostic::from)?;
-            run(input, deps.clone()).await.map_err(Diagnostic::from)
+            // Boxed as a trait object: an operation's future nests the SDK's and the
+            // driver's, and inline it overflows the compiler's layout query depth.
+            let operation: Pin<Box<dyn Future<Output = Result<O, Error>> + Send + '_>> =
+                Box::pin(run(input, deps.clone()));
+            operation.await.map_err(Diagnostic::from)
         },
     ))
     .await

@@ -1,0 +1,71 @@
+//! `release-lock`: ends a run's hold on the cell. A run releases only its own lock; an
+//! operator releasing a dead run's lock says so with `force`, deliberately.
+
+use serde::{Deserialize, Serialize};
+use switchyard_cell::CellDocument;
+use switchyard_errors::ErrorName;
+use switchyard_operation::{Deps, Error, OperationInput, RunLock, LOCK_KEY};
+
+/// ```json
+/// {"cell": { …the cell document… }, "run_id": "switchover-local-a-20261122T050000Z", "force": false}
+/// ```
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub cell: CellDocument,
+    /// The run whose lock this is.
+    pub run_id: String,
+    /// Release even when another run holds it: only for an operator who has made sure
+    /// that run is dead.
+    #[serde(default)]
+    pub force: bool,
+}
+
+impl OperationInput for Input {
+    fn cell(&self) -> &CellDocument {
+        &self.cell
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Output {
+    /// The lock that was removed; `None` when there was none (already released).
+    pub released: Option<RunLock>,
+}
+
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, run = %input.run_id, force = input.force))]
+pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    let journal = deps.journal(&input.cell);
+    let Some(held) = journal.read::<RunLock>(LOCK_KEY).await? else {
+        return Ok(Output { released: None });
+    };
+    if held.run_id != input.run_id && !input.force {
+        return Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!(
+                "the lock is held by run {} since {}, not {}: nothing released. If that run is dead, release it with force",
+                held.run_id, held.acquired_at, input.run_id
+            ),
+        ));
+    }
+    let removed = journal.delete(LOCK_KEY).await?;
+    if held.run_id != input.run_id {
+        tracing::warn!(holder = %held.run_id, "forced release of another run's lock");
+    }
+    Ok(Output {
+        released: removed.then_some(held),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_examples_round_trip() {
+        switchyard_operation::assert_examples_round_trip::<Input, Output>(
+            include_str!("../payloads/input.json"),
+            include_str!("../payloads/output.json"),
+        );
+    }
+}
