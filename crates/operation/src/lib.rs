@@ -8,6 +8,7 @@
 mod deploy;
 mod deps;
 mod error;
+pub mod fleet;
 mod journal;
 mod lambda;
 mod payloads;

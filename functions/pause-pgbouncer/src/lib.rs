@@ -1,0 +1,250 @@
+//! `pause-pgbouncer`: PAUSE every cell database on every PgBouncer instance, so that no
+//! query reaches blue while the switchover runs; clients queue inside PgBouncer.
+//!
+//! Order: discover and log in to every instance first (one unreachable → fail, nothing
+//! paused); lower `dns_max_ttl`/`dns_nxdomain_ttl` to 1 s (after the rename PgBouncer
+//! must re-resolve blue's endpoint name quickly; `resume-pgbouncer`'s RELOAD restores
+//! the file's values); then PAUSE everything concurrently, bounded by the drain budget.
+//! PAUSE returns only once every server connection is released, so one client holding a
+//! transaction open holds it. On any failure every session is dropped — never cancelled:
+//! a cancel request makes PgBouncer resume *everything* — and every database is resumed
+//! from new sessions, TTLs restored by RELOAD, before the error is returned.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use switchyard_aws::DbCredentials;
+use switchyard_cell::CellDocument;
+use switchyard_errors::ErrorName;
+use switchyard_operation::{Deps, Error, OperationInput};
+use switchyard_postgres::{PgBouncerAdmin, PgError};
+use tokio::task::JoinSet;
+
+use switchyard_operation::fleet::{self as instances, Endpoint};
+
+/// ```json
+/// {"cell": { …the cell document… }}
+/// ```
+/// The drain budget is `cell.budgets.drain_seconds`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub cell: CellDocument,
+}
+
+impl OperationInput for Input {
+    fn cell(&self) -> &CellDocument {
+        &self.cell
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Output {
+    /// When the last PAUSE returned (RFC 3339, UTC): the pause budget counts from here.
+    pub paused_at: String,
+    pub instances: Vec<PausedInstance>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct PausedInstance {
+    /// `host:port` of the admin console.
+    pub endpoint: String,
+    /// The databases now paused there.
+    pub databases: Vec<String>,
+    /// True when every one of them was already paused and drained (a retried run).
+    pub already_paused: bool,
+}
+
+/// The TTLs lowered for the window, in seconds.
+const DNS_TTL_SETTINGS: [&str; 2] = ["dns_max_ttl", "dns_nxdomain_ttl"];
+const LOWERED_TTL: &str = "1";
+
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, drain_seconds = input.cell.budgets.drain_seconds))]
+pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    let cell = &input.cell;
+    let databases = &cell.pgbouncer.databases;
+    let endpoints = Box::pin(instances::discover(cell, deps)).await?;
+    let login = Box::pin(instances::admin_login(cell, deps)).await?;
+
+    // Every instance reachable before anything is paused: a partial pause is the one
+    // state this step must never leave behind.
+    let sessions = instances::connect_all(&endpoints, &login)
+        .await
+        .map_err(|failures| {
+            let list: Vec<String> = failures
+                .iter()
+                .map(|(endpoint, e)| format!("{endpoint}: {e}"))
+                .collect();
+            Error::stop(
+                ErrorName::PauseFailed,
+                format!(
+                    "PgBouncer unreachable, nothing was paused; fix or remove the instance and rerun: {}",
+                    list.join("; ")
+                ),
+            )
+        })?;
+
+    let budget = Duration::from_secs(cell.budgets.drain_seconds);
+    match Box::pin(pause_all(&endpoints, sessions, &login, databases, budget)).await {
+        Ok(instances) => {
+            let paused_at = switchyard_operation::now_rfc3339();
+            tracing::info!(%paused_at, instances = instances.len(), "pgbouncer paused");
+            Ok(Output {
+                paused_at,
+                instances,
+            })
+        }
+        Err(failure) => {
+            let undone = Box::pin(roll_back(&endpoints, &login, databases)).await;
+            let (name, message) = match failure {
+                PauseError::Draining(pending) => (
+                    ErrorName::DrainTimeout,
+                    format!(
+                        "PgBouncer did not drain within {}s; still waiting on {}: a client holds a transaction open (see SHOW CLIENTS, or pg_stat_activity 'idle in transaction' on blue); end it or raise budgets.drain_seconds, then rerun",
+                        budget.as_secs(),
+                        pending.join(", ")
+                    ),
+                ),
+                PauseError::Failed(what) => (
+                    ErrorName::PauseFailed,
+                    format!("pausing PgBouncer failed: {what}; fix it and rerun"),
+                ),
+            };
+            tracing::warn!(error = %message, "pause rolled back");
+            Err(Error::stop(name, format!("{message}. {undone}")))
+        }
+    }
+}
+
+enum PauseError {
+    /// The budget passed; `instance/db` pairs still draining.
+    Draining(Vec<String>),
+    Failed(String),
+}
+
+/// Lowers the TTLs and PAUSEs every database on every instance, one session per
+/// (instance, database) so all drain at once; the budget bounds the PAUSEs. Each PAUSE
+/// session lives in its own task, so ending the tasks closes a pending PAUSE without a cancel.
+async fn pause_all(
+    endpoints: &[Endpoint],
+    sessions: Vec<PgBouncerAdmin>,
+    login: &DbCredentials,
+    databases: &[String],
+    budget: Duration,
+) -> Result<Vec<PausedInstance>, PauseError> {
+    let failed = |endpoint: &Endpoint, e: PgError| PauseError::Failed(format!("{endpoint}: {e}"));
+    let mut instances = Vec::new();
+    let mut to_pause = Vec::new();
+    for (endpoint, admin) in endpoints.iter().zip(&sessions) {
+        for setting in DNS_TTL_SETTINGS {
+            admin
+                .set(setting, LOWERED_TTL)
+                .await
+                .map_err(|e| failed(endpoint, e))?;
+        }
+        let rows = admin
+            .show_databases()
+            .await
+            .map_err(|e| failed(endpoint, e))?;
+        let mut already = 0;
+        for db in databases {
+            let Some(row) = rows.iter().find(|r| &r.name == db) else {
+                return Err(PauseError::Failed(format!(
+                    "{endpoint}: PgBouncer has no database {db:?} (check pgbouncer.databases)"
+                )));
+            };
+            if row.paused && row.current_connections == 0 {
+                already += 1;
+                continue;
+            }
+            if row.paused {
+                // A pause left by an interrupted attempt still holds server connections:
+                // PAUSE would be refused, so resume and pause again to wait for the drain.
+                admin.resume(db).await.map_err(|e| failed(endpoint, e))?;
+            }
+            to_pause.push((endpoint.clone(), db.clone()));
+        }
+        instances.push(PausedInstance {
+            endpoint: endpoint.to_string(),
+            databases: databases.to_vec(),
+            already_paused: already == databases.len(),
+        });
+    }
+    drop(sessions);
+
+    let mut pending: BTreeSet<String> = BTreeSet::new();
+    let mut set = JoinSet::new();
+    for (endpoint, db) in to_pause {
+        pending.insert(format!("{endpoint}/{db}"));
+        let login = login.clone();
+        set.spawn(async move {
+            let paused = async {
+                let admin = endpoint.connect(&login).await?;
+                admin.pause(&db).await
+            }
+            .await;
+            (format!("{endpoint}/{db}"), paused)
+        });
+    }
+    let drained = tokio::time::timeout(budget, async {
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((target, Ok(()))) => {
+                    tracing::info!(%target, "paused");
+                    pending.remove(&target);
+                }
+                Ok((target, Err(e))) => return Err(PauseError::Failed(format!("{target}: {e}"))),
+                // A pause task panics only on a bug: propagate it.
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    // Aborting the tasks drops their sessions: a pending PAUSE ends with a closed socket,
+    // never a cancel request (which would resume every database).
+    set.shutdown().await;
+    match drained {
+        Ok(Ok(())) => Ok(instances),
+        Ok(Err(failure)) => Err(failure),
+        Err(_elapsed) => Err(PauseError::Draining(pending.into_iter().collect())),
+    }
+}
+
+/// From new sessions (the old ones are gone): RESUMEs every database everywhere ("not paused"
+/// is fine) and RELOADs to restore the TTLs. Returns a sentence for the error message.
+async fn roll_back(endpoints: &[Endpoint], login: &DbCredentials, databases: &[String]) -> String {
+    let mut problems = Vec::new();
+    for endpoint in endpoints {
+        let undo = async {
+            let admin = endpoint.connect(login).await?;
+            for db in databases {
+                admin.resume(db).await?;
+            }
+            admin.reload().await
+        };
+        if let Err(e) = undo.await {
+            problems.push(format!("{endpoint}: {e}"));
+        }
+    }
+    if problems.is_empty() {
+        "Every instance was resumed and its DNS settings restored".to_owned()
+    } else {
+        format!(
+            "RESUME or RELOAD FAILED on {}: run RESUME and RELOAD on those consoles by hand now",
+            problems.join("; ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn payload_examples_round_trip() {
+        switchyard_operation::assert_examples_round_trip::<super::Input, super::Output>(
+            include_str!("../payloads/input.json"),
+            include_str!("../payloads/output.json"),
+        );
+    }
+}

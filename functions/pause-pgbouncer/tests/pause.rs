@@ -1,0 +1,133 @@
+//! pause-pgbouncer against the local cell's real PgBouncer.
+
+use std::time::Duration;
+
+use pause_pgbouncer::{run, Input};
+use switchyard_cell::Discovery;
+use switchyard_errors::{Catalogued, ErrorName};
+use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use switchyard_postgres::PgBouncerAdmin;
+
+async fn start() -> LocalCell {
+    let install = Install::from_env();
+    let mut options = CellOptions::from_env(&install).expect("options");
+    options.rows = 300;
+    options.run_direct_writers = false;
+    LocalCell::start(&options).await.expect("cell")
+}
+
+async fn admin(cell: &LocalCell) -> PgBouncerAdmin {
+    PgBouncerAdmin::connect(
+        "127.0.0.1",
+        cell.pgbouncer.port,
+        &cell.secrets.pgbouncer_admin_user,
+        &cell.secrets.pgbouncer_admin,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("admin")
+}
+
+async fn app_paused(cell: &LocalCell) -> bool {
+    admin(cell)
+        .await
+        .show_databases()
+        .await
+        .expect("show databases")
+        .into_iter()
+        .find(|r| r.name == "app")
+        .expect("app row")
+        .paused
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_transaction_past_the_budget_is_a_drain_timeout_and_everything_resumes() {
+    let cell = start().await;
+    let deps = cell.deps().expect("deps");
+    let holder = switchyard_postgres::connect(&cell.via_pgbouncer("app_writer").expect("opts"))
+        .await
+        .expect("holder");
+    holder
+        .batch_execute("BEGIN; SELECT 1")
+        .await
+        .expect("begin");
+
+    let mut document = cell.document.clone();
+    document.budgets.drain_seconds = 2;
+    let started = std::time::Instant::now();
+    let error = run(Input { cell: document }, &deps)
+        .await
+        .expect_err("the open transaction holds PAUSE");
+    assert_eq!(error.error_name(), ErrorName::DrainTimeout, "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "bounded by the budget"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("127.0.0.1:{}/app", cell.pgbouncer.port)),
+        "{message}"
+    );
+    assert!(message.contains("Every instance was resumed"), "{message}");
+
+    assert!(!app_paused(&cell).await, "the rollback resumed app");
+    assert_eq!(
+        admin(&cell)
+            .await
+            .config_value("dns_max_ttl")
+            .await
+            .expect("config")
+            .as_deref(),
+        Some("15"),
+        "RELOAD restored the file's TTL"
+    );
+    let other = switchyard_postgres::connect(&cell.via_pgbouncer("app_reader").expect("opts"))
+        .await
+        .expect("other client");
+    let ran = tokio::time::timeout(Duration::from_secs(5), other.simple_query("SELECT 1")).await;
+    assert!(
+        matches!(ran, Ok(Ok(_))),
+        "a query through PgBouncer runs: {ran:?}"
+    );
+    holder
+        .batch_execute("COMMIT")
+        .await
+        .expect("the holder can still commit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_unreachable_instance_pauses_nothing() {
+    let cell = start().await;
+    let deps = cell.deps().expect("deps");
+    let mut document = cell.document.clone();
+    document.pgbouncer.discovery = Discovery::Static {
+        hosts: vec![
+            format!("127.0.0.1:{}", cell.pgbouncer.port),
+            "127.0.0.1:1".to_owned(),
+        ],
+    };
+    let error = run(Input { cell: document }, &deps)
+        .await
+        .expect_err("one instance is unreachable");
+    assert_eq!(error.error_name(), ErrorName::PauseFailed, "{error}");
+    let message = error.to_string();
+    assert!(message.contains("127.0.0.1:1"), "{message}");
+    assert!(
+        !message.contains(&format!("127.0.0.1:{}", cell.pgbouncer.port)),
+        "only the unreachable one is named: {message}"
+    );
+    assert!(
+        !app_paused(&cell).await,
+        "the reachable instance was not paused"
+    );
+    assert_eq!(
+        admin(&cell)
+            .await
+            .config_value("dns_max_ttl")
+            .await
+            .expect("config")
+            .as_deref(),
+        Some("15"),
+        "nothing was changed"
+    );
+}

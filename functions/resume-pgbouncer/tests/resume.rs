@@ -1,0 +1,169 @@
+//! pause-pgbouncer then resume-pgbouncer against the local cell's real PgBouncer.
+
+use std::time::Duration;
+
+use resume_pgbouncer::{run, Input};
+use switchyard_errors::{Catalogued, ErrorName};
+use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use switchyard_postgres::PgBouncerAdmin;
+
+async fn start() -> LocalCell {
+    let install = Install::from_env();
+    let mut options = CellOptions::from_env(&install).expect("options");
+    options.rows = 300;
+    options.run_direct_writers = false;
+    LocalCell::start(&options).await.expect("cell")
+}
+
+async fn admin(cell: &LocalCell) -> PgBouncerAdmin {
+    PgBouncerAdmin::connect(
+        "127.0.0.1",
+        cell.pgbouncer.port,
+        &cell.secrets.pgbouncer_admin_user,
+        &cell.secrets.pgbouncer_admin,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("admin")
+}
+
+async fn app_paused(admin: &PgBouncerAdmin) -> bool {
+    admin
+        .show_databases()
+        .await
+        .expect("show databases")
+        .into_iter()
+        .find(|r| r.name == "app")
+        .expect("app row")
+        .paused
+}
+
+async fn pause(cell: &LocalCell, deps: &switchyard_operation::Deps) -> pause_pgbouncer::Output {
+    pause_pgbouncer::run(
+        pause_pgbouncer::Input {
+            cell: cell.document.clone(),
+        },
+        deps,
+    )
+    .await
+    .expect("pause")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_then_resume_under_load_loses_nothing_and_both_are_idempotent() {
+    let cell = start().await;
+    let deps = cell.deps().expect("deps");
+    let ledger = cell
+        .start_ledger(2, Duration::from_millis(5))
+        .expect("ledger");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let paused = pause(&cell, &deps).await;
+    assert_eq!(paused.instances.len(), 1);
+    assert!(!paused.instances[0].already_paused);
+    assert_eq!(paused.instances[0].databases, ["app"]);
+    let console = admin(&cell).await;
+    assert!(app_paused(&console).await);
+    assert_eq!(
+        console
+            .config_value("dns_max_ttl")
+            .await
+            .expect("config")
+            .as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        console
+            .config_value("dns_nxdomain_ttl")
+            .await
+            .expect("config")
+            .as_deref(),
+        Some("1")
+    );
+    let options = cell.via_pgbouncer("app_reader").expect("opts");
+    let waiter = tokio::spawn(async move {
+        let client = switchyard_postgres::connect(&options)
+            .await
+            .expect("client");
+        client.simple_query("SELECT 1").await.map(drop)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "a query waits while paused");
+
+    let again = pause(&cell, &deps).await;
+    assert!(again.instances[0].already_paused, "a rerun finds it paused");
+
+    let input = Input {
+        cell: cell.document.clone(),
+        expected_server_version_num: None,
+    };
+    let resumed = run(input.clone(), &deps).await.expect("resume");
+    assert_eq!(resumed.instances[0].resumed, ["app"]);
+    assert!(resumed.instances[0].were_not_paused.is_empty());
+    assert_eq!(resumed.instances[0].server_version_num, None);
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter completes after RESUME")
+        .expect("join")
+        .expect("query");
+    assert!(!app_paused(&console).await);
+    assert_eq!(
+        console
+            .config_value("dns_max_ttl")
+            .await
+            .expect("config")
+            .as_deref(),
+        Some("15"),
+        "RELOAD restored the file's TTL"
+    );
+
+    let rerun = run(input, &deps).await.expect("second resume");
+    assert!(rerun.instances[0].resumed.is_empty());
+    assert_eq!(rerun.instances[0].were_not_paused, ["app"]);
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let tally = ledger.stop().await;
+    assert_eq!(tally.failed, 0, "{:?}", tally.errors);
+    assert!(!tally.acks.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_checks_the_server_version_after_resuming() {
+    let cell = start().await;
+    let deps = cell.deps().expect("deps");
+    let console = admin(&cell).await;
+    let expected = cell.blue.version_num;
+
+    pause(&cell, &deps).await;
+    let right = run(
+        Input {
+            cell: cell.document.clone(),
+            expected_server_version_num: Some(expected),
+        },
+        &deps,
+    )
+    .await
+    .expect("blue's version is reached");
+    assert_eq!(right.instances[0].server_version_num, Some(expected));
+
+    pause(&cell, &deps).await;
+    let error = run(
+        Input {
+            cell: cell.document.clone(),
+            expected_server_version_num: Some(expected + 1),
+        },
+        &deps,
+    )
+    .await
+    .expect_err("wrong version");
+    assert_eq!(error.error_name(), ErrorName::PreconditionFailed, "{error}");
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("reaches version {expected}")),
+        "{message}"
+    );
+    assert!(
+        !app_paused(&console).await,
+        "resumed anyway: the probe runs after RESUME"
+    );
+}
