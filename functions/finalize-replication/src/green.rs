@@ -1,0 +1,221 @@
+//! Green's side: its subscriptions, disabled, enabled or dropped.
+
+use std::time::{Duration, Instant};
+
+use switchyard_aws::ClusterEndpoint;
+use switchyard_cell::CellDocument;
+use switchyard_errors::{Catalogued, ErrorName};
+use switchyard_operation::{Deps, Error, Side};
+use switchyard_postgres::quote::ident;
+use tokio_postgres::Client;
+
+use crate::SubscriptionOutput;
+
+/// How long an apply worker may take to stop after DISABLE, or to start after ENABLE.
+const WORKER_WAIT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(200);
+
+/// `lock_timeout` of our session on green: ALTER/DROP SUBSCRIPTION must not queue forever.
+const LOCK_TIMEOUT: &str = "10s";
+
+/// Green's cluster for `drop`: under its own identifier, or — after the forward rename —
+/// under blue's.
+pub(crate) async fn locate(cell: &CellDocument, deps: &Deps) -> Result<ClusterEndpoint, Error> {
+    match deps.endpoint(cell, Side::Green).await {
+        Err(e) if e.error_name() == ErrorName::ClusterNotAvailable => {
+            tracing::info!("green's identifier is free: green holds blue's after the rename");
+            Ok(deps
+                .endpoints
+                .resolve(&deps.aws.rds, &cell.blue.cluster_identifier)
+                .await?)
+        }
+        other => other,
+    }
+}
+
+/// Connects to green at `endpoint` and checks it runs the target major: after a rename,
+/// an identifier alone does not say which cluster it is.
+pub(crate) async fn connect(
+    cell: &CellDocument,
+    deps: &Deps,
+    endpoint: &ClusterEndpoint,
+    database: &str,
+) -> Result<Client, Error> {
+    let client = crate::connect_to(cell, deps, endpoint, database).await?;
+    let major: i32 = client
+        .query_one(
+            "SELECT pg_catalog.current_setting('server_version_num')::int / 10000",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::query("reading green's server version", e))?
+        .get(0);
+    if u32::try_from(major).ok() != Some(cell.target_major_version) {
+        return Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!(
+                "cluster {} runs PostgreSQL {major}, not the target {}: it is not green; check which cluster holds which identifier, then rerun",
+                endpoint.identifier, cell.target_major_version
+            ),
+        ));
+    }
+    prepare(&client).await?;
+    Ok(client)
+}
+
+/// Our session's settings on green.
+pub(crate) async fn prepare(green: &Client) -> Result<(), Error> {
+    green
+        .execute(
+            "SELECT pg_catalog.set_config('lock_timeout', $1, false)",
+            &[&LOCK_TIMEOUT],
+        )
+        .await
+        .map_err(|e| Error::query("setting lock_timeout on green", e))?;
+    Ok(())
+}
+
+/// Whether subscription `name` of the connected database is enabled; `None` if absent.
+async fn enabled(green: &Client, name: &str) -> Result<Option<bool>, Error> {
+    let row = green
+        .query_opt(
+            "SELECT subenabled FROM pg_catalog.pg_subscription
+              WHERE subname = $1
+                AND subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())",
+            &[&name],
+        )
+        .await
+        .map_err(|e| Error::query(format!("reading subscription {name} on green"), e))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Disables or enables each subscription, then waits until its workers match.
+pub(crate) async fn set_enabled(
+    green: &Client,
+    names: &[String],
+    enable: bool,
+) -> Result<Vec<SubscriptionOutput>, Error> {
+    prepare(green).await?;
+    let (verb, past) = if enable {
+        ("ENABLE", "enabled")
+    } else {
+        ("DISABLE", "disabled")
+    };
+    let mut out = Vec::new();
+    for name in names {
+        let Some(is_enabled) = enabled(green, name).await? else {
+            return Err(Error::stop(
+                ErrorName::PreconditionFailed,
+                format!("green has no subscription {name}; run start-replication"),
+            ));
+        };
+        let changed = is_enabled != enable;
+        if changed {
+            green
+                .batch_execute(&format!("ALTER SUBSCRIPTION {} {verb}", ident(name)))
+                .await
+                .map_err(|e| {
+                    Error::query(format!("ALTER SUBSCRIPTION {name} {verb} on green"), e)
+                })?;
+            tracing::info!(subscription = %name, "subscription {past}");
+        }
+        out.push(SubscriptionOutput {
+            name: name.clone(),
+            changed,
+        });
+    }
+    // Also when nothing changed: a previous call may have stopped before its wait ended.
+    wait_for_workers(green, names, enable).await?;
+    Ok(out)
+}
+
+/// Waits until every subscription has its apply worker (`running`) or none of its workers.
+async fn wait_for_workers(green: &Client, names: &[String], running: bool) -> Result<(), Error> {
+    let started = Instant::now();
+    loop {
+        let pending: Vec<String> = green
+            .query(
+                "SELECT s.subname::text FROM pg_catalog.pg_subscription s
+                  WHERE s.subname = ANY($1)
+                    AND s.subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+                    AND EXISTS (SELECT FROM pg_catalog.pg_stat_subscription w
+                                 WHERE w.subid = s.oid AND w.pid IS NOT NULL
+                                   AND (w.relid IS NULL OR NOT $2)) <> $2
+                  ORDER BY 1",
+                &[&names, &running],
+            )
+            .await
+            .map_err(|e| Error::query("reading green's subscription workers", e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() >= WORKER_WAIT {
+            let message = if running {
+                format!(
+                    "no apply worker started within {} s for green's subscriptions {}; read green's log for why (blue unreachable, slot missing), fix it, then rerun finalize-replication (enable)",
+                    WORKER_WAIT.as_secs(),
+                    pending.join(", ")
+                )
+            } else {
+                format!(
+                    "workers of green's subscriptions {} still run {} s after DISABLE; rerun finalize-replication (disable), which only waits, before renaming",
+                    pending.join(", "),
+                    WORKER_WAIT.as_secs()
+                )
+            };
+            return Err(Error::stop(ErrorName::PreconditionFailed, message));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Drops each subscription without contacting its publisher; a missing one was dropped
+/// already.
+pub(crate) async fn drop_all(
+    green: &Client,
+    names: &[String],
+) -> Result<Vec<SubscriptionOutput>, Error> {
+    let mut out = Vec::new();
+    for name in names {
+        let Some(is_enabled) = enabled(green, name).await? else {
+            out.push(SubscriptionOutput {
+                name: name.clone(),
+                changed: false,
+            });
+            continue;
+        };
+        let sub = ident(name);
+        // SET (slot_name = NONE) needs a disabled subscription, and makes DROP leave the
+        // publisher alone: after the rename its conninfo's host name points at green itself.
+        if is_enabled {
+            green
+                .batch_execute(&format!("ALTER SUBSCRIPTION {sub} DISABLE"))
+                .await
+                .map_err(|e| {
+                    Error::query(format!("ALTER SUBSCRIPTION {name} DISABLE on green"), e)
+                })?;
+        }
+        green
+            .batch_execute(&format!("ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)"))
+            .await
+            .map_err(|e| {
+                Error::query(
+                    format!("detaching subscription {name} from its slot on green"),
+                    e,
+                )
+            })?;
+        green
+            .batch_execute(&format!("DROP SUBSCRIPTION {sub}"))
+            .await
+            .map_err(|e| Error::query(format!("DROP SUBSCRIPTION {name} on green"), e))?;
+        tracing::info!(subscription = %name, "subscription dropped");
+        out.push(SubscriptionOutput {
+            name: name.clone(),
+            changed: true,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,264 @@
+//! The old blue in `drop` mode: which cluster it is, and removing our slots and the DDL
+//! guard from it. It may be unreachable: then what is left is reported, not an error,
+//! because the switchover is past its point of no return and green already serves.
+
+use std::time::{Duration, Instant};
+
+use switchyard_aws::ClusterEndpoint;
+use switchyard_cell::CellDocument;
+use switchyard_errors::{Catalogued, ErrorName};
+use switchyard_operation::{Deps, Error};
+use switchyard_postgres::quote::ident;
+use tokio_postgres::Client;
+
+use crate::Input;
+
+/// The event triggers start-replication's DDL guard installs (its `guard.rs`).
+const GUARD_TRIGGERS: [&str; 2] = ["switchyard_ddl_guard", "switchyard_ddl_guard_drop"];
+
+/// The journal entry rename-clusters writes (its plan), read loosely as JSON.
+const RENAME_KEY: &str = "rename";
+
+/// The plan's fields naming the old blue: `parked_identifier` is what rename-clusters
+/// writes today; `blue_parked` is the name this operation was specified with.
+const PARKED_FIELDS: [&str; 2] = ["blue_parked", "parked_identifier"];
+
+/// How long a slot may stay active (its walsender ending) before it is left to drop by hand.
+const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(200);
+
+pub(crate) enum OldBlue {
+    /// Neither given nor found: every slot is left.
+    Unknown,
+    Unreachable {
+        identifier: String,
+    },
+    Reachable {
+        endpoint: ClusterEndpoint,
+    },
+}
+
+impl OldBlue {
+    pub(crate) fn identifier(&self) -> Option<String> {
+        match self {
+            Self::Unknown => None,
+            Self::Unreachable { identifier } => Some(identifier.clone()),
+            Self::Reachable { endpoint } => Some(endpoint.identifier.clone()),
+        }
+    }
+}
+
+/// What was done on the old blue in one database.
+pub(crate) struct Cleanup {
+    pub slots_dropped: Vec<String>,
+    pub slots_left: Vec<String>,
+    pub guard_removed: bool,
+}
+
+/// Finds the old blue; `PreconditionFailed` when the identifier names green itself.
+pub(crate) async fn locate(
+    input: &Input,
+    deps: &Deps,
+    green: &ClusterEndpoint,
+) -> Result<OldBlue, Error> {
+    let cell = &input.cell;
+    let identifier = match &input.old_blue_identifier {
+        Some(id) => Some(id.clone()),
+        None => match journaled(cell, deps).await? {
+            Some(id) => Some(id),
+            // Green under its own name: no rename happened, blue still holds blue's.
+            None if green.identifier == cell.green.cluster_identifier => {
+                Some(cell.blue.cluster_identifier.clone())
+            }
+            None => parked(cell, deps).await?,
+        },
+    };
+    let Some(identifier) = identifier else {
+        tracing::warn!("old blue not found: its slots are left to drop by hand");
+        return Ok(OldBlue::Unknown);
+    };
+    match deps.endpoints.resolve(&deps.aws.rds, &identifier).await {
+        Ok(endpoint) if endpoint.resource_id == green.resource_id => Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!("{identifier} is green's cluster, not the old blue; pass the old blue's identifier as old_blue_identifier"),
+        )),
+        Ok(endpoint) => Ok(OldBlue::Reachable { endpoint }),
+        Err(e) if e.name() == ErrorName::ClusterNotAvailable => {
+            tracing::warn!(cluster = %identifier, error = %e, "old blue unreachable: its slots are left to drop by hand");
+            Ok(OldBlue::Unreachable { identifier })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The old blue's identifier in the rename journal entry, if any.
+async fn journaled(cell: &CellDocument, deps: &Deps) -> Result<Option<String>, Error> {
+    let entry: Option<serde_json::Value> = deps.journal(cell).read(RENAME_KEY).await?;
+    Ok(entry.as_ref().and_then(parked_in))
+}
+
+fn parked_in(entry: &serde_json::Value) -> Option<String> {
+    PARKED_FIELDS
+        .iter()
+        .find_map(|field| entry.get(field)?.as_str())
+        .map(str::to_owned)
+}
+
+/// The one existing `<blue>-blue-<major>` cluster, if exactly one exists.
+async fn parked(cell: &CellDocument, deps: &Deps) -> Result<Option<String>, Error> {
+    let mut found = Vec::new();
+    let mut pages = deps.aws.rds.describe_db_clusters().into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| Error::aws("listing DB clusters", &e))?;
+        found.extend(
+            page.db_clusters()
+                .iter()
+                .filter_map(|c| c.db_cluster_identifier())
+                .filter(|id| is_parked(cell, id))
+                .map(str::to_owned),
+        );
+    }
+    if found.len() > 1 {
+        tracing::warn!(clusters = ?found, "several parked blues: pass old_blue_identifier");
+    }
+    Ok(if found.len() == 1 { found.pop() } else { None })
+}
+
+/// Whether `id` is what rename-clusters names blue: `<blue>-blue-<major below target>`.
+fn is_parked(cell: &CellDocument, id: &str) -> bool {
+    id.strip_prefix(&format!("{}-blue-", cell.blue.cluster_identifier))
+        .and_then(|major| major.parse::<u32>().ok())
+        .is_some_and(|major| {
+            major < cell.target_major_version && cell.blue_renamed_identifier(major) == id
+        })
+}
+
+/// Drops `names`' slots and the DDL guard in `database` of the old blue.
+pub(crate) async fn clean(
+    cell: &CellDocument,
+    deps: &Deps,
+    old_blue: &OldBlue,
+    database: &str,
+    names: &[String],
+) -> Result<Cleanup, Error> {
+    let left = || Cleanup {
+        slots_dropped: Vec::new(),
+        slots_left: names.to_vec(),
+        guard_removed: false,
+    };
+    let OldBlue::Reachable { endpoint } = old_blue else {
+        return Ok(left());
+    };
+    let client = match crate::connect_to(cell, deps, endpoint, database).await {
+        Ok(client) => client,
+        Err(e) if e.error_name() == ErrorName::DatabaseUnavailable => {
+            tracing::warn!(cluster = %endpoint.identifier, %database, error = %e, "old blue unreachable: its slots are left to drop by hand");
+            return Ok(left());
+        }
+        Err(e) => return Err(e),
+    };
+    let mut cleanup = Cleanup {
+        slots_dropped: Vec::new(),
+        slots_left: Vec::new(),
+        guard_removed: false,
+    };
+    for name in names {
+        match drop_slot(&client, name).await? {
+            Some(true) => cleanup.slots_dropped.push(name.clone()),
+            Some(false) => cleanup.slots_left.push(name.clone()),
+            None => {}
+        }
+    }
+    cleanup.guard_removed = remove_guard(&client).await?;
+    Ok(cleanup)
+}
+
+/// Drops slot `name` of the connected database once nothing uses it: `Some(true)` dropped,
+/// `Some(false)` still in use, `None` absent.
+async fn drop_slot(blue: &Client, name: &str) -> Result<Option<bool>, Error> {
+    let started = Instant::now();
+    loop {
+        let active: Option<bool> = blue
+            .query_opt(
+                "SELECT active FROM pg_catalog.pg_replication_slots
+                  WHERE slot_name = $1 AND database = pg_catalog.current_database()",
+                &[&name],
+            )
+            .await
+            .map_err(|e| Error::query(format!("reading slot {name} on the old blue"), e))?
+            .map(|r| r.get(0));
+        match active {
+            None => return Ok(None),
+            Some(false) => break,
+            // A walsender of the just-disabled subscription may take a moment to end.
+            Some(true) if started.elapsed() < SLOT_RELEASE_WAIT => tokio::time::sleep(POLL).await,
+            Some(true) => {
+                tracing::warn!(slot = %name, "slot still in use on the old blue: left to drop by hand");
+                return Ok(Some(false));
+            }
+        }
+    }
+    blue.execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &[&name])
+        .await
+        .map_err(|e| Error::query(format!("dropping slot {name} on the old blue"), e))?;
+    tracing::info!(slot = %name, "slot dropped on the old blue");
+    Ok(Some(true))
+}
+
+/// Drops the guard's event triggers; the journal table stays as evidence. False when none
+/// was there.
+async fn remove_guard(blue: &Client) -> Result<bool, Error> {
+    let present: i64 = blue
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_event_trigger WHERE evtname = ANY($1)",
+            &[&GUARD_TRIGGERS.as_slice()],
+        )
+        .await
+        .map_err(|e| Error::query("reading the DDL guard on the old blue", e))?
+        .get(0);
+    if present == 0 {
+        return Ok(false);
+    }
+    let sql: String = GUARD_TRIGGERS
+        .iter()
+        .map(|name| format!("DROP EVENT TRIGGER IF EXISTS {};", ident(name)))
+        .collect();
+    blue.batch_execute(&format!("BEGIN; {sql} COMMIT;"))
+        .await
+        .map_err(|e| Error::query("dropping the DDL guard on the old blue", e))?;
+    tracing::info!("ddl guard removed from the old blue");
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rename_plan_names_the_parked_blue() {
+        let plan = serde_json::json!({"cell_identifier": "local-a", "parked_identifier": "local-a-blue-14"});
+        assert_eq!(parked_in(&plan).as_deref(), Some("local-a-blue-14"));
+        let specified = serde_json::json!({"blue_parked": "local-a-blue-15"});
+        assert_eq!(parked_in(&specified).as_deref(), Some("local-a-blue-15"));
+        assert_eq!(
+            parked_in(&serde_json::json!({"cell_identifier": "local-a"})),
+            None
+        );
+    }
+
+    #[test]
+    fn parked_blue_is_blue_renamed_to_a_major_below_the_target() {
+        let cell = CellDocument::from_json(switchyard_cell::EXAMPLE).expect("example");
+        let blue = &cell.blue.cluster_identifier;
+        let below = cell.target_major_version - 1;
+        assert!(is_parked(&cell, &cell.blue_renamed_identifier(below)));
+        assert!(!is_parked(
+            &cell,
+            &cell.blue_renamed_identifier(cell.target_major_version)
+        ));
+        assert!(!is_parked(&cell, &format!("{blue}-blue-0{below}")));
+        assert!(!is_parked(&cell, &format!("{blue}-blue-x")));
+        assert!(!is_parked(&cell, blue));
+        assert!(!is_parked(&cell, &format!("other-blue-{below}")));
+    }
+}

@@ -1,0 +1,302 @@
+//! finalize-replication on a local cell with real replication (start-replication, caught
+//! up per check-replication): disable stops green following blue without losing its
+//! place, enable resumes it, drop cleans both sides and spares the downstream slot.
+
+use std::time::{Duration, Instant};
+
+use finalize_replication::{run, Input, Mode, Output};
+use switchyard_errors::{Catalogued, ErrorName};
+use switchyard_local_cell::{audit_keys, CellOptions, Install, LocalCell};
+use switchyard_operation::Deps;
+
+const NAMES: [&str; 2] = ["switchyard_payments", "switchyard_rest"];
+
+async fn cell() -> LocalCell {
+    let install = Install::from_env();
+    let mut options = CellOptions::from_env(&install).expect("options");
+    options.rows = 300;
+    options.run_direct_writers = false;
+    let cell = LocalCell::start(&options).await.expect("cell");
+    cell.copy_schema_directly().await.expect("schema on green");
+    cell
+}
+
+/// start-replication, then check-replication until it stops answering `NotCaughtUp`.
+async fn replicate(cell: &LocalCell, deps: &Deps) {
+    start_replication::run(
+        start_replication::Input {
+            cell: cell.document.clone(),
+            idle_transaction_seconds: 5,
+            lock_timeout_seconds: 30,
+        },
+        deps,
+    )
+    .await
+    .expect("start-replication");
+    let started = Instant::now();
+    loop {
+        let input = check_replication::Input {
+            cell: cell.document.clone(),
+        };
+        match check_replication::run(input, deps).await {
+            Err(e) if e.error_name() == ErrorName::NotCaughtUp => {
+                assert!(started.elapsed() < Duration::from_secs(60), "{e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => {
+                other.expect("caught up");
+                return;
+            }
+        }
+    }
+}
+
+fn input(cell: &LocalCell, mode: Mode) -> Input {
+    Input {
+        cell: cell.document.clone(),
+        mode,
+        old_blue_identifier: None,
+    }
+}
+
+fn changed(output: &Output) -> Vec<(String, bool)> {
+    output.databases[0]
+        .subscriptions
+        .iter()
+        .map(|s| (s.name.clone(), s.changed))
+        .collect()
+}
+
+fn all(changed: bool) -> Vec<(String, bool)> {
+    NAMES.iter().map(|n| ((*n).to_owned(), changed)).collect()
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|n| (*n).to_owned()).collect()
+}
+
+async fn strings(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    client
+        .query(sql, &[])
+        .await
+        .expect(sql)
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Green's subscription workers that have a process, as `name:apply|sync`.
+async fn workers(cell: &LocalCell) -> Vec<String> {
+    let green = cell.green.superuser_client("app").await.expect("green");
+    strings(
+        &green,
+        "SELECT subname::text || CASE WHEN relid IS NULL THEN ':apply' ELSE ':sync' END
+           FROM pg_stat_subscription WHERE pid IS NOT NULL ORDER BY 1",
+    )
+    .await
+}
+
+/// Acknowledged ledger writes on blue (through PgBouncer), at least `count`.
+async fn write(cell: &LocalCell, count: usize) -> Vec<String> {
+    let ledger = cell
+        .start_ledger(1, Duration::from_millis(5))
+        .expect("ledger");
+    let started = Instant::now();
+    while ledger.acknowledged() < count && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let keys = ledger.stop().await.keys();
+    assert!(keys.len() >= count, "the ledger wrote {} rows", keys.len());
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_stops_green_following_blue_and_enable_resumes_without_a_missed_row() {
+    let cell = cell().await;
+    let deps = cell.deps().expect("deps");
+
+    let err = run(input(&cell, Mode::Disable), &deps)
+        .await
+        .expect_err("nothing to disable yet");
+    assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
+    assert!(err.to_string().contains("run start-replication"), "{err}");
+    let err = run(
+        Input {
+            old_blue_identifier: Some("x".into()),
+            ..input(&cell, Mode::Disable)
+        },
+        &deps,
+    )
+    .await
+    .expect_err("old_blue_identifier outside drop");
+    assert_eq!(err.error_name(), ErrorName::InvalidInput, "{err}");
+
+    replicate(&cell, &deps).await;
+    assert_eq!(
+        workers(&cell).await,
+        names(&["switchyard_payments:apply", "switchyard_rest:apply"])
+    );
+
+    let disabled = run(input(&cell, Mode::Disable), &deps)
+        .await
+        .expect("disable");
+    assert_eq!(disabled.mode, Mode::Disable);
+    assert_eq!(changed(&disabled), all(true));
+    assert!(
+        workers(&cell).await.is_empty(),
+        "{:?}",
+        workers(&cell).await
+    );
+    let again = run(input(&cell, Mode::Disable), &deps)
+        .await
+        .expect("disable again");
+    assert_eq!(changed(&again), all(false));
+
+    let keys = write(&cell, 30).await;
+    let on_blue = audit_keys(
+        &cell.blue.superuser_options("app"),
+        ("public", "payments"),
+        "memo",
+        &keys,
+    )
+    .await
+    .expect("audit blue");
+    assert_eq!(on_blue.present_once as usize, keys.len(), "{on_blue:?}");
+    // Time enough for a running worker to have applied them.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let green_options = cell.green.superuser_options("app");
+    let on_green = audit_keys(&green_options, ("public", "payments"), "memo", &keys)
+        .await
+        .expect("audit green");
+    assert_eq!(on_green.missing as usize, keys.len(), "{on_green:?}");
+    // The slots stay on blue while disabled.
+    let blue = cell.blue.superuser_client("app").await.expect("blue");
+    assert_eq!(
+        strings(&blue, "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name LIKE 'switchyard%' ORDER BY 1").await,
+        names(&NAMES)
+    );
+
+    let enabled = run(input(&cell, Mode::Enable), &deps)
+        .await
+        .expect("enable");
+    assert_eq!(changed(&enabled), all(true));
+    assert_eq!(
+        workers(&cell).await,
+        names(&["switchyard_payments:apply", "switchyard_rest:apply"])
+    );
+    let again = run(input(&cell, Mode::Enable), &deps)
+        .await
+        .expect("enable again");
+    assert_eq!(changed(&again), all(false));
+
+    let started = Instant::now();
+    loop {
+        let audit = audit_keys(&green_options, ("public", "payments"), "memo", &keys)
+            .await
+            .expect("audit green");
+        assert_eq!(audit.duplicated, 0, "{audit:?}");
+        if audit.present_once as usize == keys.len() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "rows written while disabled never arrived: {audit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_clears_green_and_the_old_blue_and_spares_the_downstream_slot() {
+    let cell = cell().await;
+    let deps = cell.deps().expect("deps");
+    replicate(&cell, &deps).await;
+    let blue = cell.blue.superuser_client("app").await.expect("blue");
+    let green = cell.green.superuser_client("app").await.expect("green");
+    let slots = "SELECT slot_name::text FROM pg_replication_slots ORDER BY 1";
+    let guard =
+        "SELECT evtname::text FROM pg_event_trigger WHERE evtname LIKE 'switchyard%' ORDER BY 1";
+    let subscriptions = "SELECT subname::text FROM pg_subscription ORDER BY 1";
+    assert_eq!(
+        strings(&blue, guard).await.len(),
+        2,
+        "the guard is installed"
+    );
+    let drop_input = |old_blue: &str| Input {
+        old_blue_identifier: Some(old_blue.to_owned()),
+        ..input(&cell, Mode::Drop)
+    };
+
+    // An unreachable old blue: subscriptions still go, the slots are reported.
+    let unreachable = run(drop_input("local-a-gone"), &deps)
+        .await
+        .expect("drop, old blue unreachable");
+    assert_eq!(changed(&unreachable), all(true));
+    let db = &unreachable.databases[0];
+    assert_eq!(db.slots_left, names(&NAMES));
+    assert!(db.slots_dropped.is_empty() && !db.guard_removed, "{db:?}");
+    assert!(strings(&green, subscriptions).await.is_empty());
+    assert_eq!(
+        strings(&blue, slots).await,
+        names(&["search_sub", "switchyard_payments", "switchyard_rest"])
+    );
+
+    // Green itself is refused as the old blue, before anything changes.
+    let err = run(drop_input(&cell.document.green.cluster_identifier), &deps)
+        .await
+        .expect_err("green is not the old blue");
+    assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
+
+    // Without a rename the "old blue" is blue itself.
+    let blue_id = cell.document.blue.cluster_identifier.clone();
+    let dropped = run(drop_input(&blue_id), &deps).await.expect("drop");
+    assert_eq!(
+        dropped.old_blue_identifier.as_deref(),
+        Some(blue_id.as_str())
+    );
+    assert_eq!(changed(&dropped), all(false), "dropped already");
+    let db = &dropped.databases[0];
+    assert_eq!(db.slots_dropped, names(&NAMES));
+    assert!(db.slots_left.is_empty() && db.guard_removed, "{db:?}");
+    assert_eq!(strings(&blue, slots).await, names(&["search_sub"]));
+    assert!(strings(&blue, guard).await.is_empty());
+    let journal: bool = blue
+        .query_one(
+            "SELECT to_regclass('switchyard.ddl_journal') IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("journal")
+        .get(0);
+    assert!(journal, "the DDL journal stays as evidence");
+
+    // The default old blue (no rename: blue's identifier) finds nothing left to do.
+    let again = run(input(&cell, Mode::Drop), &deps)
+        .await
+        .expect("drop again");
+    assert_eq!(again.old_blue_identifier.as_deref(), Some(blue_id.as_str()));
+    assert_eq!(changed(&again), all(false));
+    let db = &again.databases[0];
+    assert!(
+        db.slots_dropped.is_empty() && db.slots_left.is_empty() && !db.guard_removed,
+        "{db:?}"
+    );
+    assert_eq!(strings(&blue, slots).await, names(&["search_sub"]));
+
+    let err = run(input(&cell, Mode::Enable), &deps)
+        .await
+        .expect_err("nothing to enable after drop");
+    assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_of_enabled_subscriptions_disables_them_first() {
+    let cell = cell().await;
+    let deps = cell.deps().expect("deps");
+    replicate(&cell, &deps).await;
+    let dropped = run(input(&cell, Mode::Drop), &deps).await.expect("drop");
+    assert_eq!(changed(&dropped), all(true));
+    let db = &dropped.databases[0];
+    assert_eq!(db.slots_dropped, names(&NAMES), "{db:?}");
+    assert!(db.slots_left.is_empty() && db.guard_removed, "{db:?}");
+}

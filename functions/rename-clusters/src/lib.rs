@@ -1,0 +1,730 @@
+//! `rename-clusters`: the switch itself. Forward parks blue under `<id>-blue-<major>` and
+//! gives green the cell's identifier, so the cell's endpoint name resolves to green; back
+//! undoes it from wherever it stopped.
+//!
+//! Names cannot be swapped in one call, so each direction is two renames with a wait
+//! after each. The plan (both clusters' `DbClusterResourceId`s, which survive renames, and
+//! the three identifiers) is journaled under [`JOURNAL_KEY`] before the first rename; every
+//! invocation then works out where it stands by looking up which identifier each resource
+//! holds now and does only what remains, so a retry after a crash at any point completes
+//! the job and a run after completion changes nothing. Without a journal entry the plan is
+//! inferred from the cell document and the clusters present (the blue-parked name).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use switchyard_cell::CellDocument;
+use switchyard_errors::{Catalogued, ErrorName};
+use switchyard_operation::{Deps, Error, OperationInput, Side};
+
+/// The journal key of the rename plan.
+pub const JOURNAL_KEY: &str = "rename";
+
+/// The longest wait one invocation may take: Lambda's own limit is 900 s.
+const MAX_WAIT_SECONDS: u64 = 840;
+
+/// ```json
+/// {"cell": { …the cell document… }, "mode": "forward", "wait_seconds": 600}
+/// ```
+/// (`payloads/input.json` holds a whole one.)
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub cell: CellDocument,
+    pub mode: Mode,
+    /// How long this invocation may wait for renames and the endpoint to settle before
+    /// failing `ClusterNotAvailable` (retry resumes); at most 840.
+    #[serde(default = "default_wait_seconds")]
+    pub wait_seconds: u64,
+}
+
+fn default_wait_seconds() -> u64 {
+    600
+}
+
+impl OperationInput for Input {
+    fn cell(&self) -> &CellDocument {
+        &self.cell
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Blue → parked name, green → the cell's identifier.
+    Forward,
+    /// Green → its own identifier, blue → the cell's identifier.
+    Back,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Forward => "forward",
+            Self::Back => "back",
+        })
+    }
+}
+
+/// One rename this invocation issued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Blue: the cell's identifier → its parked name.
+    ParkBlue,
+    /// Green: its own identifier → the cell's identifier.
+    PromoteGreen,
+    /// Green: the cell's identifier → its own identifier.
+    DemoteGreen,
+    /// Blue: its parked name → the cell's identifier.
+    RestoreBlue,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Output {
+    pub mode: Mode,
+    /// Renames issued by this invocation (empty when there was nothing left to do).
+    pub steps_done: Vec<Step>,
+    /// The resource holding the cell's identifier now: green's after forward, blue's after back.
+    pub cell_identifier_resource_id: String,
+    pub blue_identifier_now: String,
+    pub green_identifier_now: String,
+}
+
+/// The journaled plan: who is who, by resource id, and the names involved.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Plan {
+    /// The cell's (blue's original) identifier: the name the endpoint is known by.
+    pub cell_identifier: String,
+    pub green_identifier: String,
+    /// `<id>-blue-<blue major>`.
+    pub parked_identifier: String,
+    pub blue_resource_id: String,
+    pub green_resource_id: String,
+    /// Ties the plan to this upgrade: a plan left by an earlier one must not steer this one.
+    pub target_major_version: u32,
+    /// RFC 3339, UTC.
+    pub recorded_at: String,
+}
+
+/// One DB cluster as `DescribeDBClusters` shows it now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Cluster {
+    identifier: String,
+    resource_id: String,
+    status: String,
+    engine_version: String,
+}
+
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier, mode = %input.mode))]
+pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    if input.wait_seconds > MAX_WAIT_SECONDS {
+        return Err(Error::stop(
+            ErrorName::InvalidInput,
+            format!(
+                "wait_seconds {} is above {MAX_WAIT_SECONDS}; a Lambda cannot wait that long: retry instead",
+                input.wait_seconds
+            ),
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(input.wait_seconds);
+    let cell = &input.cell;
+    let rds = &deps.aws.rds;
+    let journal = deps.journal(cell);
+    let recorded: Option<Plan> = journal.read(JOURNAL_KEY).await?;
+    let clusters = describe_all(rds).await?;
+    let plan = match recorded.clone() {
+        Some(plan) => check_recorded(cell, plan, &journal.parameter(JOURNAL_KEY))?,
+        None => infer_plan(cell, &clusters, &now())?,
+    };
+    let (blue, green) = locate(&plan, &clusters)?;
+    check_positions(&plan, &blue, &green)?;
+
+    let steps_done = match input.mode {
+        Mode::Forward => {
+            if green.identifier != plan.cell_identifier {
+                // After the rename blue's endpoint name points at green: a subscription
+                // following that name would subscribe green to itself.
+                refuse_enabled_subscriptions(cell, deps).await?;
+            }
+            if recorded.is_none() {
+                journal.write(JOURNAL_KEY, &plan).await?;
+            }
+            forward(deps, &plan, &clusters, &blue, &green, deadline).await?
+        }
+        Mode::Back => {
+            let steps = back(deps, &plan, &clusters, &blue, &green, deadline).await?;
+            // The cell is as it began: a stale plan must not steer a later run.
+            journal.delete(JOURNAL_KEY).await?;
+            steps
+        }
+    };
+
+    let clusters = describe_all(rds).await?;
+    let (blue, green) = locate(&plan, &clusters)?;
+    let holder = holder(&clusters, &plan.cell_identifier)
+        .map(|c| c.resource_id.clone())
+        .unwrap_or_default();
+    tracing::info!(steps = ?steps_done, blue = %blue.identifier, green = %green.identifier, "renames settled");
+    Ok(Output {
+        mode: input.mode,
+        steps_done,
+        cell_identifier_resource_id: holder,
+        blue_identifier_now: blue.identifier,
+        green_identifier_now: green.identifier,
+    })
+}
+
+async fn forward(
+    deps: &Deps,
+    plan: &Plan,
+    clusters: &[Cluster],
+    blue: &Cluster,
+    green: &Cluster,
+    deadline: Instant,
+) -> Result<Vec<Step>, Error> {
+    let rds = &deps.aws.rds;
+    let mut steps = Vec::new();
+    if blue.identifier == plan.cell_identifier {
+        refuse_taken(clusters, &plan.parked_identifier, &plan.blue_resource_id)?;
+        rename(rds, &plan.cell_identifier, &plan.parked_identifier).await?;
+        steps.push(Step::ParkBlue);
+    }
+    // Green may take the name only once blue has let go of it.
+    wait_held(
+        rds,
+        &plan.parked_identifier,
+        &plan.blue_resource_id,
+        deadline,
+        "blue",
+    )
+    .await?;
+    if green.identifier == plan.green_identifier {
+        rename(rds, &plan.green_identifier, &plan.cell_identifier).await?;
+        steps.push(Step::PromoteGreen);
+    }
+    wait_held(
+        rds,
+        &plan.cell_identifier,
+        &plan.green_resource_id,
+        deadline,
+        "green",
+    )
+    .await?;
+    wait_resolves(
+        deps,
+        &plan.cell_identifier,
+        &plan.green_resource_id,
+        deadline,
+        "green",
+    )
+    .await?;
+    Ok(steps)
+}
+
+async fn back(
+    deps: &Deps,
+    plan: &Plan,
+    clusters: &[Cluster],
+    blue: &Cluster,
+    green: &Cluster,
+    deadline: Instant,
+) -> Result<Vec<Step>, Error> {
+    let rds = &deps.aws.rds;
+    let mut steps = Vec::new();
+    if green.identifier == plan.cell_identifier {
+        refuse_taken(clusters, &plan.green_identifier, &plan.green_resource_id)?;
+        rename(rds, &plan.cell_identifier, &plan.green_identifier).await?;
+        steps.push(Step::DemoteGreen);
+    }
+    // Blue may take its name back only once green has let go of it.
+    wait_held(
+        rds,
+        &plan.green_identifier,
+        &plan.green_resource_id,
+        deadline,
+        "green",
+    )
+    .await?;
+    if blue.identifier != plan.cell_identifier {
+        rename(rds, &blue.identifier, &plan.cell_identifier).await?;
+        steps.push(Step::RestoreBlue);
+    }
+    wait_held(
+        rds,
+        &plan.cell_identifier,
+        &plan.blue_resource_id,
+        deadline,
+        "blue",
+    )
+    .await?;
+    wait_resolves(
+        deps,
+        &plan.cell_identifier,
+        &plan.blue_resource_id,
+        deadline,
+        "blue",
+    )
+    .await?;
+    Ok(steps)
+}
+
+/// A recorded plan is trusted only for this cell's names and this upgrade's target.
+fn check_recorded(cell: &CellDocument, plan: Plan, parameter: &str) -> Result<Plan, Error> {
+    if plan.cell_identifier != cell.blue.cluster_identifier
+        || plan.green_identifier != cell.green.cluster_identifier
+        || plan.target_major_version != cell.target_major_version
+    {
+        return Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!(
+                "journal entry {parameter} plans {} / {} to PostgreSQL {}, not this cell document's {} / {} to {}; if it is left from an earlier upgrade, delete it and retry",
+                plan.cell_identifier,
+                plan.green_identifier,
+                plan.target_major_version,
+                cell.blue.cluster_identifier,
+                cell.green.cluster_identifier,
+                cell.target_major_version
+            ),
+        ));
+    }
+    Ok(plan)
+}
+
+/// The plan from the clusters present, when nothing was journaled: blue is whoever holds
+/// the cell's identifier unless green does (forward completed) or nobody does (between
+/// the renames); then blue is the one cluster under a parked name.
+fn infer_plan(cell: &CellDocument, clusters: &[Cluster], now: &str) -> Result<Plan, Error> {
+    let cell_id = &cell.blue.cluster_identifier;
+    let green_id = &cell.green.cluster_identifier;
+    let ambiguous = |why: String| {
+        Error::stop(
+            ErrorName::PreconditionFailed,
+            format!("cannot tell which cluster is blue and which is green ({why}) and no rename plan is journaled; rename by hand, or journal the plan under {JOURNAL_KEY}"),
+        )
+    };
+    let parked = || -> Result<&Cluster, Error> {
+        let candidates: Vec<&Cluster> = clusters
+            .iter()
+            .filter(|c| {
+                major(&c.engine_version)
+                    .is_some_and(|m| c.identifier == cell.blue_renamed_identifier(m))
+            })
+            .collect();
+        match candidates[..] {
+            [one] => Ok(one),
+            [] => Err(ambiguous(format!(
+                "no cluster is named {cell_id}-blue-<major>"
+            ))),
+            _ => Err(ambiguous(format!(
+                "several clusters are named {cell_id}-blue-<major>: {}",
+                candidates
+                    .iter()
+                    .map(|c| c.identifier.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    };
+    let (blue, green) = match (holder(clusters, cell_id), holder(clusters, green_id)) {
+        (Some(blue), Some(green)) => (blue, green),
+        (None, Some(green)) => (parked()?, green),
+        (Some(green), None) if major(&green.engine_version) == Some(cell.target_major_version) => {
+            (parked()?, green)
+        }
+        (Some(holder), None) => {
+            return Err(ambiguous(format!(
+                "{green_id} does not exist and {cell_id} runs {}, not the target {}",
+                holder.engine_version, cell.target_major_version
+            )))
+        }
+        (None, None) => {
+            return Err(ambiguous(format!(
+                "neither {cell_id} nor {green_id} exists"
+            )))
+        }
+    };
+    let blue_major = major(&blue.engine_version).ok_or_else(|| {
+        ambiguous(format!(
+            "{} has engine version {:?}",
+            blue.identifier, blue.engine_version
+        ))
+    })?;
+    Ok(Plan {
+        cell_identifier: cell_id.clone(),
+        green_identifier: green_id.clone(),
+        parked_identifier: cell.blue_renamed_identifier(blue_major),
+        blue_resource_id: blue.resource_id.clone(),
+        green_resource_id: green.resource_id.clone(),
+        target_major_version: cell.target_major_version,
+        recorded_at: now.to_owned(),
+    })
+}
+
+/// Both planned clusters as they are now.
+fn locate(plan: &Plan, clusters: &[Cluster]) -> Result<(Cluster, Cluster), Error> {
+    let find = |side: &str, resource_id: &str| {
+        clusters
+            .iter()
+            .find(|c| c.resource_id == resource_id)
+            .cloned()
+            .ok_or_else(|| {
+                Error::stop(
+                    ErrorName::PreconditionFailed,
+                    format!("{side} cluster (resource {resource_id}) of the rename plan no longer exists; inspect the clusters, then fix or delete the journal entry {JOURNAL_KEY}"),
+                )
+            })
+    };
+    Ok((
+        find("blue", &plan.blue_resource_id)?,
+        find("green", &plan.green_resource_id)?,
+    ))
+}
+
+/// Only names this operation gives: anything else means someone renamed by hand.
+fn check_positions(plan: &Plan, blue: &Cluster, green: &Cluster) -> Result<(), Error> {
+    let odd = |side: &str, cluster: &Cluster, expected: [&str; 2]| {
+        Error::stop(
+            ErrorName::PreconditionFailed,
+            format!(
+                "{side} cluster (resource {}) is named {}, neither {} nor {}; rename it by hand to one of those, then retry",
+                cluster.resource_id, cluster.identifier, expected[0], expected[1]
+            ),
+        )
+    };
+    if ![&plan.cell_identifier, &plan.parked_identifier].contains(&&blue.identifier) {
+        return Err(odd(
+            "blue",
+            blue,
+            [&plan.cell_identifier, &plan.parked_identifier],
+        ));
+    }
+    if ![&plan.cell_identifier, &plan.green_identifier].contains(&&green.identifier) {
+        return Err(odd(
+            "green",
+            green,
+            [&plan.green_identifier, &plan.cell_identifier],
+        ));
+    }
+    Ok(())
+}
+
+/// `name` must be free (or already held by `resource_id`) before renaming onto it.
+fn refuse_taken(clusters: &[Cluster], name: &str, resource_id: &str) -> Result<(), Error> {
+    match holder(clusters, name) {
+        Some(other) if other.resource_id != resource_id => Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!(
+                "identifier {name} is held by another cluster (resource {}); rename or delete it, then retry",
+                other.resource_id
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+async fn refuse_enabled_subscriptions(cell: &CellDocument, deps: &Deps) -> Result<(), Error> {
+    let mut enabled = Vec::new();
+    for db in &cell.databases {
+        let client = deps.connect(cell, Side::Green, db).await?;
+        let rows = client
+            .query(
+                "SELECT subname::text FROM pg_subscription WHERE subenabled \
+                 AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                 ORDER BY subname",
+                &[],
+            )
+            .await
+            .map_err(|e| Error::query("listing green's enabled subscriptions", e))?;
+        enabled.extend(
+            rows.iter()
+                .map(|r| format!("{db}.{}", r.get::<_, String>(0))),
+        );
+    }
+    if enabled.is_empty() {
+        return Ok(());
+    }
+    Err(Error::stop(
+        ErrorName::PreconditionFailed,
+        format!(
+            "green still has enabled subscriptions ({}); run finalize-replication (disable) first: after the rename blue's endpoint name points at green, and these would subscribe green to itself. Nothing was renamed",
+            enabled.join(", ")
+        ),
+    ))
+}
+
+async fn rename(rds: &aws_sdk_rds::Client, from: &str, to: &str) -> Result<(), Error> {
+    tracing::info!(from, to, "renaming cluster");
+    let result = rds
+        .modify_db_cluster()
+        .db_cluster_identifier(from)
+        .new_db_cluster_identifier(to)
+        .apply_immediately(true)
+        .send()
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_invalid_db_cluster_state_fault()) => {
+            Err(Error::stop(
+                ErrorName::ClusterNotAvailable,
+                format!("cluster {from} cannot be renamed to {to} in its current state; retry when it is available"),
+            ))
+        }
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_db_cluster_already_exists_fault()) => {
+            Err(Error::stop(
+                ErrorName::PreconditionFailed,
+                format!("cannot rename {from} to {to}: another cluster holds {to}; rename or delete it, then retry"),
+            ))
+        }
+        Err(e) => Err(Error::aws(&format!("renaming cluster {from} to {to}"), &e)),
+    }
+}
+
+/// Waits until `identifier` is held by `resource_id` and available.
+async fn wait_held(
+    rds: &aws_sdk_rds::Client,
+    identifier: &str,
+    resource_id: &str,
+    deadline: Instant,
+    side: &str,
+) -> Result<(), Error> {
+    let what = format!("{side} (resource {resource_id}) to be available as {identifier}");
+    poll(deadline, &what, || async {
+        match describe_one(rds, identifier).await? {
+            Some(c) if c.resource_id == resource_id => Ok(c.status == "available"),
+            Some(c) => Err(Error::stop(
+                ErrorName::PreconditionFailed,
+                format!("identifier {identifier} is held by another cluster (resource {}), not {side}; inspect the clusters before retrying", c.resource_id),
+            )),
+            None => Ok(false),
+        }
+    })
+    .await
+}
+
+/// Waits until the cell's endpoint name leads to `resource_id`.
+async fn wait_resolves(
+    deps: &Deps,
+    identifier: &str,
+    resource_id: &str,
+    deadline: Instant,
+    side: &str,
+) -> Result<(), Error> {
+    let what = format!("endpoint {identifier} to resolve to {side} (resource {resource_id})");
+    poll(deadline, &what, || async {
+        match deps.endpoints.resolve(&deps.aws.rds, identifier).await {
+            Ok(endpoint) => Ok(endpoint.resource_id == resource_id),
+            Err(e) if e.error_name() == ErrorName::ClusterNotAvailable => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await
+}
+
+/// Polls `done` with a growing interval until it holds or `deadline` passes.
+async fn poll<F, Fut>(deadline: Instant, what: &str, mut done: F) -> Result<(), Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool, Error>>,
+{
+    let mut interval = Duration::from_millis(200);
+    loop {
+        if done().await? {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::stop(
+                ErrorName::ClusterNotAvailable,
+                format!("still waiting for {what} when the wait ran out; retry rename-clusters with the same mode to resume"),
+            ));
+        }
+        tokio::time::sleep(interval.min(left)).await;
+        interval = (interval * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn describe_all(rds: &aws_sdk_rds::Client) -> Result<Vec<Cluster>, Error> {
+    let mut clusters = Vec::new();
+    let mut marker: Option<String> = None;
+    loop {
+        let out = rds
+            .describe_db_clusters()
+            .set_marker(marker.take())
+            .send()
+            .await
+            .map_err(|e| Error::aws("describing DB clusters", &e))?;
+        clusters.extend(out.db_clusters().iter().filter_map(cluster));
+        match out.marker() {
+            Some(next) if !next.is_empty() => marker = Some(next.to_owned()),
+            _ => return Ok(clusters),
+        }
+    }
+}
+
+async fn describe_one(
+    rds: &aws_sdk_rds::Client,
+    identifier: &str,
+) -> Result<Option<Cluster>, Error> {
+    match rds
+        .describe_db_clusters()
+        .db_cluster_identifier(identifier)
+        .send()
+        .await
+    {
+        Ok(out) => Ok(out.db_clusters().first().and_then(cluster)),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_db_cluster_not_found_fault()) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(Error::aws(
+            &format!("describing DB cluster {identifier}"),
+            &e,
+        )),
+    }
+}
+
+fn cluster(c: &aws_sdk_rds::types::DbCluster) -> Option<Cluster> {
+    Some(Cluster {
+        identifier: c.db_cluster_identifier()?.to_owned(),
+        resource_id: c.db_cluster_resource_id()?.to_owned(),
+        status: c.status().unwrap_or_default().to_owned(),
+        engine_version: c.engine_version().unwrap_or_default().to_owned(),
+    })
+}
+
+fn holder<'a>(clusters: &'a [Cluster], identifier: &str) -> Option<&'a Cluster> {
+    clusters.iter().find(|c| c.identifier == identifier)
+}
+
+/// The major of an Aurora engine version: "14.23" → 14.
+fn major(engine_version: &str) -> Option<u32> {
+    engine_version.split('.').next()?.parse().ok()
+}
+
+fn now() -> String {
+    switchyard_operation::now_rfc3339()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn document() -> CellDocument {
+        let input: Input =
+            serde_json::from_str(include_str!("../payloads/input.json")).expect("input");
+        input.cell
+    }
+
+    fn c(identifier: &str, resource_id: &str, engine_version: &str) -> Cluster {
+        Cluster {
+            identifier: identifier.to_owned(),
+            resource_id: resource_id.to_owned(),
+            status: "available".to_owned(),
+            engine_version: engine_version.to_owned(),
+        }
+    }
+
+    fn ids(plan: &Plan) -> (&str, &str, &str) {
+        (
+            &plan.blue_resource_id,
+            &plan.green_resource_id,
+            &plan.parked_identifier,
+        )
+    }
+
+    #[test]
+    fn majors_parse() {
+        assert_eq!(major("14.23"), Some(14));
+        assert_eq!(major("17"), Some(17));
+        assert_eq!(major(""), None);
+    }
+
+    #[test]
+    fn plan_is_inferred_from_every_forward_position() {
+        let cell = document();
+        let start = [c("local-a", "B", "14.23"), c("local-a-green", "G", "17.5")];
+        let between = [
+            c("local-a-blue-14", "B", "14.23"),
+            c("local-a-green", "G", "17.5"),
+        ];
+        let done = [
+            c("local-a-blue-14", "B", "14.23"),
+            c("local-a", "G", "17.5"),
+        ];
+        for clusters in [&start[..], &between[..], &done[..]] {
+            let plan = infer_plan(&cell, clusters, "t").expect("plan");
+            assert_eq!(ids(&plan), ("B", "G", "local-a-blue-14"), "{clusters:?}");
+        }
+    }
+
+    #[test]
+    fn an_older_parked_cluster_does_not_confuse_the_start() {
+        let cell = document();
+        let clusters = [
+            c("local-a-blue-13", "OLD", "13.9"),
+            c("local-a", "B", "14.23"),
+            c("local-a-green", "G", "17.5"),
+        ];
+        let plan = infer_plan(&cell, &clusters, "t").expect("plan");
+        assert_eq!(ids(&plan), ("B", "G", "local-a-blue-14"));
+    }
+
+    #[test]
+    fn ambiguous_positions_fail() {
+        let cell = document();
+        let two_parked = [
+            c("local-a-blue-13", "OLD", "13.9"),
+            c("local-a-blue-14", "B", "14.23"),
+            c("local-a-green", "G", "17.5"),
+        ];
+        // Green not created yet, an old parked cluster present: the holder is not green.
+        let no_green = [
+            c("local-a-blue-13", "OLD", "13.9"),
+            c("local-a", "B", "14.23"),
+        ];
+        for clusters in [&two_parked[..], &no_green[..], &[][..]] {
+            let err = infer_plan(&cell, clusters, "t").expect_err("ambiguous");
+            assert_eq!(
+                err.error_name(),
+                ErrorName::PreconditionFailed,
+                "{clusters:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hand_renamed_clusters_are_refused() {
+        let cell = document();
+        let plan = infer_plan(
+            &cell,
+            &[c("local-a", "B", "14.23"), c("local-a-green", "G", "17.5")],
+            "t",
+        )
+        .expect("plan");
+        let ok = check_positions(
+            &plan,
+            &c("local-a-blue-14", "B", "14.23"),
+            &c("local-a", "G", "17.5"),
+        );
+        assert!(ok.is_ok());
+        let err = check_positions(
+            &plan,
+            &c("elsewhere", "B", "14.23"),
+            &c("local-a-green", "G", "17.5"),
+        )
+        .expect_err("odd name");
+        assert!(err.to_string().contains("elsewhere"), "{err}");
+    }
+
+    #[test]
+    fn payload_examples_round_trip() {
+        switchyard_operation::assert_examples_round_trip::<Input, Output>(
+            include_str!("../payloads/input.json"),
+            include_str!("../payloads/output.json"),
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! rename-clusters against the local cell: moto holds the clusters, and the emulated
+//! endpoint of the cell's identifier sends new connections to whichever server holds it.
+
+use rename_clusters::{run, Input, Mode, Output, Step, JOURNAL_KEY};
+use switchyard_errors::{Catalogued, ErrorName};
+use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use switchyard_operation::Deps;
+
+async fn cell() -> LocalCell {
+    let install = Install::from_env();
+    let mut options = CellOptions::from_env(&install).expect("options");
+    options.rows = 300;
+    options.run_direct_writers = false;
+    LocalCell::start(&options).await.expect("cell")
+}
+
+fn input(cell: &LocalCell, mode: Mode) -> Input {
+    Input {
+        cell: cell.document.clone(),
+        mode,
+        wait_seconds: 60,
+    }
+}
+
+fn parked(cell: &LocalCell) -> String {
+    cell.document.blue_renamed_identifier(cell.blue.major)
+}
+
+/// `server_version_num` of the server a NEW connection through the cell's endpoint reaches.
+async fn version_behind_cell_endpoint(cell: &LocalCell) -> i32 {
+    let addr = cell
+        .endpoint(&cell.document.blue.cluster_identifier)
+        .expect("endpoint");
+    let mut opts = cell.blue.superuser_options("app");
+    opts.host = addr.ip().to_string();
+    opts.port = addr.port();
+    let client = switchyard_postgres::connect(&opts)
+        .await
+        .expect("connect through the cell endpoint");
+    let row = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .expect("version");
+    row.get(0)
+}
+
+/// Identifiers in moto, sorted.
+async fn identifiers(cell: &LocalCell) -> Vec<String> {
+    let out = cell
+        .moto
+        .clients
+        .rds
+        .describe_db_clusters()
+        .send()
+        .await
+        .expect("describe");
+    let mut ids: Vec<String> = out
+        .db_clusters()
+        .iter()
+        .filter_map(|c| c.db_cluster_identifier().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn rename_by_hand(cell: &LocalCell, from: &str, to: &str) {
+    cell.moto
+        .clients
+        .rds
+        .modify_db_cluster()
+        .db_cluster_identifier(from)
+        .new_db_cluster_identifier(to)
+        .apply_immediately(true)
+        .send()
+        .await
+        .expect("rename by hand");
+}
+
+async fn resource_id(deps: &Deps, identifier: &str) -> String {
+    deps.endpoints
+        .resolve(&deps.aws.rds, identifier)
+        .await
+        .expect("resolve")
+        .resource_id
+}
+
+fn assert_forward_done(cell: &LocalCell, out: &Output, green_resource: &str) {
+    assert_eq!(out.blue_identifier_now, parked(cell));
+    assert_eq!(
+        out.green_identifier_now,
+        cell.document.blue.cluster_identifier
+    );
+    assert_eq!(out.cell_identifier_resource_id, green_resource);
+}
+
+fn assert_back_done(cell: &LocalCell, out: &Output, blue_resource: &str) {
+    assert_eq!(
+        out.blue_identifier_now,
+        cell.document.blue.cluster_identifier
+    );
+    assert_eq!(
+        out.green_identifier_now,
+        cell.document.green.cluster_identifier
+    );
+    assert_eq!(out.cell_identifier_resource_id, blue_resource);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_moves_the_endpoint_to_green_and_back_restores_blue() {
+    let cell = cell().await;
+    let deps = cell.deps().expect("deps");
+    let doc = &cell.document;
+    let original = identifiers(&cell).await;
+    let blue_resource = resource_id(&deps, &doc.blue.cluster_identifier).await;
+    let green_resource = resource_id(&deps, &doc.green.cluster_identifier).await;
+    assert_eq!(
+        version_behind_cell_endpoint(&cell).await,
+        cell.blue.version_num
+    );
+
+    let out = run(input(&cell, Mode::Forward), &deps)
+        .await
+        .expect("forward");
+    assert_eq!(out.steps_done, [Step::ParkBlue, Step::PromoteGreen]);
+    assert_forward_done(&cell, &out, &green_resource);
+    let mut expected = vec![doc.blue.cluster_identifier.clone(), parked(&cell)];
+    expected.sort();
+    assert_eq!(identifiers(&cell).await, expected);
+    assert_eq!(
+        version_behind_cell_endpoint(&cell).await,
+        cell.green.version_num,
+        "new connections through the cell's endpoint reach green"
+    );
+    let plan: rename_clusters::Plan = deps
+        .journal(doc)
+        .read(JOURNAL_KEY)
+        .await
+        .expect("journal")
+        .expect("plan journaled");
+    assert_eq!(plan.blue_resource_id, blue_resource);
+    assert_eq!(plan.green_resource_id, green_resource);
+
+    let again = run(input(&cell, Mode::Forward), &deps)
+        .await
+        .expect("forward again");
+    assert!(again.steps_done.is_empty(), "{again:?}");
+    assert_forward_done(&cell, &again, &green_resource);
+    assert_eq!(identifiers(&cell).await, expected);
+
+    let back = run(input(&cell, Mode::Back), &deps).await.expect("back");
+    assert_eq!(back.steps_done, [Step::DemoteGreen, Step::RestoreBlue]);
+    assert_back_done(&cell, &back, &blue_resource);
+    assert_eq!(identifiers(&cell).await, original);
+    assert_eq!(
+        version_behind_cell_endpoint(&cell).await,
+        cell.blue.version_num
+    );
+
+    let back_again = run(input(&cell, Mode::Back), &deps)
+        .await
+        .expect("back again");
+    assert!(back_again.steps_done.is_empty(), "{back_again:?}");
+    assert_back_done(&cell, &back_again, &blue_resource);
+    assert_eq!(identifiers(&cell).await, original);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_and_back_resume_after_a_crash_between_renames() {
+    let cell = cell().await;
+    let deps = cell.deps().expect("deps");
+    let doc = &cell.document;
+    let original = identifiers(&cell).await;
+    let blue_resource = resource_id(&deps, &doc.blue.cluster_identifier).await;
+    let green_resource = resource_id(&deps, &doc.green.cluster_identifier).await;
+
+    // Crashed after parking blue, before journaling anything: back infers the plan.
+    rename_by_hand(&cell, &doc.blue.cluster_identifier, &parked(&cell)).await;
+    let back = run(input(&cell, Mode::Back), &deps).await.expect("back");
+    assert_eq!(back.steps_done, [Step::RestoreBlue]);
+    assert_back_done(&cell, &back, &blue_resource);
+    assert_eq!(identifiers(&cell).await, original);
+
+    // The same crash, then forward: it finishes the job.
+    rename_by_hand(&cell, &doc.blue.cluster_identifier, &parked(&cell)).await;
+    let forward = run(input(&cell, Mode::Forward), &deps)
+        .await
+        .expect("forward");
+    assert_eq!(forward.steps_done, [Step::PromoteGreen]);
+    assert_forward_done(&cell, &forward, &green_resource);
+    assert_eq!(
+        version_behind_cell_endpoint(&cell).await,
+        cell.green.version_num
+    );
+
+    // Back crashed after demoting green: the journaled plan (by resource id) finishes it.
+    rename_by_hand(
+        &cell,
+        &doc.blue.cluster_identifier,
+        &doc.green.cluster_identifier,
+    )
+    .await;
+    let back = run(input(&cell, Mode::Back), &deps)
+        .await
+        .expect("back from journal");
+    assert_eq!(back.steps_done, [Step::RestoreBlue]);
+    assert_back_done(&cell, &back, &blue_resource);
+    assert_eq!(
+        version_behind_cell_endpoint(&cell).await,
+        cell.blue.version_num
+    );
+    assert!(
+        deps.journal(doc)
+            .read::<rename_clusters::Plan>(JOURNAL_KEY)
+            .await
+            .expect("journal")
+            .is_none(),
+        "back leaves no plan to steer a later run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enabled_subscription_on_green_stops_forward_before_any_rename() {
+    let cell = cell().await;
+    let deps = cell.deps().expect("deps");
+    let name = cell.replicate_directly().await.expect("replicate");
+    let original = identifiers(&cell).await;
+
+    let err = run(input(&cell, Mode::Forward), &deps)
+        .await
+        .expect_err("an enabled subscription must stop the rename");
+    assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
+    assert!(err.to_string().contains(name), "{err}");
+    assert_eq!(identifiers(&cell).await, original, "nothing renamed");
+    assert_eq!(
+        version_behind_cell_endpoint(&cell).await,
+        cell.blue.version_num
+    );
+    assert!(deps
+        .journal(&cell.document)
+        .read::<rename_clusters::Plan>(JOURNAL_KEY)
+        .await
+        .expect("journal")
+        .is_none());
+}
