@@ -7,6 +7,7 @@
 
 mod deploy;
 mod deps;
+pub mod downstream;
 mod error;
 pub mod fleet;
 mod journal;

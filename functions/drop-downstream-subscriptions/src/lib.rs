@@ -1,0 +1,281 @@
+//! `drop-downstream-subscriptions`: after the freeze, the downstream databases that
+//! subscribe to blue (through the NLB) stop subscribing, so blue can be renamed away.
+//!
+//! For each subscription of each downstream: blue's frozen WAL position (or
+//! `target_lsn`) must already be confirmed by the subscription's slot on blue, else
+//! `DownstreamBehind` (retried by the state machine) and nothing is dropped. Then its
+//! definition — publications, options and the connection target *without* the password —
+//! is journaled under `downstream/<downstream>/<subscription>` for
+//! `recreate-downstream-subscriptions`, and only then is it dropped (which drops the slot
+//! on blue). With blue unreachable, the subscription is detached from its slot first and
+//! the slot is reported as left. A subscription already gone with its journal entry in
+//! place is done.
+
+use serde::{Deserialize, Serialize};
+use switchyard_cell::{CellDocument, Downstream};
+use switchyard_errors::ErrorName;
+use switchyard_operation::{Deps, Error, OperationInput, Side};
+use switchyard_postgres::quote::ident;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use switchyard_operation::downstream::{self, Journaled, Target};
+
+/// ```json
+/// {"cell": { …the cell document… }, "target_lsn": "3/4A0012F8"}
+/// ```
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub cell: CellDocument,
+    /// The LSN every slot must have confirmed; default: blue's `pg_current_wal_lsn()` now
+    /// (writes are already revoked, so nothing after it matters).
+    #[serde(default)]
+    pub target_lsn: Option<String>,
+}
+
+impl OperationInput for Input {
+    fn cell(&self) -> &CellDocument {
+        &self.cell
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Output {
+    pub subscriptions: Vec<DroppedSubscription>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct DroppedSubscription {
+    /// The downstream's name in the cell document.
+    pub downstream: String,
+    pub name: String,
+    /// The slot's `confirmed_flush_lsn` on blue when checked (from the journal if an
+    /// earlier run dropped it).
+    pub confirmed_lsn: String,
+    /// `false`: already dropped by an earlier run.
+    pub dropped: bool,
+    /// `true` when blue was unreachable: its slot still exists and must be dropped there.
+    pub slot_left: bool,
+}
+
+/// What `pg_subscription` says about one subscription (the conninfo holds the password).
+struct Definition {
+    publications: Vec<String>,
+    slot_name: Option<String>,
+    binary: bool,
+    streaming: String,
+    enabled: bool,
+    origin: Option<String>,
+    conninfo: String,
+}
+
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, target_lsn = ?input.target_lsn))]
+pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    let cell = &input.cell;
+    let journal = deps.journal(cell);
+    let mut subscriptions = Vec::new();
+    for downstream in &cell.downstream {
+        let client = Box::pin(downstream::connect(cell, downstream, deps)).await?;
+        for name in &downstream.subscriptions {
+            let key = downstream::journal_key(downstream, name);
+            let Some(definition) = read(&client, name).await? else {
+                let Some(entry) = journal.read::<Journaled>(&key).await? else {
+                    return Err(Error::stop(
+                        ErrorName::PreconditionFailed,
+                        format!("subscription {name} of downstream {} does not exist and no journal entry records it: recreate it by hand or remove it from the cell document", downstream.name),
+                    ));
+                };
+                tracing::info!(downstream = %downstream.name, subscription = %name, "already dropped");
+                subscriptions.push(DroppedSubscription {
+                    downstream: downstream.name.clone(),
+                    name: name.clone(),
+                    confirmed_lsn: entry.confirmed_lsn,
+                    dropped: false,
+                    slot_left: false,
+                });
+                continue;
+            };
+            let dropped = Box::pin(drop_one(
+                cell,
+                deps,
+                downstream,
+                &client,
+                name,
+                definition,
+                &input.target_lsn,
+            ))
+            .await?;
+            subscriptions.push(dropped);
+        }
+    }
+    Ok(Output { subscriptions })
+}
+
+async fn drop_one(
+    cell: &CellDocument,
+    deps: &Deps,
+    downstream: &Downstream,
+    client: &Client,
+    name: &str,
+    definition: Definition,
+    target_lsn: &Option<String>,
+) -> Result<DroppedSubscription, Error> {
+    let target = Target::from_conninfo(&definition.conninfo).map_err(|why| {
+        Error::stop(
+            ErrorName::PreconditionFailed,
+            format!("the connection string of subscription {name} on downstream {} cannot be read ({why}); drop and journal it by hand", downstream.name),
+        )
+    })?;
+    let Some(slot) = definition.slot_name.clone() else {
+        return Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!("subscription {name} on downstream {} has no slot (slot_name = NONE): it cannot have caught up; fix it by hand", downstream.name),
+        ));
+    };
+    let blue = deps.connect(cell, Side::Blue, &target.dbname).await?;
+    let confirmed_lsn = caught_up(&blue, downstream, name, &slot, target_lsn).await?;
+
+    let entry = Journaled {
+        publications: definition.publications,
+        slot_name: slot,
+        binary: definition.binary,
+        streaming: definition.streaming,
+        enabled: definition.enabled,
+        origin: definition.origin,
+        connection: target,
+        confirmed_lsn: confirmed_lsn.clone(),
+        recorded_at: switchyard_operation::now_rfc3339(),
+    };
+    // Journaled before the drop: afterwards the definition exists nowhere else.
+    deps.journal(cell)
+        .write(&downstream::journal_key(downstream, name), &entry)
+        .await?;
+
+    let slot_left = drop_subscription(client, downstream, name).await?;
+    tracing::info!(downstream = %downstream.name, subscription = %name, %confirmed_lsn, slot_left, "downstream subscription dropped");
+    Ok(DroppedSubscription {
+        downstream: downstream.name.clone(),
+        name: name.to_owned(),
+        confirmed_lsn,
+        dropped: true,
+        slot_left,
+    })
+}
+
+/// The subscription's definition, `None` when it does not exist.
+async fn read(client: &Client, name: &str) -> Result<Option<Definition>, Error> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| Error::query("reading the downstream's version", e))?
+        .get(0);
+    // suborigin exists from PG16 on; substream is a bool before 16 and a char after.
+    let origin = if version >= 160_000 {
+        "s.suborigin::text"
+    } else {
+        "NULL::text"
+    };
+    let sql = format!(
+        "SELECT s.subpublications, s.subslotname::text, s.subbinary, s.substream::text, s.subenabled, {origin}, s.subconninfo \
+         FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid \
+         WHERE d.datname = current_database() AND s.subname = $1"
+    );
+    let row = client
+        .query_opt(&sql, &[&name])
+        .await
+        .map_err(|e| Error::query(format!("reading subscription {name}"), e))?;
+    Ok(row.map(|row| Definition {
+        publications: row.get(0),
+        slot_name: row.get(1),
+        binary: row.get(2),
+        streaming: match row.get::<_, String>(3).as_str() {
+            "t" | "true" => "on".to_owned(),
+            "p" => "parallel".to_owned(),
+            _ => "off".to_owned(),
+        },
+        enabled: row.get(4),
+        origin: row.get(5),
+        conninfo: row.get(6),
+    }))
+}
+
+/// The slot's `confirmed_flush_lsn` once it has reached the target; `DownstreamBehind`
+/// until then.
+async fn caught_up(
+    blue: &Client,
+    downstream: &Downstream,
+    name: &str,
+    slot: &str,
+    target_lsn: &Option<String>,
+) -> Result<String, Error> {
+    let row = blue
+        .query_opt(
+            "SELECT s.confirmed_flush_lsn::text, coalesce(s.confirmed_flush_lsn >= t.lsn, false), \
+                    coalesce(pg_wal_lsn_diff(t.lsn, s.confirmed_flush_lsn)::text, 'all'), t.lsn::text \
+             FROM (SELECT coalesce($2::text::pg_lsn, pg_current_wal_lsn()) AS lsn) t \
+             JOIN pg_replication_slots s ON s.slot_name = $1",
+            &[&slot, target_lsn],
+        )
+        .await
+        .map_err(|e| Error::query(format!("reading slot {slot} on blue"), e))?;
+    let Some(row) = row else {
+        return Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!("subscription {name} of downstream {} uses slot {slot}, which blue does not have; find out why before dropping it", downstream.name),
+        ));
+    };
+    let confirmed: Option<String> = row.get(0);
+    let reached: bool = row.get(1);
+    let behind: String = row.get(2);
+    let target: String = row.get(3);
+    match confirmed {
+        Some(confirmed) if reached => Ok(confirmed),
+        confirmed => Err(Error::stop(
+            ErrorName::DownstreamBehind,
+            format!(
+                "subscription {name} of downstream {} has confirmed {} on blue, {behind} bytes behind {target}; retry once it catches up",
+                downstream.name,
+                confirmed.as_deref().unwrap_or("nothing"),
+            ),
+        )),
+    }
+}
+
+/// Drops the subscription: `true` when blue was unreachable and its slot was left behind.
+async fn drop_subscription(
+    client: &Client,
+    downstream: &Downstream,
+    name: &str,
+) -> Result<bool, Error> {
+    let sql = format!("DROP SUBSCRIPTION {}", ident(name));
+    match client.batch_execute(&sql).await {
+        Ok(()) => Ok(false),
+        Err(e) if e.code().is_some_and(|c| c.code().starts_with("08")) => {
+            tracing::warn!(downstream = %downstream.name, subscription = %name, "publisher unreachable: dropping without its slot");
+            // Without a slot name, DROP no longer needs the publisher; a disabled
+            // subscription is required for SET (slot_name = NONE).
+            let detach = format!(
+                "ALTER SUBSCRIPTION {n} DISABLE; ALTER SUBSCRIPTION {n} SET (slot_name = NONE); DROP SUBSCRIPTION {n}",
+                n = ident(name)
+            );
+            client.batch_execute(&detach).await.map_err(|e| {
+                Error::query(format!("dropping subscription {name} without its slot"), e)
+            })?;
+            Ok(true)
+        }
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => Ok(false),
+        Err(e) => Err(Error::query(format!("DROP SUBSCRIPTION {name}"), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn payload_examples_round_trip() {
+        switchyard_operation::assert_examples_round_trip::<super::Input, super::Output>(
+            include_str!("../payloads/input.json"),
+            include_str!("../payloads/output.json"),
+        );
+    }
+}

@@ -1,0 +1,132 @@
+//! drop-downstream-subscriptions against the local cell's search database.
+
+use std::time::Duration;
+
+use drop_downstream_subscriptions::{run, Input, Output};
+use switchyard_errors::{Catalogued, ErrorName};
+use switchyard_local_cell::{CellOptions, Install, LocalCell};
+
+async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+/// Drops, retrying while the downstream has not yet confirmed blue's position, as the
+/// state machine does.
+async fn drop_when_caught_up(input: &Input, deps: &switchyard_operation::Deps) -> Output {
+    for _ in 0..60 {
+        match run(input.clone(), deps).await {
+            Err(e) if e.error_name() == ErrorName::DownstreamBehind => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other.expect("drop"),
+        }
+    }
+    panic!("the downstream never caught up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_while_behind_then_journals_and_drops_once() {
+    let install = Install::from_env();
+    let mut options = CellOptions::from_env(&install).expect("options");
+    options.rows = 100;
+    options.run_direct_writers = false;
+    let cell = LocalCell::start(&options).await.expect("cell");
+    let deps = cell.deps().expect("deps");
+    let search = cell
+        .search
+        .superuser_client("search")
+        .await
+        .expect("search");
+    let blue = cell.blue.superuser_client("app").await.expect("blue");
+    let subscription_count = "SELECT count(*) FROM pg_subscription WHERE subname = 'search_sub'";
+    let slot_count = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'search_sub'";
+    let key = "downstream/search/search_sub";
+    let journal = deps.journal(&cell.document);
+
+    let ahead = Input {
+        cell: cell.document.clone(),
+        target_lsn: Some("FFFFFFFF/0".to_owned()),
+    };
+    let error = run(ahead, &deps)
+        .await
+        .expect_err("cannot have confirmed FFFFFFFF/0");
+    assert_eq!(error.error_name(), ErrorName::DownstreamBehind, "{error}");
+    assert_eq!(
+        count(&search, subscription_count).await,
+        1,
+        "nothing dropped"
+    );
+    assert_eq!(count(&blue, slot_count).await, 1, "slot kept");
+    assert!(journal
+        .read::<serde_json::Value>(key)
+        .await
+        .expect("journal")
+        .is_none());
+
+    let input = Input {
+        cell: cell.document.clone(),
+        target_lsn: None,
+    };
+    let first = drop_when_caught_up(&input, &deps).await;
+    assert_eq!(first.subscriptions.len(), 1);
+    let dropped = &first.subscriptions[0];
+    assert_eq!(
+        (dropped.downstream.as_str(), dropped.name.as_str()),
+        ("search", "search_sub")
+    );
+    assert!(dropped.dropped && !dropped.slot_left, "{first:?}");
+    assert_eq!(
+        count(&search, subscription_count).await,
+        0,
+        "subscription dropped"
+    );
+    assert_eq!(
+        count(&blue, slot_count).await,
+        0,
+        "its slot dropped on blue"
+    );
+
+    let raw = cell
+        .moto
+        .clients
+        .ssm
+        .get_parameter()
+        .name(journal.parameter(key))
+        .send()
+        .await
+        .expect("journal parameter");
+    let text = raw
+        .parameter()
+        .and_then(|p| p.value())
+        .expect("value")
+        .to_owned();
+    for password in cell.secrets.all_passwords() {
+        assert!(
+            !text.contains(password.expose()),
+            "the journal holds a password"
+        );
+    }
+    let entry: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(entry["publications"], serde_json::json!(["search_pub"]));
+    assert_eq!(entry["slot_name"], "search_sub");
+    assert_eq!(entry["connection"]["dbname"], "app");
+    assert_eq!(entry["connection"]["user"], "search_replicator");
+    assert_eq!(
+        entry["connection"]["host"],
+        cell.nlb_endpoint().ip().to_string()
+    );
+    assert_eq!(entry["connection"]["port"], cell.nlb_endpoint().port());
+    assert_eq!(entry["confirmed_lsn"], dropped.confirmed_lsn.as_str());
+
+    let second = run(input, &deps).await.expect("second drop");
+    assert!(
+        !second.subscriptions[0].dropped,
+        "nothing left to drop: {second:?}"
+    );
+    assert_eq!(second.subscriptions[0].confirmed_lsn, dropped.confirmed_lsn);
+    let again = journal
+        .read::<serde_json::Value>(key)
+        .await
+        .expect("journal");
+    assert_eq!(again, Some(entry), "the journal entry is unchanged");
+}
