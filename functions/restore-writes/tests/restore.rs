@@ -1,0 +1,139 @@
+//! restore-writes after revoke-writes, against the local cell's real blue.
+
+use std::collections::BTreeMap;
+
+use restore_writes::{run, Input};
+use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use tokio_postgres::Client;
+
+/// `schema.name` → `relacl::text` of every relation in public and billing.
+async fn acls(client: &Client) -> BTreeMap<String, Option<String>> {
+    client
+        .query(
+            "SELECT n.nspname || '.' || c.relname, c.relacl::text
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname IN ('public', 'billing') AND c.relkind IN ('r','p','v','m','f','S')",
+            &[],
+        )
+        .await
+        .expect("acls")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+async fn steps(client: &Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT step FROM switchyard.replication_state ORDER BY recorded_at",
+            &[],
+        )
+        .await
+        .expect("steps")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_every_acl_back_byte_identically_once() {
+    let install = Install::from_env();
+    let mut options = CellOptions::from_env(&install).expect("options");
+    options.rows = 300;
+    options.run_direct_writers = false;
+    let cell = LocalCell::start(&options).await.expect("cell");
+    let deps = cell.deps().expect("deps");
+    let admin = cell.blue.superuser_client("app").await.expect("admin");
+    // Nothing saved yet: restore has nothing to undo.
+    let input = Input {
+        cell: cell.document.clone(),
+    };
+    let idle = run(input.clone(), &deps)
+        .await
+        .expect("restore before revoke");
+    assert_eq!(idle.databases[0].restored + idle.databases[0].unchanged, 0);
+
+    // A grant by a grantor other than the owner, with grant option, and one to PUBLIC:
+    // both must come back with their grantor and position.
+    admin
+        .batch_execute(
+            "GRANT INSERT ON public.payments TO app_rw WITH GRANT OPTION;
+             SET ROLE app_rw; GRANT INSERT ON public.payments TO jobs_writer; RESET ROLE;
+             GRANT UPDATE ON public.accounts TO PUBLIC;
+             CREATE TABLE public.scratch (id int);
+             ALTER TABLE public.scratch OWNER TO app_owner;
+             CREATE SCHEMA switchyard;
+             CREATE TABLE switchyard.replication_state (
+                 txid xid8 PRIMARY KEY,
+                 recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                 step text NOT NULL);",
+        )
+        .await
+        .expect("extra grants");
+    let before = acls(&admin).await;
+    assert_eq!(before["public.scratch"], None, "default privileges");
+    // A NULL ACL can only come back as the explicit default, which grants the same.
+    let mut expected = before.clone();
+    expected.insert(
+        "public.scratch".to_owned(),
+        admin
+            .query_one(
+                "SELECT acldefault('r'::\"char\", relowner)::text FROM pg_class WHERE oid = 'public.scratch'::regclass",
+                &[],
+            )
+            .await
+            .expect("default")
+            .get::<_, Option<String>>(0)
+            .map(Some)
+            .expect("a default ACL"),
+    );
+
+    revoke_writes::run(
+        revoke_writes::Input {
+            cell: cell.document.clone(),
+        },
+        &deps,
+    )
+    .await
+    .expect("revoke");
+    assert_ne!(acls(&admin).await, before, "revoke-writes changed ACLs");
+
+    let first = run(input.clone(), &deps).await.expect("restore");
+    let db = &first.databases[0];
+    assert!(db.restored > 0, "{db:?}");
+    assert!(db.missing.is_empty(), "{db:?}");
+    assert_eq!(
+        acls(&admin).await,
+        expected,
+        "every relacl is back, byte for byte"
+    );
+    assert_eq!(steps(&admin).await, ["revoke-writes", "restore-writes"]);
+    let unmarked: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM switchyard.saved_acls WHERE restored_at IS NULL",
+            &[],
+        )
+        .await
+        .expect("marks")
+        .get(0);
+    assert_eq!(unmarked, 0, "saved rows kept and marked restored");
+
+    let (user, password) = cell.secrets.role("app_writer").expect("role");
+    let writer = switchyard_postgres::connect(&cell.blue.options("app", user, password))
+        .await
+        .expect("login");
+    writer
+        .batch_execute("INSERT INTO public.payments (account_id, amount) VALUES (1, 1)")
+        .await
+        .expect("app_writer writes again");
+
+    let second = run(input, &deps).await.expect("second restore");
+    assert_eq!(second.databases[0].restored, 0, "{second:?}");
+    assert_eq!(second.databases[0].unchanged, db.restored + db.unchanged);
+    assert_eq!(acls(&admin).await, expected);
+    assert_eq!(
+        steps(&admin).await.len(),
+        2,
+        "a no-op restore grants nothing"
+    );
+}

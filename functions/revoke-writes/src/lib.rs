@@ -1,0 +1,414 @@
+//! `revoke-writes`: the fence that guarantees no write lands on blue during the switchover.
+//!
+//! For each database: every table-like relation's and sequence's `relacl` in the user
+//! schemas is saved on blue in `switchyard.saved_acls` (the first save wins, so a retry
+//! never overwrites the original ACLs with already-revoked ones; a save that restore-writes
+//! has put back is replaced). Then every write privilege (tables, views, matviews, foreign
+//! tables: INSERT, UPDATE, DELETE, TRUNCATE; sequences: USAGE, UPDATE) held by an
+//! application role, by any role an application role is a member of, or by PUBLIC is
+//! revoked — owners included — each ACL entry from its own grantor. Saving and revoking
+//! are one transaction, which also records its id in `switchyard.replication_state` so
+//! check-replication does not take these REVOKEs for user DDL. Finally every backend of
+//! those roles (walsenders excepted) is terminated.
+//!
+//! Application roles: the `username` of every parameter under
+//! `credentials.application_roles_path`. Only the privileges that grant writes are touched,
+//! so a relation nobody could write through keeps its ACL (even a NULL one) untouched.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use switchyard_cell::CellDocument;
+use switchyard_errors::ErrorName;
+use switchyard_operation::{Deps, Error, OperationInput, Side};
+use switchyard_postgres::quote::{ident, qualified};
+use tokio_postgres::{Client, Transaction};
+
+/// ```json
+/// {"cell": { …the cell document… }}
+/// ```
+/// (`payloads/input.json` holds a whole one.)
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub cell: CellDocument,
+}
+
+impl OperationInput for Input {
+    fn cell(&self) -> &CellDocument {
+        &self.cell
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Output {
+    pub databases: Vec<DatabaseFence>,
+}
+
+/// One database of the cell.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct DatabaseFence {
+    pub name: String,
+    /// Relations whose ACL this run saved (0 on a retry: the first save is kept).
+    pub saved: usize,
+    /// Roles that hold no write privilege any more, in name order: the application roles
+    /// that exist on blue and every role they are members of.
+    pub revoked_roles: Vec<String>,
+    /// Backends of those roles this run terminated.
+    pub terminated: usize,
+}
+
+/// Relation kinds `ON ALL TABLES` / `ON ALL SEQUENCES` cover.
+const RELATIONS: &str = "c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+    AND n.nspname NOT IN ('switchyard', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'";
+
+/// How long `pg_terminate_backend` waits for each backend to exit.
+const TERMINATE_WAIT_MS: i64 = 5000;
+
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
+pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    let roles = application_roles(&input.cell, deps).await?;
+    let mut databases = Vec::with_capacity(input.cell.databases.len());
+    for db in &input.cell.databases {
+        // Boxed: keeps the handler's future small (nested connection and query futures).
+        databases.push(Box::pin(fence_database(&input.cell, deps, db, &roles)).await?);
+    }
+    Ok(Output { databases })
+}
+
+/// The usernames under `application_roles_path`. A parameter that cannot be read stops the
+/// run: a role left out would be a hole in the fence. Values hold passwords: never logged.
+async fn application_roles(cell: &CellDocument, deps: &Deps) -> Result<Vec<String>, Error> {
+    #[derive(Deserialize)]
+    struct RoleDocument {
+        username: String,
+    }
+    let path = &cell.credentials.application_roles_path;
+    let mut pages = deps
+        .aws
+        .ssm
+        .get_parameters_by_path()
+        .path(path)
+        .recursive(true)
+        .with_decryption(true)
+        .into_paginator()
+        .send();
+    let mut names = BTreeSet::new();
+    while let Some(page) = pages.next().await {
+        let page =
+            page.map_err(|e| Error::aws(&format!("reading SSM parameters under {path}"), &e))?;
+        for p in page.parameters() {
+            let parameter = p.name().unwrap_or_default();
+            let doc: RoleDocument = serde_json::from_str(p.value().unwrap_or_default())
+                .map_err(|_| {
+                    Error::stop(
+                        ErrorName::SecretUnavailable,
+                        format!("{parameter} is not a role document with a \"username\"; fix it and rerun revoke-writes"),
+                    )
+                })?;
+            names.insert(doc.username);
+        }
+    }
+    if names.is_empty() {
+        return Err(Error::stop(
+            ErrorName::SecretUnavailable,
+            format!("no role parameters under {path}: without application roles there is nothing to fence; fix credentials.application_roles_path"),
+        ));
+    }
+    Ok(names.into_iter().collect())
+}
+
+#[tracing::instrument(skip_all, fields(database = %db))]
+async fn fence_database(
+    cell: &CellDocument,
+    deps: &Deps,
+    db: &str,
+    roles: &[String],
+) -> Result<DatabaseFence, Error> {
+    let mut blue = deps.connect(cell, Side::Blue, db).await?;
+    let fenced = fenced_roles(&blue, db, roles).await?;
+
+    let tx = blue
+        .transaction()
+        .await
+        .map_err(|e| Error::query("BEGIN (revoke writes)", e))?;
+    let saved = save(&tx).await?;
+    let revoked = revoke(&tx, &fenced).await?;
+    let left = write_holders(&tx, &fenced).await?;
+    if !left.is_empty() {
+        return Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!(
+                "write privileges in database {db} could not be revoked (nothing was changed): {}; revoke them by hand or fix their grantors, then rerun",
+                left.iter().map(Holder::describe).collect::<Vec<_>>().join("; ")
+            ),
+        ));
+    }
+    record_own(&tx, "revoke-writes").await?;
+    tx.commit()
+        .await
+        .map_err(|e| Error::query("COMMIT (revoke writes)", e))?;
+    tracing::info!(saved, revoked, "write privileges revoked");
+
+    // Only after the commit: a session ended earlier could reconnect and write before it.
+    let terminated = terminate(&blue, db, &fenced).await?;
+    Ok(DatabaseFence {
+        name: db.to_owned(),
+        saved,
+        revoked_roles: fenced,
+        terminated,
+    })
+}
+
+/// The application roles that exist on blue plus every role they are members of (their
+/// privileges are the application's too). Stops when a role cannot be fenced by ACLs.
+async fn fenced_roles(blue: &Client, db: &str, roles: &[String]) -> Result<Vec<String>, Error> {
+    let rows = blue
+        .query(
+            "SELECT r.rolname::text, r.rolsuper OR r.rolname = 'pg_write_all_data'
+               FROM pg_catalog.pg_roles r
+              WHERE EXISTS (SELECT FROM pg_catalog.pg_roles a
+                             WHERE a.rolname = ANY($1)
+                               AND pg_catalog.pg_has_role(a.oid, r.oid, 'MEMBER'))
+              ORDER BY 1",
+            &[&roles],
+        )
+        .await
+        .map_err(|e| Error::query("reading the application roles' memberships", e))?;
+    let unfenceable: Vec<String> = rows
+        .iter()
+        .filter(|r| r.get::<_, bool>(1))
+        .map(|r| r.get(0))
+        .collect();
+    if !unfenceable.is_empty() {
+        return Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!(
+                "application roles in database {db} reach {} (superuser or pg_write_all_data), which no REVOKE can fence; remove those memberships, then rerun",
+                unfenceable.join(", ")
+            ),
+        ));
+    }
+    let fenced: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let missing: Vec<&String> = roles.iter().filter(|r| !fenced.contains(r)).collect();
+    if !missing.is_empty() {
+        tracing::warn!(roles = ?missing, "application roles absent on blue: nothing to revoke");
+    }
+    Ok(fenced)
+}
+
+async fn save(tx: &Transaction<'_>) -> Result<usize, Error> {
+    tx.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS switchyard;
+         CREATE TABLE IF NOT EXISTS switchyard.saved_acls (
+             database    text NOT NULL,
+             relid       oid NOT NULL,
+             schema      text NOT NULL,
+             name        text NOT NULL,
+             relacl      text,
+             saved_at    timestamptz NOT NULL,
+             restored_at timestamptz,
+             PRIMARY KEY (schema, name)
+         );",
+    )
+    .await
+    .map_err(|e| Error::query("creating switchyard.saved_acls", e))?;
+    // A row restore-writes has put back is replaced: the ACL now in force is the original.
+    let saved = tx
+        .execute(
+            &format!(
+                "INSERT INTO switchyard.saved_acls AS s (database, relid, schema, name, relacl, saved_at)
+                 SELECT pg_catalog.current_database(), c.oid, n.nspname, c.relname, c.relacl::text,
+                        pg_catalog.now()
+                   FROM pg_catalog.pg_class c
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE {RELATIONS}
+                 ON CONFLICT (schema, name) DO UPDATE
+                    SET relid = excluded.relid, relacl = excluded.relacl,
+                        saved_at = excluded.saved_at, restored_at = NULL
+                  WHERE s.restored_at IS NOT NULL"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::query("saving ACLs into switchyard.saved_acls", e))?;
+    Ok(usize::try_from(saved).unwrap_or(usize::MAX))
+}
+
+/// One ACL entry that grants writes: `privileges` on `relation` to `grantee` (None:
+/// PUBLIC) from `grantor`.
+struct Holder {
+    relation: String,
+    sequence: bool,
+    grantor: String,
+    by_owner: bool,
+    grantee: Option<String>,
+    privileges: Vec<String>,
+}
+
+impl Holder {
+    fn grantee_sql(&self) -> String {
+        self.grantee.as_deref().map_or("PUBLIC".to_owned(), ident)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} on {} to {} granted by {}",
+            self.privileges.join(", "),
+            self.relation,
+            self.grantee.as_deref().unwrap_or("PUBLIC"),
+            self.grantor
+        )
+    }
+}
+
+/// Every ACL entry (the default one for a NULL ACL) giving a fenced role or PUBLIC a write
+/// privilege; per relation, entries latest first, so an entry is revoked before the one
+/// its grantor's grant option came from.
+async fn write_holders(tx: &Transaction<'_>, fenced: &[String]) -> Result<Vec<Holder>, Error> {
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT n.nspname::text, c.relname::text, c.relkind = 'S', g.rolname::text,
+                        a.grantor = c.relowner, e.rolname::text,
+                        pg_catalog.array_agg(a.privilege_type ORDER BY a.ord)
+                   FROM pg_catalog.pg_class c
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  CROSS JOIN LATERAL pg_catalog.aclexplode(COALESCE(c.relacl,
+                        pg_catalog.acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::\"char\", c.relowner)))
+                        WITH ORDINALITY AS a(grantor, grantee, privilege_type, is_grantable, ord)
+                   JOIN pg_catalog.pg_roles g ON g.oid = a.grantor
+                   LEFT JOIN pg_catalog.pg_roles e ON e.oid = a.grantee
+                  WHERE {RELATIONS}
+                    AND (a.grantee = 0 OR e.rolname = ANY($1))
+                    AND a.privilege_type = ANY(CASE WHEN c.relkind = 'S'
+                            THEN ARRAY['USAGE', 'UPDATE']
+                            ELSE ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE'] END)
+                  GROUP BY n.nspname, c.relname, c.relkind, c.relowner, a.grantor, g.rolname,
+                           a.grantee, e.rolname
+                  ORDER BY n.nspname, c.relname, pg_catalog.min(a.ord) DESC"
+            ),
+            &[&fenced],
+        )
+        .await
+        .map_err(|e| Error::query("reading write privileges", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| Holder {
+            relation: qualified(r.get(0), r.get(1)),
+            sequence: r.get(2),
+            grantor: r.get(3),
+            by_owner: r.get(4),
+            grantee: r.get(5),
+            privileges: r.get(6),
+        })
+        .collect())
+}
+
+/// Revokes each write-granting entry from its own grantor (a superuser's REVOKE acts as the
+/// owner and would miss entries another role granted); returns how many entries.
+async fn revoke(tx: &Transaction<'_>, fenced: &[String]) -> Result<usize, Error> {
+    let holders = write_holders(tx, fenced).await?;
+    for h in &holders {
+        let privileges = h
+            .privileges
+            .iter()
+            .map(|p| privilege_keyword(p))
+            .collect::<Result<Vec<_>, _>>()?
+            .join(", ");
+        let kind = if h.sequence { "SEQUENCE" } else { "TABLE" };
+        let mut sql = format!(
+            "REVOKE {privileges} ON {kind} {} FROM {} CASCADE;",
+            h.relation,
+            h.grantee_sql()
+        );
+        if !h.by_owner {
+            sql = format!("SET LOCAL ROLE {}; {sql} RESET ROLE;", ident(&h.grantor));
+        }
+        tx.batch_execute(&sql)
+            .await
+            .map_err(|e| Error::query(format!("revoking {}", h.describe()), e))?;
+    }
+    Ok(holders.len())
+}
+
+/// `aclexplode` names privileges with SQL keywords; only the write ones reach here.
+fn privilege_keyword(name: &str) -> Result<&'static str, Error> {
+    ["INSERT", "UPDATE", "DELETE", "TRUNCATE", "USAGE"]
+        .into_iter()
+        .find(|k| *k == name)
+        .ok_or_else(|| {
+            Error::stop(
+                ErrorName::DatabaseError,
+                format!("unexpected privilege {name:?} from aclexplode; report this"),
+            )
+        })
+}
+
+/// Vouches for this transaction's GRANT/REVOKE/CREATE to check-replication; without the
+/// DDL guard (no replication started) there is nothing to vouch to.
+async fn record_own(tx: &Transaction<'_>, step: &str) -> Result<(), Error> {
+    let guarded: bool = tx
+        .query_one(
+            "SELECT pg_catalog.to_regclass('switchyard.replication_state') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::query("looking for switchyard.replication_state", e))?
+        .get(0);
+    if guarded {
+        tx.execute(
+            "INSERT INTO switchyard.replication_state (txid, step) VALUES (pg_catalog.pg_current_xact_id(), $1)",
+            &[&step],
+        )
+        .await
+        .map_err(|e| Error::query("recording our own DDL transaction", e))?;
+    }
+    Ok(())
+}
+
+async fn terminate(blue: &Client, db: &str, fenced: &[String]) -> Result<usize, Error> {
+    let row = blue
+        .query_one(
+            "SELECT pg_catalog.count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid, $3)),
+                    pg_catalog.count(*)
+               FROM pg_catalog.pg_stat_activity
+              WHERE datname = $1 AND usename = ANY($2) AND backend_type <> 'walsender'
+                AND pid <> pg_catalog.pg_backend_pid()",
+            &[&db, &fenced, &TERMINATE_WAIT_MS],
+        )
+        .await
+        .map_err(|e| Error::query("terminating the application's backends", e))?;
+    let (ended, found): (i64, i64) = (row.get(0), row.get(1));
+    if ended < found {
+        return Err(Error::stop(
+            ErrorName::DrainTimeout,
+            format!(
+                "{} application backends in database {db} did not exit within {TERMINATE_WAIT_MS} ms of pg_terminate_backend; writes are already revoked — rerun revoke-writes",
+                found - ended
+            ),
+        ));
+    }
+    tracing::info!(terminated = ended, "application backends terminated");
+    Ok(usize::try_from(ended).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_examples_round_trip() {
+        switchyard_operation::assert_examples_round_trip::<Input, Output>(
+            include_str!("../payloads/input.json"),
+            include_str!("../payloads/output.json"),
+        );
+    }
+
+    #[test]
+    fn only_write_privileges_are_spelled() {
+        assert_eq!(privilege_keyword("TRUNCATE").ok(), Some("TRUNCATE"));
+        assert!(privilege_keyword("INSERT; DROP TABLE x").is_err());
+        assert!(privilege_keyword("SELECT").is_err());
+    }
+}

@@ -1,0 +1,121 @@
+//! revoke-writes against the local cell's real blue.
+
+use std::collections::BTreeMap;
+
+use revoke_writes::{run, Input};
+use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+/// `schema.name` → `relacl::text` of every relation in public and billing.
+async fn acls(client: &Client) -> BTreeMap<String, Option<String>> {
+    client
+        .query(
+            "SELECT n.nspname || '.' || c.relname, c.relacl::text
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname IN ('public', 'billing') AND c.relkind IN ('r','p','v','m','f','S')",
+            &[],
+        )
+        .await
+        .expect("acls")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+async fn login(cell: &LocalCell, role: &str) -> Client {
+    let (user, password) = cell.secrets.role(role).expect("role");
+    switchyard_postgres::connect(&cell.blue.options("app", user, password))
+        .await
+        .expect("login")
+}
+
+async fn assert_denied(client: &Client, sql: &str) {
+    let e = client.batch_execute(sql).await.expect_err(sql);
+    assert_eq!(
+        e.code(),
+        Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+        "{sql}: {e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fences_every_write_and_keeps_the_first_save() {
+    let install = Install::from_env();
+    let mut options = CellOptions::from_env(&install).expect("options");
+    options.rows = 300;
+    options.run_direct_writers = false;
+    let cell = LocalCell::start(&options).await.expect("cell");
+    let deps = cell.deps().expect("deps");
+    let admin = cell.blue.superuser_client("app").await.expect("admin");
+    let before = acls(&admin).await;
+
+    let early = login(&cell, "app_writer").await;
+    early
+        .batch_execute("INSERT INTO public.payments (account_id, amount) VALUES (1, 1)")
+        .await
+        .expect("app_writer writes before the fence");
+
+    let input = Input {
+        cell: cell.document.clone(),
+    };
+    let first = run(input.clone(), &deps).await.expect("revoke");
+    let db = &first.databases[0];
+    assert_eq!(db.name, "app");
+    assert!(db.saved >= before.len(), "every relation saved: {db:?}");
+    for role in ["app_owner", "app_rw", "app_writer", "jobs_writer"] {
+        assert!(db.revoked_roles.iter().any(|r| r == role), "{role}: {db:?}");
+    }
+    assert!(db.terminated >= 1, "the early session was ended: {db:?}");
+    assert!(
+        early.simple_query("SELECT 1").await.is_err(),
+        "a session opened before the fence is gone"
+    );
+
+    let writer = login(&cell, "app_writer").await;
+    for round in 0..2 {
+        if round == 1 {
+            writer
+                .batch_execute("SET default_transaction_read_only = off")
+                .await
+                .expect("set");
+        }
+        assert_denied(
+            &writer,
+            "INSERT INTO public.payments (account_id, amount) VALUES (1, 1)",
+        )
+        .await;
+        assert_denied(&writer, "UPDATE public.accounts SET email = email").await;
+        assert_denied(&writer, "DELETE FROM public.account_links").await;
+        assert_denied(&writer, "TRUNCATE billing.\"invoice lines\"").await;
+        assert_denied(&writer, "SELECT nextval('billing.invoice_number_seq')").await;
+    }
+    writer
+        .batch_execute("SELECT count(*) FROM public.payments")
+        .await
+        .expect("reads still work");
+    let owner = login(&cell, "app_owner").await;
+    assert_denied(
+        &owner,
+        "INSERT INTO public.payments (account_id, amount) VALUES (1, 1)",
+    )
+    .await;
+    let fenced = acls(&admin).await;
+    assert_ne!(fenced, before, "ACLs changed");
+
+    let second = run(input, &deps).await.expect("second revoke");
+    assert_eq!(second.databases[0].saved, 0, "the first save wins");
+    assert_eq!(acls(&admin).await, fenced, "nothing more to revoke");
+    let saved: BTreeMap<String, Option<String>> = admin
+        .query(
+            "SELECT schema || '.' || name, relacl FROM switchyard.saved_acls
+              WHERE schema IN ('public', 'billing')",
+            &[],
+        )
+        .await
+        .expect("saved")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(saved, before, "saved ACLs are the ones before the fence");
+}
