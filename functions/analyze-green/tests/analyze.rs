@@ -3,14 +3,10 @@
 use std::time::{Duration, Instant};
 
 use analyze_green::{run, Input, Output};
-use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use switchyard_local_cell::LocalCell;
 
 async fn replicating_cell() -> LocalCell {
-    let install = Install::from_env();
-    let mut options = CellOptions::from_env(&install).expect("options");
-    options.rows = 300;
-    options.run_direct_writers = false;
-    let cell = LocalCell::start(&options).await.expect("cell");
+    let cell = LocalCell::start_quiet(300).await.expect("cell");
     // switchyard's own schema on blue is replicated by the FOR ALL TABLES stand-in, but
     // must never be analyzed.
     cell.blue

@@ -5,15 +5,11 @@ use std::time::{Duration, Instant};
 
 use check_replication::{run, Input, Output};
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::{audit_keys, CellOptions, Install, LocalCell};
+use switchyard_local_cell::{audit_keys, LocalCell};
 use switchyard_operation::{Deps, Error};
 
 async fn cell() -> LocalCell {
-    let install = Install::from_env();
-    let mut options = CellOptions::from_env(&install).expect("options");
-    options.rows = 300;
-    options.run_direct_writers = false;
-    LocalCell::start(&options).await.expect("cell")
+    LocalCell::start_quiet(300).await.expect("cell")
 }
 
 fn start_input(cell: &LocalCell) -> start_replication::Input {

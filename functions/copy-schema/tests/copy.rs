@@ -3,15 +3,11 @@
 
 use copy_schema::{run, Input, Output};
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use switchyard_local_cell::LocalCell;
 
 /// A cell whose green has the application roles (sync-roles has run) and nothing else.
 async fn cell_with_roles() -> LocalCell {
-    let install = Install::from_env();
-    let mut options = CellOptions::from_env(&install).expect("options");
-    options.rows = 100;
-    options.run_direct_writers = false;
-    let cell = LocalCell::start(&options).await.expect("cell");
+    let cell = LocalCell::start_quiet(100).await.expect("cell");
     sync_roles(&cell).await;
     cell
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use drop_downstream_subscriptions::{run, Input, Output};
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use switchyard_local_cell::LocalCell;
 
 async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.expect(sql).get(0)
@@ -26,11 +26,7 @@ async fn drop_when_caught_up(input: &Input, deps: &switchyard_operation::Deps) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_while_behind_then_journals_and_drops_once() {
-    let install = Install::from_env();
-    let mut options = CellOptions::from_env(&install).expect("options");
-    options.rows = 100;
-    options.run_direct_writers = false;
-    let cell = LocalCell::start(&options).await.expect("cell");
+    let cell = LocalCell::start_quiet(100).await.expect("cell");
     let deps = cell.deps().expect("deps");
     let search = cell
         .search

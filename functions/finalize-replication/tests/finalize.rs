@@ -6,17 +6,13 @@ use std::time::{Duration, Instant};
 
 use finalize_replication::{run, Input, Mode, Output};
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::{audit_keys, CellOptions, Install, LocalCell};
+use switchyard_local_cell::{audit_keys, LocalCell};
 use switchyard_operation::Deps;
 
 const NAMES: [&str; 2] = ["switchyard_payments", "switchyard_rest"];
 
 async fn cell() -> LocalCell {
-    let install = Install::from_env();
-    let mut options = CellOptions::from_env(&install).expect("options");
-    options.rows = 300;
-    options.run_direct_writers = false;
-    let cell = LocalCell::start(&options).await.expect("cell");
+    let cell = LocalCell::start_quiet(300).await.expect("cell");
     cell.copy_schema_directly().await.expect("schema on green");
     cell
 }

@@ -5,15 +5,11 @@ use std::time::Duration;
 use pause_pgbouncer::{run, Input};
 use switchyard_cell::Discovery;
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use switchyard_local_cell::LocalCell;
 use switchyard_postgres::PgBouncerAdmin;
 
 async fn start() -> LocalCell {
-    let install = Install::from_env();
-    let mut options = CellOptions::from_env(&install).expect("options");
-    options.rows = 300;
-    options.run_direct_writers = false;
-    LocalCell::start(&options).await.expect("cell")
+    LocalCell::start_quiet(300).await.expect("cell")
 }
 
 async fn admin(cell: &LocalCell) -> PgBouncerAdmin {

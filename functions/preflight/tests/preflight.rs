@@ -5,16 +5,12 @@ use std::time::Duration;
 
 use preflight::{run, Code, Input, Output};
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use switchyard_local_cell::LocalCell;
 use switchyard_operation::Deps;
 use switchyard_postgres::PgBouncerAdmin;
 
 async fn start() -> (LocalCell, Deps) {
-    let install = Install::from_env();
-    let mut options = CellOptions::from_env(&install).expect("options");
-    options.rows = 300;
-    options.run_direct_writers = false;
-    let cell = LocalCell::start(&options).await.expect("cell");
+    let cell = LocalCell::start_quiet(300).await.expect("cell");
     let deps = cell.deps().expect("deps");
     (cell, deps)
 }

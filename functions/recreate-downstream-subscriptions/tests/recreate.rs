@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use switchyard_local_cell::LocalCell;
 
 async fn count(client: &tokio_postgres::Client, sql: &str, email: &str) -> i64 {
     client.query_one(sql, &[&email]).await.expect(sql).get(0)
@@ -18,11 +18,7 @@ async fn insert_account(blue: &tokio_postgres::Client, email: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recreates_the_dropped_subscription_once_without_copying() {
-    let install = Install::from_env();
-    let mut options = CellOptions::from_env(&install).expect("options");
-    options.rows = 100;
-    options.run_direct_writers = false;
-    let cell = LocalCell::start(&options).await.expect("cell");
+    let cell = LocalCell::start_quiet(100).await.expect("cell");
     let deps = cell.deps().expect("deps");
     let search = cell
         .search
@@ -108,11 +104,7 @@ async fn recreates_the_dropped_subscription_once_without_copying() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_without_a_journal_entry_or_a_publication() {
-    let install = Install::from_env();
-    let mut options = CellOptions::from_env(&install).expect("options");
-    options.rows = 100;
-    options.run_direct_writers = false;
-    let cell = LocalCell::start(&options).await.expect("cell");
+    let cell = LocalCell::start_quiet(100).await.expect("cell");
     let deps = cell.deps().expect("deps");
     let search = cell
         .search

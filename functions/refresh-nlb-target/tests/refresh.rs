@@ -3,14 +3,10 @@
 use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
 use refresh_nlb_target::{run, Input, Output};
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use switchyard_local_cell::LocalCell;
 
 async fn start() -> LocalCell {
-    let install = Install::from_env();
-    let mut options = CellOptions::from_env(&install).expect("options");
-    options.rows = 100;
-    options.run_direct_writers = false;
-    LocalCell::start(&options).await.expect("cell")
+    LocalCell::start_quiet(100).await.expect("cell")
 }
 
 fn input(cell: &LocalCell) -> Input {

@@ -1,14 +1,10 @@
 //! The run lock against moto's SSM: one run per cell, crash-proof, released deliberately.
 
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use switchyard_local_cell::LocalCell;
 
 async fn cell() -> LocalCell {
-    let install = Install::from_env();
-    let mut options = CellOptions::from_env(&install).expect("options");
-    options.rows = 50;
-    options.run_direct_writers = false;
-    LocalCell::start(&options).await.expect("cell")
+    LocalCell::start_quiet(50).await.expect("cell")
 }
 
 fn acquire(cell: &LocalCell, run_id: &str) -> acquire_lock::Input {

@@ -3,15 +3,11 @@
 
 use rename_clusters::{run, Input, Mode, Output, Step, JOURNAL_KEY};
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use switchyard_local_cell::LocalCell;
 use switchyard_operation::Deps;
 
 async fn cell() -> LocalCell {
-    let install = Install::from_env();
-    let mut options = CellOptions::from_env(&install).expect("options");
-    options.rows = 300;
-    options.run_direct_writers = false;
-    LocalCell::start(&options).await.expect("cell")
+    LocalCell::start_quiet(300).await.expect("cell")
 }
 
 fn input(cell: &LocalCell, mode: Mode) -> Input {

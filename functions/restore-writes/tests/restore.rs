@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use restore_writes::{run, Input};
-use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use switchyard_local_cell::LocalCell;
 use tokio_postgres::Client;
 
 /// `schema.name` → `relacl::text` of every relation in public and billing.
@@ -37,11 +37,7 @@ async fn steps(client: &Client) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn puts_every_acl_back_byte_identically_once() {
-    let install = Install::from_env();
-    let mut options = CellOptions::from_env(&install).expect("options");
-    options.rows = 300;
-    options.run_direct_writers = false;
-    let cell = LocalCell::start(&options).await.expect("cell");
+    let cell = LocalCell::start_quiet(300).await.expect("cell");
     let deps = cell.deps().expect("deps");
     let admin = cell.blue.superuser_client("app").await.expect("admin");
     // Nothing saved yet: restore has nothing to undo.

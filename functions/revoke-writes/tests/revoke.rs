@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use revoke_writes::{run, Input};
-use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use switchyard_local_cell::LocalCell;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
@@ -41,11 +41,7 @@ async fn assert_denied(client: &Client, sql: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fences_every_write_and_keeps_the_first_save() {
-    let install = Install::from_env();
-    let mut options = CellOptions::from_env(&install).expect("options");
-    options.rows = 300;
-    options.run_direct_writers = false;
-    let cell = LocalCell::start(&options).await.expect("cell");
+    let cell = LocalCell::start_quiet(300).await.expect("cell");
     let deps = cell.deps().expect("deps");
     let admin = cell.blue.superuser_client("app").await.expect("admin");
     let before = acls(&admin).await;

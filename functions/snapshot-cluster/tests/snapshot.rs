@@ -1,15 +1,11 @@
 //! snapshot-cluster against the local cell's moto.
 
 use snapshot_cluster::{run, Input, RUN_TAG};
-use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use switchyard_local_cell::LocalCell;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_blue_once_per_run_and_reuses_it() {
-    let install = Install::from_env();
-    let mut options = CellOptions::from_env(&install).expect("options");
-    options.rows = 100;
-    options.run_direct_writers = false;
-    let cell = LocalCell::start(&options).await.expect("cell");
+    let cell = LocalCell::start_quiet(100).await.expect("cell");
     let deps = cell.deps().expect("deps");
     let input = Input {
         cell: cell.document.clone(),

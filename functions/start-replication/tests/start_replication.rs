@@ -6,14 +6,10 @@ use std::time::{Duration, Instant};
 use start_replication::{run, Input};
 use switchyard_cell::TableRef;
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use switchyard_local_cell::LocalCell;
 
 async fn cell() -> LocalCell {
-    let install = Install::from_env();
-    let mut options = CellOptions::from_env(&install).expect("options");
-    options.rows = 100;
-    options.run_direct_writers = false;
-    let cell = LocalCell::start(&options).await.expect("cell");
+    let cell = LocalCell::start_quiet(100).await.expect("cell");
     cell.copy_schema_directly().await.expect("schema on green");
     cell
 }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use switchyard_local_cell::LocalCell;
 use sync_sequences::{run, Input, Output, SequenceSync};
 
 const GAP: i64 = 1000;
@@ -20,11 +20,7 @@ const WATCHED: [(&str, &str); 4] = [
 /// A cell with green's schema copied, blue's ledger having written some payments, and
 /// schema `switchyard` on blue only (its sequence must be ignored, not reported missing).
 async fn written_cell() -> LocalCell {
-    let install = Install::from_env();
-    let mut options = CellOptions::from_env(&install).expect("options");
-    options.rows = 300;
-    options.run_direct_writers = false;
-    let cell = LocalCell::start(&options).await.expect("cell");
+    let cell = LocalCell::start_quiet(300).await.expect("cell");
     cell.copy_schema_directly().await.expect("schema on green");
     cell.blue
         .superuser_client("app")

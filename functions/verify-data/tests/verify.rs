@@ -4,15 +4,11 @@
 use std::time::{Duration, Instant};
 
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use switchyard_local_cell::LocalCell;
 use verify_data::{run, Input, Mode, Output};
 
 async fn replicating_cell() -> LocalCell {
-    let install = Install::from_env();
-    let mut options = CellOptions::from_env(&install).expect("options");
-    options.rows = 300;
-    options.run_direct_writers = false;
-    let cell = LocalCell::start(&options).await.expect("cell");
+    let cell = LocalCell::start_quiet(300).await.expect("cell");
     // switchyard's own schema on blue is replicated by the FOR ALL TABLES stand-in, but
     // must never be compared.
     cell.blue

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::{audit_keys, CellOptions, Install, LocalCell};
+use switchyard_local_cell::{audit_keys, LocalCell};
 use switchyard_operation::{parse_input, Deps, Error};
 
 fn payload(cell: &LocalCell, extra: Value) -> Value {
@@ -89,11 +89,7 @@ async fn check_until_caught_up(cell: &LocalCell, deps: &Deps) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepare_brings_an_empty_green_to_a_verified_replica_under_load() {
-    let install = Install::from_env();
-    let mut options = CellOptions::from_env(&install).expect("options");
-    options.rows = 1000;
-    options.run_direct_writers = false;
-    let cell = LocalCell::start(&options).await.expect("cell");
+    let cell = LocalCell::start_quiet(1000).await.expect("cell");
     let deps = cell.deps().expect("deps");
     let ledger = cell
         .start_ledger(2, Duration::from_millis(5))
@@ -182,11 +178,7 @@ async fn prepare_brings_an_empty_green_to_a_verified_replica_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_on_blue_after_replication_started_stops_the_phase() {
-    let install = Install::from_env();
-    let mut options = CellOptions::from_env(&install).expect("options");
-    options.rows = 200;
-    options.run_direct_writers = false;
-    let cell = LocalCell::start(&options).await.expect("cell");
+    let cell = LocalCell::start_quiet(200).await.expect("cell");
     let deps = cell.deps().expect("deps");
     for step in ["sync-roles", "copy-schema", "start-replication"] {
         let input = payload(&cell, json!({}));

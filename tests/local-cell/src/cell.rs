@@ -331,6 +331,15 @@ impl LocalCell {
         Ok(cell)
     }
 
+    /// What most operation tests start: the environment's majors (`BLUE_PG`, …), `rows`
+    /// fixture rows, and no direct writers running.
+    pub async fn start_quiet(rows: u32) -> Result<Self, CellError> {
+        let mut options = CellOptions::from_env(&Install::from_env())?;
+        options.rows = rows;
+        options.run_direct_writers = false;
+        Self::start(&options).await
+    }
+
     /// The effective cell document names this cell's PgBouncer and downstream addresses,
     /// which are free ports chosen at start, and green's real major as the target;
     /// everything else is the template's.
