@@ -34,7 +34,7 @@ pub struct Input {
     pub cell: CellDocument,
     pub mode: Mode,
     /// `drop` only: the cluster that was blue, holding the slots. Default: the `rename`
-    /// journal entry's `blue_parked` (or rename-clusters' `parked_identifier`); else, if
+    /// journal entry's `parked_identifier` (written by rename-clusters); else, if
     /// green still has its own identifier (no rename), blue's identifier; else the one
     /// existing `<blue>-blue-<major>` cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]

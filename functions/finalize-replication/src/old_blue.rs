@@ -19,9 +19,8 @@ const GUARD_TRIGGERS: [&str; 2] = ["switchyard_ddl_guard", "switchyard_ddl_guard
 /// The journal entry rename-clusters writes (its plan), read loosely as JSON.
 const RENAME_KEY: &str = "rename";
 
-/// The plan's fields naming the old blue: `parked_identifier` is what rename-clusters
-/// writes today; `blue_parked` is the name this operation was specified with.
-const PARKED_FIELDS: [&str; 2] = ["blue_parked", "parked_identifier"];
+/// The plan's field naming the old blue (rename-clusters' `Plan::parked_identifier`).
+const PARKED_FIELD: &str = "parked_identifier";
 
 /// How long a slot may stay active (its walsender ending) before it is left to drop by hand.
 const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(10);
@@ -98,10 +97,7 @@ async fn journaled(cell: &CellDocument, deps: &Deps) -> Result<Option<String>, E
 }
 
 fn parked_in(entry: &serde_json::Value) -> Option<String> {
-    PARKED_FIELDS
-        .iter()
-        .find_map(|field| entry.get(field)?.as_str())
-        .map(str::to_owned)
+    entry.get(PARKED_FIELD)?.as_str().map(str::to_owned)
 }
 
 /// The one existing `<blue>-blue-<major>` cluster, if exactly one exists.
@@ -238,8 +234,6 @@ mod tests {
     fn the_rename_plan_names_the_parked_blue() {
         let plan = serde_json::json!({"cell_identifier": "local-a", "parked_identifier": "local-a-blue-14"});
         assert_eq!(parked_in(&plan).as_deref(), Some("local-a-blue-14"));
-        let specified = serde_json::json!({"blue_parked": "local-a-blue-15"});
-        assert_eq!(parked_in(&specified).as_deref(), Some("local-a-blue-15"));
         assert_eq!(
             parked_in(&serde_json::json!({"cell_identifier": "local-a"})),
             None
