@@ -73,7 +73,7 @@ async fn green_catches_up_under_load_with_every_table_published_once() {
         by_name,
         [
             ("switchyard_payments", 1, 1, true),
-            ("switchyard_rest", 5, 5, true)
+            ("switchyard_rest", 6, 6, true)
         ]
     );
     for s in &caught_up.subscriptions {
@@ -162,6 +162,7 @@ async fn green_catches_up_under_load_with_every_table_published_once() {
                 "switchyard_payments".to_owned(),
                 "public.payments".to_owned()
             ),
+            rest("switchyard.switchover_marker"),
         ]
     );
 

@@ -8,6 +8,9 @@
 //! another session and commits or rolls back together with the DDL it vouches for — unlike
 //! a timestamp cut-off, which would hide a user's DDL that ran between our steps, or a
 //! session setting, which any session could set.
+//!
+//! The installation also creates the switchover marker table (see `marker`), so its DDL is
+//! ours too.
 
 use switchyard_operation::Error;
 use tokio_postgres::{Client, Transaction};
@@ -48,8 +51,8 @@ BEGIN
 END
 ";
 
-/// Installs or repairs the guard; false when it was already in place exactly as we would
-/// install it (then nothing is written).
+/// Installs or repairs the guard (and the marker table); false when both were already in
+/// place exactly as we would install them (then nothing is written).
 pub(crate) async fn install(blue: &mut Client) -> Result<bool, Error> {
     if in_place(blue).await? {
         return Ok(false);
@@ -69,10 +72,12 @@ pub(crate) async fn install(blue: &mut Client) -> Result<bool, Error> {
              recorded_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
              step        text NOT NULL
          );
+         {marker};
          CREATE OR REPLACE FUNCTION switchyard.record_ddl() RETURNS event_trigger
              LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog
              AS {body};
          REVOKE ALL ON FUNCTION switchyard.record_ddl() FROM PUBLIC;",
+        marker = crate::marker::CREATE_TABLE,
         body = switchyard_postgres::quote::literal(BODY),
     );
     // Dropped and created in the same transaction as the rest: other sessions see the old
@@ -123,6 +128,7 @@ async fn in_place(blue: &Client) -> Result<bool, Error> {
         .query_one(
             "SELECT pg_catalog.to_regclass('switchyard.ddl_journal') IS NOT NULL
                 AND pg_catalog.to_regclass('switchyard.replication_state') IS NOT NULL
+                AND pg_catalog.to_regclass('switchyard.switchover_marker') IS NOT NULL
                 AND (SELECT count(*) FROM pg_catalog.pg_event_trigger e
                        JOIN pg_catalog.pg_proc p ON p.oid = e.evtfoid
                        JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace

@@ -1,9 +1,11 @@
 //! `start-replication`: prepare step 5. For each of the cell's databases, as the
 //! orchestrator:
 //!
-//! 1. a DDL guard on blue (event triggers journaling DDL into `switchyard.ddl_journal`);
+//! 1. a DDL guard on blue (event triggers journaling DDL into `switchyard.ddl_journal`),
+//!    installed with the switchover marker table `switchyard.switchover_marker`, which is
+//!    also created on green (before any subscription) for `check-slot-lag`;
 //! 2. publications on blue: `switchyard_<group>` per table group, `switchyard_rest` for
-//!    every other table, partitioned tables through their root;
+//!    every other table and the marker table, partitioned tables through their root;
 //! 3. a `pgoutput` slot on blue per publication, same name;
 //! 4. a subscription on green per publication, same name, on that slot, copying every
 //!    table first (`copy_data = true`), then streaming.
@@ -12,6 +14,7 @@
 //! `check-replication` then waits for the copy to finish and for DDL to be absent.
 
 mod guard;
+mod marker;
 mod names;
 mod publications;
 mod subscriptions;
@@ -66,8 +69,8 @@ pub struct DatabaseOutput {
     pub name: String,
     pub publications: Vec<PublicationOutput>,
     pub subscriptions: Vec<SubscriptionOutput>,
-    /// True when this call installed (or repaired) the DDL guard; false when it was
-    /// already in place.
+    /// True when this call installed (or repaired) the DDL guard or blue's marker table;
+    /// false when both were already in place.
     pub guard_installed: bool,
 }
 
@@ -146,12 +149,25 @@ async fn start_database(
                 ));
             }
         }
-        // Checked for every new subscription before anything is created on blue.
+        // Checked for every new subscription before anything is created on blue. The marker
+        // table is ours: prepare_green below creates and empties it.
         if found.is_none() {
-            subscriptions::require_empty(&green, &publication.tables).await?;
+            let tables: Vec<TableRef> = publication
+                .tables
+                .iter()
+                .filter(|t| **t != marker::table())
+                .cloned()
+                .collect();
+            subscriptions::require_empty(&green, &tables).await?;
         }
         existing.push(found.is_some());
     }
+    // Before any subscription: switchyard_rest's copy and apply fail without the table.
+    let rest_subscribed = planned
+        .iter()
+        .zip(&existing)
+        .any(|(p, &subscribed)| subscribed && p.tables.contains(&marker::table()));
+    marker::prepare_green(&green, !rest_subscribed).await?;
 
     let version_num = server_version_num(&blue).await?;
     let mut publications = Vec::new();

@@ -3,7 +3,8 @@
 //! Every user table is published exactly once: a table group's tables in its own
 //! publication, every other one in `switchyard_rest`. Partitioned tables are published by
 //! their root (with `publish_via_partition_root`), so their partitions are not listed:
-//! listing both would send a partition's rows twice.
+//! listing both would send a partition's rows twice. `switchyard_rest` also carries our
+//! switchover marker table, the one table of the `switchyard` schema that replicates.
 
 use std::collections::{HashMap, HashSet};
 
@@ -87,7 +88,7 @@ pub(crate) async fn read(blue: &Client) -> Result<Vec<Relation>, Error> {
 }
 
 /// The publications for `database`: one per table group, in the document's order, then
-/// `switchyard_rest`. Fails `InvalidInput` for a group table blue cannot publish as named,
+/// `switchyard_rest` (ending with the switchover marker table). Fails `InvalidInput` for a group table blue cannot publish as named,
 /// `PreconditionFailed` for tables that cannot be published safely at all.
 pub(crate) fn plan(
     groups: &[TableGroup],
@@ -165,6 +166,8 @@ pub(crate) fn plan(
         .iter()
         .filter(|r| r.root.is_none() && !r.extension_member && !grouped.contains(&r.table))
         .map(|r| r.table.clone())
+        // Not in `catalog` (the schema is ours), created on both sides by start-replication.
+        .chain([crate::marker::table()])
         .collect();
     publications.push(Publication {
         name: publication_name(REST),
@@ -233,10 +236,29 @@ mod tests {
                     tables: vec![
                         t("billing", "invoice lines"),
                         t("public", "accounts"),
-                        t("public", "events")
+                        t("public", "events"),
+                        t("switchyard", "switchover_marker")
                     ]
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn the_rest_carries_the_marker_even_when_every_table_is_grouped() {
+        let tables: Vec<TableRef> = catalog()
+            .iter()
+            .filter(|r| r.root.is_none() && !r.extension_member)
+            .map(|r| r.table.clone())
+            .collect();
+        let plan = plan(&[group(&tables)], &catalog(), "app").expect("plan");
+        assert_eq!(plan[0].tables, tables);
+        assert_eq!(
+            plan[1],
+            Publication {
+                name: "switchyard_rest".into(),
+                tables: vec![t("switchyard", "switchover_marker")]
+            }
         );
     }
 

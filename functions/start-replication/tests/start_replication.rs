@@ -206,3 +206,110 @@ async fn bad_table_groups_or_rows_on_green_stop_it_before_any_slot() {
         .expect("empty green");
     run(input(&cell), &deps).await.expect("start-replication");
 }
+
+async fn marker_exists(client: &tokio_postgres::Client) -> bool {
+    client
+        .query_one(
+            "SELECT to_regclass('switchyard.switchover_marker') IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("marker table")
+        .get(0)
+}
+
+/// The switchover marker table: created on blue with the guard (repaired when missing),
+/// on green before the subscriptions (emptied of leftovers), carried by switchyard_rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_marker_table_exists_on_both_sides_and_replicates_in_the_rest() {
+    let cell = cell().await;
+    let deps = cell.deps().expect("deps");
+    let blue = cell.blue.superuser_client("app").await.expect("blue");
+    let green = cell.green.superuser_client("app").await.expect("green");
+
+    // A stop after the guard: blue has the table, green not yet.
+    let mut bad = input(&cell);
+    bad.cell.table_groups[0].tables[0].table = "no_such_table".into();
+    let err = run(bad, &deps).await.expect_err("invalid groups");
+    assert_eq!(err.error_name(), ErrorName::InvalidInput, "{err}");
+    assert!(marker_exists(&blue).await);
+    assert!(!marker_exists(&green).await);
+
+    // An install from before the marker existed is repaired; a leftover row on green goes.
+    blue.batch_execute("DROP TABLE switchyard.switchover_marker")
+        .await
+        .expect("drop the marker on blue");
+    green
+        .batch_execute(
+            "CREATE SCHEMA switchyard;
+             CREATE TABLE switchyard.switchover_marker (id text PRIMARY KEY, written_at timestamptz NOT NULL DEFAULT clock_timestamp());
+             INSERT INTO switchyard.switchover_marker (id) VALUES ('leftover')",
+        )
+        .await
+        .expect("a leftover marker on green");
+    let output = run(input(&cell), &deps).await.expect("start-replication");
+    let database = &output.databases[0];
+    assert!(database.guard_installed);
+    let marker = TableRef {
+        schema: "switchyard".into(),
+        table: "switchover_marker".into(),
+    };
+    let rest = &database.publications[1];
+    assert_eq!(rest.name, "switchyard_rest");
+    assert_eq!(rest.tables.last(), Some(&marker));
+    assert!(!database.publications[0].tables.contains(&marker));
+    let published: Vec<String> = blue
+        .query(
+            "SELECT pubname::text FROM pg_publication_tables
+              WHERE schemaname = 'switchyard' AND tablename = 'switchover_marker' ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("publications of the marker")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(published, ["switchyard_rest"]);
+
+    // A row written on blue arrives on green, and only that row is there.
+    blue.batch_execute("INSERT INTO switchyard.switchover_marker (id) VALUES ('from-blue')")
+        .await
+        .expect("marker on blue");
+    let started = Instant::now();
+    loop {
+        let ids: Vec<String> = green
+            .query(
+                "SELECT id FROM switchyard.switchover_marker ORDER BY 1",
+                &[],
+            )
+            .await
+            .expect("markers on green")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if ids == ["from-blue"] {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "green's markers: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Twice: all in place, nothing changes.
+    let again = run(input(&cell), &deps).await.expect("second call");
+    let database = &again.databases[0];
+    assert!(!database.guard_installed);
+    assert!(database.publications.iter().all(|p| !p.changed));
+    assert!(database
+        .subscriptions
+        .iter()
+        .all(|s| !s.created && !s.slot_created));
+    let count: i64 = green
+        .query_one("SELECT count(*) FROM switchyard.switchover_marker", &[])
+        .await
+        .expect("markers on green")
+        .get(0);
+    assert_eq!(count, 1, "the second call keeps green's markers");
+}
