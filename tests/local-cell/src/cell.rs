@@ -305,6 +305,7 @@ impl LocalCell {
         )
         .await?;
 
+        moto.hold_ecs_task_states().await?;
         create_ecs_services(clients, &doc, options.direct_writer_tasks).await?;
         let mut cell = Self {
             document: doc,

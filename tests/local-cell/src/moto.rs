@@ -90,6 +90,21 @@ impl Moto {
         Ok(vpc.to_owned())
     }
 
+    /// Keeps every ECS task's last status where the API put it. moto otherwise walks a
+    /// task towards STOPPED one step per DescribeTasks, so a drain check would see the
+    /// direct writers' tasks stop while their workers still write; the scheduler
+    /// (`workload::direct`) stops them when their workers have exited.
+    pub(crate) async fn hold_ecs_task_states(&self) -> Result<(), CellError> {
+        let body = r#"{"model_name": "ecs::task", "transition": {"progression": "manual", "times": 2147483647}}"#;
+        self.post(
+            "/moto-api/state-manager/set-transition",
+            &[("Content-Type", "application/json")],
+            body,
+        )
+        .await
+        .map(|_| ())
+    }
+
     async fn post(
         &self,
         path: &str,

@@ -1,6 +1,9 @@
 //! Direct writers: an ECS service's tasks, run the way ECS would run them. They follow the
 //! service's `desiredCount` in moto, connect straight to the cluster endpoint (no
-//! PgBouncer), and drain gracefully — finish the job in hand — when scaled in.
+//! PgBouncer), and drain gracefully — finish the job in hand — when scaled in. Each task
+//! is registered in moto as the service's (RunTask, group `service:<name>`) before its
+//! worker starts, and stopped there (StopTask) only once its worker has exited, so
+//! ListTasks/DescribeTasks show what ECS would: a draining task is not STOPPED yet.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +25,9 @@ const INSERT_LINE: &str = "INSERT INTO billing.\"invoice lines\" (invoice_id, de
 
 /// ECS gives a task this long between SIGTERM and SIGKILL.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(30);
+
+/// The `startedBy` of the tasks the emulated scheduler starts (ECS: `ecs-svc/<deployment>`).
+const STARTED_BY: &str = "ecs-svc/local";
 
 #[derive(Debug, Clone)]
 pub struct DirectWriterSpec {
@@ -85,13 +91,15 @@ struct Task {
     stop: watch::Sender<bool>,
     handle: JoinHandle<()>,
     stopping_since: Option<Instant>,
+    /// The task in moto, until StopTask went through (`None` too if RunTask failed).
+    arn: Option<String>,
 }
 
 async fn schedule(spec: DirectWriterSpec, running: Arc<AtomicUsize>, tally: SharedTally) {
     // Aborting the scheduler drops `tasks`, and dropping a Task aborts its worker.
     let mut tasks: Vec<Task> = Vec::new();
     loop {
-        let desired = match spec
+        let service = match spec
             .ecs
             .describe_services()
             .cluster(&spec.ecs_cluster)
@@ -99,16 +107,28 @@ async fn schedule(spec: DirectWriterSpec, running: Arc<AtomicUsize>, tally: Shar
             .send()
             .await
         {
-            Ok(out) => out
-                .services()
-                .first()
-                .map(|s| s.desired_count().max(0) as usize),
+            Ok(out) => out.services().first().map(|s| {
+                let desired = s.desired_count().max(0) as usize;
+                let definition = s.task_definition().unwrap_or(&spec.service).to_owned();
+                (desired, definition)
+            }),
             Err(e) => {
                 tracing::debug!(error = %e, "describe_services failed; keeping current tasks");
                 None
             }
         };
-        tasks.retain(|t| !t.handle.is_finished());
+        // Only a worker that has exited (drained, or killed) is reported stopped, and only
+        // once `running()` no longer counts it: one snapshot serves both.
+        let exited: Vec<bool> = tasks.iter().map(|t| t.handle.is_finished()).collect();
+        running.store(exited.iter().filter(|&&e| !e).count(), Ordering::SeqCst);
+        for (t, _) in tasks.iter_mut().zip(&exited).filter(|(_, &e)| e) {
+            if let Some(arn) = &t.arn {
+                if stop_in_moto(&spec, arn).await {
+                    t.arn = None;
+                }
+            }
+        }
+        tasks.retain(|t| !t.handle.is_finished() || t.arn.is_some());
         for t in tasks
             .iter_mut()
             .filter(|t| t.stopping_since.is_some_and(|s| s.elapsed() > DRAIN_GRACE))
@@ -116,11 +136,13 @@ async fn schedule(spec: DirectWriterSpec, running: Arc<AtomicUsize>, tally: Shar
             t.handle.abort(); // SIGKILL after the grace period, as ECS does
         }
         let active: Vec<usize> = (0..tasks.len())
-            .filter(|&i| tasks[i].stopping_since.is_none())
+            .filter(|&i| tasks[i].stopping_since.is_none() && !tasks[i].handle.is_finished())
             .collect();
-        if let Some(desired) = desired {
+        if let Some((desired, definition)) = service {
             if desired > active.len() {
                 for _ in active.len()..desired {
+                    // Registered first, as ECS places a task before its process starts.
+                    let arn = run_in_moto(&spec, &definition).await;
                     let (stop, stopped) = watch::channel(false);
                     let handle = tokio::spawn(client_loop(
                         spec.connect.clone(),
@@ -135,6 +157,7 @@ async fn schedule(spec: DirectWriterSpec, running: Arc<AtomicUsize>, tally: Shar
                         stop,
                         handle,
                         stopping_since: None,
+                        arn,
                     });
                 }
             } else {
@@ -144,9 +167,59 @@ async fn schedule(spec: DirectWriterSpec, running: Arc<AtomicUsize>, tally: Shar
                 }
             }
         }
-        running.store(tasks.len(), Ordering::SeqCst);
+        running.store(
+            tasks.iter().filter(|t| !t.handle.is_finished()).count(),
+            Ordering::SeqCst,
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// RunTask for one of the service's tasks: its ARN, or `None` when moto refused.
+async fn run_in_moto(spec: &DirectWriterSpec, definition: &str) -> Option<String> {
+    let result = spec
+        .ecs
+        .run_task()
+        .cluster(&spec.ecs_cluster)
+        .task_definition(definition)
+        .launch_type(aws_sdk_ecs::types::LaunchType::Fargate)
+        .group(switchyard_aws::service_group(&spec.service))
+        .started_by(STARTED_BY)
+        .send()
+        .await;
+    match result {
+        Ok(out) => {
+            let arn = out
+                .tasks()
+                .first()
+                .and_then(|t| t.task_arn())
+                .map(str::to_owned);
+            if arn.is_none() {
+                tracing::debug!(service = %spec.service, "run_task started no task");
+            }
+            arn
+        }
+        Err(e) => {
+            tracing::debug!(service = %spec.service, error = %e, "run_task failed; task runs unregistered");
+            None
+        }
+    }
+}
+
+/// StopTask for a task whose worker has exited: whether moto took it (else retried).
+async fn stop_in_moto(spec: &DirectWriterSpec, arn: &str) -> bool {
+    let result = spec
+        .ecs
+        .stop_task()
+        .cluster(&spec.ecs_cluster)
+        .task(arn)
+        .reason("Scaling activity initiated by (deployment ecs-svc/local)")
+        .send()
+        .await;
+    if let Err(e) = &result {
+        tracing::debug!(service = %spec.service, task = %arn, error = %e, "stop_task failed; retrying");
+    }
+    result.is_ok()
 }
 
 impl Drop for Task {

@@ -1,0 +1,461 @@
+//! `scale-services`: the direct writers — ECS services that write to blue without
+//! PgBouncer — scaled to zero before writes freeze, and back to what they were after.
+//!
+//! `down` journals every service's desired count under [`JOURNAL_KEY`] before changing
+//! anything, sets each to 0 and waits, within the cell's drain budget, until no task of
+//! any service is left that has not stopped: a task told to stop keeps writing until its
+//! process exits, so a service's `runningCount` alone is not enough. `up` sets exactly the
+//! recorded counts back, then removes the record; with nothing recorded it changes
+//! nothing. The counts live in the journal, not in the execution's payload, so `up`
+//! invoked by hand with only the cell document restores them too.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_ecs::types::Service;
+use serde::{Deserialize, Serialize};
+use switchyard_cell::{CellDocument, DirectWriter};
+use switchyard_errors::ErrorName;
+use switchyard_operation::{now_rfc3339, Deps, Error, Journal, OperationInput};
+use tokio::time::Instant;
+
+/// The journal key of the recorded desired counts.
+pub const JOURNAL_KEY: &str = "desired-counts";
+
+/// DescribeServices takes at most this many services per call.
+const DESCRIBE_BATCH: usize = 10;
+
+/// How often the services' tasks are polled while draining.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// ```json
+/// {"cell": { …the cell document… }, "direction": "down"}
+/// ```
+/// (`payloads/input.json` holds a whole one.)
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub cell: CellDocument,
+    pub direction: Direction,
+}
+
+impl OperationInput for Input {
+    fn cell(&self) -> &CellDocument {
+        &self.cell
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Record the desired counts, scale every direct writer to 0, wait until drained.
+    Down,
+    /// Restore the recorded counts and remove the record.
+    Up,
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Down => "down",
+            Self::Up => "up",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Output {
+    pub direction: Direction,
+    /// The SSM parameter holding the recorded counts, for an operator who must inspect it.
+    pub parameter: String,
+    /// When the counts were recorded (RFC 3339, UTC). `None` when `up` found nothing
+    /// recorded — no run scaled the services down, or one already restored them — and
+    /// so changed nothing.
+    pub recorded_at: Option<String>,
+    /// Every service this invocation scaled or found already scaled.
+    pub services: Vec<ServiceOutcome>,
+    /// Services of the cell document that `up` left alone: no count was recorded for them.
+    pub not_recorded: Vec<DirectWriter>,
+}
+
+/// One service's counts.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ServiceOutcome {
+    pub ecs_cluster: String,
+    pub service: String,
+    /// Its desired count before the switchover, as recorded.
+    pub recorded_count: i32,
+    /// Its desired count now: 0 after `down`, the recorded count after `up`.
+    pub desired_count: i32,
+    /// False when it already had that desired count.
+    pub updated: bool,
+}
+
+/// The journal entry: every direct writer's desired count before `down` set it to 0.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Recorded {
+    /// RFC 3339, UTC.
+    pub recorded_at: String,
+    pub services: Vec<RecordedService>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct RecordedService {
+    pub ecs_cluster: String,
+    pub service: String,
+    pub desired_count: i32,
+}
+
+impl Recorded {
+    fn count_of(&self, writer: &DirectWriter) -> Option<i32> {
+        self.services
+            .iter()
+            .find(|r| r.ecs_cluster == writer.ecs_cluster && r.service == writer.service)
+            .map(|r| r.desired_count)
+    }
+}
+
+/// A service as DescribeServices shows it now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Current {
+    writer: DirectWriter,
+    desired_count: i32,
+    running_count: i32,
+}
+
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, direction = %input.direction))]
+pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    match input.direction {
+        Direction::Down => down(&input.cell, deps).await,
+        Direction::Up => up(&input.cell, deps).await,
+    }
+}
+
+async fn down(cell: &CellDocument, deps: &Deps) -> Result<Output, Error> {
+    let journal = deps.journal(cell);
+    let parameter = journal.parameter(JOURNAL_KEY);
+    // Every service is described before anything changes: a wrong name stops here.
+    let current = describe(deps, &cell.direct_writers).await?;
+    // Journaled before the first UpdateService: after a crash at 0 the counts survive.
+    let recorded = record(&journal, &current).await?;
+
+    let mut services = Vec::with_capacity(current.len());
+    for service in &current {
+        // `record` holds every described service.
+        let recorded_count = recorded
+            .count_of(&service.writer)
+            .unwrap_or(service.desired_count);
+        let updated = service.desired_count != 0;
+        if updated {
+            set_desired_count(deps, &service.writer, 0).await?;
+            tracing::info!(service = %name(&service.writer), recorded_count, "scaled to 0");
+        }
+        services.push(ServiceOutcome {
+            ecs_cluster: service.writer.ecs_cluster.clone(),
+            service: service.writer.service.clone(),
+            recorded_count,
+            desired_count: 0,
+            updated,
+        });
+    }
+
+    let budget = Duration::from_secs(cell.budgets.drain_seconds);
+    wait_drained(deps, &cell.direct_writers, budget, &parameter).await?;
+    Ok(Output {
+        direction: Direction::Down,
+        parameter,
+        recorded_at: Some(recorded.recorded_at),
+        services,
+        not_recorded: Vec::new(),
+    })
+}
+
+/// The journaled counts: an existing record is kept (a re-run must not record the 0s it
+/// set), extended only by services it does not hold yet, at their current counts.
+async fn record(journal: &Journal<'_>, current: &[Current]) -> Result<Recorded, Error> {
+    let parameter = journal.parameter(JOURNAL_KEY);
+    let existing: Option<Recorded> = journal.read(JOURNAL_KEY).await?;
+    let mut recorded = match existing {
+        Some(recorded) => recorded,
+        None => {
+            let fresh = Recorded {
+                recorded_at: now_rfc3339(),
+                services: current.iter().map(recorded_service).collect(),
+            };
+            if journal.create(JOURNAL_KEY, &fresh).await? {
+                tracing::info!(%parameter, "desired counts recorded");
+                return Ok(fresh);
+            }
+            // Another invocation recorded first: its counts are the ones to keep.
+            journal.read(JOURNAL_KEY).await?.ok_or_else(|| {
+                Error::stop(
+                    ErrorName::PreconditionFailed,
+                    format!("journal entry {parameter} changed while being written: retry"),
+                )
+            })?
+        }
+    };
+    let missing: Vec<RecordedService> = current
+        .iter()
+        .filter(|c| recorded.count_of(&c.writer).is_none())
+        .map(recorded_service)
+        .collect();
+    if !missing.is_empty() {
+        recorded.services.extend(missing);
+        journal.write(JOURNAL_KEY, &recorded).await?;
+        tracing::info!(%parameter, "services added to the recorded counts");
+    }
+    Ok(recorded)
+}
+
+fn recorded_service(current: &Current) -> RecordedService {
+    RecordedService {
+        ecs_cluster: current.writer.ecs_cluster.clone(),
+        service: current.writer.service.clone(),
+        desired_count: current.desired_count,
+    }
+}
+
+async fn up(cell: &CellDocument, deps: &Deps) -> Result<Output, Error> {
+    let journal = deps.journal(cell);
+    let parameter = journal.parameter(JOURNAL_KEY);
+    let Some(recorded) = journal.read::<Recorded>(JOURNAL_KEY).await? else {
+        tracing::info!(%parameter, "no desired counts recorded; nothing to restore");
+        return Ok(Output {
+            direction: Direction::Up,
+            parameter,
+            recorded_at: None,
+            services: Vec::new(),
+            not_recorded: cell.direct_writers.clone(),
+        });
+    };
+    // The record is the truth: a service it holds is restored even if the document no
+    // longer names it. All are described first, so a vanished one changes nothing.
+    let writers: Vec<DirectWriter> = recorded
+        .services
+        .iter()
+        .map(|r| DirectWriter {
+            ecs_cluster: r.ecs_cluster.clone(),
+            service: r.service.clone(),
+        })
+        .collect();
+    let current = describe(deps, &writers).await?;
+
+    let mut services = Vec::with_capacity(current.len());
+    for (service, wanted) in current.iter().zip(&recorded.services) {
+        let updated = service.desired_count != wanted.desired_count;
+        if updated {
+            set_desired_count(deps, &service.writer, wanted.desired_count).await?;
+            tracing::info!(service = %name(&service.writer), desired_count = wanted.desired_count, "restored");
+        }
+        services.push(ServiceOutcome {
+            ecs_cluster: wanted.ecs_cluster.clone(),
+            service: wanted.service.clone(),
+            recorded_count: wanted.desired_count,
+            desired_count: wanted.desired_count,
+            updated,
+        });
+    }
+    // Removed only once every count is back: a crash before this restores again on retry.
+    journal.delete(JOURNAL_KEY).await?;
+    let not_recorded = cell
+        .direct_writers
+        .iter()
+        .filter(|w| recorded.count_of(w).is_none())
+        .cloned()
+        .collect();
+    Ok(Output {
+        direction: Direction::Up,
+        parameter,
+        recorded_at: Some(recorded.recorded_at),
+        services,
+        not_recorded,
+    })
+}
+
+/// Waits until every service runs no task and has no task that has not stopped.
+async fn wait_drained(
+    deps: &Deps,
+    writers: &[DirectWriter],
+    budget: Duration,
+    parameter: &str,
+) -> Result<(), Error> {
+    let deadline = Instant::now() + budget;
+    loop {
+        let mut busy = Vec::new();
+        for service in describe(deps, writers).await? {
+            let live = switchyard_aws::live_tasks(
+                &deps.aws.ecs,
+                &service.writer.ecs_cluster,
+                &service.writer.service,
+            )
+            .await?;
+            if service.running_count != 0 || !live.is_empty() {
+                let statuses: Vec<&str> = live.iter().map(|t| t.last_status.as_str()).collect();
+                busy.push(format!(
+                    "{} (runningCount {}, tasks not stopped: {} [{}])",
+                    name(&service.writer),
+                    service.running_count,
+                    live.len(),
+                    statuses.join(", ")
+                ));
+            }
+        }
+        if busy.is_empty() {
+            tracing::info!("direct writers drained");
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::stop(
+                ErrorName::DrainTimeout,
+                format!(
+                    "direct writers still running after the drain budget of {}s (budgets.drain_seconds): {}; \
+                     they stay at desired count 0 — the abort path (scale-services up) restores the counts \
+                     recorded in {parameter}; find why their tasks do not stop before retrying",
+                    budget.as_secs(),
+                    busy.join("; ")
+                ),
+            ));
+        }
+        tracing::debug!(busy = %busy.join("; "), "waiting for the direct writers to drain");
+        tokio::time::sleep(POLL_INTERVAL.min(deadline - now)).await;
+    }
+}
+
+/// Each of `writers` as ECS shows it now, in the same order; every one must exist and be
+/// active, else nothing is changed.
+async fn describe(deps: &Deps, writers: &[DirectWriter]) -> Result<Vec<Current>, Error> {
+    let mut by_cluster: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for writer in writers {
+        by_cluster
+            .entry(&writer.ecs_cluster)
+            .or_default()
+            .push(&writer.service);
+    }
+    let mut found: Vec<(String, Service)> = Vec::new();
+    let mut problems = Vec::new();
+    for (cluster, names) in by_cluster {
+        for batch in names.chunks(DESCRIBE_BATCH) {
+            let out = deps
+                .aws
+                .ecs
+                .describe_services()
+                .cluster(cluster)
+                .set_services(Some(batch.iter().map(|s| (*s).to_owned()).collect()))
+                .send()
+                .await;
+            let out = match out {
+                Ok(out) => out,
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_cluster_not_found_exception()) =>
+                {
+                    problems.push(format!("ECS cluster {cluster} does not exist"));
+                    continue;
+                }
+                Err(e) => {
+                    return Err(Error::aws(
+                        &format!("describing ECS services {} in {cluster}", batch.join(", ")),
+                        &e,
+                    ))
+                }
+            };
+            for failure in out.failures() {
+                problems.push(format!(
+                    "ECS service {} in {cluster}: {}",
+                    failure.arn().unwrap_or("unknown"),
+                    failure.reason().unwrap_or("not found")
+                ));
+            }
+            found.extend(
+                out.services()
+                    .iter()
+                    .map(|s| (cluster.to_owned(), s.clone())),
+            );
+        }
+    }
+    let mut current = Vec::with_capacity(writers.len());
+    for writer in writers {
+        let service = found.iter().find(|(cluster, s)| {
+            *cluster == writer.ecs_cluster && s.service_name() == Some(writer.service.as_str())
+        });
+        match service {
+            Some((_, s)) if s.status() == Some("ACTIVE") => current.push(Current {
+                writer: writer.clone(),
+                desired_count: s.desired_count(),
+                running_count: s.running_count(),
+            }),
+            Some((_, s)) => problems.push(format!(
+                "ECS service {} is {}, not ACTIVE",
+                name(writer),
+                s.status().unwrap_or("of unknown status")
+            )),
+            // Missing from both lists only if its cluster is; that problem is listed.
+            None => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(current)
+    } else {
+        Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!(
+                "direct writers not found as active ECS services: {}; nothing was changed — fix direct_writers \
+                 in the cell document (or the journaled counts) and retry",
+                problems.join("; ")
+            ),
+        ))
+    }
+}
+
+async fn set_desired_count(deps: &Deps, writer: &DirectWriter, count: i32) -> Result<(), Error> {
+    deps.aws
+        .ecs
+        .update_service()
+        .cluster(&writer.ecs_cluster)
+        .service(&writer.service)
+        .desired_count(count)
+        .send()
+        .await
+        .map_err(|e| {
+            Error::aws(
+                &format!(
+                    "setting the desired count of ECS service {} to {count}",
+                    name(writer)
+                ),
+                &e,
+            )
+        })?;
+    Ok(())
+}
+
+/// `cluster/service`, how messages name a service.
+fn name(writer: &DirectWriter) -> String {
+    format!("{}/{}", writer.ecs_cluster, writer.service)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_examples_round_trip() {
+        switchyard_operation::assert_examples_round_trip::<Input, Output>(
+            include_str!("../payloads/input.json"),
+            include_str!("../payloads/output.json"),
+        );
+    }
+
+    #[test]
+    fn directions_are_lowercase() {
+        assert_eq!(
+            serde_json::to_value(Direction::Down).expect("serializes"),
+            "down"
+        );
+        assert_eq!(
+            serde_json::from_value::<Direction>(serde_json::json!("up")).expect("parses"),
+            Direction::Up
+        );
+    }
+}
