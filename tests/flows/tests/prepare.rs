@@ -13,11 +13,7 @@ use switchyard_local_cell::{audit_keys, LocalCell};
 use switchyard_operation::{parse_input, Deps, Error};
 
 fn payload(cell: &LocalCell, extra: Value) -> Value {
-    let mut payload = json!({ "cell": cell.document });
-    if let (Some(p), Some(extra)) = (payload.as_object_mut(), extra.as_object()) {
-        p.extend(extra.clone());
-    }
-    payload
+    switchyard_flows::payload(&cell.document, extra)
 }
 
 fn output<T: serde::Serialize>(out: T) -> Value {

@@ -61,6 +61,11 @@ impl Ledger {
         self.tally.lock().map(|t| t.acks.len()).unwrap_or(0)
     }
 
+    /// The keys of every commit acknowledged so far (the workload keeps running).
+    pub fn keys(&self) -> Vec<String> {
+        self.tally.lock().map(|t| t.keys()).unwrap_or_default()
+    }
+
     /// Lets every in-flight transaction finish, then returns the tally.
     pub async fn stop(mut self) -> Tally {
         let _ = self.stop.send(true);
