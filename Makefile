@@ -19,9 +19,10 @@ build: ## build every crate (debug)
 test: setup ## run every test: unit tests and the local-cell tests against real servers
 	bash scripts/test.sh
 
-lint: ## rustfmt and clippy, warnings are errors
+lint: ## rustfmt, clippy (warnings are errors) and asl-validator on state-machine/*.asl.json
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	bash scripts/asl-validate.sh
 
 fmt: ## format the code
 	$(CARGO) fmt --all
