@@ -14,9 +14,25 @@ pub trait OperationInput: DeserializeOwned {
     fn cell(&self) -> &CellDocument;
 }
 
+/// The payload field, common to every operation, that carries the end of the pause
+/// budget (RFC 3339; `pause-pgbouncer`'s `pause_deadline`). The state machine passes it to
+/// every step between the pause and the resume.
+pub const PAUSE_DEADLINE_FIELD: &str = "pause_deadline";
+
 /// Parses a payload into an operation's input: a malformed payload is `InvalidInput`
 /// naming the field path, and the cell document inside is validated.
-pub fn parse_input<I: OperationInput>(payload: serde_json::Value) -> Result<I, Error> {
+///
+/// A payload carrying [`PAUSE_DEADLINE_FIELD`] in the past fails `PauseBudgetExceeded`
+/// before the operation does anything: once PgBouncer has been paused longer than the
+/// cell's budget, no further forward step may start, and the state machine takes the
+/// abort path (whose steps do not carry the field).
+pub fn parse_input<I: OperationInput>(mut payload: serde_json::Value) -> Result<I, Error> {
+    if let Some(deadline) = payload
+        .as_object_mut()
+        .and_then(|p| p.remove(PAUSE_DEADLINE_FIELD))
+    {
+        check_pause_deadline(&deadline, time::OffsetDateTime::now_utc())?;
+    }
     let input: I = serde_path_to_error::deserialize(payload).map_err(|e| {
         let path = e.path().to_string();
         Error::stop(
@@ -26,6 +42,32 @@ pub fn parse_input<I: OperationInput>(payload: serde_json::Value) -> Result<I, E
     })?;
     input.cell().validate()?;
     Ok(input)
+}
+
+fn check_pause_deadline(
+    deadline: &serde_json::Value,
+    now: time::OffsetDateTime,
+) -> Result<(), Error> {
+    let parsed = deadline
+        .as_str()
+        .and_then(|d| {
+            time::OffsetDateTime::parse(d, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .ok_or_else(|| {
+            Error::stop(
+                ErrorName::InvalidInput,
+                format!("payload field {PAUSE_DEADLINE_FIELD}: {deadline} is not an RFC 3339 time"),
+            )
+        })?;
+    if now > parsed {
+        return Err(Error::stop(
+            ErrorName::PauseBudgetExceeded,
+            format!(
+                "PgBouncer has been paused past the cell's pause budget (deadline {parsed}); no forward step starts after it — the abort path restores writes and resumes PgBouncer"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The whole of an operation's `main`: tracing, deps built once, then the Lambda loop.
@@ -105,6 +147,31 @@ mod tests {
             err.to_string().contains("cell.budgets.pause_seconds"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_pause_deadline_passed_stops_before_anything_else() {
+        let payload = |deadline: &str| serde_json::json!({ "cell": example(), "mode": "quick", "pause_deadline": deadline });
+        let future = "2999-01-01T00:00:00Z";
+        assert!(
+            parse_input::<Probe>(payload(future)).is_ok(),
+            "stripped, then parsed"
+        );
+        let err = parse_input::<Probe>(payload("2020-01-01T00:00:00Z"))
+            .err()
+            .expect("past");
+        assert_eq!(err.error_name(), ErrorName::PauseBudgetExceeded, "{err}");
+        let err = parse_input::<Probe>(payload("soon"))
+            .err()
+            .expect("garbage");
+        assert_eq!(err.error_name(), ErrorName::InvalidInput, "{err}");
+        let now = time::macros::datetime!(2026-11-22 10:00:00 UTC);
+        let at = serde_json::json!("2026-11-22T10:00:00Z");
+        assert!(
+            check_pause_deadline(&at, now).is_ok(),
+            "the deadline itself is still in budget"
+        );
+        assert!(check_pause_deadline(&at, now + time::Duration::milliseconds(1)).is_err());
     }
 
     #[test]

@@ -18,5 +18,5 @@ pub use deploy::{Deployment, CA_BUNDLE_ENV, PG_DUMP_ENV};
 pub use deps::{Deps, Side};
 pub use error::Error;
 pub use journal::{now_rfc3339, Journal, RunLock, LOCK_KEY};
-pub use lambda::{parse_input, serve, OperationInput};
+pub use lambda::{parse_input, serve, OperationInput, PAUSE_DEADLINE_FIELD};
 pub use payloads::assert_examples_round_trip;

@@ -43,6 +43,9 @@ impl OperationInput for Input {
 pub struct Output {
     /// When the last PAUSE returned (RFC 3339, UTC): the pause budget counts from here.
     pub paused_at: String,
+    /// `paused_at` plus the cell's `budgets.pause_seconds`: the state machine passes it as
+    /// `pause_deadline` to every step until the resume, and none starts after it.
+    pub pause_deadline: String,
     pub instances: Vec<PausedInstance>,
 }
 
@@ -54,6 +57,11 @@ pub struct PausedInstance {
     pub databases: Vec<String>,
     /// True when every one of them was already paused and drained (a retried run).
     pub already_paused: bool,
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 /// The TTLs lowered for the window, in seconds.
@@ -88,10 +96,16 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     let budget = Duration::from_secs(cell.budgets.drain_seconds);
     match Box::pin(pause_all(&endpoints, sessions, &login, databases, budget)).await {
         Ok(instances) => {
-            let paused_at = switchyard_operation::now_rfc3339();
-            tracing::info!(%paused_at, instances = instances.len(), "pgbouncer paused");
+            let now = time::OffsetDateTime::now_utc();
+            let budget = time::Duration::seconds(
+                i64::try_from(cell.budgets.pause_seconds).unwrap_or(i64::MAX),
+            );
+            let paused_at = rfc3339(now);
+            let pause_deadline = rfc3339(now.saturating_add(budget));
+            tracing::info!(%paused_at, %pause_deadline, instances = instances.len(), "pgbouncer paused");
             Ok(Output {
                 paused_at,
+                pause_deadline,
                 instances,
             })
         }
