@@ -75,6 +75,10 @@ pub struct Checked {
     /// Blue's `server_version`, e.g. `14.18`.
     pub blue_version: String,
     pub green_version: String,
+    /// `server_version_num`, e.g. 140018: what a probe through PgBouncer must see (the
+    /// state machine passes green's to resume-pgbouncer, blue's on the abort path).
+    pub blue_version_num: i32,
+    pub green_version_num: i32,
     pub databases: Vec<String>,
     /// (table groups + 1) × databases: the subscriptions start-replication will create.
     pub planned_subscriptions: u32,
@@ -185,6 +189,8 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         checked: Checked {
             blue_version: blue.version,
             green_version: green.version,
+            blue_version_num: blue.version_num,
+            green_version_num: green.version_num,
             databases: cell.databases.clone(),
             planned_subscriptions: plan.subscriptions,
         },
