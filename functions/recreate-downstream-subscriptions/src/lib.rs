@@ -7,7 +7,14 @@
 //! is created on the downstream from the journaled definition, with the password read
 //! from `publisher_credentials_parameter` now, and `copy_data = false` — the downstream
 //! already holds everything up to the freeze. Finally the apply worker must be running.
-//! An existing subscription is left as it is.
+//!
+//! An existing subscription is left as it is — unless the current primary lacks its slot:
+//! then it was made for the other cluster (a forward run created it on green, and the
+//! abort path has since pointed the NLB back at blue) and is only fed second-hand, through
+//! green's own replication. It is dropped without touching any remote (`slot_name =
+//! NONE`) and created again from the journal. An inactive slot of the journaled name left
+//! on green's own identifier (which never names the primary) is dropped too: it would
+//! hold green's WAL forever and block the next attempt's slot of that name.
 
 use std::time::Duration;
 
@@ -50,6 +57,12 @@ pub struct RecreatedSubscription {
     pub name: String,
     /// `false`: it already existed and was left alone.
     pub created: bool,
+    /// It existed but read a slot the current primary does not have, so it was dropped
+    /// (without contacting any remote) and created again.
+    pub replaced: bool,
+    /// The cluster (green's own identifier) an inactive slot of this subscription's name
+    /// was dropped from, left behind by a subscription made for it.
+    pub orphan_slot_dropped: Option<String>,
     /// Whether its apply worker is running (always `false` for a disabled subscription).
     pub streaming: bool,
 }
@@ -65,7 +78,19 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
             let entry = journal
                 .read::<Journaled>(&downstream::journal_key(downstream, name))
                 .await?;
-            let created = if downstream::exists(&client, name).await? {
+            let mut exists = downstream::exists(&client, name).await?;
+            let mut replaced = false;
+            if let (true, Some(entry)) = (exists, &entry) {
+                if !Box::pin(reads_the_primary(cell, deps, &client, name, entry)).await? {
+                    drop_locally(&client, name, &downstream.name).await?;
+                    (exists, replaced) = (false, true);
+                }
+            }
+            let orphan_slot_dropped = match (&entry, exists) {
+                (Some(entry), false) => Box::pin(drop_orphan_slot(cell, deps, entry)).await?,
+                _ => None,
+            };
+            let created = if exists {
                 tracing::info!(downstream = %downstream.name, subscription = %name, "already exists");
                 false
             } else {
@@ -90,6 +115,8 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
                 downstream: downstream.name.clone(),
                 name: name.clone(),
                 created,
+                replaced,
+                orphan_slot_dropped,
                 streaming,
             });
         }
@@ -164,6 +191,110 @@ async fn create(
     })?;
     tracing::info!(downstream = %downstream.name, subscription = %name, "downstream subscription created");
     Ok(())
+}
+
+/// Whether the existing subscription's slot is on the current primary (the cluster the
+/// cell's identifier names, which the NLB points at).
+async fn reads_the_primary(
+    cell: &CellDocument,
+    deps: &Deps,
+    downstream: &Client,
+    name: &str,
+    entry: &Journaled,
+) -> Result<bool, Error> {
+    let slot: Option<String> = downstream
+        .query_one(
+            "SELECT s.subslotname::text FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid \
+             WHERE d.datname = current_database() AND s.subname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(|e| Error::query(format!("reading subscription {name}'s slot"), e))?
+        .get(0);
+    let Some(slot) = slot else {
+        return Ok(false); // slot_name = NONE: it cannot stream from anywhere
+    };
+    let primary = deps
+        .connect(cell, Side::Blue, &entry.connection.dbname)
+        .await?;
+    Ok(primary
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| Error::query(format!("looking up slot {slot} on the primary"), e))?
+        .get(0))
+}
+
+/// Drops subscription `name` on the downstream without contacting its publisher: its slot
+/// is not on the primary the NLB now reaches.
+async fn drop_locally(client: &Client, name: &str, downstream: &str) -> Result<(), Error> {
+    let sub = ident(name);
+    // Disabled first: a subscription's slot can only be detached while it is disabled.
+    for sql in [
+        format!("ALTER SUBSCRIPTION {sub} DISABLE"),
+        format!("ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)"),
+        format!("DROP SUBSCRIPTION {sub}"),
+    ] {
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| Error::query(format!("{sql} on downstream {downstream}"), e))?;
+    }
+    tracing::warn!(%downstream, subscription = %name, "subscription read a slot the primary does not have: dropped, to be created again");
+    Ok(())
+}
+
+/// How long a dropped subscription's walsender may take to release its slot.
+const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// Drops an inactive slot of the journaled name on green's own identifier, if that
+/// resolves (after a forward rename it does not: green carries the cell's identifier). An
+/// unreachable cluster or a slot still active is left, and logged.
+async fn drop_orphan_slot(
+    cell: &CellDocument,
+    deps: &Deps,
+    entry: &Journaled,
+) -> Result<Option<String>, Error> {
+    let other = &cell.green.cluster_identifier;
+    let client = match deps
+        .connect(cell, Side::Green, &entry.connection.dbname)
+        .await
+    {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::info!(cluster = %other, error = %e, "no cluster under green's identifier to clean up");
+            return Ok(None);
+        }
+    };
+    let deadline = tokio::time::Instant::now() + SLOT_RELEASE_WAIT;
+    loop {
+        let row = client
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&entry.slot_name],
+            )
+            .await
+            .map_err(|e| {
+                Error::query(format!("looking up slot {} on {other}", entry.slot_name), e)
+            })?;
+        match row.map(|r| r.get::<_, bool>(0)) {
+            None => return Ok(None),
+            Some(false) => break,
+            Some(true) if tokio::time::Instant::now() >= deadline => {
+                tracing::warn!(cluster = %other, slot = %entry.slot_name, "orphaned downstream slot still active: left");
+                return Ok(None);
+            }
+            Some(true) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&entry.slot_name])
+        .await
+        .map_err(|e| Error::query(format!("dropping slot {} on {other}", entry.slot_name), e))?;
+    tracing::info!(cluster = %other, slot = %entry.slot_name, "orphaned downstream slot dropped");
+    Ok(Some(other.clone()))
 }
 
 /// Every publication must already exist on the current primary.
