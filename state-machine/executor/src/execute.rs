@@ -1,0 +1,810 @@
+//! Running a definition: states, paths, Retry/Catch, timeouts, faults and history.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::definition::{
+    Definition, Kind, Machine, Source, State, Task, Transition, WaitFor, Work,
+};
+use crate::error::{
+    StateError, DATA_LIMIT_EXCEEDED, NO_CHOICE_MATCHED, RESULT_PATH_MATCH_FAILURE, RUNTIME, TIMEOUT,
+};
+use crate::history::{EventType, HistoryEvent};
+use crate::path::{self, type_name, PathExpr};
+
+/// The optimized Lambda integration: results are wrapped, function errors reshaped.
+pub const LAMBDA_INVOKE: &str = "arn:aws:states:::lambda:invoke";
+
+/// Step Functions' payload limit for a state's input or output, in bytes.
+pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+
+/// A boxed future, as [`TaskHandler::invoke`] returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An error a task reports: its ASL error name and cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskFailure {
+    pub error: String,
+    pub cause: String,
+}
+
+impl TaskFailure {
+    pub fn new(error: impl Into<String>, cause: impl Into<String>) -> Self {
+        Self {
+            error: error.into(),
+            cause: cause.into(),
+        }
+    }
+}
+
+/// Runs the work of Task states in-process.
+///
+/// For `Resource: "arn:aws:states:::lambda:invoke"` the handler gets the evaluated
+/// `Parameters` (`FunctionName`, `Payload`, …) and returns the function's output; the
+/// executor wraps it as `{"ExecutedVersion": "$LATEST", "Payload": …, "StatusCode": 200}`.
+/// A failure whose error is the function's error type surfaces with that name as `Error`
+/// and `{"errorMessage": cause, "errorType": error}` (a JSON string) as `Cause`, as the
+/// integration reports a function error; names starting `Lambda.` or `States.` are service
+/// errors and pass through unchanged. Any other `Resource` is passed as is, its result and
+/// errors unchanged.
+pub trait TaskHandler: Send + Sync {
+    fn invoke(
+        &self,
+        resource: &str,
+        parameters: Value,
+    ) -> BoxFuture<'_, Result<Value, TaskFailure>>;
+}
+
+/// What an injected fault does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Fail the invocation with this error instead of calling the handler.
+    Error { error: String, cause: String },
+    /// Sleep (tokio time) before calling the handler, so `TimeoutSeconds` can fire.
+    Delay(Duration),
+}
+
+/// A fault injected at a Task state's `attempt`-th invocation in the execution (1-based,
+/// counting retries and re-entries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    pub state: String,
+    pub attempt: u32,
+    pub kind: FaultKind,
+}
+
+impl Fault {
+    pub fn error(state: &str, attempt: u32, error: &str, cause: &str) -> Self {
+        Self {
+            state: state.to_owned(),
+            attempt,
+            kind: FaultKind::Error {
+                error: error.to_owned(),
+                cause: cause.to_owned(),
+            },
+        }
+    }
+
+    pub fn delay(state: &str, attempt: u32, delay: Duration) -> Self {
+        Self {
+            state: state.to_owned(),
+            attempt,
+            kind: FaultKind::Delay(delay),
+        }
+    }
+}
+
+/// A fault that names no Task state, or attempt 0.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("fault at `{state}` attempt {attempt}: {message}")]
+pub struct FaultError {
+    pub state: String,
+    pub attempt: u32,
+    pub message: String,
+}
+
+/// How an execution ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    Succeeded,
+    Failed,
+    TimedOut,
+}
+
+/// A finished execution.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Execution {
+    pub name: String,
+    pub status: Status,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub cause: Option<String>,
+    pub history: Vec<HistoryEvent>,
+}
+
+impl Execution {
+    /// The history events of one state, in order.
+    pub fn events_of<'a>(&'a self, state: &'a str) -> impl Iterator<Item = &'a HistoryEvent> {
+        self.history
+            .iter()
+            .filter(move |event| event.state.as_deref() == Some(state))
+    }
+
+    /// Writes the whole execution (status, output, history) as pretty JSON.
+    pub fn write_history(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(path, json)
+    }
+}
+
+/// Runs a [`Definition`] with a [`TaskHandler`].
+///
+/// Waits, retry intervals and timeouts use tokio time: under `tokio::time::pause()` a
+/// test runs them instantly and deterministically.
+pub struct Executor<'a> {
+    definition: &'a Definition,
+    handler: &'a dyn TaskHandler,
+    name: Option<String>,
+    state_machine_name: String,
+    faults: Vec<Fault>,
+}
+
+impl std::fmt::Debug for Executor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("name", &self.name)
+            .field("state_machine_name", &self.state_machine_name)
+            .field("faults", &self.faults)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Executor<'a> {
+    pub fn new(definition: &'a Definition, handler: &'a dyn TaskHandler) -> Self {
+        Self {
+            definition,
+            handler,
+            name: None,
+            state_machine_name: "local".to_owned(),
+            faults: Vec::new(),
+        }
+    }
+
+    /// The execution name (`$$.Execution.Name`); a UUID if not set.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The state machine name used in `$$.StateMachine.Id` and `$$.Execution.Id`.
+    pub fn state_machine_name(mut self, name: impl Into<String>) -> Self {
+        self.state_machine_name = name.into();
+        self
+    }
+
+    /// Adds a fault; it must name a Task state and an attempt ≥ 1.
+    pub fn fault(mut self, fault: Fault) -> Result<Self, FaultError> {
+        let is_task = self
+            .definition
+            .all_states()
+            .iter()
+            .any(|state| state.name == fault.state && matches!(state.kind, Kind::Task(_)));
+        let problem = if !is_task {
+            Some("it names no Task state of the definition")
+        } else if fault.attempt == 0 {
+            Some("attempts count from 1")
+        } else {
+            None
+        };
+        if let Some(message) = problem {
+            return Err(FaultError {
+                state: fault.state,
+                attempt: fault.attempt,
+                message: message.to_owned(),
+            });
+        }
+        self.faults.push(fault);
+        Ok(self)
+    }
+
+    /// Runs one execution to its end.
+    pub async fn run(&self, input: Value) -> Execution {
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let clock = Clock::start();
+        let machine_id = format!(
+            "arn:aws:states:local:000000000000:stateMachine:{}",
+            self.state_machine_name
+        );
+        let run = Run {
+            handler: self.handler,
+            faults: &self.faults,
+            invocations: Mutex::new(HashMap::new()),
+            history: Mutex::new(Vec::new()),
+            context: json!({
+                "Execution": {
+                    "Id": format!(
+                        "arn:aws:states:local:000000000000:execution:{}:{name}",
+                        self.state_machine_name
+                    ),
+                    "Name": name,
+                    "StartTime": clock.stamp(),
+                    "Input": input,
+                },
+                "StateMachine": {"Id": machine_id, "Name": self.state_machine_name},
+            }),
+            clock,
+        };
+        run.record(EventType::ExecutionStarted, None, |e| {
+            e.input = Some(input.clone())
+        });
+        let outcome = match check_size(&input, "the execution input") {
+            Err(e) => Some(Err(e)),
+            Ok(()) => {
+                let machine = run.run_machine(&self.definition.machine, input);
+                match self.definition.timeout {
+                    Some(limit) => tokio::time::timeout(limit, machine).await.ok(),
+                    None => Some(machine.await),
+                }
+            }
+        };
+        let (status, output, error, cause) = match outcome {
+            Some(Ok(output)) => {
+                run.record(EventType::ExecutionSucceeded, None, |e| {
+                    e.output = Some(output.clone())
+                });
+                (Status::Succeeded, Some(output), None, None)
+            }
+            Some(Err(e)) => {
+                let error = Some(e.error).filter(|s| !s.is_empty());
+                let cause = Some(e.cause).filter(|s| !s.is_empty());
+                run.record(EventType::ExecutionFailed, None, |ev| {
+                    ev.error.clone_from(&error);
+                    ev.cause.clone_from(&cause);
+                });
+                (Status::Failed, None, error, cause)
+            }
+            None => {
+                let cause = format!(
+                    "the execution ran longer than its TimeoutSeconds ({} s)",
+                    self.definition.timeout.map_or(0, |t| t.as_secs())
+                );
+                run.record(EventType::ExecutionTimedOut, None, |e| {
+                    e.error = Some(TIMEOUT.to_owned());
+                    e.cause = Some(cause.clone());
+                });
+                (
+                    Status::TimedOut,
+                    None,
+                    Some(TIMEOUT.to_owned()),
+                    Some(cause),
+                )
+            }
+        };
+        let history = run
+            .history
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Execution {
+            name,
+            status,
+            output,
+            error,
+            cause,
+            history,
+        }
+    }
+}
+
+/// Wall-clock time that advances with tokio time (virtual under `pause()`).
+struct Clock {
+    wall: OffsetDateTime,
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    fn start() -> Self {
+        Self {
+            wall: OffsetDateTime::now_utc(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        self.wall + self.start.elapsed()
+    }
+
+    fn stamp(&self) -> String {
+        const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        );
+        self.now()
+            .format(FORMAT)
+            .unwrap_or_else(|_| self.now().to_string())
+    }
+}
+
+fn check_size(value: &Value, what: &str) -> Result<(), StateError> {
+    let size = serde_json::to_string(value).map_or(0, |s| s.len());
+    if size > MAX_PAYLOAD_BYTES {
+        return Err(StateError::new(
+            DATA_LIMIT_EXCEEDED,
+            format!("{what} is {size} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit"),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FunctionError<'a> {
+    error_message: &'a str,
+    error_type: &'a str,
+}
+
+struct Run<'a> {
+    handler: &'a dyn TaskHandler,
+    faults: &'a [Fault],
+    invocations: Mutex<HashMap<String, u32>>,
+    history: Mutex<Vec<HistoryEvent>>,
+    /// `Execution` and `StateMachine` of the context object.
+    context: Value,
+    clock: Clock,
+}
+
+impl<'a> Run<'a> {
+    fn record(&self, kind: EventType, state: Option<&str>, fill: impl FnOnce(&mut HistoryEvent)) {
+        let mut event = HistoryEvent::new(kind, state);
+        fill(&mut event);
+        event.timestamp = self.clock.stamp();
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        event.id = history.len() as u64 + 1;
+        history.push(event);
+    }
+
+    fn context(&self, state: &State, entered: &str, retry_count: u32) -> Value {
+        let mut context = self.context.clone();
+        context["State"] = json!({
+            "Name": state.name,
+            "EnteredTime": entered,
+            "RetryCount": retry_count,
+        });
+        context
+    }
+
+    fn run_machine<'s>(
+        &'s self,
+        machine: &'s Machine,
+        input: Value,
+    ) -> BoxFuture<'s, Result<Value, StateError>> {
+        Box::pin(async move {
+            let mut state = machine.state(&machine.start_at);
+            let mut input = input;
+            loop {
+                let (next, output) = self.run_state(state, input).await?;
+                match next {
+                    Some(next) => {
+                        state = machine.state(next);
+                        input = output;
+                    }
+                    None => return Ok(output),
+                }
+            }
+        })
+    }
+
+    /// Runs one state; returns the next state's name (`None` at the end) and the output.
+    async fn run_state<'s>(
+        &'s self,
+        state: &'s State,
+        input: Value,
+    ) -> Result<(Option<&'s str>, Value), StateError> {
+        let state_type = state.kind.state_type();
+        let entered = self.clock.stamp();
+        self.record(
+            EventType::StateEntered(state_type),
+            Some(&state.name),
+            |e| e.input = Some(input.clone()),
+        );
+        let next = match &state.transition {
+            Transition::Next(next) => Some(next.as_str()),
+            Transition::End | Transition::Decided => None,
+        };
+        let (next, output) = match &state.kind {
+            Kind::Pass {
+                parameters,
+                result,
+                result_path,
+            } => {
+                let effective = effective_input(state, &input)?;
+                let result = match (result, parameters) {
+                    (Some(result), _) => result.clone(),
+                    (None, Some(parameters)) => {
+                        parameters.eval(&effective, &self.context(state, &entered, 0))?
+                    }
+                    (None, None) => effective,
+                };
+                let output = apply_result_path(input, result_path.as_ref(), result)?;
+                (next, apply_output_path(state, output)?)
+            }
+            Kind::Task(_) | Kind::Parallel(_) => self.run_work(state, input, &entered).await?,
+            Kind::Choice { choices, default } => {
+                let effective = effective_input(state, &input)?;
+                let context = self.context(state, &entered, 0);
+                let mut chosen = None;
+                for branch in choices {
+                    if branch.rule.eval(&effective, &context)? {
+                        chosen = Some(branch.next.as_str());
+                        break;
+                    }
+                }
+                let chosen = chosen.or(default.as_deref()).ok_or_else(|| {
+                    StateError::new(
+                        NO_CHOICE_MATCHED,
+                        format!(
+                            "no Choices rule of `{}` matched and it has no Default",
+                            state.name
+                        ),
+                    )
+                })?;
+                (Some(chosen), apply_output_path(state, effective)?)
+            }
+            Kind::Wait(wait) => {
+                let effective = effective_input(state, &input)?;
+                let duration = self.wait_duration(state, wait, &effective)?;
+                tokio::time::sleep(duration).await;
+                (next, apply_output_path(state, effective)?)
+            }
+            Kind::Succeed => {
+                let effective = effective_input(state, &input)?;
+                (None, apply_output_path(state, effective)?)
+            }
+            Kind::Fail { error, cause } => {
+                let text = |source: &Option<Source>| -> Result<String, StateError> {
+                    match source {
+                        None => Ok(String::new()),
+                        Some(Source::Literal(text)) => Ok(text.clone()),
+                        Some(Source::Path(path)) => {
+                            match path.select(&input, &self.context(state, &entered, 0)) {
+                                Some(Value::String(text)) => Ok(text),
+                                other => Err(StateError::new(
+                                    RUNTIME,
+                                    format!(
+                                        "`{}` must select a string, got {}",
+                                        path.text,
+                                        other.as_ref().map_or("nothing", type_name)
+                                    ),
+                                )),
+                            }
+                        }
+                    }
+                };
+                return Err(StateError::new(text(error)?, text(cause)?));
+            }
+        };
+        check_size(&output, &format!("the output of `{}`", state.name))?;
+        self.record(EventType::StateExited(state_type), Some(&state.name), |e| {
+            e.output = Some(output.clone())
+        });
+        Ok((next, output))
+    }
+
+    fn wait_duration(
+        &self,
+        state: &State,
+        wait: &WaitFor,
+        effective: &Value,
+    ) -> Result<Duration, StateError> {
+        let until = |at: OffsetDateTime| {
+            Duration::try_from(at - self.clock.now()).unwrap_or(Duration::ZERO)
+        };
+        let select = |path: &PathExpr| {
+            path.select(effective, &Value::Null).ok_or_else(|| {
+                StateError::new(
+                    RUNTIME,
+                    format!(
+                        "`{}` of Wait `{}` matched nothing in the input",
+                        path.text, state.name
+                    ),
+                )
+            })
+        };
+        Ok(match wait {
+            WaitFor::Seconds(seconds) => Duration::from_secs(*seconds),
+            WaitFor::Timestamp(at) => until(*at),
+            WaitFor::SecondsPath(path) => {
+                let value = select(path)?;
+                Duration::from_secs(value.as_u64().ok_or_else(|| {
+                    StateError::new(
+                        RUNTIME,
+                        format!(
+                            "SecondsPath `{}` must select a non-negative integer, got {value}",
+                            path.text
+                        ),
+                    )
+                })?)
+            }
+            WaitFor::TimestampPath(path) => {
+                let value = select(path)?;
+                let at = value
+                    .as_str()
+                    .and_then(|text| OffsetDateTime::parse(text, &Rfc3339).ok())
+                    .ok_or_else(|| {
+                        StateError::new(
+                            RUNTIME,
+                            format!(
+                                "TimestampPath `{}` must select an RFC 3339 timestamp, got {value}",
+                                path.text
+                            ),
+                        )
+                    })?;
+                until(at)
+            }
+        })
+    }
+
+    /// Task and Parallel: attempts with Retry, then Catch.
+    async fn run_work<'s>(
+        &'s self,
+        state: &'s State,
+        input: Value,
+        entered: &str,
+    ) -> Result<(Option<&'s str>, Value), StateError> {
+        let work = match &state.kind {
+            Kind::Task(task) => &task.work,
+            Kind::Parallel(parallel) => &parallel.work,
+            _ => unreachable!("run_work is called for Task and Parallel only"),
+        };
+        let next = match &state.transition {
+            Transition::Next(next) => Some(next.as_str()),
+            Transition::End | Transition::Decided => None,
+        };
+        let mut retries_by_retrier = vec![0u32; work.retry.len()];
+        let mut retry_count = 0;
+        loop {
+            let err = match self
+                .attempt(state, work, &input, entered, retry_count)
+                .await
+            {
+                Ok(output) => return Ok((next, output)),
+                Err(err) => err,
+            };
+            // The first retrier that names the error decides; exhausted, it goes to Catch.
+            if let Some(i) = work
+                .retry
+                .iter()
+                .position(|r| r.errors.iter().any(|e| err.matches(e)))
+            {
+                let retrier = &work.retry[i];
+                if retries_by_retrier[i] < retrier.max_attempts {
+                    let exponent = i32::try_from(retries_by_retrier[i]).unwrap_or(i32::MAX);
+                    let mut seconds =
+                        retrier.interval.as_secs_f64() * retrier.backoff_rate.powi(exponent);
+                    if let Some(max) = retrier.max_delay {
+                        seconds = seconds.min(max.as_secs_f64());
+                    }
+                    // Bounded so an absurd backoff cannot overflow a Duration.
+                    let delay = Duration::from_secs_f64(seconds.min(1e9));
+                    retries_by_retrier[i] += 1;
+                    retry_count += 1;
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            }
+            let Some(catcher) = work
+                .catch
+                .iter()
+                .find(|c| c.errors.iter().any(|e| err.matches(e)))
+            else {
+                return Err(err);
+            };
+            let error_output = json!({"Error": err.error, "Cause": err.cause});
+            let output = apply_result_path(input, catcher.result_path.as_ref(), error_output)
+                .map_err(|e| StateError::new(RUNTIME, e.cause))?;
+            return Ok((Some(catcher.next.as_str()), output));
+        }
+    }
+
+    async fn attempt(
+        &self,
+        state: &State,
+        work: &Work,
+        input: &Value,
+        entered: &str,
+        retry_count: u32,
+    ) -> Result<Value, StateError> {
+        let context = self.context(state, entered, retry_count);
+        let effective = effective_input(state, input)?;
+        let parameters = match &work.parameters {
+            Some(template) => template.eval(&effective, &context)?,
+            None => effective,
+        };
+        check_size(
+            &parameters,
+            &format!("the input of `{}` after Parameters", state.name),
+        )?;
+        let raw = match &state.kind {
+            Kind::Task(task) => self.invoke(state, task, parameters).await?,
+            Kind::Parallel(parallel) => {
+                self.record(EventType::ParallelStateStarted, Some(&state.name), |_| {});
+                let branches = parallel
+                    .branches
+                    .iter()
+                    .map(|branch| self.run_machine(branch, parameters.clone()));
+                // The first failing branch ends the others (their futures are dropped).
+                match futures_util::future::try_join_all(branches).await {
+                    Ok(outputs) => {
+                        self.record(EventType::ParallelStateSucceeded, Some(&state.name), |_| {});
+                        Value::Array(outputs)
+                    }
+                    Err(err) => {
+                        self.record(EventType::ParallelStateFailed, Some(&state.name), |e| {
+                            e.error = Some(err.error.clone());
+                            e.cause = Some(err.cause.clone());
+                        });
+                        return Err(err);
+                    }
+                }
+            }
+            _ => unreachable!("attempt is called for Task and Parallel only"),
+        };
+        let result = match &work.result_selector {
+            Some(template) => template.eval(&raw, &context)?,
+            None => raw,
+        };
+        let output = apply_result_path(input.clone(), work.result_path.as_ref(), result)?;
+        let output = apply_output_path(state, output)?;
+        check_size(&output, &format!("the output of `{}`", state.name))?;
+        Ok(output)
+    }
+
+    async fn invoke(
+        &self,
+        state: &State,
+        task: &Task,
+        parameters: Value,
+    ) -> Result<Value, StateError> {
+        let attempt = {
+            let mut invocations = self.invocations.lock().unwrap_or_else(|p| p.into_inner());
+            let count = invocations.entry(state.name.clone()).or_insert(0);
+            *count += 1;
+            *count
+        };
+        let resource = task.resource.as_str();
+        self.record(EventType::TaskScheduled, Some(&state.name), |e| {
+            e.resource = Some(resource.to_owned());
+            e.attempt = Some(attempt);
+            e.input = Some(parameters.clone());
+        });
+        let fault = self
+            .faults
+            .iter()
+            .find(|f| f.state == state.name && f.attempt == attempt);
+        let call = async {
+            match fault.map(|f| &f.kind) {
+                Some(FaultKind::Error { error, cause }) => Err(TaskFailure::new(error, cause)),
+                Some(FaultKind::Delay(delay)) => {
+                    tokio::time::sleep(*delay).await;
+                    self.handler.invoke(resource, parameters).await
+                }
+                None => self.handler.invoke(resource, parameters).await,
+            }
+        };
+        let outcome = match task.timeout {
+            // Dropping the future on timeout cancels the handler's work.
+            Some(limit) => tokio::time::timeout(limit, call).await.ok(),
+            None => Some(call.await),
+        };
+        let lambda = resource == LAMBDA_INVOKE;
+        match outcome {
+            None => {
+                let err = StateError::new(
+                    TIMEOUT,
+                    format!(
+                        "`{}` ran longer than its TimeoutSeconds ({} s)",
+                        state.name,
+                        task.timeout.map_or(0, |t| t.as_secs())
+                    ),
+                );
+                self.record(EventType::TaskTimedOut, Some(&state.name), |e| {
+                    e.resource = Some(resource.to_owned());
+                    e.error = Some(err.error.clone());
+                    e.cause = Some(err.cause.clone());
+                });
+                Err(err)
+            }
+            Some(Ok(value)) => {
+                let value = if lambda {
+                    json!({"ExecutedVersion": "$LATEST", "Payload": value, "StatusCode": 200})
+                } else {
+                    value
+                };
+                self.record(EventType::TaskSucceeded, Some(&state.name), |e| {
+                    e.resource = Some(resource.to_owned());
+                    e.output = Some(value.clone());
+                });
+                check_size(&value, &format!("the result of `{}`", state.name))?;
+                Ok(value)
+            }
+            Some(Err(failure)) => {
+                let service_error =
+                    failure.error.starts_with("Lambda.") || failure.error.starts_with("States.");
+                let cause = if lambda && !service_error {
+                    serde_json::to_string(&FunctionError {
+                        error_message: &failure.cause,
+                        error_type: &failure.error,
+                    })
+                    .unwrap_or(failure.cause)
+                } else {
+                    failure.cause
+                };
+                let err = StateError::new(failure.error, cause);
+                self.record(EventType::TaskFailed, Some(&state.name), |e| {
+                    e.resource = Some(resource.to_owned());
+                    e.error = Some(err.error.clone());
+                    e.cause = Some(err.cause.clone());
+                });
+                Err(err)
+            }
+        }
+    }
+}
+
+/// InputPath: `null` gives `{}`; a path that selects nothing is a runtime error.
+fn effective_input(state: &State, input: &Value) -> Result<Value, StateError> {
+    select_io(state, "InputPath", state.input_path.as_ref(), input)
+}
+
+fn apply_output_path(state: &State, output: Value) -> Result<Value, StateError> {
+    select_io(state, "OutputPath", state.output_path.as_ref(), &output)
+}
+
+fn select_io(
+    state: &State,
+    field: &str,
+    path: Option<&PathExpr>,
+    value: &Value,
+) -> Result<Value, StateError> {
+    match path {
+        None => Ok(json!({})),
+        Some(path) => path.select(value, &Value::Null).ok_or_else(|| {
+            StateError::new(
+                RUNTIME,
+                format!(
+                    "Invalid path '{}' in the {field} of `{}`: it selects nothing",
+                    path.text, state.name
+                ),
+            )
+        }),
+    }
+}
+
+/// ResultPath: `null` keeps the input, `$` replaces it, anything else merges into it.
+fn apply_result_path(
+    input: Value,
+    result_path: Option<&PathExpr>,
+    result: Value,
+) -> Result<Value, StateError> {
+    let Some(result_path) = result_path else {
+        return Ok(input);
+    };
+    let segments = result_path.segments().unwrap_or(&[]);
+    path::set(input, segments, result).map_err(|e| {
+        StateError::new(
+            RESULT_PATH_MATCH_FAILURE,
+            format!("unable to apply ResultPath '{}': {e}", result_path.text),
+        )
+    })
+}

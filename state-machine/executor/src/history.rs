@@ -1,0 +1,108 @@
+//! Execution history, in Step Functions' event naming.
+
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+
+use crate::definition::StateType;
+
+/// What happened. Serialized as Step Functions names it, e.g. `TaskStateEntered`.
+///
+/// The subset recorded: `ExecutionStarted`, then per state `<Type>StateEntered`, for a
+/// Task each attempt's `TaskScheduled` and one of `TaskSucceeded` / `TaskFailed` /
+/// `TaskTimedOut`, for a Parallel `ParallelStateStarted` and `ParallelStateSucceeded` /
+/// `ParallelStateFailed`, then `<Type>StateExited` when the state produced an output (a
+/// caught error included); last `ExecutionSucceeded`, `ExecutionFailed` or
+/// `ExecutionTimedOut`. A state that fails the execution has no `StateExited`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    ExecutionStarted,
+    ExecutionSucceeded,
+    ExecutionFailed,
+    ExecutionTimedOut,
+    StateEntered(StateType),
+    StateExited(StateType),
+    TaskScheduled,
+    TaskSucceeded,
+    TaskFailed,
+    TaskTimedOut,
+    ParallelStateStarted,
+    ParallelStateSucceeded,
+    ParallelStateFailed,
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::StateEntered(kind) => write!(f, "{kind}StateEntered"),
+            Self::StateExited(kind) => write!(f, "{kind}StateExited"),
+            other => f.write_str(match other {
+                Self::ExecutionStarted => "ExecutionStarted",
+                Self::ExecutionSucceeded => "ExecutionSucceeded",
+                Self::ExecutionFailed => "ExecutionFailed",
+                Self::ExecutionTimedOut => "ExecutionTimedOut",
+                Self::TaskScheduled => "TaskScheduled",
+                Self::TaskSucceeded => "TaskSucceeded",
+                Self::TaskFailed => "TaskFailed",
+                Self::TaskTimedOut => "TaskTimedOut",
+                Self::ParallelStateStarted => "ParallelStateStarted",
+                Self::ParallelStateSucceeded => "ParallelStateSucceeded",
+                Self::ParallelStateFailed => "ParallelStateFailed",
+                Self::StateEntered(_) | Self::StateExited(_) => unreachable!("handled above"),
+            }),
+        }
+    }
+}
+
+impl Serialize for EventType {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// One entry of an execution's history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEvent {
+    /// 1, 2, … in the order recorded.
+    pub id: u64,
+    /// RFC 3339, UTC, milliseconds; follows tokio time, so paused tests see virtual time.
+    pub timestamp: String,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Task events: the `Resource`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// `TaskScheduled`: the 1-based invocation count of this state in the execution
+    /// (what [`crate::Fault::attempt`] matches).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// Entered events: the raw state input; `TaskScheduled`: the evaluated Parameters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    /// Exited events: the state output; `TaskSucceeded`: the raw result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+}
+
+impl HistoryEvent {
+    pub(crate) fn new(kind: EventType, state: Option<&str>) -> Self {
+        Self {
+            id: 0,
+            timestamp: String::new(),
+            kind,
+            state: state.map(str::to_owned),
+            resource: None,
+            attempt: None,
+            input: None,
+            output: None,
+            error: None,
+            cause: None,
+        }
+    }
+}
