@@ -13,7 +13,7 @@ use switchyard_local_cell::{audit_keys, LocalCell};
 use switchyard_operation::{parse_input, Deps, Error};
 
 fn payload(cell: &LocalCell, extra: Value) -> Value {
-    switchyard_flows::payload(&cell.document, extra)
+    switchyard_local_run::payload(&cell.document, extra)
 }
 
 fn output<T: serde::Serialize>(out: T) -> Value {

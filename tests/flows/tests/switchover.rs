@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use switchyard_errors::{Catalogued, Retry};
-use switchyard_flows::{invoke, payload};
-use switchyard_local_cell::{audit_keys, CellOptions, Install, KeyAudit, LocalCell, Tally};
+use switchyard_local_cell::{
+    audit_keys, wait_keys_once, CellOptions, Install, KeyAudit, LocalCell, Tally,
+};
+use switchyard_local_run::{invoke, payload};
 use switchyard_operation::Deps;
 
 struct Run<'a> {
@@ -172,88 +174,6 @@ async fn direct_writers_write_again(cell: &LocalCell, before: usize) {
     }
 }
 
-/// Row count and an order-independent digest of the primary keys, per downstream table.
-async fn fingerprint(
-    server: &switchyard_local_cell::PgServer,
-    db: &str,
-) -> Vec<(String, i64, String)> {
-    let client = server.superuser_client(db).await.expect("connect");
-    let mut out = Vec::new();
-    for table in ["accounts", "payments"] {
-        let sql = format!(
-            "SELECT count(*), coalesce(md5(string_agg(id::text, ',' ORDER BY id)), '') FROM public.{}",
-            switchyard_postgres::quote::ident(table)
-        );
-        let row = client.query_one(&sql, &[]).await.expect("fingerprint");
-        out.push((table.to_owned(), row.get(0), row.get(1)));
-    }
-    out
-}
-
-/// With writes stopped, the downstream search database converges on exactly the
-/// primary's rows.
-async fn assert_downstream_equals(cell: &LocalCell, primary: &switchyard_local_cell::PgServer) {
-    let started = Instant::now();
-    loop {
-        let want = fingerprint(primary, "app").await;
-        let have = fingerprint(&cell.search, "search").await;
-        if have == want {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "downstream differs from the primary: {have:?} vs {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// While writes go on: every key in `keys` reaches `table`.`column` on `server` exactly once.
-async fn wait_all_once(
-    what: &str,
-    server: &switchyard_local_cell::PgServer,
-    db: &str,
-    table: (&str, &str),
-    column: &str,
-    keys: &[String],
-) {
-    assert!(!keys.is_empty(), "{what}: the workload wrote nothing");
-    let started = Instant::now();
-    loop {
-        let audit = audit_keys(&server.superuser_options(db), table, column, keys)
-            .await
-            .expect("audit");
-        if audit.present_once == keys.len() {
-            return;
-        }
-        assert!(
-            audit.duplicated == 0 && started.elapsed() < Duration::from_secs(60),
-            "{what}: {audit:?} of {} acknowledged keys",
-            keys.len()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// The server PgBouncer's pool reaches now, as an application role sees it.
-async fn version_through_pgbouncer(cell: &LocalCell) -> i32 {
-    let options = cell.via_pgbouncer("app_writer").expect("role");
-    let client = switchyard_postgres::connect(&options)
-        .await
-        .expect("through PgBouncer");
-    // Simple protocol: named prepared statements do not survive transaction pooling.
-    let rows = client
-        .simple_query("SHOW server_version_num")
-        .await
-        .expect("version");
-    rows.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse().ok(),
-            _ => None,
-        })
-        .expect("a version row")
-}
-
 /// Every sequence-backed column (serial, identity) on `server`: the next value is above
 /// every existing key, so inserts cannot collide.
 async fn assert_sequences_ahead(server: &switchyard_local_cell::PgServer) {
@@ -334,11 +254,13 @@ async fn switchover_moves_the_cell_to_green_under_load() {
     .await;
 
     assert_eq!(
-        version_through_pgbouncer(&cell).await,
+        cell.version_through_pgbouncer().await.expect("version"),
         cell.green.version_num
     );
     assert_sequences_ahead(&cell.green).await;
-    assert_downstream_equals(&cell, &cell.green).await;
+    cell.downstream_converges(&cell.green, Duration::from_secs(60))
+        .await
+        .expect("downstream equals green");
 
     // The old blue is the fence: no application role writes there any more.
     let (user, password) = cell.secrets.role("app_writer").expect("role");
@@ -374,7 +296,7 @@ async fn an_aborted_switchover_leaves_blue_serving_and_the_next_attempt_switches
 
     // Blue serves again: the ledger through PgBouncer, the direct writers on its endpoint.
     assert_eq!(
-        version_through_pgbouncer(&cell).await,
+        cell.version_through_pgbouncer().await.expect("version"),
         cell.blue.version_num
     );
     direct_writers_write_again(&cell, direct_before).await;
@@ -389,17 +311,16 @@ async fn an_aborted_switchover_leaves_blue_serving_and_the_next_attempt_switches
     // reaches green, which still follows blue.
     let keys = ledger.keys();
     let payments = ("public", "payments");
-    wait_all_once("blue", &cell.blue, "app", payments, "memo", &keys).await;
-    wait_all_once(
-        "downstream",
-        &cell.search,
-        "search",
-        payments,
-        "memo",
-        &keys,
-    )
-    .await;
-    wait_all_once("green", &cell.green, "app", payments, "memo", &keys).await;
+    let wait = Duration::from_secs(60);
+    for (what, opts) in [
+        ("blue", cell.blue.superuser_options("app")),
+        ("downstream", cell.search.superuser_options("search")),
+        ("green", cell.green.superuser_options("app")),
+    ] {
+        wait_keys_once(&opts, payments, "memo", &keys, wait)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
     let mut check = Run::new(&cell, &deps, "after-abort");
     check.step("check-replication", json!({})).await;
 
@@ -435,10 +356,12 @@ async fn an_aborted_switchover_leaves_blue_serving_and_the_next_attempt_switches
     )
     .await;
     assert_eq!(
-        version_through_pgbouncer(&cell).await,
+        cell.version_through_pgbouncer().await.expect("version"),
         cell.green.version_num
     );
     assert_sequences_ahead(&cell.green).await;
-    assert_downstream_equals(&cell, &cell.green).await;
+    cell.downstream_converges(&cell.green, Duration::from_secs(60))
+        .await
+        .expect("downstream equals green");
     cell.shutdown();
 }

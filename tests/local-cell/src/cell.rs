@@ -45,6 +45,9 @@ pub struct CellOptions {
     pub direct_writer_tasks: i32,
     /// Start the direct writers' tasks (the ECS services exist either way).
     pub run_direct_writers: bool,
+    /// PgBouncer's `query_wait_timeout`: how long a client waits on a paused pool before
+    /// it gets an error. Above the cell's pause budget, as preflight requires.
+    pub query_wait_timeout_secs: u32,
     pub document: PathBuf,
 }
 
@@ -67,6 +70,7 @@ impl CellOptions {
             rows: num("CELL_ROWS", 1000)?,
             direct_writer_tasks: 2,
             run_direct_writers: true,
+            query_wait_timeout_secs: 120,
             document: std::env::var_os("CELL_DOCUMENT")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| install.example_cell_document()),
@@ -297,7 +301,7 @@ impl LocalCell {
                     .collect(),
                 users,
                 admin_user: &secrets.pgbouncer_admin_user,
-                query_wait_timeout_secs: 120,
+                query_wait_timeout_secs: options.query_wait_timeout_secs,
             },
             &install,
             &run_dir,

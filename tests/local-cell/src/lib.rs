@@ -9,6 +9,7 @@
 //! Everything started is stopped when the [`LocalCell`] is dropped, pass or fail.
 
 mod cell;
+mod checks;
 mod forwarder;
 mod install;
 mod moto;
@@ -20,6 +21,7 @@ mod workload;
 pub use cell::{
     wait_subscription_ready, CellOptions, CellSecrets, LocalCell, RoleSecret, SEARCH_PUBLICATION,
 };
+pub use checks::{fingerprint, wait_keys_once};
 pub use forwarder::{Forwarder, Route};
 pub use install::Install;
 pub use pg::{PgServer, PgServerSpec, ServerTls};

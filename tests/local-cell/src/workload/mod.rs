@@ -21,6 +21,9 @@ pub use ledger::{Ledger, LedgerSpec};
 pub struct Ack {
     pub key: String,
     pub latency_us: u64,
+    /// When the client saw the commit acknowledged, in milliseconds since the Unix epoch:
+    /// lets a report pick the commits acknowledged during a given window.
+    pub at_unix_ms: u64,
 }
 
 /// What a workload saw, shared between its workers.
@@ -69,8 +72,11 @@ pub async fn audit_keys(
     let client = switchyard_postgres::connect(opts)
         .await
         .map_err(|e| crate::CellError::Workload(e.to_string()))?;
+    // One join, not a subquery per key: the key column has no index, and a full-speed run
+    // acknowledges tens of thousands of keys (a scan per key takes minutes).
     let sql = format!(
-        "SELECT k, (SELECT count(*) FROM {rel} t WHERE t.{col} = k) FROM unnest($1::text[]) AS k",
+        "SELECT u.k, count(t.{col}) FROM unnest($1::text[]) WITH ORDINALITY AS u(k, i) \
+         LEFT JOIN {rel} t ON t.{col} = u.k GROUP BY u.i, u.k",
         rel = switchyard_postgres::quote::qualified(schema, table),
         col = switchyard_postgres::quote::ident(column),
     );
@@ -90,6 +96,14 @@ pub async fn audit_keys(
         }
     }
     Ok(audit)
+}
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Reconnect pause after a failed connection: short, so a resumed PgBouncer is used at once.
@@ -154,9 +168,14 @@ async fn client_loop(
         let started = Instant::now();
         let outcome = transaction(&c, &key, account).await;
         let latency_us = started.elapsed().as_micros() as u64;
+        let at_unix_ms = unix_ms_now();
         if let Ok(mut t) = tally.lock() {
             match outcome {
-                Outcome::Committed => t.acks.push(Ack { key, latency_us }),
+                Outcome::Committed => t.acks.push(Ack {
+                    key,
+                    latency_us,
+                    at_unix_ms,
+                }),
                 Outcome::Failed(e) => {
                     t.failed += 1;
                     t.error(e);

@@ -1,0 +1,1 @@
+//! Flows live in tests/; this crate has no library code.
