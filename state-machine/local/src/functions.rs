@@ -1,6 +1,6 @@
-//! The functions by their ASL names, called in-process: what the flows in `tests/` drive,
-//! one call per state, exactly as a Lambda would run them (payload parsed and validated
-//! by the same `parse_input`, output serialized to JSON).
+//! The functions by their ASL names, called in-process: what the local executor and the
+//! flows drive, one call per state, exactly as a Lambda would run them (payload parsed and
+//! validated by the same `parse_input`, output serialized to JSON).
 
 use serde_json::Value;
 use switchyard_cell::CellDocument;

@@ -1,0 +1,554 @@
+//! The rehearsal: a local cell taken through the checked-in `prepare` and `switchover`
+//! state machines under client load, then audited.
+//!
+//! One run ([`rehearse`]): start a local cell (majors from `BLUE_PG`/`GREEN_PG`, default
+//! 14 → 17; the fixture loaded; the direct writers' ECS service running), start the ledger
+//! through PgBouncer at full speed, run `prepare` then `switchover` with the cell's
+//! effective document as input, stop the load, and check every guarantee on the primary
+//! the cell ended on. The cell is stopped whatever happens (it stops when dropped).
+//! `make rehearsal` runs one and `make bench` several ([`crate::report`] has the numbers).
+//!
+//! No secret reaches the report, the histories or the summary: the cell document carries
+//! only SSM parameter names, and every file written is checked for the cell's passwords.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use switchyard_local_cell::{audit_keys, CellOptions, Install, LocalCell, PgServer, Tally};
+use switchyard_state_machine::{Execution, Executor};
+use time::OffsetDateTime;
+
+use crate::report::{
+    latency_stats, pause_window, steps, unix_ms, AuditSummary, ExecutionSummary, Outcome, Report,
+    WorkloadSummary,
+};
+use crate::{load, LocalFunctions, PREPARE, SWITCHOVER};
+
+/// The Fail state of a switchover that switched but whose cleanup kept failing.
+const SWITCHED_UNCLEAN: &str = "switched, cleanup incomplete";
+
+/// Ledger clients by default: enough to keep PgBouncer's pool busy on a small machine.
+pub const DEFAULT_WORKERS: usize = 8;
+
+/// How to run one rehearsal.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Ledger clients through PgBouncer, each at full speed.
+    pub workers: usize,
+    /// Start the ledger before `prepare` (the rehearsal) or only after it (the benchmark,
+    /// which measures the switchover alone).
+    pub load_during_prepare: bool,
+    /// Where the histories go (the report is written by the caller).
+    pub out_dir: PathBuf,
+    /// Execution names are `<prefix>-prepare-<utc>` and `<prefix>-switchover-<utc>`.
+    pub name_prefix: String,
+}
+
+impl RunOptions {
+    /// `LEDGER_WORKERS` (default 8), histories under `out_dir`.
+    pub fn from_env(out_dir: PathBuf, name_prefix: &str) -> Result<Self, String> {
+        let workers = match std::env::var("LEDGER_WORKERS") {
+            Ok(v) => v
+                .parse()
+                .ok()
+                .filter(|&n: &usize| n > 0)
+                .ok_or_else(|| format!("LEDGER_WORKERS={v} is not a positive number"))?,
+            Err(_) => DEFAULT_WORKERS,
+        };
+        Ok(Self {
+            workers,
+            load_during_prepare: true,
+            out_dir,
+            name_prefix: name_prefix.to_owned(),
+        })
+    }
+}
+
+/// `target/rehearsal` at the repository root.
+pub fn default_out_dir() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::canonicalize(&root)
+        .unwrap_or(root)
+        .join("target")
+        .join("rehearsal")
+}
+
+/// Writes `value` as pretty JSON to `path`, creating the directory.
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let json = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
+    std::fs::write(path, json).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// A UTC stamp that is valid in an execution name: `20250102T030405Z`.
+fn utc_stamp() -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] =
+        time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    OffsetDateTime::now_utc()
+        .format(FORMAT)
+        .unwrap_or_else(|_| "now".to_owned())
+}
+
+/// One rehearsal from a fresh cell to an audited end. Fails only when the run could not be
+/// carried out (no cell); a failed guarantee is in the report.
+pub async fn rehearse(options: &RunOptions) -> Result<Report, String> {
+    let mut cell_options =
+        CellOptions::from_env(&Install::from_env()).map_err(|e| e.to_string())?;
+    cell_options.run_direct_writers = true;
+    eprintln!(
+        "starting a local cell: PostgreSQL {} → {}, {} fixture rows …",
+        cell_options.blue_major, cell_options.green_major, cell_options.rows
+    );
+    let cell = LocalCell::start(&cell_options)
+        .await
+        .map_err(|e| format!("the local cell did not start: {e}"))?;
+    // The cell is dropped (every process stopped) when this returns, pass or fail.
+    let report = run_on(&cell, options).await;
+    let passwords: Vec<String> = cell
+        .secrets
+        .all_passwords()
+        .iter()
+        .map(|s| s.expose().to_owned())
+        .collect();
+    cell.shutdown();
+    let mut report = report?;
+    check_no_secret(&mut report, &passwords, &options.out_dir);
+    Ok(report)
+}
+
+/// The rehearsal on a started cell.
+async fn run_on(cell: &LocalCell, options: &RunOptions) -> Result<Report, String> {
+    std::fs::create_dir_all(&options.out_dir)
+        .map_err(|e| format!("creating {}: {e}", options.out_dir.display()))?;
+    let deps = cell.deps().map_err(|e| e.to_string())?;
+    let handler = LocalFunctions { deps: &deps };
+    let prepare = load(PREPARE)?;
+    let switchover = load(SWITCHOVER)?;
+    let input = json!({ "cell": serde_json::to_value(&cell.document).map_err(|e| e.to_string())? });
+    let stamp = utc_stamp();
+
+    let blue_version = version_through_pgbouncer(cell).await;
+    let mut ledger = None;
+    let mut ledger_started = Instant::now();
+    if options.load_during_prepare {
+        ledger = Some(start_ledger(cell, options.workers)?);
+    }
+
+    let prepare_name = format!("{}-prepare-{stamp}", options.name_prefix);
+    eprintln!("running prepare as {prepare_name} …");
+    let prepared = Executor::new(&prepare, &handler)
+        .state_machine_name(PREPARE)
+        .name(&prepare_name)
+        .run(input.clone())
+        .await;
+    let prepare_file = options.out_dir.join("prepare-history.json");
+    prepared
+        .write_history(&prepare_file)
+        .map_err(|e| format!("writing {}: {e}", prepare_file.display()))?;
+    eprintln!("prepare: {:?}", prepared.status);
+
+    let mut switched: Option<Execution> = None;
+    let mut direct_resumed = false;
+    if prepared.status == switchyard_state_machine::Status::Succeeded {
+        if ledger.is_none() {
+            ledger = Some(start_ledger(cell, options.workers)?);
+            ledger_started = Instant::now();
+        }
+        // Let the clients reach full speed before the switchover starts.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let name = format!("{}-switchover-{stamp}", options.name_prefix);
+        eprintln!("running switchover as {name} …");
+        let execution = Executor::new(&switchover, &handler)
+            .state_machine_name(SWITCHOVER)
+            .name(&name)
+            .run(input.clone())
+            .await;
+        let file = options.out_dir.join("switchover-history.json");
+        execution
+            .write_history(&file)
+            .map_err(|e| format!("writing {}: {e}", file.display()))?;
+        eprintln!("switchover: {:?}", execution.status);
+        let before = direct_acknowledged(cell);
+        if Outcome::of(Some(&execution)) != Outcome::Failed {
+            direct_resumed = wait_direct_writers(cell, before).await;
+            // Some ledger commits after PgBouncer resumed, on whichever side serves.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        switched = Some(execution);
+    }
+
+    let ledger_seconds = ledger_started.elapsed().as_secs_f64();
+    let tally = match ledger {
+        // A PgBouncer left paused holds clients until its query_wait_timeout: bounded.
+        Some(ledger) => tokio::time::timeout(Duration::from_secs(180), ledger.stop())
+            .await
+            .map_err(|_| "the ledger did not stop within 180 s (PgBouncer still paused?)")?,
+        None => Tally::default(),
+    };
+    let direct: Vec<Tally> = cell.direct_writers().iter().map(|d| d.tally()).collect();
+
+    let outcome = Outcome::of(switched.as_ref());
+    // Past the point of no return a failed cleanup still leaves the cell on green.
+    let on_green = outcome == Outcome::Switched
+        || switched.as_ref().and_then(crate::report::failed_in) == Some(SWITCHED_UNCLEAN);
+    let primary = if on_green { &cell.green } else { &cell.blue };
+    let database = cell
+        .document
+        .databases
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "app".to_owned());
+    let ledger_audit = audit(
+        primary,
+        &database,
+        ("public", "payments"),
+        "memo",
+        &tally.keys(),
+    )
+    .await;
+    let direct_keys: Vec<String> = direct.iter().flat_map(Tally::keys).collect();
+    let direct_audit = audit(
+        primary,
+        &database,
+        ("billing", "invoice lines"),
+        "description",
+        &direct_keys,
+    )
+    .await;
+    let downstream_equal = downstream_converges(cell, primary, &database).await;
+    let green_version = version_through_pgbouncer(cell).await;
+
+    // Client latency over the commits acknowledged while the switchover ran.
+    let mut latencies = Vec::new();
+    if let Some(e) = &switched {
+        let start = e.history.first().and_then(|h| unix_ms(&h.timestamp));
+        let end = e.history.last().and_then(|h| unix_ms(&h.timestamp));
+        if let (Some(start), Some(end)) = (start, end) {
+            latencies = tally
+                .acks
+                .iter()
+                .filter(|a| (start..=end).contains(&(a.at_unix_ms as i64)))
+                .map(|a| a.latency_us)
+                .collect();
+        }
+    }
+    let commits_during = latencies.len();
+    let (max_ms, p99_ms) = latency_stats(latencies);
+
+    let mut all_steps = steps(PREPARE, &prepared);
+    let (pause_ms, pause_parts) = match &switched {
+        Some(e) => {
+            let s = steps(SWITCHOVER, e);
+            let window = pause_window(e, &s);
+            all_steps.extend(s);
+            window
+        }
+        None => (None, Vec::new()),
+    };
+
+    let direct_summary = WorkloadSummary {
+        acknowledged: direct.iter().map(|t| t.acks.len()).sum(),
+        failed: direct.iter().map(|t| t.failed).sum(),
+        in_doubt: direct.iter().map(|t| t.in_doubt.len()).sum(),
+        errors: direct
+            .iter()
+            .flat_map(|t| t.errors.clone())
+            .take(20)
+            .collect(),
+    };
+    let ledger_summary = WorkloadSummary {
+        acknowledged: tally.acks.len(),
+        failed: tally.failed,
+        in_doubt: tally.in_doubt.len(),
+        errors: tally.errors.clone(),
+    };
+    let mut report = Report {
+        outcome,
+        passed: false,
+        failures: Vec::new(),
+        blue_version,
+        green_version,
+        blue_major: cell.blue.major,
+        target_major: cell.green.major,
+        pause_window_ms: pause_ms,
+        pause_window_steps: pause_parts,
+        client_max_latency_ms: max_ms,
+        client_p99_latency_ms: p99_ms,
+        client_commits_during_switchover: commits_during,
+        failed_transactions: ledger_summary.failed + direct_summary.failed,
+        in_doubt_transactions: ledger_summary.in_doubt + direct_summary.in_doubt,
+        acknowledged_writes: ledger_summary.acknowledged + direct_summary.acknowledged,
+        lost_writes: ledger_audit.missing + direct_audit.missing,
+        duplicated_writes: ledger_audit.duplicated + direct_audit.duplicated,
+        audited_on: if on_green {
+            "green".to_owned()
+        } else {
+            "blue".to_owned()
+        },
+        downstream_equal,
+        direct_writers_resumed: direct_resumed,
+        workers: options.workers,
+        throughput_tx_per_s: if ledger_seconds > 0.0 {
+            (tally.acks.len() as f64 / ledger_seconds * 10.0).round() / 10.0
+        } else {
+            0.0
+        },
+        ledger_seconds: (ledger_seconds * 10.0).round() / 10.0,
+        fixture_rows: cell.fixture_rows,
+        ledger: ledger_summary,
+        direct_writers: direct_summary,
+        ledger_audit,
+        direct_writer_audit: direct_audit,
+        prepare: Some(ExecutionSummary::of(&prepared, "prepare-history.json")),
+        switchover: switched
+            .as_ref()
+            .map(|e| ExecutionSummary::of(e, "switchover-history.json")),
+        steps: all_steps,
+        error: None,
+    };
+    judge(&mut report);
+    Ok(report)
+}
+
+/// Fills `failures` and `passed` from the measured values.
+pub fn judge(report: &mut Report) {
+    let mut failures = Vec::new();
+    match (report.outcome, &report.switchover, &report.prepare) {
+        (Outcome::Switched, _, _) => {}
+        (_, Some(s), _) => failures.push(format!(
+            "the switchover did not switch: {} in `{}`: {} — {}",
+            report.outcome.as_str(),
+            s.failed_in.as_deref().unwrap_or("?"),
+            s.error.as_deref().unwrap_or("?"),
+            s.cause.as_deref().unwrap_or("")
+        )),
+        (_, None, Some(p)) => failures.push(format!(
+            "prepare did not succeed, so no switchover ran: failed in `{}`: {} — {}",
+            p.failed_in.as_deref().unwrap_or("?"),
+            p.error.as_deref().unwrap_or("?"),
+            p.cause.as_deref().unwrap_or("")
+        )),
+        (_, None, None) => failures.push("nothing ran".to_owned()),
+    }
+    if report.failed_transactions > 0 {
+        failures.push(format!(
+            "{} client transactions failed ({} in doubt); first errors: {:?}",
+            report.failed_transactions,
+            report.in_doubt_transactions,
+            report
+                .ledger
+                .errors
+                .iter()
+                .chain(&report.direct_writers.errors)
+                .take(3)
+                .collect::<Vec<_>>()
+        ));
+    }
+    if report.ledger.acknowledged == 0 || report.direct_writers.acknowledged == 0 {
+        failures.push(format!(
+            "a workload wrote nothing (ledger {}, direct writers {}): the audit proves nothing",
+            report.ledger.acknowledged, report.direct_writers.acknowledged
+        ));
+    }
+    if report.lost_writes > 0 || report.duplicated_writes > 0 {
+        failures.push(format!(
+            "{} acknowledged writes lost and {} duplicated on {}",
+            report.lost_writes, report.duplicated_writes, report.audited_on
+        ));
+    }
+    if !report.downstream_equal {
+        failures.push(format!(
+            "the downstream search database does not hold what {} holds",
+            report.audited_on
+        ));
+    }
+    if !report.direct_writers_resumed {
+        failures.push("the direct writers did not write again after the switchover".to_owned());
+    }
+    let served_major = report
+        .green_version
+        .as_deref()
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse::<u32>().ok());
+    if served_major != Some(report.target_major) {
+        failures.push(format!(
+            "PgBouncer serves {} after the run, not the target major {}",
+            report.green_version.as_deref().unwrap_or("nothing"),
+            report.target_major
+        ));
+    }
+    report.passed = failures.is_empty();
+    report.failures = failures;
+}
+
+/// Fails the report if any file written, or the report itself, carries a cell password.
+fn check_no_secret(report: &mut Report, passwords: &[String], out_dir: &Path) {
+    let mut texts = vec![
+        serde_json::to_string(report).unwrap_or_default(),
+        report.summary(),
+    ];
+    for file in ["prepare-history.json", "switchover-history.json"] {
+        if let Ok(text) = std::fs::read_to_string(out_dir.join(file)) {
+            texts.push(text);
+        }
+    }
+    let leaked = passwords
+        .iter()
+        .filter(|p| p.len() >= 8)
+        .any(|p| texts.iter().any(|t| t.contains(p.as_str())));
+    if leaked {
+        // Never keep a file that carries one.
+        for file in ["prepare-history.json", "switchover-history.json"] {
+            let _ = std::fs::remove_file(out_dir.join(file));
+        }
+        report.failures.push(
+            "a cell password appeared in the report or a history (histories removed)".to_owned(),
+        );
+        report.passed = false;
+    }
+}
+
+fn start_ledger(cell: &LocalCell, workers: usize) -> Result<switchyard_local_cell::Ledger, String> {
+    cell.start_ledger(workers, Duration::ZERO)
+        .map_err(|e| format!("starting the ledger: {e}"))
+}
+
+fn direct_acknowledged(cell: &LocalCell) -> usize {
+    cell.direct_writers().iter().map(|d| d.acknowledged()).sum()
+}
+
+/// Whether the direct writers acknowledge new jobs within 30 s.
+async fn wait_direct_writers(cell: &LocalCell, before: usize) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if direct_acknowledged(cell) > before {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+async fn audit(
+    server: &PgServer,
+    database: &str,
+    table: (&str, &str),
+    column: &str,
+    keys: &[String],
+) -> AuditSummary {
+    match audit_keys(&server.superuser_options(database), table, column, keys).await {
+        Ok(a) => AuditSummary {
+            present_once: a.present_once,
+            missing: a.missing,
+            duplicated: a.duplicated,
+        },
+        Err(e) => {
+            eprintln!("audit of {}.{} on {}: {e}", table.0, table.1, server.name);
+            // Unverifiable counts as lost.
+            AuditSummary {
+                present_once: 0,
+                missing: keys.len(),
+                duplicated: 0,
+            }
+        }
+    }
+}
+
+/// Row count and an order-independent digest of the ids, per downstream table.
+async fn fingerprint(server: &PgServer, db: &str) -> Option<Vec<(i64, String)>> {
+    let client = server.superuser_client(db).await.ok()?;
+    let mut out = Vec::new();
+    for table in ["accounts", "payments"] {
+        let sql = format!(
+            "SELECT count(*), coalesce(md5(string_agg(id::text, ',' ORDER BY id)), '') FROM {}",
+            switchyard_postgres::quote::qualified("public", table)
+        );
+        let row = client.query_one(&sql, &[]).await.ok()?;
+        out.push((row.get(0), row.get(1)));
+    }
+    Some(out)
+}
+
+/// With the ledger stopped, whether the downstream reaches exactly the primary's rows
+/// within 60 s.
+async fn downstream_converges(cell: &LocalCell, primary: &PgServer, database: &str) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        let want = fingerprint(primary, database).await;
+        let have = fingerprint(&cell.search, "search").await;
+        if want.is_some() && have == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
+}
+
+/// `SHOW server_version` as an application role sees it through PgBouncer (first word:
+/// `14.18`), or `None` if PgBouncer does not answer within 10 s.
+async fn version_through_pgbouncer(cell: &LocalCell) -> Option<String> {
+    let options = cell.via_pgbouncer("app_writer").ok()?;
+    let ask = async {
+        let client = switchyard_postgres::connect(&options).await.ok()?;
+        // Simple protocol: named prepared statements do not survive transaction pooling.
+        let rows = client.simple_query("SHOW server_version").await.ok()?;
+        rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row
+                .get(0)
+                .and_then(|v| v.split_whitespace().next())
+                .map(str::to_owned),
+            _ => None,
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(10), ask)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The report of a run that could not be carried out at all.
+pub fn not_run(options: &RunOptions, error: String) -> Report {
+    let cell = CellOptions::from_env(&Install::from_env()).ok();
+    let mut report = Report {
+        outcome: Outcome::Failed,
+        passed: false,
+        failures: Vec::new(),
+        blue_version: None,
+        green_version: None,
+        blue_major: cell.as_ref().map_or(0, |c| c.blue_major),
+        target_major: cell.as_ref().map_or(0, |c| c.green_major),
+        pause_window_ms: None,
+        pause_window_steps: Vec::new(),
+        client_max_latency_ms: None,
+        client_p99_latency_ms: None,
+        client_commits_during_switchover: 0,
+        failed_transactions: 0,
+        in_doubt_transactions: 0,
+        acknowledged_writes: 0,
+        lost_writes: 0,
+        duplicated_writes: 0,
+        audited_on: "blue".to_owned(),
+        downstream_equal: false,
+        direct_writers_resumed: false,
+        workers: options.workers,
+        throughput_tx_per_s: 0.0,
+        ledger_seconds: 0.0,
+        fixture_rows: cell.as_ref().map_or(0, |c| c.rows),
+        ledger: WorkloadSummary::default(),
+        direct_writers: WorkloadSummary::default(),
+        ledger_audit: AuditSummary::default(),
+        direct_writer_audit: AuditSummary::default(),
+        prepare: None,
+        switchover: None,
+        steps: Vec::new(),
+        error: Some(error.clone()),
+    };
+    judge(&mut report);
+    report
+        .failures
+        .insert(0, format!("the rehearsal could not run: {error}"));
+    report
+}
