@@ -84,7 +84,7 @@ pub struct SlotOutput {
 const MAX_WAIT_SECONDS: u64 = 60;
 
 /// How often slots and green are looked at again.
-const POLL: Duration = Duration::from_millis(200);
+const POLL: Duration = Duration::from_millis(50);
 
 const MARKER_EXISTS: &str = "pg_catalog.to_regclass('switchyard.switchover_marker') IS NOT NULL";
 

@@ -12,8 +12,9 @@
 //! place is done.
 
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 use switchyard_cell::{CellDocument, Downstream};
-use switchyard_errors::ErrorName;
+use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_operation::{Deps, Error, OperationInput, Side};
 use switchyard_postgres::quote::ident;
 use tokio_postgres::error::SqlState;
@@ -32,7 +33,22 @@ pub struct Input {
     /// (writes are already revoked, so nothing after it matters).
     #[serde(default)]
     pub target_lsn: Option<String>,
+    /// How long this call waits for a slot to reach the target before answering
+    /// `DownstreamBehind`: 0 (look once) to 60; default 5. The state machine retries for
+    /// longer; waiting here spares the window a whole retry interval.
+    #[serde(default = "default_wait_seconds")]
+    pub wait_seconds: u64,
 }
+
+fn default_wait_seconds() -> u64 {
+    5
+}
+
+/// The most one call may wait: the Lambda's timeout must cover it with room to spare.
+const MAX_WAIT_SECONDS: u64 = 60;
+
+/// How often a slot is looked at again while waiting.
+const POLL: Duration = Duration::from_millis(50);
 
 impl OperationInput for Input {
     fn cell(&self) -> &CellDocument {
@@ -72,6 +88,13 @@ struct Definition {
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, target_lsn = ?input.target_lsn))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    if input.wait_seconds > MAX_WAIT_SECONDS {
+        return Err(Error::stop(
+            ErrorName::InvalidInput,
+            format!("wait_seconds must be 0 to {MAX_WAIT_SECONDS} (the state machine retries for longer)"),
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(input.wait_seconds);
     let cell = &input.cell;
     let journal = deps.journal(cell);
     let mut subscriptions = Vec::new();
@@ -97,13 +120,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
                 continue;
             };
             let dropped = Box::pin(drop_one(
-                cell,
-                deps,
-                downstream,
-                &client,
-                name,
-                definition,
-                &input.target_lsn,
+                &input, deps, downstream, &client, name, definition, deadline,
             ))
             .await?;
             subscriptions.push(dropped);
@@ -113,14 +130,15 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 }
 
 async fn drop_one(
-    cell: &CellDocument,
+    input: &Input,
     deps: &Deps,
     downstream: &Downstream,
     client: &Client,
     name: &str,
     definition: Definition,
-    target_lsn: &Option<String>,
+    deadline: tokio::time::Instant,
 ) -> Result<DroppedSubscription, Error> {
+    let (cell, target_lsn) = (&input.cell, &input.target_lsn);
     let target = Target::from_conninfo(&definition.conninfo).map_err(|why| {
         Error::stop(
             ErrorName::PreconditionFailed,
@@ -134,7 +152,26 @@ async fn drop_one(
         ));
     };
     let blue = deps.connect(cell, Side::Blue, &target.dbname).await?;
-    let confirmed_lsn = caught_up(&blue, downstream, name, &slot, target_lsn).await?;
+    // The target is fixed once: blue's position now, unless the input names one.
+    let target_lsn = match target_lsn {
+        Some(lsn) => lsn.clone(),
+        None => blue
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(|e| Error::query("reading blue's WAL position", e))?
+            .get(0),
+    };
+    let confirmed_lsn = loop {
+        match caught_up(&blue, downstream, name, &slot, &target_lsn).await {
+            Err(e)
+                if e.error_name() == ErrorName::DownstreamBehind
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(POLL).await;
+            }
+            other => break other?,
+        }
+    };
 
     let entry = Journaled {
         publications: definition.publications,
@@ -207,15 +244,15 @@ async fn caught_up(
     downstream: &Downstream,
     name: &str,
     slot: &str,
-    target_lsn: &Option<String>,
+    target_lsn: &str,
 ) -> Result<String, Error> {
     let row = blue
         .query_opt(
             "SELECT s.confirmed_flush_lsn::text, coalesce(s.confirmed_flush_lsn >= t.lsn, false), \
                     coalesce(pg_wal_lsn_diff(t.lsn, s.confirmed_flush_lsn)::text, 'all'), t.lsn::text \
-             FROM (SELECT coalesce($2::text::pg_lsn, pg_current_wal_lsn()) AS lsn) t \
+             FROM (SELECT $2::text::pg_lsn AS lsn) t \
              JOIN pg_replication_slots s ON s.slot_name = $1",
-            &[&slot, target_lsn],
+            &[&slot, &target_lsn],
         )
         .await
         .map_err(|e| Error::query(format!("reading slot {slot} on blue"), e))?;

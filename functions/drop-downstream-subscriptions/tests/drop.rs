@@ -42,11 +42,17 @@ async fn refuses_while_behind_then_journals_and_drops_once() {
     let ahead = Input {
         cell: cell.document.clone(),
         target_lsn: Some("FFFFFFFF/0".to_owned()),
+        wait_seconds: 1,
     };
+    let asked = std::time::Instant::now();
     let error = run(ahead, &deps)
         .await
         .expect_err("cannot have confirmed FFFFFFFF/0");
     assert_eq!(error.error_name(), ErrorName::DownstreamBehind, "{error}");
+    assert!(
+        asked.elapsed() >= std::time::Duration::from_secs(1),
+        "it waited wait_seconds before answering"
+    );
     assert_eq!(
         count(&search, subscription_count).await,
         1,
@@ -62,6 +68,7 @@ async fn refuses_while_behind_then_journals_and_drops_once() {
     let input = Input {
         cell: cell.document.clone(),
         target_lsn: None,
+        wait_seconds: 5,
     };
     let first = drop_when_caught_up(&input, &deps).await;
     assert_eq!(first.subscriptions.len(), 1);
