@@ -13,7 +13,7 @@ use crate::SubscriptionOutput;
 
 /// How long an apply worker may take to stop after DISABLE, or to start after ENABLE.
 const WORKER_WAIT: Duration = Duration::from_secs(30);
-const POLL: Duration = Duration::from_millis(200);
+const POLL: Duration = Duration::from_millis(50);
 
 /// `lock_timeout` of our session on green: ALTER/DROP SUBSCRIPTION must not queue forever.
 const LOCK_TIMEOUT: &str = "10s";

@@ -338,7 +338,7 @@ async fn wait_streaming(client: &Client, name: &str) -> Result<bool, Error> {
         if running || tokio::time::Instant::now() >= deadline {
             return Ok(running);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -31,6 +31,7 @@ async fn recreates_the_dropped_subscription_once_without_copying() {
     let drop_input = drop_downstream_subscriptions::Input {
         cell: cell.document.clone(),
         target_lsn: None,
+        wait_seconds: 5,
     };
     let mut dropped = None;
     for _ in 0..60 {
@@ -117,6 +118,7 @@ async fn refuses_without_a_journal_entry_or_a_publication() {
     let drop_input = drop_downstream_subscriptions::Input {
         cell: cell.document.clone(),
         target_lsn: None,
+        wait_seconds: 5,
     };
     for _ in 0..60 {
         match drop_downstream_subscriptions::run(drop_input.clone(), &deps).await {
