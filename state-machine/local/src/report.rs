@@ -211,17 +211,19 @@ pub fn failed_in(execution: &Execution) -> Option<&str> {
 /// The states an execution entered, in order, with their attempts and outcomes.
 pub fn steps(label: &str, execution: &Execution) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
-    // The last task event of the open step, for a caught error's name.
-    let mut last_error: Option<String> = None;
+    // Per open state, its last task error, for a caught error's name. Keyed by state:
+    // a Parallel's branches run side by side and their events interleave.
+    let mut last_error: std::collections::HashMap<String, String> = Default::default();
     let end = execution.history.last().map(|e| e.timestamp.clone());
     for event in &execution.history {
         let state = event.state.as_deref().unwrap_or_default();
         let open = steps
-            .last_mut()
-            .filter(|s| s.name == state && s.ended_at.is_none());
+            .iter_mut()
+            .rev()
+            .find(|s| s.name == state && s.ended_at.is_none());
         match event.kind {
             EventType::StateEntered(_) => {
-                last_error = None;
+                last_error.remove(state);
                 steps.push(Step {
                     execution: label.to_owned(),
                     name: state.to_owned(),
@@ -237,14 +239,20 @@ pub fn steps(label: &str, execution: &Execution) -> Vec<Step> {
                     step.attempts += 1;
                 }
             }
-            EventType::TaskSucceeded => last_error = None,
+            EventType::TaskSucceeded => {
+                last_error.remove(state);
+            }
             EventType::TaskFailed | EventType::TaskTimedOut => {
-                last_error = event.error.clone().or(Some("States.TaskFailed".to_owned()));
+                let error = event.error.clone();
+                last_error.insert(
+                    state.to_owned(),
+                    error.unwrap_or_else(|| "States.TaskFailed".to_owned()),
+                );
             }
             EventType::StateExited(_) => {
                 if let Some(step) = open {
                     step.ended_at = Some(event.timestamp.clone());
-                    step.outcome = match last_error.take() {
+                    step.outcome = match last_error.remove(state) {
                         Some(error) => format!("caught {error}"),
                         None => "succeeded".to_owned(),
                     };

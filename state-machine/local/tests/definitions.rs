@@ -37,6 +37,18 @@ fn states(definition: &Value) -> &serde_json::Map<String, Value> {
     definition["States"].as_object().expect("States")
 }
 
+/// Every state, those inside Parallel branches included, with its name.
+fn all_states(definition: &Value) -> Vec<(&String, &Value)> {
+    let mut out = Vec::new();
+    for (name, state) in states(definition) {
+        out.push((name, state));
+        for branch in state["Branches"].as_array().into_iter().flatten() {
+            out.extend(all_states(branch));
+        }
+    }
+    out
+}
+
 fn function_of(state: &Value) -> String {
     let placeholder = state["Parameters"]["FunctionName"]
         .as_str()
@@ -122,7 +134,7 @@ fn every_error_name_is_catalogued_or_a_service_error() {
 fn every_task_retries_lambda_service_errors_and_only_not_yet_names_before_the_point_of_no_return() {
     for name in [PREPARE, SWITCHOVER] {
         let definition = raw(name);
-        for (state_name, state) in states(&definition) {
+        for (state_name, state) in all_states(&definition) {
             if state["Type"] != "Task" {
                 continue;
             }
@@ -192,26 +204,40 @@ fn forward_path(definition: &Value) -> Vec<String> {
     path
 }
 
+/// The functions along the forward path, a Parallel's branches in their order.
+fn forward_functions(definition: &Value) -> Vec<String> {
+    let mut functions = Vec::new();
+    for name in forward_path(definition) {
+        let state = &states(definition)[&name];
+        match state["Type"].as_str() {
+            Some("Task") => functions.push(function_of(state)),
+            Some("Parallel") => {
+                for branch in state["Branches"].as_array().expect("Branches") {
+                    functions.extend(forward_functions(branch));
+                }
+            }
+            _ => {}
+        }
+    }
+    functions
+}
+
 #[test]
 fn the_switchover_runs_seed_000s_order() {
     let definition = raw(SWITCHOVER);
-    let functions: Vec<String> = forward_path(&definition)
-        .iter()
-        .filter(|s| states(&definition)[*s]["Type"] == "Task")
-        .map(|s| function_of(&states(&definition)[s]))
-        .collect();
     assert_eq!(
-        functions,
+        forward_functions(&definition),
         [
             "acquire-lock",
             "preflight",
             "scale-services",
             "pause-pgbouncer",
             "revoke-writes",
+            // Side by side after the freeze (one Parallel): independent waits.
             "drop-downstream-subscriptions",
             "check-slot-lag",
-            "sync-sequences",
             "verify-data",
+            "sync-sequences",
             "finalize-replication",
             "rename-clusters",
             "refresh-nlb-target",
@@ -222,6 +248,10 @@ fn the_switchover_runs_seed_000s_order() {
             "release-lock",
         ]
     );
+    // The gate comes before the data check, in one branch.
+    let freeze = &states(&definition)["freeze checks"];
+    let gate = &freeze["Branches"][1]["States"]["check-slot-lag"];
+    assert_eq!(gate["Next"], "verify-data");
 }
 
 #[test]
@@ -253,12 +283,34 @@ fn every_step_before_the_point_of_no_return_aborts_on_any_error_and_carries_the_
             "abort: rename-clusters back"
         };
         assert_eq!(catch[0]["Next"], expected, "{name}");
-        let deadline = state["Parameters"]["Payload"].get("pause_deadline.$");
-        assert_eq!(
-            deadline.is_some(),
-            i > pause,
-            "{name}: pause_deadline from pause-pgbouncer's output on every step after it"
-        );
+        // A Parallel's branch Tasks have no Catch of their own: their errors fail the
+        // Parallel, whose Catch takes the abort path.
+        let tasks: Vec<(String, &Value)> = if state["Type"] == "Parallel" {
+            state["Branches"]
+                .as_array()
+                .expect("Branches")
+                .iter()
+                .flat_map(all_states)
+                .filter(|(_, s)| s["Type"] == "Task")
+                .map(|(n, s)| (n.clone(), s))
+                .collect()
+        } else {
+            vec![(name.clone(), state)]
+        };
+        for (task, task_state) in tasks {
+            if task != *name {
+                assert!(
+                    task_state.get("Catch").is_none(),
+                    "{task}: caught in its branch"
+                );
+            }
+            let deadline = task_state["Parameters"]["Payload"].get("pause_deadline.$");
+            assert_eq!(
+                deadline.is_some(),
+                i > pause,
+                "{task}: pause_deadline from pause-pgbouncer's output on every step after it"
+            );
+        }
     }
     // The abort path ends in Fail, carrying the cause; each of its steps leaves PgBouncer
     // paused rather than continue past a failed undo.
@@ -300,7 +352,10 @@ fn every_step_before_the_point_of_no_return_aborts_on_any_error_and_carries_the_
 #[test]
 fn the_lag_gate_retry_spends_the_default_lag_gate_budget() {
     let definition = raw(SWITCHOVER);
-    let state = &states(&definition)["check-slot-lag"];
+    let (_, state) = all_states(&definition)
+        .into_iter()
+        .find(|(name, _)| *name == "check-slot-lag")
+        .expect("check-slot-lag");
     let wait = state["Parameters"]["Payload"]["wait_seconds"]
         .as_u64()
         .expect("wait_seconds");
