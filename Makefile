@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 LOCAL_CELL := target/debug/local-cell
 
-.PHONY: help setup build test test-unit test-cell lint fmt cell-up cell-down cell-status clean-cell
+.PHONY: help setup build test test-unit test-cell lint fmt cell-up cell-down cell-status clean-cell rehearsal bench
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,6 +26,12 @@ lint: ## rustfmt, clippy (warnings are errors) and asl-validator on state-machin
 
 fmt: ## format the code
 	$(CARGO) fmt --all
+
+rehearsal: setup ## prepare + switchover state machines on a local cell under load, audited (target/rehearsal/report.json)
+	$(CARGO) run --locked --profile rehearsal -p switchyard-local-run --bin rehearsal
+
+bench: setup ## time the switchover over RUNS=5 fresh local cells (target/rehearsal/bench.json)
+	RUNS=$(or $(RUNS),5) $(CARGO) run --locked --profile rehearsal -p switchyard-local-run --bin bench-switchover
 
 cell-up: setup ## start a local cell in the background (BLUE_PG=14 GREEN_PG=17 CELL_ROWS=1000)
 	$(CARGO) build --locked -p switchyard-local-cell --bin local-cell
