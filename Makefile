@@ -13,8 +13,8 @@ help: ## list targets
 setup: ## install pinned PostgreSQL servers, PgBouncer, psql/pg_dump 15 and moto into .cache/
 	bash scripts/setup.sh
 
-build: ## build every crate (debug)
-	$(CARGO) build --workspace --all-targets --locked
+build: ## a release zip per function with cargo-lambda into target/lambda/<function>/bootstrap.zip (ARCH=arm64 optional)
+	bash scripts/build-lambdas.sh
 
 test: setup ## run every test: unit tests and the local-cell tests against real servers
 	bash scripts/test.sh
