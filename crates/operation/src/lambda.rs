@@ -70,15 +70,67 @@ fn check_pause_deadline(
     Ok(())
 }
 
-/// The whole of an operation's `main`: tracing, deps built once, then the Lambda loop.
-/// The payload is taken as raw JSON and parsed here, so even a malformed one fails with
-/// a catalogued name (`InvalidInput`), never the runtime's Rust type name.
+/// The whole of a read-only operation's `main`: tracing, deps built once, then the Lambda
+/// loop. The payload is taken as raw JSON and parsed here, so even a malformed one fails
+/// with a catalogued name (`InvalidInput`), never the runtime's Rust type name. A
+/// `dry_run` payload runs as usual: the operation changes nothing.
 pub async fn serve<I, O, F, Fut>(run: F) -> Result<(), lambda_runtime::Error>
 where
     I: OperationInput,
     O: Serialize,
     F: Fn(I, Deps) -> Fut,
-    Fut: Future<Output = Result<O, Error>> + Send,
+    Fut: Future<Output = Result<O, Error>> + Send + 'static,
+{
+    serve_inner(move |input: I, deps: Deps, _dry_run: bool| -> Boxed {
+        let run = run(input, deps);
+        Box::pin(async move { to_json(run.await?) })
+    })
+    .await
+}
+
+/// The whole of a changing operation's `main`: as [`serve`], and a payload with
+/// `"dry_run": true` calls `plan` instead of `run` and returns its [`Plan`](crate::Plan).
+pub async fn serve_planned<I, O, F, Fut, P, PFut>(
+    run: F,
+    plan: P,
+) -> Result<(), lambda_runtime::Error>
+where
+    I: OperationInput,
+    O: Serialize,
+    F: Fn(I, Deps) -> Fut,
+    Fut: Future<Output = Result<O, Error>> + Send + 'static,
+    P: Fn(I, Deps) -> PFut,
+    PFut: Future<Output = Result<crate::Plan, Error>> + Send + 'static,
+{
+    serve_inner(move |input: I, deps: Deps, dry_run: bool| -> Boxed {
+        if dry_run {
+            let plan = plan(input, deps);
+            Box::pin(async move { to_json(plan.await?) })
+        } else {
+            let run = run(input, deps);
+            Box::pin(async move { to_json(run.await?) })
+        }
+    })
+    .await
+}
+
+// Boxed as a trait object: an operation's future nests the SDK's and the driver's, and
+// inline it overflows the compiler's layout query depth.
+type Boxed = Pin<Box<dyn Future<Output = Result<serde_json::Value, Error>> + Send>>;
+
+fn to_json<O: Serialize>(output: O) -> Result<serde_json::Value, Error> {
+    serde_json::to_value(output).map_err(|e| {
+        Error::stop(
+            ErrorName::InvalidInput,
+            format!("the output does not serialize: {e}"),
+        )
+    })
+}
+
+async fn serve_inner<I, H>(handle: H) -> Result<(), lambda_runtime::Error>
+where
+    I: OperationInput,
+    H: Fn(I, Deps, bool) -> Boxed,
 {
     switchyard_telemetry::init_tracing();
     let deps = match Deps::from_env().await {
@@ -91,16 +143,16 @@ where
             )));
         }
     };
-    let run = &run;
+    let handle = &handle;
     let deps = &deps;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {
-            let input = parse_input::<I>(event.payload).map_err(Diagnostic::from)?;
-            // Boxed as a trait object: an operation's future nests the SDK's and the
-            // driver's, and inline it overflows the compiler's layout query depth.
-            let operation: Pin<Box<dyn Future<Output = Result<O, Error>> + Send + '_>> =
-                Box::pin(run(input, deps.clone()));
-            operation.await.map_err(Diagnostic::from)
+            let mut payload = event.payload;
+            let dry_run = crate::take_dry_run(&mut payload).map_err(Diagnostic::from)?;
+            let input = parse_input::<I>(payload).map_err(Diagnostic::from)?;
+            handle(input, deps.clone(), dry_run)
+                .await
+                .map_err(Diagnostic::from)
         },
     ))
     .await

@@ -13,10 +13,12 @@ pub mod fleet;
 mod journal;
 mod lambda;
 mod payloads;
+mod plan;
 
 pub use deploy::{Deployment, CA_BUNDLE_ENV, PG_DUMP_ENV};
 pub use deps::{Deps, Side};
 pub use error::Error;
 pub use journal::{now_rfc3339, Journal, RunLock, LOCK_KEY};
-pub use lambda::{parse_input, serve, OperationInput, PAUSE_DEADLINE_FIELD};
+pub use lambda::{parse_input, serve, serve_planned, OperationInput, PAUSE_DEADLINE_FIELD};
 pub use payloads::assert_examples_round_trip;
+pub use plan::{take_dry_run, Plan, DRY_RUN_FIELD};
