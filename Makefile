@@ -19,10 +19,11 @@ build: ## a release zip per function with cargo-lambda into target/lambda/<funct
 test: setup ## run every test: unit tests and the local-cell tests against real servers
 	bash scripts/test.sh
 
-lint: ## rustfmt, clippy (warnings are errors) and asl-validator on state-machine/*.asl.json
+lint: ## rustfmt, clippy (warnings are errors), asl-validator, and infra/ (format, checkov, validate when terraform can)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	bash scripts/asl-validate.sh
+	bash scripts/infra-lint.sh
 
 fmt: ## format the code
 	$(CARGO) fmt --all

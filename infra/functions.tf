@@ -1,0 +1,19 @@
+data "aws_partition" "current" {}
+data "aws_region" "current" {}
+data "aws_caller_identity" "current" {}
+
+locals {
+  # One Lambda (and one role, one log group) per operation; functions.json is the list and
+  # holds each one's timeout and memory, shared with the state machine tests.
+  functions  = jsondecode(file("${path.module}/../state-machine/functions.json"))
+  lambda_dir = var.lambda_dir == null ? "${path.module}/../target/lambda" : var.lambda_dir
+
+  function_names = { for fn, _ in local.functions : fn => "${var.name_prefix}-${fn}" }
+
+  partition = data.aws_partition.current.partition
+  region    = data.aws_region.current.name
+  account   = data.aws_caller_identity.current.account_id
+
+  # The ASL placeholders: ${check_slot_lag} for check-slot-lag.
+  state_machine_functions = { for fn, _ in local.functions : replace(fn, "-", "_") => aws_lambda_function.function[fn].arn }
+}

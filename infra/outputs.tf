@@ -1,0 +1,24 @@
+output "function_arns" {
+  description = "Function ARN by operation name (e.g. check-slot-lag)."
+  value       = { for fn, f in aws_lambda_function.function : fn => f.arn }
+}
+
+output "function_names" {
+  description = "Lambda function name by operation name: <name_prefix>-<operation>."
+  value       = { for fn, f in aws_lambda_function.function : fn => f.function_name }
+}
+
+output "function_role_arns" {
+  description = "Execution role ARN by operation name."
+  value       = { for fn, r in aws_iam_role.function : fn => r.arn }
+}
+
+output "state_machine_arns" {
+  description = "State machine ARN by name: prepare, switchover."
+  value       = { for name, sm in aws_sfn_state_machine.state_machine : name => sm.arn }
+}
+
+output "state_machine_role_arn" {
+  description = "The role both state machines run as."
+  value       = aws_iam_role.states.arn
+}

@@ -1,0 +1,1000 @@
+//! What `terraform plan` would make of `infra/`, without terraform: the module parsed with
+//! hcl-rs and its expressions evaluated with hcl-rs's evaluator, in a context holding the
+//! module's variables (defaults, plus a test's cells), fake data sources, fake resource
+//! instances (one per `for_each` key, with dummy ARNs) and the Terraform functions the
+//! module calls, implemented here as Terraform documents them.
+//!
+//! Checked: each state machine's definition renders to the checked-in ASL with every
+//! `${placeholder}` filled by its function's ARN; one Lambda and one role per function in
+//! `state-machine/functions.json`; every policy grants no wildcard action, `"*"` resources
+//! only for actions AWS cannot scope, and `rds:ModifyDBCluster` only to rename-clusters.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use hcl::eval::{Context, Evaluate, FuncArgs, FuncDef, ParamType};
+use hcl::{Body, Expression, Map, Template, Value};
+
+const REGION: &str = "eu-west-1";
+const ACCOUNT: &str = "123456789012";
+
+/// The dummy ARN of the Lambda of `function` (default `name_prefix`).
+fn function_arn(function: &str) -> String {
+    format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:switchyard-{function}")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// `state-machine/functions.json`'s function names.
+fn functions() -> BTreeSet<String> {
+    let json: serde_json::Value =
+        serde_json::from_str(&read(&repo().join("state-machine/functions.json"))).expect("JSON");
+    json.as_object()
+        .expect("an object keyed by function")
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// `state-machine/<name>.asl.json` by name.
+fn asl_files() -> BTreeMap<String, String> {
+    let dir = repo().join("state-machine");
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).expect("state-machine/") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if let Some(stem) = name.strip_suffix(".asl.json") {
+            files.insert(stem.to_owned(), read(&path));
+        }
+    }
+    files
+}
+
+/// Every `${…}` placeholder in `text`, in order.
+fn placeholders(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let end = after.find('}').expect("a closed placeholder");
+        found.push(after[..end].to_owned());
+        rest = &after[end + 1..];
+    }
+    found
+}
+
+/// The ASL with each placeholder filled by its function's dummy ARN, by plain string
+/// replacement: independent of the renderer.
+fn filled(asl: &str) -> String {
+    let mut text = asl.to_owned();
+    for name in placeholders(asl) {
+        text = text.replace(
+            &format!("${{{name}}}"),
+            &function_arn(&name.replace('_', "-")),
+        );
+    }
+    text
+}
+
+// ---------------------------------------------------------------------------------------
+// The module
+
+/// One `resource` or `data` block.
+#[derive(Debug)]
+struct Block {
+    kind: String,
+    name: String,
+    body: Body,
+}
+
+#[derive(Debug)]
+struct Module {
+    dir: PathBuf,
+    variables: Vec<(String, Body)>,
+    locals: Vec<(String, Expression)>,
+    resources: Vec<Block>,
+    data: Vec<Block>,
+}
+
+impl Module {
+    fn load(dir: &Path) -> Self {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .expect("infra/")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "tf"))
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "no *.tf in {}", dir.display());
+        let mut module = Module {
+            dir: dir.to_owned(),
+            variables: Vec::new(),
+            locals: Vec::new(),
+            resources: Vec::new(),
+            data: Vec::new(),
+        };
+        for file in files {
+            let body = hcl::parse(&read(&file))
+                .unwrap_or_else(|e| panic!("parsing {}: {e}", file.display()));
+            for block in body.blocks() {
+                let labels: Vec<String> = block
+                    .labels()
+                    .iter()
+                    .map(|l| l.as_str().to_owned())
+                    .collect();
+                match (block.identifier(), labels.as_slice()) {
+                    ("variable", [name]) => {
+                        module.variables.push((name.clone(), block.body().clone()));
+                    }
+                    ("locals", []) => module.locals.extend(
+                        block
+                            .body()
+                            .attributes()
+                            .map(|a| (a.key().to_owned(), a.expr().clone())),
+                    ),
+                    ("resource", [kind, name]) => module.resources.push(Block {
+                        kind: kind.clone(),
+                        name: name.clone(),
+                        body: block.body().clone(),
+                    }),
+                    ("data", [kind, name]) => module.data.push(Block {
+                        kind: kind.clone(),
+                        name: name.clone(),
+                        body: block.body().clone(),
+                    }),
+                    _ => {}
+                }
+            }
+        }
+        module
+    }
+
+    fn resources_of(&self, kind: &str) -> Vec<&Block> {
+        self.resources.iter().filter(|r| r.kind == kind).collect()
+    }
+}
+
+fn attribute<'a>(body: &'a Body, key: &str) -> Option<&'a Expression> {
+    body.attributes().find(|a| a.key() == key).map(|a| a.expr())
+}
+
+/// A resource's `for_each` instances: `(each.key, each.value)`.
+type Instances = Vec<(String, Value)>;
+
+/// A module evaluated: every local, and every resource's `for_each` keys.
+#[derive(Debug)]
+struct Evaluated {
+    /// `var`, `path`, `data`, `local` and one object per resource type.
+    vars: Map<String, Value>,
+    /// `(type, name)` → its `for_each` keys, or `None` for a single instance.
+    instances: BTreeMap<(String, String), Option<Instances>>,
+}
+
+impl Evaluated {
+    fn context(&self) -> Context<'static> {
+        let mut ctx = terraform_functions();
+        for (name, value) in &self.vars {
+            ctx.declare_var(name.as_str(), value.clone());
+        }
+        ctx
+    }
+
+    /// `expr` evaluated for each instance of `block` (`each.key`, `each.value` set).
+    fn per_instance(&self, block: &Block, expr: &Expression) -> BTreeMap<String, Value> {
+        let key = (block.kind.clone(), block.name.clone());
+        let instances = self.instances[&key]
+            .clone()
+            .unwrap_or_else(|| vec![(String::new(), Value::Null)]);
+        let mut out = BTreeMap::new();
+        for (each_key, each_value) in instances {
+            let mut ctx = self.context();
+            let mut each = Map::new();
+            each.insert("key".to_owned(), Value::from(each_key.clone()));
+            each.insert("value".to_owned(), each_value);
+            ctx.declare_var("each", Value::Object(each));
+            let value = expr.evaluate(&ctx).unwrap_or_else(|e| {
+                panic!(
+                    "{}.{}[{each_key:?}]: evaluating {expr}: {e}",
+                    block.kind, block.name
+                )
+            });
+            out.insert(each_key, value);
+        }
+        out
+    }
+}
+
+/// The inputs a test gives the module: its required variables.
+fn inputs() -> Map<String, Value> {
+    let cells: serde_json::Value = serde_json::json!({
+        "cell-a": {
+            "blue_cluster_identifier": "cell-a",
+            "green_cluster_identifier": "cell-a-green",
+            "orchestrator_parameter": "/switchyard/cell-a/orchestrator",
+            "application_roles_path": "/switchyard/cell-a/roles/",
+            "pgbouncer_admin_parameter": "/switchyard/cell-a/pgbouncer-admin",
+            "pgbouncer_ecs_service": { "ecs_cluster": "cell-a", "service": "pgbouncer" },
+            "direct_writers": [{ "ecs_cluster": "cell-a", "service": "jobs" }],
+            "downstream": [{
+                "credentials_parameter": "/switchyard/cell-a/downstream/search/admin",
+                "publisher_credentials_parameter": "/switchyard/cell-a/downstream/search/replicator",
+                "nlb_target_group_arn": format!("arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:targetgroup/cell-a-search/0123456789abcdef")
+            }],
+            "journal_path": null
+        },
+        "cell-b": {
+            "blue_cluster_identifier": "cell-b",
+            "green_cluster_identifier": "cell-b-green",
+            "orchestrator_parameter": "/switchyard/cell-b/orchestrator",
+            "application_roles_path": "/switchyard/cell-b/roles/",
+            "pgbouncer_admin_parameter": "/switchyard/cell-b/pgbouncer-admin",
+            "pgbouncer_ecs_service": null,
+            "direct_writers": [],
+            "downstream": [],
+            "journal_path": "/ops/cell-b/journal/"
+        }
+    });
+    let mut inputs = Map::new();
+    inputs.insert("cells".to_owned(), json_to_value(cells));
+    inputs.insert("subnet_ids".to_owned(), Value::from(vec!["subnet-0a"]));
+    inputs.insert("security_group_ids".to_owned(), Value::from(vec!["sg-0a"]));
+    inputs.insert(
+        "kms_key_arn".to_owned(),
+        Value::from(format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/test")),
+    );
+    inputs
+}
+
+fn field(object: &Value, name: &str) -> Value {
+    match object {
+        Value::Object(map) => map.get(name).cloned().unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
+fn json_to_value(json: serde_json::Value) -> Value {
+    serde_json::from_value(json).expect("JSON is an HCL value")
+}
+
+/// What a data source of `kind` reads, faked.
+fn fake_data(kind: &str) -> Value {
+    let attributes: serde_json::Value = match kind {
+        "aws_partition" => serde_json::json!({ "partition": "aws", "dns_suffix": "amazonaws.com" }),
+        "aws_region" => serde_json::json!({ "name": REGION, "region": REGION, "id": REGION }),
+        "aws_caller_identity" => serde_json::json!({ "account_id": ACCOUNT }),
+        "aws_iam_policy_document" => serde_json::json!({ "json": "{}" }),
+        other => panic!("the renderer has no fake for data source {other}: add one"),
+    };
+    json_to_value(attributes)
+}
+
+/// A resource instance's attributes: dummy, but each distinct and naming its key. Lambda
+/// ARNs are what a deployment with the default prefix would have.
+fn fake_instance(kind: &str, name: &str, key: &str) -> Value {
+    let arn = match kind {
+        "aws_lambda_function" => function_arn(key),
+        _ => format!("arn:aws:fake:{REGION}:{ACCOUNT}:{kind}/{name}/{key}"),
+    };
+    let id = format!("{kind}.{name}[{key}]");
+    let mut object = Map::new();
+    object.insert("arn".to_owned(), Value::from(arn.clone()));
+    object.insert("id".to_owned(), Value::from(id));
+    object.insert("name".to_owned(), Value::from(format!("{name}-{key}")));
+    if kind == "aws_lambda_function" {
+        object.insert(
+            "function_name".to_owned(),
+            Value::from(format!("switchyard-{key}")),
+        );
+        object.insert("qualified_arn".to_owned(), Value::from(format!("{arn}:1")));
+    }
+    Value::Object(object)
+}
+
+/// Evaluates the module: variables, data, then locals and resources' `for_each` until
+/// nothing more can be evaluated. Fails if any local or `for_each` cannot.
+fn evaluate(module: &Module) -> Evaluated {
+    let mut vars = Map::new();
+
+    let mut path = Map::new();
+    path.insert(
+        "module".to_owned(),
+        Value::from(module.dir.to_string_lossy().into_owned()),
+    );
+    vars.insert("path".to_owned(), Value::Object(path));
+
+    let mut inputs = inputs();
+    let mut var = Map::new();
+    for (name, body) in &module.variables {
+        let value = match (inputs.shift_remove(name), attribute(body, "default")) {
+            (Some(value), _) => value,
+            (None, Some(default)) => default
+                .evaluate(&Context::new())
+                .unwrap_or_else(|e| panic!("variable {name}: default: {e}")),
+            (None, None) => panic!("variable {name} is required: give the test a value for it"),
+        };
+        var.insert(name.clone(), value);
+    }
+    assert!(
+        inputs.is_empty(),
+        "the test gives values for variables the module does not declare: {:?}",
+        inputs.keys().collect::<Vec<_>>()
+    );
+    vars.insert("var".to_owned(), Value::Object(var));
+
+    let mut data: Map<String, Value> = Map::new();
+    for block in &module.data {
+        let by_kind = data
+            .entry(block.kind.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(by_name) = by_kind {
+            by_name.insert(block.name.clone(), fake_data(&block.kind));
+        }
+    }
+    vars.insert("data".to_owned(), Value::Object(data));
+    vars.insert("local".to_owned(), Value::Object(Map::new()));
+
+    let mut evaluated = Evaluated {
+        vars,
+        instances: BTreeMap::new(),
+    };
+    let mut locals_left: Vec<&(String, Expression)> = module.locals.iter().collect();
+    let mut resources_left: Vec<&Block> = module.resources.iter().collect();
+    loop {
+        let before = locals_left.len() + resources_left.len();
+        let mut errors = Vec::new();
+
+        let mut still = Vec::new();
+        for local in locals_left {
+            let (name, expr) = local;
+            match expr.evaluate(&evaluated.context()) {
+                Ok(value) => {
+                    if let Some(Value::Object(locals)) = evaluated.vars.get_mut("local") {
+                        locals.insert(name.clone(), value);
+                    }
+                }
+                Err(e) => {
+                    errors.push(format!("local.{name}: {e}"));
+                    still.push(local);
+                }
+            }
+        }
+        locals_left = still;
+
+        let mut still = Vec::new();
+        for block in resources_left {
+            let instances = match attribute(&block.body, "for_each") {
+                None => Ok(None),
+                Some(expr) => match expr.evaluate(&evaluated.context()) {
+                    Ok(Value::Object(map)) => Ok(Some(map.into_iter().collect::<Vec<_>>())),
+                    Ok(Value::Array(items)) => items
+                        .into_iter()
+                        .map(|item| match item {
+                            Value::String(s) => Ok((s.clone(), Value::from(s))),
+                            other => Err(format!("for_each over a set of non-strings: {other}")),
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(Some),
+                    Ok(other) => Err(format!("for_each is neither a map nor a set: {other}")),
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            match instances {
+                Ok(instances) => {
+                    let value = match &instances {
+                        None => fake_instance(&block.kind, &block.name, ""),
+                        Some(list) => Value::Object(
+                            list.iter()
+                                .map(|(k, _)| {
+                                    (k.clone(), fake_instance(&block.kind, &block.name, k))
+                                })
+                                .collect(),
+                        ),
+                    };
+                    let by_kind = evaluated
+                        .vars
+                        .entry(block.kind.clone())
+                        .or_insert_with(|| Value::Object(Map::new()));
+                    if let Value::Object(by_name) = by_kind {
+                        by_name.insert(block.name.clone(), value);
+                    }
+                    evaluated
+                        .instances
+                        .insert((block.kind.clone(), block.name.clone()), instances);
+                }
+                Err(e) => {
+                    errors.push(format!("{}.{}: for_each: {e}", block.kind, block.name));
+                    still.push(block);
+                }
+            }
+        }
+        resources_left = still;
+
+        let after = locals_left.len() + resources_left.len();
+        if after == 0 {
+            return evaluated;
+        }
+        assert!(
+            after < before,
+            "cannot evaluate the module:\n{}",
+            errors.join("\n")
+        );
+    }
+}
+
+fn module() -> (Module, Evaluated) {
+    let module = Module::load(&repo().join("infra"));
+    let evaluated = evaluate(&module);
+    (module, evaluated)
+}
+
+// ---------------------------------------------------------------------------------------
+// Terraform's functions, as the module uses them (developer.hashicorp.com/terraform/language/functions)
+
+fn terraform_functions() -> Context<'static> {
+    let mut ctx = Context::new();
+    let string = || ParamType::String;
+    let any = || ParamType::Any;
+    ctx.declare_func("file", FuncDef::builder().param(string()).build(tf_file));
+    ctx.declare_func(
+        "jsondecode",
+        FuncDef::builder().param(string()).build(tf_jsondecode),
+    );
+    ctx.declare_func(
+        "jsonencode",
+        FuncDef::builder().param(any()).build(tf_jsonencode),
+    );
+    ctx.declare_func(
+        "templatefile",
+        FuncDef::builder()
+            .param(string())
+            .param(ParamType::object_of(any()))
+            .build(tf_templatefile),
+    );
+    ctx.declare_func(
+        "replace",
+        FuncDef::builder()
+            .params([string(), string(), string()])
+            .build(tf_replace),
+    );
+    ctx.declare_func(
+        "trimprefix",
+        FuncDef::builder()
+            .params([string(), string()])
+            .build(tf_trimprefix),
+    );
+    ctx.declare_func(
+        "trimsuffix",
+        FuncDef::builder()
+            .params([string(), string()])
+            .build(tf_trimsuffix),
+    );
+    ctx.declare_func(
+        "merge",
+        FuncDef::builder().variadic_param(any()).build(tf_merge),
+    );
+    ctx.declare_func(
+        "concat",
+        FuncDef::builder().variadic_param(any()).build(tf_concat),
+    );
+    ctx.declare_func("flatten", FuncDef::builder().param(any()).build(tf_flatten));
+    ctx.declare_func(
+        "distinct",
+        FuncDef::builder().param(any()).build(tf_distinct),
+    );
+    ctx.declare_func("length", FuncDef::builder().param(any()).build(tf_length));
+    ctx.declare_func("keys", FuncDef::builder().param(any()).build(tf_keys));
+    ctx
+}
+
+fn arg_str(args: &FuncArgs, i: usize) -> Result<&str, String> {
+    args[i]
+        .as_str()
+        .ok_or_else(|| format!("argument {} must be a string", i + 1))
+}
+
+fn tf_file(args: FuncArgs) -> Result<Value, String> {
+    let path = arg_str(&args, 0)?;
+    std::fs::read_to_string(path)
+        .map(Value::from)
+        .map_err(|e| format!("no file {path}: {e}"))
+}
+
+fn tf_jsondecode(args: FuncArgs) -> Result<Value, String> {
+    serde_json::from_str(arg_str(&args, 0)?).map_err(|e| format!("invalid JSON: {e}"))
+}
+
+fn tf_jsonencode(args: FuncArgs) -> Result<Value, String> {
+    serde_json::to_string(&args[0])
+        .map(Value::from)
+        .map_err(|e| e.to_string())
+}
+
+/// The file is an HCL template; only `vars` are in scope, and an undefined one is an error
+/// ("vars map does not contain key …"), as in Terraform.
+fn tf_templatefile(args: FuncArgs) -> Result<Value, String> {
+    let path = arg_str(&args, 0)?;
+    let source = std::fs::read_to_string(path).map_err(|e| format!("no file {path}: {e}"))?;
+    let template =
+        Template::from_str(&source).map_err(|e| format!("{path} is not a template: {e}"))?;
+    let mut ctx = Context::new();
+    if let Value::Object(vars) = &args[1] {
+        for (name, value) in vars {
+            ctx.declare_var(name.as_str(), value.clone());
+        }
+    }
+    template
+        .evaluate(&ctx)
+        .map(Value::from)
+        .map_err(|e| format!("rendering {path}: {e}"))
+}
+
+fn tf_replace(args: FuncArgs) -> Result<Value, String> {
+    let (s, from, to) = (arg_str(&args, 0)?, arg_str(&args, 1)?, arg_str(&args, 2)?);
+    if from.len() > 1 && from.starts_with('/') && from.ends_with('/') {
+        return Err("regular expression replace is not implemented by this renderer".to_owned());
+    }
+    Ok(Value::from(s.replace(from, to)))
+}
+
+fn tf_trimprefix(args: FuncArgs) -> Result<Value, String> {
+    let (s, prefix) = (arg_str(&args, 0)?, arg_str(&args, 1)?);
+    Ok(Value::from(s.strip_prefix(prefix).unwrap_or(s)))
+}
+
+fn tf_trimsuffix(args: FuncArgs) -> Result<Value, String> {
+    let (s, suffix) = (arg_str(&args, 0)?, arg_str(&args, 1)?);
+    Ok(Value::from(s.strip_suffix(suffix).unwrap_or(s)))
+}
+
+fn tf_merge(args: FuncArgs) -> Result<Value, String> {
+    let mut merged = Map::new();
+    for arg in args.iter() {
+        match arg {
+            Value::Null => {}
+            Value::Object(map) => merged.extend(map.clone()),
+            other => return Err(format!("merge takes maps or objects, not {other}")),
+        }
+    }
+    Ok(Value::Object(merged))
+}
+
+fn tf_concat(args: FuncArgs) -> Result<Value, String> {
+    let mut all = Vec::new();
+    for arg in args.iter() {
+        match arg {
+            Value::Array(items) => all.extend(items.iter().cloned()),
+            other => return Err(format!("concat takes lists, not {other}")),
+        }
+    }
+    Ok(Value::Array(all))
+}
+
+fn tf_flatten(args: FuncArgs) -> Result<Value, String> {
+    fn flatten_into(value: &Value, out: &mut Vec<Value>) {
+        match value {
+            Value::Array(items) => items.iter().for_each(|i| flatten_into(i, out)),
+            other => out.push(other.clone()),
+        }
+    }
+    let Value::Array(_) = &args[0] else {
+        return Err("flatten takes a list".to_owned());
+    };
+    let mut out = Vec::new();
+    flatten_into(&args[0], &mut out);
+    Ok(Value::Array(out))
+}
+
+fn tf_distinct(args: FuncArgs) -> Result<Value, String> {
+    let Value::Array(items) = &args[0] else {
+        return Err("distinct takes a list".to_owned());
+    };
+    let mut out: Vec<Value> = Vec::new();
+    for item in items {
+        if !out.contains(item) {
+            out.push(item.clone());
+        }
+    }
+    Ok(Value::Array(out))
+}
+
+fn tf_length(args: FuncArgs) -> Result<Value, String> {
+    let n = match &args[0] {
+        Value::Array(items) => items.len(),
+        Value::Object(map) => map.len(),
+        Value::String(s) => s.chars().count(),
+        other => return Err(format!("length of {other}")),
+    };
+    Ok(Value::from(n as u64))
+}
+
+/// Terraform returns the keys in lexicographical order.
+fn tf_keys(args: FuncArgs) -> Result<Value, String> {
+    let Value::Object(map) = &args[0] else {
+        return Err("keys takes a map or object".to_owned());
+    };
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    Ok(Value::from(
+        keys.into_iter()
+            .cloned()
+            .map(Value::from)
+            .collect::<Vec<_>>(),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------
+// The tests
+
+#[test]
+fn every_asl_placeholder_names_a_function() {
+    let functions = functions();
+    for (name, asl) in asl_files() {
+        for placeholder in placeholders(&asl) {
+            let function = placeholder.replace('_', "-");
+            assert!(
+                functions.contains(&function),
+                "state-machine/{name}.asl.json: placeholder ${{{placeholder}}} names no function in functions.json \
+                 (templatefile would fail: the vars map has no key {placeholder:?}); \
+                 a literal `${{` in the definition must be written `$${{`"
+            );
+        }
+    }
+}
+
+#[test]
+fn state_machines_render_to_the_checked_in_asl_with_function_arns() {
+    let (module, evaluated) = module();
+    let machines = module.resources_of("aws_sfn_state_machine");
+    assert!(!machines.is_empty(), "no aws_sfn_state_machine in infra/");
+    let files = asl_files();
+    let mut rendered_names = BTreeSet::new();
+    for machine in machines {
+        let definition = attribute(&machine.body, "definition")
+            .unwrap_or_else(|| panic!("{} has no definition", machine.name));
+        for (key, rendered) in evaluated.per_instance(machine, definition) {
+            let text = rendered
+                .as_str()
+                .unwrap_or_else(|| panic!("definition of {key} is not a string: {rendered}"));
+            assert!(
+                !text.contains("${"),
+                "definition of {key} still holds a placeholder"
+            );
+            let asl = files.get(&key).unwrap_or_else(|| {
+                panic!("no state-machine/{key}.asl.json for state machine {key}")
+            });
+            let got: serde_json::Value = serde_json::from_str(text)
+                .unwrap_or_else(|e| panic!("definition of {key} is not JSON: {e}"));
+            let want: serde_json::Value =
+                serde_json::from_str(&filled(asl)).expect("the filled ASL is JSON");
+            assert_eq!(got, want, "definition of {key} differs from its filled ASL");
+            assert!(
+                text.contains(&function_arn("preflight")),
+                "definition of {key} invokes no function by ARN"
+            );
+            rendered_names.insert(key);
+        }
+    }
+    let asl_names: BTreeSet<String> = files.keys().cloned().collect();
+    assert_eq!(
+        rendered_names, asl_names,
+        "one state machine per state-machine/*.asl.json"
+    );
+}
+
+/// Every instance key of resources of `kind`, with how many times each occurs.
+fn instance_keys(module: &Module, evaluated: &Evaluated, kind: &str) -> BTreeMap<String, usize> {
+    let mut keys = BTreeMap::new();
+    for block in module.resources_of(kind) {
+        let instances = evaluated.instances[&(block.kind.clone(), block.name.clone())]
+            .clone()
+            .unwrap_or_default();
+        for (key, _) in instances {
+            *keys.entry(key).or_insert(0) += 1;
+        }
+    }
+    keys
+}
+
+#[test]
+fn one_lambda_and_one_role_per_function() {
+    let (module, evaluated) = module();
+    let want: BTreeMap<String, usize> = functions().into_iter().map(|f| (f, 1)).collect();
+
+    let lambdas = module.resources_of("aws_lambda_function");
+    assert!(
+        lambdas
+            .iter()
+            .all(|l| attribute(&l.body, "for_each").is_some()),
+        "every aws_lambda_function is one per function (for_each)"
+    );
+    assert_eq!(
+        instance_keys(&module, &evaluated, "aws_lambda_function"),
+        want,
+        "aws_lambda_function instances vs state-machine/functions.json"
+    );
+
+    // The function roles: every for_each role; the state machines' single role is not one.
+    let function_roles: Vec<&Block> = module
+        .resources_of("aws_iam_role")
+        .into_iter()
+        .filter(|r| attribute(&r.body, "for_each").is_some())
+        .collect();
+    let mut role_keys = BTreeMap::new();
+    let mut role_arns = BTreeMap::new();
+    for role in &function_roles {
+        for (key, _) in evaluated.instances[&(role.kind.clone(), role.name.clone())]
+            .clone()
+            .unwrap_or_default()
+        {
+            *role_keys.entry(key.clone()).or_insert(0) += 1;
+            role_arns.insert(
+                field(&fake_instance(&role.kind, &role.name, &key), "arn").to_string(),
+                key,
+            );
+        }
+    }
+    assert_eq!(
+        role_keys, want,
+        "function aws_iam_role instances vs functions.json"
+    );
+
+    // Each Lambda runs as the role of its own function.
+    for lambda in lambdas {
+        let role = attribute(&lambda.body, "role").expect("a Lambda has a role");
+        for (function, arn) in evaluated.per_instance(lambda, role) {
+            assert_eq!(
+                role_arns.get(&arn.to_string()),
+                Some(&function),
+                "Lambda {function} runs as {arn}, not its own role"
+            );
+        }
+    }
+}
+
+/// `(function, statements)` of every function's role policy.
+fn function_policies(
+    module: &Module,
+    evaluated: &Evaluated,
+) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let mut policies: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for block in module.resources_of("aws_iam_role_policy") {
+        let role = attribute(&block.body, "role").expect("a role policy names its role");
+        let policy = attribute(&block.body, "policy").expect("a role policy has a policy");
+        let roles = evaluated.per_instance(block, role);
+        for (key, document) in evaluated.per_instance(block, policy) {
+            let text = document.as_str().expect("the policy is a JSON string");
+            let json: serde_json::Value = serde_json::from_str(text).expect("the policy is JSON");
+            let statements = json["Statement"]
+                .as_array()
+                .unwrap_or_else(|| panic!("policy {}.{key} has no Statement list", block.name))
+                .clone();
+            // The role it attaches to says whose it is: a function's role or the states role.
+            let owner = match roles[&key].as_str() {
+                Some(id)
+                    if id.starts_with("aws_iam_role.")
+                        && id.ends_with(&format!("[{key}]"))
+                        && !key.is_empty() =>
+                {
+                    key.clone()
+                }
+                Some(id) => id.to_owned(),
+                None => panic!("policy {}.{key} names no role", block.name),
+            };
+            policies.entry(owner).or_default().extend(statements);
+        }
+    }
+    policies
+}
+
+fn strings(value: &serde_json::Value) -> Vec<String> {
+    match value {
+        serde_json::Value::String(s) => vec![s.clone()],
+        serde_json::Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().expect("a string").to_owned())
+            .collect(),
+        other => panic!("not a string or list of strings: {other}"),
+    }
+}
+
+/// Actions AWS cannot scope to a resource (or scopes only by condition): the only ones a
+/// statement may grant on `"*"`.
+const UNSCOPABLE: [&str; 17] = [
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    "xray:GetSamplingRules",
+    "xray:GetSamplingTargets",
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+    "elasticloadbalancing:DescribeTargetGroups",
+    "elasticloadbalancing:DescribeTargetHealth",
+    "logs:CreateLogDelivery",
+    "logs:GetLogDelivery",
+    "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery",
+    "logs:ListLogDeliveries",
+    "logs:PutResourcePolicy",
+];
+
+#[test]
+fn policies_grant_only_named_actions_and_only_rename_clusters_renames() {
+    let (module, evaluated) = module();
+    let policies = function_policies(&module, &evaluated);
+    let functions = functions();
+    for function in &functions {
+        assert!(
+            policies.contains_key(function),
+            "no policy on the role of {function}"
+        );
+    }
+    let also_unscopable = [
+        "logs:DescribeResourcePolicies",
+        "logs:DescribeLogGroups",
+        "ecs:ListTasks",
+    ];
+    let mut renamers = BTreeSet::new();
+    for (owner, statements) in &policies {
+        for statement in statements {
+            assert_eq!(
+                statement["Effect"], "Allow",
+                "{owner}: only Allow statements"
+            );
+            let actions = strings(&statement["Action"]);
+            let resources = strings(&statement["Resource"]);
+            assert!(
+                !resources.is_empty(),
+                "{owner}: a statement with no resource"
+            );
+            for action in &actions {
+                assert!(!action.contains('*'), "{owner}: wildcard action {action:?}");
+                if action == "rds:ModifyDBCluster" {
+                    renamers.insert(owner.clone());
+                }
+            }
+            if resources.iter().any(|r| r == "*") {
+                for action in &actions {
+                    assert!(
+                        UNSCOPABLE.contains(&action.as_str())
+                            || also_unscopable.contains(&action.as_str()),
+                        "{owner}: {action} on Resource \"*\", but AWS can scope it"
+                    );
+                }
+                if actions.iter().any(|a| a == "ecs:ListTasks") {
+                    assert!(
+                        statement["Condition"]["ArnEquals"]["ecs:cluster"].is_array(),
+                        "{owner}: ecs:ListTasks on \"*\" without an ecs:cluster condition"
+                    );
+                }
+            }
+            // Logs: a function writes only to its own log group.
+            if functions.contains(owner) && actions.iter().any(|a| a == "logs:PutLogEvents") {
+                let own = format!("aws_cloudwatch_log_group/function/{owner}:*");
+                assert!(
+                    resources.iter().all(|r| r.ends_with(&own)),
+                    "{owner}: writes logs to {resources:?}, not only its own log group"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        renamers,
+        BTreeSet::from(["rename-clusters".to_owned()]),
+        "rds:ModifyDBCluster is rename-clusters' alone"
+    );
+
+    // rename-clusters renames the cells' clusters only: blue, green and blue's parked name.
+    let rename_resources: BTreeSet<String> = policies["rename-clusters"]
+        .iter()
+        .filter(|s| {
+            strings(&s["Action"])
+                .iter()
+                .any(|a| a == "rds:ModifyDBCluster")
+        })
+        .flat_map(|s| strings(&s["Resource"]))
+        .collect();
+    let rds = format!("arn:aws:rds:{REGION}:{ACCOUNT}:cluster:");
+    let want: BTreeSet<String> = [
+        "cell-a",
+        "cell-a-green",
+        "cell-a-blue-*",
+        "cell-b",
+        "cell-b-green",
+        "cell-b-blue-*",
+    ]
+    .iter()
+    .map(|c| format!("{rds}{c}"))
+    .collect();
+    assert_eq!(rename_resources, want);
+
+    // Journal writes: only the functions whose code writes the journal.
+    let writers: BTreeSet<String> = policies
+        .iter()
+        .filter(|(_, statements)| {
+            statements.iter().any(|s| {
+                strings(&s["Action"])
+                    .iter()
+                    .any(|a| a == "ssm:PutParameter" || a == "ssm:DeleteParameter")
+            })
+        })
+        .map(|(owner, _)| owner.clone())
+        .collect();
+    let want: BTreeSet<String> = [
+        "acquire-lock",
+        "release-lock",
+        "scale-services",
+        "rename-clusters",
+        "drop-downstream-subscriptions",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    assert_eq!(writers, want, "functions that may write the journal");
+}
+
+#[test]
+fn state_machines_invoke_exactly_the_functions() {
+    let (module, evaluated) = module();
+    let policies = function_policies(&module, &evaluated);
+    let functions = functions();
+    let invoked: BTreeSet<String> = policies
+        .iter()
+        .filter(|(owner, _)| !functions.contains(*owner))
+        .flat_map(|(_, statements)| statements.iter())
+        .filter(|s| {
+            strings(&s["Action"])
+                .iter()
+                .any(|a| a == "lambda:InvokeFunction")
+        })
+        .flat_map(|s| strings(&s["Resource"]))
+        .collect();
+    let want: BTreeSet<String> = functions
+        .iter()
+        .flat_map(|f| [function_arn(f), format!("{}:*", function_arn(f))])
+        .collect();
+    assert_eq!(
+        invoked, want,
+        "lambda:InvokeFunction resources of the state machines' role"
+    );
+}
+
+#[test]
+fn templatefile_refuses_an_undefined_variable() {
+    let dir = std::env::temp_dir().join(format!("switchyard-infra-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("t.tpl");
+    std::fs::write(
+        &path,
+        "{\"a\": \"${known}\", \"b\": \"${unknown}\", \"c\": \"$${escaped}\"}",
+    )
+    .expect("write");
+    let ctx = terraform_functions();
+    let call = |vars: &str| {
+        let expr: Expression = format!("templatefile({:?}, {vars})", path.to_string_lossy())
+            .parse()
+            .expect("an expression");
+        expr.evaluate(&ctx)
+    };
+    let err = call("{ known = \"x\" }").expect_err("unknown is not a var");
+    assert!(err.to_string().contains("unknown"), "{err}");
+    let ok = call("{ known = \"x\", unknown = \"y\" }").expect("all vars given");
+    assert_eq!(
+        ok,
+        Value::from("{\"a\": \"x\", \"b\": \"y\", \"c\": \"${escaped}\"}")
+    );
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
