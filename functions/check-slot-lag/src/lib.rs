@@ -19,13 +19,17 @@
 //! Every call writes its own marker, so a retry or a second call after a pass checks afresh
 //! and passes the same way; one more marker row (which green receives too) is all it
 //! leaves behind.
+//!
+//! A dry run ([`plan`]) checks step 1 the same way and lists the marker it would write and
+//! the wait, with each slot's lag behind blue's position now. It is never empty: every
+//! call writes a marker.
 
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use switchyard_cell::{replication_name, CellDocument, REST_GROUP};
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Side};
+use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
 use tokio_postgres::Client;
 
 /// ```json
@@ -88,14 +92,49 @@ const POLL: Duration = Duration::from_millis(50);
 
 const MARKER_EXISTS: &str = "pg_catalog.to_regclass('switchyard.switchover_marker') IS NOT NULL";
 
-#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
-pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+fn check_wait(input: &Input) -> Result<(), Error> {
     if input.wait_seconds > MAX_WAIT_SECONDS {
         return Err(Error::stop(
             ErrorName::InvalidInput,
             format!("wait_seconds must be 0 to {MAX_WAIT_SECONDS} (the state machine retries for the rest of the lag gate budget)"),
         ));
     }
+    Ok(())
+}
+
+/// Dry run: per database, the marker [`run`] would write on blue and the wait after it,
+/// with how far each slot is behind blue's WAL position now.
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
+pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    check_wait(&input)?;
+    let names = input.cell.replication_names();
+    let mut plan = Plan::new();
+    for database in &input.cell.databases {
+        let (blue, _green) = Box::pin(connect_checked(&input.cell, deps, database, &names)).await?;
+        let lsn = current_lsn(&blue).await?;
+        let lag: Vec<String> = slots(&blue, database, &names, &lsn)
+            .await?
+            .iter()
+            .map(|s| match s.bytes_behind {
+                Some(bytes) => format!("{} {bytes} bytes behind now", s.name),
+                None => format!("{} nothing confirmed yet", s.name),
+            })
+            .collect();
+        plan.would(format!(
+            "insert a marker row with a fresh id into switchyard.switchover_marker on blue (database {database}) and read blue's WAL position after its commit (now {lsn})"
+        ));
+        plan.would(format!(
+            "then wait up to {} s for slots {} to confirm that position and the marker to arrive on green (database {database}), else LagNotZero",
+            input.wait_seconds,
+            lag.join(", ")
+        ));
+    }
+    Ok(plan)
+}
+
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
+pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    check_wait(&input)?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(input.wait_seconds);
     let names = input.cell.replication_names();
@@ -183,10 +222,7 @@ impl Gate {
         database: &str,
         names: &[String],
     ) -> Result<Self, Error> {
-        let blue = deps.connect(cell, Side::Blue, database).await?;
-        let green = deps.connect(cell, Side::Green, database).await?;
-        require_replication(&blue, &green, database, names).await?;
-
+        let (blue, green) = connect_checked(cell, deps, database, names).await?;
         let marker_id = uuid::Uuid::new_v4().to_string();
         // Synchronous commit: the WAL position read below is then past the marker's commit.
         blue.execute(
@@ -202,11 +238,7 @@ impl Gate {
         .await
         .map_err(|e| Error::query("writing the switchover marker on blue", e))?;
         // After the marker's commit, not before: a slot that reaches this LSN has sent it.
-        let lsn: String = blue
-            .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
-            .await
-            .map_err(|e| Error::query("reading blue's WAL position", e))?
-            .get(0);
+        let lsn = current_lsn(&blue).await?;
         tracing::info!(%database, marker = %marker_id, %lsn, "marker written on blue");
         Ok(Self {
             database: database.to_owned(),
@@ -219,36 +251,7 @@ impl Gate {
     }
 
     async fn observe(&self) -> Result<State, Error> {
-        let rows = self
-            .blue
-            .query(
-                "SELECT u.name, s.confirmed_flush_lsn::text,
-                        coalesce(s.confirmed_flush_lsn >= $2::text::pg_lsn, false),
-                        CASE WHEN s.confirmed_flush_lsn IS NOT NULL THEN greatest(
-                            pg_catalog.pg_wal_lsn_diff($2::text::pg_lsn, s.confirmed_flush_lsn), 0)::bigint END,
-                        coalesce(s.active, false), s.slot_name IS NOT NULL
-                   FROM unnest($1::text[]) WITH ORDINALITY AS u(name, i)
-                   LEFT JOIN pg_catalog.pg_replication_slots s
-                          ON s.slot_name::text = u.name AND s.database = pg_catalog.current_database()
-                  ORDER BY u.i",
-                &[&self.names, &self.lsn],
-            )
-            .await
-            .map_err(|e| Error::query("reading green's slots on blue", e))?;
-        let mut slots = Vec::with_capacity(rows.len());
-        for row in rows {
-            let name: String = row.get(0);
-            if !row.get::<_, bool>(5) {
-                return Err(missing_slots(&self.database, &[name]));
-            }
-            slots.push(Slot {
-                name,
-                confirmed: row.get(1),
-                reached: row.get(2),
-                bytes_behind: row.get(3),
-                active: row.get(4),
-            });
-        }
+        let slots = slots(&self.blue, &self.database, &self.names, &self.lsn).await?;
         let marker_on_green = self
             .green
             .query_one(
@@ -306,6 +309,67 @@ impl Gate {
             &disabled,
         ))
     }
+}
+
+/// Blue and green for `database`, once [`require_replication`] passed.
+async fn connect_checked(
+    cell: &CellDocument,
+    deps: &Deps,
+    database: &str,
+    names: &[String],
+) -> Result<(Client, Client), Error> {
+    let blue = deps.connect(cell, Side::Blue, database).await?;
+    let green = deps.connect(cell, Side::Green, database).await?;
+    require_replication(&blue, &green, database, names).await?;
+    Ok((blue, green))
+}
+
+async fn current_lsn(blue: &Client) -> Result<String, Error> {
+    Ok(blue
+        .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(|e| Error::query("reading blue's WAL position", e))?
+        .get(0))
+}
+
+/// Each of `names`' slots on blue, measured against `lsn`; `PreconditionFailed` for one
+/// gone.
+async fn slots(
+    blue: &Client,
+    database: &str,
+    names: &[String],
+    lsn: &str,
+) -> Result<Vec<Slot>, Error> {
+    let rows = blue
+        .query(
+            "SELECT u.name, s.confirmed_flush_lsn::text,
+                    coalesce(s.confirmed_flush_lsn >= $2::text::pg_lsn, false),
+                    CASE WHEN s.confirmed_flush_lsn IS NOT NULL THEN greatest(
+                        pg_catalog.pg_wal_lsn_diff($2::text::pg_lsn, s.confirmed_flush_lsn), 0)::bigint END,
+                    coalesce(s.active, false), s.slot_name IS NOT NULL
+               FROM unnest($1::text[]) WITH ORDINALITY AS u(name, i)
+               LEFT JOIN pg_catalog.pg_replication_slots s
+                      ON s.slot_name::text = u.name AND s.database = pg_catalog.current_database()
+              ORDER BY u.i",
+            &[&names, &lsn],
+        )
+        .await
+        .map_err(|e| Error::query("reading green's slots on blue", e))?;
+    let mut slots = Vec::with_capacity(rows.len());
+    for row in rows {
+        let name: String = row.get(0);
+        if !row.get::<_, bool>(5) {
+            return Err(missing_slots(database, &[name]));
+        }
+        slots.push(Slot {
+            name,
+            confirmed: row.get(1),
+            reached: row.get(2),
+            bytes_behind: row.get(3),
+            active: row.get(4),
+        });
+    }
+    Ok(slots)
 }
 
 /// `PreconditionFailed` unless blue has every slot and the published marker table, and

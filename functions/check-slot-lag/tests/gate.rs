@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use check_slot_lag::{run, Input};
+use check_slot_lag::{plan, run, Input};
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_local_cell::LocalCell;
 use switchyard_operation::Deps;
@@ -97,6 +97,21 @@ async fn passes_once_green_has_the_marker_and_every_slot_reached_the_lsn() {
     let blue = cell.blue.superuser_client("app").await.expect("blue");
     let green = cell.green.superuser_client("app").await.expect("green");
 
+    let dry = plan(input(&cell, 10), &deps).await.expect("plan");
+    assert_eq!(dry.would.len(), 2, "{dry:?}");
+    assert!(
+        dry.would[0].starts_with("insert a marker row with a fresh id into switchyard.switchover_marker on blue (database app)"),
+        "{dry:?}"
+    );
+    assert!(
+        dry.would[1].starts_with("then wait up to 10 s for slots switchyard_payments ")
+            && dry.would[1].contains(", switchyard_rest ")
+            && dry.would[1].ends_with("(database app), else LagNotZero"),
+        "{dry:?}"
+    );
+    assert!(markers(&blue).await.is_empty(), "the plan wrote no marker");
+    assert!(markers(&green).await.is_empty());
+
     let first = run(input(&cell, 10), &deps).await.expect("the gate passes");
     assert_eq!(first.databases.len(), 1);
     let database = &first.databases[0];
@@ -156,6 +171,11 @@ async fn passes_once_green_has_the_marker_and_every_slot_reached_the_lsn() {
         .expect("compare")
         .get(0);
     assert!(reached_again, "{} then {}", database.lsn, again.lsn);
+
+    // Never empty (every call writes its own marker), and still writes nothing itself.
+    let dry = plan(input(&cell, 10), &deps).await.expect("plan after");
+    assert_eq!(dry.would.len(), 2, "{dry:?}");
+    assert_eq!(markers(&blue).await, both);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,6 +281,8 @@ async fn a_missing_slot_stops_the_gate_before_any_marker() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    let err = plan(input(&cell, 2), &deps).await.expect_err("no slot");
+    assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
     let err = run(input(&cell, 2), &deps).await.expect_err("no slot");
     assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
     assert!(

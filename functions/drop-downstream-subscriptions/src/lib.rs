@@ -10,12 +10,15 @@
 //! on blue). With blue unreachable, the subscription is detached from its slot first and
 //! the slot is reported as left. A subscription already gone with its journal entry in
 //! place is done.
+//!
+//! A dry run ([`plan`]) checks each subscription the same way and lists, per subscription
+//! not yet dropped, the wait for its slot (if behind now), the journal write and the drop.
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use switchyard_cell::{CellDocument, Downstream};
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_operation::{Deps, Error, OperationInput, Side};
+use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
 use switchyard_postgres::quote::ident;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
@@ -86,59 +89,131 @@ struct Definition {
     conninfo: String,
 }
 
-#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, target_lsn = ?input.target_lsn))]
-pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+/// One subscription of the cell document, as found now.
+enum Found {
+    /// Dropped by an earlier run: its journal entry.
+    Dropped(Journaled),
+    /// Still there: to be journaled and dropped once its slot has confirmed `target_lsn`.
+    Pending(Pending),
+}
+
+struct Pending {
+    definition: Definition,
+    target: Target,
+    slot: String,
+    blue: Client,
+    target_lsn: String,
+}
+
+fn check_wait(input: &Input) -> Result<(), Error> {
     if input.wait_seconds > MAX_WAIT_SECONDS {
         return Err(Error::stop(
             ErrorName::InvalidInput,
             format!("wait_seconds must be 0 to {MAX_WAIT_SECONDS} (the state machine retries for longer)"),
         ));
     }
+    Ok(())
+}
+
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, target_lsn = ?input.target_lsn))]
+pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    check_wait(&input)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(input.wait_seconds);
     let cell = &input.cell;
-    let journal = deps.journal(cell);
     let mut subscriptions = Vec::new();
     for downstream in &cell.downstream {
         let client = Box::pin(downstream::connect(cell, downstream, deps)).await?;
         for name in &downstream.subscriptions {
-            let key = downstream::journal_key(downstream, name);
-            let Some(definition) = read(&client, name).await? else {
-                let Some(entry) = journal.read::<Journaled>(&key).await? else {
-                    return Err(Error::stop(
-                        ErrorName::PreconditionFailed,
-                        format!("subscription {name} of downstream {} does not exist and no journal entry records it: recreate it by hand or remove it from the cell document", downstream.name),
-                    ));
-                };
-                tracing::info!(downstream = %downstream.name, subscription = %name, "already dropped");
-                subscriptions.push(DroppedSubscription {
-                    downstream: downstream.name.clone(),
-                    name: name.clone(),
-                    confirmed_lsn: entry.confirmed_lsn,
-                    dropped: false,
-                    slot_left: false,
-                });
-                continue;
-            };
-            let dropped = Box::pin(drop_one(
-                &input, deps, downstream, &client, name, definition, deadline,
-            ))
-            .await?;
-            subscriptions.push(dropped);
+            match Box::pin(find(&input, deps, downstream, &client, name)).await? {
+                Found::Dropped(entry) => {
+                    tracing::info!(downstream = %downstream.name, subscription = %name, "already dropped");
+                    subscriptions.push(DroppedSubscription {
+                        downstream: downstream.name.clone(),
+                        name: name.clone(),
+                        confirmed_lsn: entry.confirmed_lsn,
+                        dropped: false,
+                        slot_left: false,
+                    });
+                }
+                Found::Pending(pending) => {
+                    let dropped = Box::pin(drop_one(
+                        cell, deps, downstream, &client, name, pending, deadline,
+                    ))
+                    .await?;
+                    subscriptions.push(dropped);
+                }
+            }
         }
     }
     Ok(Output { subscriptions })
 }
 
-async fn drop_one(
+/// Dry run: per subscription not dropped yet, the wait for its slot (when behind now),
+/// the journal write and the drop [`run`] would make.
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, target_lsn = ?input.target_lsn))]
+pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    check_wait(&input)?;
+    let cell = &input.cell;
+    let journal = deps.journal(cell);
+    let mut plan = Plan::new();
+    for downstream in &cell.downstream {
+        let client = Box::pin(downstream::connect(cell, downstream, deps)).await?;
+        for name in &downstream.subscriptions {
+            let Found::Pending(p) = Box::pin(find(&input, deps, downstream, &client, name)).await?
+            else {
+                continue;
+            };
+            let position = slot_position(&p.blue, downstream, name, &p.slot, &p.target_lsn).await?;
+            if !position.reached {
+                plan.would(format!(
+                    "wait up to {} s for slot {} on blue to confirm {} (confirmed {} now, {} bytes behind); if it does not, stop with DownstreamBehind and do nothing below",
+                    input.wait_seconds,
+                    p.slot,
+                    position.target,
+                    position.confirmed.as_deref().unwrap_or("nothing"),
+                    position.behind,
+                ));
+            }
+            plan.would(format!(
+                "journal subscription {name} of downstream {} under {} (publications {}, slot {}, connection {}@{}:{}/{}, no password)",
+                downstream.name,
+                journal.parameter(&downstream::journal_key(downstream, name)),
+                p.definition.publications.join(", "),
+                p.slot,
+                p.target.user,
+                p.target.host,
+                p.target.port,
+                p.target.dbname,
+            ));
+            plan.would(format!(
+                "DROP SUBSCRIPTION {name} on downstream {}, which drops slot {} on blue",
+                downstream.name, p.slot
+            ));
+        }
+    }
+    Ok(plan)
+}
+
+/// Where subscription `name` of `downstream` stands; every precondition of dropping it
+/// checked, nothing changed.
+async fn find(
     input: &Input,
     deps: &Deps,
     downstream: &Downstream,
     client: &Client,
     name: &str,
-    definition: Definition,
-    deadline: tokio::time::Instant,
-) -> Result<DroppedSubscription, Error> {
-    let (cell, target_lsn) = (&input.cell, &input.target_lsn);
+) -> Result<Found, Error> {
+    let cell = &input.cell;
+    let Some(definition) = read(client, name).await? else {
+        let key = downstream::journal_key(downstream, name);
+        return match deps.journal(cell).read::<Journaled>(&key).await? {
+            Some(entry) => Ok(Found::Dropped(entry)),
+            None => Err(Error::stop(
+                ErrorName::PreconditionFailed,
+                format!("subscription {name} of downstream {} does not exist and no journal entry records it: recreate it by hand or remove it from the cell document", downstream.name),
+            )),
+        };
+    };
     let target = Target::from_conninfo(&definition.conninfo).map_err(|why| {
         Error::stop(
             ErrorName::PreconditionFailed,
@@ -153,7 +228,7 @@ async fn drop_one(
     };
     let blue = deps.connect(cell, Side::Blue, &target.dbname).await?;
     // The target is fixed once: blue's position now, unless the input names one.
-    let target_lsn = match target_lsn {
+    let target_lsn = match &input.target_lsn {
         Some(lsn) => lsn.clone(),
         None => blue
             .query_one("SELECT pg_current_wal_lsn()::text", &[])
@@ -161,6 +236,31 @@ async fn drop_one(
             .map_err(|e| Error::query("reading blue's WAL position", e))?
             .get(0),
     };
+    Ok(Found::Pending(Pending {
+        definition,
+        target,
+        slot,
+        blue,
+        target_lsn,
+    }))
+}
+
+async fn drop_one(
+    cell: &CellDocument,
+    deps: &Deps,
+    downstream: &Downstream,
+    client: &Client,
+    name: &str,
+    pending: Pending,
+    deadline: tokio::time::Instant,
+) -> Result<DroppedSubscription, Error> {
+    let Pending {
+        definition,
+        target,
+        slot,
+        blue,
+        target_lsn,
+    } = pending;
     let confirmed_lsn = loop {
         match caught_up(&blue, downstream, name, &slot, &target_lsn).await {
             Err(e)
@@ -237,15 +337,23 @@ async fn read(client: &Client, name: &str) -> Result<Option<Definition>, Error> 
     }))
 }
 
-/// The slot's `confirmed_flush_lsn` once it has reached the target; `DownstreamBehind`
-/// until then.
-async fn caught_up(
+/// A slot on blue measured against a target LSN.
+struct SlotPosition {
+    confirmed: Option<String>,
+    reached: bool,
+    /// Bytes behind the target, or `all` when nothing is confirmed.
+    behind: String,
+    target: String,
+}
+
+/// Where `slot` stands against `target_lsn`; `PreconditionFailed` when blue lacks it.
+async fn slot_position(
     blue: &Client,
     downstream: &Downstream,
     name: &str,
     slot: &str,
     target_lsn: &str,
-) -> Result<String, Error> {
+) -> Result<SlotPosition, Error> {
     let row = blue
         .query_opt(
             "SELECT s.confirmed_flush_lsn::text, coalesce(s.confirmed_flush_lsn >= t.lsn, false), \
@@ -262,18 +370,34 @@ async fn caught_up(
             format!("subscription {name} of downstream {} uses slot {slot}, which blue does not have; find out why before dropping it", downstream.name),
         ));
     };
-    let confirmed: Option<String> = row.get(0);
-    let reached: bool = row.get(1);
-    let behind: String = row.get(2);
-    let target: String = row.get(3);
-    match confirmed {
-        Some(confirmed) if reached => Ok(confirmed),
+    Ok(SlotPosition {
+        confirmed: row.get(0),
+        reached: row.get(1),
+        behind: row.get(2),
+        target: row.get(3),
+    })
+}
+
+/// The slot's `confirmed_flush_lsn` once it has reached the target; `DownstreamBehind`
+/// until then.
+async fn caught_up(
+    blue: &Client,
+    downstream: &Downstream,
+    name: &str,
+    slot: &str,
+    target_lsn: &str,
+) -> Result<String, Error> {
+    let position = slot_position(blue, downstream, name, slot, target_lsn).await?;
+    match position.confirmed {
+        Some(confirmed) if position.reached => Ok(confirmed),
         confirmed => Err(Error::stop(
             ErrorName::DownstreamBehind,
             format!(
-                "subscription {name} of downstream {} has confirmed {} on blue, {behind} bytes behind {target}; retry once it catches up",
+                "subscription {name} of downstream {} has confirmed {} on blue, {} bytes behind {}; retry once it catches up",
                 downstream.name,
                 confirmed.as_deref().unwrap_or("nothing"),
+                position.behind,
+                position.target,
             ),
         )),
     }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use drop_downstream_subscriptions::{run, Input, Output};
+use drop_downstream_subscriptions::{plan, run, Input, Output};
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_local_cell::LocalCell;
 
@@ -70,6 +70,60 @@ async fn refuses_while_behind_then_journals_and_drops_once() {
         target_lsn: None,
         wait_seconds: 5,
     };
+    let dry = plan(input.clone(), &deps).await.expect("plan");
+    let n = dry.would.len();
+    assert!(n == 2 || n == 3, "a wait only while behind: {dry:?}");
+    let nlb = cell.nlb_endpoint();
+    assert_eq!(
+        dry.would[n - 2],
+        format!(
+            "journal subscription search_sub of downstream search under {} (publications search_pub, slot search_sub, connection search_replicator@{}:{}/app, no password)",
+            journal.parameter(key),
+            nlb.ip(),
+            nlb.port()
+        )
+    );
+    assert_eq!(
+        dry.would[n - 1],
+        "DROP SUBSCRIPTION search_sub on downstream search, which drops slot search_sub on blue"
+    );
+    let dry = plan(
+        Input {
+            target_lsn: Some("FFFFFFFF/0".to_owned()),
+            wait_seconds: 1,
+            ..input.clone()
+        },
+        &deps,
+    )
+    .await
+    .expect("plan while behind");
+    assert_eq!(dry.would.len(), 3, "{dry:?}");
+    assert!(
+        dry.would[0]
+            .starts_with("wait up to 1 s for slot search_sub on blue to confirm FFFFFFFF/0"),
+        "{dry:?}"
+    );
+    for password in cell.secrets.all_passwords() {
+        assert!(
+            !dry.would.iter().any(|l| l.contains(password.expose())),
+            "the plan shows a password"
+        );
+    }
+    assert_eq!(
+        count(&search, subscription_count).await,
+        1,
+        "the plan dropped nothing"
+    );
+    assert_eq!(count(&blue, slot_count).await, 1);
+    assert!(
+        journal
+            .read::<serde_json::Value>(key)
+            .await
+            .expect("journal")
+            .is_none(),
+        "the plan journaled nothing"
+    );
+
     let first = drop_when_caught_up(&input, &deps).await;
     assert_eq!(first.subscriptions.len(), 1);
     let dropped = &first.subscriptions[0];
@@ -121,6 +175,8 @@ async fn refuses_while_behind_then_journals_and_drops_once() {
     assert_eq!(entry["connection"]["port"], cell.nlb_endpoint().port());
     assert_eq!(entry["confirmed_lsn"], dropped.confirmed_lsn.as_str());
 
+    let dry = plan(input.clone(), &deps).await.expect("plan after");
+    assert!(dry.is_empty(), "nothing left to do: {dry:?}");
     let second = run(input, &deps).await.expect("second drop");
     assert!(
         !second.subscriptions[0].dropped,

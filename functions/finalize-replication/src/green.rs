@@ -33,9 +33,21 @@ pub(crate) async fn locate(cell: &CellDocument, deps: &Deps) -> Result<ClusterEn
     }
 }
 
+/// Connects to green at `endpoint`, checked as [`open`], with our session's settings.
+pub(crate) async fn connect(
+    cell: &CellDocument,
+    deps: &Deps,
+    endpoint: &ClusterEndpoint,
+    database: &str,
+) -> Result<Client, Error> {
+    let client = open(cell, deps, endpoint, database).await?;
+    prepare(&client).await?;
+    Ok(client)
+}
+
 /// Connects to green at `endpoint` and checks it runs the target major: after a rename,
 /// an identifier alone does not say which cluster it is.
-pub(crate) async fn connect(
+pub(crate) async fn open(
     cell: &CellDocument,
     deps: &Deps,
     endpoint: &ClusterEndpoint,
@@ -59,7 +71,6 @@ pub(crate) async fn connect(
             ),
         ));
     }
-    prepare(&client).await?;
     Ok(client)
 }
 
@@ -89,18 +100,13 @@ async fn enabled(green: &Client, name: &str) -> Result<Option<bool>, Error> {
     Ok(row.map(|r| r.get(0)))
 }
 
-/// Disables or enables each subscription, then waits until its workers match.
-pub(crate) async fn set_enabled(
+/// Which subscriptions `set_enabled` would alter: `(name, changes)`, in `names` order.
+/// `PreconditionFailed` when one is missing, before anything is altered.
+pub(crate) async fn to_set(
     green: &Client,
     names: &[String],
     enable: bool,
-) -> Result<Vec<SubscriptionOutput>, Error> {
-    prepare(green).await?;
-    let (verb, past) = if enable {
-        ("ENABLE", "enabled")
-    } else {
-        ("DISABLE", "disabled")
-    };
+) -> Result<Vec<(String, bool)>, Error> {
     let mut out = Vec::new();
     for name in names {
         let Some(is_enabled) = enabled(green, name).await? else {
@@ -109,25 +115,48 @@ pub(crate) async fn set_enabled(
                 format!("green has no subscription {name}; run start-replication"),
             ));
         };
-        let changed = is_enabled != enable;
+        out.push((name.clone(), is_enabled != enable));
+    }
+    Ok(out)
+}
+
+/// The `ALTER SUBSCRIPTION` verb for `enable`.
+pub(crate) fn verb(enable: bool) -> &'static str {
+    if enable {
+        "ENABLE"
+    } else {
+        "DISABLE"
+    }
+}
+
+/// Disables or enables each subscription, then waits until its workers match.
+pub(crate) async fn set_enabled(
+    green: &Client,
+    names: &[String],
+    enable: bool,
+) -> Result<Vec<SubscriptionOutput>, Error> {
+    prepare(green).await?;
+    let (verb, past) = (verb(enable), if enable { "enabled" } else { "disabled" });
+    let mut out = Vec::new();
+    for (name, changed) in to_set(green, names, enable).await? {
         if changed {
             green
-                .batch_execute(&format!("ALTER SUBSCRIPTION {} {verb}", ident(name)))
+                .batch_execute(&format!("ALTER SUBSCRIPTION {} {verb}", ident(&name)))
                 .await
                 .map_err(|e| {
                     Error::query(format!("ALTER SUBSCRIPTION {name} {verb} on green"), e)
                 })?;
             tracing::info!(subscription = %name, "subscription {past}");
         }
-        out.push(SubscriptionOutput {
-            name: name.clone(),
-            changed,
-        });
+        out.push(SubscriptionOutput { name, changed });
     }
     // Also when nothing changed: a previous call may have stopped before its wait ended.
     wait_for_workers(green, names, enable).await?;
     Ok(out)
 }
+
+/// How long [`set_enabled`] waits for the workers, for the dry run's account.
+pub(crate) const WORKER_WAIT_SECONDS: u64 = WORKER_WAIT.as_secs();
 
 /// Waits until every subscription has its apply worker (`running`) or none of its workers.
 async fn wait_for_workers(green: &Client, names: &[String], running: bool) -> Result<(), Error> {
@@ -172,15 +201,30 @@ async fn wait_for_workers(green: &Client, names: &[String], running: bool) -> Re
     }
 }
 
+/// Each subscription that `drop_all` would drop, with whether it is enabled now.
+pub(crate) async fn to_drop(
+    green: &Client,
+    names: &[String],
+) -> Result<Vec<(String, bool)>, Error> {
+    let mut out = Vec::new();
+    for name in names {
+        if let Some(is_enabled) = enabled(green, name).await? {
+            out.push((name.clone(), is_enabled));
+        }
+    }
+    Ok(out)
+}
+
 /// Drops each subscription without contacting its publisher; a missing one was dropped
 /// already.
 pub(crate) async fn drop_all(
     green: &Client,
     names: &[String],
 ) -> Result<Vec<SubscriptionOutput>, Error> {
+    let present = to_drop(green, names).await?;
     let mut out = Vec::new();
     for name in names {
-        let Some(is_enabled) = enabled(green, name).await? else {
+        let Some((_, is_enabled)) = present.iter().find(|(n, _)| n == name) else {
             out.push(SubscriptionOutput {
                 name: name.clone(),
                 changed: false,
@@ -190,7 +234,7 @@ pub(crate) async fn drop_all(
         let sub = ident(name);
         // SET (slot_name = NONE) needs a disabled subscription, and makes DROP leave the
         // publisher alone: after the rename its conninfo's host name points at green itself.
-        if is_enabled {
+        if *is_enabled {
             green
                 .batch_execute(&format!("ALTER SUBSCRIPTION {sub} DISABLE"))
                 .await

@@ -11,6 +11,9 @@
 //!   output lists the slots left to drop by hand.
 //!
 //! Every mode finds what an earlier call did and keeps it: a second call changes nothing.
+//!
+//! A dry run ([`plan`]) reads the same catalogs (and, for `drop`, locates the old blue the
+//! same way) and lists each ALTER/DROP and slot or guard removal left; empty once done.
 
 mod green;
 mod old_blue;
@@ -21,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_aws::ClusterEndpoint;
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Side};
+use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
 use switchyard_postgres::ConnectOptions;
 
 /// ```json
@@ -94,16 +97,21 @@ pub struct SubscriptionOutput {
     pub changed: bool,
 }
 
-#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, mode = %input.mode))]
-pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
-    let cell = &input.cell;
-    let names = cell.replication_names();
+fn check_input(input: &Input) -> Result<(), Error> {
     if input.old_blue_identifier.is_some() && input.mode != Mode::Drop {
         return Err(Error::stop(
             ErrorName::InvalidInput,
             "old_blue_identifier is for mode drop only; remove it",
         ));
     }
+    Ok(())
+}
+
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, mode = %input.mode))]
+pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    let cell = &input.cell;
+    let names = cell.replication_names();
+    check_input(&input)?;
     let mut databases = Vec::new();
     match input.mode {
         Mode::Disable | Mode::Enable => {
@@ -147,6 +155,58 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
             })
         }
     }
+}
+
+/// Dry run: the subscriptions [`run`] would alter or drop on green and, for `drop`, the
+/// slots and guard it would drop on the old blue, database by database.
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, mode = %input.mode))]
+pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    let cell = &input.cell;
+    let names = cell.replication_names();
+    check_input(&input)?;
+    let mut plan = Plan::new();
+    match input.mode {
+        Mode::Disable | Mode::Enable => {
+            let enable = input.mode == Mode::Enable;
+            let verb = green::verb(enable);
+            for database in &cell.databases {
+                let client = deps.connect(cell, Side::Green, database).await?;
+                let changing: Vec<String> = green::to_set(&client, &names, enable)
+                    .await?
+                    .into_iter()
+                    .filter_map(|(name, changes)| changes.then_some(name))
+                    .collect();
+                for name in &changing {
+                    plan.would(format!(
+                        "ALTER SUBSCRIPTION {name} {verb} on green (database {database})"
+                    ));
+                }
+                if !changing.is_empty() {
+                    plan.would(format!(
+                        "then wait up to {} s for their apply workers to {} (database {database})",
+                        green::WORKER_WAIT_SECONDS,
+                        if enable { "start" } else { "stop" }
+                    ));
+                }
+            }
+        }
+        Mode::Drop => {
+            let green = green::locate(cell, deps).await?;
+            let old_blue = old_blue::locate(&input, deps, &green).await?;
+            for database in &cell.databases {
+                let client = green::open(cell, deps, &green, database).await?;
+                for (name, enabled) in green::to_drop(&client, &names).await? {
+                    let disable = if enabled { "DISABLE, " } else { "" };
+                    plan.would(format!(
+                        "drop subscription {name} on green {} (database {database}) without touching its publisher: {disable}SET (slot_name = NONE), DROP",
+                        green.identifier
+                    ));
+                }
+                old_blue::plan(cell, deps, &old_blue, database, &names, &mut plan).await?;
+            }
+        }
+    }
+    Ok(plan)
 }
 
 /// Connects as the orchestrator to `endpoint` — a cluster that may hold neither of the

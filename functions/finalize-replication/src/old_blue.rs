@@ -129,6 +129,27 @@ fn is_parked(cell: &CellDocument, id: &str) -> bool {
         })
 }
 
+/// A connection to `database` of the old blue; `None` when it is unknown or unreachable
+/// (its slots are then left to drop by hand).
+async fn reach(
+    cell: &CellDocument,
+    deps: &Deps,
+    old_blue: &OldBlue,
+    database: &str,
+) -> Result<Option<Client>, Error> {
+    let OldBlue::Reachable { endpoint } = old_blue else {
+        return Ok(None);
+    };
+    match crate::connect_to(cell, deps, endpoint, database).await {
+        Ok(client) => Ok(Some(client)),
+        Err(e) if e.error_name() == ErrorName::DatabaseUnavailable => {
+            tracing::warn!(cluster = %endpoint.identifier, %database, error = %e, "old blue unreachable: its slots are left to drop by hand");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Drops `names`' slots and the DDL guard in `database` of the old blue.
 pub(crate) async fn clean(
     cell: &CellDocument,
@@ -137,21 +158,12 @@ pub(crate) async fn clean(
     database: &str,
     names: &[String],
 ) -> Result<Cleanup, Error> {
-    let left = || Cleanup {
-        slots_dropped: Vec::new(),
-        slots_left: names.to_vec(),
-        guard_removed: false,
-    };
-    let OldBlue::Reachable { endpoint } = old_blue else {
-        return Ok(left());
-    };
-    let client = match crate::connect_to(cell, deps, endpoint, database).await {
-        Ok(client) => client,
-        Err(e) if e.error_name() == ErrorName::DatabaseUnavailable => {
-            tracing::warn!(cluster = %endpoint.identifier, %database, error = %e, "old blue unreachable: its slots are left to drop by hand");
-            return Ok(left());
-        }
-        Err(e) => return Err(e),
+    let Some(client) = reach(cell, deps, old_blue, database).await? else {
+        return Ok(Cleanup {
+            slots_dropped: Vec::new(),
+            slots_left: names.to_vec(),
+            guard_removed: false,
+        });
     };
     let mut cleanup = Cleanup {
         slots_dropped: Vec::new(),
@@ -169,21 +181,63 @@ pub(crate) async fn clean(
     Ok(cleanup)
 }
 
+/// Dry run of [`clean`]: the slots and the guard it would drop in `database`.
+pub(crate) async fn plan(
+    cell: &CellDocument,
+    deps: &Deps,
+    old_blue: &OldBlue,
+    database: &str,
+    names: &[String],
+    plan: &mut switchyard_operation::Plan,
+) -> Result<(), Error> {
+    let Some(client) = reach(cell, deps, old_blue, database).await? else {
+        return Ok(());
+    };
+    let identifier = old_blue.identifier().unwrap_or_default();
+    for name in names {
+        match slot_active(&client, name).await? {
+            None => {}
+            Some(false) => {
+                plan.would(format!(
+                    "drop slot {name} on the old blue {identifier} (database {database})"
+                ));
+            }
+            Some(true) => {
+                plan.would(format!(
+                    "wait up to {} s for slot {name} on the old blue {identifier} (database {database}) to be released by its walsender, then drop it (left to drop by hand if still in use)",
+                    SLOT_RELEASE_WAIT.as_secs()
+                ));
+            }
+        }
+    }
+    if guard_present(&client).await? {
+        plan.would(format!(
+            "drop the DDL guard's event triggers {} on the old blue {identifier} (database {database}); its journal table stays",
+            GUARD_TRIGGERS.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// Whether slot `name` of the connected database is active; `None` when absent.
+async fn slot_active(blue: &Client, name: &str) -> Result<Option<bool>, Error> {
+    Ok(blue
+        .query_opt(
+            "SELECT active FROM pg_catalog.pg_replication_slots
+              WHERE slot_name = $1 AND database = pg_catalog.current_database()",
+            &[&name],
+        )
+        .await
+        .map_err(|e| Error::query(format!("reading slot {name} on the old blue"), e))?
+        .map(|r| r.get(0)))
+}
+
 /// Drops slot `name` of the connected database once nothing uses it: `Some(true)` dropped,
 /// `Some(false)` still in use, `None` absent.
 async fn drop_slot(blue: &Client, name: &str) -> Result<Option<bool>, Error> {
     let started = Instant::now();
     loop {
-        let active: Option<bool> = blue
-            .query_opt(
-                "SELECT active FROM pg_catalog.pg_replication_slots
-                  WHERE slot_name = $1 AND database = pg_catalog.current_database()",
-                &[&name],
-            )
-            .await
-            .map_err(|e| Error::query(format!("reading slot {name} on the old blue"), e))?
-            .map(|r| r.get(0));
-        match active {
+        match slot_active(blue, name).await? {
             None => return Ok(None),
             Some(false) => break,
             // A walsender of the just-disabled subscription may take a moment to end.
@@ -201,9 +255,8 @@ async fn drop_slot(blue: &Client, name: &str) -> Result<Option<bool>, Error> {
     Ok(Some(true))
 }
 
-/// Drops the guard's event triggers; the journal table stays as evidence. False when none
-/// was there.
-async fn remove_guard(blue: &Client) -> Result<bool, Error> {
+/// Whether any of the guard's event triggers is installed.
+async fn guard_present(blue: &Client) -> Result<bool, Error> {
     let present: i64 = blue
         .query_one(
             "SELECT count(*) FROM pg_catalog.pg_event_trigger WHERE evtname = ANY($1)",
@@ -212,7 +265,13 @@ async fn remove_guard(blue: &Client) -> Result<bool, Error> {
         .await
         .map_err(|e| Error::query("reading the DDL guard on the old blue", e))?
         .get(0);
-    if present == 0 {
+    Ok(present > 0)
+}
+
+/// Drops the guard's event triggers; the journal table stays as evidence. False when none
+/// was there.
+async fn remove_guard(blue: &Client) -> Result<bool, Error> {
+    if !guard_present(blue).await? {
         return Ok(false);
     }
     let sql: String = GUARD_TRIGGERS

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use finalize_replication::{run, Input, Mode, Output};
+use finalize_replication::{plan, run, Input, Mode, Output};
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_local_cell::{audit_keys, LocalCell};
 use switchyard_operation::Deps;
@@ -116,6 +116,10 @@ async fn disable_stops_green_following_blue_and_enable_resumes_without_a_missed_
         .expect_err("nothing to disable yet");
     assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
     assert!(err.to_string().contains("run start-replication"), "{err}");
+    let err = plan(input(&cell, Mode::Disable), &deps)
+        .await
+        .expect_err("the plan stops the same way");
+    assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
     let err = run(
         Input {
             old_blue_identifier: Some("x".into()),
@@ -128,6 +132,31 @@ async fn disable_stops_green_following_blue_and_enable_resumes_without_a_missed_
     assert_eq!(err.error_name(), ErrorName::InvalidInput, "{err}");
 
     replicate(&cell, &deps).await;
+    assert_eq!(
+        workers(&cell).await,
+        names(&["switchyard_payments:apply", "switchyard_rest:apply"])
+    );
+
+    let alter = |verb: &str| -> Vec<String> {
+        NAMES
+            .iter()
+            .map(|n| format!("ALTER SUBSCRIPTION {n} {verb} on green (database app)"))
+            .collect()
+    };
+    let dry = plan(input(&cell, Mode::Disable), &deps)
+        .await
+        .expect("plan disable");
+    let mut expected = alter("DISABLE");
+    expected.push("then wait up to 30 s for their apply workers to stop (database app)".into());
+    assert_eq!(dry.would, expected);
+    let green = cell.green.superuser_client("app").await.expect("green");
+    let enabled_sql =
+        "SELECT subname::text || ':' || subenabled::text FROM pg_subscription ORDER BY 1";
+    assert_eq!(
+        strings(&green, enabled_sql).await,
+        names(&["switchyard_payments:true", "switchyard_rest:true"]),
+        "the plan disabled nothing"
+    );
     assert_eq!(
         workers(&cell).await,
         names(&["switchyard_payments:apply", "switchyard_rest:apply"])
@@ -147,6 +176,19 @@ async fn disable_stops_green_following_blue_and_enable_resumes_without_a_missed_
         .await
         .expect("disable again");
     assert_eq!(changed(&again), all(false));
+    let dry = plan(input(&cell, Mode::Disable), &deps)
+        .await
+        .expect("plan disable again");
+    assert!(dry.is_empty(), "nothing left to do: {dry:?}");
+    let dry = plan(input(&cell, Mode::Enable), &deps)
+        .await
+        .expect("plan enable");
+    assert_eq!(&dry.would[..2], &alter("ENABLE")[..]);
+    assert_eq!(
+        strings(&green, enabled_sql).await,
+        names(&["switchyard_payments:false", "switchyard_rest:false"]),
+        "the plan enabled nothing"
+    );
 
     let keys = write(&cell, 30).await;
     let on_blue = audit_keys(
@@ -184,6 +226,10 @@ async fn disable_stops_green_following_blue_and_enable_resumes_without_a_missed_
         .await
         .expect("enable again");
     assert_eq!(changed(&again), all(false));
+    let dry = plan(input(&cell, Mode::Enable), &deps)
+        .await
+        .expect("plan enable again");
+    assert!(dry.is_empty(), "nothing left to do: {dry:?}");
 
     let started = Instant::now();
     loop {
@@ -223,6 +269,38 @@ async fn drop_clears_green_and_the_old_blue_and_spares_the_downstream_slot() {
         ..input(&cell, Mode::Drop)
     };
 
+    let blue_id = cell.document.blue.cluster_identifier.clone();
+    let green_id = &cell.document.green.cluster_identifier;
+    let state = || async {
+        (
+            strings(&blue, slots).await,
+            strings(&blue, guard).await,
+            strings(&green, subscriptions).await,
+        )
+    };
+    let before = state().await;
+    let dry = plan(drop_input(&blue_id), &deps).await.expect("plan drop");
+    assert_eq!(dry.would.len(), 5, "{dry:?}");
+    for (i, name) in NAMES.iter().enumerate() {
+        assert_eq!(
+            dry.would[i],
+            format!("drop subscription {name} on green {green_id} (database app) without touching its publisher: DISABLE, SET (slot_name = NONE), DROP")
+        );
+        assert!(
+            dry.would[2 + i].contains(&format!(
+                "slot {name} on the old blue {blue_id} (database app)"
+            )),
+            "{dry:?}"
+        );
+    }
+    assert!(
+        dry.would[4].starts_with(
+            "drop the DDL guard's event triggers switchyard_ddl_guard, switchyard_ddl_guard_drop"
+        ),
+        "{dry:?}"
+    );
+    assert_eq!(state().await, before, "the plan changed nothing");
+
     // An unreachable old blue: subscriptions still go, the slots are reported.
     let unreachable = run(drop_input("local-a-gone"), &deps)
         .await
@@ -244,7 +322,6 @@ async fn drop_clears_green_and_the_old_blue_and_spares_the_downstream_slot() {
     assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
 
     // Without a rename the "old blue" is blue itself.
-    let blue_id = cell.document.blue.cluster_identifier.clone();
     let dropped = run(drop_input(&blue_id), &deps).await.expect("drop");
     assert_eq!(
         dropped.old_blue_identifier.as_deref(),
@@ -278,6 +355,10 @@ async fn drop_clears_green_and_the_old_blue_and_spares_the_downstream_slot() {
         "{db:?}"
     );
     assert_eq!(strings(&blue, slots).await, names(&["search_sub"]));
+    let dry = plan(input(&cell, Mode::Drop), &deps)
+        .await
+        .expect("plan drop again");
+    assert!(dry.is_empty(), "nothing left to do: {dry:?}");
 
     let err = run(input(&cell, Mode::Enable), &deps)
         .await

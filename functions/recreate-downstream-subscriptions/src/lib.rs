@@ -15,6 +15,9 @@
 //! NONE`) and created again from the journal. An inactive slot of the journaled name left
 //! on green's own identifier (which never names the primary) is dropped too: it would
 //! hold green's WAL forever and block the next attempt's slot of that name.
+//!
+//! A dry run ([`plan`]) checks the same preconditions and lists the local drop, the orphan
+//! slot drop and the CREATE (no password shown) it would make; empty when all exist.
 
 use std::time::Duration;
 
@@ -22,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_cell::{CellDocument, Downstream};
 use switchyard_errors::ErrorName;
 use switchyard_operation::downstream::{self, Journaled};
-use switchyard_operation::{Deps, Error, OperationInput, Side};
+use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
 use switchyard_postgres::quote::{conninfo_value, ident, literal};
 use switchyard_telemetry::Secret;
 use tokio_postgres::Client;
@@ -67,41 +70,78 @@ pub struct RecreatedSubscription {
     pub streaming: bool,
 }
 
+/// Where one subscription stands, every precondition of [`run`]'s changes checked.
+struct Standing {
+    entry: Option<Journaled>,
+    /// It exists and is left as it is.
+    kept: bool,
+    /// It exists but reads a slot the primary lacks: dropped locally, then created.
+    replace: bool,
+}
+
+async fn assess(
+    cell: &CellDocument,
+    deps: &Deps,
+    downstream: &Downstream,
+    client: &Client,
+    name: &str,
+) -> Result<Standing, Error> {
+    let entry = deps
+        .journal(cell)
+        .read::<Journaled>(&downstream::journal_key(downstream, name))
+        .await?;
+    let exists = downstream::exists(client, name).await?;
+    let replace = match (exists, &entry) {
+        (true, Some(entry)) => {
+            !Box::pin(reads_the_primary(cell, deps, client, name, entry)).await?
+        }
+        _ => false,
+    };
+    let kept = exists && !replace;
+    if !kept {
+        let Some(entry) = &entry else {
+            return Err(Error::stop(
+                ErrorName::PreconditionFailed,
+                format!("subscription {name} of downstream {} neither exists nor is journaled: run drop-downstream-subscriptions first, or recreate it by hand", downstream.name),
+            ));
+        };
+        let primary = deps
+            .connect(cell, Side::Blue, &entry.connection.dbname)
+            .await?;
+        require_publications(&primary, &entry.connection.dbname, &entry.publications).await?;
+    }
+    Ok(Standing {
+        entry,
+        kept,
+        replace,
+    })
+}
+
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     let cell = &input.cell;
-    let journal = deps.journal(cell);
     let mut subscriptions = Vec::new();
     for downstream in &cell.downstream {
         let client = Box::pin(downstream::connect(cell, downstream, deps)).await?;
         for name in &downstream.subscriptions {
-            let entry = journal
-                .read::<Journaled>(&downstream::journal_key(downstream, name))
-                .await?;
-            let mut exists = downstream::exists(&client, name).await?;
-            let mut replaced = false;
-            if let (true, Some(entry)) = (exists, &entry) {
-                if !Box::pin(reads_the_primary(cell, deps, &client, name, entry)).await? {
-                    drop_locally(&client, name, &downstream.name).await?;
-                    (exists, replaced) = (false, true);
-                }
+            let Standing {
+                entry,
+                kept,
+                replace,
+            } = Box::pin(assess(cell, deps, downstream, &client, name)).await?;
+            if replace {
+                drop_locally(&client, name, &downstream.name).await?;
             }
-            let orphan_slot_dropped = match (&entry, exists) {
-                (Some(entry), false) => Box::pin(drop_orphan_slot(cell, deps, entry)).await?,
-                _ => None,
-            };
-            let created = if exists {
-                tracing::info!(downstream = %downstream.name, subscription = %name, "already exists");
-                false
-            } else {
-                let Some(entry) = &entry else {
-                    return Err(Error::stop(
-                        ErrorName::PreconditionFailed,
-                        format!("subscription {name} of downstream {} neither exists nor is journaled: run drop-downstream-subscriptions first, or recreate it by hand", downstream.name),
-                    ));
-                };
-                Box::pin(create(cell, deps, downstream, &client, name, entry)).await?;
-                true
+            let (orphan_slot_dropped, created) = match (&entry, kept) {
+                (Some(entry), false) => {
+                    let orphan = Box::pin(drop_orphan_slot(cell, deps, entry)).await?;
+                    Box::pin(create(deps, downstream, &client, name, entry)).await?;
+                    (orphan, true)
+                }
+                _ => {
+                    tracing::info!(downstream = %downstream.name, subscription = %name, "already exists");
+                    (None, false)
+                }
             };
             let enabled = entry.as_ref().is_none_or(|e| e.enabled);
             let streaming = enabled && wait_streaming(&client, name).await?;
@@ -115,7 +155,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
                 downstream: downstream.name.clone(),
                 name: name.clone(),
                 created,
-                replaced,
+                replaced: replace,
                 orphan_slot_dropped,
                 streaming,
             });
@@ -124,8 +164,73 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     Ok(Output { subscriptions })
 }
 
+/// Dry run: per subscription, the local drop, orphan slot drop and CREATE [`run`] would
+/// make now.
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id))]
+pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    let cell = &input.cell;
+    let mut plan = Plan::new();
+    for downstream in &cell.downstream {
+        let client = Box::pin(downstream::connect(cell, downstream, deps)).await?;
+        for name in &downstream.subscriptions {
+            let standing = Box::pin(assess(cell, deps, downstream, &client, name)).await?;
+            let (Some(entry), false) = (&standing.entry, standing.kept) else {
+                continue;
+            };
+            if standing.replace {
+                plan.would(format!(
+                    "drop subscription {name} on downstream {} without contacting any publisher (DISABLE, SET (slot_name = NONE), DROP): the slot it reads is not on the current primary {}",
+                    downstream.name, cell.blue.cluster_identifier
+                ));
+            }
+            let green = &cell.green.cluster_identifier;
+            if let Some((_, active)) = Box::pin(orphan_slot(cell, deps, entry)).await? {
+                plan.would(if active {
+                    format!("wait up to {} s for slot {} on {green} to be released, then drop it (left if still in use)", SLOT_RELEASE_WAIT.as_secs(), entry.slot_name)
+                } else {
+                    format!("drop the inactive slot {} left on {green}", entry.slot_name)
+                });
+            }
+            let target = &entry.connection;
+            plan.would(format!(
+                "CREATE SUBSCRIPTION {name} on downstream {} for publications {} through {}@{}:{}/{} (password from {}), {}",
+                downstream.name,
+                entry.publications.join(", "),
+                target.user,
+                target.host,
+                target.port,
+                target.dbname,
+                downstream.publisher_credentials_parameter,
+                options(entry).join(", "),
+            ));
+            if entry.enabled {
+                plan.would(format!(
+                    "then wait up to {} s for its apply worker to start",
+                    STREAMING_WAIT.as_secs()
+                ));
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// The `WITH (…)` options of the subscription recreated from `entry`.
+fn options(entry: &Journaled) -> Vec<String> {
+    let mut options = vec![
+        "copy_data = false".to_owned(),
+        format!("slot_name = {}", literal(&entry.slot_name)),
+        format!("binary = {}", entry.binary),
+        format!("streaming = {}", literal(&entry.streaming)),
+        format!("enabled = {}", entry.enabled),
+    ];
+    if let Some(origin) = &entry.origin {
+        options.push(format!("origin = {}", literal(origin)));
+    }
+    options
+}
+
+/// Creates the subscription from `entry` ([`assess`] has checked its publications).
 async fn create(
-    cell: &CellDocument,
     deps: &Deps,
     downstream: &Downstream,
     client: &Client,
@@ -133,9 +238,6 @@ async fn create(
     entry: &Journaled,
 ) -> Result<(), Error> {
     let target = &entry.connection;
-    let primary = deps.connect(cell, Side::Blue, &target.dbname).await?;
-    require_publications(&primary, &target.dbname, &entry.publications).await?;
-
     let login = switchyard_aws::read_credentials(
         &deps.aws.ssm,
         &downstream.publisher_credentials_parameter,
@@ -156,23 +258,13 @@ async fn create(
     }
     let conninfo = Secret::new(parts.join(" "));
     let publications: Vec<String> = entry.publications.iter().map(|p| ident(p)).collect();
-    let mut options = vec![
-        "copy_data = false".to_owned(),
-        format!("slot_name = {}", literal(&entry.slot_name)),
-        format!("binary = {}", entry.binary),
-        format!("streaming = {}", literal(&entry.streaming)),
-        format!("enabled = {}", entry.enabled),
-    ];
-    if let Some(origin) = &entry.origin {
-        options.push(format!("origin = {}", literal(origin)));
-    }
     // Sent alone (simple protocol): CREATE SUBSCRIPTION cannot run in a transaction block.
     let sql = format!(
         "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH ({})",
         ident(name),
         literal(conninfo.expose()),
         publications.join(", "),
-        options.join(", "),
+        options(entry).join(", "),
     );
     client.batch_execute(&sql).await.map_err(|e| {
         // The statement holds the password: only the SQLSTATE and the server's message
@@ -249,14 +341,14 @@ async fn drop_locally(client: &Client, name: &str, downstream: &str) -> Result<(
 /// How long a dropped subscription's walsender may take to release its slot.
 const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(10);
 
-/// Drops an inactive slot of the journaled name on green's own identifier, if that
-/// resolves (after a forward rename it does not: green carries the cell's identifier). An
-/// unreachable cluster or a slot still active is left, and logged.
-async fn drop_orphan_slot(
+/// A slot of the journaled name on green's own identifier, if that resolves (after a
+/// forward rename it does not: green carries the cell's identifier), with a connection to
+/// it and whether it is active.
+async fn orphan_slot(
     cell: &CellDocument,
     deps: &Deps,
     entry: &Journaled,
-) -> Result<Option<String>, Error> {
+) -> Result<Option<(Client, bool)>, Error> {
     let other = &cell.green.cluster_identifier;
     let client = match deps
         .connect(cell, Side::Green, &entry.connection.dbname)
@@ -268,25 +360,42 @@ async fn drop_orphan_slot(
             return Ok(None);
         }
     };
+    let active = slot_active(&client, other, &entry.slot_name).await?;
+    Ok(active.map(|active| (client, active)))
+}
+
+async fn slot_active(client: &Client, cluster: &str, slot: &str) -> Result<Option<bool>, Error> {
+    Ok(client
+        .query_opt(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| Error::query(format!("looking up slot {slot} on {cluster}"), e))?
+        .map(|r| r.get(0)))
+}
+
+/// Drops the [`orphan_slot`] once inactive. A slot still active after
+/// [`SLOT_RELEASE_WAIT`] is left, and logged.
+async fn drop_orphan_slot(
+    cell: &CellDocument,
+    deps: &Deps,
+    entry: &Journaled,
+) -> Result<Option<String>, Error> {
+    let other = &cell.green.cluster_identifier;
+    let Some((client, mut active)) = orphan_slot(cell, deps, entry).await? else {
+        return Ok(None);
+    };
     let deadline = tokio::time::Instant::now() + SLOT_RELEASE_WAIT;
-    loop {
-        let row = client
-            .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                &[&entry.slot_name],
-            )
-            .await
-            .map_err(|e| {
-                Error::query(format!("looking up slot {} on {other}", entry.slot_name), e)
-            })?;
-        match row.map(|r| r.get::<_, bool>(0)) {
+    while active {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(cluster = %other, slot = %entry.slot_name, "orphaned downstream slot still active: left");
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match slot_active(&client, other, &entry.slot_name).await? {
             None => return Ok(None),
-            Some(false) => break,
-            Some(true) if tokio::time::Instant::now() >= deadline => {
-                tracing::warn!(cluster = %other, slot = %entry.slot_name, "orphaned downstream slot still active: left");
-                return Ok(None);
-            }
-            Some(true) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Some(now) => active = now,
         }
     }
     client

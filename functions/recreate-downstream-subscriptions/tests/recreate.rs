@@ -51,6 +51,65 @@ async fn recreates_the_dropped_subscription_once_without_copying() {
     let input = recreate_downstream_subscriptions::Input {
         cell: cell.document.clone(),
     };
+    let key = "downstream/search/search_sub";
+    let journal = deps.journal(&cell.document);
+    let entry = journal
+        .read::<serde_json::Value>(key)
+        .await
+        .expect("journal");
+    let subscriptions = "SELECT count(*) FROM pg_subscription";
+    let slots = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'search_sub'";
+    let dry = recreate_downstream_subscriptions::plan(input.clone(), &deps)
+        .await
+        .expect("plan");
+    let nlb = cell.nlb_endpoint();
+    assert_eq!(dry.would.len(), 2, "{dry:?}");
+    assert!(
+        dry.would[0].starts_with(&format!(
+            "CREATE SUBSCRIPTION search_sub on downstream search for publications search_pub through search_replicator@{}:{}/app (password from ",
+            nlb.ip(),
+            nlb.port()
+        )) && dry.would[0].contains(
+            "), copy_data = false, slot_name = 'search_sub', binary = false, streaming = 'off', enabled = true"
+        ),
+        "{dry:?}"
+    );
+    assert_eq!(
+        dry.would[1],
+        "then wait up to 30 s for its apply worker to start"
+    );
+    for password in cell.secrets.all_passwords() {
+        assert!(
+            !dry.would.iter().any(|l| l.contains(password.expose())),
+            "the plan shows a password"
+        );
+    }
+    let one = |sql: &'static str| {
+        let (search, blue) = (&search, &blue);
+        async move {
+            let client = if sql.contains("pg_subscription") {
+                search
+            } else {
+                blue
+            };
+            client
+                .query_one(sql, &[])
+                .await
+                .expect(sql)
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(one(subscriptions).await, 0, "the plan created nothing");
+    assert_eq!(one(slots).await, 0, "no slot made on blue");
+    assert_eq!(
+        journal
+            .read::<serde_json::Value>(key)
+            .await
+            .expect("journal"),
+        entry,
+        "the journal is untouched"
+    );
+
     let first = recreate_downstream_subscriptions::run(input.clone(), &deps)
         .await
         .expect("recreate");
@@ -92,6 +151,10 @@ async fn recreates_the_dropped_subscription_once_without_copying() {
 
     let oid_sql = "SELECT oid::bigint FROM pg_subscription WHERE subname = 'search_sub'";
     let oid: i64 = search.query_one(oid_sql, &[]).await.expect("oid").get(0);
+    let dry = recreate_downstream_subscriptions::plan(input.clone(), &deps)
+        .await
+        .expect("plan after");
+    assert!(dry.is_empty(), "nothing left to do: {dry:?}");
     let second = recreate_downstream_subscriptions::run(input, &deps)
         .await
         .expect("second recreate");
@@ -140,6 +203,11 @@ async fn refuses_without_a_journal_entry_or_a_publication() {
         .expect_err("no publication");
     assert_eq!(error.error_name(), ErrorName::PreconditionFailed, "{error}");
     assert!(error.to_string().contains("copy-schema"), "{error}");
+    let error = recreate_downstream_subscriptions::plan(input.clone(), &deps)
+        .await
+        .expect_err("the plan stops the same way");
+    assert_eq!(error.error_name(), ErrorName::PreconditionFailed, "{error}");
+    assert!(error.to_string().contains("copy-schema"), "{error}");
     let none: i64 = search
         .query_one("SELECT count(*) FROM pg_subscription", &[])
         .await
@@ -152,6 +220,10 @@ async fn refuses_without_a_journal_entry_or_a_publication() {
         .delete("downstream/search/search_sub")
         .await
         .expect("delete"));
+    let error = recreate_downstream_subscriptions::plan(input.clone(), &deps)
+        .await
+        .expect_err("the plan stops without a journal entry");
+    assert_eq!(error.error_name(), ErrorName::PreconditionFailed, "{error}");
     let error = recreate_downstream_subscriptions::run(input, &deps)
         .await
         .expect_err("no journal entry");

@@ -5,6 +5,9 @@
 //! `rename-clusters`). Its address is registered, every other target deregistered, and the
 //! operation waits until the new target is healthy. A group already holding exactly the
 //! writer is left alone, so a retry (or the abort path pointing back at blue) is safe.
+//!
+//! A dry run ([`plan`]) reads the same endpoint and target health and lists the targets it
+//! would register and deregister in each group; empty when every group holds the writer.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -13,7 +16,7 @@ use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetHealthDescr
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Side};
+use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
 use tokio::time::Instant;
 
 /// ```json
@@ -65,14 +68,7 @@ const DRAINING: &str = "draining";
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     let deadline = Instant::now() + Duration::from_secs(input.wait_seconds);
-    let endpoint = deps.endpoint(&input.cell, Side::Blue).await?;
-    let ip = writer_ip(&endpoint.host, endpoint.port).await?;
-    let writer = Target {
-        id: ip.to_string(),
-        port: i32::from(endpoint.port),
-    };
-    tracing::info!(writer = %writer, "writer address resolved");
-
+    let writer = current_writer(&input.cell, deps).await?;
     let mut target_groups = Vec::with_capacity(input.cell.downstream.len());
     for downstream in &input.cell.downstream {
         let arn = target_group_arn(deps, &downstream.nlb_target_group).await?;
@@ -80,6 +76,46 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         target_groups.push(outcome);
     }
     Ok(Output { target_groups })
+}
+
+/// Dry run: the registrations and deregistrations [`run`] would make now, per group.
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
+pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    let writer = current_writer(&input.cell, deps).await?;
+    let mut plan = Plan::new();
+    for downstream in &input.cell.downstream {
+        let arn = target_group_arn(deps, &downstream.nlb_target_group).await?;
+        let changes = changes(&targets(deps, &arn).await?, &writer);
+        if changes.register {
+            plan.would(format!("register {writer} in target group {arn}"));
+        }
+        if !changes.deregister.is_empty() {
+            let old: Vec<String> = changes.deregister.iter().map(Target::to_string).collect();
+            plan.would(format!(
+                "deregister {} from target group {arn}",
+                old.join(", ")
+            ));
+        }
+        if changes.register {
+            plan.would(format!(
+                "then wait up to {} s for {writer} to turn healthy in {arn}",
+                input.wait_seconds
+            ));
+        }
+    }
+    Ok(plan)
+}
+
+/// The address of whoever holds the cell's identifier now.
+async fn current_writer(cell: &CellDocument, deps: &Deps) -> Result<Target, Error> {
+    let endpoint = deps.endpoint(cell, Side::Blue).await?;
+    let ip = writer_ip(&endpoint.host, endpoint.port).await?;
+    let writer = Target {
+        id: ip.to_string(),
+        port: i32::from(endpoint.port),
+    };
+    tracing::info!(writer = %writer, "writer address resolved");
+    Ok(writer)
 }
 
 /// An IP target of a target group.
@@ -113,14 +149,14 @@ struct Registered {
 
 /// What to change so that `writer` is the group's only live target.
 #[derive(Debug, PartialEq, Eq)]
-struct Plan {
+struct Changes {
     register: bool,
     deregister: Vec<Target>,
 }
 
-fn plan(registered: &[Registered], writer: &Target) -> Plan {
+fn changes(registered: &[Registered], writer: &Target) -> Changes {
     let live = || registered.iter().filter(|r| r.state != DRAINING);
-    Plan {
+    Changes {
         // A draining writer (deregistered by an earlier run) must be registered again.
         register: !live().any(|r| r.target == *writer),
         deregister: live()
@@ -190,9 +226,9 @@ async fn refresh(
     deadline: Instant,
 ) -> Result<TargetGroupOutcome, Error> {
     let elbv2 = &deps.aws.elbv2;
-    let plan = plan(&targets(deps, arn).await?, writer);
+    let todo = changes(&targets(deps, arn).await?, writer);
 
-    if plan.register {
+    if todo.register {
         elbv2
             .register_targets()
             .target_group_arn(arn)
@@ -204,24 +240,24 @@ async fn refresh(
     }
     // Deregister before waiting: a new downstream connection must never reach the old
     // writer, even while the new target is still turning healthy.
-    if !plan.deregister.is_empty() {
+    if !todo.deregister.is_empty() {
         let mut request = elbv2.deregister_targets().target_group_arn(arn);
-        for target in &plan.deregister {
+        for target in &todo.deregister {
             request = request.targets(target.description());
         }
         request
             .send()
             .await
             .map_err(|e| Error::aws(&format!("deregistering old targets from {arn}"), &e))?;
-        tracing::info!(count = plan.deregister.len(), "old targets deregistered");
+        tracing::info!(count = todo.deregister.len(), "old targets deregistered");
     }
 
     wait_healthy(deps, arn, writer, deadline).await?;
     Ok(TargetGroupOutcome {
         arn: arn.to_owned(),
         target: writer.to_string(),
-        registered: plan.register,
-        deregistered: plan.deregister.iter().map(Target::to_string).collect(),
+        registered: todo.register,
+        deregistered: todo.deregister.iter().map(Target::to_string).collect(),
     })
 }
 
@@ -314,10 +350,10 @@ mod tests {
     #[test]
     fn plan_keeps_an_exact_target_set() {
         let writer = target("10.0.0.5", 5432);
-        let plan = plan(&[reg("10.0.0.5", 5432, "healthy")], &writer);
+        let plan = changes(&[reg("10.0.0.5", 5432, "healthy")], &writer);
         assert_eq!(
             plan,
-            Plan {
+            Changes {
                 register: false,
                 deregister: vec![]
             }
@@ -332,7 +368,7 @@ mod tests {
             reg("10.0.0.5", 6543, "unhealthy"),
             reg("10.0.0.7", 5432, DRAINING),
         ];
-        let plan = plan(&registered, &writer);
+        let plan = changes(&registered, &writer);
         assert!(plan.register);
         assert_eq!(
             plan.deregister,
@@ -344,7 +380,7 @@ mod tests {
     #[test]
     fn plan_registers_a_draining_writer_again() {
         let writer = target("10.0.0.5", 5432);
-        assert!(plan(&[reg("10.0.0.5", 5432, DRAINING)], &writer).register);
+        assert!(changes(&[reg("10.0.0.5", 5432, DRAINING)], &writer).register);
     }
 
     #[tokio::test]

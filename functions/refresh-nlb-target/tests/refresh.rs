@@ -1,7 +1,7 @@
 //! refresh-nlb-target against the local cell's moto target group and NLB forwarder.
 
 use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
-use refresh_nlb_target::{run, Input, Output};
+use refresh_nlb_target::{plan, run, Input, Output};
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_local_cell::LocalCell;
 
@@ -68,6 +68,8 @@ async fn a_group_on_blue_stays_and_strays_are_deregistered() {
     );
 
     // Nothing renamed: the group already holds exactly blue (found by its bare name).
+    let dry = plan(input(&cell), &deps).await.expect("plan by name");
+    assert!(dry.dry_run && dry.is_empty(), "{dry:?}");
     let output = run(input(&cell), &deps).await.expect("run by name");
     unchanged(&output, &cell.target_group_arn, &blue);
     assert_eq!(live_targets(&cell).await, [blue.as_str()]);
@@ -127,6 +129,22 @@ async fn after_the_rename_the_nlb_reaches_green() {
 
     let green = format!("{}:{}", cell.green.ip, cell.green.port);
     let blue = format!("{}:{}", cell.blue.ip, cell.blue.port);
+    let arn = &cell.target_group_arn;
+    let dry = plan(input(&cell), &deps).await.expect("plan");
+    assert_eq!(
+        dry.would,
+        [
+            format!("register {green} in target group {arn}"),
+            format!("deregister {blue} from target group {arn}"),
+            format!("then wait up to 10 s for {green} to turn healthy in {arn}"),
+        ]
+    );
+    assert_eq!(
+        live_targets(&cell).await,
+        [blue.as_str()],
+        "the plan changed nothing"
+    );
+
     let output = run(input(&cell), &deps).await.expect("run");
     let group = &output.target_groups[0];
     assert_eq!(group.arn, cell.target_group_arn);
@@ -152,6 +170,13 @@ async fn after_the_rename_the_nlb_reaches_green() {
         cell.green.version_num
     );
 
+    assert!(
+        plan(input(&cell), &deps)
+            .await
+            .expect("plan after")
+            .is_empty(),
+        "nothing left to do"
+    );
     unchanged(
         &run(input(&cell), &deps).await.expect("second run"),
         &cell.target_group_arn,

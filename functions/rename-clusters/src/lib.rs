@@ -9,6 +9,9 @@
 //! holds now and does only what remains, so a retry after a crash at any point completes
 //! the job and a run after completion changes nothing. Without a journal entry the plan is
 //! inferred from the cell document and the clusters present (the blue-parked name).
+//!
+//! A dry run ([`plan`]) works out where it stands the same way and lists the journal write,
+//! the renames left (in order) and the waits after them; empty once the mode is complete.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -117,8 +120,24 @@ struct Cluster {
     engine_version: String,
 }
 
-#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier, mode = %input.mode))]
-pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+/// Where an invocation stands: the plan (recorded or inferred), both clusters now, and
+/// the renames left for the mode, every precondition checked.
+struct Position {
+    recorded: Option<Plan>,
+    plan: Plan,
+    clusters: Vec<Cluster>,
+    todo: Vec<Rename>,
+}
+
+/// One rename left to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Rename {
+    step: Step,
+    from: String,
+    to: String,
+}
+
+async fn position(input: &Input, deps: &Deps) -> Result<Position, Error> {
     if input.wait_seconds > MAX_WAIT_SECONDS {
         return Err(Error::stop(
             ErrorName::InvalidInput,
@@ -128,33 +147,52 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
             ),
         ));
     }
-    let deadline = Instant::now() + Duration::from_secs(input.wait_seconds);
     let cell = &input.cell;
-    let rds = &deps.aws.rds;
     let journal = deps.journal(cell);
     let recorded: Option<Plan> = journal.read(JOURNAL_KEY).await?;
-    let clusters = describe_all(rds).await?;
+    let clusters = describe_all(&deps.aws.rds).await?;
     let plan = match recorded.clone() {
         Some(plan) => check_recorded(cell, plan, &journal.parameter(JOURNAL_KEY))?,
         None => infer_plan(cell, &clusters, &now())?,
     };
     let (blue, green) = locate(&plan, &clusters)?;
     check_positions(&plan, &blue, &green)?;
+    let todo = remaining(input.mode, &plan, &clusters, &blue, &green)?;
+    if input.mode == Mode::Forward && green.identifier != plan.cell_identifier {
+        // After the rename blue's endpoint name points at green: a subscription
+        // following that name would subscribe green to itself.
+        refuse_enabled_subscriptions(cell, deps).await?;
+    }
+    Ok(Position {
+        recorded,
+        plan,
+        clusters,
+        todo,
+    })
+}
+
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier, mode = %input.mode))]
+pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    let deadline = Instant::now() + Duration::from_secs(input.wait_seconds);
+    let cell = &input.cell;
+    let rds = &deps.aws.rds;
+    let journal = deps.journal(cell);
+    let Position {
+        recorded,
+        plan,
+        clusters: _,
+        todo,
+    } = position(&input, deps).await?;
 
     let steps_done = match input.mode {
         Mode::Forward => {
-            if green.identifier != plan.cell_identifier {
-                // After the rename blue's endpoint name points at green: a subscription
-                // following that name would subscribe green to itself.
-                refuse_enabled_subscriptions(cell, deps).await?;
-            }
             if recorded.is_none() {
                 journal.write(JOURNAL_KEY, &plan).await?;
             }
-            forward(deps, &plan, &clusters, &blue, &green, deadline).await?
+            forward(deps, &plan, &todo, deadline).await?
         }
         Mode::Back => {
-            let steps = back(deps, &plan, &clusters, &blue, &green, deadline).await?;
+            let steps = back(deps, &plan, &todo, deadline).await?;
             // The cell is as it began: a stale plan must not steer a later run.
             journal.delete(JOURNAL_KEY).await?;
             steps
@@ -176,21 +214,127 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     })
 }
 
-async fn forward(
-    deps: &Deps,
+/// Dry run: the journal change and the renames [`run`] would make now, in order.
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier, mode = %input.mode))]
+pub async fn plan(input: Input, deps: &Deps) -> Result<switchyard_operation::Plan, Error> {
+    let parameter = deps.journal(&input.cell).parameter(JOURNAL_KEY);
+    let Position {
+        recorded,
+        plan,
+        clusters,
+        todo,
+    } = position(&input, deps).await?;
+    let mut dry = switchyard_operation::Plan::new();
+    if input.mode == Mode::Forward && recorded.is_none() {
+        dry.would(format!(
+            "journal the rename plan under {parameter}: blue is resource {}, green resource {}, blue parks as {}",
+            plan.blue_resource_id, plan.green_resource_id, plan.parked_identifier
+        ));
+    }
+    for rename in &todo {
+        let (side, resource) = match rename.step {
+            Step::ParkBlue | Step::RestoreBlue => ("blue", &plan.blue_resource_id),
+            Step::PromoteGreen | Step::DemoteGreen => ("green", &plan.green_resource_id),
+        };
+        let status = clusters
+            .iter()
+            .find(|c| &c.resource_id == resource)
+            .map_or("unknown", |c| c.status.as_str());
+        dry.would(format!(
+            "rename cluster {} → {} ({side}, resource {resource}, {status} now)",
+            rename.from, rename.to
+        ));
+    }
+    if !todo.is_empty() {
+        let resource = match input.mode {
+            Mode::Forward => &plan.green_resource_id,
+            Mode::Back => &plan.blue_resource_id,
+        };
+        dry.would(format!(
+            "then wait up to {} s for each cluster to be available under its new name and for endpoint {} to resolve to resource {resource}",
+            input.wait_seconds, plan.cell_identifier
+        ));
+    }
+    if input.mode == Mode::Back && recorded.is_some() {
+        dry.would(format!(
+            "delete the rename plan journaled under {parameter}"
+        ));
+    }
+    Ok(dry)
+}
+
+/// The renames `mode` still needs, in order; a name to rename onto must be free (or held
+/// by the cluster itself already).
+fn remaining(
+    mode: Mode,
     plan: &Plan,
     clusters: &[Cluster],
     blue: &Cluster,
     green: &Cluster,
+) -> Result<Vec<Rename>, Error> {
+    let mut todo = Vec::new();
+    match mode {
+        Mode::Forward => {
+            if blue.identifier == plan.cell_identifier {
+                refuse_taken(clusters, &plan.parked_identifier, &plan.blue_resource_id)?;
+                todo.push(Rename {
+                    step: Step::ParkBlue,
+                    from: plan.cell_identifier.clone(),
+                    to: plan.parked_identifier.clone(),
+                });
+            }
+            if green.identifier == plan.green_identifier {
+                todo.push(Rename {
+                    step: Step::PromoteGreen,
+                    from: plan.green_identifier.clone(),
+                    to: plan.cell_identifier.clone(),
+                });
+            }
+        }
+        Mode::Back => {
+            if green.identifier == plan.cell_identifier {
+                refuse_taken(clusters, &plan.green_identifier, &plan.green_resource_id)?;
+                todo.push(Rename {
+                    step: Step::DemoteGreen,
+                    from: plan.cell_identifier.clone(),
+                    to: plan.green_identifier.clone(),
+                });
+            }
+            if blue.identifier != plan.cell_identifier {
+                todo.push(Rename {
+                    step: Step::RestoreBlue,
+                    from: blue.identifier.clone(),
+                    to: plan.cell_identifier.clone(),
+                });
+            }
+        }
+    }
+    Ok(todo)
+}
+
+/// Issues `todo`'s rename for `step`, if it has one.
+async fn rename_if(
+    rds: &aws_sdk_rds::Client,
+    todo: &[Rename],
+    step: Step,
+    steps: &mut Vec<Step>,
+) -> Result<(), Error> {
+    if let Some(r) = todo.iter().find(|r| r.step == step) {
+        rename(rds, &r.from, &r.to).await?;
+        steps.push(step);
+    }
+    Ok(())
+}
+
+async fn forward(
+    deps: &Deps,
+    plan: &Plan,
+    todo: &[Rename],
     deadline: Instant,
 ) -> Result<Vec<Step>, Error> {
     let rds = &deps.aws.rds;
     let mut steps = Vec::new();
-    if blue.identifier == plan.cell_identifier {
-        refuse_taken(clusters, &plan.parked_identifier, &plan.blue_resource_id)?;
-        rename(rds, &plan.cell_identifier, &plan.parked_identifier).await?;
-        steps.push(Step::ParkBlue);
-    }
+    rename_if(rds, todo, Step::ParkBlue, &mut steps).await?;
     // Green may take the name only once blue has let go of it.
     wait_held(
         rds,
@@ -200,10 +344,7 @@ async fn forward(
         "blue",
     )
     .await?;
-    if green.identifier == plan.green_identifier {
-        rename(rds, &plan.green_identifier, &plan.cell_identifier).await?;
-        steps.push(Step::PromoteGreen);
-    }
+    rename_if(rds, todo, Step::PromoteGreen, &mut steps).await?;
     wait_held(
         rds,
         &plan.cell_identifier,
@@ -226,18 +367,12 @@ async fn forward(
 async fn back(
     deps: &Deps,
     plan: &Plan,
-    clusters: &[Cluster],
-    blue: &Cluster,
-    green: &Cluster,
+    todo: &[Rename],
     deadline: Instant,
 ) -> Result<Vec<Step>, Error> {
     let rds = &deps.aws.rds;
     let mut steps = Vec::new();
-    if green.identifier == plan.cell_identifier {
-        refuse_taken(clusters, &plan.green_identifier, &plan.green_resource_id)?;
-        rename(rds, &plan.cell_identifier, &plan.green_identifier).await?;
-        steps.push(Step::DemoteGreen);
-    }
+    rename_if(rds, todo, Step::DemoteGreen, &mut steps).await?;
     // Blue may take its name back only once green has let go of it.
     wait_held(
         rds,
@@ -247,10 +382,7 @@ async fn back(
         "green",
     )
     .await?;
-    if blue.identifier != plan.cell_identifier {
-        rename(rds, &blue.identifier, &plan.cell_identifier).await?;
-        steps.push(Step::RestoreBlue);
-    }
+    rename_if(rds, todo, Step::RestoreBlue, &mut steps).await?;
     wait_held(
         rds,
         &plan.cell_identifier,
@@ -718,6 +850,49 @@ mod tests {
         )
         .expect_err("odd name");
         assert!(err.to_string().contains("elsewhere"), "{err}");
+    }
+
+    #[test]
+    fn renames_left_follow_the_positions() {
+        let cell = document();
+        let start = [c("local-a", "B", "14.23"), c("local-a-green", "G", "17.5")];
+        let plan = infer_plan(&cell, &start, "t").expect("plan");
+        let left = |mode, blue: &str, green: &str, clusters: &[Cluster]| {
+            remaining(
+                mode,
+                &plan,
+                clusters,
+                &c(blue, "B", "14.23"),
+                &c(green, "G", "17.5"),
+            )
+            .expect("remaining")
+            .into_iter()
+            .map(|r| (r.step, r.from, r.to))
+            .collect::<Vec<_>>()
+        };
+        let s = |v: &str| v.to_owned();
+        assert_eq!(
+            left(Mode::Forward, "local-a", "local-a-green", &start),
+            [
+                (Step::ParkBlue, s("local-a"), s("local-a-blue-14")),
+                (Step::PromoteGreen, s("local-a-green"), s("local-a"))
+            ]
+        );
+        assert_eq!(left(Mode::Forward, "local-a-blue-14", "local-a", &[]), []);
+        assert_eq!(
+            left(Mode::Back, "local-a-blue-14", "local-a-green", &[]),
+            [(Step::RestoreBlue, s("local-a-blue-14"), s("local-a"))]
+        );
+        let taken = [c("local-a-blue-14", "OTHER", "14.1")];
+        let err = remaining(
+            Mode::Forward,
+            &plan,
+            &taken,
+            &c("local-a", "B", "14.23"),
+            &c("local-a-green", "G", "17.5"),
+        )
+        .expect_err("parked name taken");
+        assert_eq!(err.error_name(), ErrorName::PreconditionFailed);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! rename-clusters against the local cell: moto holds the clusters, and the emulated
 //! endpoint of the cell's identifier sends new connections to whichever server holds it.
 
-use rename_clusters::{run, Input, Mode, Output, Step, JOURNAL_KEY};
+use rename_clusters::{plan, run, Input, Mode, Output, Step, JOURNAL_KEY};
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_local_cell::LocalCell;
 use switchyard_operation::Deps;
@@ -113,6 +113,41 @@ async fn forward_moves_the_endpoint_to_green_and_back_restores_blue() {
         version_behind_cell_endpoint(&cell).await,
         cell.blue.version_num
     );
+    let (id, green_id) = (&doc.blue.cluster_identifier, &doc.green.cluster_identifier);
+    let parameter = deps.journal(doc).parameter(JOURNAL_KEY);
+
+    let dry = plan(input(&cell, Mode::Forward), &deps)
+        .await
+        .expect("plan forward");
+    assert_eq!(dry.would.len(), 4, "{dry:?}");
+    assert!(
+        dry.would[0].starts_with(&format!("journal the rename plan under {parameter}"))
+            && dry.would[0].contains(&blue_resource)
+            && dry.would[0].contains(&green_resource),
+        "{dry:?}"
+    );
+    assert!(
+        dry.would[1].starts_with(&format!("rename cluster {id} → {}", parked(&cell))),
+        "{dry:?}"
+    );
+    assert!(
+        dry.would[2].starts_with(&format!("rename cluster {green_id} → {id}")),
+        "{dry:?}"
+    );
+    assert!(dry.would[3].starts_with("then wait up to 60 s"), "{dry:?}");
+    assert_eq!(
+        identifiers(&cell).await,
+        original,
+        "the plan renamed nothing"
+    );
+    assert!(
+        deps.journal(doc)
+            .read::<rename_clusters::Plan>(JOURNAL_KEY)
+            .await
+            .expect("journal")
+            .is_none(),
+        "the plan journaled nothing"
+    );
 
     let out = run(input(&cell, Mode::Forward), &deps)
         .await
@@ -127,14 +162,40 @@ async fn forward_moves_the_endpoint_to_green_and_back_restores_blue() {
         cell.green.version_num,
         "new connections through the cell's endpoint reach green"
     );
-    let plan: rename_clusters::Plan = deps
+    let journaled: rename_clusters::Plan = deps
         .journal(doc)
         .read(JOURNAL_KEY)
         .await
         .expect("journal")
         .expect("plan journaled");
-    assert_eq!(plan.blue_resource_id, blue_resource);
-    assert_eq!(plan.green_resource_id, green_resource);
+    assert_eq!(journaled.blue_resource_id, blue_resource);
+    assert_eq!(journaled.green_resource_id, green_resource);
+
+    let dry = plan(input(&cell, Mode::Forward), &deps)
+        .await
+        .expect("plan forward again");
+    assert!(dry.is_empty(), "nothing left to do: {dry:?}");
+    let dry = plan(input(&cell, Mode::Back), &deps)
+        .await
+        .expect("plan back");
+    assert_eq!(dry.would.len(), 4, "{dry:?}");
+    assert!(
+        dry.would[0].starts_with(&format!("rename cluster {id} → {green_id}")),
+        "{dry:?}"
+    );
+    assert!(
+        dry.would[1].starts_with(&format!("rename cluster {} → {id}", parked(&cell))),
+        "{dry:?}"
+    );
+    assert_eq!(
+        dry.would[3],
+        format!("delete the rename plan journaled under {parameter}")
+    );
+    assert_eq!(
+        identifiers(&cell).await,
+        expected,
+        "the plan renamed nothing"
+    );
 
     let again = run(input(&cell, Mode::Forward), &deps)
         .await
@@ -152,6 +213,10 @@ async fn forward_moves_the_endpoint_to_green_and_back_restores_blue() {
         cell.blue.version_num
     );
 
+    let dry = plan(input(&cell, Mode::Back), &deps)
+        .await
+        .expect("plan back again");
+    assert!(dry.is_empty(), "nothing left to do: {dry:?}");
     let back_again = run(input(&cell, Mode::Back), &deps)
         .await
         .expect("back again");
@@ -220,6 +285,11 @@ async fn an_enabled_subscription_on_green_stops_forward_before_any_rename() {
     let deps = cell.deps().expect("deps");
     let name = cell.replicate_directly().await.expect("replicate");
     let original = identifiers(&cell).await;
+
+    let err = plan(input(&cell, Mode::Forward), &deps)
+        .await
+        .expect_err("the plan stops the same way");
+    assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
 
     let err = run(input(&cell, Mode::Forward), &deps)
         .await

@@ -9,13 +9,16 @@
 //! `gap × increment`. A sequence is never moved backwards: one already at or past its
 //! target is left alone, so running this again changes nothing. Descending sequences are
 //! handled symmetrically ("backwards" is up for them).
+//!
+//! A dry run ([`plan`]) reads both sides the same way and lists each `setval` it would
+//! make, green's value now → its target; empty when every sequence is already far enough.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Side};
+use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
 use switchyard_postgres::quote::qualified;
 
 /// ```json
@@ -78,6 +81,54 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     Ok(Output { gap, databases })
 }
 
+/// Dry run: each `setval` [`run`] would make on green now, database by database.
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.green.cluster_identifier, gap))]
+pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    let gap = input.gap.unwrap_or(input.cell.budgets.sequence_gap);
+    tracing::Span::current().record("gap", gap);
+    let mut plan = Plan::new();
+    for db in &input.cell.databases {
+        let assessed = Box::pin(assess_database(&input.cell, deps, db, gap)).await?;
+        for seq in &assessed.sequences {
+            if let Decision::Set(target) = seq.decision {
+                plan.would(format!(
+                    "setval {} in database {db} on green: {} → {} (blue {}, gap {gap})",
+                    seq.regclass,
+                    shown(seq.green),
+                    shown(target),
+                    shown(seq.blue),
+                ));
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// A state as the plan shows it: the last value handed out, or the next one if unused.
+fn shown(state: State) -> String {
+    match state.used() {
+        Some(value) => value.to_string(),
+        None => format!("unused, next {}", state.last_value),
+    }
+}
+
+/// One database's sequences, read on both sides, each with what to do to green's.
+struct Assessed {
+    green: tokio_postgres::Client,
+    sequences: Vec<Assessment>,
+    green_only: Vec<String>,
+}
+
+struct Assessment {
+    schema: String,
+    name: String,
+    /// Quoted `schema.name`.
+    regclass: String,
+    blue: State,
+    green: State,
+    decision: Decision,
+}
+
 #[tracing::instrument(skip_all, fields(database = %db))]
 async fn sync_database(
     cell: &CellDocument,
@@ -85,13 +136,56 @@ async fn sync_database(
     db: &str,
     gap: u64,
 ) -> Result<DatabaseSequences, Error> {
+    let Assessed {
+        green,
+        sequences: assessed,
+        green_only,
+    } = assess_database(cell, deps, db, gap).await?;
+    let mut sequences = Vec::with_capacity(assessed.len());
+    for seq in assessed {
+        let regclass = &seq.regclass;
+        let after = match seq.decision {
+            Decision::Keep => seq.green,
+            Decision::Set(target) => {
+                green
+                    .execute(
+                        "SELECT pg_catalog.setval($1::text::pg_catalog.regclass, $2, $3)",
+                        &[regclass, &target.last_value, &target.is_called],
+                    )
+                    .await
+                    .map_err(|e| Error::query(format_args!("setval on {regclass}"), e))?;
+                tracing::info!(sequence = %regclass, value = target.last_value, is_called = target.is_called, "sequence advanced");
+                target
+            }
+        };
+        sequences.push(SequenceSync {
+            sequence: format!("{}.{}", seq.schema, seq.name),
+            blue: seq.blue.used(),
+            green_before: seq.green.used(),
+            green_after: after.used(),
+            changed: seq.decision != Decision::Keep,
+        });
+    }
+    Ok(DatabaseSequences {
+        name: db.to_owned(),
+        sequences,
+        green_only,
+    })
+}
+
+/// Reads every sequence on both sides and decides each; every mismatch stops here,
+/// before the first setval, so a stop leaves the database as it was.
+async fn assess_database(
+    cell: &CellDocument,
+    deps: &Deps,
+    db: &str,
+    gap: u64,
+) -> Result<Assessed, Error> {
     let blue = deps.connect(cell, Side::Blue, db).await?;
     let green = deps.connect(cell, Side::Green, db).await?;
     let blue_defs = definitions(&blue).await?;
     let mut green_defs = definitions(&green).await?;
 
-    // Every mismatch is checked before the first setval, so a stop leaves this database
-    // as it was.
     let mut pairs = Vec::with_capacity(blue_defs.len());
     let mut missing = Vec::new();
     for (key, blue_def) in blue_defs {
@@ -143,30 +237,17 @@ async fn sync_database(
                 ),
             )
         })?;
-        let after = match decision {
-            Decision::Keep => green_state,
-            Decision::Set(target) => {
-                green
-                    .execute(
-                        "SELECT pg_catalog.setval($1::text::pg_catalog.regclass, $2, $3)",
-                        &[&regclass, &target.last_value, &target.is_called],
-                    )
-                    .await
-                    .map_err(|e| Error::query(format_args!("setval on {regclass}"), e))?;
-                tracing::info!(sequence = %regclass, value = target.last_value, is_called = target.is_called, "sequence advanced");
-                target
-            }
-        };
-        sequences.push(SequenceSync {
-            sequence: format!("{schema}.{name}"),
-            blue: blue_state.used(),
-            green_before: green_state.used(),
-            green_after: after.used(),
-            changed: decision != Decision::Keep,
+        sequences.push(Assessment {
+            schema,
+            name,
+            regclass,
+            blue: blue_state,
+            green: green_state,
+            decision,
         });
     }
-    Ok(DatabaseSequences {
-        name: db.to_owned(),
+    Ok(Assessed {
+        green,
         sequences,
         green_only,
     })

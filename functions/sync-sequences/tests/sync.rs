@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_local_cell::LocalCell;
-use sync_sequences::{run, Input, Output, SequenceSync};
+use sync_sequences::{plan, run, Input, Output, SequenceSync};
 
 const GAP: i64 = 1000;
 
@@ -88,7 +88,53 @@ async fn raises_green_past_blue_once_and_never_backwards() {
         .await
         .expect("green-only sequence");
 
+    let green_values = || async {
+        let mut values = Vec::new();
+        for (schema, name) in WATCHED {
+            values.push(last_value(&green, schema, name).await);
+        }
+        values
+    };
+    let untouched = green_values().await;
+    assert!(untouched.iter().all(Option::is_none), "{untouched:?}");
+    let dry = plan(input(&cell), &deps).await.expect("plan");
+    assert_eq!(green_values().await, untouched, "the plan set nothing");
+    assert!(
+        !dry.would
+            .iter()
+            .any(|l| l.contains("switchyard.") || l.contains("green_only_seq")),
+        "{dry:?}"
+    );
+
     let first = run(input(&cell), &deps).await.expect("first run");
+    for (schema, name) in WATCHED {
+        let reported = find(&first, schema, name);
+        let quoted = format!("\"{schema}\".\"{name}\"");
+        let head = format!("setval {quoted} in database app on green: unused, next ");
+        let tail = format!(
+            " → {} (blue {}, gap 1000)",
+            reported.green_after.expect("set"),
+            reported.blue.expect("used"),
+        );
+        assert!(
+            dry.would
+                .iter()
+                .any(|l| l.starts_with(&head) && l.ends_with(&tail)),
+            "{head}…{tail} not in {dry:?}"
+        );
+    }
+    assert_eq!(
+        dry.would.len(),
+        first.databases[0]
+            .sequences
+            .iter()
+            .filter(|s| s.changed)
+            .count(),
+        "one line per sequence run changed: {dry:?}"
+    );
+    let dry = plan(input(&cell), &deps).await.expect("plan after");
+    assert!(dry.is_empty(), "nothing left to do: {dry:?}");
+
     assert_eq!(first.gap, 1000);
     assert_eq!(
         first.databases[0].green_only,
