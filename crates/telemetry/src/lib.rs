@@ -3,5 +3,5 @@
 mod logging;
 mod secret;
 
-pub use logging::{init_tracing, init_tracing_with, LogFormat, LogSettings};
+pub use logging::{init_tracing, init_tracing_to, init_tracing_with, LogFormat, LogSettings};
 pub use secret::Secret;

@@ -100,6 +100,15 @@ pub fn init_tracing_with(settings: &LogSettings) {
     let _ = subscriber(settings, std::io::stdout).try_init();
 }
 
+/// As [`init_tracing_with`], writing to `writer` instead of stdout: what a test uses to
+/// read every line the functions log (the secret-leak check).
+pub fn init_tracing_to<W>(settings: &LogSettings, writer: W)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let _ = subscriber(settings, writer).try_init();
+}
+
 /// Crates whose debug output includes SQL text, held at info.
 const QUIET_STATEMENT_LOGGERS: &str = "tokio_postgres=info";
 

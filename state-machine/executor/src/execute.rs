@@ -112,7 +112,7 @@ pub struct FaultError {
 }
 
 /// How an execution ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {
     Succeeded,
@@ -120,8 +120,8 @@ pub enum Status {
     TimedOut,
 }
 
-/// A finished execution.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A finished execution (as `write_history` writes it, and reads back).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Execution {
     pub name: String,

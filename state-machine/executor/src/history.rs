@@ -1,6 +1,6 @@
 //! Execution history, in Step Functions' event naming.
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::definition::StateType;
@@ -53,6 +53,56 @@ impl std::fmt::Display for EventType {
     }
 }
 
+impl std::str::FromStr for EventType {
+    type Err = String;
+
+    /// Step Functions' name of an event (`TaskStateEntered`, `TaskScheduled`, …); `Err`
+    /// for one this history does not record (`TaskStarted`, `MapStateEntered`, …).
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        let simple = [
+            Self::ExecutionStarted,
+            Self::ExecutionSucceeded,
+            Self::ExecutionFailed,
+            Self::ExecutionTimedOut,
+            Self::TaskScheduled,
+            Self::TaskSucceeded,
+            Self::TaskFailed,
+            Self::TaskTimedOut,
+            Self::ParallelStateStarted,
+            Self::ParallelStateSucceeded,
+            Self::ParallelStateFailed,
+        ];
+        if let Some(kind) = simple.into_iter().find(|k| k.to_string() == name) {
+            return Ok(kind);
+        }
+        let types = [
+            StateType::Task,
+            StateType::Pass,
+            StateType::Choice,
+            StateType::Wait,
+            StateType::Succeed,
+            StateType::Fail,
+            StateType::Parallel,
+        ];
+        for kind in types {
+            let prefix = kind.to_string();
+            match name.strip_prefix(prefix.as_str()) {
+                Some("StateEntered") => return Ok(Self::StateEntered(kind)),
+                Some("StateExited") => return Ok(Self::StateExited(kind)),
+                _ => {}
+            }
+        }
+        Err(format!("not a recorded history event type: {name}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for EventType {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl Serialize for EventType {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
@@ -60,7 +110,7 @@ impl Serialize for EventType {
 }
 
 /// One entry of an execution's history.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryEvent {
     /// 1, 2, … in the order recorded.
@@ -69,29 +119,31 @@ pub struct HistoryEvent {
     pub timestamp: String,
     #[serde(rename = "type")]
     pub kind: EventType,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
     /// Task events: the `Resource`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
     /// `TaskScheduled`: the 1-based invocation count of this state in the execution
     /// (what [`crate::Fault::attempt`] matches).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
     /// Entered events: the raw state input; `TaskScheduled`: the evaluated Parameters.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<Value>,
     /// Exited events: the state output; `TaskSucceeded`: the raw result.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
 }
 
 impl HistoryEvent {
-    pub(crate) fn new(kind: EventType, state: Option<&str>) -> Self {
+    /// An event of `kind` in `state`, every other field empty: for building a history
+    /// from another source (Step Functions' own, read back for a report).
+    pub fn new(kind: EventType, state: Option<&str>) -> Self {
         Self {
             id: 0,
             timestamp: String::new(),

@@ -3,9 +3,12 @@
 //! (`switchyard-state-machine`), each Task's Lambda replaced by the function's `run`
 //! called in-process through [`LocalFunctions`].
 
+pub mod follow;
 pub mod functions;
+pub mod history;
 pub mod rehearsal;
 pub mod report;
+pub mod timeline;
 
 use serde_json::Value;
 use switchyard_errors::Catalogued;

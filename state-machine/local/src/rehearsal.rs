@@ -20,8 +20,7 @@ use switchyard_state_machine::{Execution, Executor};
 use time::OffsetDateTime;
 
 use crate::report::{
-    latency_stats, pause_window, steps, unix_ms, AuditSummary, ExecutionSummary, Outcome, Report,
-    WorkloadSummary,
+    latency_stats, unix_ms, AuditSummary, LoadReport, Outcome, Report, WorkloadSummary,
 };
 use crate::{load, LocalFunctions, PREPARE, SWITCHOVER};
 
@@ -106,7 +105,7 @@ pub async fn rehearse(options: &RunOptions) -> Result<Report, String> {
         .await
         .map_err(|e| format!("the local cell did not start: {e}"))?;
     // The cell is dropped (every process stopped) when this returns, pass or fail.
-    let report = run_on(&cell, options).await;
+    let report = rehearse_on(&cell, options).await;
     let passwords: Vec<String> = cell
         .secrets
         .all_passwords()
@@ -119,8 +118,18 @@ pub async fn rehearse(options: &RunOptions) -> Result<Report, String> {
     Ok(report)
 }
 
-/// The rehearsal on a started cell.
-async fn run_on(cell: &LocalCell, options: &RunOptions) -> Result<Report, String> {
+/// The rehearsal on a started cell: both state machines under load, the audits, and the
+/// histories, `report.json` and `timeline.svg` in `options.out_dir`.
+pub async fn rehearse_on(cell: &LocalCell, options: &RunOptions) -> Result<Report, String> {
+    let report = measure(cell, options).await?;
+    write_json(&options.out_dir.join("report.json"), &report)?;
+    let svg = options.out_dir.join("timeline.svg");
+    std::fs::write(&svg, crate::timeline::svg(&report))
+        .map_err(|e| format!("writing {}: {e}", svg.display()))?;
+    Ok(report)
+}
+
+async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, String> {
     std::fs::create_dir_all(&options.out_dir)
         .map_err(|e| format!("creating {}: {e}", options.out_dir.display()))?;
     let deps = cell.deps().map_err(|e| e.to_string())?;
@@ -238,17 +247,6 @@ async fn run_on(cell: &LocalCell, options: &RunOptions) -> Result<Report, String
     let commits_during = latencies.len();
     let (max_ms, p99_ms) = latency_stats(latencies);
 
-    let mut all_steps = steps(PREPARE, &prepared);
-    let (pause_ms, pause_parts) = match &switched {
-        Some(e) => {
-            let s = steps(SWITCHOVER, e);
-            let window = pause_window(e, &s);
-            all_steps.extend(s);
-            window
-        }
-        None => (None, Vec::new()),
-    };
-
     let direct_summary = WorkloadSummary {
         acknowledged: direct.iter().map(|t| t.acks.len()).sum(),
         failed: direct.iter().map(|t| t.failed).sum(),
@@ -265,16 +263,18 @@ async fn run_on(cell: &LocalCell, options: &RunOptions) -> Result<Report, String
         in_doubt: tally.in_doubt.len(),
         errors: tally.errors.clone(),
     };
-    let mut report = Report {
-        outcome,
-        passed: false,
-        failures: Vec::new(),
-        blue_version,
-        green_version,
-        blue_major: cell.blue.major,
-        target_major: cell.green.major,
-        pause_window_ms: pause_ms,
-        pause_window_steps: pause_parts,
+    let mut report = Report::of_executions(
+        Some((&prepared, "prepare-history.json")),
+        switched.as_ref().map(|e| (e, "switchover-history.json")),
+    );
+    // What PgBouncer served, measured, beats preflight's readings; the outcome judged
+    // here also counts a switch whose cleanup failed.
+    report.outcome = outcome;
+    report.blue_version = blue_version;
+    report.green_version = green_version;
+    report.blue_major = cell.blue.major;
+    report.target_major = cell.green.major;
+    report.load = Some(LoadReport {
         client_max_latency_ms: max_ms,
         client_p99_latency_ms: p99_ms,
         client_commits_during_switchover: commits_during,
@@ -302,110 +302,39 @@ async fn run_on(cell: &LocalCell, options: &RunOptions) -> Result<Report, String
         direct_writers: direct_summary,
         ledger_audit,
         direct_writer_audit: direct_audit,
-        prepare: Some(ExecutionSummary::of(&prepared, "prepare-history.json")),
-        switchover: switched
-            .as_ref()
-            .map(|e| ExecutionSummary::of(e, "switchover-history.json")),
-        steps: all_steps,
-        error: None,
-    };
-    judge(&mut report);
+    });
+    report.judge();
     Ok(report)
 }
 
-/// Fills `failures` and `passed` from the measured values.
-pub fn judge(report: &mut Report) {
-    let mut failures = Vec::new();
-    match (report.outcome, &report.switchover, &report.prepare) {
-        (Outcome::Switched, _, _) => {}
-        (_, Some(s), _) => failures.push(format!(
-            "the switchover did not switch: {} in `{}`: {} — {}",
-            report.outcome.as_str(),
-            s.failed_in.as_deref().unwrap_or("?"),
-            s.error.as_deref().unwrap_or("?"),
-            s.cause.as_deref().unwrap_or("")
-        )),
-        (_, None, Some(p)) => failures.push(format!(
-            "prepare did not succeed, so no switchover ran: failed in `{}`: {} — {}",
-            p.failed_in.as_deref().unwrap_or("?"),
-            p.error.as_deref().unwrap_or("?"),
-            p.cause.as_deref().unwrap_or("")
-        )),
-        (_, None, None) => failures.push("nothing ran".to_owned()),
-    }
-    if report.failed_transactions > 0 {
-        failures.push(format!(
-            "{} client transactions failed ({} in doubt); first errors: {:?}",
-            report.failed_transactions,
-            report.in_doubt_transactions,
-            report
-                .ledger
-                .errors
-                .iter()
-                .chain(&report.direct_writers.errors)
-                .take(3)
-                .collect::<Vec<_>>()
-        ));
-    }
-    if report.ledger.acknowledged == 0 || report.direct_writers.acknowledged == 0 {
-        failures.push(format!(
-            "a workload wrote nothing (ledger {}, direct writers {}): the audit proves nothing",
-            report.ledger.acknowledged, report.direct_writers.acknowledged
-        ));
-    }
-    if report.lost_writes > 0 || report.duplicated_writes > 0 {
-        failures.push(format!(
-            "{} acknowledged writes lost and {} duplicated on {}",
-            report.lost_writes, report.duplicated_writes, report.audited_on
-        ));
-    }
-    if !report.downstream_equal {
-        failures.push(format!(
-            "the downstream search database does not hold what {} holds",
-            report.audited_on
-        ));
-    }
-    if !report.direct_writers_resumed {
-        failures.push("the direct writers did not write again after the switchover".to_owned());
-    }
-    let served_major = report
-        .green_version
-        .as_deref()
-        .and_then(|v| v.split('.').next())
-        .and_then(|m| m.parse::<u32>().ok());
-    if served_major != Some(report.target_major) {
-        failures.push(format!(
-            "PgBouncer serves {} after the run, not the target major {}",
-            report.green_version.as_deref().unwrap_or("nothing"),
-            report.target_major
-        ));
-    }
-    report.passed = failures.is_empty();
-    report.failures = failures;
-}
-
-/// Fails the report if any file written, or the report itself, carries a cell password.
+/// Fails the report if any file written (histories, report, timeline), or the summary,
+/// carries a cell password; such files are removed.
 fn check_no_secret(report: &mut Report, passwords: &[String], out_dir: &Path) {
+    let files: Vec<PathBuf> = std::fs::read_dir(out_dir)
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
     let mut texts = vec![
         serde_json::to_string(report).unwrap_or_default(),
         report.summary(),
     ];
-    for file in ["prepare-history.json", "switchover-history.json"] {
-        if let Ok(text) = std::fs::read_to_string(out_dir.join(file)) {
-            texts.push(text);
-        }
-    }
+    texts.extend(files.iter().filter_map(|f| std::fs::read_to_string(f).ok()));
     let leaked = passwords
         .iter()
         .filter(|p| p.len() >= 8)
         .any(|p| texts.iter().any(|t| t.contains(p.as_str())));
     if leaked {
         // Never keep a file that carries one.
-        for file in ["prepare-history.json", "switchover-history.json"] {
-            let _ = std::fs::remove_file(out_dir.join(file));
+        for file in &files {
+            let _ = std::fs::remove_file(file);
         }
         report.failures.push(
-            "a cell password appeared in the report or a history (histories removed)".to_owned(),
+            "a cell password appeared in the report, the timeline or a history (files removed)"
+                .to_owned(),
         );
         report.passed = false;
     }
@@ -512,41 +441,12 @@ async fn version_through_pgbouncer(cell: &LocalCell) -> Option<String> {
 /// The report of a run that could not be carried out at all.
 pub fn not_run(options: &RunOptions, error: String) -> Report {
     let cell = CellOptions::from_env(&Install::from_env()).ok();
-    let mut report = Report {
-        outcome: Outcome::Failed,
-        passed: false,
-        failures: Vec::new(),
-        blue_version: None,
-        green_version: None,
-        blue_major: cell.as_ref().map_or(0, |c| c.blue_major),
-        target_major: cell.as_ref().map_or(0, |c| c.green_major),
-        pause_window_ms: None,
-        pause_window_steps: Vec::new(),
-        client_max_latency_ms: None,
-        client_p99_latency_ms: None,
-        client_commits_during_switchover: 0,
-        failed_transactions: 0,
-        in_doubt_transactions: 0,
-        acknowledged_writes: 0,
-        lost_writes: 0,
-        duplicated_writes: 0,
-        audited_on: "blue".to_owned(),
-        downstream_equal: false,
-        direct_writers_resumed: false,
-        workers: options.workers,
-        throughput_tx_per_s: 0.0,
-        ledger_seconds: 0.0,
-        fixture_rows: cell.as_ref().map_or(0, |c| c.rows),
-        ledger: WorkloadSummary::default(),
-        direct_writers: WorkloadSummary::default(),
-        ledger_audit: AuditSummary::default(),
-        direct_writer_audit: AuditSummary::default(),
-        prepare: None,
-        switchover: None,
-        steps: Vec::new(),
-        error: Some(error.clone()),
-    };
-    judge(&mut report);
+    let mut report = Report::of_executions(None, None);
+    report.blue_major = cell.as_ref().map_or(0, |c| c.blue_major);
+    report.target_major = cell.as_ref().map_or(0, |c| c.green_major);
+    report.error = Some(error.clone());
+    let _ = options;
+    report.judge();
     report
         .failures
         .insert(0, format!("the rehearsal could not run: {error}"));

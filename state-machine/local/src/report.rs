@@ -126,27 +126,26 @@ pub struct AuditSummary {
     pub duplicated: usize,
 }
 
-/// `target/rehearsal/report.json`.
+/// One reading of replication lag, taken from an execution's history: a
+/// `check-replication` result (each subscription's slot lag), a `check-slot-lag` result
+/// (bytes behind blue's LSN at the freeze), or the message of a `NotCaughtUp` /
+/// `LagNotZero` retry.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Report {
-    pub outcome: Outcome,
-    /// Every guarantee held (the process exits 0 exactly then).
-    pub passed: bool,
-    /// The guarantees that did not hold, one sentence each.
-    pub failures: Vec<String>,
-    /// The server version PgBouncer served before the run (`SHOW server_version`).
-    pub blue_version: Option<String>,
-    /// The server version PgBouncer serves after the run.
-    pub green_version: Option<String>,
-    pub blue_major: u32,
-    /// The target major (green's).
-    pub target_major: u32,
-    /// `pause-pgbouncer`'s first TaskScheduled → the last TaskSucceeded of
-    /// `resume-pgbouncer` (or `abort: resume-pgbouncer`); null if PgBouncer was never
-    /// resumed.
-    pub pause_window_ms: Option<u64>,
-    /// Every state inside the pause window and its duration: what the window is made of.
-    pub pause_window_steps: Vec<WindowPart>,
+pub struct LagSample {
+    /// `prepare` or `switchover`.
+    pub execution: String,
+    /// The state that measured it.
+    pub state: String,
+    /// When the measurement came back (the task's end, RFC 3339).
+    pub at: String,
+    /// The largest lag of any slot in that reading, in bytes.
+    pub bytes: u64,
+}
+
+/// What a rehearsal measured of its clients and data (absent from a report made from an
+/// execution's history alone: only the rehearsal runs the load and the audits).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoadReport {
     /// Over the ledger commits acknowledged while the switchover execution ran.
     pub client_max_latency_ms: Option<f64>,
     pub client_p99_latency_ms: Option<f64>,
@@ -175,6 +174,40 @@ pub struct Report {
     pub direct_writers: WorkloadSummary,
     pub ledger_audit: AuditSummary,
     pub direct_writer_audit: AuditSummary,
+}
+
+/// `report.json`: of a rehearsal (`target/rehearsal/`), or of executions read back from
+/// their histories (`switchyard report`), which has the same fields but the load's.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub outcome: Outcome,
+    /// Every guarantee held (the process exits 0 exactly then).
+    pub passed: bool,
+    /// The guarantees that did not hold, one sentence each.
+    pub failures: Vec<String>,
+    /// The server version PgBouncer served before the run (`SHOW server_version`; from a
+    /// history: preflight's reading of blue).
+    pub blue_version: Option<String>,
+    /// The server version PgBouncer serves after the run (from a history: preflight's
+    /// reading of green).
+    pub green_version: Option<String>,
+    pub blue_major: u32,
+    /// The target major (green's).
+    pub target_major: u32,
+    /// `pause-pgbouncer`'s first TaskScheduled → the last TaskSucceeded of
+    /// `resume-pgbouncer` (or `abort: resume-pgbouncer`); null if PgBouncer was never
+    /// resumed.
+    pub pause_window_ms: Option<u64>,
+    /// When the pause window opened and closed (closed: null if never resumed).
+    pub pause_window_started_at: Option<String>,
+    pub pause_window_ended_at: Option<String>,
+    /// Every state inside the pause window and its duration: what the window is made of.
+    pub pause_window_steps: Vec<WindowPart>,
+    /// Replication lag as the run measured it, in time order.
+    pub lag: Vec<LagSample>,
+    /// The rehearsal's clients, writes and audits.
+    #[serde(flatten)]
+    pub load: Option<LoadReport>,
     pub prepare: Option<ExecutionSummary>,
     pub switchover: Option<ExecutionSummary>,
     /// Every state entered by both executions, in order.
@@ -323,6 +356,252 @@ pub fn pause_window(execution: &Execution, steps: &[Step]) -> (Option<u64>, Vec<
     (window, parts)
 }
 
+/// When the pause window opened (`pause-pgbouncer`'s first TaskScheduled) and closed (the
+/// last successful resume; `None` if PgBouncer was never resumed).
+pub fn pause_bounds(execution: &Execution) -> (Option<String>, Option<String>) {
+    let opened = task_event(execution, &[PAUSE_STATE], EventType::TaskScheduled, true);
+    let closed =
+        opened.and_then(|_| task_event(execution, &RESUME_STATES, EventType::TaskSucceeded, false));
+    (
+        opened.map(|e| e.timestamp.clone()),
+        closed.map(|e| e.timestamp.clone()),
+    )
+}
+
+/// The states whose results and errors carry replication lag.
+pub const LAG_STATES: [&str; 2] = ["check-replication", "check-slot-lag"];
+
+/// Every lag reading in an execution's history, in order: each `check-replication` and
+/// `check-slot-lag` result, and each of their failures whose message names bytes behind.
+pub fn lag_samples(label: &str, execution: &Execution) -> Vec<LagSample> {
+    execution
+        .history
+        .iter()
+        .filter_map(|event| {
+            Some(LagSample {
+                execution: label.to_owned(),
+                state: event.state.clone()?,
+                at: event.timestamp.clone(),
+                bytes: lag_of_event(event)?,
+            })
+        })
+        .collect()
+}
+
+/// The lag one event reports, if it is a lag reading.
+pub fn lag_of_event(event: &HistoryEvent) -> Option<u64> {
+    event.state.as_deref().filter(|s| LAG_STATES.contains(s))?;
+    match event.kind {
+        EventType::TaskSucceeded => event.output.as_ref().and_then(lag_of_result),
+        EventType::TaskFailed => event.cause.as_deref().and_then(lag_of_message),
+        _ => None,
+    }
+}
+
+/// The largest lag in a check's result (a Lambda invoke result: the function's output is
+/// under `Payload`): `subscriptions[].lag_bytes` or `databases[].slots[].bytes_behind`.
+fn lag_of_result(result: &serde_json::Value) -> Option<u64> {
+    let output = result.get("Payload").unwrap_or(result);
+    let replication = output
+        .get("subscriptions")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("lag_bytes").and_then(serde_json::Value::as_u64));
+    let slots = output
+        .get("databases")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.get("slots").and_then(serde_json::Value::as_array))
+        .flatten()
+        .filter_map(|s| s.get("bytes_behind").and_then(serde_json::Value::as_u64));
+    replication.chain(slots).max()
+}
+
+/// The largest byte count in a `NotCaughtUp` ("… lags 5120 bytes …") or `LagNotZero`
+/// ("… 5120 bytes behind …") message.
+fn lag_of_message(message: &str) -> Option<u64> {
+    let words: Vec<&str> = message.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[1].trim_end_matches([',', ';', ')']) == "bytes")
+        .filter_map(|w| w[0].parse::<u64>().ok())
+        .max()
+}
+
+/// The cell document an execution was started with (its first state's input).
+fn cell_of(execution: &Execution) -> Option<&serde_json::Value> {
+    execution
+        .history
+        .iter()
+        .find(|e| matches!(e.kind, EventType::StateEntered(_)))
+        .and_then(|e| e.input.as_ref())
+        .and_then(|input| input.get("cell"))
+}
+
+/// preflight's readings of blue's and green's versions (`checked.*_version`, and the
+/// `*_version_num` majors), from the last successful preflight in these executions.
+fn preflight_versions(executions: &[&Execution]) -> Option<serde_json::Value> {
+    executions
+        .iter()
+        .flat_map(|e| e.history.iter())
+        .filter(|e| e.kind == EventType::TaskSucceeded && e.state.as_deref() == Some("preflight"))
+        .filter_map(|e| e.output.as_ref())
+        .map(|o| o.get("Payload").unwrap_or(o))
+        .filter_map(|o| o.get("checked").cloned())
+        .next_back()
+}
+
+impl Report {
+    /// The report of executions read back from their histories (`switchyard report`):
+    /// steps, pause window, lag, outcome; no load (only a rehearsal measures clients).
+    /// `files` name where each history was written, as the summaries cite them.
+    pub fn of_executions(
+        prepare: Option<(&Execution, &str)>,
+        switchover: Option<(&Execution, &str)>,
+    ) -> Self {
+        let mut all_steps = Vec::new();
+        let mut lag = Vec::new();
+        if let Some((e, _)) = prepare {
+            all_steps.extend(steps(PREPARE_LABEL, e));
+            lag.extend(lag_samples(PREPARE_LABEL, e));
+        }
+        let (mut window, mut parts, mut bounds) = (None, Vec::new(), (None, None));
+        if let Some((e, _)) = switchover {
+            let s = steps(SWITCHOVER_LABEL, e);
+            (window, parts) = pause_window(e, &s);
+            bounds = pause_bounds(e);
+            all_steps.extend(s);
+            lag.extend(lag_samples(SWITCHOVER_LABEL, e));
+        }
+        let executions: Vec<&Execution> =
+            prepare.iter().chain(&switchover).map(|(e, _)| *e).collect();
+        let checked = preflight_versions(&executions);
+        let version = |key: &str| {
+            checked
+                .as_ref()
+                .and_then(|c| c.get(key))
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        let major_of = |key: &str| {
+            checked
+                .as_ref()
+                .and_then(|c| c.get(key))
+                .and_then(serde_json::Value::as_u64)
+                .map(|n| u32::try_from(n / 10_000).unwrap_or(0))
+        };
+        let target_major = executions
+            .iter()
+            .find_map(|e| cell_of(e))
+            .and_then(|c| c.get("target_major_version"))
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|m| u32::try_from(m).ok())
+            .or_else(|| major_of("green_version_num"))
+            .unwrap_or(0);
+        let mut report = Self {
+            outcome: Outcome::of(switchover.map(|(e, _)| e)),
+            passed: false,
+            failures: Vec::new(),
+            blue_version: version("blue_version"),
+            green_version: version("green_version"),
+            blue_major: major_of("blue_version_num").unwrap_or(0),
+            target_major,
+            pause_window_ms: window,
+            pause_window_started_at: bounds.0,
+            pause_window_ended_at: bounds.1,
+            pause_window_steps: parts,
+            lag,
+            load: None,
+            prepare: prepare.map(|(e, file)| ExecutionSummary::of(e, file)),
+            switchover: switchover.map(|(e, file)| ExecutionSummary::of(e, file)),
+            steps: all_steps,
+            error: None,
+        };
+        report.judge();
+        report
+    }
+
+    /// Fills `failures` and `passed`: the switchover switched, and, for a rehearsal,
+    /// every client and data guarantee held.
+    pub fn judge(&mut self) {
+        let mut failures = Vec::new();
+        match (self.outcome, &self.switchover, &self.prepare) {
+            (Outcome::Switched, _, _) => {}
+            (_, Some(s), _) => failures.push(format!(
+                "the switchover did not switch: {} in `{}`: {} — {}",
+                self.outcome.as_str(),
+                s.failed_in.as_deref().unwrap_or("?"),
+                s.error.as_deref().unwrap_or("?"),
+                s.cause.as_deref().unwrap_or("")
+            )),
+            (_, None, Some(p)) => failures.push(format!(
+                "prepare did not succeed, so no switchover ran: failed in `{}`: {} — {}",
+                p.failed_in.as_deref().unwrap_or("?"),
+                p.error.as_deref().unwrap_or("?"),
+                p.cause.as_deref().unwrap_or("")
+            )),
+            (_, None, None) => failures.push("nothing ran".to_owned()),
+        }
+        if let Some(load) = &self.load {
+            if load.failed_transactions > 0 {
+                failures.push(format!(
+                    "{} client transactions failed ({} in doubt); first errors: {:?}",
+                    load.failed_transactions,
+                    load.in_doubt_transactions,
+                    load.ledger
+                        .errors
+                        .iter()
+                        .chain(&load.direct_writers.errors)
+                        .take(3)
+                        .collect::<Vec<_>>()
+                ));
+            }
+            if load.ledger.acknowledged == 0 || load.direct_writers.acknowledged == 0 {
+                failures.push(format!(
+                    "a workload wrote nothing (ledger {}, direct writers {}): the audit proves nothing",
+                    load.ledger.acknowledged, load.direct_writers.acknowledged
+                ));
+            }
+            if load.lost_writes > 0 || load.duplicated_writes > 0 {
+                failures.push(format!(
+                    "{} acknowledged writes lost and {} duplicated on {}",
+                    load.lost_writes, load.duplicated_writes, load.audited_on
+                ));
+            }
+            if !load.downstream_equal {
+                failures.push(format!(
+                    "the downstream search database does not hold what {} holds",
+                    load.audited_on
+                ));
+            }
+            if !load.direct_writers_resumed {
+                failures
+                    .push("the direct writers did not write again after the switchover".to_owned());
+            }
+            let served_major = self
+                .green_version
+                .as_deref()
+                .and_then(|v| v.split('.').next())
+                .and_then(|m| m.parse::<u32>().ok());
+            if served_major != Some(self.target_major) {
+                failures.push(format!(
+                    "PgBouncer serves {} after the run, not the target major {}",
+                    self.green_version.as_deref().unwrap_or("nothing"),
+                    self.target_major
+                ));
+            }
+        }
+        self.passed = failures.is_empty();
+        self.failures = failures;
+    }
+}
+
+/// The execution labels steps and lag samples carry.
+pub const PREPARE_LABEL: &str = "prepare";
+pub const SWITCHOVER_LABEL: &str = "switchover";
+
 /// Max and p99 (nearest rank) of `latencies_us`, in ms rounded to 0.1.
 pub fn latency_stats(mut latencies_us: Vec<u64>) -> (Option<f64>, Option<f64>) {
     if latencies_us.is_empty() {
@@ -359,22 +638,30 @@ fn opt<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
 }
 
 impl Report {
-    /// The short human summary printed after a run.
+    /// The short human summary printed after a run (and by `switchyard report`).
     pub fn summary(&self) -> String {
         let mut out = String::new();
         let mut line = |s: String| {
             out.push_str(&s);
             out.push('\n');
         };
-        line(format!(
-            "rehearsal: PostgreSQL {} → {} (target {}), {} fixture rows; ledger {} clients through PgBouncer at full speed ({:.0} tx/s), direct writers running",
-            opt(self.blue_version.as_deref(), ""),
-            opt(self.green_version.as_deref(), ""),
-            self.target_major,
-            self.fixture_rows,
-            self.workers,
-            self.throughput_tx_per_s,
-        ));
+        match &self.load {
+            Some(load) => line(format!(
+                "rehearsal: PostgreSQL {} → {} (target {}), {} fixture rows; ledger {} clients through PgBouncer at full speed ({:.0} tx/s), direct writers running",
+                opt(self.blue_version.as_deref(), ""),
+                opt(self.green_version.as_deref(), ""),
+                self.target_major,
+                load.fixture_rows,
+                load.workers,
+                load.throughput_tx_per_s,
+            )),
+            None => line(format!(
+                "run: PostgreSQL {} → {} (target {}), from the executions' histories",
+                opt(self.blue_version.as_deref(), ""),
+                opt(self.green_version.as_deref(), ""),
+                self.target_major,
+            )),
+        }
         for (label, e) in [("prepare", &self.prepare), ("switchover", &self.switchover)] {
             match e {
                 Some(e) => line(format!(
@@ -413,39 +700,55 @@ impl Report {
                 .collect();
             line(format!("              ms: {}", parts.join(", ")));
         }
-        line(format!(
-            "  clients     max {} / p99 {} over {} commits acknowledged during the switchover",
-            opt(self.client_max_latency_ms, " ms"),
-            opt(self.client_p99_latency_ms, " ms"),
-            self.client_commits_during_switchover
-        ));
-        line(format!(
-            "  writes      {} acknowledged, {} lost, {} duplicated (audited on {}); {} failed transactions ({} in doubt)",
-            self.acknowledged_writes,
-            self.lost_writes,
-            self.duplicated_writes,
-            self.audited_on,
-            self.failed_transactions,
-            self.in_doubt_transactions
-        ));
-        line(format!(
-            "  downstream  {}; direct writers {}",
-            if self.downstream_equal {
-                "equal to the primary"
-            } else {
-                "DIFFERS from the primary"
-            },
-            if self.direct_writers_resumed {
-                "writing again"
-            } else {
-                "NOT writing again"
-            }
-        ));
+        if let (Some(first), Some(last)) = (self.lag.first(), self.lag.last()) {
+            let max = self.lag.iter().map(|l| l.bytes).max().unwrap_or(0);
+            line(format!(
+                "  lag         {} readings: first {} bytes ({}), max {max} bytes, last {} bytes ({})",
+                self.lag.len(),
+                first.bytes,
+                first.state,
+                last.bytes,
+                last.state
+            ));
+        }
+        if let Some(load) = &self.load {
+            line(format!(
+                "  clients     max {} / p99 {} over {} commits acknowledged during the switchover",
+                opt(load.client_max_latency_ms, " ms"),
+                opt(load.client_p99_latency_ms, " ms"),
+                load.client_commits_during_switchover
+            ));
+            line(format!(
+                "  writes      {} acknowledged, {} lost, {} duplicated (audited on {}); {} failed transactions ({} in doubt)",
+                load.acknowledged_writes,
+                load.lost_writes,
+                load.duplicated_writes,
+                load.audited_on,
+                load.failed_transactions,
+                load.in_doubt_transactions
+            ));
+            line(format!(
+                "  downstream  {}; direct writers {}",
+                if load.downstream_equal {
+                    "equal to the primary"
+                } else {
+                    "DIFFERS from the primary"
+                },
+                if load.direct_writers_resumed {
+                    "writing again"
+                } else {
+                    "NOT writing again"
+                }
+            ));
+        }
         if let Some(error) = &self.error {
             line(format!("  error       {error}"));
         }
         if self.passed {
-            line("PASS: every guarantee held".to_owned());
+            line(match self.load {
+                Some(_) => "PASS: every guarantee held".to_owned(),
+                None => "SWITCHED".to_owned(),
+            });
         } else {
             line("FAIL:".to_owned());
             for f in &self.failures {

@@ -65,9 +65,11 @@ fn bench() -> Result<bool, String> {
                 .pause_window_ms
                 .map_or("n/a".to_owned(), |v| v.to_string()),
             report
-                .client_max_latency_ms
+                .load
+                .as_ref()
+                .and_then(|l| l.client_max_latency_ms)
                 .map_or("n/a".to_owned(), |v| v.to_string()),
-            report.throughput_tx_per_s,
+            report.load.as_ref().map_or(0.0, |l| l.throughput_tx_per_s),
             if report.passed {
                 ""
             } else {
@@ -84,12 +86,13 @@ fn bench() -> Result<bool, String> {
     // Latencies in µs-precise ms; spread() works on integers, so in tenths of a ms.
     let latencies: Vec<u64> = reports
         .iter()
-        .filter_map(|r| r.client_max_latency_ms)
+        .filter_map(|r| r.load.as_ref().and_then(|l| l.client_max_latency_ms))
         .map(|ms| (ms * 10.0).round() as u64)
         .collect();
     let throughputs: Vec<u64> = reports
         .iter()
-        .map(|r| r.throughput_tx_per_s.round() as u64)
+        .filter_map(|r| r.load.as_ref())
+        .map(|l| l.throughput_tx_per_s.round() as u64)
         .collect();
     let stats = |v: &[u64], scale: f64| {
         spread(v).map(|(min, median, max)| {
@@ -106,10 +109,10 @@ fn bench() -> Result<bool, String> {
     let bench = json!({
         "runs": reports.len(),
         "requested_runs": runs,
-        "workers": first.map(|r| r.workers),
+        "workers": first.and_then(|r| r.load.as_ref()).map(|l| l.workers),
         "blue_major": first.map(|r| r.blue_major),
         "target_major": first.map(|r| r.target_major),
-        "fixture_rows": first.map(|r| r.fixture_rows),
+        "fixture_rows": first.and_then(|r| r.load.as_ref()).map(|l| l.fixture_rows),
         "all_guarantees_held": all_passed,
         "target_median_pause_window_ms": TARGET_PAUSE_MS,
         "pause_window_ms": stats(&pauses, 1.0),
@@ -122,9 +125,9 @@ fn bench() -> Result<bool, String> {
             "failures": r.failures,
             "pause_window_ms": r.pause_window_ms,
             "pause_window_steps": r.pause_window_steps,
-            "client_max_latency_ms": r.client_max_latency_ms,
-            "client_p99_latency_ms": r.client_p99_latency_ms,
-            "throughput_tx_per_s": r.throughput_tx_per_s,
+            "client_max_latency_ms": r.load.as_ref().and_then(|l| l.client_max_latency_ms),
+            "client_p99_latency_ms": r.load.as_ref().and_then(|l| l.client_p99_latency_ms),
+            "throughput_tx_per_s": r.load.as_ref().map(|l| l.throughput_tx_per_s),
             "report": format!("bench/run-{}/report.json", i + 1),
         })).collect::<Vec<_>>(),
     });
@@ -145,7 +148,7 @@ fn bench() -> Result<bool, String> {
         reports.len(),
         first.map_or(0, |r| r.blue_major),
         first.map_or(0, |r| r.target_major),
-        first.map_or(0, |r| r.workers),
+        first.and_then(|r| r.load.as_ref()).map_or(0, |l| l.workers),
     );
     show("pause window", &pauses, 1.0);
     show("client max latency", &latencies, 10.0);

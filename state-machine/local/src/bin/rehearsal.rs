@@ -1,6 +1,6 @@
 //! `make rehearsal`: one local cell through the checked-in `prepare` and `switchover`
 //! state machines under full client load, audited; prints a summary and writes
-//! `target/rehearsal/report.json` with both histories beside it. Exits non-zero if any
+//! `target/rehearsal/report.json` with both histories and `timeline.svg` beside it. Exits non-zero if any
 //! guarantee failed.
 //!
 //! `BLUE_PG` / `GREEN_PG` choose the majors (default 14 → 17), `CELL_ROWS` the fixture
@@ -26,6 +26,7 @@ fn main() -> ExitCode {
     // A previous run's files must not pass for this one's.
     for file in [
         "report.json",
+        "timeline.svg",
         "prepare-history.json",
         "switchover-history.json",
     ] {
@@ -53,6 +54,10 @@ fn main() -> ExitCode {
     }
     print!("{}", report.summary());
     println!("report: {}", display(&path));
+    let timeline = out_dir.join("timeline.svg");
+    if timeline.is_file() {
+        println!("timeline: {}", display(&timeline));
+    }
     if report.passed {
         ExitCode::SUCCESS
     } else {
