@@ -9,6 +9,9 @@
 //! transaction open holds it. On any failure every session is dropped — never cancelled:
 //! a cancel request makes PgBouncer resume *everything* — and every database is resumed
 //! from new sessions, TTLs restored by RELOAD, before the error is returned.
+//!
+//! Dry run ([`plan`]): the same logins, then only SHOW CONFIG and SHOW DATABASES: the TTLs
+//! it would lower and the databases it would (resume and) pause, each instance's own.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -17,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use switchyard_aws::DbCredentials;
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput};
+use switchyard_operation::{Deps, Error, OperationInput, Plan};
+use switchyard_postgres::pgbouncer::DatabaseRow;
 use switchyard_postgres::{PgBouncerAdmin, PgError};
 use tokio::task::JoinSet;
 
@@ -72,26 +76,7 @@ const LOWERED_TTL: &str = "1";
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     let cell = &input.cell;
     let databases = &cell.pgbouncer.databases;
-    let endpoints = Box::pin(instances::discover(cell, deps)).await?;
-    let login = Box::pin(instances::admin_login(cell, deps)).await?;
-
-    // Every instance reachable before anything is paused: a partial pause is the one
-    // state this step must never leave behind.
-    let sessions = instances::connect_all(&endpoints, &login)
-        .await
-        .map_err(|failures| {
-            let list: Vec<String> = failures
-                .iter()
-                .map(|(endpoint, e)| format!("{endpoint}: {e}"))
-                .collect();
-            Error::stop(
-                ErrorName::PauseFailed,
-                format!(
-                    "PgBouncer unreachable, nothing was paused; fix or remove the instance and rerun: {}",
-                    list.join("; ")
-                ),
-            )
-        })?;
+    let (endpoints, login, sessions) = Box::pin(connect_everywhere(cell, deps)).await?;
 
     let budget = Duration::from_secs(cell.budgets.drain_seconds);
     match Box::pin(pause_all(&endpoints, sessions, &login, databases, budget)).await {
@@ -131,6 +116,119 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     }
 }
 
+/// What [`run`] would do now on each instance; empty once every database is paused and
+/// drained everywhere with the TTLs lowered.
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, drain_seconds = input.cell.budgets.drain_seconds))]
+pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    let cell = &input.cell;
+    let databases = &cell.pgbouncer.databases;
+    let (endpoints, _login, sessions) = Box::pin(connect_everywhere(cell, deps)).await?;
+    let failed = |what: String| {
+        Error::stop(
+            ErrorName::PauseFailed,
+            format!("pausing PgBouncer would fail: {what}; fix it and rerun (dry run: nothing was changed)"),
+        )
+    };
+    let mut plan = Plan::new();
+    let mut pauses = 0;
+    for (endpoint, admin) in endpoints.iter().zip(&sessions) {
+        let config = admin
+            .show_config()
+            .await
+            .map_err(|e| failed(format!("{endpoint}: {e}")))?;
+        for setting in DNS_TTL_SETTINGS {
+            let now = config
+                .iter()
+                .find(|r| r.key == setting)
+                .map(|r| r.value.as_str());
+            if now != Some(LOWERED_TTL) {
+                plan.would(format!(
+                    "on PgBouncer {endpoint}: SET {setting} = {LOWERED_TTL} (now {})",
+                    now.unwrap_or("unset")
+                ));
+            }
+        }
+        let rows = admin
+            .show_databases()
+            .await
+            .map_err(|e| failed(format!("{endpoint}: {e}")))?;
+        for db in databases {
+            let row = rows.iter().find(|r| &r.name == db);
+            match step(endpoint, row, db).map_err(failed)? {
+                Step::AlreadyPaused => {}
+                Step::Pause => {
+                    pauses += 1;
+                    plan.would(format!(
+                        "on PgBouncer {endpoint}: PAUSE {db} ({} server connections open now)",
+                        row.map_or(0, |r| r.current_connections)
+                    ));
+                }
+                Step::ResumeThenPause => {
+                    pauses += 1;
+                    plan.would(format!(
+                        "on PgBouncer {endpoint}: RESUME {db} (paused by an interrupted attempt, {} server connections still open), then PAUSE {db}",
+                        row.map_or(0, |r| r.current_connections)
+                    ));
+                }
+            }
+        }
+    }
+    if pauses > 0 {
+        plan.would(format!(
+            "then wait up to {}s (budgets.drain_seconds) for all {pauses} PAUSEs to return, each once its server connections are released; DrainTimeout after that, with every database resumed and the TTLs restored by RELOAD",
+            cell.budgets.drain_seconds
+        ));
+    }
+    Ok(plan)
+}
+
+/// Discovers and logs in to every instance. Every instance reachable before anything is
+/// paused: a partial pause is the one state this step must never leave behind.
+async fn connect_everywhere(
+    cell: &CellDocument,
+    deps: &Deps,
+) -> Result<(Vec<Endpoint>, DbCredentials, Vec<PgBouncerAdmin>), Error> {
+    let endpoints = Box::pin(instances::discover(cell, deps)).await?;
+    let login = Box::pin(instances::admin_login(cell, deps)).await?;
+    let sessions = instances::connect_all(&endpoints, &login)
+        .await
+        .map_err(|failures| {
+            let list: Vec<String> = failures
+                .iter()
+                .map(|(endpoint, e)| format!("{endpoint}: {e}"))
+                .collect();
+            Error::stop(
+                ErrorName::PauseFailed,
+                format!(
+                    "PgBouncer unreachable, nothing was paused; fix or remove the instance and rerun: {}",
+                    list.join("; ")
+                ),
+            )
+        })?;
+    Ok((endpoints, login, sessions))
+}
+
+/// What one database on one instance needs, from its SHOW DATABASES row.
+enum Step {
+    /// Paused with no server connection left: done (a retried run).
+    AlreadyPaused,
+    Pause,
+    /// A pause left by an interrupted attempt still holds server connections: PAUSE would
+    /// be refused, so resume and pause again to wait for the drain.
+    ResumeThenPause,
+}
+
+fn step(endpoint: &Endpoint, row: Option<&DatabaseRow>, db: &str) -> Result<Step, String> {
+    match row {
+        None => Err(format!(
+            "{endpoint}: PgBouncer has no database {db:?} (check pgbouncer.databases)"
+        )),
+        Some(row) if row.paused && row.current_connections == 0 => Ok(Step::AlreadyPaused),
+        Some(row) if row.paused => Ok(Step::ResumeThenPause),
+        Some(_) => Ok(Step::Pause),
+    }
+}
+
 enum PauseError {
     /// The budget passed; `instance/db` pairs still draining.
     Draining(Vec<String>),
@@ -163,19 +261,17 @@ async fn pause_all(
             .map_err(|e| failed(endpoint, e))?;
         let mut already = 0;
         for db in databases {
-            let Some(row) = rows.iter().find(|r| &r.name == db) else {
-                return Err(PauseError::Failed(format!(
-                    "{endpoint}: PgBouncer has no database {db:?} (check pgbouncer.databases)"
-                )));
-            };
-            if row.paused && row.current_connections == 0 {
-                already += 1;
-                continue;
-            }
-            if row.paused {
-                // A pause left by an interrupted attempt still holds server connections:
-                // PAUSE would be refused, so resume and pause again to wait for the drain.
-                admin.resume(db).await.map_err(|e| failed(endpoint, e))?;
+            match step(endpoint, rows.iter().find(|r| &r.name == db), db)
+                .map_err(PauseError::Failed)?
+            {
+                Step::AlreadyPaused => {
+                    already += 1;
+                    continue;
+                }
+                Step::ResumeThenPause => {
+                    admin.resume(db).await.map_err(|e| failed(endpoint, e))?;
+                }
+                Step::Pause => {}
             }
             to_pause.push((endpoint.clone(), db.clone()));
         }

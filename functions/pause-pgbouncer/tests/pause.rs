@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use pause_pgbouncer::{run, Input};
+use pause_pgbouncer::{plan, run, Input};
 use switchyard_cell::Discovery;
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_local_cell::LocalCell;
@@ -50,6 +50,52 @@ async fn an_open_transaction_past_the_budget_is_a_drain_timeout_and_everything_r
 
     let mut document = cell.document.clone();
     document.budgets.drain_seconds = 2;
+
+    // The dry run names each change on the one instance and makes none of them.
+    let console = format!("127.0.0.1:{}", cell.pgbouncer.port);
+    let dry = plan(
+        Input {
+            cell: document.clone(),
+        },
+        &deps,
+    )
+    .await
+    .expect("plan");
+    assert_eq!(dry.would.len(), 4, "{dry:?}");
+    assert_eq!(
+        dry.would[0],
+        format!("on PgBouncer {console}: SET dns_max_ttl = 1 (now 15)")
+    );
+    assert!(
+        dry.would[1].starts_with(&format!(
+            "on PgBouncer {console}: SET dns_nxdomain_ttl = 1 (now "
+        )),
+        "{dry:?}"
+    );
+    assert!(
+        dry.would[2].starts_with(&format!("on PgBouncer {console}: PAUSE app (")),
+        "{dry:?}"
+    );
+    assert!(
+        dry.would[3].starts_with("then wait up to 2s (budgets.drain_seconds) for all 1 PAUSEs"),
+        "{dry:?}"
+    );
+    assert!(!app_paused(&cell).await, "the dry run paused nothing");
+    assert_eq!(
+        admin(&cell)
+            .await
+            .config_value("dns_max_ttl")
+            .await
+            .expect("config")
+            .as_deref(),
+        Some("15"),
+        "the dry run lowered no TTL"
+    );
+    holder
+        .batch_execute("SELECT 2")
+        .await
+        .expect("the holder's transaction is untouched");
+
     let started = std::time::Instant::now();
     let error = run(Input { cell: document }, &deps)
         .await
@@ -102,6 +148,16 @@ async fn one_unreachable_instance_pauses_nothing() {
             "127.0.0.1:1".to_owned(),
         ],
     };
+    let dry = plan(
+        Input {
+            cell: document.clone(),
+        },
+        &deps,
+    )
+    .await
+    .expect_err("a dry run needs every instance too");
+    assert_eq!(dry.error_name(), ErrorName::PauseFailed, "{dry}");
+    assert!(dry.to_string().contains("127.0.0.1:1"), "{dry}");
     let error = run(Input { cell: document }, &deps)
         .await
         .expect_err("one instance is unreachable");

@@ -1,10 +1,13 @@
 //! `release-lock`: ends a run's hold on the cell. A run releases only its own lock; an
 //! operator releasing a dead run's lock says so with `force`, deliberately.
+//!
+//! Dry run ([`plan`]): reads the lock and names the one that would be deleted; another
+//! run's lock without `force` is `PreconditionFailed`, as for the real call.
 
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, RunLock, LOCK_KEY};
+use switchyard_operation::{Deps, Error, OperationInput, Plan, RunLock, LOCK_KEY};
 
 /// ```json
 /// {"cell": { …the cell document… }, "run_id": "switchover-local-a-20261122T050000Z", "force": false}
@@ -39,6 +42,40 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     let Some(held) = journal.read::<RunLock>(LOCK_KEY).await? else {
         return Ok(Output { released: None });
     };
+    may_release(&held, &input)?;
+    let removed = journal.delete(LOCK_KEY).await?;
+    if held.run_id != input.run_id {
+        tracing::warn!(holder = %held.run_id, "forced release of another run's lock");
+    }
+    Ok(Output {
+        released: removed.then_some(held),
+    })
+}
+
+/// What [`run`] would do now: delete the lock it may release; nothing when there is none.
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, run = %input.run_id, force = input.force))]
+pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    let journal = deps.journal(&input.cell);
+    let mut plan = Plan::new();
+    if let Some(held) = journal.read::<RunLock>(LOCK_KEY).await? {
+        may_release(&held, &input)?;
+        let forced = if held.run_id == input.run_id {
+            ""
+        } else {
+            " — forced: not this run's lock"
+        };
+        plan.would(format!(
+            "delete SSM parameter {}: the run lock of run {} held since {}{forced}",
+            journal.parameter(LOCK_KEY),
+            held.run_id,
+            held.acquired_at
+        ));
+    }
+    Ok(plan)
+}
+
+/// A run releases only its own lock, unless forced.
+fn may_release(held: &RunLock, input: &Input) -> Result<(), Error> {
     if held.run_id != input.run_id && !input.force {
         return Err(Error::stop(
             ErrorName::PreconditionFailed,
@@ -48,13 +85,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
             ),
         ));
     }
-    let removed = journal.delete(LOCK_KEY).await?;
-    if held.run_id != input.run_id {
-        tracing::warn!(holder = %held.run_id, "forced release of another run's lock");
-    }
-    Ok(Output {
-        released: removed.then_some(held),
-    })
+    Ok(())
 }
 
 #[cfg(test)]

@@ -22,10 +22,53 @@ fn release(cell: &LocalCell, run_id: &str, force: bool) -> release_lock::Input {
     }
 }
 
+/// The lock parameter's value in moto's SSM, `None` when absent.
+async fn stored_lock(cell: &LocalCell) -> Option<String> {
+    let out = cell
+        .moto
+        .clients
+        .ssm
+        .get_parameter()
+        .name("/switchyard/local-a/journal/lock")
+        .send()
+        .await;
+    match out {
+        Ok(out) => out.parameter().and_then(|p| p.value()).map(str::to_owned),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_parameter_not_found()) =>
+        {
+            None
+        }
+        Err(e) => panic!("get_parameter: {e:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_run_holds_the_cell_until_it_releases_it() {
     let cell = cell().await;
     let deps = cell.deps().expect("deps");
+
+    // Dry runs on a free cell: acquire would create the parameter, release has nothing.
+    let plan = acquire_lock::plan(acquire(&cell, "run-1"), &deps)
+        .await
+        .expect("plan acquire");
+    assert!(plan.dry_run);
+    assert_eq!(plan.would.len(), 1, "{plan:?}");
+    assert!(
+        plan.would[0].contains("/switchyard/local-a/journal/lock")
+            && plan.would[0].contains("run-1"),
+        "{plan:?}"
+    );
+    assert!(release_lock::plan(release(&cell, "run-1", false), &deps)
+        .await
+        .expect("plan release")
+        .is_empty());
+    assert_eq!(stored_lock(&cell).await, None, "the dry run took no lock");
+    let err = acquire_lock::plan(acquire(&cell, " "), &deps)
+        .await
+        .expect_err("no run id");
+    assert_eq!(err.error_name(), ErrorName::InvalidInput);
 
     let first = acquire_lock::run(acquire(&cell, "run-1"), &deps)
         .await
@@ -37,6 +80,20 @@ async fn one_run_holds_the_cell_until_it_releases_it() {
         .expect("a retry of the same run");
     assert!(!again.acquired);
     assert_eq!(again.lock, first.lock, "the retry changed nothing");
+    let held = stored_lock(&cell).await;
+    assert!(held.as_deref().is_some_and(|v| v.contains("run-1")));
+    assert!(
+        acquire_lock::plan(acquire(&cell, "run-1"), &deps)
+            .await
+            .expect("plan a retry")
+            .is_empty(),
+        "this run holds it: nothing to do"
+    );
+    let err = acquire_lock::plan(acquire(&cell, "run-2"), &deps)
+        .await
+        .expect_err("a dry run of another run fails as the real one");
+    assert_eq!(err.error_name(), ErrorName::LockHeld);
+    assert!(err.to_string().contains("run-1"), "{err}");
 
     let err = acquire_lock::run(acquire(&cell, "run-2"), &deps)
         .await
@@ -59,10 +116,29 @@ async fn one_run_holds_the_cell_until_it_releases_it() {
         .and_then(|p| p.value())
         .is_some_and(|v| v.contains("run-1")));
 
+    let err = release_lock::plan(release(&cell, "run-2", false), &deps)
+        .await
+        .expect_err("a dry run of another run's release fails as the real one");
+    assert_eq!(err.error_name(), ErrorName::PreconditionFailed);
     let err = release_lock::run(release(&cell, "run-2", false), &deps)
         .await
         .expect_err("not run-2's lock");
     assert_eq!(err.error_name(), ErrorName::PreconditionFailed);
+    let plan = release_lock::plan(release(&cell, "run-1", false), &deps)
+        .await
+        .expect("plan release");
+    assert_eq!(plan.would.len(), 1, "{plan:?}");
+    assert!(
+        plan.would[0].contains("delete SSM parameter /switchyard/local-a/journal/lock")
+            && plan.would[0].contains("run-1")
+            && plan.would[0].contains(&first.lock.acquired_at),
+        "{plan:?}"
+    );
+    assert_eq!(
+        stored_lock(&cell).await,
+        held,
+        "the dry run released nothing"
+    );
     assert!(
         acquire_lock::run(acquire(&cell, "run-2"), &deps)
             .await
@@ -78,6 +154,10 @@ async fn one_run_holds_the_cell_until_it_releases_it() {
         .await
         .expect("already released");
     assert_eq!(twice.released, None);
+    assert!(release_lock::plan(release(&cell, "run-1", false), &deps)
+        .await
+        .expect("plan after release")
+        .is_empty());
 
     assert!(
         acquire_lock::run(acquire(&cell, "run-2"), &deps)
@@ -94,6 +174,18 @@ async fn an_operator_can_release_a_dead_runs_lock_deliberately() {
     acquire_lock::run(acquire(&cell, "crashed-run"), &deps)
         .await
         .expect("lock");
+    let plan = release_lock::plan(release(&cell, "operator", true), &deps)
+        .await
+        .expect("plan a forced release");
+    assert_eq!(plan.would.len(), 1, "{plan:?}");
+    assert!(
+        plan.would[0].contains("crashed-run") && plan.would[0].contains("forced"),
+        "{plan:?}"
+    );
+    assert!(
+        stored_lock(&cell).await.is_some(),
+        "still held after the dry run"
+    );
     let forced = release_lock::run(release(&cell, "operator", true), &deps)
         .await
         .expect("forced");

@@ -12,13 +12,16 @@
 //! relation and records its id in `switchyard.replication_state` (so check-replication
 //! does not take them for user DDL). Saved rows are kept as evidence, marked `restored_at`.
 //! Relations saved but since dropped are reported, not restored.
+//!
+//! Dry run ([`plan`]): the same reads in a read-only transaction: each ACL it would
+//! rebuild (now → saved) and the saved rows it would mark restored.
 
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Side};
+use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
 use switchyard_postgres::quote::{ident, qualified};
-use tokio_postgres::Transaction;
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 /// ```json
 /// {"cell": { …the cell document… }}
@@ -73,12 +76,91 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     Ok(Output { databases })
 }
 
+/// What [`run`] would do now in each database; empty once every saved ACL is back and
+/// every saved row is marked restored.
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
+pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    let mut plan = Plan::new();
+    for db in &input.cell.databases {
+        Box::pin(plan_database(&input.cell, deps, db, &mut plan)).await?;
+    }
+    Ok(plan)
+}
+
+#[tracing::instrument(skip_all, fields(database = %db))]
+async fn plan_database(
+    cell: &CellDocument,
+    deps: &Deps,
+    db: &str,
+    plan: &mut Plan,
+) -> Result<(), Error> {
+    let mut blue = deps.connect(cell, Side::Blue, db).await?;
+    if !has_saved(&blue).await? {
+        return Ok(());
+    }
+    // Read-only: a dry run cannot write even by mistake.
+    let tx = blue
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| Error::query("BEGIN READ ONLY (restore writes, dry run)", e))?;
+    let mut rebuilt = 0;
+    for s in saved(&tx).await?.into_iter().flatten() {
+        if !s.matches {
+            rebuilt += 1;
+            plan.would(format!(
+                "in database {db}: rebuild the ACL of {} {} → {} (every entry revoked, each saved one granted again in order by its grantor)",
+                s.relation, s.current, s.wanted
+            ));
+        }
+    }
+    let unmarked: i64 = tx
+        .query_one(
+            &format!("SELECT pg_catalog.count(*) FROM switchyard.saved_acls WHERE {UNMARKED}"),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::query("counting unmarked rows of switchyard.saved_acls", e))?
+        .get(0);
+    if unmarked > 0 {
+        plan.would(format!(
+            "in database {db}: mark {unmarked} rows of switchyard.saved_acls restored"
+        ));
+    }
+    if rebuilt > 0 && guarded(&tx).await? {
+        plan.would(format!(
+            "in database {db}: in the same transaction, record its id in switchyard.replication_state (switchyard's own DDL)"
+        ));
+    }
+    Ok(())
+}
+
+/// The rows of `switchyard.saved_acls` not yet marked restored.
+const UNMARKED: &str = "restored_at IS NULL";
+
 /// One saved relation as it stands now.
 struct Saved {
     oid: u32,
     relation: String,
     sequence: bool,
     matches: bool,
+    /// The ACL in force, a NULL spelled as its default.
+    current: String,
+    /// The saved ACL, a saved NULL spelled as its default.
+    wanted: String,
+}
+
+/// Whether revoke-writes ever committed in this database.
+async fn has_saved(blue: &Client) -> Result<bool, Error> {
+    Ok(blue
+        .query_one(
+            "SELECT pg_catalog.to_regclass('switchyard.saved_acls') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::query("looking for switchyard.saved_acls", e))?
+        .get(0))
 }
 
 #[tracing::instrument(skip_all, fields(database = %db))]
@@ -94,15 +176,7 @@ async fn restore_database(
         unchanged: 0,
         missing: Vec::new(),
     };
-    let has_saved: bool = blue
-        .query_one(
-            "SELECT pg_catalog.to_regclass('switchyard.saved_acls') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| Error::query("looking for switchyard.saved_acls", e))?
-        .get(0);
-    if !has_saved {
+    if !has_saved(&blue).await? {
         // revoke-writes never committed here, so no ACL was changed.
         tracing::warn!("no saved ACLs: revoke-writes did not run in this database");
         return Ok(result);
@@ -140,7 +214,9 @@ async fn restore_database(
     }
     let marked = tx
         .execute(
-            "UPDATE switchyard.saved_acls SET restored_at = pg_catalog.now() WHERE restored_at IS NULL",
+            &format!(
+                "UPDATE switchyard.saved_acls SET restored_at = pg_catalog.now() WHERE {UNMARKED}"
+            ),
             &[],
         )
         .await
@@ -168,8 +244,8 @@ async fn saved(tx: &Transaction<'_>) -> Result<Vec<Result<Saved, String>>, Error
     let rows = tx
         .query(
             &format!(
-                "SELECT s.schema, s.name, c.oid, c.relkind = 'S',
-                        {EFFECTIVE}::text = COALESCE(s.relacl::pg_catalog.aclitem[],
+                "SELECT s.schema, s.name, c.oid, c.relkind = 'S', {EFFECTIVE}::text,
+                        COALESCE(s.relacl::pg_catalog.aclitem[],
                             pg_catalog.acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::\"char\", c.relowner))::text
                    FROM switchyard.saved_acls s
                    LEFT JOIN (pg_catalog.pg_class c
@@ -187,12 +263,17 @@ async fn saved(tx: &Transaction<'_>) -> Result<Vec<Result<Saved, String>>, Error
             let relation = qualified(r.get(0), r.get(1));
             match r.get::<_, Option<u32>>(2) {
                 None => Err(relation),
-                Some(oid) => Ok(Saved {
-                    oid,
-                    relation,
-                    sequence: r.get(3),
-                    matches: r.get(4),
-                }),
+                Some(oid) => {
+                    let (current, wanted): (String, String) = (r.get(4), r.get(5));
+                    Ok(Saved {
+                        oid,
+                        relation,
+                        sequence: r.get(3),
+                        matches: current == wanted,
+                        current,
+                        wanted,
+                    })
+                }
             }
         })
         .collect())
@@ -332,15 +413,7 @@ fn keywords(privileges: &[String]) -> Result<String, Error> {
 /// Vouches for this transaction's GRANT/REVOKE to check-replication; without the DDL guard
 /// (no replication started) there is nothing to vouch to.
 async fn record_own(tx: &Transaction<'_>, step: &str) -> Result<(), Error> {
-    let guarded: bool = tx
-        .query_one(
-            "SELECT pg_catalog.to_regclass('switchyard.replication_state') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| Error::query("looking for switchyard.replication_state", e))?
-        .get(0);
-    if guarded {
+    if guarded(tx).await? {
         tx.execute(
             "INSERT INTO switchyard.replication_state (txid, step) VALUES (pg_catalog.pg_current_xact_id(), $1)",
             &[&step],
@@ -349,6 +422,18 @@ async fn record_own(tx: &Transaction<'_>, step: &str) -> Result<(), Error> {
         .map_err(|e| Error::query("recording our own DDL transaction", e))?;
     }
     Ok(())
+}
+
+/// Whether the DDL guard's `switchyard.replication_state` exists.
+async fn guarded(client: &impl GenericClient) -> Result<bool, Error> {
+    Ok(client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('switchyard.replication_state') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::query("looking for switchyard.replication_state", e))?
+        .get(0))
 }
 
 #[cfg(test)]

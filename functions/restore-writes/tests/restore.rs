@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use restore_writes::{run, Input};
+use restore_writes::{plan, run, Input};
 use switchyard_local_cell::LocalCell;
 use tokio_postgres::Client;
 
@@ -44,6 +44,10 @@ async fn puts_every_acl_back_byte_identically_once() {
     let input = Input {
         cell: cell.document.clone(),
     };
+    assert!(plan(input.clone(), &deps)
+        .await
+        .expect("plan before revoke")
+        .is_empty());
     let idle = run(input.clone(), &deps)
         .await
         .expect("restore before revoke");
@@ -92,7 +96,49 @@ async fn puts_every_acl_back_byte_identically_once() {
     )
     .await
     .expect("revoke");
-    assert_ne!(acls(&admin).await, before, "revoke-writes changed ACLs");
+    let fenced = acls(&admin).await;
+    assert_ne!(fenced, before, "revoke-writes changed ACLs");
+
+    // The dry run names each ACL it would rebuild, from what is in force to what was saved.
+    let dry = plan(input.clone(), &deps).await.expect("plan");
+    let payments = dry
+        .would
+        .iter()
+        .find(|l| l.starts_with(r#"in database app: rebuild the ACL of "public"."payments" "#))
+        .unwrap_or_else(|| panic!("payments: {dry:?}"));
+    let (now, saved) = (
+        fenced["public.payments"].clone().expect("an ACL"),
+        before["public.payments"].clone().expect("an ACL"),
+    );
+    assert!(
+        payments.contains(&format!(" {now} → {saved} ")),
+        "{payments}"
+    );
+    let rows: i64 = admin
+        .query_one("SELECT count(*) FROM switchyard.saved_acls", &[])
+        .await
+        .expect("saved rows")
+        .get(0);
+    let n = dry.would.len();
+    assert_eq!(
+        dry.would[n - 2..],
+        [
+            format!("in database app: mark {rows} rows of switchyard.saved_acls restored"),
+            "in database app: in the same transaction, record its id in switchyard.replication_state (switchyard's own DDL)".to_owned(),
+        ],
+        "{dry:?}"
+    );
+    assert_eq!(acls(&admin).await, fenced, "the dry run granted nothing");
+    assert_eq!(steps(&admin).await, ["revoke-writes"]);
+    let unmarked: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM switchyard.saved_acls WHERE restored_at IS NULL",
+            &[],
+        )
+        .await
+        .expect("marks")
+        .get(0);
+    assert_eq!(unmarked, rows, "the dry run marked nothing");
 
     let first = run(input.clone(), &deps).await.expect("restore");
     let db = &first.databases[0];
@@ -123,6 +169,13 @@ async fn puts_every_acl_back_byte_identically_once() {
         .await
         .expect("app_writer writes again");
 
+    assert!(
+        plan(input.clone(), &deps)
+            .await
+            .expect("plan after restore")
+            .is_empty(),
+        "nothing left"
+    );
     let second = run(input, &deps).await.expect("second restore");
     assert_eq!(second.databases[0].restored, 0, "{second:?}");
     assert_eq!(second.databases[0].unchanged, db.restored + db.unchanged);

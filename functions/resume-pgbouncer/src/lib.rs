@@ -9,6 +9,9 @@
 //! `pause-pgbouncer`. Only then, with `expected_server_version_num`, a query *through*
 //! each instance confirms the server version: it cannot run earlier (queries wait while
 //! paused), so a mismatch fails after the resume and the state machine decides.
+//!
+//! Dry run ([`plan`]): the same logins and checks of where each instance would connect,
+//! then the databases it would RESUME and the RELOADs that would restore lowered TTLs.
 
 mod probe;
 mod target;
@@ -17,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
 use switchyard_operation::fleet as instances;
-use switchyard_operation::{Deps, Error, OperationInput};
-use switchyard_postgres::Resumed;
+use switchyard_operation::fleet::Endpoint;
+use switchyard_operation::{Deps, Error, OperationInput, Plan};
+use switchyard_postgres::{PgBouncerAdmin, Resumed};
 
 /// ```json
 /// {"cell": { …the cell document… }, "expected_server_version_num": 170007}
@@ -62,16 +66,7 @@ pub struct ResumedInstance {
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     let cell = &input.cell;
     let databases = &cell.pgbouncer.databases;
-    let endpoints = Box::pin(instances::discover(cell, deps)).await?;
-    let login = Box::pin(instances::admin_login(cell, deps)).await?;
-    // Every instance reachable and checked before any is resumed: after the first
-    // RESUME there is no going back.
-    let sessions = instances::connect_all(&endpoints, &login)
-        .await
-        .map_err(|mut failures| Error::Database(failures.swap_remove(0).1))?;
-    for (endpoint, admin) in endpoints.iter().zip(&sessions) {
-        Box::pin(target::check(endpoint, admin, databases)).await?;
-    }
+    let (endpoints, sessions) = Box::pin(checked_sessions(cell, deps)).await?;
 
     let mut resumed_instances = Vec::new();
     for (endpoint, admin) in endpoints.iter().zip(&sessions) {
@@ -124,6 +119,64 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         resumed_at,
         instances: resumed_instances,
     })
+}
+
+/// The settings `pause-pgbouncer` lowers, and the value it lowers them to: while one reads
+/// so, the RELOAD after RESUME changes something.
+const LOWERED_BY_PAUSE: [(&str, &str); 2] = [("dns_max_ttl", "1"), ("dns_nxdomain_ttl", "1")];
+
+/// What [`run`] would do now, after the same checks; empty when nothing is paused and no
+/// TTL is lowered anywhere. The probe (`expected_server_version_num`) changes nothing and
+/// is not listed.
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, expected = ?input.expected_server_version_num))]
+pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    let cell = &input.cell;
+    let (endpoints, sessions) = Box::pin(checked_sessions(cell, deps)).await?;
+    let mut plan = Plan::new();
+    for (endpoint, admin) in endpoints.iter().zip(&sessions) {
+        let rows = admin.show_databases().await?;
+        let paused: Vec<&String> = cell
+            .pgbouncer
+            .databases
+            .iter()
+            .filter(|db| rows.iter().any(|r| &r.name == *db && r.paused))
+            .collect();
+        for db in &paused {
+            plan.would(format!("on PgBouncer {endpoint}: RESUME {db}"));
+        }
+        let config = admin.show_config().await?;
+        let lowered: Vec<String> = LOWERED_BY_PAUSE
+            .iter()
+            .filter(|(key, value)| config.iter().any(|r| r.key == *key && r.value == *value))
+            .map(|(key, value)| format!("{key} {value}"))
+            .collect();
+        if !lowered.is_empty() {
+            plan.would(format!(
+                "on PgBouncer {endpoint}: RELOAD, restoring the configuration file's values of {}",
+                lowered.join(", ")
+            ));
+        } else if !paused.is_empty() {
+            plan.would(format!("on PgBouncer {endpoint}: RELOAD"));
+        }
+    }
+    Ok(plan)
+}
+
+/// Discovers, logs in to and checks every instance. Every instance reachable and checked
+/// before any is resumed: after the first RESUME there is no going back.
+async fn checked_sessions(
+    cell: &CellDocument,
+    deps: &Deps,
+) -> Result<(Vec<Endpoint>, Vec<PgBouncerAdmin>), Error> {
+    let endpoints = Box::pin(instances::discover(cell, deps)).await?;
+    let login = Box::pin(instances::admin_login(cell, deps)).await?;
+    let sessions = instances::connect_all(&endpoints, &login)
+        .await
+        .map_err(|mut failures| Error::Database(failures.swap_remove(0).1))?;
+    for (endpoint, admin) in endpoints.iter().zip(&sessions) {
+        Box::pin(target::check(endpoint, admin, &cell.pgbouncer.databases)).await?;
+    }
+    Ok((endpoints, sessions))
 }
 
 #[cfg(test)]

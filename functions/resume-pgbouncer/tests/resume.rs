@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use resume_pgbouncer::{run, Input};
+use resume_pgbouncer::{plan, run, Input};
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_local_cell::LocalCell;
 use switchyard_postgres::PgBouncerAdmin;
@@ -53,6 +53,17 @@ async fn pause_then_resume_under_load_loses_nothing_and_both_are_idempotent() {
         .start_ledger(2, Duration::from_millis(5))
         .expect("ledger");
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let input = Input {
+        cell: cell.document.clone(),
+        expected_server_version_num: None,
+    };
+    assert!(
+        plan(input.clone(), &deps)
+            .await
+            .expect("plan resume")
+            .is_empty(),
+        "nothing paused, no TTL lowered: nothing to resume"
+    );
 
     let paused = pause(&cell, &deps).await;
     assert_eq!(paused.instances.len(), 1);
@@ -88,11 +99,42 @@ async fn pause_then_resume_under_load_loses_nothing_and_both_are_idempotent() {
 
     let again = pause(&cell, &deps).await;
     assert!(again.instances[0].already_paused, "a rerun finds it paused");
-
-    let input = Input {
+    let pause_input = pause_pgbouncer::Input {
         cell: cell.document.clone(),
-        expected_server_version_num: None,
     };
+    assert!(
+        pause_pgbouncer::plan(pause_input, &deps)
+            .await
+            .expect("plan pause")
+            .is_empty(),
+        "paused and drained: nothing left for pause"
+    );
+
+    let endpoint = format!("127.0.0.1:{}", cell.pgbouncer.port);
+    let dry = plan(input.clone(), &deps).await.expect("plan resume");
+    assert_eq!(
+        dry.would,
+        [
+            format!("on PgBouncer {endpoint}: RESUME app"),
+            format!("on PgBouncer {endpoint}: RELOAD, restoring the configuration file's values of dns_max_ttl 1, dns_nxdomain_ttl 1"),
+        ]
+    );
+    assert!(app_paused(&console).await, "the dry run resumed nothing");
+    assert_eq!(
+        console
+            .config_value("dns_max_ttl")
+            .await
+            .expect("config")
+            .as_deref(),
+        Some("1"),
+        "the dry run did not RELOAD"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiter.is_finished(),
+        "the query still waits after the dry run"
+    );
+
     let resumed = run(input.clone(), &deps).await.expect("resume");
     assert_eq!(resumed.instances[0].resumed, ["app"]);
     assert!(resumed.instances[0].were_not_paused.is_empty());
@@ -113,6 +155,13 @@ async fn pause_then_resume_under_load_loses_nothing_and_both_are_idempotent() {
         "RELOAD restored the file's TTL"
     );
 
+    assert!(
+        plan(input.clone(), &deps)
+            .await
+            .expect("plan after resume")
+            .is_empty(),
+        "resumed: nothing left"
+    );
     let rerun = run(input, &deps).await.expect("second resume");
     assert!(rerun.instances[0].resumed.is_empty());
     assert_eq!(rerun.instances[0].were_not_paused, ["app"]);

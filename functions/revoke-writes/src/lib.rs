@@ -14,15 +14,19 @@
 //! Application roles: the `username` of every parameter under
 //! `credentials.application_roles_path`. Only the privileges that grant writes are touched,
 //! so a relation nobody could write through keeps its ACL (even a NULL one) untouched.
+//!
+//! Dry run ([`plan`]): the same role and catalog reads in a read-only transaction, then
+//! per database the ACLs it would save, each REVOKE, and the backends it would terminate.
+//! A database with nothing to save or revoke gets no transaction at all (no DDL to vouch for).
 
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Side};
+use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
 use switchyard_postgres::quote::{ident, qualified};
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 /// ```json
 /// {"cell": { …the cell document… }}
@@ -62,6 +66,27 @@ pub struct DatabaseFence {
 const RELATIONS: &str = "c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
     AND n.nspname NOT IN ('switchyard', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'";
 
+/// The relations [`RELATIONS`] filters.
+const RELATIONS_FROM: &str =
+    "pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
+
+/// `FROM … WHERE …` of the relations whose ACL `save` writes: not saved yet, or saved and
+/// since put back by restore-writes (the ACL in force is the original again).
+fn unsaved() -> String {
+    format!(
+        "FROM {RELATIONS_FROM}
+         WHERE {RELATIONS}
+           AND NOT EXISTS (SELECT FROM switchyard.saved_acls s
+                            WHERE s.schema = n.nspname AND s.name = c.relname
+                              AND s.restored_at IS NULL)"
+    )
+}
+
+/// `FROM … WHERE …` of the backends `terminate` ends: `$1` the database, `$2` the roles.
+const BACKENDS: &str = "FROM pg_catalog.pg_stat_activity
+              WHERE datname = $1 AND usename = ANY($2) AND backend_type <> 'walsender'
+                AND pid <> pg_catalog.pg_backend_pid()";
+
 /// How long `pg_terminate_backend` waits for each backend to exit.
 const TERMINATE_WAIT_MS: i64 = 5000;
 
@@ -74,6 +99,128 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         databases.push(Box::pin(fence_database(&input.cell, deps, db, &roles)).await?);
     }
     Ok(Output { databases })
+}
+
+/// What [`run`] would do now in each database; empty once every write is revoked, every
+/// ACL saved and no application backend is left.
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
+pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    let roles = application_roles(&input.cell, deps).await?;
+    let mut plan = Plan::new();
+    for db in &input.cell.databases {
+        Box::pin(plan_database(&input.cell, deps, db, &roles, &mut plan)).await?;
+    }
+    Ok(plan)
+}
+
+#[tracing::instrument(skip_all, fields(database = %db))]
+async fn plan_database(
+    cell: &CellDocument,
+    deps: &Deps,
+    db: &str,
+    roles: &[String],
+    plan: &mut Plan,
+) -> Result<(), Error> {
+    let mut blue = deps.connect(cell, Side::Blue, db).await?;
+    let fenced = fenced_roles(&blue, db, roles).await?;
+    // Read-only: a dry run cannot write even by mistake.
+    let tx = blue
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| Error::query("BEGIN READ ONLY (revoke writes, dry run)", e))?;
+    let pending = pending(&tx, &fenced).await?;
+    if !pending.is_empty() {
+        if pending.to_save > 0 {
+            let created = if pending.table_exists {
+                ""
+            } else {
+                " (schema switchyard and that table created first)"
+            };
+            plan.would(format!(
+                "in database {db}: save the ACLs of {} relations into switchyard.saved_acls{created}",
+                pending.to_save
+            ));
+        }
+        for h in &pending.holders {
+            let grantor = if h.by_owner {
+                String::new()
+            } else {
+                format!(" (as its grantor {})", h.grantor)
+            };
+            plan.would(format!(
+                "in database {db}: {}{grantor}",
+                revoke_statement(h)?
+            ));
+        }
+        if pending.guarded {
+            plan.would(format!(
+                "in database {db}: in the same transaction, record its id in switchyard.replication_state (switchyard's own DDL)"
+            ));
+        }
+    }
+    let backends: i64 = tx
+        .query_one(
+            &format!("SELECT pg_catalog.count(*) {BACKENDS}"),
+            &[&db, &fenced],
+        )
+        .await
+        .map_err(|e| Error::query("counting the application's backends", e))?
+        .get(0);
+    if !pending.is_empty() || backends > 0 {
+        plan.would(format!(
+            "in database {db}: then terminate every backend of {} (walsenders excepted; {backends} now)",
+            fenced.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// What is left to do in one database, as the fence's transaction would find it.
+struct Pending {
+    /// `switchyard.saved_acls` exists.
+    table_exists: bool,
+    /// `switchyard.replication_state` exists: the transaction vouches for itself there.
+    guarded: bool,
+    /// Relations whose ACL would be saved.
+    to_save: i64,
+    /// Entries that grant writes.
+    holders: Vec<Holder>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.to_save == 0 && self.holders.is_empty()
+    }
+}
+
+async fn pending(client: &impl GenericClient, fenced: &[String]) -> Result<Pending, Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('switchyard.saved_acls') IS NOT NULL,
+                    pg_catalog.to_regclass('switchyard.replication_state') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::query("looking for switchyard.saved_acls", e))?;
+    let (table_exists, guarded): (bool, bool) = (row.get(0), row.get(1));
+    let unsaved = if table_exists {
+        unsaved()
+    } else {
+        format!("FROM {RELATIONS_FROM} WHERE {RELATIONS}")
+    };
+    let to_save: i64 = client
+        .query_one(&format!("SELECT pg_catalog.count(*) {unsaved}"), &[])
+        .await
+        .map_err(|e| Error::query("counting the ACLs to save", e))?
+        .get(0);
+    Ok(Pending {
+        table_exists,
+        guarded,
+        to_save,
+        holders: write_holders(client, fenced).await?,
+    })
 }
 
 /// The usernames under `application_roles_path`. A parameter that cannot be read stops the
@@ -127,6 +274,16 @@ async fn fence_database(
 ) -> Result<DatabaseFence, Error> {
     let mut blue = deps.connect(cell, Side::Blue, db).await?;
     let fenced = fenced_roles(&blue, db, roles).await?;
+    if pending(&blue, &fenced).await?.is_empty() {
+        // A retry after the commit: nothing to save or revoke, so no DDL to vouch for.
+        let terminated = terminate(&blue, db, &fenced).await?;
+        return Ok(DatabaseFence {
+            name: db.to_owned(),
+            saved: 0,
+            revoked_roles: fenced,
+            terminated,
+        });
+    }
 
     let tx = blue
         .transaction()
@@ -220,13 +377,11 @@ async fn save(tx: &Transaction<'_>) -> Result<usize, Error> {
                 "INSERT INTO switchyard.saved_acls AS s (database, relid, schema, name, relacl, saved_at)
                  SELECT pg_catalog.current_database(), c.oid, n.nspname, c.relname, c.relacl::text,
                         pg_catalog.now()
-                   FROM pg_catalog.pg_class c
-                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                  WHERE {RELATIONS}
+                 {}
                  ON CONFLICT (schema, name) DO UPDATE
                     SET relid = excluded.relid, relacl = excluded.relacl,
-                        saved_at = excluded.saved_at, restored_at = NULL
-                  WHERE s.restored_at IS NOT NULL"
+                        saved_at = excluded.saved_at, restored_at = NULL",
+                unsaved()
             ),
             &[],
         )
@@ -265,15 +420,17 @@ impl Holder {
 /// Every ACL entry (the default one for a NULL ACL) giving a fenced role or PUBLIC a write
 /// privilege; per relation, entries latest first, so an entry is revoked before the one
 /// its grantor's grant option came from.
-async fn write_holders(tx: &Transaction<'_>, fenced: &[String]) -> Result<Vec<Holder>, Error> {
-    let rows = tx
+async fn write_holders(
+    client: &impl GenericClient,
+    fenced: &[String],
+) -> Result<Vec<Holder>, Error> {
+    let rows = client
         .query(
             &format!(
                 "SELECT n.nspname::text, c.relname::text, c.relkind = 'S', g.rolname::text,
                         a.grantor = c.relowner, e.rolname::text,
                         pg_catalog.array_agg(a.privilege_type ORDER BY a.ord)
-                   FROM pg_catalog.pg_class c
-                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                   FROM {RELATIONS_FROM}
                   CROSS JOIN LATERAL pg_catalog.aclexplode(COALESCE(c.relacl,
                         pg_catalog.acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::\"char\", c.relowner)))
                         WITH ORDINALITY AS a(grantor, grantee, privilege_type, is_grantable, ord)
@@ -310,18 +467,7 @@ async fn write_holders(tx: &Transaction<'_>, fenced: &[String]) -> Result<Vec<Ho
 async fn revoke(tx: &Transaction<'_>, fenced: &[String]) -> Result<usize, Error> {
     let holders = write_holders(tx, fenced).await?;
     for h in &holders {
-        let privileges = h
-            .privileges
-            .iter()
-            .map(|p| privilege_keyword(p))
-            .collect::<Result<Vec<_>, _>>()?
-            .join(", ");
-        let kind = if h.sequence { "SEQUENCE" } else { "TABLE" };
-        let mut sql = format!(
-            "REVOKE {privileges} ON {kind} {} FROM {} CASCADE;",
-            h.relation,
-            h.grantee_sql()
-        );
+        let mut sql = format!("{};", revoke_statement(h)?);
         if !h.by_owner {
             sql = format!("SET LOCAL ROLE {}; {sql} RESET ROLE;", ident(&h.grantor));
         }
@@ -330,6 +476,22 @@ async fn revoke(tx: &Transaction<'_>, fenced: &[String]) -> Result<usize, Error>
             .map_err(|e| Error::query(format!("revoking {}", h.describe()), e))?;
     }
     Ok(holders.len())
+}
+
+/// `REVOKE … FROM … CASCADE` of one write-granting entry, run as its grantor.
+fn revoke_statement(h: &Holder) -> Result<String, Error> {
+    let privileges = h
+        .privileges
+        .iter()
+        .map(|p| privilege_keyword(p))
+        .collect::<Result<Vec<_>, _>>()?
+        .join(", ");
+    let kind = if h.sequence { "SEQUENCE" } else { "TABLE" };
+    Ok(format!(
+        "REVOKE {privileges} ON {kind} {} FROM {} CASCADE",
+        h.relation,
+        h.grantee_sql()
+    ))
 }
 
 /// `aclexplode` names privileges with SQL keywords; only the write ones reach here.
@@ -370,11 +532,11 @@ async fn record_own(tx: &Transaction<'_>, step: &str) -> Result<(), Error> {
 async fn terminate(blue: &Client, db: &str, fenced: &[String]) -> Result<usize, Error> {
     let row = blue
         .query_one(
-            "SELECT pg_catalog.count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid, $3)),
-                    pg_catalog.count(*)
-               FROM pg_catalog.pg_stat_activity
-              WHERE datname = $1 AND usename = ANY($2) AND backend_type <> 'walsender'
-                AND pid <> pg_catalog.pg_backend_pid()",
+            &format!(
+                "SELECT pg_catalog.count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid, $3)),
+                        pg_catalog.count(*)
+                 {BACKENDS}"
+            ),
             &[&db, &fenced, &TERMINATE_WAIT_MS],
         )
         .await

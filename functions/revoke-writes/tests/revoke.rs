@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use revoke_writes::{run, Input};
+use revoke_writes::{plan, run, Input};
 use switchyard_local_cell::LocalCell;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
@@ -55,6 +55,54 @@ async fn fences_every_write_and_keeps_the_first_save() {
     let input = Input {
         cell: cell.document.clone(),
     };
+    let dry = plan(input.clone(), &deps).await.expect("plan");
+    let line = |text: &str| dry.would.iter().any(|l| l == text);
+    assert!(
+        dry.would[0].starts_with("in database app: save the ACLs of ")
+            && dry.would[0].ends_with(
+                " relations into switchyard.saved_acls (schema switchyard and that table created first)"
+            ),
+        "{dry:?}"
+    );
+    assert!(
+        line(
+            r#"in database app: REVOKE INSERT, UPDATE, DELETE ON TABLE "public"."payments" FROM "app_rw" CASCADE"#
+        ),
+        "{dry:?}"
+    );
+    assert!(
+        line(
+            r#"in database app: REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON TABLE "public"."payments" FROM "app_owner" CASCADE"#
+        ),
+        "the owner too: {dry:?}"
+    );
+    assert!(
+        line(
+            r#"in database app: REVOKE UPDATE, USAGE ON SEQUENCE "billing"."invoice_number_seq" FROM "app_rw" CASCADE"#
+        ),
+        "{dry:?}"
+    );
+    let last = dry.would.last().expect("lines");
+    assert!(
+        last.starts_with("in database app: then terminate every backend of app_owner, ")
+            && last.ends_with(" (walsenders excepted; 1 now)"),
+        "the early session: {dry:?}"
+    );
+    assert_eq!(acls(&admin).await, before, "the dry run revoked nothing");
+    let saved_table: bool = admin
+        .query_one(
+            "SELECT to_regclass('switchyard.saved_acls') IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("regclass")
+        .get(0);
+    assert!(!saved_table, "the dry run saved nothing");
+    early
+        .batch_execute("INSERT INTO public.payments (account_id, amount) VALUES (1, 1)")
+        .await
+        .expect("the dry run ended no session and revoked no write");
+
     let first = run(input.clone(), &deps).await.expect("revoke");
     let db = &first.databases[0];
     assert_eq!(db.name, "app");
@@ -67,6 +115,10 @@ async fn fences_every_write_and_keeps_the_first_save() {
         early.simple_query("SELECT 1").await.is_err(),
         "a session opened before the fence is gone"
     );
+    let dry = plan(input.clone(), &deps)
+        .await
+        .expect("plan after the fence");
+    assert!(dry.is_empty(), "nothing left: {dry:?}");
 
     let writer = login(&cell, "app_writer").await;
     for round in 0..2 {
@@ -98,6 +150,14 @@ async fn fences_every_write_and_keeps_the_first_save() {
     .await;
     let fenced = acls(&admin).await;
     assert_ne!(fenced, before, "ACLs changed");
+    let dry = plan(input.clone(), &deps)
+        .await
+        .expect("plan with sessions");
+    assert_eq!(dry.would.len(), 1, "only sessions to end: {dry:?}");
+    assert!(
+        dry.would[0].ends_with("(walsenders excepted; 2 now)"),
+        "{dry:?}"
+    );
 
     let second = run(input, &deps).await.expect("second revoke");
     assert_eq!(second.databases[0].saved, 0, "the first save wins");

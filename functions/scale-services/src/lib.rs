@@ -8,6 +8,9 @@
 //! recorded counts back, then removes the record; with nothing recorded it changes
 //! nothing. The counts live in the journal, not in the execution's payload, so `up`
 //! invoked by hand with only the cell document restores them too.
+//!
+//! Dry run ([`plan`]): the same descriptions and journal read as the real call, then the
+//! counts it would record and set, and whether it would still wait for tasks to stop.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,7 +19,7 @@ use aws_sdk_ecs::types::Service;
 use serde::{Deserialize, Serialize};
 use switchyard_cell::{CellDocument, DirectWriter};
 use switchyard_errors::ErrorName;
-use switchyard_operation::{now_rfc3339, Deps, Error, Journal, OperationInput};
+use switchyard_operation::{now_rfc3339, Deps, Error, Journal, OperationInput, Plan};
 use tokio::time::Instant;
 
 /// The journal key of the recorded desired counts.
@@ -131,6 +134,107 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     }
 }
 
+/// What [`run`] would do now, from the same descriptions and journal: empty once `down`
+/// has drained every service, or once `up` has restored the counts and removed the record.
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, direction = %input.direction))]
+pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    match input.direction {
+        Direction::Down => plan_down(&input.cell, deps).await,
+        Direction::Up => plan_up(&input.cell, deps).await,
+    }
+}
+
+async fn plan_down(cell: &CellDocument, deps: &Deps) -> Result<Plan, Error> {
+    let journal = deps.journal(cell);
+    let parameter = journal.parameter(JOURNAL_KEY);
+    let mut plan = Plan::new();
+    let current = describe(deps, &cell.direct_writers).await?;
+    let existing: Option<Recorded> = journal.read(JOURNAL_KEY).await?;
+    let unrecorded = not_yet_recorded(existing.as_ref(), &current);
+    if !unrecorded.is_empty() {
+        let counts = unrecorded
+            .iter()
+            .map(|r| format!("{}/{} {}", r.ecs_cluster, r.service, r.desired_count))
+            .collect::<Vec<_>>()
+            .join(", ");
+        plan.would(match existing {
+            None => format!("record the desired counts in SSM parameter {parameter}: {counts}"),
+            Some(_) => format!("add to the counts recorded in SSM parameter {parameter}: {counts}"),
+        });
+    }
+    for (service, to) in changes(&current, |_| 0) {
+        plan.would(format!(
+            "set ECS service {} desired count {} → {to}",
+            name(&service.writer),
+            service.desired_count
+        ));
+    }
+    let busy = busy(deps, &cell.direct_writers).await?;
+    if !plan.is_empty() || !busy.is_empty() {
+        let now = if busy.is_empty() {
+            "none now".to_owned()
+        } else {
+            format!("now {}", busy.join("; "))
+        };
+        plan.would(format!(
+            "then wait up to {}s (budgets.drain_seconds) until no task of {} is left unstopped ({now}); DrainTimeout after that",
+            cell.budgets.drain_seconds,
+            cell.direct_writers.iter().map(name).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(plan)
+}
+
+async fn plan_up(cell: &CellDocument, deps: &Deps) -> Result<Plan, Error> {
+    let journal = deps.journal(cell);
+    let mut plan = Plan::new();
+    let Some(recorded) = journal.read::<Recorded>(JOURNAL_KEY).await? else {
+        return Ok(plan);
+    };
+    let current = describe(deps, &recorded_writers(&recorded)).await?;
+    for (service, to) in changes(&current, |c| recorded_count(&recorded, c)) {
+        plan.would(format!(
+            "set ECS service {} desired count {} → {to}",
+            name(&service.writer),
+            service.desired_count
+        ));
+    }
+    plan.would(format!(
+        "delete SSM parameter {}: the counts recorded at {}",
+        journal.parameter(JOURNAL_KEY),
+        recorded.recorded_at
+    ));
+    Ok(plan)
+}
+
+/// The services whose desired count is not `wanted` yet, with the count to set.
+fn changes(current: &[Current], wanted: impl Fn(&Current) -> i32) -> Vec<(&Current, i32)> {
+    current
+        .iter()
+        .map(|c| (c, wanted(c)))
+        .filter(|(c, to)| c.desired_count != *to)
+        .collect()
+}
+
+/// A described service's recorded count (its count now if the record lacks it).
+fn recorded_count(recorded: &Recorded, current: &Current) -> i32 {
+    recorded
+        .count_of(&current.writer)
+        .unwrap_or(current.desired_count)
+}
+
+/// The services the record holds, in its order.
+fn recorded_writers(recorded: &Recorded) -> Vec<DirectWriter> {
+    recorded
+        .services
+        .iter()
+        .map(|r| DirectWriter {
+            ecs_cluster: r.ecs_cluster.clone(),
+            service: r.service.clone(),
+        })
+        .collect()
+}
+
 async fn down(cell: &CellDocument, deps: &Deps) -> Result<Output, Error> {
     let journal = deps.journal(cell);
     let parameter = journal.parameter(JOURNAL_KEY);
@@ -139,13 +243,12 @@ async fn down(cell: &CellDocument, deps: &Deps) -> Result<Output, Error> {
     // Journaled before the first UpdateService: after a crash at 0 the counts survive.
     let recorded = record(&journal, &current).await?;
 
+    let to_update = changes(&current, |_| 0);
     let mut services = Vec::with_capacity(current.len());
     for service in &current {
         // `record` holds every described service.
-        let recorded_count = recorded
-            .count_of(&service.writer)
-            .unwrap_or(service.desired_count);
-        let updated = service.desired_count != 0;
+        let recorded_count = recorded_count(&recorded, service);
+        let updated = to_update.iter().any(|(c, _)| c.writer == service.writer);
         if updated {
             set_desired_count(deps, &service.writer, 0).await?;
             tracing::info!(service = %name(&service.writer), recorded_count, "scaled to 0");
@@ -180,7 +283,7 @@ async fn record(journal: &Journal<'_>, current: &[Current]) -> Result<Recorded, 
         None => {
             let fresh = Recorded {
                 recorded_at: now_rfc3339(),
-                services: current.iter().map(recorded_service).collect(),
+                services: not_yet_recorded(None, current),
             };
             if journal.create(JOURNAL_KEY, &fresh).await? {
                 tracing::info!(%parameter, "desired counts recorded");
@@ -195,11 +298,7 @@ async fn record(journal: &Journal<'_>, current: &[Current]) -> Result<Recorded, 
             })?
         }
     };
-    let missing: Vec<RecordedService> = current
-        .iter()
-        .filter(|c| recorded.count_of(&c.writer).is_none())
-        .map(recorded_service)
-        .collect();
+    let missing = not_yet_recorded(Some(&recorded), current);
     if !missing.is_empty() {
         recorded.services.extend(missing);
         journal.write(JOURNAL_KEY, &recorded).await?;
@@ -208,12 +307,18 @@ async fn record(journal: &Journal<'_>, current: &[Current]) -> Result<Recorded, 
     Ok(recorded)
 }
 
-fn recorded_service(current: &Current) -> RecordedService {
-    RecordedService {
-        ecs_cluster: current.writer.ecs_cluster.clone(),
-        service: current.writer.service.clone(),
-        desired_count: current.desired_count,
-    }
+/// The described services `existing` does not hold yet (all of them without a record), at
+/// their current counts: what `down` adds to the journal.
+fn not_yet_recorded(existing: Option<&Recorded>, current: &[Current]) -> Vec<RecordedService> {
+    current
+        .iter()
+        .filter(|c| existing.is_none_or(|r| r.count_of(&c.writer).is_none()))
+        .map(|c| RecordedService {
+            ecs_cluster: c.writer.ecs_cluster.clone(),
+            service: c.writer.service.clone(),
+            desired_count: c.desired_count,
+        })
+        .collect()
 }
 
 async fn up(cell: &CellDocument, deps: &Deps) -> Result<Output, Error> {
@@ -231,19 +336,12 @@ async fn up(cell: &CellDocument, deps: &Deps) -> Result<Output, Error> {
     };
     // The record is the truth: a service it holds is restored even if the document no
     // longer names it. All are described first, so a vanished one changes nothing.
-    let writers: Vec<DirectWriter> = recorded
-        .services
-        .iter()
-        .map(|r| DirectWriter {
-            ecs_cluster: r.ecs_cluster.clone(),
-            service: r.service.clone(),
-        })
-        .collect();
-    let current = describe(deps, &writers).await?;
+    let current = describe(deps, &recorded_writers(&recorded)).await?;
 
+    let to_update = changes(&current, |c| recorded_count(&recorded, c));
     let mut services = Vec::with_capacity(current.len());
     for (service, wanted) in current.iter().zip(&recorded.services) {
-        let updated = service.desired_count != wanted.desired_count;
+        let updated = to_update.iter().any(|(c, _)| c.writer == service.writer);
         if updated {
             set_desired_count(deps, &service.writer, wanted.desired_count).await?;
             tracing::info!(service = %name(&service.writer), desired_count = wanted.desired_count, "restored");
@@ -282,25 +380,7 @@ async fn wait_drained(
 ) -> Result<(), Error> {
     let deadline = Instant::now() + budget;
     loop {
-        let mut busy = Vec::new();
-        for service in describe(deps, writers).await? {
-            let live = switchyard_aws::live_tasks(
-                &deps.aws.ecs,
-                &service.writer.ecs_cluster,
-                &service.writer.service,
-            )
-            .await?;
-            if service.running_count != 0 || !live.is_empty() {
-                let statuses: Vec<&str> = live.iter().map(|t| t.last_status.as_str()).collect();
-                busy.push(format!(
-                    "{} (runningCount {}, tasks not stopped: {} [{}])",
-                    name(&service.writer),
-                    service.running_count,
-                    live.len(),
-                    statuses.join(", ")
-                ));
-            }
-        }
+        let busy = busy(deps, writers).await?;
         if busy.is_empty() {
             tracing::info!("direct writers drained");
             return Ok(());
@@ -321,6 +401,31 @@ async fn wait_drained(
         tracing::debug!(busy = %busy.join("; "), "waiting for the direct writers to drain");
         tokio::time::sleep(POLL_INTERVAL.min(deadline - now)).await;
     }
+}
+
+/// The services of `writers` that still run a task or have one not stopped, described for
+/// messages; empty once drained.
+async fn busy(deps: &Deps, writers: &[DirectWriter]) -> Result<Vec<String>, Error> {
+    let mut busy = Vec::new();
+    for service in describe(deps, writers).await? {
+        let live = switchyard_aws::live_tasks(
+            &deps.aws.ecs,
+            &service.writer.ecs_cluster,
+            &service.writer.service,
+        )
+        .await?;
+        if service.running_count != 0 || !live.is_empty() {
+            let statuses: Vec<&str> = live.iter().map(|t| t.last_status.as_str()).collect();
+            busy.push(format!(
+                "{} (runningCount {}, tasks not stopped: {} [{}])",
+                name(&service.writer),
+                service.running_count,
+                live.len(),
+                statuses.join(", ")
+            ));
+        }
+    }
+    Ok(busy)
 }
 
 /// Each of `writers` as ECS shows it now, in the same order; every one must exist and be

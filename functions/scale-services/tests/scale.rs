@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use scale_services::{run, Direction, Input, Output, Recorded, JOURNAL_KEY};
+use scale_services::{plan, run, Direction, Input, Output, Recorded, JOURNAL_KEY};
 use switchyard_cell::{CellDocument, DirectWriter};
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_local_cell::{CellOptions, Install, LocalCell};
@@ -124,6 +124,43 @@ async fn down_drains_the_writers_and_up_restores_the_recorded_counts() {
     .await;
     assert_eq!(writers.running(), 2);
 
+    // Dry runs before anything changed: up has no record, down names every change.
+    assert!(plan(input(doc, Direction::Up), &deps)
+        .await
+        .expect("plan up")
+        .is_empty());
+    let dry = plan(input(doc, Direction::Down), &deps)
+        .await
+        .expect("plan down");
+    let parameter = deps.journal(doc).parameter(JOURNAL_KEY);
+    assert_eq!(dry.would.len(), 3, "{dry:?}");
+    assert_eq!(
+        dry.would[0],
+        format!("record the desired counts in SSM parameter {parameter}: {name} 2")
+    );
+    assert_eq!(
+        dry.would[1],
+        format!("set ECS service {name} desired count 2 → 0")
+    );
+    assert!(
+        dry.would[2].starts_with(&format!(
+            "then wait up to {}s (budgets.drain_seconds) until no task of {name} is left unstopped (now {name} (",
+            doc.budgets.drain_seconds
+        )) && dry.would[2].contains("tasks not stopped: 2 [RUNNING, RUNNING]"),
+        "{dry:?}"
+    );
+    assert_eq!(
+        desired_count(&cell, &jobs).await,
+        2,
+        "the dry run scaled nothing"
+    );
+    assert_eq!(
+        recorded(&deps, doc).await,
+        None,
+        "the dry run recorded nothing"
+    );
+    assert_eq!(writers.running(), 2);
+
     let out = run(input(doc, Direction::Down), &deps).await.expect("down");
     // The operation saw the tasks stopped in moto: their workers had exited by then.
     assert_eq!(
@@ -147,6 +184,33 @@ async fn down_drains_the_writers_and_up_restores_the_recorded_counts() {
         .expect("down again");
     assert_eq!(outcomes(&again), [(name.clone(), 2, 0, false)]);
     assert_eq!(again.recorded_at, out.recorded_at);
+    assert_eq!(recorded(&deps, doc).await, Some(record.clone()));
+    assert!(
+        plan(input(doc, Direction::Down), &deps)
+            .await
+            .expect("plan down again")
+            .is_empty(),
+        "drained: nothing left for down"
+    );
+
+    let dry = plan(input(doc, Direction::Up), &deps)
+        .await
+        .expect("plan up");
+    assert_eq!(
+        dry.would,
+        [
+            format!("set ECS service {name} desired count 0 → 2"),
+            format!(
+                "delete SSM parameter {parameter}: the counts recorded at {}",
+                record.recorded_at
+            ),
+        ]
+    );
+    assert_eq!(
+        desired_count(&cell, &jobs).await,
+        0,
+        "the dry run restored nothing"
+    );
     assert_eq!(recorded(&deps, doc).await, Some(record));
 
     // Up by hand: a payload holding only the cell document.
@@ -178,6 +242,10 @@ async fn down_drains_the_writers_and_up_restores_the_recorded_counts() {
     assert!(again.services.is_empty());
     assert_eq!(again.not_recorded, doc.direct_writers);
     assert_eq!(desired_count(&cell, &jobs).await, 2);
+    assert!(plan(input(doc, Direction::Up), &deps)
+        .await
+        .expect("plan up again")
+        .is_empty());
 
     let tally = writers.tally();
     let keys = tally.keys();
@@ -280,6 +348,10 @@ async fn the_record_decides_what_up_restores() {
     ] {
         let mut doc = cell.document.clone();
         doc.direct_writers.push(unknown.clone());
+        let err = plan(input(&doc, Direction::Down), &deps)
+            .await
+            .expect_err("a dry run stops as the real one");
+        assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
         let err = run(input(&doc, Direction::Down), &deps)
             .await
             .expect_err("unknown service");
@@ -300,6 +372,25 @@ async fn the_record_decides_what_up_restores() {
     // A re-run naming one more service records that one too, keeping the first count.
     let mut both = cell.document.clone();
     both.direct_writers.push(reports.clone());
+    let dry = plan(input(&both, Direction::Down), &deps)
+        .await
+        .expect("plan down with both");
+    assert_eq!(
+        dry.would[..2],
+        [
+            format!(
+                "add to the counts recorded in SSM parameter {}: local-a/reports 3",
+                deps.journal(&both).parameter(JOURNAL_KEY)
+            ),
+            "set ECS service local-a/reports desired count 3 → 0".to_owned(),
+        ]
+    );
+    assert_eq!(desired_count(&cell, &reports).await, 3);
+    assert_eq!(
+        recorded(&deps, &both).await.map(|r| r.services.len()),
+        Some(1),
+        "the dry run recorded nothing"
+    );
     let out = run(input(&both, Direction::Down), &deps)
         .await
         .expect("down with both");
