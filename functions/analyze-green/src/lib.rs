@@ -6,6 +6,9 @@
 //! replicate, found in green's own catalogs, and on their partitioned ancestors (whose
 //! statistics sample all their partitions). Only green is touched; running it again just
 //! refreshes the statistics.
+//!
+//! Dry run ([`plan`]): the ANALYZE (or VACUUM (ANALYZE)) statements the run would send, in
+//! order. It is never empty while green has tables: a rerun refreshes them again.
 
 mod tables;
 
@@ -13,7 +16,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
-use switchyard_operation::{Deps, Error, OperationInput, Side};
+use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
 use switchyard_postgres::quote::qualified;
 
 /// ```json
@@ -80,11 +83,7 @@ async fn analyze_database(
     // is no ANALYZE ONLY, so a partitioned table's ANALYZE samples its leaves again.)
     for table in tables::to_analyze(&green).await? {
         let name = qualified(&table.schema, &table.name);
-        let statement = if input.vacuum {
-            format!("VACUUM (ANALYZE) {name}")
-        } else {
-            format!("ANALYZE {name}")
-        };
+        let statement = statement(&table, input.vacuum);
         let began = Instant::now();
         // One statement per simple query: VACUUM cannot run inside a transaction block,
         // which a multi-statement query string would be.
@@ -104,6 +103,31 @@ async fn analyze_database(
         tables,
         total_millis: elapsed_millis(started),
     })
+}
+
+/// What [`run`] would send to green now, database by database.
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.green.cluster_identifier, vacuum = input.vacuum))]
+pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    let mut plan = Plan::new();
+    for db in &input.cell.databases {
+        let green = Box::pin(deps.connect(&input.cell, Side::Green, db)).await?;
+        for table in tables::to_analyze(&green).await? {
+            plan.would(format!(
+                "on green's database {db}: {}",
+                statement(&table, input.vacuum)
+            ));
+        }
+    }
+    Ok(plan)
+}
+
+fn statement(table: &tables::Table, vacuum: bool) -> String {
+    let name = qualified(&table.schema, &table.name);
+    if vacuum {
+        format!("VACUUM (ANALYZE) {name}")
+    } else {
+        format!("ANALYZE {name}")
+    }
 }
 
 fn elapsed_millis(since: Instant) -> u64 {

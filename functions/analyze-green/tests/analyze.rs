@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use analyze_green::{run, Input, Output};
+use analyze_green::{plan, run, Input, Output};
 use switchyard_local_cell::LocalCell;
 
 async fn replicating_cell() -> LocalCell {
@@ -19,6 +19,17 @@ async fn replicating_cell() -> LocalCell {
         .await
         .expect("switchyard schema");
     cell.replicate_directly().await.expect("replicating");
+    // Only our statements may write statistics: the dry-run checks compare pg_statistic.
+    let green = cell.green.superuser_client("app").await.expect("green");
+    for sql in [
+        "ALTER SYSTEM SET autovacuum = off",
+        "SELECT pg_reload_conf()",
+    ] {
+        green
+            .batch_execute(sql)
+            .await
+            .expect("autovacuum off on green");
+    }
     cell
 }
 
@@ -73,8 +84,43 @@ async fn analyzes_every_replicated_table_and_partitioned_root_twice() {
         vacuum: false,
     };
 
+    // A dry run lists the statements, leaves last, and computes no statistics.
+    let before = statistics_rows(&cell).await;
+    let dry = plan(input.clone(), &deps).await.expect("plan");
+    assert!(dry.dry_run);
+    for expected in [
+        "on green's database app: ANALYZE \"public\".\"payments\"",
+        "on green's database app: ANALYZE \"billing\".\"invoice lines\"",
+    ] {
+        assert!(
+            dry.would.iter().any(|l| l == expected),
+            "{expected}: {:#?}",
+            dry.would
+        );
+    }
+    assert_eq!(
+        dry.would.last().map(String::as_str),
+        Some("on green's database app: ANALYZE \"public\".\"events\"")
+    );
+    assert!(
+        !dry.would.iter().any(|l| l.contains("switchyard")),
+        "{:#?}",
+        dry.would
+    );
+    assert_eq!(
+        statistics_rows(&cell).await,
+        before,
+        "a dry run analyzes nothing"
+    );
+    assert!(!stamped_now(&cell, "last_analyze").await);
+
     let first = run(input.clone(), &deps).await.expect("first run");
     let names = tables(&first);
+    assert_eq!(
+        dry.would.len(),
+        names.len(),
+        "one statement per table analyzed"
+    );
     for expected in [
         "public.accounts",
         "public.payments",
@@ -105,6 +151,12 @@ async fn analyzes_every_replicated_table_and_partitioned_root_twice() {
         "last_analyze set for public.payments"
     );
 
+    assert!(statistics_rows(&cell).await > before);
+    // Not idempotent by design: a rerun refreshes the same tables again, and says so.
+    assert_eq!(
+        plan(input.clone(), &deps).await.expect("plan").would,
+        dry.would
+    );
     let second = run(input, &deps).await.expect("second run");
     assert_eq!(
         tables(&second),
@@ -125,6 +177,19 @@ async fn vacuum_mode_vacuums_as_well() {
         cell: cell.document.clone(),
         vacuum: true,
     };
+    let dry = plan(input.clone(), &deps).await.expect("plan");
+    assert!(
+        dry.would.contains(
+            &"on green's database app: VACUUM (ANALYZE) \"public\".\"payments\"".to_owned()
+        ),
+        "{:#?}",
+        dry.would
+    );
+    assert!(dry.would.iter().all(|l| l.contains(": VACUUM (ANALYZE) ")));
+    assert!(
+        !stamped_now(&cell, "last_vacuum").await,
+        "a dry run vacuums nothing"
+    );
     let first = run(input.clone(), &deps).await.expect("first run");
     assert!(tables(&first).contains(&"public.payments"));
     assert!(
@@ -146,4 +211,19 @@ async fn stamped_now(cell: &LocalCell, column: &str) -> bool {
         "SELECT {column} IS NOT NULL FROM pg_stat_user_tables WHERE schemaname = 'public' AND relname = 'payments'"
     );
     green.query_one(&sql, &[]).await.expect("stat").get(0)
+}
+
+/// Rows of pg_statistic for green's application tables: ANALYZE writes them in its own
+/// transaction, so unlike the statistics views they change at once.
+async fn statistics_rows(cell: &LocalCell) -> i64 {
+    let green = cell.green.superuser_client("app").await.expect("green");
+    green
+        .query_one(
+            "SELECT count(*) FROM pg_statistic s JOIN pg_class c ON c.oid = s.starelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname IN ('public', 'billing')",
+            &[],
+        )
+        .await
+        .expect("pg_statistic")
+        .get(0)
 }

@@ -263,6 +263,27 @@ pub(crate) fn differences(blue: &Catalog, green: &Catalog) -> Vec<String> {
         .collect()
 }
 
+/// The objects on blue missing on green, counted by kind (`table`, `index`, `column`, …).
+pub(crate) fn to_create<'a>(blue: &'a Catalog, green: &Catalog) -> BTreeMap<&'a str, usize> {
+    const KINDS: [&str; 3] = ["materialized view ", "foreign table ", "window function "];
+    let mut counts = BTreeMap::new();
+    for key in blue
+        .objects
+        .keys()
+        .filter(|k| !green.objects.contains_key(*k))
+    {
+        let kind = KINDS
+            .iter()
+            .find(|kind| key.starts_with(**kind))
+            .map_or_else(
+                || key.split(' ').next().unwrap_or(key),
+                |kind| kind.trim_end(),
+            );
+        *counts.entry(kind).or_insert(0) += 1;
+    }
+    counts
+}
+
 /// Extensions whose versions differ: a note, not a mismatch (green's major may ship a
 /// newer default version).
 pub(crate) fn extension_versions(blue: &Catalog, green: &Catalog) -> Vec<String> {
@@ -298,6 +319,34 @@ mod tests {
             objects: map(objects),
             extension_versions: map(extensions),
         }
+    }
+
+    #[test]
+    fn counts_what_green_lacks_by_kind() {
+        let blue = catalog(
+            &[
+                ("schema public", ""),
+                ("schema billing", ""),
+                ("table public.a", ""),
+                ("table public.b", ""),
+                ("materialized view billing.totals", ""),
+                ("window function public.w(integer)", ""),
+                ("index public.a_idx", ""),
+            ],
+            &[],
+        );
+        let green = catalog(&[("schema public", ""), ("table public.b", "")], &[]);
+        let counts: Vec<(&str, usize)> = to_create(&blue, &green).into_iter().collect();
+        assert_eq!(
+            counts,
+            [
+                ("index", 1),
+                ("materialized view", 1),
+                ("schema", 1),
+                ("table", 1),
+                ("window function", 1)
+            ]
+        );
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! which commits only if green's catalog then equals blue's.
 //! When green's already holds objects, nothing is applied: equal catalogs are a no-op
 //! (a retry), different ones are `SchemaMismatch` listing what is in the way.
+//!
+//! Dry run ([`plan`]): per database whose schema would be applied, the dump's statement
+//! count and the objects it would create by kind (pg_dump and catalog reads only).
 
 mod catalog;
 mod dump;
@@ -15,7 +18,7 @@ mod dump;
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Side};
+use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
 use tokio_postgres::error::ErrorPosition;
 use tokio_postgres::Client;
 
@@ -69,6 +72,111 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     Ok(Output { databases })
 }
 
+/// What [`run`] would do now: apply blue's schema to each database of green still empty.
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.green.cluster_identifier))]
+pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    let mut plan = Plan::new();
+    for database in &input.cell.databases {
+        if let Some(change) = Box::pin(plan_database(&input.cell, deps, database)).await? {
+            plan.would(change);
+        }
+    }
+    Ok(plan)
+}
+
+#[tracing::instrument(skip_all, fields(database = %database))]
+async fn plan_database(
+    cell: &CellDocument,
+    deps: &Deps,
+    database: &str,
+) -> Result<Option<String>, Error> {
+    let mut blue = deps.connect(cell, Side::Blue, database).await?;
+    let mut green = deps.connect(cell, Side::Green, database).await?;
+    let GreenState::Empty(existing) = green_state(&mut blue, &mut green, database).await? else {
+        return Ok(None);
+    };
+    let script = Script::dump(cell, deps, database, &green).await?;
+    let blue_catalog = read_catalog(&mut blue).await?;
+    let objects: Vec<String> = catalog::to_create(&blue_catalog, &existing)
+        .into_iter()
+        .map(|(kind, count)| format!("{kind} ×{count}"))
+        .collect();
+    Ok(Some(format!(
+        "on green's database {database}: run blue's schema dump in one transaction, {} statements creating {}; commit only if green's catalog then equals blue's",
+        script.statements().len(),
+        objects.join(", ")
+    )))
+}
+
+/// Green's database against blue's, before anything is applied.
+enum GreenState {
+    /// It already holds blue's schema (a retry): nothing to apply.
+    Copied { blue: Catalog, green: Catalog },
+    /// It holds no user objects (this catalog): blue's schema is applied.
+    Empty(Catalog),
+}
+
+/// `SchemaMismatch` when green's database holds objects that differ from blue's.
+async fn green_state(
+    blue: &mut Client,
+    green: &mut Client,
+    database: &str,
+) -> Result<GreenState, Error> {
+    let existing = read_catalog(green).await?;
+    if !existing.holds_user_objects() {
+        return Ok(GreenState::Empty(existing));
+    }
+    let blue_catalog = read_catalog(blue).await?;
+    let differences = catalog::differences(&blue_catalog, &existing);
+    if !differences.is_empty() {
+        return Err(mismatch(
+            database,
+            "green's database already holds objects, and they differ from blue's; nothing was applied. \
+             Make green match blue, or drop and recreate green's database empty, then rerun copy-schema",
+            &differences,
+        ));
+    }
+    Ok(GreenState::Copied {
+        blue: blue_catalog,
+        green: existing,
+    })
+}
+
+/// Blue's schema dump, unwrapped, and the version of the green it is for.
+struct Script {
+    sql: String,
+    green_version: i32,
+}
+
+impl Script {
+    async fn dump(
+        cell: &CellDocument,
+        deps: &Deps,
+        database: &str,
+        green: &Client,
+    ) -> Result<Self, Error> {
+        let dump = dump::schema(deps, cell, database).await?;
+        let green_version: i32 = green
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .map_err(|e| Error::query("reading green's version", e))?
+            .get(0);
+        Ok(Self {
+            sql: dump::unwrap_restrict(&dump),
+            green_version,
+        })
+    }
+
+    /// The statements run on green: switchyard's own objects and settings green lacks left out.
+    fn statements(&self) -> Vec<&str> {
+        dump::statements(&self.sql)
+            .into_iter()
+            .filter(|statement| !dump::is_switchyards_own(statement))
+            .filter(|statement| dump::understood_by(statement, self.green_version))
+            .collect()
+    }
+}
+
 #[tracing::instrument(skip_all, fields(database = %database))]
 async fn copy_database(
     cell: &CellDocument,
@@ -78,40 +186,23 @@ async fn copy_database(
     let mut blue = deps.connect(cell, Side::Blue, database).await?;
     let mut green = deps.connect(cell, Side::Green, database).await?;
 
-    let existing = read_catalog(&mut green).await?;
-    if existing.holds_user_objects() {
-        let blue_catalog = read_catalog(&mut blue).await?;
-        let differences = catalog::differences(&blue_catalog, &existing);
-        if !differences.is_empty() {
-            return Err(mismatch(
-                database,
-                "green's database already holds objects, and they differ from blue's; nothing was applied. \
-                 Make green match blue, or drop and recreate green's database empty, then rerun copy-schema",
-                &differences,
-            ));
-        }
+    if let GreenState::Copied {
+        blue: blue_catalog,
+        green: existing,
+    } = green_state(&mut blue, &mut green, database).await?
+    {
         tracing::info!("green already holds blue's schema");
         return Ok(DatabaseSchema {
             name: database.to_owned(),
             applied: false,
             statements: 0,
-            differences,
+            differences: Vec::new(),
             extension_versions: catalog::extension_versions(&blue_catalog, &existing),
         });
     }
 
-    let dump = dump::schema(deps, cell, database).await?;
-    let sql = dump::unwrap_restrict(&dump);
-    let green_version: i32 = green
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .map_err(|e| Error::query("reading green's version", e))?
-        .get(0);
-    let statements: Vec<&str> = dump::statements(&sql)
-        .into_iter()
-        .filter(|statement| !dump::is_switchyards_own(statement))
-        .filter(|statement| dump::understood_by(statement, green_version))
-        .collect();
+    let script = Script::dump(cell, deps, database, &green).await?;
+    let statements = script.statements();
     // One transaction: a failure or a difference leaves green's database as empty as it was.
     let tx = green
         .transaction()

@@ -1,9 +1,10 @@
 //! copy-schema against a local cell: pg_dump of the real blue, applied on the real green.
 //! Roles come first, by sync-roles, exactly as the state machine runs them.
 
-use copy_schema::{run, Input, Output};
+use copy_schema::{plan, run, Input, Output};
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_local_cell::LocalCell;
+use switchyard_operation::Plan;
 
 /// A cell whose green has the application roles (sync-roles has run) and nothing else.
 async fn cell_with_roles() -> LocalCell {
@@ -30,6 +31,22 @@ async fn copy(cell: &LocalCell) -> Result<Output, switchyard_operation::Error> {
     )
     .await
 }
+
+async fn dry_run(cell: &LocalCell) -> Result<Plan, switchyard_operation::Error> {
+    let deps = cell.deps().expect("deps");
+    plan(
+        Input {
+            cell: cell.document.clone(),
+        },
+        &deps,
+    )
+    .await
+}
+
+/// Every schema and relation green's database holds: what a dry run must not move.
+const EVERYTHING: &str =
+    "SELECT (SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace) || ' / ' || \
+     (SELECT count(*) FROM pg_class)::text || ' / ' || (SELECT count(*) FROM pg_publication)::text";
 
 async fn green(cell: &LocalCell) -> tokio_postgres::Client {
     cell.green.superuser_client("app").await.expect("green")
@@ -61,6 +78,34 @@ async fn copies_blue_schema_once_and_reports_a_later_difference() {
     .await
     .expect("switchyard objects on blue");
 
+    let green = green(&cell).await;
+    let before: String = one(&green, EVERYTHING).await;
+    let dry = dry_run(&cell).await.expect("plan");
+    assert_eq!(dry.would.len(), 1, "{:?}", dry.would);
+    let line = &dry.would[0];
+    assert!(
+        line.starts_with("on green's database app: run blue's schema dump in one transaction, "),
+        "{line}"
+    );
+    for kind in [
+        "schema ×1",
+        "table ×",
+        "index ×",
+        "column ×",
+        "publication ×1",
+    ] {
+        assert!(line.contains(kind), "{kind}: {line}");
+    }
+    assert!(
+        line.ends_with("; commit only if green's catalog then equals blue's"),
+        "{line}"
+    );
+    assert_eq!(
+        one::<String>(&green, EVERYTHING).await,
+        before,
+        "a dry run changes nothing"
+    );
+
     let first = copy(&cell).await.expect("first run");
     assert_eq!(first.databases.len(), 1);
     let app = &first.databases[0];
@@ -68,12 +113,16 @@ async fn copies_blue_schema_once_and_reports_a_later_difference() {
     assert!(app.applied);
     assert!(app.statements > 50, "{app:?}");
     assert!(app.differences.is_empty());
+    assert!(
+        line.contains(&format!(" {} statements creating ", app.statements)),
+        "the dry run counted what the run ran ({}): {line}",
+        app.statements
+    );
     let text = serde_json::to_string(&first).expect("json");
     for password in cell.secrets.all_passwords() {
         assert!(!text.contains(password.expose()));
     }
 
-    let green = green(&cell).await;
     let owner: String = one(
         &green,
         "SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE oid = 'public.accounts'::regclass",
@@ -128,6 +177,7 @@ async fn copies_blue_schema_once_and_reports_a_later_difference() {
         before,
         "a retry changes nothing"
     );
+    assert!(dry_run(&cell).await.expect("plan").is_empty());
 
     green
         .batch_execute("DROP INDEX public.payments_account_created")
@@ -141,6 +191,11 @@ async fn copies_blue_schema_once_and_reports_a_later_difference() {
         "{message}"
     );
     assert!(message.contains("(1 difference)"), "{message}");
+    let err = dry_run(&cell)
+        .await
+        .expect_err("the dry run stops the same way");
+    assert_eq!(err.error_name(), ErrorName::SchemaMismatch);
+    assert_eq!(err.to_failure().message(), message);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

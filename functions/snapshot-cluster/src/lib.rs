@@ -3,12 +3,15 @@
 //!
 //! Returns the snapshot's status; the state machine polls (Wait + Choice) until it is
 //! `available`. Only blue is touched, and only by `CreateDBClusterSnapshot`.
+//!
+//! Dry run ([`plan`]): names the snapshot that would be created, or nothing when this
+//! run's snapshot already exists.
 
 use aws_sdk_rds::types::Tag;
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput};
+use switchyard_operation::{Deps, Error, OperationInput, Plan};
 
 /// ```json
 /// {"cell": { …the cell document… }, "run_id": "2026-11-22T05-00-00-local-a"}
@@ -70,18 +73,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     let id = snapshot_identifier(blue, &input.run_id)?;
     let rds = &deps.aws.rds;
 
-    if let Some(existing) = describe(rds, &id).await? {
-        // Reuse only a snapshot of this cluster: the same name on another cluster means
-        // someone else's snapshot, and overwriting or trusting it would both be wrong.
-        if existing.db_cluster_identifier() != Some(blue.as_str()) {
-            return Err(Error::stop(
-                ErrorName::PreconditionFailed,
-                format!(
-                    "snapshot {id} exists but belongs to cluster {}; delete or rename it, or use another run id",
-                    existing.db_cluster_identifier().unwrap_or("unknown")
-                ),
-            ));
-        }
+    if let Some(existing) = this_runs_snapshot(rds, blue, &id).await? {
         tracing::info!(snapshot = %id, "reusing this run's snapshot");
         return Ok(output(id, existing.status(), false));
     }
@@ -113,6 +105,48 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         )),
         Err(e) => Err(Error::aws(&format!("creating snapshot {id}"), &e)),
     }
+}
+
+/// What [`run`] would do now: create this run's snapshot, unless it exists.
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
+pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    let blue = &input.cell.blue.cluster_identifier;
+    let id = snapshot_identifier(blue, &input.run_id)?;
+    let mut plan = Plan::new();
+    if this_runs_snapshot(&deps.aws.rds, blue, &id)
+        .await?
+        .is_none()
+    {
+        plan.would(format!(
+            "create cluster snapshot {id} of cluster {blue}, tagged {RUN_TAG}={} and switchyard:cell={}; then the state machine polls until it is available",
+            input.run_id, input.cell.cell_id
+        ));
+    }
+    Ok(plan)
+}
+
+/// The snapshot named `id`, if it exists and is of `blue`: `PreconditionFailed` when the
+/// name is taken by another cluster's snapshot.
+async fn this_runs_snapshot(
+    rds: &aws_sdk_rds::Client,
+    blue: &str,
+    id: &str,
+) -> Result<Option<aws_sdk_rds::types::DbClusterSnapshot>, Error> {
+    let Some(existing) = describe(rds, id).await? else {
+        return Ok(None);
+    };
+    // Reuse only a snapshot of this cluster: the same name on another cluster means
+    // someone else's snapshot, and overwriting or trusting it would both be wrong.
+    if existing.db_cluster_identifier() != Some(blue) {
+        return Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!(
+                "snapshot {id} exists but belongs to cluster {}; delete or rename it, or use another run id",
+                existing.db_cluster_identifier().unwrap_or("unknown")
+            ),
+        ));
+    }
+    Ok(Some(existing))
 }
 
 async fn describe(

@@ -121,7 +121,7 @@ async fn record_own(tx: &Transaction<'_>, step: &str) -> Result<(), Error> {
     Ok(())
 }
 
-async fn in_place(blue: &Client) -> Result<bool, Error> {
+pub(crate) async fn in_place(blue: &Client) -> Result<bool, Error> {
     let names: Vec<&str> = TRIGGERS.iter().map(|(name, _)| *name).collect();
     let events: Vec<&str> = TRIGGERS.iter().map(|(_, event)| *event).collect();
     let row = blue

@@ -12,6 +12,9 @@
 //!
 //! Each step finds what an earlier call made and keeps it, so a retry changes nothing.
 //! `check-replication` then waits for the copy to finish and for DDL to be absent.
+//!
+//! Dry run ([`plan`]): the guard, marker, publication, slot and subscription changes the
+//! run would make now, found by the same reads and stopped by the same preconditions.
 
 mod guard;
 mod marker;
@@ -25,7 +28,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use switchyard_cell::{CellDocument, TableRef};
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Side};
+use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
 
 /// ```json
 /// {"cell": { …the cell document… }, "idle_transaction_seconds": 5, "lock_timeout_seconds": 30}
@@ -97,13 +100,7 @@ pub struct SubscriptionOutput {
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
-    if !(1..=3600).contains(&input.lock_timeout_seconds) {
-        return Err(Error::stop(
-            ErrorName::InvalidInput,
-            "lock_timeout_seconds must be 1 to 3600 (0 would let slot creation wait forever)",
-        ));
-    }
-    names::check(&input.cell)?;
+    check_input(&input)?;
     let mut databases = Vec::new();
     for database in &input.cell.databases {
         // Boxed: the whole chain of awaits inlined into one future is too deep to lay out.
@@ -112,30 +109,74 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     Ok(Output { databases })
 }
 
-#[tracing::instrument(skip_all, fields(database = %database))]
-async fn start_database(
-    input: &Input,
-    deps: &Deps,
-    database: &str,
-) -> Result<DatabaseOutput, Error> {
+/// What [`run`] would change now, database by database, in its order; it fails where the
+/// run would fail before changing anything past the DDL guard.
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
+pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    check_input(&input)?;
+    let mut plan = Plan::new();
+    for database in &input.cell.databases {
+        Box::pin(plan_database(&input, deps, database, &mut plan)).await?;
+    }
+    Ok(plan)
+}
+
+fn check_input(input: &Input) -> Result<(), Error> {
+    if !(1..=3600).contains(&input.lock_timeout_seconds) {
+        return Err(Error::stop(
+            ErrorName::InvalidInput,
+            "lock_timeout_seconds must be 1 to 3600 (0 would let slot creation wait forever)",
+        ));
+    }
+    names::check(&input.cell)
+}
+
+/// Our sessions on blue and green for one database, `lock_timeout` set on both.
+struct Sessions {
+    blue_options: switchyard_postgres::ConnectOptions,
+    blue: tokio_postgres::Client,
+    green: tokio_postgres::Client,
+}
+
+async fn connect(input: &Input, deps: &Deps, database: &str) -> Result<Sessions, Error> {
     let cell = &input.cell;
     let lock_timeout = Duration::from_secs(input.lock_timeout_seconds);
     let blue_options = deps
         .orchestrator_options(cell, Side::Blue, database)
         .await?;
-    let mut blue = switchyard_postgres::connect(&blue_options).await?;
+    let blue = switchyard_postgres::connect(&blue_options).await?;
     set_lock_timeout(&blue, lock_timeout).await?;
     let green = deps.connect(cell, Side::Green, database).await?;
     set_lock_timeout(&green, lock_timeout).await?;
+    Ok(Sessions {
+        blue_options,
+        blue,
+        green,
+    })
+}
 
-    // First, so that any DDL after the catalog read below is journaled.
-    let guard_installed = guard::install(&mut blue).await?;
-    let catalog = tables::read(&blue).await?;
-    let planned = tables::plan(&cell.table_groups, &catalog, database)?;
+/// What one database needs, read from blue and green with every precondition checked and
+/// nothing written: what [`run`] acts on and [`plan`] describes.
+struct Survey {
+    /// The publications, in creation order; the other lists follow it.
+    planned: Vec<tables::Publication>,
+    /// Green has the subscription of that name.
+    subscribed: Vec<bool>,
+    publications: Vec<publications::Change>,
+    /// Blue has the slot of that name.
+    slots: Vec<bool>,
+    /// `switchyard_rest` is about to be subscribed: green's marker table is emptied first.
+    fresh_marker: bool,
+}
 
-    let mut existing = Vec::new();
+async fn survey(input: &Input, database: &str, sessions: &Sessions) -> Result<Survey, Error> {
+    let (blue, green) = (&sessions.blue, &sessions.green);
+    let catalog = tables::read(blue).await?;
+    let planned = tables::plan(&input.cell.table_groups, &catalog, database)?;
+
+    let mut subscribed = Vec::new();
     for publication in &planned {
-        let found = subscriptions::find(&green, &publication.name).await?;
+        let found = subscriptions::find(green, &publication.name).await?;
         if let Some(sub) = &found {
             if sub.slot.as_deref() != Some(publication.name.as_str())
                 || sub.publications != [publication.name.clone()]
@@ -150,7 +191,7 @@ async fn start_database(
             }
         }
         // Checked for every new subscription before anything is created on blue. The marker
-        // table is ours: prepare_green below creates and empties it.
+        // table is ours: marker::prepare_green creates and empties it.
         if found.is_none() {
             let tables: Vec<TableRef> = publication
                 .tables
@@ -158,31 +199,24 @@ async fn start_database(
                 .filter(|t| **t != marker::table())
                 .cloned()
                 .collect();
-            subscriptions::require_empty(&green, &tables).await?;
+            subscriptions::require_empty(green, &tables).await?;
         }
-        existing.push(found.is_some());
+        subscribed.push(found.is_some());
     }
-    // Before any subscription: switchyard_rest's copy and apply fail without the table.
     let rest_subscribed = planned
         .iter()
-        .zip(&existing)
+        .zip(&subscribed)
         .any(|(p, &subscribed)| subscribed && p.tables.contains(&marker::table()));
-    marker::prepare_green(&green, !rest_subscribed).await?;
 
-    let version_num = server_version_num(&blue).await?;
-    let mut publications = Vec::new();
-    for (publication, &subscribed) in planned.iter().zip(&existing) {
-        let changed = publications::ensure(&mut blue, publication, subscribed, version_num).await?;
-        publications.push(PublicationOutput {
-            name: publication.name.clone(),
-            tables: publication.tables.clone(),
-            changed,
-        });
+    let version_num = server_version_num(blue).await?;
+    let mut changes = Vec::new();
+    for (publication, &subscribed) in planned.iter().zip(&subscribed) {
+        changes.push(publications::decide(blue, publication, subscribed, version_num).await?);
     }
 
     let mut slots = Vec::new();
-    for (publication, &subscribed) in planned.iter().zip(&existing) {
-        let slot = subscriptions::slot_exists(&blue, &publication.name).await?;
+    for (publication, &subscribed) in planned.iter().zip(&subscribed) {
+        let slot = subscriptions::slot_exists(blue, &publication.name).await?;
         // A new slot would start after changes the subscription has not applied yet.
         if subscribed && !slot {
             return Err(Error::stop(
@@ -196,24 +230,69 @@ async fn start_database(
         slots.push(slot);
     }
     // Before any slot: creating one, ours or a table-sync worker's, waits for them.
-    if slots.iter().chain(&existing).any(|present| !present) {
+    if slots.iter().chain(&subscribed).any(|present| !present) {
         subscriptions::refuse_idle_transactions(
-            &blue,
+            blue,
             Duration::from_secs(input.idle_transaction_seconds),
         )
         .await?;
     }
+    Ok(Survey {
+        planned,
+        subscribed,
+        publications: changes,
+        slots,
+        fresh_marker: !rest_subscribed,
+    })
+}
 
-    let conninfo = subscriptions::conninfo(&blue_options, lock_timeout);
+#[tracing::instrument(skip_all, fields(database = %database))]
+async fn start_database(
+    input: &Input,
+    deps: &Deps,
+    database: &str,
+) -> Result<DatabaseOutput, Error> {
+    let mut sessions = connect(input, deps, database).await?;
+    // First, so that any DDL after the catalog read below is journaled.
+    let guard_installed = guard::install(&mut sessions.blue).await?;
+    let survey = survey(input, database, &sessions).await?;
+    // Before any subscription: switchyard_rest's copy and apply fail without the table.
+    marker::prepare_green(&sessions.green, survey.fresh_marker).await?;
+
+    let mut publications = Vec::new();
+    for (publication, change) in survey.planned.iter().zip(&survey.publications) {
+        publications::apply(&mut sessions.blue, publication, change).await?;
+        publications.push(PublicationOutput {
+            name: publication.name.clone(),
+            tables: publication.tables.clone(),
+            changed: *change != publications::Change::Keep,
+        });
+    }
+
+    let conninfo = subscriptions::conninfo(
+        &sessions.blue_options,
+        Duration::from_secs(input.lock_timeout_seconds),
+    );
     let mut subscriptions_out = Vec::new();
-    for ((publication, &subscribed), &slot) in planned.iter().zip(&existing).zip(&slots) {
+    for ((publication, &subscribed), &slot) in survey
+        .planned
+        .iter()
+        .zip(&survey.subscribed)
+        .zip(&survey.slots)
+    {
         let name = &publication.name;
         // The slot before its subscription, which only attaches to it (create_slot = false).
         if !slot {
-            subscriptions::create_slot(&blue, name).await?;
+            subscriptions::create_slot(&sessions.blue, name).await?;
         }
         if !subscribed {
-            subscriptions::create(&green, name, &conninfo, &blue_options.password).await?;
+            subscriptions::create(
+                &sessions.green,
+                name,
+                &conninfo,
+                &sessions.blue_options.password,
+            )
+            .await?;
         }
         subscriptions_out.push(SubscriptionOutput {
             name: name.clone(),
@@ -229,6 +308,59 @@ async fn start_database(
         subscriptions: subscriptions_out,
         guard_installed,
     })
+}
+
+#[tracing::instrument(skip_all, fields(database = %database))]
+async fn plan_database(
+    input: &Input,
+    deps: &Deps,
+    database: &str,
+    plan: &mut Plan,
+) -> Result<(), Error> {
+    let sessions = connect(input, deps, database).await?;
+    if !guard::in_place(&sessions.blue).await? {
+        plan.would(format!(
+            "on blue's database {database}: install the DDL guard (schema switchyard; tables ddl_journal, replication_state, switchover_marker; event triggers switchyard_ddl_guard, switchyard_ddl_guard_drop)"
+        ));
+    }
+    let survey = survey(input, database, &sessions).await?;
+    match marker::green_rows(&sessions.green).await? {
+        None => {
+            plan.would("on green: create schema switchyard and table switchyard.switchover_marker");
+        }
+        Some(rows) if rows > 0 && survey.fresh_marker => {
+            plan.would(format!(
+                "on green: delete {rows} leftover row(s) from switchyard.switchover_marker"
+            ));
+        }
+        Some(_) => {}
+    }
+    for (publication, change) in survey.planned.iter().zip(&survey.publications) {
+        if let Some(line) = change.would(publication) {
+            plan.would(line);
+        }
+    }
+    let lock_timeout = input.lock_timeout_seconds;
+    for ((publication, &subscribed), &slot) in survey
+        .planned
+        .iter()
+        .zip(&survey.subscribed)
+        .zip(&survey.slots)
+    {
+        let name = &publication.name;
+        if !slot {
+            plan.would(format!(
+                "on blue: create logical slot {name} (pgoutput), waiting for every older transaction up to lock_timeout {lock_timeout} s"
+            ));
+        }
+        if !subscribed {
+            plan.would(format!(
+                "on green: create subscription {name} on blue's publication and slot {name} (copy_data = true, create_slot = false); then green copies its {} table(s) and streams",
+                publication.tables.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn set_lock_timeout(client: &tokio_postgres::Client, timeout: Duration) -> Result<(), Error> {

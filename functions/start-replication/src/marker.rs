@@ -42,3 +42,24 @@ pub(crate) async fn prepare_green(green: &Client, fresh: bool) -> Result<(), Err
     }
     Ok(())
 }
+
+/// Green's marker table: `None` when it is missing, else how many rows it holds.
+pub(crate) async fn green_rows(green: &Client) -> Result<Option<i64>, Error> {
+    let exists: bool = green
+        .query_one(
+            "SELECT pg_catalog.to_regclass('switchyard.switchover_marker') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::query("looking up switchyard.switchover_marker on green", e))?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let rows: i64 = green
+        .query_one("SELECT count(*) FROM switchyard.switchover_marker", &[])
+        .await
+        .map_err(|e| Error::query("reading switchyard.switchover_marker on green", e))?
+        .get(0);
+    Ok(Some(rows))
+}

@@ -1,4 +1,5 @@
-//! Publications on blue, created or corrected to carry exactly the planned tables.
+//! Publications on blue, created or corrected to carry exactly the planned tables:
+//! [`decide`] reads what each needs, [`apply`] makes it.
 
 use std::collections::HashSet;
 
@@ -16,28 +17,49 @@ use crate::tables::Publication;
 const OPTIONS: &str =
     "publish = 'insert, update, delete, truncate', publish_via_partition_root = true";
 
-/// Makes `publication` exist on blue with exactly its tables; true when this call created
-/// or changed it. `subscribed`: green already has the subscription reading it.
-pub(crate) async fn ensure(
-    blue: &mut Client,
+/// What a publication on blue needs to carry exactly its planned tables.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Change {
+    Keep,
+    Create,
+    /// Its tables or options differ (`difference` says how); no subscription reads it yet.
+    Correct {
+        difference: String,
+    },
+}
+
+impl Change {
+    /// The dry run's line for it, `None` for `Keep`.
+    pub(crate) fn would(&self, publication: &Publication) -> Option<String> {
+        let name = &publication.name;
+        let tables = if publication.tables.is_empty() {
+            "no tables".to_owned()
+        } else {
+            table_list(&publication.tables)
+        };
+        match self {
+            Self::Keep => None,
+            Self::Create => Some(format!(
+                "on blue: create publication {name} for {tables} (publish insert, update, delete, truncate; via partition root)"
+            )),
+            Self::Correct { difference } => Some(format!(
+                "on blue: correct publication {name} ({difference}) to publish exactly {tables}, every operation, via partition root"
+            )),
+        }
+    }
+}
+
+/// What `publication` needs on blue; `PreconditionFailed` when it cannot be made right
+/// without losing data. `subscribed`: green already has the subscription reading it.
+pub(crate) async fn decide(
+    blue: &Client,
     publication: &Publication,
     subscribed: bool,
     version_num: i32,
-) -> Result<bool, Error> {
+) -> Result<Change, Error> {
     let name = &publication.name;
     let Some(current) = describe(blue, name, version_num).await? else {
-        let tables = if publication.tables.is_empty() {
-            String::new()
-        } else {
-            format!(" FOR TABLE {}", table_list(&publication.tables))
-        };
-        let sql = format!(
-            "CREATE PUBLICATION {}{tables} WITH ({OPTIONS})",
-            ident(name)
-        );
-        own_ddl(blue, &format!("create publication {name}"), &sql).await?;
-        tracing::info!(publication = %name, tables = publication.tables.len(), "publication created");
-        return Ok(true);
+        return Ok(Change::Create);
     };
     if current.all_tables {
         return Err(Error::stop(
@@ -48,7 +70,7 @@ pub(crate) async fn ensure(
     let wanted: HashSet<&TableRef> = publication.tables.iter().collect();
     let have: HashSet<&TableRef> = current.tables.iter().collect();
     if current.exact_options && wanted == have {
-        return Ok(false);
+        return Ok(Change::Keep);
     }
     // Green's table states were fixed when the subscription was created: changing what it
     // reads now would leave tables never copied or copied but no longer fed.
@@ -67,17 +89,49 @@ pub(crate) async fn ensure(
             format!("publication {name} on blue publishes tables but should be empty now; drop it and rerun start-replication"),
         ));
     }
-    // Safe without a subscription: a slot made earlier decodes with the publication as it
-    // was at each change, but nothing has consumed it, and green's initial copy of each
-    // table is taken later, from a snapshot that already includes everything before it.
-    let sql = format!(
-        "ALTER PUBLICATION {n} SET TABLE {}; ALTER PUBLICATION {n} SET ({OPTIONS})",
-        table_list(&publication.tables),
-        n = ident(name),
-    );
-    own_ddl(blue, &format!("correct publication {name}"), &sql).await?;
-    tracing::info!(publication = %name, change = %difference(&wanted, &have), "publication corrected");
-    Ok(true)
+    Ok(Change::Correct {
+        difference: difference(&wanted, &have),
+    })
+}
+
+/// Makes the `change` [`decide`] found for `publication`.
+pub(crate) async fn apply(
+    blue: &mut Client,
+    publication: &Publication,
+    change: &Change,
+) -> Result<(), Error> {
+    let name = &publication.name;
+    match change {
+        Change::Keep => Ok(()),
+        Change::Create => {
+            let tables = if publication.tables.is_empty() {
+                String::new()
+            } else {
+                format!(" FOR TABLE {}", table_list(&publication.tables))
+            };
+            let sql = format!(
+                "CREATE PUBLICATION {}{tables} WITH ({OPTIONS})",
+                ident(name)
+            );
+            own_ddl(blue, &format!("create publication {name}"), &sql).await?;
+            tracing::info!(publication = %name, tables = publication.tables.len(), "publication created");
+            Ok(())
+        }
+        Change::Correct { difference } => {
+            // Safe without a subscription: a slot made earlier decodes with the publication
+            // as it was at each change, but nothing has consumed it, and green's initial
+            // copy of each table is taken later, from a snapshot that already includes
+            // everything before it.
+            let sql = format!(
+                "ALTER PUBLICATION {n} SET TABLE {}; ALTER PUBLICATION {n} SET ({OPTIONS})",
+                table_list(&publication.tables),
+                n = ident(name),
+            );
+            own_ddl(blue, &format!("correct publication {name}"), &sql).await?;
+            tracing::info!(publication = %name, change = %difference, "publication corrected");
+            Ok(())
+        }
+    }
 }
 
 struct Current {
@@ -158,5 +212,40 @@ fn difference(wanted: &HashSet<&TableRef>, have: &HashSet<&TableRef>) -> String 
         (false, true) => format!("missing {missing}"),
         (true, false) => format!("extra {extra}"),
         (false, false) => format!("missing {missing}; extra {extra}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dry_run_names_the_publication_its_tables_and_the_difference() {
+        let publication = Publication {
+            name: "switchyard_rest".into(),
+            tables: vec![
+                TableRef {
+                    schema: "billing".into(),
+                    table: "invoice lines".into(),
+                },
+                TableRef {
+                    schema: "public".into(),
+                    table: "accounts".into(),
+                },
+            ],
+        };
+        assert_eq!(Change::Keep.would(&publication), None);
+        assert_eq!(
+            Change::Create.would(&publication).as_deref(),
+            Some("on blue: create publication switchyard_rest for \"billing\".\"invoice lines\", \"public\".\"accounts\" (publish insert, update, delete, truncate; via partition root)")
+        );
+        let have = [publication.tables[1].clone()];
+        let correct = Change::Correct {
+            difference: difference(&publication.tables.iter().collect(), &have.iter().collect()),
+        };
+        assert_eq!(
+            correct.would(&publication).as_deref(),
+            Some("on blue: correct publication switchyard_rest (missing billing.invoice lines) to publish exactly \"billing\".\"invoice lines\", \"public\".\"accounts\", every operation, via partition root")
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use start_replication::{run, Input};
+use start_replication::{plan, run, Input};
 use switchyard_cell::TableRef;
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_local_cell::LocalCell;
@@ -47,6 +47,51 @@ async fn replication_objects(cell: &LocalCell) -> (Vec<String>, Vec<String>) {
     )
 }
 
+/// Everything start-replication may change, on both sides: blue's guard, switchyard tables,
+/// publications (with their tables and options) and slots; green's switchyard tables,
+/// markers and subscriptions. What a dry run must leave exactly as it was.
+async fn replication_state(cell: &LocalCell) -> Vec<String> {
+    const BLUE: &str = "SELECT 'trigger ' || evtname || ' ' || evtenabled FROM pg_event_trigger \
+        UNION ALL SELECT 'relation ' || oid::regclass::text FROM pg_class \
+            WHERE relnamespace = to_regnamespace('switchyard') \
+        UNION ALL SELECT 'publication ' || pubname || ' ' || pubviaroot || pubinsert || pubtruncate \
+            FROM pg_publication \
+        UNION ALL SELECT 'published ' || pubname || ' ' || schemaname || '.' || tablename \
+            FROM pg_publication_tables \
+        UNION ALL SELECT 'slot ' || slot_name FROM pg_replication_slots \
+        ORDER BY 1";
+    const GREEN: &str = "SELECT 'relation ' || oid::regclass::text FROM pg_class \
+            WHERE relnamespace = to_regnamespace('switchyard') \
+        UNION ALL SELECT 'subscription ' || subname || ' ' || subenabled FROM pg_subscription \
+        ORDER BY 1";
+    let rows = |client: tokio_postgres::Client, sql: &'static str| async move {
+        client
+            .query(sql, &[])
+            .await
+            .expect(sql)
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+    };
+    let green = cell.green.superuser_client("app").await.expect("green");
+    let markers = if marker_exists(&green).await {
+        green
+            .query(
+                "SELECT coalesce(string_agg(id, ',' ORDER BY id), '') FROM switchyard.switchover_marker",
+                &[],
+            )
+            .await
+            .expect("markers")[0]
+            .get::<_, String>(0)
+    } else {
+        "no marker table".to_owned()
+    };
+    let mut state = rows(cell.blue.superuser_client("app").await.expect("blue"), BLUE).await;
+    state.extend(rows(green, GREEN).await);
+    state.push(format!("green markers: {markers}"));
+    state
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_transaction_on_blue_stops_it_before_any_slot() {
     let cell = cell().await;
@@ -62,6 +107,28 @@ async fn an_idle_transaction_on_blue_stops_it_before_any_slot() {
         .expect("pid")
         .get(0);
     tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let before = replication_state(&cell).await;
+    let err = plan(
+        Input {
+            idle_transaction_seconds: 1,
+            ..input(&cell)
+        },
+        &deps,
+    )
+    .await
+    .expect_err("the dry run stops on it too");
+    assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("pid {pid} (user app_writer")),
+        "{err}"
+    );
+    assert_eq!(
+        replication_state(&cell).await,
+        before,
+        "a dry run changes nothing"
+    );
 
     let started = Instant::now();
     let err = tokio::time::timeout(
@@ -172,6 +239,14 @@ async fn bad_table_groups_or_rows_on_green_stop_it_before_any_slot() {
             table: "no_such_table".into(),
         },
     ];
+    let before = replication_state(&cell).await;
+    let err = plan(bad.clone(), &deps).await.expect_err("invalid groups");
+    assert_eq!(err.error_name(), ErrorName::InvalidInput, "{err}");
+    assert_eq!(
+        replication_state(&cell).await,
+        before,
+        "not even the guard: a dry run changes nothing"
+    );
     let err = run(bad, &deps).await.expect_err("invalid groups");
     assert_eq!(err.error_name(), ErrorName::InvalidInput, "{err}");
     let message = err.to_string();
@@ -191,6 +266,9 @@ async fn bad_table_groups_or_rows_on_green_stop_it_before_any_slot() {
         .batch_execute("INSERT INTO public.accounts (email) VALUES ('stray@example.com')")
         .await
         .expect("stray row on green");
+    let err = plan(input(&cell), &deps).await.expect_err("rows on green");
+    assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
+    assert!(err.to_string().contains("already hold rows"), "{err}");
     let err = run(input(&cell), &deps).await.expect_err("rows on green");
     assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
     assert!(
@@ -247,6 +325,48 @@ async fn the_marker_table_exists_on_both_sides_and_replicates_in_the_rest() {
         )
         .await
         .expect("a leftover marker on green");
+
+    // The dry run lists every change in the run's order, and makes none.
+    let before = replication_state(&cell).await;
+    let dry = plan(input(&cell), &deps).await.expect("plan");
+    assert!(dry.dry_run);
+    let rest_tables = "\"billing\".\"invoice lines\"";
+    let expected_start = [
+        "on blue's database app: install the DDL guard (schema switchyard; tables ddl_journal, replication_state, switchover_marker; event triggers switchyard_ddl_guard, switchyard_ddl_guard_drop)",
+        "on green: delete 1 leftover row(s) from switchyard.switchover_marker",
+        "on blue: create publication switchyard_payments for \"public\".\"payments\" (publish insert, update, delete, truncate; via partition root)",
+    ];
+    assert_eq!(dry.would[..3], expected_start, "{:#?}", dry.would);
+    assert!(
+        dry.would[3].starts_with("on blue: create publication switchyard_rest for ")
+            && dry.would[3].contains(rest_tables)
+            && dry.would[3].contains("\"switchyard\".\"switchover_marker\"")
+            && !dry.would[3].contains("\"public\".\"payments\""),
+        "{:#?}",
+        dry.would
+    );
+    assert_eq!(dry.would.len(), 8, "{:#?}", dry.would);
+    assert!(
+        dry.would[7].starts_with("on green: create subscription switchyard_rest on blue's publication and slot switchyard_rest (copy_data = true, create_slot = false); then green copies its "),
+        "{:#?}",
+        dry.would
+    );
+    assert_eq!(
+        dry.would[4..7],
+        [
+            "on blue: create logical slot switchyard_payments (pgoutput), waiting for every older transaction up to lock_timeout 30 s",
+            "on green: create subscription switchyard_payments on blue's publication and slot switchyard_payments (copy_data = true, create_slot = false); then green copies its 1 table(s) and streams",
+            "on blue: create logical slot switchyard_rest (pgoutput), waiting for every older transaction up to lock_timeout 30 s",
+        ],
+        "{:#?}",
+        dry.would
+    );
+    assert_eq!(
+        replication_state(&cell).await,
+        before,
+        "a dry run changes nothing"
+    );
+
     let output = run(input(&cell), &deps).await.expect("start-replication");
     let database = &output.databases[0];
     assert!(database.guard_installed);
@@ -312,4 +432,8 @@ async fn the_marker_table_exists_on_both_sides_and_replicates_in_the_rest() {
         .expect("markers on green")
         .get(0);
     assert_eq!(count, 1, "the second call keeps green's markers");
+    assert!(
+        plan(input(&cell), &deps).await.expect("plan").is_empty(),
+        "nothing left to do"
+    );
 }

@@ -11,6 +11,9 @@
 //!
 //! Nothing is dropped: a role on green that SSM does not describe is reported in
 //! `extra_roles`, except the platform's own (see [`is_platform_role`]).
+//!
+//! Dry run ([`plan`]): every CREATE ROLE, ALTER ROLE (attributes, and whether the password
+//! would be set) and GRANT the run would make now, from the same comparison; no password.
 
 mod parameters;
 
@@ -19,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Side};
+use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
 use switchyard_postgres::quote::{ident, literal};
 use switchyard_postgres::scram_verifier;
 use tokio_postgres::Client;
@@ -63,28 +66,13 @@ pub struct Output {
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.green.cluster_identifier))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
-    let cell = &input.cell;
-    // The AWS SDK's futures are deeply nested: boxed, so the Lambda's future stays within
-    // the compiler's layout depth limit.
-    let orchestrator = Box::pin(deps.orchestrator(cell)).await?.username;
-    let roles = Box::pin(parameters::read(
-        &deps.aws.ssm,
-        &cell.credentials.application_roles_path,
-        &orchestrator,
-    ))
-    .await?;
-    let order = parameters::ordered(&roles)?;
-
-    // Roles are cluster-wide: any of the cell's databases reaches them.
-    let database = cell.databases.first().ok_or_else(|| {
-        Error::stop(
-            ErrorName::InvalidInput,
-            "the cell document lists no database",
-        )
-    })?;
-    let mut client = Box::pin(deps.connect(cell, Side::Green, database)).await?;
-    let green = Green::read(&client).await?;
-    check_groups_exist(&roles, &green)?;
+    let Survey {
+        roles,
+        orchestrator,
+        mut client,
+        green,
+    } = Box::pin(survey(&input.cell, deps)).await?;
+    let changes = changes(&parameters::ordered(&roles)?, &green);
 
     let mut output = Output {
         extra_roles: extra_roles(&roles, &green, &orchestrator),
@@ -95,42 +83,194 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         .transaction()
         .await
         .map_err(|e| Error::query("BEGIN", e))?;
-    for role in &order {
-        match green.roles.get(&role.name) {
-            None => {
+    for (role, change) in &changes.roles {
+        let list = match change {
+            RoleChange::Create => {
                 create(&tx, role).await?;
-                output.created.push(role.name.clone());
+                &mut output.created
             }
-            Some(existing) => match alter(&tx, role, existing, green.passwords_readable).await? {
-                Change::None => output.unchanged.push(role.name.clone()),
-                Change::Altered => output.altered.push(role.name.clone()),
-                Change::PasswordSet => output.password_set.push(role.name.clone()),
-            },
-        }
+            RoleChange::Alter {
+                attributes,
+                password,
+            } => {
+                alter(&tx, role, attributes, *password).await?;
+                if attributes.is_empty() && *password == PasswordState::Unknown {
+                    &mut output.password_set
+                } else {
+                    &mut output.altered
+                }
+            }
+            RoleChange::None => &mut output.unchanged,
+        };
+        list.push(role.name.clone());
     }
-    // After every CREATE: a group must exist before a role joins it.
-    for role in &order {
-        for group in &role.member_of {
-            if green
-                .memberships
-                .contains(&(role.name.clone(), group.clone()))
-            {
-                continue;
-            }
-            tx.batch_execute(&format!("GRANT {} TO {}", ident(group), ident(&role.name)))
-                .await
-                .map_err(|e| Error::query(format!("GRANT {group} TO {}", role.name), e))?;
-            tracing::info!(member = %role.name, group = %group, "membership granted");
-            output
-                .memberships_granted
-                .push(format!("{}→{group}", role.name));
-        }
+    for (member, group) in &changes.grants {
+        tx.batch_execute(&format!("GRANT {} TO {}", ident(group), ident(member)))
+            .await
+            .map_err(|e| Error::query(format!("GRANT {group} TO {member}"), e))?;
+        tracing::info!(member = %member, group = %group, "membership granted");
+        output.memberships_granted.push(format!("{member}→{group}"));
     }
     tx.commit().await.map_err(|e| Error::query("COMMIT", e))?;
     if !output.extra_roles.is_empty() {
         tracing::warn!(roles = ?output.extra_roles, "green has roles that ssm does not describe; left in place");
     }
     Ok(output)
+}
+
+/// What [`run`] would change on green now, in its order; passwords are only said to be set.
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.green.cluster_identifier))]
+pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    let Survey { roles, green, .. } = Box::pin(survey(&input.cell, deps)).await?;
+    let changes = changes(&parameters::ordered(&roles)?, &green);
+    let mut plan = Plan::new();
+    for (role, change) in &changes.roles {
+        match change {
+            RoleChange::None => {}
+            RoleChange::Create => {
+                let password = if role.password.is_some() {
+                    " with its SSM password (as a SCRAM verifier)"
+                } else {
+                    ""
+                };
+                plan.would(format!(
+                    "on green: CREATE ROLE {} {}{password}",
+                    role.name,
+                    role.attributes.keywords().join(" ")
+                ));
+            }
+            RoleChange::Alter {
+                attributes,
+                password,
+            } => {
+                let password = match password {
+                    PasswordState::Differs => {
+                        Some("set its password from SSM (green's does not verify)")
+                    }
+                    PasswordState::Unknown => {
+                        Some("set its password from SSM (green's cannot be read to compare)")
+                    }
+                    PasswordState::Absent | PasswordState::Verified => None,
+                };
+                let what: Vec<&str> = attributes.iter().copied().chain(password).collect();
+                plan.would(format!(
+                    "on green: ALTER ROLE {}: {}",
+                    role.name,
+                    what.join(", ")
+                ));
+            }
+        }
+    }
+    for (member, group) in &changes.grants {
+        plan.would(format!("on green: GRANT {group} TO {member}"));
+    }
+    Ok(plan)
+}
+
+/// Everything [`run`] and [`plan`] decide from, read and checked before green is touched.
+struct Survey {
+    roles: Vec<Role>,
+    orchestrator: String,
+    client: Client,
+    green: Green,
+}
+
+async fn survey(cell: &CellDocument, deps: &Deps) -> Result<Survey, Error> {
+    // The AWS SDK's futures are deeply nested: boxed, so the Lambda's future stays within
+    // the compiler's layout depth limit.
+    let orchestrator = Box::pin(deps.orchestrator(cell)).await?.username;
+    let roles = Box::pin(parameters::read(
+        &deps.aws.ssm,
+        &cell.credentials.application_roles_path,
+        &orchestrator,
+    ))
+    .await?;
+
+    // Roles are cluster-wide: any of the cell's databases reaches them.
+    let database = cell.databases.first().ok_or_else(|| {
+        Error::stop(
+            ErrorName::InvalidInput,
+            "the cell document lists no database",
+        )
+    })?;
+    let client = Box::pin(deps.connect(cell, Side::Green, database)).await?;
+    let green = Green::read(&client).await?;
+    check_groups_exist(&roles, &green)?;
+    Ok(Survey {
+        roles,
+        orchestrator,
+        client,
+        green,
+    })
+}
+
+/// What one role needs on green.
+enum RoleChange {
+    Create,
+    /// `attributes` to set (`ALTER ROLE` keywords); the password is set unless `password`
+    /// is `Absent` or `Verified`. Never both empty and unset.
+    Alter {
+        attributes: Vec<&'static str>,
+        password: PasswordState,
+    },
+    None,
+}
+
+impl RoleChange {
+    fn of(role: &Role, existing: Option<&Existing>, passwords_readable: bool) -> Self {
+        let Some(existing) = existing else {
+            return Self::Create;
+        };
+        let attributes = role.attributes.changes_from(existing.attributes);
+        let password = match &role.password {
+            None => PasswordState::Absent,
+            Some(_) if !passwords_readable => PasswordState::Unknown,
+            Some(p) => match &existing.stored_password {
+                Some(stored) if switchyard_postgres::scram_verifies(stored, p) => {
+                    PasswordState::Verified
+                }
+                _ => PasswordState::Differs,
+            },
+        };
+        if attributes.is_empty() && !password.is_set() {
+            Self::None
+        } else {
+            Self::Alter {
+                attributes,
+                password,
+            }
+        }
+    }
+}
+
+/// Every role's change in `order` (groups before members), then the memberships to grant:
+/// after every CREATE, since a group must exist before a role joins it.
+struct Changes<'a> {
+    roles: Vec<(&'a Role, RoleChange)>,
+    /// (member, group)
+    grants: Vec<(&'a str, &'a str)>,
+}
+
+fn changes<'a>(order: &[&'a Role], green: &Green) -> Changes<'a> {
+    let roles = order
+        .iter()
+        .map(|role| {
+            let change =
+                RoleChange::of(role, green.roles.get(&role.name), green.passwords_readable);
+            (*role, change)
+        })
+        .collect();
+    let grants = order
+        .iter()
+        .flat_map(|role| role.member_of.iter().map(move |group| (*role, group)))
+        .filter(|(role, group)| {
+            !green
+                .memberships
+                .contains(&(role.name.clone(), (*group).clone()))
+        })
+        .map(|(role, group)| (role.name.as_str(), group.as_str()))
+        .collect();
+    Changes { roles, grants }
 }
 
 /// A role as green has it.
@@ -295,35 +435,15 @@ async fn create(tx: &tokio_postgres::Transaction<'_>, role: &Role) -> Result<(),
     Ok(())
 }
 
-enum Change {
-    None,
-    Altered,
-    PasswordSet,
-}
-
 async fn alter(
     tx: &tokio_postgres::Transaction<'_>,
     role: &Role,
-    existing: &Existing,
-    passwords_readable: bool,
-) -> Result<Change, Error> {
-    let attributes = role.attributes.changes_from(existing.attributes);
-    let password = match &role.password {
-        None => PasswordState::Absent,
-        Some(_) if !passwords_readable => PasswordState::Unknown,
-        Some(p) => match &existing.stored_password {
-            Some(stored) if switchyard_postgres::scram_verifies(stored, p) => {
-                PasswordState::Verified
-            }
-            _ => PasswordState::Differs,
-        },
-    };
+    attributes: &[&'static str],
+    password: PasswordState,
+) -> Result<(), Error> {
     let mut clauses: Vec<String> = attributes.iter().map(|a| (*a).to_owned()).collect();
-    if matches!(password, PasswordState::Differs | PasswordState::Unknown) {
+    if password.is_set() {
         clauses.extend(password_clause(role));
-    }
-    if clauses.is_empty() {
-        return Ok(Change::None);
     }
     tx.batch_execute(&format!(
         "ALTER ROLE {} {}",
@@ -332,18 +452,13 @@ async fn alter(
     ))
     .await
     .map_err(|e| Error::query(format!("ALTER ROLE {}", role.name), e))?;
-    let password_changed = matches!(password, PasswordState::Differs);
+    let password_changed = password == PasswordState::Differs;
     tracing::info!(role = %role.name, attributes = ?attributes, password_changed, "role altered");
-    Ok(
-        if attributes.is_empty() && matches!(password, PasswordState::Unknown) {
-            Change::PasswordSet
-        } else {
-            Change::Altered
-        },
-    )
+    Ok(())
 }
 
 /// How the password SSM holds compares with green's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PasswordState {
     /// SSM holds none: green's is left alone.
     Absent,
@@ -351,6 +466,13 @@ enum PasswordState {
     Differs,
     /// Green's cannot be read: it is set.
     Unknown,
+}
+
+impl PasswordState {
+    /// Whether the run sets the password.
+    fn is_set(self) -> bool {
+        matches!(self, Self::Differs | Self::Unknown)
+    }
 }
 
 #[cfg(test)]

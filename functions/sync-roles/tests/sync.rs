@@ -4,7 +4,7 @@ use aws_sdk_ssm::types::ParameterType;
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_local_cell::LocalCell;
 use switchyard_telemetry::Secret;
-use sync_roles::{run, Input};
+use sync_roles::{plan, run, Input};
 
 async fn start() -> LocalCell {
     LocalCell::start_quiet(100).await.expect("cell")
@@ -72,6 +72,26 @@ async fn logs_in(cell: &LocalCell, role: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Every role on green (attributes, stored verifier) and every membership: what a dry run
+/// must leave exactly as it was.
+async fn green_state(green: &tokio_postgres::Client) -> Vec<String> {
+    green
+        .query(
+            "SELECT concat_ws(' ', rolname, rolpassword, rolcanlogin, rolreplication, rolcreatedb, \
+                    rolcreaterole, rolinherit, rolbypassrls) FROM pg_authid \
+             UNION ALL \
+             SELECT m.rolname || '→' || g.rolname FROM pg_auth_members a \
+             JOIN pg_roles m ON m.oid = a.member JOIN pg_roles g ON g.oid = a.roleid \
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("roles and memberships")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 fn assert_no_password(cell: &LocalCell, text: &str) {
     for password in cell.secrets.all_passwords() {
         assert!(
@@ -121,6 +141,42 @@ async fn syncs_roles_so_apps_log_in_to_green_and_a_second_run_changes_nothing() 
     assert!(
         logs_in(&cell, "app_writer").await.is_err(),
         "green has no app_writer before the sync"
+    );
+
+    // A dry run lists every role and membership, in the run's order, and changes nothing.
+    let before = green_state(&green).await;
+    let dry = plan(input(&cell), &deps).await.expect("plan");
+    assert!(dry.dry_run);
+    assert_eq!(dry.would.len(), APP_ROLES.len() + 2, "{:#?}", dry.would);
+    assert!(dry.would.contains(
+        &"on green: CREATE ROLE app_rw NOLOGIN NOREPLICATION NOCREATEDB NOCREATEROLE INHERIT NOBYPASSRLS"
+            .to_owned()
+    ), "{:#?}", dry.would);
+    assert!(dry.would.contains(
+        &"on green: CREATE ROLE app_writer LOGIN NOREPLICATION NOCREATEDB NOCREATEROLE INHERIT NOBYPASSRLS with its SSM password (as a SCRAM verifier)"
+            .to_owned()
+    ), "{:#?}", dry.would);
+    assert_eq!(
+        dry.would[APP_ROLES.len()..],
+        [
+            "on green: GRANT app_rw TO app_writer",
+            "on green: GRANT app_rw TO jobs_writer"
+        ]
+    );
+    let position = |name: &str| {
+        dry.would
+            .iter()
+            .position(|l| l.contains(&format!("CREATE ROLE {name} ")))
+    };
+    assert!(
+        position("app_rw") < position("app_writer"),
+        "a group before its members"
+    );
+    assert_no_password(&cell, &serde_json::to_string(&dry).expect("json"));
+    assert_eq!(
+        green_state(&green).await,
+        before,
+        "a dry run changes nothing"
     );
 
     let first = run(input(&cell), &deps).await.expect("first run");
@@ -185,6 +241,20 @@ async fn syncs_roles_so_apps_log_in_to_green_and_a_second_run_changes_nothing() 
         .await
         .expect("drift");
     assert!(logs_in(&cell, "app_reader").await.is_err());
+    let before = green_state(&green).await;
+    let dry = plan(input(&cell), &deps).await.expect("plan");
+    assert_eq!(
+        dry.would,
+        [
+            "on green: ALTER ROLE app_reader: NOCREATEDB, set its password from SSM (green's does not verify)",
+            "on green: GRANT app_rw TO jobs_writer"
+        ]
+    );
+    assert_eq!(
+        green_state(&green).await,
+        before,
+        "a dry run changes nothing"
+    );
     let third = run(input(&cell), &deps).await.expect("third run");
     assert_eq!(third.altered, ["app_reader"]);
     assert_eq!(third.memberships_granted, ["jobs_writer→app_rw"]);
@@ -200,6 +270,7 @@ async fn syncs_roles_so_apps_log_in_to_green_and_a_second_run_changes_nothing() 
         .expect("createdb")
         .get(0);
     assert!(!createdb);
+    assert!(plan(input(&cell), &deps).await.expect("plan").is_empty());
 }
 
 /// As on Aurora: the orchestrator is not a superuser and cannot read `pg_authid`, so
@@ -251,6 +322,13 @@ async fn without_pg_authid_passwords_are_set_and_reported() {
     assert!(second.created.is_empty() && second.altered.is_empty());
     assert!(second.memberships_granted.is_empty());
     logs_in(&cell, "app_writer").await.expect("still logs in");
+    // Unreadable passwords are set on every run, and the dry run says so.
+    let dry = plan(input(&cell), &deps).await.expect("plan");
+    assert_eq!(dry.would.len(), 5, "{:#?}", dry.would);
+    assert_eq!(
+        dry.would[0],
+        "on green: ALTER ROLE app_owner: set its password from SSM (green's cannot be read to compare)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,6 +342,10 @@ async fn refuses_bad_parameters_before_touching_green() {
         r#"{"username": "boss", "password": "x1", "attributes": ["LOGIN", "SUPERUSER"]}"#,
     )
     .await;
+    let err = plan(input(&cell), &deps)
+        .await
+        .expect_err("a dry run refuses it too");
+    assert_eq!(err.error_name(), ErrorName::InvalidInput);
     let err = run(input(&cell), &deps)
         .await
         .expect_err("superuser refused");
