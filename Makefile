@@ -4,8 +4,10 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 LOCAL_CELL := target/debug/local-cell
+# The operator CLI (cli/): `switchyard <command> --help` for every option.
+SWITCHYARD := $(CARGO) run --quiet --locked -p switchyard-cli --
 
-.PHONY: help setup build test test-unit test-cell lint fmt cell-up cell-down cell-status clean-cell rehearsal bench
+.PHONY: help setup build test test-unit test-cell lint fmt cell-up cell-down cell-status clean-cell rehearsal bench start follow invoke report
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,3 +45,15 @@ cell-down: ## stop the local cell started by cell-up
 
 cell-status: ## is a local cell running?
 	@$(LOCAL_CELL) status
+
+start: ## start a run: CELL=cell.json STATE_MACHINE_ARN=… [PHASE=prepare|switchover] [FOLLOW=1]
+	$(SWITCHYARD) start --cell "$(CELL)" --state-machine-arn "$(STATE_MACHINE_ARN)" --phase $(or $(PHASE),switchover) $(if $(FOLLOW),--follow)
+
+follow: ## follow an execution to its end: EXECUTION_ARN=… (or HISTORY=file to replay one)
+	$(SWITCHYARD) follow $(if $(HISTORY),--history "$(HISTORY)","$(EXECUTION_ARN)")
+
+invoke: ## one function: FUNCTION=… CELL=cell.json [SET="mode=forward wait_seconds=30"] [DRY_RUN=1] [REMOTE=1]
+	$(SWITCHYARD) invoke "$(FUNCTION)" --cell "$(CELL)" $(foreach f,$(SET),--set $(f)) $(if $(DRY_RUN),--dry-run) $(if $(REMOTE),--remote)
+
+report: ## report finished executions: HISTORY=… [PREPARE_HISTORY=…] or EXECUTION_ARN=… [PREPARE_EXECUTION_ARN=…] [OUT=target/report]
+	$(SWITCHYARD) report $(if $(HISTORY),--history "$(HISTORY)") $(if $(PREPARE_HISTORY),--prepare-history "$(PREPARE_HISTORY)") $(if $(EXECUTION_ARN),--execution-arn "$(EXECUTION_ARN)") $(if $(PREPARE_EXECUTION_ARN),--prepare-execution-arn "$(PREPARE_EXECUTION_ARN)") --out $(or $(OUT),target/report)

@@ -5,19 +5,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cache=${SWITCHYARD_CACHE:-$root/.cache}
-CARGO_LAMBDA_VERSION=1.9.2
-venv="$cache/lambda-venv"
-stamp="$venv/.cargo-lambda-version"
 cd "$root"
-
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$CARGO_LAMBDA_VERSION" ]; then
-  echo "build: installing cargo-lambda $CARGO_LAMBDA_VERSION (PyPI, zig included)" >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "cargo-lambda==$CARGO_LAMBDA_VERSION"
-  echo "$CARGO_LAMBDA_VERSION" > "$stamp"
-fi
-export PATH="$venv/bin:$PATH"
 
 arch_flag=()
 case "${ARCH:-x86_64}" in
@@ -38,7 +26,7 @@ for manifest in functions/*/Cargo.toml; do
   packages+=(-p "$(basename "$(dirname "$manifest")")")
 done
 out="$root/target/lambda"
-cargo lambda build --release --locked "${arch_flag[@]}" --output-format zip \
+bash "$root/scripts/cargo-lambda.sh" lambda build --release --locked "${arch_flag[@]}" --output-format zip \
   --lambda-dir "$out" "${packages[@]}"
 
 echo "build: ${ARCH:-x86_64} zips in target/lambda/:"

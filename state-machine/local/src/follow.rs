@@ -68,11 +68,9 @@ impl Follower {
                     .collect();
                 say(format!("  ✗ {state}: {error}: {cause}"));
             }
-            EventType::TaskSucceeded => {
-                if RESUME_STATES.contains(&state.as_str()) {
-                    if let Some(paused) = self.paused_at.take() {
-                        say(format!("  ▶ pause window closed after {} ms", at - paused));
-                    }
+            EventType::TaskSucceeded if RESUME_STATES.contains(&state.as_str()) => {
+                if let Some(paused) = self.paused_at.take() {
+                    say(format!("  ▶ pause window closed after {} ms", at - paused));
                 }
             }
             EventType::StateExited(_) => {

@@ -5,25 +5,31 @@
 use serde_json::Value;
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{parse_input, Deps, Error};
+use switchyard_operation::{parse_input, take_dry_run, Deps, Error};
 
-/// Each arm parses the payload into that function's `Input`, runs it and serializes its
-/// `Output`. Boxed: one future holding every function's state inline is too deep to lay out.
+/// Each arm parses the payload into that function's `Input`, runs it (or, for a dry run,
+/// its `plan`) and serializes the result. Boxed: one future holding every function's
+/// state inline is too deep to lay out.
 macro_rules! functions {
-    ($($name:literal => $krate:ident),* $(,)?) => {
+    ($($name:literal => $krate:ident $kind:ident),* $(,)?) => {
         /// Every function this crate can call, by its ASL state name.
         pub const FUNCTIONS: &[&str] = &[$($name),*];
 
-        /// Runs function `name` on `payload` (`{"cell": …, …its own fields}`).
-        pub async fn invoke(name: &str, payload: Value, deps: &Deps) -> Result<Value, Error> {
+        /// Whether function `name` changes nothing (a dry run of it simply runs it).
+        pub fn is_read_only(name: &str) -> bool {
             match name {
-                $($name => {
-                    let input: $krate::Input = parse_input(payload)?;
-                    let output = Box::pin($krate::run(input, deps)).await?;
-                    Ok(serde_json::to_value(output).map_err(|e| {
-                        Error::stop(ErrorName::InvalidInput, format!("{name}: output does not serialize: {e}"))
-                    })?)
-                })*
+                $($name => functions!(@read_only $kind),)*
+                _ => false,
+            }
+        }
+
+        /// Runs function `name` on `payload` (`{"cell": …, …its own fields}`), as its
+        /// Lambda would: a payload with `"dry_run": true` returns what the function would
+        /// change (its `Plan`) and changes nothing.
+        pub async fn invoke(name: &str, mut payload: Value, deps: &Deps) -> Result<Value, Error> {
+            let dry_run = take_dry_run(&mut payload)?;
+            match name {
+                $($name => functions!(@call $krate $kind, name, payload, deps, dry_run),)*
                 other => Err(Error::stop(
                     ErrorName::InvalidInput,
                     format!("no function named {other:?}"),
@@ -31,31 +37,55 @@ macro_rules! functions {
             }
         }
     };
+    (@read_only read_only) => { true };
+    (@read_only planned) => { false };
+    (@call $krate:ident read_only, $name:ident, $payload:ident, $deps:ident, $dry:ident) => {{
+        let _ = $dry;
+        let input: $krate::Input = parse_input($payload)?;
+        to_json($name, Box::pin($krate::run(input, $deps)).await?)
+    }};
+    (@call $krate:ident planned, $name:ident, $payload:ident, $deps:ident, $dry:ident) => {{
+        let input: $krate::Input = parse_input($payload)?;
+        if $dry {
+            to_json($name, Box::pin($krate::plan(input, $deps)).await?)
+        } else {
+            to_json($name, Box::pin($krate::run(input, $deps)).await?)
+        }
+    }};
+}
+
+fn to_json(name: &str, output: impl serde::Serialize) -> Result<Value, Error> {
+    serde_json::to_value(output).map_err(|e| {
+        Error::stop(
+            ErrorName::InvalidInput,
+            format!("{name}: output does not serialize: {e}"),
+        )
+    })
 }
 
 functions! {
-    "preflight" => preflight,
-    "snapshot-cluster" => snapshot_cluster,
-    "sync-roles" => sync_roles,
-    "copy-schema" => copy_schema,
-    "start-replication" => start_replication,
-    "check-replication" => check_replication,
-    "analyze-green" => analyze_green,
-    "verify-data" => verify_data,
-    "acquire-lock" => acquire_lock,
-    "release-lock" => release_lock,
-    "scale-services" => scale_services,
-    "pause-pgbouncer" => pause_pgbouncer,
-    "revoke-writes" => revoke_writes,
-    "restore-writes" => restore_writes,
-    "drop-downstream-subscriptions" => drop_downstream_subscriptions,
-    "check-slot-lag" => check_slot_lag,
-    "sync-sequences" => sync_sequences,
-    "finalize-replication" => finalize_replication,
-    "rename-clusters" => rename_clusters,
-    "refresh-nlb-target" => refresh_nlb_target,
-    "recreate-downstream-subscriptions" => recreate_downstream_subscriptions,
-    "resume-pgbouncer" => resume_pgbouncer,
+    "preflight" => preflight read_only,
+    "snapshot-cluster" => snapshot_cluster planned,
+    "sync-roles" => sync_roles planned,
+    "copy-schema" => copy_schema planned,
+    "start-replication" => start_replication planned,
+    "check-replication" => check_replication read_only,
+    "analyze-green" => analyze_green planned,
+    "verify-data" => verify_data read_only,
+    "acquire-lock" => acquire_lock planned,
+    "release-lock" => release_lock planned,
+    "scale-services" => scale_services planned,
+    "pause-pgbouncer" => pause_pgbouncer planned,
+    "revoke-writes" => revoke_writes planned,
+    "restore-writes" => restore_writes planned,
+    "drop-downstream-subscriptions" => drop_downstream_subscriptions planned,
+    "check-slot-lag" => check_slot_lag planned,
+    "sync-sequences" => sync_sequences planned,
+    "finalize-replication" => finalize_replication planned,
+    "rename-clusters" => rename_clusters planned,
+    "refresh-nlb-target" => refresh_nlb_target planned,
+    "recreate-downstream-subscriptions" => recreate_downstream_subscriptions planned,
+    "resume-pgbouncer" => resume_pgbouncer planned,
 }
 
 /// `{"cell": cell, …extra}`: the payload a state machine Task would pass.
@@ -84,5 +114,20 @@ mod tests {
         let mut names: Vec<String> = FUNCTIONS.iter().map(|n| (*n).to_owned()).collect();
         names.sort();
         assert_eq!(names, crates);
+    }
+
+    #[test]
+    fn a_lambda_serves_a_dry_run_exactly_when_its_function_changes_something() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../functions");
+        for name in FUNCTIONS {
+            let main =
+                std::fs::read_to_string(format!("{dir}/{name}/src/main.rs")).expect("main.rs");
+            assert_eq!(
+                main.contains("serve_planned"),
+                !is_read_only(name),
+                "{name}: its Lambda's dry run must match this crate's (serve_planned ⇔ changes something)"
+            );
+        }
+        assert!(is_read_only("preflight") && !is_read_only("rename-clusters"));
     }
 }

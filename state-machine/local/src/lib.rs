@@ -17,7 +17,7 @@ use switchyard_state_machine::{
     BoxFuture, Definition, LoadError, TaskFailure, TaskHandler, LAMBDA_INVOKE,
 };
 
-pub use functions::{invoke, payload, FUNCTIONS};
+pub use functions::{invoke, is_read_only, payload, FUNCTIONS};
 
 /// The checked-in definitions.
 pub const PREPARE: &str = "prepare";

@@ -25,7 +25,7 @@ pub use checks::{fingerprint, wait_keys_once};
 pub use forwarder::{Forwarder, Route};
 pub use install::Install;
 pub use pg::{PgServer, PgServerSpec, ServerTls};
-pub use process::{start_time as process_start_time, RunAs};
+pub use process::{free_port, start_time as process_start_time, RunAs};
 pub use workload::{
     audit_keys, Ack, DirectWriterSpec, DirectWriters, KeyAudit, Ledger, LedgerSpec, Tally,
 };

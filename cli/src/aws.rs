@@ -1,0 +1,311 @@
+//! The commands' AWS side: Step Functions (start, history) and Lambda (invoke).
+//! Clients come from the standard chain (credentials, `AWS_ENDPOINT_URL`), in the cell's
+//! region.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_sfn::error::ProvideErrorMetadata;
+use aws_sdk_sfn::types::{ExecutionStatus, HistoryEvent};
+use aws_smithy_types::date_time::Format;
+use serde_json::{json, Value};
+use switchyard_cell::CellDocument;
+use switchyard_local_run::follow::Follower;
+use switchyard_local_run::history::{aws_events, from_aws_events};
+
+/// Step Functions caps execution names at 80 characters.
+const MAX_EXECUTION_NAME: usize = 80;
+
+async fn config(region: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_owned()))
+        .load()
+        .await
+}
+
+pub async fn sfn(region: &str) -> aws_sdk_sfn::Client {
+    aws_sdk_sfn::Client::new(&config(region).await)
+}
+
+pub async fn lambda(region: &str) -> aws_sdk_lambda::Client {
+    aws_sdk_lambda::Client::new(&config(region).await)
+}
+
+/// `arn:aws:states:<region>:…` → the region.
+pub fn region_of_arn(arn: &str) -> Result<String, String> {
+    arn.split(':')
+        .nth(3)
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{arn} is not an ARN with a region"))
+}
+
+/// A started execution.
+#[derive(Debug)]
+pub struct Started {
+    pub name: String,
+    pub arn: String,
+}
+
+/// `<cell>-<phase>-<utc>`: which cell, which phase, when — two runs never share a name.
+pub fn execution_name(cell_id: &str, phase: &str, at: time::OffsetDateTime) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] =
+        time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    let stamp = at
+        .to_offset(time::UtcOffset::UTC)
+        .format(FORMAT)
+        .unwrap_or_default();
+    let suffix = format!("-{phase}-{stamp}");
+    let room = MAX_EXECUTION_NAME - suffix.len();
+    let cell: String = cell_id.chars().take(room).collect();
+    format!("{cell}{suffix}")
+}
+
+/// Starts `state_machine_arn` with `{"cell": …}`, unless an execution of this cell is
+/// running on it. (Two operators racing past this check still cannot both run: the first
+/// state, `acquire-lock`, lets only one hold the cell.)
+pub async fn start(
+    client: &aws_sdk_sfn::Client,
+    state_machine_arn: &str,
+    cell: &CellDocument,
+    phase: &str,
+) -> Result<Started, String> {
+    let prefix = format!("{}-", cell.cell_id);
+    let mut running = client
+        .list_executions()
+        .state_machine_arn(state_machine_arn)
+        .status_filter(ExecutionStatus::Running)
+        .into_paginator()
+        .items()
+        .send();
+    while let Some(execution) = running.next().await {
+        let execution = execution.map_err(|e| sdk_error("listing running executions", &e))?;
+        if execution.name().starts_with(&prefix) {
+            return Err(format!(
+                "LockHeld: execution {} of cell {} is already running (started {}): follow it (switchyard follow {}) or wait for it to end; nothing started",
+                execution.name(),
+                cell.cell_id,
+                execution.start_date().fmt(Format::DateTime).unwrap_or_default(),
+                execution.execution_arn()
+            ));
+        }
+    }
+    let name = execution_name(&cell.cell_id, phase, time::OffsetDateTime::now_utc());
+    let input = json!({ "cell": cell }).to_string();
+    let started = client
+        .start_execution()
+        .state_machine_arn(state_machine_arn)
+        .name(&name)
+        .input(input)
+        .send()
+        .await
+        .map_err(|e| sdk_error("starting the execution", &e))?;
+    Ok(Started {
+        name,
+        arn: started.execution_arn().to_owned(),
+    })
+}
+
+/// Every history event so far, in the API's JSON shape (what `aws stepfunctions
+/// get-execution-history` prints), which `switchyard_local_run::history` reads.
+pub async fn history(
+    client: &aws_sdk_sfn::Client,
+    execution_arn: &str,
+) -> Result<Vec<Value>, String> {
+    let mut pages = client
+        .get_execution_history()
+        .execution_arn(execution_arn)
+        .include_execution_data(true)
+        .into_paginator()
+        .items()
+        .send();
+    let mut events = Vec::new();
+    while let Some(event) = pages.next().await {
+        let event = event.map_err(|e| sdk_error("reading the execution history", &e))?;
+        events.push(event_json(&event));
+    }
+    Ok(events)
+}
+
+/// Polls the history every `poll_ms` and prints what happens until the execution ends.
+pub async fn follow(
+    client: &aws_sdk_sfn::Client,
+    execution_arn: &str,
+    poll_ms: u64,
+) -> Result<ExitCode, String> {
+    let mut follower = Follower::new();
+    let mut seen = 0;
+    loop {
+        let events = history(client, execution_arn).await?;
+        let converted = aws_events(&events)?;
+        // Converted events keep their ids: print only the ones not seen yet.
+        for event in converted.iter().filter(|e| e.id > seen) {
+            for line in follower.feed(event) {
+                println!("{line}");
+            }
+        }
+        seen = converted.last().map_or(seen, |e| e.id.max(seen));
+        if follower.finished() {
+            let last = events
+                .last()
+                .and_then(|e| e.get("type"))
+                .and_then(Value::as_str);
+            return Ok(if last == Some("ExecutionSucceeded") {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        let status = client
+            .describe_execution()
+            .execution_arn(execution_arn)
+            .send()
+            .await
+            .map_err(|e| sdk_error("describing the execution", &e))?;
+        if status.status() != &ExecutionStatus::Running {
+            // Ended without an end event this history shows (aborted from the console).
+            println!("outcome: {}", status.status().as_str());
+            return Ok(if status.status() == &ExecutionStatus::Succeeded {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        if let Some(line) = follower.tick(i64::try_from(now).unwrap_or(0)) {
+            println!("{line}");
+        }
+        tokio::time::sleep(Duration::from_millis(poll_ms)).await;
+    }
+}
+
+/// Fetches a finished execution's history, keeps it as `out/<file>` and reads it.
+pub async fn fetch_execution(
+    execution_arn: &str,
+    out: &Path,
+    file: &str,
+) -> Result<(switchyard_state_machine::Execution, String), String> {
+    let client = sfn(&region_of_arn(execution_arn)?).await;
+    let events = history(&client, execution_arn).await?;
+    let name = execution_arn.rsplit(':').next().unwrap_or(execution_arn);
+    let path = out.join(file);
+    let text =
+        serde_json::to_vec_pretty(&json!({ "events": events })).map_err(|e| e.to_string())?;
+    std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let execution = from_aws_events(&events, name)?;
+    Ok((execution, file.to_owned()))
+}
+
+/// Invokes a deployed function synchronously and prints its answer; a function error is
+/// printed as Lambda reports it (`errorType` is the catalogued name) and exits 1.
+pub async fn invoke(
+    client: &aws_sdk_lambda::Client,
+    function_name: &str,
+    payload: &Value,
+) -> Result<ExitCode, String> {
+    let response = client
+        .invoke()
+        .function_name(function_name)
+        .payload(aws_smithy_types::Blob::new(payload.to_string()))
+        .send()
+        .await
+        .map_err(|e| sdk_error(&format!("invoking {function_name}"), &e))?;
+    let body = response
+        .payload()
+        .map(|b| String::from_utf8_lossy(b.as_ref()).into_owned())
+        .unwrap_or_default();
+    let pretty = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(body);
+    println!("{pretty}");
+    Ok(if response.function_error().is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn sdk_error<E, R>(what: &str, err: &aws_sdk_sfn::error::SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let code = err.code().unwrap_or("no error code");
+    let message = err.message().unwrap_or("");
+    format!("{what}: {code}: {message} ({err})")
+}
+
+/// One SDK history event in the API's JSON shape.
+fn event_json(event: &HistoryEvent) -> Value {
+    let mut v = json!({
+        "id": event.id(),
+        "type": event.r#type().as_str(),
+        "timestamp": event.timestamp().fmt(Format::DateTime).unwrap_or_default(),
+    });
+    if event.previous_event_id() != 0 {
+        v["previousEventId"] = json!(event.previous_event_id());
+    }
+    if let Some(d) = event.state_entered_event_details() {
+        v["stateEnteredEventDetails"] = json!({"name": d.name(), "input": d.input()});
+    }
+    if let Some(d) = event.state_exited_event_details() {
+        v["stateExitedEventDetails"] = json!({"name": d.name(), "output": d.output()});
+    }
+    if let Some(d) = event.task_scheduled_event_details() {
+        v["taskScheduledEventDetails"] = json!({
+            "resourceType": d.resource_type(), "resource": d.resource(),
+            "region": d.region(), "parameters": d.parameters(),
+        });
+    }
+    if let Some(d) = event.task_succeeded_event_details() {
+        v["taskSucceededEventDetails"] = json!({"output": d.output()});
+    }
+    if let Some(d) = event.task_failed_event_details() {
+        v["taskFailedEventDetails"] = json!({"error": d.error(), "cause": d.cause()});
+    }
+    if let Some(d) = event.task_timed_out_event_details() {
+        v["taskTimedOutEventDetails"] = json!({"error": d.error(), "cause": d.cause()});
+    }
+    if let Some(d) = event.execution_started_event_details() {
+        v["executionStartedEventDetails"] = json!({"input": d.input()});
+    }
+    if let Some(d) = event.execution_succeeded_event_details() {
+        v["executionSucceededEventDetails"] = json!({"output": d.output()});
+    }
+    if let Some(d) = event.execution_failed_event_details() {
+        v["executionFailedEventDetails"] = json!({"error": d.error(), "cause": d.cause()});
+    }
+    if let Some(d) = event.execution_aborted_event_details() {
+        v["executionAbortedEventDetails"] = json!({"error": d.error(), "cause": d.cause()});
+    }
+    if let Some(d) = event.execution_timed_out_event_details() {
+        v["executionTimedOutEventDetails"] = json!({"error": d.error(), "cause": d.cause()});
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn execution_names_say_cell_phase_and_time_within_80_characters() {
+        let at = time::macros::datetime!(2026-11-22 10:05:09 UTC);
+        assert_eq!(
+            execution_name("local-a", "switchover", at),
+            "local-a-switchover-20261122T100509Z"
+        );
+        let long = "c".repeat(100);
+        let name = execution_name(&long, "prepare", at);
+        assert_eq!(name.len(), 80);
+        assert!(name.ends_with("-prepare-20261122T100509Z"), "{name}");
+        assert_eq!(
+            region_of_arn("arn:aws:states:eu-west-1:123456789012:execution:sm:x").as_deref(),
+            Ok("eu-west-1")
+        );
+        assert!(region_of_arn("nope").is_err());
+    }
+}

@@ -1,0 +1,380 @@
+//! `switchyard`: the operator's commands.
+//!
+//! - `start`: a run of a state machine for a cell (execution `<cell>-<phase>-<utc>`),
+//!   refused while one of that cell is running;
+//! - `follow`: an execution state by state as it happens — durations, retries, lag, the
+//!   pause window — ending with the outcome (exit 0 only if it succeeded);
+//! - `invoke`: one function by name with a cell document, in-process through the same
+//!   code (`--local`, the default) or through its Lambda (`--remote`), `--dry-run` to see
+//!   what it would change;
+//! - `report`: `report.json`, a summary and `timeline.svg` from finished executions (Step
+//!   Functions' history or the local executor's).
+//!
+//! Secrets never pass through here: the cell document names SSM parameters only.
+
+mod aws;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+use switchyard_cell::CellDocument;
+use switchyard_errors::Catalogued;
+use switchyard_local_run::follow::Follower;
+use switchyard_local_run::history::read_execution;
+use switchyard_local_run::report::Report;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Operate switchyard runs: start, follow, invoke one function, report."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Phase {
+    Prepare,
+    Switchover,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Prepare => "prepare",
+            Self::Switchover => "switchover",
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a run for a cell; refused while another execution of the cell is running.
+    Start {
+        /// The cell document (JSON).
+        #[arg(long)]
+        cell: PathBuf,
+        /// The state machine to run (Terraform output `state_machine_arns`).
+        #[arg(long)]
+        state_machine_arn: String,
+        /// Which state machine this is: names the execution `<cell>-<phase>-<utc>`.
+        #[arg(long, value_enum, default_value = "switchover")]
+        phase: Phase,
+        /// Follow the execution once started.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Follow an execution until it ends: states, durations, retries, lag, pause window.
+    Follow {
+        /// The execution's ARN (Step Functions).
+        execution_arn: Option<String>,
+        /// Replay a finished history file instead (local executor's or Step Functions').
+        #[arg(long, conflicts_with = "execution_arn")]
+        history: Option<PathBuf>,
+        /// How often to poll the history, in ms.
+        #[arg(long, default_value_t = 1000)]
+        poll_ms: u64,
+    },
+    /// Invoke one function by name with a cell document, for manual repair.
+    Invoke {
+        /// The function's name, as in state-machine/ (e.g. `resume-pgbouncer`).
+        function: String,
+        /// The cell document (JSON).
+        #[arg(long)]
+        cell: PathBuf,
+        /// One of the function's own payload fields, `name=<JSON value>` (a bare word is a
+        /// string): e.g. `--set mode=forward --set wait_seconds=30`.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        fields: Vec<String>,
+        /// Print what the function would change, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Invoke the deployed Lambda instead of running the function in-process.
+        #[arg(long)]
+        remote: bool,
+        /// The Lambda names' prefix (`<prefix>-<function>`, Terraform's `name_prefix`).
+        #[arg(long, default_value = "switchyard")]
+        function_prefix: String,
+    },
+    /// Report finished executions: report.json, a summary and timeline.svg.
+    Report {
+        /// The switchover's history file (local executor's or Step Functions').
+        #[arg(long)]
+        history: Option<PathBuf>,
+        /// The prepare run's history file.
+        #[arg(long)]
+        prepare_history: Option<PathBuf>,
+        /// The switchover execution's ARN (its history is fetched and kept beside the report).
+        #[arg(long, conflicts_with = "history")]
+        execution_arn: Option<String>,
+        /// The prepare execution's ARN.
+        #[arg(long, conflicts_with = "prepare_history")]
+        prepare_execution_arn: Option<String>,
+        /// Where report.json and timeline.svg go.
+        #[arg(long, default_value = "target/report")]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        switchyard_telemetry::init_tracing();
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("starting the runtime: {e}")),
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(message) => fail(&message),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("switchyard: {message}");
+    ExitCode::from(2)
+}
+
+async fn run(command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::Start {
+            cell,
+            state_machine_arn,
+            phase,
+            follow,
+        } => {
+            let cell = read_cell(&cell)?;
+            let client = aws::sfn(&cell.region).await;
+            let started = aws::start(&client, &state_machine_arn, &cell, phase.as_str()).await?;
+            println!("started {}", started.name);
+            println!("execution {}", started.arn);
+            if follow {
+                return aws::follow(&client, &started.arn, 1000).await;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Follow {
+            execution_arn,
+            history,
+            poll_ms,
+        } => match (execution_arn, history) {
+            (_, Some(path)) => replay(&path),
+            (Some(arn), None) => {
+                let client = aws::sfn(&aws::region_of_arn(&arn)?).await;
+                aws::follow(&client, &arn, poll_ms.max(200)).await
+            }
+            (None, None) => Err("follow needs an execution ARN or --history FILE".to_owned()),
+        },
+        Command::Invoke {
+            function,
+            cell,
+            fields,
+            dry_run,
+            remote,
+            function_prefix,
+        } => {
+            if !switchyard_local_run::FUNCTIONS.contains(&function.as_str()) {
+                return Err(format!(
+                    "no function named {function:?}; the functions are: {}",
+                    switchyard_local_run::FUNCTIONS.join(", ")
+                ));
+            }
+            let cell = read_cell(&cell)?;
+            let mut payload = switchyard_local_run::payload(&cell, fields_of(&fields)?);
+            if dry_run {
+                if switchyard_local_run::is_read_only(&function) {
+                    eprintln!("switchyard: {function} changes nothing; running it");
+                }
+                payload[switchyard_operation::DRY_RUN_FIELD] = Value::Bool(true);
+            }
+            if remote {
+                let name = format!("{function_prefix}-{function}");
+                let client = aws::lambda(&cell.region).await;
+                aws::invoke(&client, &name, &payload).await
+            } else {
+                invoke_local(&function, payload).await
+            }
+        }
+        Command::Report {
+            history,
+            prepare_history,
+            execution_arn,
+            prepare_execution_arn,
+            out,
+        } => {
+            std::fs::create_dir_all(&out)
+                .map_err(|e| format!("creating {}: {e}", out.display()))?;
+            let prepare = match (prepare_history, prepare_execution_arn) {
+                (Some(path), _) => Some(read_history(&path)?),
+                (None, Some(arn)) => {
+                    Some(aws::fetch_execution(&arn, &out, "prepare-history.json").await?)
+                }
+                (None, None) => None,
+            };
+            let switchover = match (history, execution_arn) {
+                (Some(path), _) => Some(read_history(&path)?),
+                (None, Some(arn)) => {
+                    Some(aws::fetch_execution(&arn, &out, "switchover-history.json").await?)
+                }
+                (None, None) => None,
+            };
+            if prepare.is_none() && switchover.is_none() {
+                return Err(
+                    "report needs a history: --history / --prepare-history FILE or --execution-arn / --prepare-execution-arn ARN"
+                        .to_owned(),
+                );
+            }
+            let report = Report::of_executions(
+                prepare.as_ref().map(|(e, f)| (e, f.as_str())),
+                switchover.as_ref().map(|(e, f)| (e, f.as_str())),
+            );
+            write_report(&report, &out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Writes `report.json` and `timeline.svg` into `out` and prints the summary.
+fn write_report(report: &Report, out: &Path) -> Result<(), String> {
+    let json = serde_json::to_vec_pretty(report).map_err(|e| e.to_string())?;
+    let report_path = out.join("report.json");
+    std::fs::write(&report_path, json)
+        .map_err(|e| format!("writing {}: {e}", report_path.display()))?;
+    let svg_path = out.join("timeline.svg");
+    std::fs::write(&svg_path, switchyard_local_run::timeline::svg(report))
+        .map_err(|e| format!("writing {}: {e}", svg_path.display()))?;
+    print!("{}", report.summary());
+    println!("report:   {}", report_path.display());
+    println!("timeline: {}", svg_path.display());
+    Ok(())
+}
+
+fn read_cell(path: &Path) -> Result<CellDocument, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading the cell document {}: {e}", path.display()))?;
+    let cell = CellDocument::from_json(&text)
+        .map_err(|e| format!("InvalidInput: the cell document {}: {e}", path.display()))?;
+    cell.validate()
+        .map_err(|e| format!("InvalidInput: the cell document {}: {e}", path.display()))?;
+    Ok(cell)
+}
+
+/// A history file and the name its summary cites.
+fn read_history(path: &Path) -> Result<(switchyard_state_machine::Execution, String), String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let execution = read_execution(&text, &name).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((execution, path.display().to_string()))
+}
+
+/// `follow --history`: the lines a live follow would have printed.
+fn replay(path: &Path) -> Result<ExitCode, String> {
+    let (execution, _) = read_history(path)?;
+    let mut follower = Follower::new();
+    for event in &execution.history {
+        for line in follower.feed(event) {
+            println!("{line}");
+        }
+    }
+    Ok(outcome_code(
+        execution.status == switchyard_state_machine::Status::Succeeded,
+    ))
+}
+
+fn outcome_code(succeeded: bool) -> ExitCode {
+    if succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `--set name=value` pairs as payload fields: the value as JSON, or as a string when it
+/// is not JSON. The cell and the reserved fields cannot be set this way.
+fn fields_of(pairs: &[String]) -> Result<Value, String> {
+    let mut fields = serde_json::Map::new();
+    for pair in pairs {
+        let (name, raw) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("--set {pair}: expected NAME=VALUE"))?;
+        let reserved = [
+            "cell",
+            switchyard_operation::DRY_RUN_FIELD,
+            switchyard_operation::PAUSE_DEADLINE_FIELD,
+        ];
+        if name.is_empty() || reserved.contains(&name) {
+            return Err(format!(
+                "--set {name}: not a field to set by hand (the cell comes from --cell, a dry run from --dry-run)"
+            ));
+        }
+        let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned()));
+        fields.insert(name.to_owned(), value);
+    }
+    Ok(Value::Object(fields))
+}
+
+/// Runs the function in this process, as its Lambda would, with the deployment
+/// configuration from the environment (AWS credentials and region; for a local cell
+/// `SWITCHYARD_LOCAL_ENDPOINTS`).
+async fn invoke_local(function: &str, payload: Value) -> Result<ExitCode, String> {
+    let deps = switchyard_operation::Deps::from_env()
+        .await
+        .map_err(|e| format!("{}: {e}", e.error_name()))?;
+    match switchyard_local_run::invoke(function, payload, &deps).await {
+        Ok(output) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&output).map_err(|e| e.to_string())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let error = serde_json::json!({
+                "errorType": e.error_name().as_str(),
+                "errorMessage": e.to_string(),
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&error).unwrap_or_default()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_fields_are_json_or_strings_and_reserved_ones_are_refused() {
+        let fields = fields_of(&[
+            "mode=forward".to_owned(),
+            "wait_seconds=30".to_owned(),
+            "force=true".to_owned(),
+        ])
+        .expect("fields");
+        assert_eq!(
+            fields,
+            serde_json::json!({"mode": "forward", "wait_seconds": 30, "force": true})
+        );
+        for bad in [
+            "cell={}",
+            "dry_run=true",
+            "pause_deadline=x",
+            "novalue",
+            "=1",
+        ] {
+            assert!(fields_of(&[bad.to_owned()]).is_err(), "{bad} accepted");
+        }
+    }
+}

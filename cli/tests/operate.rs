@@ -1,0 +1,430 @@
+//! The `switchyard` binary against a local cell: invoke (with and without dry runs, bad
+//! input), start and follow against Step Functions (moto), and report over the histories
+//! of a real run of both state machines.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use switchyard_local_run::rehearsal::{rehearse_on, RunOptions};
+
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is JSON ({e}): {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// Runs the binary with the cell's environment (moto, local endpoints), as an operator
+/// on the cell's network would.
+fn switchyard(cell: &LocalCell, args: &[&str]) -> Ran {
+    let output = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .envs(cell.env())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("switchyard runs");
+    Ran {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn cell_file(cell: &LocalCell) -> PathBuf {
+    let path = cell.run_dir.join("cell.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&cell.document).expect("document"),
+    )
+    .expect("write cell.json");
+    path
+}
+
+async fn cluster_ids(cell: &LocalCell) -> Vec<String> {
+    let clusters = cell
+        .moto
+        .clients
+        .rds
+        .describe_db_clusters()
+        .send()
+        .await
+        .expect("describe");
+    let mut ids: Vec<String> = clusters
+        .db_clusters()
+        .iter()
+        .filter_map(|c| c.db_cluster_identifier().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoke_runs_one_function_with_dry_runs_and_typed_errors() {
+    let cell = LocalCell::start_quiet(50).await.expect("cell");
+    let doc = cell_file(&cell);
+    let doc = doc.to_str().expect("path");
+    let blue = cell.document.blue.cluster_identifier.clone();
+
+    // A dry run of the switch itself: the renames it would make, none made.
+    let before = cluster_ids(&cell).await;
+    let ran = switchyard(
+        &cell,
+        &[
+            "invoke",
+            "rename-clusters",
+            "--cell",
+            doc,
+            "--set",
+            "mode=forward",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    let plan = ran.json();
+    assert_eq!(plan["dry_run"], true);
+    let would = plan["would"].to_string();
+    assert!(
+        would.contains(&blue) && would.contains(&format!("{blue}-blue-")),
+        "the plan names blue and its parked name: {would}"
+    );
+    assert_eq!(
+        cluster_ids(&cell).await,
+        before,
+        "a dry run renamed nothing"
+    );
+
+    // Bad input: the function's own typed error, exit 1, nothing changed.
+    let ran = switchyard(
+        &cell,
+        &[
+            "invoke",
+            "rename-clusters",
+            "--cell",
+            doc,
+            "--set",
+            "mode=sideways",
+        ],
+    );
+    assert_eq!(ran.code, 1, "{}\n{}", ran.stdout, ran.stderr);
+    let error = ran.json();
+    assert_eq!(error["errorType"], "InvalidInput");
+    assert!(
+        error["errorMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("mode"),
+        "{error}"
+    );
+    assert_eq!(cluster_ids(&cell).await, before);
+
+    // Not a function, or not a cell: refused before anything runs (exit 2).
+    let ran = switchyard(&cell, &["invoke", "rename-cluster", "--cell", doc]);
+    assert_eq!(ran.code, 2);
+    assert!(
+        ran.stderr.contains("no function named") && ran.stderr.contains("rename-clusters"),
+        "{}",
+        ran.stderr
+    );
+    let bad_cell = cell.run_dir.join("bad-cell.json");
+    std::fs::write(&bad_cell, r#"{"cell_id": "Not Valid"}"#).expect("write");
+    let ran = switchyard(
+        &cell,
+        &[
+            "invoke",
+            "preflight",
+            "--cell",
+            bad_cell.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(ran.code, 2);
+    assert!(ran.stderr.contains("InvalidInput"), "{}", ran.stderr);
+
+    // A real call, then a dry run of its undo, then the undo.
+    let ran = switchyard(
+        &cell,
+        &[
+            "invoke",
+            "acquire-lock",
+            "--cell",
+            doc,
+            "--set",
+            "run_id=manual-repair-1",
+        ],
+    );
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    assert_eq!(ran.json()["acquired"], true);
+    let ran = switchyard(
+        &cell,
+        &[
+            "invoke",
+            "release-lock",
+            "--cell",
+            doc,
+            "--set",
+            "run_id=manual-repair-1",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.json()["would"].to_string().contains("manual-repair-1"),
+        "{}",
+        ran.stdout
+    );
+    let lock = cell
+        .moto
+        .clients
+        .ssm
+        .get_parameter()
+        .name(format!(
+            "/switchyard/{}/journal/lock",
+            cell.document.cell_id
+        ))
+        .send()
+        .await;
+    assert!(lock.is_ok(), "the dry run left the lock in place");
+    let ran = switchyard(
+        &cell,
+        &[
+            "invoke",
+            "release-lock",
+            "--cell",
+            doc,
+            "--set",
+            "run_id=manual-repair-1",
+        ],
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(ran.json()["released"].is_object(), "{}", ran.stdout);
+    let ran = switchyard(
+        &cell,
+        &[
+            "invoke",
+            "release-lock",
+            "--cell",
+            doc,
+            "--set",
+            "run_id=manual-repair-1",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(
+        ran.json()["would"],
+        serde_json::json!([]),
+        "nothing left to do"
+    );
+    cell.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_names_the_run_refuses_a_second_and_follow_ends_with_the_outcome() {
+    let cell = LocalCell::start_quiet(50).await.expect("cell");
+    let doc = cell_file(&cell);
+    let doc = doc.to_str().expect("path");
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&cell.moto.endpoint)
+        .region(aws_config::Region::new(cell.moto.region.clone()))
+        .credentials_provider(aws_sdk_sfn::config::Credentials::new(
+            "testing", "testing", None, None, "moto",
+        ))
+        .load()
+        .await;
+    let sfn = aws_sdk_sfn::Client::new(&config);
+    let definition = std::fs::read_to_string(switchyard_local_run::definition_path("switchover"))
+        .expect("definition");
+    let created = sfn
+        .create_state_machine()
+        .name("switchyard-switchover")
+        .definition(definition)
+        .role_arn("arn:aws:iam::123456789012:role/switchyard-states")
+        .send()
+        .await
+        .expect("state machine in moto");
+    let arn = created.state_machine_arn();
+
+    let ran = switchyard(&cell, &["start", "--cell", doc, "--state-machine-arn", arn]);
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    let prefix = format!("started {}-switchover-20", cell.document.cell_id);
+    assert!(ran.stdout.starts_with(&prefix), "{}", ran.stdout);
+    let execution_arn = ran
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("execution "))
+        .expect("the execution ARN is printed")
+        .to_owned();
+
+    let again = switchyard(&cell, &["start", "--cell", doc, "--state-machine-arn", arn]);
+    assert_eq!(again.code, 2, "{}\n{}", again.stdout, again.stderr);
+    assert!(
+        again.stderr.contains("already running") && again.stderr.contains("nothing started"),
+        "{}",
+        again.stderr
+    );
+    let executions = sfn
+        .list_executions()
+        .state_machine_arn(arn)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(
+        executions.executions().len(),
+        1,
+        "the second start started nothing"
+    );
+
+    // moto records an execution's history without running it; follow reads it through
+    // the same API calls it makes against Step Functions, and ends with the outcome.
+    let ran = switchyard(&cell, &["follow", &execution_arn, "--poll-ms", "200"]);
+    assert!(
+        ran.stdout.contains("execution started"),
+        "{}\n{}",
+        ran.stdout,
+        ran.stderr
+    );
+    assert!(
+        ran.stdout.contains("outcome: "),
+        "{}\n{}",
+        ran.stdout,
+        ran.stderr
+    );
+    assert_eq!(
+        ran.code == 0,
+        ran.stdout.contains("outcome: SUCCEEDED"),
+        "the exit code follows the outcome"
+    );
+    cell.shutdown();
+}
+
+/// Every `"name": …` of the steps in a report.json.
+fn step_names(report: &Value) -> Vec<String> {
+    report["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).expect("read")).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_of_a_rehearsal_history_matches_the_rehearsal_and_draws_every_step() {
+    let mut options = CellOptions::from_env(&Install::from_env()).expect("options");
+    options.rows = 300;
+    options.run_direct_writers = true;
+    let cell = LocalCell::start(&options).await.expect("cell");
+    let out = cell.run_dir.join("rehearsal-out");
+    let run = RunOptions {
+        workers: 2,
+        load_during_prepare: true,
+        out_dir: out.clone(),
+        name_prefix: "report".to_owned(),
+    };
+    let rehearsal = rehearse_on(&cell, &run).await.expect("rehearsal ran");
+    assert!(rehearsal.switchover.is_some(), "{:?}", rehearsal.failures);
+
+    let report_dir = cell.run_dir.join("report");
+    let prepare = out.join("prepare-history.json");
+    let switchover = out.join("switchover-history.json");
+    let ran = switchyard(
+        &cell,
+        &[
+            "report",
+            "--prepare-history",
+            prepare.to_str().expect("path"),
+            "--history",
+            switchover.to_str().expect("path"),
+            "--out",
+            report_dir.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stdout.contains("outcome     switched"),
+        "{}",
+        ran.stdout
+    );
+    assert!(ran.stdout.contains("pause       "), "{}", ran.stdout);
+
+    let theirs = read_json(&out.join("report.json"));
+    let ours = read_json(&report_dir.join("report.json"));
+    for field in [
+        "outcome",
+        "pause_window_ms",
+        "pause_window_started_at",
+        "pause_window_ended_at",
+        "pause_window_steps",
+        "lag",
+        "steps",
+        "target_major",
+    ] {
+        assert_eq!(
+            ours[field], theirs[field],
+            "{field}: same as the rehearsal's"
+        );
+    }
+    assert!(ours["pause_window_ms"].as_u64().is_some_and(|ms| ms > 0));
+    assert!(
+        ours.get("lost_writes").is_none(),
+        "no load figures from a history alone"
+    );
+    assert!(
+        theirs["lost_writes"].is_number(),
+        "the rehearsal's has them"
+    );
+    assert!(
+        !ours["lag"].as_array().expect("lag").is_empty(),
+        "lag readings found"
+    );
+
+    let svg = std::fs::read_to_string(report_dir.join("timeline.svg")).expect("svg");
+    assert!(svg.starts_with("<svg "), "an SVG document");
+    let names = step_names(&ours);
+    assert!(names.len() > 20, "both executions' states: {names:?}");
+    for name in &names {
+        assert!(svg.contains(&format!(">{name}</text>")), "{name} drawn");
+    }
+    assert!(
+        svg.contains(r#"class="pause""#),
+        "the pause window is drawn"
+    );
+    assert!(
+        svg.contains("pause window ") && svg.contains(r#"class="lag""#),
+        "and the lag line"
+    );
+
+    // The same history replayed as a live follow would have printed it.
+    let ran = switchyard(
+        &cell,
+        &["follow", "--history", switchover.to_str().expect("path")],
+    );
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    for expected in [
+        "→ pause-pgbouncer",
+        "⏸ pause window open",
+        "▶ pause window closed after",
+        "✓ rename-clusters forward",
+        "outcome: SUCCEEDED",
+    ] {
+        assert!(
+            ran.stdout.contains(expected),
+            "{expected:?} in:\n{}",
+            ran.stdout
+        );
+    }
+    cell.shutdown();
+}
