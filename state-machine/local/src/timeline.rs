@@ -52,6 +52,7 @@ pub fn svg(report: &Report) -> String {
 .title {{ font-size: 15px; font-weight: bold; }}
 .panel {{ font-size: 13px; font-weight: bold; }}
 .axis {{ fill: #555; font-size: 10px; }}
+.inbar {{ fill: white; font-size: 10px; }}
 .note {{ fill: #333; }}
 .name {{ fill: #222; }}
 .grid {{ stroke: #e3e3e3; stroke-width: 1; }}
@@ -189,7 +190,16 @@ fn panel(
         if step.outcome != "succeeded" {
             let _ = write!(note, " {}", step.outcome);
         }
-        text(out, b.max(a + 1.5) + 4.0, row_y + 12.0, &note, "axis");
+        // After the bar; where that would run off the picture, before it, or else inside it.
+        let width = note.chars().count() as f64 * 6.0;
+        let after = b.max(a + 1.5) + 4.0;
+        if after + width <= WIDTH - 4.0 {
+            text(out, after, row_y + 12.0, &note, "axis");
+        } else if a - 4.0 - width >= LABEL {
+            text_end(out, a - 4.0, row_y + 12.0, &note, "axis");
+        } else {
+            text_end(out, b - 4.0, row_y + 12.0, &note, "inbar");
+        }
     }
 
     // Replication lag, a step line on its own scale.
@@ -299,6 +309,15 @@ fn text(out: &mut String, x: f64, y: f64, content: &str, class: &str) {
     let _ = writeln!(
         out,
         r#"<text class="{class}" x="{x:.1}" y="{y:.1}">{}</text>"#,
+        escape(content)
+    );
+}
+
+/// Text that ends at `x`.
+fn text_end(out: &mut String, x: f64, y: f64, content: &str, class: &str) {
+    let _ = writeln!(
+        out,
+        r#"<text class="{class}" x="{x:.1}" y="{y:.1}" text-anchor="end">{}</text>"#,
         escape(content)
     );
 }
