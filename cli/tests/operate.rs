@@ -53,21 +53,19 @@ fn cell_file(cell: &LocalCell) -> PathBuf {
 }
 
 async fn cluster_ids(cell: &LocalCell) -> Vec<String> {
-    let clusters = cell
-        .moto
-        .clients
-        .rds
-        .describe_db_clusters()
-        .send()
-        .await
-        .expect("describe");
-    let mut ids: Vec<String> = clusters
-        .db_clusters()
-        .iter()
-        .filter_map(|c| c.db_cluster_identifier().map(str::to_owned))
-        .collect();
-    ids.sort();
-    ids
+    cell.cluster_identifiers().await.expect("describe")
+}
+
+/// `switchyard invoke <function> --cell <doc> [--set …]… [--dry-run]`.
+fn invoke(cell: &LocalCell, doc: &str, function: &str, sets: &[&str], dry_run: bool) -> Ran {
+    let mut args = vec!["invoke", function, "--cell", doc];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    if dry_run {
+        args.push("--dry-run");
+    }
+    switchyard(cell, &args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,18 +77,7 @@ async fn invoke_runs_one_function_with_dry_runs_and_typed_errors() {
 
     // A dry run of the switch itself: the renames it would make, none made.
     let before = cluster_ids(&cell).await;
-    let ran = switchyard(
-        &cell,
-        &[
-            "invoke",
-            "rename-clusters",
-            "--cell",
-            doc,
-            "--set",
-            "mode=forward",
-            "--dry-run",
-        ],
-    );
+    let ran = invoke(&cell, doc, "rename-clusters", &["mode=forward"], true);
     assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
     let plan = ran.json();
     assert_eq!(plan["dry_run"], true);
@@ -106,17 +93,7 @@ async fn invoke_runs_one_function_with_dry_runs_and_typed_errors() {
     );
 
     // Bad input: the function's own typed error, exit 1, nothing changed.
-    let ran = switchyard(
-        &cell,
-        &[
-            "invoke",
-            "rename-clusters",
-            "--cell",
-            doc,
-            "--set",
-            "mode=sideways",
-        ],
-    );
+    let ran = invoke(&cell, doc, "rename-clusters", &["mode=sideways"], false);
     assert_eq!(ran.code, 1, "{}\n{}", ran.stdout, ran.stderr);
     let error = ran.json();
     assert_eq!(error["errorType"], "InvalidInput");
@@ -152,30 +129,21 @@ async fn invoke_runs_one_function_with_dry_runs_and_typed_errors() {
     assert!(ran.stderr.contains("InvalidInput"), "{}", ran.stderr);
 
     // A real call, then a dry run of its undo, then the undo.
-    let ran = switchyard(
+    let ran = invoke(
         &cell,
-        &[
-            "invoke",
-            "acquire-lock",
-            "--cell",
-            doc,
-            "--set",
-            "run_id=manual-repair-1",
-        ],
+        doc,
+        "acquire-lock",
+        &["run_id=manual-repair-1"],
+        false,
     );
     assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
     assert_eq!(ran.json()["acquired"], true);
-    let ran = switchyard(
+    let ran = invoke(
         &cell,
-        &[
-            "invoke",
-            "release-lock",
-            "--cell",
-            doc,
-            "--set",
-            "run_id=manual-repair-1",
-            "--dry-run",
-        ],
+        doc,
+        "release-lock",
+        &["run_id=manual-repair-1"],
+        true,
     );
     assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
     assert!(
@@ -195,30 +163,21 @@ async fn invoke_runs_one_function_with_dry_runs_and_typed_errors() {
         .send()
         .await;
     assert!(lock.is_ok(), "the dry run left the lock in place");
-    let ran = switchyard(
+    let ran = invoke(
         &cell,
-        &[
-            "invoke",
-            "release-lock",
-            "--cell",
-            doc,
-            "--set",
-            "run_id=manual-repair-1",
-        ],
+        doc,
+        "release-lock",
+        &["run_id=manual-repair-1"],
+        false,
     );
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     assert!(ran.json()["released"].is_object(), "{}", ran.stdout);
-    let ran = switchyard(
+    let ran = invoke(
         &cell,
-        &[
-            "invoke",
-            "release-lock",
-            "--cell",
-            doc,
-            "--set",
-            "run_id=manual-repair-1",
-            "--dry-run",
-        ],
+        doc,
+        "release-lock",
+        &["run_id=manual-repair-1"],
+        true,
     );
     assert_eq!(
         ran.json()["would"],

@@ -42,21 +42,7 @@ async fn version_behind_cell_endpoint(cell: &LocalCell) -> i32 {
 
 /// Identifiers in moto, sorted.
 async fn identifiers(cell: &LocalCell) -> Vec<String> {
-    let out = cell
-        .moto
-        .clients
-        .rds
-        .describe_db_clusters()
-        .send()
-        .await
-        .expect("describe");
-    let mut ids: Vec<String> = out
-        .db_clusters()
-        .iter()
-        .filter_map(|c| c.db_cluster_identifier().map(str::to_owned))
-        .collect();
-    ids.sort();
-    ids
+    cell.cluster_identifiers().await.expect("describe")
 }
 
 async fn rename_by_hand(cell: &LocalCell, from: &str, to: &str) {

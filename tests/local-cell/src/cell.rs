@@ -434,6 +434,25 @@ impl LocalCell {
         }))
     }
 
+    /// The cluster identifiers moto holds now, sorted: what a rename changes.
+    pub async fn cluster_identifiers(&self) -> Result<Vec<String>, CellError> {
+        let out = self
+            .moto
+            .clients
+            .rds
+            .describe_db_clusters()
+            .send()
+            .await
+            .map_err(|e| CellError::Setup(format!("DescribeDBClusters: {e}")))?;
+        let mut ids: Vec<String> = out
+            .db_clusters()
+            .iter()
+            .filter_map(|c| c.db_cluster_identifier().map(str::to_owned))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
     /// Environment for an operation run against this cell: moto through the standard
     /// chain, endpoints through the local map.
     pub fn env(&self) -> Vec<(String, String)> {
