@@ -63,9 +63,22 @@ pub fn execution_name(cell_id: &str, phase: &str, at: time::OffsetDateTime) -> S
     format!("{cell}{suffix}")
 }
 
+/// The other state machine of the same deployment: Terraform names them
+/// `<prefix>-prepare` and `<prefix>-switchover`.
+pub fn sibling_arn(state_machine_arn: &str) -> Option<String> {
+    let (base, name) = state_machine_arn.rsplit_once(':')?;
+    let other = if let Some(prefix) = name.strip_suffix("-prepare") {
+        format!("{prefix}-switchover")
+    } else {
+        format!("{}-prepare", name.strip_suffix("-switchover")?)
+    };
+    Some(format!("{base}:{other}"))
+}
+
 /// Starts `state_machine_arn` with `{"cell": …}`, unless an execution of this cell is
-/// running on it. (Two operators racing past this check still cannot both run: the first
-/// state, `acquire-lock`, lets only one hold the cell.)
+/// running on it or on its sibling (a switchover must not start while the cell's prepare
+/// runs, nor the reverse). Two operators racing past this check still cannot both
+/// switch: the first state, `acquire-lock`, lets only one hold the cell.
 pub async fn start(
     client: &aws_sdk_sfn::Client,
     state_machine_arn: &str,
@@ -73,23 +86,33 @@ pub async fn start(
     phase: &str,
 ) -> Result<Started, String> {
     let prefix = format!("{}-", cell.cell_id);
-    let mut running = client
-        .list_executions()
-        .state_machine_arn(state_machine_arn)
-        .status_filter(ExecutionStatus::Running)
-        .into_paginator()
-        .items()
-        .send();
-    while let Some(execution) = running.next().await {
-        let execution = execution.map_err(|e| sdk_error("listing running executions", &e))?;
-        if execution.name().starts_with(&prefix) {
-            return Err(format!(
-                "LockHeld: execution {} of cell {} is already running (started {}): follow it (switchyard follow {}) or wait for it to end; nothing started",
-                execution.name(),
-                cell.cell_id,
-                execution.start_date().fmt(Format::DateTime).unwrap_or_default(),
-                execution.execution_arn()
-            ));
+    let sibling = sibling_arn(state_machine_arn);
+    for (arn, required) in
+        std::iter::once((state_machine_arn.to_owned(), true)).chain(sibling.map(|s| (s, false)))
+    {
+        let mut running = client
+            .list_executions()
+            .state_machine_arn(&arn)
+            .status_filter(ExecutionStatus::Running)
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(execution) = running.next().await {
+            let execution = match execution {
+                Ok(execution) => execution,
+                // The sibling is only looked at when it exists.
+                Err(e) if !required && e.code() == Some("StateMachineDoesNotExist") => break,
+                Err(e) => return Err(sdk_error("listing running executions", &e)),
+            };
+            if execution.name().starts_with(&prefix) {
+                return Err(format!(
+                    "LockHeld: execution {} of cell {} is already running (started {}): follow it (switchyard follow {}) or wait for it to end; nothing started",
+                    execution.name(),
+                    cell.cell_id,
+                    execution.start_date().fmt(Format::DateTime).unwrap_or_default(),
+                    execution.execution_arn()
+                ));
+            }
         }
     }
     let name = execution_name(&cell.cell_id, phase, time::OffsetDateTime::now_utc());
@@ -307,5 +330,15 @@ mod tests {
             Ok("eu-west-1")
         );
         assert!(region_of_arn("nope").is_err());
+        let sm = "arn:aws:states:eu-west-1:123456789012:stateMachine:switchyard";
+        assert_eq!(
+            sibling_arn(&format!("{sm}-switchover")).as_deref(),
+            Some(format!("{sm}-prepare").as_str())
+        );
+        assert_eq!(
+            sibling_arn(&format!("{sm}-prepare")).as_deref(),
+            Some(format!("{sm}-switchover").as_str())
+        );
+        assert_eq!(sibling_arn(&format!("{sm}-other")), None);
     }
 }

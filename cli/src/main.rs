@@ -53,7 +53,8 @@ impl Phase {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start a run for a cell; refused while another execution of the cell is running.
+    /// Start a run for a cell; refused while an execution of the cell runs on this state
+    /// machine or its sibling (`<prefix>-prepare` / `<prefix>-switchover`).
     Start {
         /// The cell document (JSON).
         #[arg(long)]

@@ -201,17 +201,56 @@ async fn start_names_the_run_refuses_a_second_and_follow_ends_with_the_outcome()
         .load()
         .await;
     let sfn = aws_sdk_sfn::Client::new(&config);
-    let definition = std::fs::read_to_string(switchyard_local_run::definition_path("switchover"))
-        .expect("definition");
-    let created = sfn
-        .create_state_machine()
-        .name("switchyard-switchover")
-        .definition(definition)
-        .role_arn("arn:aws:iam::123456789012:role/switchyard-states")
+    let mut arns = Vec::new();
+    for phase in ["prepare", "switchover"] {
+        let definition = std::fs::read_to_string(switchyard_local_run::definition_path(phase))
+            .expect("definition");
+        let created = sfn
+            .create_state_machine()
+            .name(format!("switchyard-{phase}"))
+            .definition(definition)
+            .role_arn("arn:aws:iam::123456789012:role/switchyard-states")
+            .send()
+            .await
+            .expect("state machine in moto");
+        arns.push(created.state_machine_arn().to_owned());
+    }
+    let (prepare_arn, arn) = (arns[0].as_str(), arns[1].as_str());
+
+    // While the cell's prepare runs, its switchover cannot start (and the reverse).
+    let ran = switchyard(
+        &cell,
+        &[
+            "start",
+            "--cell",
+            doc,
+            "--state-machine-arn",
+            prepare_arn,
+            "--phase",
+            "prepare",
+        ],
+    );
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    let prepare_execution = ran
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("execution "))
+        .expect("the execution ARN is printed")
+        .to_owned();
+    let refused = switchyard(&cell, &["start", "--cell", doc, "--state-machine-arn", arn]);
+    assert_eq!(refused.code, 2, "{}\n{}", refused.stdout, refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains(&format!("{}-prepare-", cell.document.cell_id)),
+        "names the running prepare: {}",
+        refused.stderr
+    );
+    sfn.stop_execution()
+        .execution_arn(&prepare_execution)
         .send()
         .await
-        .expect("state machine in moto");
-    let arn = created.state_machine_arn();
+        .expect("stop the prepare");
 
     let ran = switchyard(&cell, &["start", "--cell", doc, "--state-machine-arn", arn]);
     assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
