@@ -1,7 +1,7 @@
 //! `switchyard`: the operator's commands.
 //!
 //! - `start`: a run of a state machine for a cell (execution `<cell>-<phase>-<utc>`),
-//!   refused while one of that cell is running;
+//!   refused while the cell has one running (prepare or switchover);
 //! - `follow`: an execution state by state as it happens — durations, retries, lag, the
 //!   pause window — ending with the outcome (exit 0 only if it succeeded);
 //! - `invoke`: one function by name with a cell document, in-process through the same
