@@ -16,6 +16,15 @@ struct Ran {
 }
 
 impl Ran {
+    /// The ARN `start` printed (`execution <arn>`).
+    fn started_arn(&self) -> String {
+        self.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("execution "))
+            .expect("the execution ARN is printed")
+            .to_owned()
+    }
+
     fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
             panic!(
@@ -231,12 +240,7 @@ async fn start_names_the_run_refuses_a_second_and_follow_ends_with_the_outcome()
         ],
     );
     assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
-    let prepare_execution = ran
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("execution "))
-        .expect("the execution ARN is printed")
-        .to_owned();
+    let prepare_execution = ran.started_arn();
     let refused = switchyard(&cell, &["start", "--cell", doc, "--state-machine-arn", arn]);
     assert_eq!(refused.code, 2, "{}\n{}", refused.stdout, refused.stderr);
     assert!(
@@ -256,12 +260,7 @@ async fn start_names_the_run_refuses_a_second_and_follow_ends_with_the_outcome()
     assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
     let prefix = format!("started {}-switchover-20", cell.document.cell_id);
     assert!(ran.stdout.starts_with(&prefix), "{}", ran.stdout);
-    let execution_arn = ran
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("execution "))
-        .expect("the execution ARN is printed")
-        .to_owned();
+    let execution_arn = ran.started_arn();
 
     let again = switchyard(&cell, &["start", "--cell", doc, "--state-machine-arn", arn]);
     assert_eq!(again.code, 2, "{}\n{}", again.stdout, again.stderr);
