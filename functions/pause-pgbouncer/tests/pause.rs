@@ -13,15 +13,12 @@ async fn start() -> LocalCell {
 }
 
 async fn admin(cell: &LocalCell) -> PgBouncerAdmin {
-    PgBouncerAdmin::connect(
-        "127.0.0.1",
-        cell.pgbouncer.port,
-        &cell.secrets.pgbouncer_admin_user,
-        &cell.secrets.pgbouncer_admin,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("admin")
+    cell.pgbouncer_admin().await.expect("admin")
+}
+
+/// PgBouncer's `dns_max_ttl` as `SHOW CONFIG` reports it now.
+async fn dns_max_ttl(console: &PgBouncerAdmin) -> Option<String> {
+    console.config_value("dns_max_ttl").await.expect("config")
 }
 
 async fn app_paused(cell: &LocalCell) -> bool {
@@ -82,12 +79,7 @@ async fn an_open_transaction_past_the_budget_is_a_drain_timeout_and_everything_r
     );
     assert!(!app_paused(&cell).await, "the dry run paused nothing");
     assert_eq!(
-        admin(&cell)
-            .await
-            .config_value("dns_max_ttl")
-            .await
-            .expect("config")
-            .as_deref(),
+        dns_max_ttl(&admin(&cell).await).await.as_deref(),
         Some("15"),
         "the dry run lowered no TTL"
     );
@@ -114,12 +106,7 @@ async fn an_open_transaction_past_the_budget_is_a_drain_timeout_and_everything_r
 
     assert!(!app_paused(&cell).await, "the rollback resumed app");
     assert_eq!(
-        admin(&cell)
-            .await
-            .config_value("dns_max_ttl")
-            .await
-            .expect("config")
-            .as_deref(),
+        dns_max_ttl(&admin(&cell).await).await.as_deref(),
         Some("15"),
         "RELOAD restored the file's TTL"
     );
@@ -173,12 +160,7 @@ async fn one_unreachable_instance_pauses_nothing() {
         "the reachable instance was not paused"
     );
     assert_eq!(
-        admin(&cell)
-            .await
-            .config_value("dns_max_ttl")
-            .await
-            .expect("config")
-            .as_deref(),
+        dns_max_ttl(&admin(&cell).await).await.as_deref(),
         Some("15"),
         "nothing was changed"
     );

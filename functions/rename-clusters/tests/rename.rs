@@ -40,6 +40,17 @@ async fn version_behind_cell_endpoint(cell: &LocalCell) -> i32 {
     row.get(0)
 }
 
+/// The rename plan in the run journal, if any.
+async fn journaled(
+    deps: &switchyard_operation::Deps,
+    cell: &switchyard_cell::CellDocument,
+) -> Option<rename_clusters::Plan> {
+    deps.journal(cell)
+        .read::<rename_clusters::Plan>(JOURNAL_KEY)
+        .await
+        .expect("journal")
+}
+
 /// Identifiers in moto, sorted.
 async fn identifiers(cell: &LocalCell) -> Vec<String> {
     cell.cluster_identifiers().await.expect("describe")
@@ -127,11 +138,7 @@ async fn forward_moves_the_endpoint_to_green_and_back_restores_blue() {
         "the plan renamed nothing"
     );
     assert!(
-        deps.journal(doc)
-            .read::<rename_clusters::Plan>(JOURNAL_KEY)
-            .await
-            .expect("journal")
-            .is_none(),
+        journaled(&deps, doc).await.is_none(),
         "the plan journaled nothing"
     );
 
@@ -256,11 +263,7 @@ async fn forward_and_back_resume_after_a_crash_between_renames() {
         cell.blue.version_num
     );
     assert!(
-        deps.journal(doc)
-            .read::<rename_clusters::Plan>(JOURNAL_KEY)
-            .await
-            .expect("journal")
-            .is_none(),
+        journaled(&deps, doc).await.is_none(),
         "back leaves no plan to steer a later run"
     );
 }
@@ -287,10 +290,5 @@ async fn an_enabled_subscription_on_green_stops_forward_before_any_rename() {
         version_behind_cell_endpoint(&cell).await,
         cell.blue.version_num
     );
-    assert!(deps
-        .journal(&cell.document)
-        .read::<rename_clusters::Plan>(JOURNAL_KEY)
-        .await
-        .expect("journal")
-        .is_none());
+    assert!(journaled(&deps, &cell.document).await.is_none());
 }

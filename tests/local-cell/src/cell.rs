@@ -434,6 +434,19 @@ impl LocalCell {
         }))
     }
 
+    /// PgBouncer's admin console, logged in as the cell's admin user.
+    pub async fn pgbouncer_admin(&self) -> Result<switchyard_postgres::PgBouncerAdmin, CellError> {
+        switchyard_postgres::PgBouncerAdmin::connect(
+            "127.0.0.1",
+            self.pgbouncer.port,
+            &self.secrets.pgbouncer_admin_user,
+            &self.secrets.pgbouncer_admin,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .map_err(|e| CellError::Setup(format!("PgBouncer admin console: {e}")))
+    }
+
     /// The cluster identifiers moto holds now, sorted: what a rename changes.
     pub async fn cluster_identifiers(&self) -> Result<Vec<String>, CellError> {
         let out = self
