@@ -438,14 +438,13 @@ async fn version_through_pgbouncer(cell: &LocalCell) -> Option<String> {
         .flatten()
 }
 
-/// The report of a run that could not be carried out at all.
-pub fn not_run(options: &RunOptions, error: String) -> Report {
+/// The report of a run that could not be carried out at all: no execution, no load.
+pub fn not_run(error: String) -> Report {
     let cell = CellOptions::from_env(&Install::from_env()).ok();
     let mut report = Report::of_executions(None, None);
     report.blue_major = cell.as_ref().map_or(0, |c| c.blue_major);
     report.target_major = cell.as_ref().map_or(0, |c| c.green_major);
     report.error = Some(error.clone());
-    let _ = options;
     report.judge();
     report
         .failures

@@ -56,7 +56,7 @@ fn bench() -> Result<bool, String> {
             }
         });
         let interrupted = matches!(&result, Err(e) if e == "interrupted");
-        let report = result.unwrap_or_else(|e| not_run(&options, e));
+        let report = result.unwrap_or_else(not_run);
         write_json(&run_dir.join("report.json"), &report)?;
         eprintln!(
             "run {n}: {}, pause {} ms, client max {} ms, {:.0} tx/s{}",

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
             _ = tokio::signal::ctrl_c() => Err("interrupted".to_owned()),
         }
     });
-    let report = result.unwrap_or_else(|e| not_run(&options, e));
+    let report = result.unwrap_or_else(not_run);
     let path = out_dir.join("report.json");
     if let Err(e) = write_json(&path, &report) {
         eprintln!("rehearsal: {e}");
