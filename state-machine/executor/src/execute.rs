@@ -6,6 +6,8 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use serde::Serialize;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
@@ -68,6 +70,10 @@ pub trait TaskHandler: Send + Sync {
 pub enum FaultKind {
     /// Fail the invocation with this error instead of calling the handler.
     Error { error: String, cause: String },
+    /// Call the handler to its end — its side effects happen — then discard what it
+    /// returned and fail with this error: a Lambda that crashed (or whose answer was lost)
+    /// after doing its work.
+    CrashAfter { error: String, cause: String },
     /// Sleep (tokio time) before calling the handler, so `TimeoutSeconds` can fire.
     Delay(Duration),
 }
@@ -87,6 +93,17 @@ impl Fault {
             state: state.to_owned(),
             attempt,
             kind: FaultKind::Error {
+                error: error.to_owned(),
+                cause: cause.to_owned(),
+            },
+        }
+    }
+
+    pub fn crash_after(state: &str, attempt: u32, error: &str, cause: &str) -> Self {
+        Self {
+            state: state.to_owned(),
+            attempt,
+            kind: FaultKind::CrashAfter {
                 error: error.to_owned(),
                 cause: cause.to_owned(),
             },
@@ -228,9 +245,15 @@ impl<'a> Executor<'a> {
             "arn:aws:states:local:000000000000:stateMachine:{}",
             self.state_machine_name
         );
+        // Work a state stopped waiting for (a Task past its TimeoutSeconds, a Task in a
+        // Parallel branch stopped by a failing sibling) is not cancelled: like a Lambda,
+        // it runs to its end, its result discarded. It is driven beside the execution and
+        // awaited before `run` returns, so nothing the handler started outlives the call.
+        let (orphans, mut orphaned) = tokio::sync::mpsc::unbounded_channel();
         let run = Run {
             handler: self.handler,
             faults: &self.faults,
+            orphans,
             invocations: Mutex::new(HashMap::new()),
             history: Mutex::new(Vec::new()),
             context: json!({
@@ -250,13 +273,25 @@ impl<'a> Executor<'a> {
         run.record(EventType::ExecutionStarted, None, |e| {
             e.input = Some(input.clone())
         });
+        let mut in_flight = futures_util::stream::FuturesUnordered::new();
         let outcome = match check_size(&input, "the execution input") {
             Err(e) => Some(Err(e)),
             Ok(()) => {
-                let machine = run.run_machine(&self.definition.machine, input);
-                match self.definition.timeout {
-                    Some(limit) => tokio::time::timeout(limit, machine).await.ok(),
-                    None => Some(machine.await),
+                let stop = Stop::default();
+                let machine = run.run_machine(&self.definition.machine, input, &stop);
+                let machine = async {
+                    match self.definition.timeout {
+                        Some(limit) => tokio::time::timeout(limit, machine).await.ok(),
+                        None => Some(machine.await),
+                    }
+                };
+                tokio::pin!(machine);
+                loop {
+                    tokio::select! {
+                        outcome = &mut machine => break outcome,
+                        Some(work) = orphaned.recv() => in_flight.push(work),
+                        Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                    }
                 }
             }
         };
@@ -293,6 +328,11 @@ impl<'a> Executor<'a> {
                 )
             }
         };
+        drop(run.orphans);
+        while let Some(work) = orphaned.recv().await {
+            in_flight.push(work);
+        }
+        while in_flight.next().await.is_some() {}
         let history = run
             .history
             .into_inner()
@@ -354,9 +394,62 @@ struct FunctionError<'a> {
     error_type: &'a str,
 }
 
+/// Stops the states of a Parallel's branches once one of them has failed: no new state
+/// starts and waits end, as in Step Functions. A child is stopped with its parent.
+#[derive(Clone, Default)]
+struct Stop(std::sync::Arc<StopInner>);
+
+#[derive(Default)]
+struct StopInner {
+    stopped: tokio::sync::watch::Sender<bool>,
+    children: Mutex<Vec<Stop>>,
+}
+
+impl Stop {
+    fn child(&self) -> Self {
+        let child = Self::default();
+        let mut children = self.0.children.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_stopped() {
+            child.stop();
+        } else {
+            children.push(child.clone());
+        }
+        child
+    }
+
+    fn stop(&self) {
+        self.0.stopped.send_replace(true);
+        let children =
+            std::mem::take(&mut *self.0.children.lock().unwrap_or_else(|p| p.into_inner()));
+        for child in children {
+            child.stop();
+        }
+    }
+
+    fn is_stopped(&self) -> bool {
+        *self.0.stopped.borrow()
+    }
+
+    async fn stopped(&self) {
+        let mut watch = self.0.stopped.subscribe();
+        // The sender lives as long as `self`, so this only returns once stopped.
+        let _ = watch.wait_for(|stopped| *stopped).await;
+    }
+
+    /// The error a stopped branch ends with; the Parallel reports its sibling's instead.
+    fn error() -> StateError {
+        StateError::new(STOPPED, "stopped: another branch of the Parallel failed")
+    }
+}
+
+/// Internal: never matched by a Retrier or Catcher, never reported.
+const STOPPED: &str = "States.BranchFailed";
+
 struct Run<'a> {
     handler: &'a dyn TaskHandler,
     faults: &'a [Fault],
+    /// Calls no state waits for any more, handed to `Executor::run` to finish.
+    orphans: tokio::sync::mpsc::UnboundedSender<BoxFuture<'a, ()>>,
     invocations: Mutex<HashMap<String, u32>>,
     history: Mutex<Vec<HistoryEvent>>,
     /// `Execution` and `StateMachine` of the context object.
@@ -388,12 +481,16 @@ impl<'a> Run<'a> {
         &'s self,
         machine: &'s Machine,
         input: Value,
+        stop: &'s Stop,
     ) -> BoxFuture<'s, Result<Value, StateError>> {
         Box::pin(async move {
             let mut state = machine.state(&machine.start_at);
             let mut input = input;
             loop {
-                let (next, output) = self.run_state(state, input).await?;
+                if stop.is_stopped() {
+                    return Err(Stop::error());
+                }
+                let (next, output) = self.run_state(state, input, stop).await?;
                 match next {
                     Some(next) => {
                         state = machine.state(next);
@@ -410,6 +507,7 @@ impl<'a> Run<'a> {
         &'s self,
         state: &'s State,
         input: Value,
+        stop: &'s Stop,
     ) -> Result<(Option<&'s str>, Value), StateError> {
         let state_type = state.kind.state_type();
         let entered = self.clock.stamp();
@@ -439,7 +537,9 @@ impl<'a> Run<'a> {
                 let output = apply_result_path(input, result_path.as_ref(), result)?;
                 (next, apply_output_path(state, output)?)
             }
-            Kind::Task(_) | Kind::Parallel(_) => self.run_work(state, input, &entered).await?,
+            Kind::Task(_) | Kind::Parallel(_) => {
+                self.run_work(state, input, &entered, stop).await?
+            }
             Kind::Choice { choices, default } => {
                 let effective = effective_input(state, &input)?;
                 let context = self.context(state, &entered, 0);
@@ -464,7 +564,7 @@ impl<'a> Run<'a> {
             Kind::Wait(wait) => {
                 let effective = effective_input(state, &input)?;
                 let duration = self.wait_duration(state, wait, &effective)?;
-                tokio::time::sleep(duration).await;
+                sleep(duration, stop).await?;
                 (next, apply_output_path(state, effective)?)
             }
             Kind::Succeed => {
@@ -561,6 +661,7 @@ impl<'a> Run<'a> {
         state: &'s State,
         input: Value,
         entered: &str,
+        stop: &'s Stop,
     ) -> Result<(Option<&'s str>, Value), StateError> {
         let work = match &state.kind {
             Kind::Task(task) => &task.work,
@@ -575,12 +676,15 @@ impl<'a> Run<'a> {
         let mut retry_count = 0;
         loop {
             let err = match self
-                .attempt(state, work, &input, entered, retry_count)
+                .attempt(state, work, &input, entered, retry_count, stop)
                 .await
             {
                 Ok(output) => return Ok((next, output)),
                 Err(err) => err,
             };
+            if err.error == STOPPED {
+                return Err(err);
+            }
             // The first retrier that names the error decides; exhausted, it goes to Catch.
             if let Some(i) = work
                 .retry
@@ -599,7 +703,7 @@ impl<'a> Run<'a> {
                     let delay = Duration::from_secs_f64(seconds.min(1e9));
                     retries_by_retrier[i] += 1;
                     retry_count += 1;
-                    tokio::time::sleep(delay).await;
+                    sleep(delay, stop).await?;
                     continue;
                 }
             }
@@ -624,6 +728,7 @@ impl<'a> Run<'a> {
         input: &Value,
         entered: &str,
         retry_count: u32,
+        stop: &Stop,
     ) -> Result<Value, StateError> {
         let context = self.context(state, entered, retry_count);
         let effective = effective_input(state, input)?;
@@ -636,24 +741,51 @@ impl<'a> Run<'a> {
             &format!("the input of `{}` after Parameters", state.name),
         )?;
         let raw = match &state.kind {
-            Kind::Task(task) => self.invoke(state, task, parameters).await?,
+            Kind::Task(task) => self.invoke(state, task, parameters, stop).await?,
             Kind::Parallel(parallel) => {
                 self.record(EventType::ParallelStateStarted, Some(&state.name), |_| {});
-                let branches = parallel
-                    .branches
-                    .iter()
-                    .map(|branch| self.run_machine(branch, parameters.clone()));
-                // The first failing branch ends the others (their futures are dropped).
-                match futures_util::future::try_join_all(branches).await {
+                let branches_stop = stop.child();
+                let first_failure: Mutex<Option<StateError>> = Mutex::new(None);
+                let branches = parallel.branches.iter().map(|branch| {
+                    let parameters = parameters.clone();
+                    let branches_stop = &branches_stop;
+                    let first_failure = &first_failure;
+                    async move {
+                        let result = self.run_machine(branch, parameters, branches_stop).await;
+                        if let Err(err) = &result {
+                            if err.error != STOPPED {
+                                first_failure
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .get_or_insert_with(|| err.clone());
+                            }
+                            // The other branches start no new state; a Task running in one
+                            // goes on to its end, its result unused (as in Step Functions).
+                            branches_stop.stop();
+                        }
+                        result
+                    }
+                });
+                let results = futures_util::future::join_all(branches).await;
+                let failure = first_failure
+                    .into_inner()
+                    .unwrap_or_else(|p| p.into_inner());
+                let outputs = match failure {
+                    Some(err) => Err(err),
+                    None => results.into_iter().collect::<Result<Vec<_>, _>>(),
+                };
+                match outputs {
                     Ok(outputs) => {
                         self.record(EventType::ParallelStateSucceeded, Some(&state.name), |_| {});
                         Value::Array(outputs)
                     }
                     Err(err) => {
-                        self.record(EventType::ParallelStateFailed, Some(&state.name), |e| {
-                            e.error = Some(err.error.clone());
-                            e.cause = Some(err.cause.clone());
-                        });
+                        if err.error != STOPPED {
+                            self.record(EventType::ParallelStateFailed, Some(&state.name), |e| {
+                                e.error = Some(err.error.clone());
+                                e.cause = Some(err.cause.clone());
+                            });
+                        }
                         return Err(err);
                     }
                 }
@@ -675,6 +807,7 @@ impl<'a> Run<'a> {
         state: &State,
         task: &Task,
         parameters: Value,
+        stop: &Stop,
     ) -> Result<Value, StateError> {
         let attempt = {
             let mut invocations = self.invocations.lock().unwrap_or_else(|p| p.into_inner());
@@ -688,28 +821,51 @@ impl<'a> Run<'a> {
             e.attempt = Some(attempt);
             e.input = Some(parameters.clone());
         });
-        let fault = self
-            .faults
+        let faults: &'a [Fault] = self.faults;
+        let fault = faults
             .iter()
             .find(|f| f.state == state.name && f.attempt == attempt);
-        let call = async {
+        let handler: &'a dyn TaskHandler = self.handler;
+        let owned_resource = resource.to_owned();
+        let mut call: BoxFuture<'a, Result<Value, TaskFailure>> = Box::pin(async move {
+            let resource = owned_resource.as_str();
             match fault.map(|f| &f.kind) {
                 Some(FaultKind::Error { error, cause }) => Err(TaskFailure::new(error, cause)),
+                Some(FaultKind::CrashAfter { error, cause }) => {
+                    // The work is done; only the answer is lost.
+                    let _discarded = handler.invoke(resource, parameters).await;
+                    Err(TaskFailure::new(error, cause))
+                }
                 Some(FaultKind::Delay(delay)) => {
                     tokio::time::sleep(*delay).await;
-                    self.handler.invoke(resource, parameters).await
+                    handler.invoke(resource, parameters).await
                 }
-                None => self.handler.invoke(resource, parameters).await,
+                None => handler.invoke(resource, parameters).await,
+            }
+        });
+        let timeout = async {
+            match task.timeout {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
             }
         };
-        let outcome = match task.timeout {
-            // Dropping the future on timeout cancels the handler's work.
-            Some(limit) => tokio::time::timeout(limit, call).await.ok(),
-            None => Some(call.await),
+        let outcome = tokio::select! {
+            outcome = &mut call => Some(outcome),
+            () = timeout => None,
+            () = stop.stopped() => {
+                let _ = self.orphans.send(Box::pin(async move {
+                    let _ = call.await;
+                }));
+                return Err(Stop::error());
+            }
         };
         let lambda = resource == LAMBDA_INVOKE;
         match outcome {
             None => {
+                // Not cancelled: the function runs to its end, nobody reading its result.
+                let _ = self.orphans.send(Box::pin(async move {
+                    let _ = call.await;
+                }));
                 let err = StateError::new(
                     TIMEOUT,
                     format!(
@@ -759,6 +915,14 @@ impl<'a> Run<'a> {
                 Err(err)
             }
         }
+    }
+}
+
+/// Sleeps in tokio time, unless the branch is stopped first.
+async fn sleep(duration: Duration, stop: &Stop) -> Result<(), StateError> {
+    tokio::select! {
+        () = tokio::time::sleep(duration) => Ok(()),
+        () = stop.stopped() => Err(Stop::error()),
     }
 }
 

@@ -21,7 +21,12 @@
 //! Implemented: Task, Pass, Choice, Wait, Succeed, Fail and Parallel; InputPath,
 //! Parameters (paths, `$$` context paths, intrinsic functions), ResultSelector, ResultPath,
 //! OutputPath; Retry (with BackoffRate, MaxDelaySeconds, `JitterStrategy: NONE`) and
-//! Catch; Task and execution `TimeoutSeconds`; the 256 KiB payload limit. Anything else in
+//! Catch; Task and execution `TimeoutSeconds`; the 256 KiB payload limit. As in Step
+//! Functions, a Task that times out, or runs in a Parallel branch whose sibling failed, is
+//! not cancelled: the call runs to its end and its result is discarded (the branch starts
+//! no new state); [`Executor::run`] returns once every call it started has ended. Faults
+//! replace a call with an error, delay it, or let it run and then lose its answer
+//! ([`FaultKind::CrashAfter`]: a crash after the side effect). Anything else in
 //! a definition (Map, heartbeats, JSONata, jitter, callback integrations, an unknown
 //! field) is refused by [`Definition::from_json`] with a [`LoadError`] naming the state
 //! and field.

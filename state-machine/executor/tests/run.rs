@@ -23,6 +23,8 @@ struct Functions {
     behaviours: HashMap<String, Behaviour>,
     sleeps: HashMap<String, Duration>,
     calls: Mutex<Vec<(String, Value, Instant)>>,
+    /// Every call that ran to its end, whether or not the executor used its result.
+    finished: Mutex<Vec<(String, Instant)>>,
 }
 
 impl Functions {
@@ -48,6 +50,17 @@ impl Functions {
             .iter()
             .filter(|(n, _, _)| n == name)
             .map(|(_, payload, at)| (payload.clone(), *at))
+            .collect()
+    }
+
+    /// When each call of `name` ran to its end.
+    fn finished(&self, name: &str) -> Vec<Instant> {
+        self.finished
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, at)| *at)
             .collect()
     }
 
@@ -86,10 +99,15 @@ impl TaskHandler for Functions {
             if let Some(duration) = self.sleeps.get(&name) {
                 tokio::time::sleep(*duration).await;
             }
-            match self.behaviours.get(&name) {
+            let result = match self.behaviours.get(&name) {
                 Some(behaviour) => behaviour(n, payload),
-                None => Err(TaskFailure::new("UnknownFunction", name)),
-            }
+                None => Err(TaskFailure::new("UnknownFunction", name.clone())),
+            };
+            self.finished
+                .lock()
+                .expect("lock")
+                .push((name, Instant::now()));
+            result
         })
     }
 }
@@ -437,6 +455,80 @@ async fn parallel_runs_branches_concurrently_and_collects_outputs() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_branch_stops_the_others_and_the_parallel_catches_its_error() {
+    // As in Step Functions: the Parallel fails as soon as one branch does and its Catch
+    // runs at once; the other branches start no new state, but a Task already running in
+    // one is not stopped — it runs to its end and its result is thrown away.
+    let definition = json!({
+        "StartAt": "Both",
+        "States": {
+            "Both": {
+                "Type": "Parallel",
+                "Branches": [
+                    {"StartAt": "Slow", "States": {
+                        "Slow": lambda("slow", json!({"Next": "After slow"})),
+                        "After slow": lambda("after", json!({}))
+                    }},
+                    {"StartAt": "Waits", "States": {
+                        "Waits": {"Type": "Wait", "Seconds": 50, "Next": "After wait"},
+                        "After wait": lambda("after", json!({}))
+                    }},
+                    {"StartAt": "Broken", "States": {"Broken": lambda("broken", json!({}))}}
+                ],
+                "Catch": [{"ErrorEquals": ["DataMismatch"], "ResultPath": "$.error", "Next": "Abort"}],
+                "Next": "Done"
+            },
+            "Done": {"Type": "Succeed"},
+            "Abort": lambda("abort", json!({}))
+        }
+    });
+    let functions = Functions::default()
+        .on("slow", echo)
+        .sleeping("slow", Duration::from_secs(100))
+        .on("after", echo)
+        .on("abort", echo)
+        .on("broken", fails(1, "DataMismatch"))
+        .sleeping("broken", Duration::from_secs(1));
+    let start = Instant::now();
+    let execution = run(definition, &functions, json!({})).await;
+    assert_eq!(execution.status, Status::Succeeded, "{execution:?}");
+    let output = execution.output.clone().expect("output");
+    assert_eq!(output["error"]["Error"], json!("DataMismatch"));
+    let abort = functions.calls("abort");
+    assert_eq!(abort.len(), 1);
+    assert_eq!(
+        abort[0].1 - start,
+        Duration::from_secs(1),
+        "the Catch ran as the branch failed, without waiting for the others"
+    );
+    assert_eq!(
+        functions.finished("slow"),
+        [start + Duration::from_secs(100)],
+        "the running Task was not cancelled: it ran to its end"
+    );
+    assert!(
+        functions.calls("after").is_empty(),
+        "stopped branches start no new state (neither after a Task nor after a Wait)"
+    );
+    assert!(
+        execution
+            .events_of("Slow")
+            .all(|e| e.kind != EventType::TaskSucceeded),
+        "its result is not used"
+    );
+    assert!(execution
+        .events_of("Both")
+        .any(|e| e.kind == EventType::ParallelStateFailed));
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(100),
+        "run() returns once the work it started has ended"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn branches_that_catch_their_own_errors_make_the_parallel_wait_for_all() {
+    // The shape the switchover's freeze checks use: no branch fails, so the Parallel waits
+    // for every branch before anything after it (the abort path) can run.
     let definition = json!({
         "StartAt": "Both",
         "States": {
@@ -444,36 +536,73 @@ async fn a_failing_branch_stops_the_others_and_the_parallel_catches_its_error() 
                 "Type": "Parallel",
                 "Branches": [
                     {"StartAt": "Slow", "States": {"Slow": lambda("slow", json!({}))}},
-                    {"StartAt": "Broken", "States": {"Broken": lambda("broken", json!({}))}}
+                    {"StartAt": "Broken", "States": {
+                        "Broken": lambda("broken", json!({"Catch": [
+                            {"ErrorEquals": ["States.ALL"], "ResultPath": "$.failed", "Next": "Broken failed"}]})),
+                        "Broken failed": {"Type": "Pass", "End": true}
+                    }}
                 ],
-                "Catch": [{"ErrorEquals": ["DataMismatch"], "ResultPath": "$.error", "Next": "Abort"}],
-                "Next": "Done"
+                "ResultPath": "$.branches",
+                "Next": "Abort"
             },
-            "Done": {"Type": "Succeed"},
-            "Abort": {"Type": "Pass", "End": true}
+            "Abort": lambda("abort", json!({}))
         }
     });
     let functions = Functions::default()
         .on("slow", echo)
         .sleeping("slow", Duration::from_secs(100))
+        .on("abort", echo)
         .on("broken", fails(1, "DataMismatch"))
         .sleeping("broken", Duration::from_secs(1));
     let start = Instant::now();
     let execution = run(definition, &functions, json!({})).await;
     assert_eq!(execution.status, Status::Succeeded, "{execution:?}");
     assert_eq!(
-        start.elapsed(),
-        Duration::from_secs(1),
-        "the slow branch was not cancelled"
+        functions.calls("abort")[0].1 - start,
+        Duration::from_secs(100)
     );
-    let output = execution.output.clone().expect("output");
-    assert_eq!(output["error"]["Error"], json!("DataMismatch"));
-    assert!(execution
-        .events_of("Slow")
-        .all(|e| e.kind != EventType::TaskSucceeded));
-    assert!(execution
-        .events_of("Both")
-        .any(|e| e.kind == EventType::ParallelStateFailed));
+    let output = execution.output.expect("output");
+    assert_eq!(
+        output["branches"][1]["failed"]["Error"],
+        json!("DataMismatch")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fault_after_the_side_effect_runs_the_call_and_loses_its_answer() {
+    let definition = one_task(lambda(
+        "work",
+        json!({"Retry": [{"ErrorEquals": ["Lambda.ServiceException"], "IntervalSeconds": 1}]}),
+    ));
+    let functions = Functions::default().on("work", |n, _| Ok(json!({ "call": n })));
+    let definition = Definition::from_json(&definition.to_string()).expect("loads");
+    let execution = Executor::new(&definition, &functions)
+        .fault(Fault::crash_after(
+            "Work",
+            1,
+            "Lambda.ServiceException",
+            "the answer was lost",
+        ))
+        .expect("fault")
+        .run(json!({}))
+        .await;
+    assert_eq!(execution.status, Status::Succeeded, "{execution:?}");
+    assert_eq!(
+        functions.finished("work").len(),
+        2,
+        "the first call ran to its end before the fault"
+    );
+    assert_eq!(
+        execution.output.clone().expect("output")["result"]["out"],
+        json!({ "call": 2 }),
+        "the first answer was discarded; the retry's is used"
+    );
+    let failed: Vec<_> = execution
+        .events_of("Work")
+        .filter(|e| e.kind == EventType::TaskFailed)
+        .filter_map(|e| e.error.clone())
+        .collect();
+    assert_eq!(failed, ["Lambda.ServiceException"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -571,14 +700,12 @@ async fn states_all_task_failed_and_timeout_match_as_step_functions_does() {
         .await;
     assert_eq!(execution.status, Status::Succeeded, "{execution:?}");
     // Call 1 fails (Boom, retried after 1 s); attempt 2 is delayed past the 5 s timeout
-    // (retried after 7 s); attempt 3 succeeds.
+    // (retried after 7 s); attempt 3 succeeds. The timed-out attempt is not cancelled: it
+    // reaches the handler once its delay is over, after the state has moved on.
     let calls = functions.calls("check");
-    assert_eq!(
-        calls.len(),
-        2,
-        "the delayed attempt never reached the handler"
-    );
+    assert_eq!(calls.len(), 3);
     assert_eq!((calls[1].1 - calls[0].1).as_secs(), 1 + 5 + 7);
+    assert_eq!((calls[2].1 - calls[0].1).as_secs(), 1 + 60);
     let kinds: Vec<_> = execution
         .events_of("Work")
         .map(|e| e.kind.to_string())
@@ -622,19 +749,30 @@ async fn states_all_task_failed_and_timeout_match_as_step_functions_does() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn task_timeout_cancels_the_call() {
+async fn a_task_timeout_fails_the_state_but_the_call_runs_to_its_end() {
     let definition = one_task(lambda("stuck", json!({"TimeoutSeconds": 3})));
     let functions = Functions::default()
         .on("stuck", echo)
         .sleeping("stuck", Duration::from_secs(10));
     let start = Instant::now();
     let execution = run(definition, &functions, json!({})).await;
-    assert_eq!(start.elapsed(), Duration::from_secs(3));
     assert_eq!(execution.status, Status::Failed);
     assert_eq!(execution.error.as_deref(), Some("States.Timeout"));
-    assert!(execution
+    let timed_out = execution
         .events_of("Work")
-        .any(|e| e.kind == EventType::TaskTimedOut));
+        .find(|e| e.kind == EventType::TaskTimedOut)
+        .expect("TaskTimedOut");
+    let failed = execution.history.last().expect("last event");
+    assert_eq!(failed.kind, EventType::ExecutionFailed);
+    assert_eq!(
+        failed.timestamp, timed_out.timestamp,
+        "the execution failed at the timeout"
+    );
+    assert_eq!(
+        functions.finished("stuck"),
+        [start + Duration::from_secs(10)],
+        "like a Lambda, the call was not stopped by the state's timeout"
+    );
 }
 
 #[tokio::test(start_paused = true)]
