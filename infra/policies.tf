@@ -223,7 +223,7 @@ locals {
       statement = {
         Sid      = "ReadJournal"
         Effect   = "Allow"
-        Action   = ["ssm:GetParameter"]
+        Action   = ["ssm:GetParameter", "ssm:GetParameters"]
         Resource = local.journals
       }
     }
@@ -261,28 +261,30 @@ locals {
   # Per function, the statements its code needs. "connect" = Deps::connect: the cluster's
   # endpoint (DescribeDBClusters) and the orchestrator's login (SSM).
   function_statement_names = {
-    "preflight"                         = ["describe_cell_clusters", "orchestrator_login", "pgbouncer_login", "pgbouncer_list_tasks", "pgbouncer_describe_tasks", "decrypt_secrets"]
-    "snapshot-cluster"                  = ["snapshot_blue", "tag_snapshots", "describe_snapshots"]
-    "sync-roles"                        = ["describe_cell_clusters", "orchestrator_login", "application_roles", "decrypt_secrets"]
-    "copy-schema"                       = ["describe_cell_clusters", "orchestrator_login", "decrypt_secrets"]
-    "start-replication"                 = ["describe_cell_clusters", "orchestrator_login", "decrypt_secrets"]
+    # journal_read on every function that changes the cell: each checks its caller holds
+    # the run lock (the fencing token) and reads the run's decision before acting.
+    "preflight"                         = ["describe_cell_clusters", "orchestrator_login", "pgbouncer_login", "pgbouncer_list_tasks", "pgbouncer_describe_tasks", "downstream_login", "journal_read", "decrypt_secrets"]
+    "snapshot-cluster"                  = ["snapshot_blue", "tag_snapshots", "describe_snapshots", "journal_read"]
+    "sync-roles"                        = ["describe_cell_clusters", "orchestrator_login", "application_roles", "journal_read", "decrypt_secrets"]
+    "copy-schema"                       = ["describe_cell_clusters", "orchestrator_login", "journal_read", "decrypt_secrets"]
+    "start-replication"                 = ["describe_cell_clusters", "orchestrator_login", "journal_read", "decrypt_secrets"]
     "check-replication"                 = ["describe_cell_clusters", "orchestrator_login", "decrypt_secrets"]
-    "analyze-green"                     = ["describe_cell_clusters", "orchestrator_login", "decrypt_secrets"]
+    "analyze-green"                     = ["describe_cell_clusters", "orchestrator_login", "journal_read", "decrypt_secrets"]
     "verify-data"                       = ["describe_cell_clusters", "orchestrator_login", "decrypt_secrets"]
-    "acquire-lock"                      = ["journal_read", "journal_create"]
+    "acquire-lock"                      = ["journal_read", "journal_create", "journal_delete"]
     "release-lock"                      = ["journal_read", "journal_delete"]
     "scale-services"                    = ["direct_writer_services", "direct_writer_list_tasks", "direct_writer_describe_tasks", "journal_read", "journal_create", "journal_delete"]
-    "pause-pgbouncer"                   = ["pgbouncer_login", "pgbouncer_list_tasks", "pgbouncer_describe_tasks", "decrypt_secrets"]
-    "revoke-writes"                     = ["describe_cell_clusters", "orchestrator_login", "application_roles", "decrypt_secrets"]
-    "restore-writes"                    = ["describe_cell_clusters", "orchestrator_login", "decrypt_secrets"]
+    "pause-pgbouncer"                   = ["pgbouncer_login", "pgbouncer_list_tasks", "pgbouncer_describe_tasks", "journal_read", "journal_create", "decrypt_secrets"]
+    "revoke-writes"                     = ["describe_cell_clusters", "orchestrator_login", "application_roles", "journal_read", "decrypt_secrets"]
+    "restore-writes"                    = ["describe_cell_clusters", "orchestrator_login", "journal_read", "journal_create", "decrypt_secrets"]
     "drop-downstream-subscriptions"     = ["describe_cell_clusters", "orchestrator_login", "downstream_login", "journal_read", "journal_create", "decrypt_secrets"]
-    "check-slot-lag"                    = ["describe_cell_clusters", "orchestrator_login", "decrypt_secrets"]
-    "sync-sequences"                    = ["describe_cell_clusters", "orchestrator_login", "decrypt_secrets"]
-    "finalize-replication"              = ["list_clusters", "orchestrator_login", "journal_read", "decrypt_secrets"]
+    "check-slot-lag"                    = ["describe_cell_clusters", "orchestrator_login", "journal_read", "decrypt_secrets"]
+    "sync-sequences"                    = ["describe_cell_clusters", "orchestrator_login", "journal_read", "decrypt_secrets"]
+    "finalize-replication"              = ["list_clusters", "orchestrator_login", "journal_read", "journal_create", "decrypt_secrets"]
     "rename-clusters"                   = ["list_clusters", "rename_clusters", "orchestrator_login", "journal_read", "journal_create", "journal_delete", "decrypt_secrets"]
-    "refresh-nlb-target"                = ["describe_cell_clusters", "describe_target_groups", "refresh_targets"]
-    "recreate-downstream-subscriptions" = ["describe_cell_clusters", "orchestrator_login", "downstream_login", "downstream_publisher_login", "journal_read", "decrypt_secrets"]
-    "resume-pgbouncer"                  = ["pgbouncer_login", "pgbouncer_list_tasks", "pgbouncer_describe_tasks", "application_roles", "decrypt_secrets"]
+    "refresh-nlb-target"                = ["describe_cell_clusters", "describe_target_groups", "refresh_targets", "journal_read", "journal_create"]
+    "recreate-downstream-subscriptions" = ["describe_cell_clusters", "orchestrator_login", "downstream_login", "downstream_publisher_login", "journal_read", "journal_create", "decrypt_secrets"]
+    "resume-pgbouncer"                  = ["describe_cell_clusters", "pgbouncer_login", "pgbouncer_list_tasks", "pgbouncer_describe_tasks", "application_roles", "journal_read", "journal_create", "decrypt_secrets"]
   }
 
   function_statements = {

@@ -937,13 +937,45 @@ fn policies_grant_only_named_actions_and_only_rename_clusters_renames() {
         "acquire-lock",
         "release-lock",
         "scale-services",
+        "pause-pgbouncer",
+        // The abort direction marks the run aborting; resume-pgbouncer marks it switched.
+        "restore-writes",
+        "finalize-replication",
         "rename-clusters",
+        "refresh-nlb-target",
         "drop-downstream-subscriptions",
+        "recreate-downstream-subscriptions",
+        "resume-pgbouncer",
     ]
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
     assert_eq!(writers, want, "functions that may write the journal");
+
+    // Journal reads: every function that changes the cell checks the lock (the fencing
+    // token) and the run's decision; of the read-only ones, preflight reads the
+    // downstream subscriptions' entries.
+    let readers: BTreeSet<String> = policies
+        .iter()
+        .filter(|(_, statements)| {
+            statements.iter().any(|s| {
+                strings(&s["Action"])
+                    .iter()
+                    .any(|a| a == "ssm:GetParameters")
+                    && strings(&s["Resource"])
+                        .iter()
+                        .any(|r| r.contains("/journal/"))
+            })
+        })
+        .map(|(owner, _)| owner.clone())
+        .collect();
+    let read_only = ["check-replication", "verify-data"];
+    let want: BTreeSet<String> = functions
+        .iter()
+        .filter(|f| !read_only.contains(&f.as_str()))
+        .cloned()
+        .collect();
+    assert_eq!(readers, want, "functions that read the journal");
 }
 
 #[test]
