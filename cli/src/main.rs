@@ -6,7 +6,9 @@
 //!   pause window — ending with the outcome (exit 0 only if it succeeded);
 //! - `invoke`: one function by name with a cell document, in-process through the same
 //!   code (`--local`, the default) or through its Lambda (`--remote`), `--dry-run` to see
-//!   what it would change;
+//!   what it would change. It first says who holds the cell's run lock: a function that
+//!   changes the cell acts as a run (`--run-id`, the lock holder's to repair that run) or
+//!   overrides the lock deliberately (`--force`);
 //! - `report`: `report.json`, a summary and `timeline.svg` from finished executions (Step
 //!   Functions' history or the local executor's).
 //!
@@ -91,6 +93,15 @@ enum Command {
         /// string): e.g. `--set mode=forward --set wait_seconds=30`.
         #[arg(long = "set", value_name = "NAME=VALUE")]
         fields: Vec<String>,
+        /// The run to act as: it must hold the cell's run lock (a function that changes the
+        /// cell refuses otherwise). To repair a dead run, its id; for your own repair, take
+        /// the lock first (`invoke acquire-lock --run-id <yours>`).
+        #[arg(long)]
+        run_id: Option<String>,
+        /// Act although the run does not hold the lock, or (abort direction) although the
+        /// cell has switched: only once no run is live, knowing what it overrides.
+        #[arg(long)]
+        force: bool,
         /// Print what the function would change, and change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -175,6 +186,8 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             function,
             cell,
             fields,
+            run_id,
+            force,
             dry_run,
             remote,
             function_prefix,
@@ -186,7 +199,24 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 ));
             }
             let cell = read_cell(&cell)?;
+            let holder = lock_holder(&cell).await?;
+            eprintln!("switchyard: {holder}");
             let mut payload = switchyard_local_run::payload(&cell, fields_of(&fields)?);
+            if !switchyard_local_run::is_read_only(&function) {
+                let Some(run_id) = run_id else {
+                    return Err(format!(
+                        "{function} changes the cell: pass --run-id (the run to act as, which must hold the lock — {holder}), or --force"
+                    ));
+                };
+                payload["run_id"] = Value::String(run_id);
+                if force {
+                    payload["force"] = Value::Bool(true);
+                }
+            } else if run_id.is_some() || force {
+                return Err(format!(
+                    "{function} changes nothing: it takes no --run-id or --force"
+                ));
+            }
             if dry_run {
                 if switchyard_local_run::is_read_only(&function) {
                     eprintln!("switchyard: {function} changes nothing; running it");
@@ -309,18 +339,38 @@ fn fields_of(pairs: &[String]) -> Result<Value, String> {
             .ok_or_else(|| format!("--set {pair}: expected NAME=VALUE"))?;
         let reserved = [
             "cell",
+            "run_id",
+            "force",
             switchyard_operation::DRY_RUN_FIELD,
             switchyard_operation::PAUSE_DEADLINE_FIELD,
         ];
         if name.is_empty() || reserved.contains(&name) {
             return Err(format!(
-                "--set {name}: not a field to set by hand (the cell comes from --cell, a dry run from --dry-run)"
+                "--set {name}: not a field to set by hand (the cell comes from --cell, the run from --run-id, --force and a dry run from their flags)"
             ));
         }
         let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned()));
         fields.insert(name.to_owned(), value);
     }
     Ok(Value::Object(fields))
+}
+
+/// Who holds the cell's run lock, read from its journal (SSM, the standard AWS chain).
+async fn lock_holder(cell: &CellDocument) -> Result<String, String> {
+    let aws = switchyard_aws::AwsClients::load(Some(&cell.region)).await;
+    let journal = switchyard_operation::Journal::new(&aws.ssm, cell);
+    let lock = journal
+        .get::<switchyard_operation::fence::RunLock>()
+        .await
+        .map_err(|e| format!("reading the run lock: {}: {e}", e.error_name()))?;
+    Ok(match lock {
+        Some(lock) => format!(
+            "cell {}'s lock is held by {}",
+            cell.cell_id,
+            lock.describe()
+        ),
+        None => format!("cell {}'s lock is free", cell.cell_id),
+    })
 }
 
 /// Runs the function in this process, as its Lambda would, with the deployment
@@ -361,15 +411,17 @@ mod tests {
         let fields = fields_of(&[
             "mode=forward".to_owned(),
             "wait_seconds=30".to_owned(),
-            "force=true".to_owned(),
+            "old_blue_identifier=local-a-blue-14".to_owned(),
         ])
         .expect("fields");
         assert_eq!(
             fields,
-            serde_json::json!({"mode": "forward", "wait_seconds": 30, "force": true})
+            serde_json::json!({"mode": "forward", "wait_seconds": 30, "old_blue_identifier": "local-a-blue-14"})
         );
         for bad in [
             "cell={}",
+            "run_id=x",
+            "force=true",
             "dry_run=true",
             "pause_deadline=x",
             "novalue",

@@ -65,9 +65,19 @@ async fn cluster_ids(cell: &LocalCell) -> Vec<String> {
     cell.cluster_identifiers().await.expect("describe")
 }
 
-/// `switchyard invoke <function> --cell <doc> [--set …]… [--dry-run]`.
-fn invoke(cell: &LocalCell, doc: &str, function: &str, sets: &[&str], dry_run: bool) -> Ran {
+/// `switchyard invoke <function> --cell <doc> [--run-id …] [--set …]… [--dry-run]`.
+fn invoke(
+    cell: &LocalCell,
+    doc: &str,
+    function: &str,
+    run_id: Option<&str>,
+    sets: &[&str],
+    dry_run: bool,
+) -> Ran {
     let mut args = vec!["invoke", function, "--cell", doc];
+    if let Some(run_id) = run_id {
+        args.extend(["--run-id", run_id]);
+    }
     for set in sets {
         args.extend(["--set", set]);
     }
@@ -83,11 +93,39 @@ async fn invoke_runs_one_function_with_dry_runs_and_typed_errors() {
     let doc = cell_file(&cell);
     let doc = doc.to_str().expect("path");
     let blue = cell.document.blue.cluster_identifier.clone();
+    let before = cluster_ids(&cell).await;
+    let repair = Some("manual-repair-1");
+
+    // A function that changes the cell acts as a run: without one, refused up front, with
+    // who holds the lock.
+    let ran = invoke(&cell, doc, "rename-clusters", None, &["mode=forward"], true);
+    assert_eq!(ran.code, 2, "{}\n{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stderr.contains("lock is free") && ran.stderr.contains("--run-id"),
+        "{}",
+        ran.stderr
+    );
+
+    // The repair takes the lock, then acts as its own run.
+    let ran = invoke(&cell, doc, "acquire-lock", repair, &[], false);
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    assert_eq!(ran.json()["acquired"], true);
 
     // A dry run of the switch itself: the renames it would make, none made.
-    let before = cluster_ids(&cell).await;
-    let ran = invoke(&cell, doc, "rename-clusters", &["mode=forward"], true);
+    let ran = invoke(
+        &cell,
+        doc,
+        "rename-clusters",
+        repair,
+        &["mode=forward"],
+        true,
+    );
     assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stderr.contains("held by run manual-repair-1"),
+        "the lock holder is shown: {}",
+        ran.stderr
+    );
     let plan = ran.json();
     assert_eq!(plan["dry_run"], true);
     let would = plan["would"].to_string();
@@ -101,8 +139,36 @@ async fn invoke_runs_one_function_with_dry_runs_and_typed_errors() {
         "a dry run renamed nothing"
     );
 
+    // Another run's id while the lock is held: LockHeld, exit 1, nothing changed.
+    let ran = invoke(
+        &cell,
+        doc,
+        "rename-clusters",
+        Some("someone-else"),
+        &["mode=forward"],
+        false,
+    );
+    assert_eq!(ran.code, 1, "{}\n{}", ran.stdout, ran.stderr);
+    assert_eq!(ran.json()["errorType"], "LockHeld");
+    assert!(
+        ran.json()["errorMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("manual-repair-1"),
+        "names the owner: {}",
+        ran.stdout
+    );
+    assert_eq!(cluster_ids(&cell).await, before);
+
     // Bad input: the function's own typed error, exit 1, nothing changed.
-    let ran = invoke(&cell, doc, "rename-clusters", &["mode=sideways"], false);
+    let ran = invoke(
+        &cell,
+        doc,
+        "rename-clusters",
+        repair,
+        &["mode=sideways"],
+        false,
+    );
     assert_eq!(ran.code, 1, "{}\n{}", ran.stdout, ran.stderr);
     let error = ran.json();
     assert_eq!(error["errorType"], "InvalidInput");
@@ -137,23 +203,8 @@ async fn invoke_runs_one_function_with_dry_runs_and_typed_errors() {
     assert_eq!(ran.code, 2);
     assert!(ran.stderr.contains("InvalidInput"), "{}", ran.stderr);
 
-    // A real call, then a dry run of its undo, then the undo.
-    let ran = invoke(
-        &cell,
-        doc,
-        "acquire-lock",
-        &["run_id=manual-repair-1"],
-        false,
-    );
-    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
-    assert_eq!(ran.json()["acquired"], true);
-    let ran = invoke(
-        &cell,
-        doc,
-        "release-lock",
-        &["run_id=manual-repair-1"],
-        true,
-    );
+    // A dry run of giving the lock back, then for real.
+    let ran = invoke(&cell, doc, "release-lock", repair, &[], true);
     assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
     assert!(
         ran.json()["would"].to_string().contains("manual-repair-1"),
@@ -172,22 +223,10 @@ async fn invoke_runs_one_function_with_dry_runs_and_typed_errors() {
         .send()
         .await;
     assert!(lock.is_ok(), "the dry run left the lock in place");
-    let ran = invoke(
-        &cell,
-        doc,
-        "release-lock",
-        &["run_id=manual-repair-1"],
-        false,
-    );
+    let ran = invoke(&cell, doc, "release-lock", repair, &[], false);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     assert!(ran.json()["released"].is_object(), "{}", ran.stdout);
-    let ran = invoke(
-        &cell,
-        doc,
-        "release-lock",
-        &["run_id=manual-repair-1"],
-        true,
-    );
+    let ran = invoke(&cell, doc, "release-lock", repair, &[], true);
     assert_eq!(
         ran.json()["would"],
         serde_json::json!([]),

@@ -28,13 +28,56 @@ impl ClusterEndpoint {
 }
 
 /// Local stand-in for DNS: `DbClusterResourceId` → `host:port` of the server behind it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+///
+/// Like Aurora's DNS after a rename, a name can lag: while an identifier is held
+/// ([`LocalEndpoints::hold`]) it leads nowhere (`ClusterNotAvailable`), whoever holds it in
+/// moto. Clones share the held names, so a test holding one through its own copy is seen
+/// by every operation using the resolver.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
-pub struct LocalEndpoints(HashMap<String, String>);
+pub struct LocalEndpoints {
+    map: HashMap<String, String>,
+    #[serde(skip)]
+    held: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+impl PartialEq for LocalEndpoints {
+    fn eq(&self, other: &Self) -> bool {
+        self.map == other.map
+    }
+}
+
+impl Eq for LocalEndpoints {}
 
 impl LocalEndpoints {
     pub fn new(map: HashMap<String, String>) -> Self {
-        Self(map)
+        Self {
+            map,
+            held: std::sync::Arc::default(),
+        }
+    }
+
+    /// From now on `identifier` leads nowhere, until [`LocalEndpoints::release`]: a name
+    /// that has not caught up with a rename yet.
+    pub fn hold(&self, identifier: &str) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(identifier.to_owned());
+    }
+
+    pub fn release(&self, identifier: &str) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(identifier);
+    }
+
+    fn is_held(&self, identifier: &str) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(identifier)
     }
 
     pub fn load(path: &Path) -> Result<Self, AwsError> {
@@ -46,7 +89,7 @@ impl LocalEndpoints {
     }
 
     fn address(&self, resource_id: &str) -> Option<(String, u16)> {
-        let addr = self.0.get(resource_id)?;
+        let addr = self.map.get(resource_id)?;
         let (host, port) = addr.rsplit_once(':')?;
         Some((host.to_owned(), port.parse().ok()?))
     }
@@ -78,6 +121,15 @@ impl EndpointResolver {
         identifier: &str,
     ) -> Result<ClusterEndpoint, AwsError> {
         let context = format!("describing DB cluster {identifier}");
+        if let Self::Local(local) = self {
+            if local.is_held(identifier) {
+                return Err(AwsError::new(
+                    ErrorName::ClusterNotAvailable,
+                    &context,
+                    "its name does not lead to any cluster yet (held, as a rename that has not reached DNS)",
+                ));
+            }
+        }
         let out = rds
             .describe_db_clusters()
             .db_cluster_identifier(identifier)

@@ -185,9 +185,14 @@ impl fmt::Display for TableRef {
 pub struct Budgets {
     /// How long PgBouncer may take to drain on PAUSE.
     pub drain_seconds: u64,
-    /// How long writes may stay paused in total; keep it below PgBouncer's `query_wait_timeout`.
+    /// How long writes may stay paused before the forward path gives up: every step of the
+    /// window stops at `pause_seconds` after the pause.
     pub pause_seconds: u64,
-    /// How long the slot-lag gate waits for green to catch up.
+    /// What the abort path may add to a pause that ran its whole budget (rename back,
+    /// writes restored, resume). `pause_seconds + abort_seconds` must stay below
+    /// PgBouncer's `query_wait_timeout` (preflight checks), or queued clients get errors.
+    pub abort_seconds: u64,
+    /// How long the slot-lag gate waits for green to catch up; inside the pause budget.
     pub lag_gate_seconds: u64,
     /// Replication lag under which green counts as caught up before the switchover.
     pub max_replication_lag_bytes: u64,
@@ -200,7 +205,10 @@ impl Default for Budgets {
         Self {
             drain_seconds: 30,
             pause_seconds: 60,
-            lag_gate_seconds: 120,
+            abort_seconds: 45,
+            // Writes are frozen when the gate starts: green drains what is in flight in
+            // seconds, or is stuck. Well inside the pause budget, with room for the rename.
+            lag_gate_seconds: 30,
             max_replication_lag_bytes: 1024 * 1024,
             sequence_gap: 1000,
         }
@@ -401,7 +409,8 @@ mod tests {
         let document = CellDocument::from_value(value).expect("valid with partial budgets");
         assert_eq!(document.budgets.pause_seconds, 45);
         assert_eq!(document.budgets.drain_seconds, 30);
-        assert_eq!(document.budgets.lag_gate_seconds, 120);
+        assert_eq!(document.budgets.lag_gate_seconds, 30);
+        assert_eq!(document.budgets.abort_seconds, 45);
         assert_eq!(document.budgets.max_replication_lag_bytes, 1_048_576);
         assert_eq!(document.budgets.sequence_gap, 1000);
     }

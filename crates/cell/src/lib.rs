@@ -12,3 +12,4 @@ pub use document::{
     Downstream, Environment, PgBouncer, TableGroup, TableRef, EXAMPLE, REST_GROUP,
 };
 pub use error::{CellError, Problem};
+pub use validation::MAX_PAUSE_SECONDS;

@@ -18,7 +18,8 @@ const MAX_TARGET_GROUP_NAME: usize = 32;
 const MIN_MAJOR_VERSION: u32 = 14;
 const MAX_MAJOR_VERSION: u32 = 99;
 const MAX_DRAIN_SECONDS: u64 = 900;
-const MAX_PAUSE_SECONDS: u64 = 3600;
+/// The longest pause budget a cell may ask for (and so the longest lag gate).
+pub const MAX_PAUSE_SECONDS: u64 = 3600;
 const MAX_LAG_GATE_SECONDS: u64 = 3600;
 
 type Rule = Result<(), String>;
@@ -218,6 +219,11 @@ fn check_budgets(budgets: &Budgets, problems: &mut Problems) {
             Some(MAX_PAUSE_SECONDS),
         ),
         (
+            "abort_seconds",
+            budgets.abort_seconds,
+            Some(MAX_PAUSE_SECONDS),
+        ),
+        (
             "lag_gate_seconds",
             budgets.lag_gate_seconds,
             Some(MAX_LAG_GATE_SECONDS),
@@ -236,6 +242,16 @@ fn check_budgets(budgets: &Budgets, problems: &mut Problems) {
         } else if let Some(max) = max.filter(|&max| value > max) {
             problems.push(field, format!("must be at most {max}"));
         }
+    }
+    // The gate runs inside the pause window: a longer gate would never get to decide.
+    if budgets.pause_seconds > 0 && budgets.lag_gate_seconds >= budgets.pause_seconds {
+        problems.push(
+            "budgets.lag_gate_seconds",
+            format!(
+                "must be below budgets.pause_seconds ({}): the lag gate runs inside the pause window",
+                budgets.pause_seconds
+            ),
+        );
     }
 }
 
@@ -954,6 +970,7 @@ mod tests {
             v["budgets"] = json!({
                 "drain_seconds": 901,
                 "pause_seconds": 3601,
+                "abort_seconds": 0,
                 "lag_gate_seconds": 0,
                 "max_replication_lag_bytes": 0,
                 "sequence_gap": 0,
@@ -964,6 +981,7 @@ mod tests {
             [
                 "budgets.drain_seconds",
                 "budgets.pause_seconds",
+                "budgets.abort_seconds",
                 "budgets.lag_gate_seconds",
                 "budgets.max_replication_lag_bytes",
                 "budgets.sequence_gap",
@@ -973,11 +991,24 @@ mod tests {
             v["budgets"] = json!({
                 "drain_seconds": 900,
                 "pause_seconds": 3600,
-                "lag_gate_seconds": 3600,
+                "abort_seconds": 3600,
+                "lag_gate_seconds": 3599,
                 "max_replication_lag_bytes": 1,
                 "sequence_gap": 1,
             });
         });
         assert_eq!(at_limits, Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_lag_gate_fits_inside_the_pause_budget() {
+        let fields = edited(|v| {
+            v["budgets"] = json!({ "pause_seconds": 60, "lag_gate_seconds": 60 });
+        });
+        assert_eq!(fields, ["budgets.lag_gate_seconds"]);
+        assert_eq!(
+            edited(|v| v["budgets"] = json!({ "pause_seconds": 60, "lag_gate_seconds": 59 })),
+            Vec::<String>::new()
+        );
     }
 }

@@ -45,6 +45,18 @@ pub enum ErrorName {
     PauseBudgetExceeded,
     /// Another run holds the cell's lock; wait for it to finish or clear a stale lock by hand.
     LockHeld,
+    /// No run holds the cell's lock: a changing operation needs its caller to hold it.
+    LockNotHeld,
+    /// The cell has switched to green (writes may be on it): nothing may route it back.
+    AlreadySwitched,
+    /// The run is on its abort path: no forward step may change the cell.
+    AbortInProgress,
+    /// The lag gate's budget ran out with green behind; the run aborts.
+    LagGateExceeded,
+    /// Some PgBouncer instances were resumed toward green, others not yet: retry forward.
+    ResumeIncomplete,
+    /// PgBouncer was resumed but reaches the wrong server: writes may be on green; page.
+    ProbeMismatch,
     /// The cell is not in the state this step needs; inspect it and rerun from the right step.
     PreconditionFailed,
     /// A non-transient database error; read the SQLSTATE in the message and fix its cause.
@@ -86,6 +98,12 @@ impl ErrorName {
         Self::PauseFailed,
         Self::PauseBudgetExceeded,
         Self::LockHeld,
+        Self::LockNotHeld,
+        Self::AlreadySwitched,
+        Self::AbortInProgress,
+        Self::LagGateExceeded,
+        Self::ResumeIncomplete,
+        Self::ProbeMismatch,
         Self::PreconditionFailed,
         Self::DatabaseError,
         Self::AwsError,
@@ -113,6 +131,12 @@ impl ErrorName {
             Self::PauseFailed => "PauseFailed",
             Self::PauseBudgetExceeded => "PauseBudgetExceeded",
             Self::LockHeld => "LockHeld",
+            Self::LockNotHeld => "LockNotHeld",
+            Self::AlreadySwitched => "AlreadySwitched",
+            Self::AbortInProgress => "AbortInProgress",
+            Self::LagGateExceeded => "LagGateExceeded",
+            Self::ResumeIncomplete => "ResumeIncomplete",
+            Self::ProbeMismatch => "ProbeMismatch",
             Self::PreconditionFailed => "PreconditionFailed",
             Self::DatabaseError => "DatabaseError",
             Self::AwsError => "AwsError",
@@ -131,7 +155,8 @@ impl ErrorName {
             | Self::TargetNotHealthy
             | Self::DatabaseUnavailable
             | Self::AwsThrottled
-            | Self::AwsUnavailable => Retry::NotYet,
+            | Self::AwsUnavailable
+            | Self::ResumeIncomplete => Retry::NotYet,
             Self::InvalidInput
             | Self::PreflightFailed
             | Self::SchemaMismatch
@@ -141,6 +166,11 @@ impl ErrorName {
             | Self::PauseFailed
             | Self::PauseBudgetExceeded
             | Self::LockHeld
+            | Self::LockNotHeld
+            | Self::AlreadySwitched
+            | Self::AbortInProgress
+            | Self::LagGateExceeded
+            | Self::ProbeMismatch
             | Self::PreconditionFailed
             | Self::DatabaseError
             | Self::AwsError
@@ -220,6 +250,12 @@ mod tests {
             PauseFailed,
             PauseBudgetExceeded,
             LockHeld,
+            LockNotHeld,
+            AlreadySwitched,
+            AbortInProgress,
+            LagGateExceeded,
+            ResumeIncomplete,
+            ProbeMismatch,
             PreconditionFailed,
             DatabaseError,
             AwsError,
@@ -296,6 +332,8 @@ mod tests {
             "DatabaseUnavailable",
             "AwsThrottled",
             "AwsUnavailable",
+            // After the switch only: the instances left are resumed by the retry.
+            "ResumeIncomplete",
         ]
         .into_iter()
         .collect();

@@ -15,15 +15,23 @@ use tokio_postgres::Client;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The journal key of `subscription` of `downstream`.
-pub fn journal_key(downstream: &Downstream, subscription: &str) -> String {
+fn journal_key(downstream: &Downstream, subscription: &str) -> String {
     format!("downstream/{}/{subscription}", downstream.name)
 }
 
-/// A dropped subscription, as `recreate-downstream-subscriptions` needs it back. Never
-/// holds the password: that stays in `publisher_credentials_parameter`.
+/// A dropped subscription, as `recreate-downstream-subscriptions` needs it back, and the
+/// evidence that the downstream misses nothing: its slot on blue had confirmed the
+/// frozen position before the drop, and (once recreated) its new slot is on the new
+/// primary. Never holds the password: that stays in `publisher_credentials_parameter`.
+///
+/// Written by `drop-downstream-subscriptions` (before it drops), completed by
+/// `recreate-downstream-subscriptions`, read by `resume-pgbouncer` before the switch and by
+/// `preflight`; only through [`Journaled::read`] and [`Journaled::write`].
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Journaled {
+    /// The run that dropped it: no other run acts on this entry.
+    pub run_id: String,
     pub publications: Vec<String>,
     pub slot_name: String,
     pub binary: bool,
@@ -33,10 +41,89 @@ pub struct Journaled {
     /// `any` or `none`; `None` before PG16, which has no such option.
     pub origin: Option<String>,
     pub connection: Target,
-    /// The slot's `confirmed_flush_lsn` on blue when it was checked.
+    /// Blue's WAL position after the freeze: everything the downstream must hold.
+    pub freeze_lsn: String,
+    /// The slot's `confirmed_flush_lsn` on blue when it was checked (≥ `freeze_lsn`).
     pub confirmed_lsn: String,
     /// RFC 3339, UTC: when the definition was recorded.
     pub recorded_at: String,
+    /// Set by `recreate-downstream-subscriptions` once the subscription exists again,
+    /// reading a slot of that name on the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recreated: Option<Recreated>,
+}
+
+/// Where a journaled subscription was created again.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recreated {
+    /// `DbClusterResourceId` of the cluster holding the cell's identifier then (green's
+    /// after the switch, blue's after an abort).
+    pub primary_resource_id: String,
+    /// RFC 3339, UTC.
+    pub at: String,
+}
+
+impl Journaled {
+    /// The entry of `subscription` of `downstream`, whichever run wrote it.
+    pub async fn read(
+        deps: &Deps,
+        cell: &CellDocument,
+        downstream: &Downstream,
+        subscription: &str,
+    ) -> Result<Option<Self>, Error> {
+        deps.journal(cell)
+            .read(&journal_key(downstream, subscription))
+            .await
+    }
+
+    /// Writes (replaces) the entry of `subscription` of `downstream`.
+    pub async fn write(
+        &self,
+        deps: &Deps,
+        cell: &CellDocument,
+        downstream: &Downstream,
+        subscription: &str,
+    ) -> Result<(), Error> {
+        deps.journal(cell)
+            .write(&journal_key(downstream, subscription), self)
+            .await
+    }
+
+    /// The SSM parameter of `subscription` of `downstream`, for messages and plans.
+    pub fn parameter(
+        deps: &Deps,
+        cell: &CellDocument,
+        downstream: &Downstream,
+        subscription: &str,
+    ) -> String {
+        deps.journal(cell)
+            .parameter(&journal_key(downstream, subscription))
+    }
+
+    /// Its slot on blue had confirmed the frozen position when it was dropped: the
+    /// downstream holds everything written before the freeze.
+    pub fn held_everything(&self) -> bool {
+        match (lsn(&self.confirmed_lsn), lsn(&self.freeze_lsn)) {
+            (Some(confirmed), Some(freeze)) => confirmed >= freeze,
+            _ => false,
+        }
+    }
+
+    /// `PreconditionFailed` unless run `run_id` wrote it: a function never acts on another
+    /// run's entry (an earlier run's "already dropped" must not steer this one).
+    pub fn of_run(self, run_id: &str, force: bool, what: &str) -> Result<Self, Error> {
+        if self.run_id == run_id || force {
+            return Ok(self);
+        }
+        Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!(
+                "{what} was journaled by run {} at {}, not by this run {run_id}: find out what became of it (is it subscribed anywhere? does the downstream hold every row?) and recreate it by hand, or act as that run",
+                self.run_id, self.recorded_at
+            ),
+        ))
+    }
 }
 
 /// Where the subscription logs in to the publisher: the conninfo without its password.
@@ -75,6 +162,12 @@ impl Target {
             sslrootcert: get("sslrootcert"),
         })
     }
+}
+
+/// An LSN as PostgreSQL prints it (`3/4A0012F8`), as a number.
+fn lsn(text: &str) -> Option<u64> {
+    let (high, low) = text.split_once('/')?;
+    Some((u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?)
 }
 
 /// Splits a libpq `key = value` string; values may be single-quoted, `\` escapes.
@@ -154,6 +247,54 @@ pub async fn connect(
     Ok(switchyard_postgres::connect(&options).await?)
 }
 
+/// How long [`hold`] waits for another step holding the same subscription.
+const HOLD_WAIT: Duration = Duration::from_secs(60);
+
+/// Holds subscription `name` on the downstream for this session, so that a drop (forward)
+/// and a recreate (abort) of it never interleave: a session-level advisory lock, released
+/// by [`release`] or when the session ends (a crash included). Each side re-reads the run's
+/// decision *after* taking it, and the abort side marks the run aborting *before* — so a
+/// drop still in flight when the abort path starts either finishes before the recreate
+/// looks, or sees the abort and drops nothing.
+pub async fn hold(client: &Client, name: &str) -> Result<(), Error> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let taken: bool = client
+            .query_one(
+                "SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('switchyard.downstream'), pg_catalog.hashtext($1))",
+                &[&name],
+            )
+            .await
+            .map_err(|e| Error::query(format!("locking subscription {name}"), e))?
+            .get(0);
+        if taken {
+            return Ok(());
+        }
+        if started.elapsed() >= HOLD_WAIT {
+            return Err(Error::stop(
+                ErrorName::DatabaseUnavailable,
+                format!(
+                    "another switchyard step has held subscription {name} for {}s; retry",
+                    HOLD_WAIT.as_secs()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Releases what [`hold`] took.
+pub async fn release(client: &Client, name: &str) -> Result<(), Error> {
+    client
+        .query_one(
+            "SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtext('switchyard.downstream'), pg_catalog.hashtext($1))",
+            &[&name],
+        )
+        .await
+        .map_err(|e| Error::query(format!("unlocking subscription {name}"), e))?;
+    Ok(())
+}
+
 /// Whether `name` exists in the downstream's database.
 pub async fn exists(client: &Client, name: &str) -> Result<bool, Error> {
     let row = client
@@ -191,6 +332,14 @@ mod tests {
         assert!(!serde_json::to_string(&target)
             .expect("json")
             .contains("p@ss"));
+    }
+
+    #[test]
+    fn lsns_compare_as_numbers() {
+        assert_eq!(lsn("0/0"), Some(0));
+        assert_eq!(lsn("3/4A0012F8"), Some((3 << 32) | 0x4A00_12F8));
+        assert!(lsn("A/0") > lsn("9/FFFFFFFF"), "not as text");
+        assert_eq!(lsn("nope"), None);
     }
 
     #[test]

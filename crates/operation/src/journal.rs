@@ -3,6 +3,13 @@
 //! function by hand does not have. Values are JSON, never secrets (plain `String`
 //! parameters), and at most 8 KB each (SSM's advanced tier; chosen per value by
 //! intelligent tiering).
+//!
+//! Every entry is one Rust type implementing [`Entry`], with its key a constant of the
+//! type: no operation reads another's entry as loose JSON or spells its key again. The
+//! entries are: the run lock and the run's decision ([`crate::fence`]), the pause window
+//! ([`crate::PauseWindow`]), the rename plan ([`crate::rename`]), the recorded desired
+//! counts ([`crate::DesiredCounts`]) and each dropped downstream subscription
+//! ([`crate::downstream`]). Each names the run that wrote it.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -14,15 +21,12 @@ use crate::Error;
 /// SSM's limit for one (advanced-tier) parameter value.
 const MAX_VALUE_BYTES: usize = 8192;
 
-/// The journal key of the run lock: one switchover per cell at a time.
-pub const LOCK_KEY: &str = "lock";
-
-/// Who holds the cell's run lock, and since when.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, Serialize)]
-pub struct RunLock {
-    pub run_id: String,
-    /// RFC 3339, UTC.
-    pub acquired_at: String,
+/// A journal entry type with one key per cell.
+pub trait Entry: Serialize + DeserializeOwned {
+    /// Its key under the cell's journal path.
+    const KEY: &'static str;
+    /// What it is, for messages ("the rename plan").
+    const WHAT: &'static str;
 }
 
 /// Now, as RFC 3339 UTC: how journal entries and outputs state times.
@@ -52,8 +56,64 @@ impl<'a> Journal<'a> {
         format!("{}{key}", self.path)
     }
 
-    /// The entry under `key`, if any.
-    pub async fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+    /// The SSM parameter holding entry type `T`.
+    pub fn parameter_of<T: Entry>(&self) -> String {
+        self.parameter(T::KEY)
+    }
+
+    /// The entry of type `T`, if any.
+    pub async fn get<T: Entry>(&self) -> Result<Option<T>, Error> {
+        self.read(T::KEY).await
+    }
+
+    /// Writes `entry`, replacing what was there.
+    pub async fn put<T: Entry>(&self, entry: &T) -> Result<(), Error> {
+        self.write(T::KEY, entry).await
+    }
+
+    /// Writes `entry` only if none exists yet, atomically (SSM refuses to overwrite):
+    /// `false` when one already existed. The building block of the lock and the decision.
+    pub async fn create<T: Entry>(&self, entry: &T) -> Result<bool, Error> {
+        self.put_raw(T::KEY, entry, false).await
+    }
+
+    /// Removes the entry of type `T`: `false` when there was none.
+    pub async fn remove<T: Entry>(&self) -> Result<bool, Error> {
+        self.delete(T::KEY).await
+    }
+
+    /// Two entries in one call (one GetParameters: SSM's API rate is shared account-wide).
+    pub async fn get_pair<A: Entry, B: Entry>(&self) -> Result<(Option<A>, Option<B>), Error> {
+        let names = [self.parameter(A::KEY), self.parameter(B::KEY)];
+        let out = self
+            .ssm
+            .get_parameters()
+            .set_names(Some(names.to_vec()))
+            .send()
+            .await
+            .map_err(|e| {
+                Error::aws(&format!("reading journal entries {}", names.join(", ")), &e)
+            })?;
+        let value = |name: &str| {
+            out.parameters()
+                .iter()
+                .find(|p| p.name() == Some(name))
+                .and_then(|p| p.value())
+                .map(str::to_owned)
+        };
+        Ok((
+            value(&names[0])
+                .map(|v| decode(&names[0], &v))
+                .transpose()?,
+            value(&names[1])
+                .map(|v| decode(&names[1], &v))
+                .transpose()?,
+        ))
+    }
+
+    /// The entry under `key`, for entry types with a key per object (downstream
+    /// subscriptions); their owner module builds the key.
+    pub(crate) async fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
         let name = self.parameter(key);
         let out = match self.ssm.get_parameter().name(&name).send().await {
             Ok(out) => out,
@@ -66,27 +126,14 @@ impl<'a> Journal<'a> {
             Err(e) => return Err(Error::aws(&format!("reading journal entry {name}"), &e)),
         };
         let value = out.parameter().and_then(|p| p.value()).unwrap_or_default();
-        serde_json::from_str(value).map(Some).map_err(|e| {
-            Error::stop(
-                ErrorName::PreconditionFailed,
-                format!("journal entry {name} is not what switchyard wrote ({e}); inspect it, then fix or delete it"),
-            )
-        })
+        decode(&name, value).map(Some)
     }
 
-    /// Writes `key`, replacing what was there.
-    pub async fn write<T: Serialize>(&self, key: &str, value: &T) -> Result<(), Error> {
-        self.put(key, value, true).await.map(|_| ())
+    pub(crate) async fn write<T: Serialize>(&self, key: &str, value: &T) -> Result<(), Error> {
+        self.put_raw(key, value, true).await.map(|_| ())
     }
 
-    /// Writes `key` only if it does not exist yet, atomically (SSM refuses to overwrite):
-    /// `false` when it already existed. The building block of the run lock.
-    pub async fn create<T: Serialize>(&self, key: &str, value: &T) -> Result<bool, Error> {
-        self.put(key, value, false).await
-    }
-
-    /// Removes `key`: `false` when there was nothing to remove.
-    pub async fn delete(&self, key: &str) -> Result<bool, Error> {
+    pub(crate) async fn delete(&self, key: &str) -> Result<bool, Error> {
         let name = self.parameter(key);
         match self.ssm.delete_parameter().name(&name).send().await {
             Ok(_) => Ok(true),
@@ -100,7 +147,7 @@ impl<'a> Journal<'a> {
         }
     }
 
-    async fn put<T: Serialize>(
+    async fn put_raw<T: Serialize>(
         &self,
         key: &str,
         value: &T,
@@ -144,4 +191,13 @@ impl<'a> Journal<'a> {
             Err(e) => Err(Error::aws(&format!("writing journal entry {name}"), &e)),
         }
     }
+}
+
+fn decode<T: DeserializeOwned>(name: &str, value: &str) -> Result<T, Error> {
+    serde_json::from_str(value).map_err(|e| {
+        Error::stop(
+            ErrorName::PreconditionFailed,
+            format!("journal entry {name} is not what switchyard wrote ({e}); inspect it, then fix or delete it"),
+        )
+    })
 }

@@ -14,9 +14,10 @@ pub trait OperationInput: DeserializeOwned {
     fn cell(&self) -> &CellDocument;
 }
 
-/// The payload field, common to every operation, that carries the end of the pause
-/// budget (RFC 3339; `pause-pgbouncer`'s `pause_deadline`). The state machine passes it to
-/// every step between the pause and the resume.
+/// The payload field that carries the end of the pause budget (RFC 3339;
+/// `pause-pgbouncer`'s `pause_deadline`). The state machine passes it to every step
+/// between the pause and the resume; each of those declares it in its input
+/// ([`crate::PauseDeadline`]) and bounds its own waits by it.
 pub const PAUSE_DEADLINE_FIELD: &str = "pause_deadline";
 
 /// Parses a payload into an operation's input: a malformed payload is `InvalidInput`
@@ -26,12 +27,9 @@ pub const PAUSE_DEADLINE_FIELD: &str = "pause_deadline";
 /// before the operation does anything: once PgBouncer has been paused longer than the
 /// cell's budget, no further forward step may start, and the state machine takes the
 /// abort path (whose steps do not carry the field).
-pub fn parse_input<I: OperationInput>(mut payload: serde_json::Value) -> Result<I, Error> {
-    if let Some(deadline) = payload
-        .as_object_mut()
-        .and_then(|p| p.remove(PAUSE_DEADLINE_FIELD))
-    {
-        check_pause_deadline(&deadline, time::OffsetDateTime::now_utc())?;
+pub fn parse_input<I: OperationInput>(payload: serde_json::Value) -> Result<I, Error> {
+    if let Some(deadline) = payload.get(PAUSE_DEADLINE_FIELD) {
+        check_pause_deadline(deadline, time::OffsetDateTime::now_utc())?;
     }
     let input: I = serde_path_to_error::deserialize(payload).map_err(|e| {
         let path = e.path().to_string();
@@ -169,6 +167,9 @@ mod tests {
         cell: CellDocument,
         #[allow(dead_code)]
         mode: String,
+        #[allow(dead_code)]
+        #[serde(default)]
+        pause_deadline: Option<crate::PauseDeadline>,
     }
 
     impl OperationInput for Probe {
@@ -207,7 +208,7 @@ mod tests {
         let future = "2999-01-01T00:00:00Z";
         assert!(
             parse_input::<Probe>(payload(future)).is_ok(),
-            "stripped, then parsed"
+            "checked, then parsed with the input"
         );
         let err = parse_input::<Probe>(payload("2020-01-01T00:00:00Z"))
             .err()

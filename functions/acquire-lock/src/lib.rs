@@ -1,10 +1,16 @@
-//! `acquire-lock`: one switchover per cell at a time.
+//! `acquire-lock`: one run per cell at a time.
 //!
 //! The lock is a journal entry in SSM (`<journal path>lock`), created atomically: SSM
 //! refuses to overwrite it, so two runs cannot both win. It outlives any crash and is
 //! visible to operators; only `release-lock` (or an operator deleting the parameter
 //! deliberately) removes it. A second attempt by the same run — a retried invocation —
-//! finds its own lock and succeeds without changing anything.
+//! finds its own lock and succeeds without changing anything. Every operation that
+//! changes the cell checks its caller holds it (`switchyard_operation::fence`).
+//!
+//! A cell that has switched to this upgrade's green is refused (`AlreadySwitched`) before
+//! the lock is taken: a second switchover must change nothing. Once the lock is taken, a
+//! decision an earlier run left (its `aborting`, or an earlier upgrade's `switched`) is
+//! cleared, so it cannot bind this run.
 //!
 //! Dry run ([`plan`]): reads the lock and says whether this run would take it; a lock held
 //! by another run is `LockHeld`, as for the real call.
@@ -12,10 +18,12 @@
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{now_rfc3339, Deps, Error, OperationInput, Plan, RunLock, LOCK_KEY};
+use switchyard_operation::fence::{already_switched, Decision, RunLock};
+use switchyard_operation::{now_rfc3339, Deps, Error, OperationInput, Plan};
 
 /// ```json
-/// {"cell": { …the cell document… }, "run_id": "switchover-local-a-20261122T050000Z"}
+/// {"cell": { …the cell document… }, "run_id": "switchover-local-a-20261122T050000Z",
+///  "execution": "arn:aws:states:…:execution:switchyard-switchover:switchover-local-a-20261122T050000Z"}
 /// ```
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +31,9 @@ pub struct Input {
     pub cell: CellDocument,
     /// The run taking the lock: the Step Functions execution name.
     pub run_id: String,
+    /// The execution's ARN (`$$.Execution.Id`), kept in the lock for whoever finds it held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<String>,
 }
 
 impl OperationInput for Input {
@@ -38,48 +49,68 @@ pub struct Output {
     pub parameter: String,
     /// False when this run already held it (a retry).
     pub acquired: bool,
+    /// A decision left by an earlier run that this run cleared (`None`: there was none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleared: Option<Decision>,
 }
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, run = %input.run_id))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     check_run_id(&input)?;
     let journal = deps.journal(&input.cell);
-    let parameter = journal.parameter(LOCK_KEY);
+    let parameter = journal.parameter_of::<RunLock>();
+    refuse_switched(&input, deps).await?;
     let wanted = RunLock {
         run_id: input.run_id.clone(),
+        execution: input.execution.clone(),
         acquired_at: now_rfc3339(),
     };
-    if journal.create(LOCK_KEY, &wanted).await? {
+    let (lock, acquired) = if journal.create(&wanted).await? {
         tracing::info!(%parameter, "run lock acquired");
-        return Ok(Output {
-            lock: wanted,
-            parameter,
-            acquired: true,
-        });
-    }
-    match journal.read(LOCK_KEY).await? {
-        Some(lock) => Ok(Output {
-            lock: ours(lock, &input, &parameter)?,
-            parameter,
-            acquired: false,
-        }),
-        // Released between our create and read: a race with release-lock; the state
-        // machine's retry takes it cleanly.
-        None => Err(Error::stop(
-            ErrorName::LockHeld,
-            format!("the lock at {parameter} changed hands while being taken: retry"),
-        )),
-    }
+        (wanted, true)
+    } else {
+        match journal.get::<RunLock>().await? {
+            Some(lock) => (ours(lock, &input, &parameter)?, false),
+            // Released between our create and read: a race with release-lock; the state
+            // machine's retry takes it cleanly.
+            None => {
+                return Err(Error::stop(
+                    ErrorName::LockHeld,
+                    format!("the lock at {parameter} changed hands while being taken: retry"),
+                ))
+            }
+        }
+    };
+    // Ours now: a switch that landed between the check and the create is seen here.
+    let cleared = match journal.get::<Decision>().await? {
+        Some(d) if d.switched(&input.cell) => {
+            journal.remove::<RunLock>().await?;
+            return Err(already_switched(&input.cell, &d));
+        }
+        Some(d) if d.run_id != input.run_id => {
+            journal.remove::<Decision>().await?;
+            tracing::info!(earlier_run = %d.run_id, verdict = ?d.verdict, "cleared an earlier run's decision");
+            Some(d)
+        }
+        _ => None,
+    };
+    Ok(Output {
+        lock,
+        parameter,
+        acquired,
+        cleared,
+    })
 }
 
 /// What [`run`] would do now: take a free lock, nothing when this run holds it already.
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, run = %input.run_id))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
     check_run_id(&input)?;
+    refuse_switched(&input, deps).await?;
     let journal = deps.journal(&input.cell);
-    let parameter = journal.parameter(LOCK_KEY);
+    let parameter = journal.parameter_of::<RunLock>();
     let mut plan = Plan::new();
-    match journal.read(LOCK_KEY).await? {
+    match journal.get::<RunLock>().await? {
         Some(lock) => {
             ours(lock, &input, &parameter)?;
         }
@@ -87,6 +118,17 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
             plan.would(format!(
                 "create SSM parameter {parameter}: the run lock of cell {} for run {} (atomically: LockHeld if another run takes it first)",
                 input.cell.cell_id, input.run_id
+            ));
+        }
+    }
+    if let Some(d) = journal.get::<Decision>().await? {
+        if d.run_id != input.run_id {
+            plan.would(format!(
+                "delete SSM parameter {}: run {}'s decision ({:?} at {}), which does not bind this run",
+                journal.parameter_of::<Decision>(),
+                d.run_id,
+                d.verdict,
+                d.decided_at
             ));
         }
     }
@@ -103,6 +145,14 @@ fn check_run_id(input: &Input) -> Result<(), Error> {
     Ok(())
 }
 
+/// `AlreadySwitched` when this upgrade's switch has happened: nothing to take the lock for.
+async fn refuse_switched(input: &Input, deps: &Deps) -> Result<(), Error> {
+    match deps.journal(&input.cell).get::<Decision>().await? {
+        Some(d) if d.switched(&input.cell) => Err(already_switched(&input.cell, &d)),
+        _ => Ok(()),
+    }
+}
+
 /// The held lock if it is this run's (a retry), else `LockHeld`.
 fn ours(lock: RunLock, input: &Input, parameter: &str) -> Result<RunLock, Error> {
     if lock.run_id == input.run_id {
@@ -111,9 +161,11 @@ fn ours(lock: RunLock, input: &Input, parameter: &str) -> Result<RunLock, Error>
     Err(Error::stop(
         ErrorName::LockHeld,
         format!(
-            "cell {} is locked by run {} since {}: wait for it to finish; if that run is dead, release the lock \
+            "cell {} is locked by {}: wait for it to finish; if that run is dead, release the lock \
              deliberately with release-lock (run_id {}, or force) — SSM parameter {parameter}",
-            input.cell.cell_id, lock.run_id, lock.acquired_at, lock.run_id
+            input.cell.cell_id,
+            lock.describe(),
+            lock.run_id
         ),
     ))
 }

@@ -16,7 +16,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
-use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
+use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::{Deps, Error, Listed, OperationInput, Plan, Side};
 use switchyard_postgres::quote::qualified;
 
 /// ```json
@@ -27,6 +28,12 @@ use switchyard_postgres::quote::qualified;
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
+    /// The run acting: it must hold the cell's lock.
+    pub run_id: String,
+    /// Act without holding the lock: for an operator who has made sure no run
+    /// is live.
+    #[serde(default)]
+    pub force: bool,
     /// `VACUUM (ANALYZE)` instead of `ANALYZE`: also sets hint bits and the visibility
     /// map after the bulk copy, at the cost of reading every page.
     #[serde(default)]
@@ -39,6 +46,15 @@ impl OperationInput for Input {
     }
 }
 
+impl Input {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            run_id: &self.run_id,
+            force: self.force,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Output {
     pub databases: Vec<DatabaseStatistics>,
@@ -48,7 +64,8 @@ pub struct Output {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct DatabaseStatistics {
     pub name: String,
-    pub tables: Vec<TableStatistics>,
+    /// Every table analyzed (the first of them; each is logged).
+    pub tables: Listed<TableStatistics>,
     pub total_millis: u64,
 }
 
@@ -61,6 +78,7 @@ pub struct TableStatistics {
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.green.cluster_identifier, vacuum = input.vacuum))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    fence::admit(deps, &input.cell, input.caller(), Direction::Either).await?;
     let mut databases = Vec::with_capacity(input.cell.databases.len());
     for db in &input.cell.databases {
         // Boxed: the nested connection and query futures are otherwise too deep for the
@@ -100,7 +118,7 @@ async fn analyze_database(
     }
     Ok(DatabaseStatistics {
         name: db.to_owned(),
-        tables,
+        tables: Listed::of(tables),
         total_millis: elapsed_millis(started),
     })
 }
@@ -108,6 +126,7 @@ async fn analyze_database(
 /// What [`run`] would send to green now, database by database.
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.green.cluster_identifier, vacuum = input.vacuum))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    fence::check(deps, &input.cell, input.caller(), Direction::Either).await?;
     let mut plan = Plan::new();
     for db in &input.cell.databases {
         let green = Box::pin(deps.connect(&input.cell, Side::Green, db)).await?;

@@ -3,10 +3,11 @@
 use std::time::{Duration, Instant};
 
 use analyze_green::{plan, run, Input, Output};
-use switchyard_local_cell::LocalCell;
+use switchyard_local_cell::{LocalCell, TEST_RUN};
 
 async fn replicating_cell() -> LocalCell {
     let cell = LocalCell::start_quiet(300).await.expect("cell");
+    cell.lock(TEST_RUN).await.expect("lock");
     // switchyard's own schema on blue is replicated by the FOR ALL TABLES stand-in, but
     // must never be analyzed.
     cell.blue
@@ -81,6 +82,8 @@ async fn analyzes_every_replicated_table_and_partitioned_root_twice() {
     );
     let input = Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
         vacuum: false,
     };
 
@@ -175,6 +178,8 @@ async fn vacuum_mode_vacuums_as_well() {
     );
     let input = Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
         vacuum: true,
     };
     let dry = plan(input.clone(), &deps).await.expect("plan");

@@ -1,6 +1,7 @@
 //! What the DDL guard `start-replication` installed on blue has journaled.
 
 use switchyard_errors::ErrorName;
+use switchyard_operation::guard::{JOURNAL, OWN_TRANSACTIONS, TRIGGERS};
 use switchyard_operation::Error;
 use tokio_postgres::Client;
 
@@ -23,11 +24,13 @@ const SECRET_BEARING: &[&str] = &[
 pub(crate) async fn recorded(blue: &Client, database: &str) -> Result<String, Error> {
     let guarded: bool = blue
         .query_one(
-            "SELECT pg_catalog.to_regclass('switchyard.ddl_journal') IS NOT NULL
-                AND pg_catalog.to_regclass('switchyard.replication_state') IS NOT NULL
-                AND EXISTS (SELECT FROM pg_catalog.pg_event_trigger
-                             WHERE evtname = 'switchyard_ddl_guard' AND evtenabled <> 'D')",
-            &[],
+            &format!(
+                "SELECT pg_catalog.to_regclass('{JOURNAL}') IS NOT NULL
+                    AND pg_catalog.to_regclass('{OWN_TRANSACTIONS}') IS NOT NULL
+                    AND EXISTS (SELECT FROM pg_catalog.pg_event_trigger
+                                 WHERE evtname = $1 AND evtenabled <> 'D')"
+            ),
+            &[&TRIGGERS[0].0],
         )
         .await
         .map_err(|e| Error::query("reading the DDL guard's state on blue", e))?
@@ -41,11 +44,13 @@ pub(crate) async fn recorded(blue: &Client, database: &str) -> Result<String, Er
     // Rows written by our own setup transactions (start-replication's) are not drift.
     let rows = blue
         .query(
-            "SELECT j.id, pg_catalog.to_char(j.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                    j.command_tag, j.username, coalesce(j.statement, ''), count(*) OVER ()
-               FROM switchyard.ddl_journal j
-              WHERE NOT EXISTS (SELECT FROM switchyard.replication_state s WHERE s.txid = j.txid)
-              ORDER BY j.id LIMIT $1",
+            &format!(
+                "SELECT j.id, pg_catalog.to_char(j.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                        j.command_tag, j.username, coalesce(j.statement, ''), count(*) OVER ()
+                   FROM {JOURNAL} j
+                  WHERE NOT EXISTS (SELECT FROM {OWN_TRANSACTIONS} s WHERE s.txid = j.txid)
+                  ORDER BY j.id LIMIT $1"
+            ),
             &[&LISTED],
         )
         .await
@@ -73,7 +78,7 @@ pub(crate) async fn recorded(blue: &Client, database: &str) -> Result<String, Er
         String::new()
     };
     Ok(format!(
-        "DDL ran on blue (database {database}) after replication started, and logical replication does not carry it{more}: {}. Apply the same changes to green (or redo copy-schema and replication), then acknowledge them with DELETE FROM switchyard.ddl_journal WHERE id <= {last_id} on blue and check again.",
+        "DDL ran on blue (database {database}) after replication started, and logical replication does not carry it{more}: {}. Apply the same changes to green (or redo copy-schema and replication), then acknowledge them with DELETE FROM {JOURNAL} WHERE id <= {last_id} on blue and check again.",
         listed.join(" | ")
     ))
 }

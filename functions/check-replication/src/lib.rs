@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use switchyard_cell::{CellDocument, TableRef};
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Side};
+use switchyard_operation::{Deps, Error, Listed, OperationInput, Side};
 use tokio_postgres::Client;
 
 /// ```json
@@ -48,7 +48,7 @@ pub struct SubscriptionStatus {
     pub tables_ready: u64,
     pub tables_total: u64,
     /// Tables whose initial copy has not finished.
-    pub not_ready: Vec<TableRef>,
+    pub not_ready: Listed<TableRef>,
     /// Whether the apply worker is running on green.
     pub worker_running: bool,
     /// Cumulative apply errors (`pg_stat_subscription_stats`, PostgreSQL 15+; null before).

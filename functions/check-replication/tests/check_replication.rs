@@ -5,16 +5,20 @@ use std::time::{Duration, Instant};
 
 use check_replication::{run, Input, Output};
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::{audit_keys, LocalCell};
+use switchyard_local_cell::{audit_keys, LocalCell, TEST_RUN};
 use switchyard_operation::{Deps, Error};
 
 async fn cell() -> LocalCell {
-    LocalCell::start_quiet(300).await.expect("cell")
+    let cell = LocalCell::start_quiet(300).await.expect("cell");
+    cell.lock(TEST_RUN).await.expect("lock");
+    cell
 }
 
 fn start_input(cell: &LocalCell) -> start_replication::Input {
     start_replication::Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
         idle_transaction_seconds: 5,
         lock_timeout_seconds: 30,
     }

@@ -12,9 +12,13 @@
 //! 3. for up to `wait_seconds`, every slot's `confirmed_flush_lsn` must reach that LSN and
 //!    the marker row must be visible on green.
 //!
-//! Not there in time: `LagNotZero` (not yet: the state machine retries it within the cell's
-//! lag gate budget), naming the bytes each slot is behind, the subscriptions disabled on
-//! green (which never catch up) and whether the marker arrived.
+//! Not there in time: `LagNotZero` (not yet: the state machine retries it), naming the
+//! bytes each slot is behind, the subscriptions disabled on green (which never catch up)
+//! and whether the marker arrived. The gate's budget is the cell's own
+//! `budgets.lag_gate_seconds`, counted from `gate_started_at` (when the state machine
+//! entered the gate): a call never waits past it, nor past the pause deadline, and once
+//! either has passed the answer is a stop — `LagGateExceeded` or `PauseBudgetExceeded` —
+//! not another retry.
 //!
 //! Every call writes its own marker, so a retry or a second call after a pass checks afresh
 //! and passes the same way; one more marker row (which green receives too) is all it
@@ -29,7 +33,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use switchyard_cell::{replication_name, CellDocument, REST_GROUP};
 use switchyard_errors::ErrorName;
+use switchyard_operation::fence::{self, Caller, Direction};
 use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
+use switchyard_operation::{PauseDeadline, Timestamp};
 use tokio_postgres::Client;
 
 /// ```json
@@ -40,9 +46,22 @@ use tokio_postgres::Client;
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
+    /// The run acting: it must hold the cell's lock.
+    pub run_id: String,
+    /// Act without holding the lock: for an operator who has made sure no run
+    /// is live.
+    #[serde(default)]
+    pub force: bool,
+    /// The end of the pause budget (`pause-pgbouncer`'s): every wait stops at it.
+    #[serde(default)]
+    pub pause_deadline: Option<PauseDeadline>,
+    /// When the lag gate began (the state machine's `$$.State.EnteredTime`, which its
+    /// retries keep): the gate ends `budgets.lag_gate_seconds` after it. Without it, each
+    /// call is its own gate.
+    #[serde(default)]
+    pub gate_started_at: Option<Timestamp>,
     /// How long this call waits for green before answering `LagNotZero`: 0 (look once) to
-    /// 60; default 10. The lag gate's whole budget (`budgets.lag_gate_seconds`) is the
-    /// state machine's, which retries.
+    /// 60; default 10, cut to what is left of the gate and of the pause budget.
     #[serde(default = "default_wait_seconds")]
     pub wait_seconds: u64,
 }
@@ -54,6 +73,15 @@ fn default_wait_seconds() -> u64 {
 impl OperationInput for Input {
     fn cell(&self) -> &CellDocument {
         &self.cell
+    }
+}
+
+impl Input {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            run_id: &self.run_id,
+            force: self.force,
+        }
     }
 }
 
@@ -106,6 +134,7 @@ fn check_wait(input: &Input) -> Result<(), Error> {
 /// with how far each slot is behind blue's WAL position now.
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    fence::check(deps, &input.cell, input.caller(), Direction::Forward).await?;
     check_wait(&input)?;
     let names = input.cell.replication_names();
     let mut plan = Plan::new();
@@ -134,9 +163,11 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    fence::admit(deps, &input.cell, input.caller(), Direction::Forward).await?;
     check_wait(&input)?;
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(input.wait_seconds);
+    let (deadline, gate_end) = deadlines(&input);
+    let deadline = started + deadline;
     let names = input.cell.replication_names();
     let mut gates = Vec::with_capacity(input.cell.databases.len());
     for database in &input.cell.databases {
@@ -167,17 +198,53 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
                     reports.push(gate.report(state).await?);
                 }
             }
+            let behind = format!(
+                "green has not yet applied everything blue committed: {}",
+                reports.join("; ")
+            );
+            if let Some(pause) = input.pause_deadline.filter(|d| d.passed()) {
+                return Err(pause.exceeded(&behind));
+            }
+            if gate_end.is_some_and(|end| time::OffsetDateTime::now_utc() >= end) {
+                return Err(Error::stop(
+                    ErrorName::LagGateExceeded,
+                    format!(
+                        "{behind}; the lag gate's budget of {} s (budgets.lag_gate_seconds) has run out: the run aborts — check green's subscription workers and log before the next attempt",
+                        input.cell.budgets.lag_gate_seconds
+                    ),
+                ));
+            }
             return Err(Error::stop(
                 ErrorName::LagNotZero,
                 format!(
-                    "green has not yet applied everything blue committed (waited {} s): {}; the state machine retries within the lag gate budget — if nothing moves, check green's subscription workers and log",
-                    input.wait_seconds,
-                    reports.join("; ")
+                    "{behind} (waited {} ms); the state machine retries within the lag gate budget — if nothing moves, check green's subscription workers and log",
+                    started.elapsed().as_millis()
                 ),
             ));
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// How long this call may wait — its own `wait_seconds` cut to what is left of the gate and
+/// of the pause budget — and when the gate ends, if it has a start.
+fn deadlines(input: &Input) -> (Duration, Option<time::OffsetDateTime>) {
+    let gate_end = input.gate_started_at.map(|start| {
+        start.0
+            + time::Duration::seconds(
+                i64::try_from(input.cell.budgets.lag_gate_seconds).unwrap_or(i64::MAX),
+            )
+    });
+    let mut wait = switchyard_operation::bounded(
+        input.pause_deadline,
+        Duration::from_secs(input.wait_seconds),
+    );
+    if let Some(end) = gate_end {
+        let left =
+            Duration::try_from(end - time::OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO);
+        wait = wait.min(left);
+    }
+    (wait, gate_end)
 }
 
 /// One database's gate: its marker is written, its LSN captured.

@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 
 use check_slot_lag::{plan, run, Input};
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::LocalCell;
+use switchyard_local_cell::{LocalCell, TEST_RUN};
 use switchyard_operation::Deps;
 
 const NAMES: [&str; 2] = ["switchyard_payments", "switchyard_rest"];
 
 async fn cell() -> LocalCell {
     let cell = LocalCell::start_quiet(100).await.expect("cell");
+    cell.lock(TEST_RUN).await.expect("lock");
     cell.copy_schema_directly().await.expect("schema on green");
     cell
 }
@@ -23,6 +24,8 @@ async fn replicate(cell: &LocalCell, deps: &Deps) {
     start_replication::run(
         start_replication::Input {
             cell: cell.document.clone(),
+            run_id: TEST_RUN.to_owned(),
+            force: false,
             idle_transaction_seconds: 5,
             lock_timeout_seconds: 30,
         },
@@ -51,6 +54,10 @@ async fn replicate(cell: &LocalCell, deps: &Deps) {
 fn input(cell: &LocalCell, wait_seconds: u64) -> Input {
     Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
+        pause_deadline: None,
+        gate_started_at: None,
         wait_seconds,
     }
 }

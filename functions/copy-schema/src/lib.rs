@@ -18,6 +18,7 @@ mod dump;
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
+use switchyard_operation::fence::{self, Caller, Direction};
 use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
 use tokio_postgres::error::ErrorPosition;
 use tokio_postgres::Client;
@@ -32,11 +33,26 @@ use crate::catalog::Catalog;
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
+    /// The run acting: it must hold the cell's lock.
+    pub run_id: String,
+    /// Act without holding the lock: for an operator who has made sure no run
+    /// is live.
+    #[serde(default)]
+    pub force: bool,
 }
 
 impl OperationInput for Input {
     fn cell(&self) -> &CellDocument {
         &self.cell
+    }
+}
+
+impl Input {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            run_id: &self.run_id,
+            force: self.force,
+        }
     }
 }
 
@@ -64,6 +80,7 @@ const MAX_LISTED: usize = 100;
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.green.cluster_identifier))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    fence::admit(deps, &input.cell, input.caller(), Direction::Either).await?;
     let mut databases = Vec::with_capacity(input.cell.databases.len());
     for database in &input.cell.databases {
         // Boxed: the AWS SDK futures inside are deep enough to overflow the layout query.
@@ -75,6 +92,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 /// What [`run`] would do now: apply blue's schema to each database of green still empty.
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.green.cluster_identifier))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    fence::check(deps, &input.cell, input.caller(), Direction::Either).await?;
     let mut plan = Plan::new();
     for database in &input.cell.databases {
         if let Some(change) = Box::pin(plan_database(&input.cell, deps, database)).await? {

@@ -3,12 +3,13 @@
 
 use copy_schema::{plan, run, Input, Output};
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::LocalCell;
+use switchyard_local_cell::{LocalCell, TEST_RUN};
 use switchyard_operation::Plan;
 
 /// A cell whose green has the application roles (sync-roles has run) and nothing else.
 async fn cell_with_roles() -> LocalCell {
     let cell = LocalCell::start_quiet(100).await.expect("cell");
+    cell.lock(TEST_RUN).await.expect("lock");
     sync_roles(&cell).await;
     cell
 }
@@ -17,6 +18,8 @@ async fn sync_roles(cell: &LocalCell) {
     let deps = cell.deps().expect("deps");
     let input = sync_roles::Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
     };
     sync_roles::run(input, &deps).await.expect("sync-roles");
 }
@@ -26,6 +29,8 @@ async fn copy(cell: &LocalCell) -> Result<Output, switchyard_operation::Error> {
     run(
         Input {
             cell: cell.document.clone(),
+            run_id: TEST_RUN.to_owned(),
+            force: false,
         },
         &deps,
     )
@@ -37,6 +42,8 @@ async fn dry_run(cell: &LocalCell) -> Result<Plan, switchyard_operation::Error> 
     plan(
         Input {
             cell: cell.document.clone(),
+            run_id: TEST_RUN.to_owned(),
+            force: false,
         },
         &deps,
     )

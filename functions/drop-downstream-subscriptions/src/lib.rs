@@ -8,8 +8,14 @@
 //! is journaled under `downstream/<downstream>/<subscription>` for
 //! `recreate-downstream-subscriptions`, and only then is it dropped (which drops the slot
 //! on blue). With blue unreachable, the subscription is detached from its slot first and
-//! the slot is reported as left. A subscription already gone with its journal entry in
-//! place is done.
+//! the slot is reported as left. A subscription already gone with this run's journal
+//! entry in place is done; gone with another run's entry (or none) it is a stop: an earlier
+//! run's "already dropped" says nothing about what the downstream holds now.
+//!
+//! The journal write and the drop happen while holding the subscription
+//! (`downstream::hold`) and after re-reading the run's decision under it: if the abort path
+//! has begun while this call waited for the slot, nothing is dropped (`AbortInProgress`),
+//! and an abort that begins later waits for the drop to finish before it recreates.
 //!
 //! A dry run ([`plan`]) checks each subscription the same way and lists, per subscription
 //! not yet dropped, the wait for its slot (if behind now), the journal write and the drop.
@@ -18,6 +24,8 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use switchyard_cell::{CellDocument, Downstream};
 use switchyard_errors::{Catalogued, ErrorName};
+use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::PauseDeadline;
 use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
 use switchyard_postgres::quote::ident;
 use tokio_postgres::error::SqlState;
@@ -32,13 +40,23 @@ use switchyard_operation::downstream::{self, Journaled, Target};
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
+    /// The run acting: it must hold the cell's lock.
+    pub run_id: String,
+    /// Act without holding the lock: for an operator who has made sure no run
+    /// is live.
+    #[serde(default)]
+    pub force: bool,
+    /// The end of the pause budget (`pause-pgbouncer`'s): every wait stops at it.
+    #[serde(default)]
+    pub pause_deadline: Option<PauseDeadline>,
     /// The LSN every slot must have confirmed; default: blue's `pg_current_wal_lsn()` now
     /// (writes are already revoked, so nothing after it matters).
     #[serde(default)]
     pub target_lsn: Option<String>,
     /// How long this call waits for a slot to reach the target before answering
-    /// `DownstreamBehind`: 0 (look once) to 60; default 5. The state machine retries for
-    /// longer; waiting here spares the window a whole retry interval.
+    /// `DownstreamBehind`: 0 (look once) to 60; default 5, cut to what is left of the pause
+    /// budget. The state machine retries for longer; waiting here spares the window a
+    /// whole retry interval.
     #[serde(default = "default_wait_seconds")]
     pub wait_seconds: u64,
 }
@@ -56,6 +74,15 @@ const POLL: Duration = Duration::from_millis(50);
 impl OperationInput for Input {
     fn cell(&self) -> &CellDocument {
         &self.cell
+    }
+}
+
+impl Input {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            run_id: &self.run_id,
+            force: self.force,
+        }
     }
 }
 
@@ -117,8 +144,13 @@ fn check_wait(input: &Input) -> Result<(), Error> {
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, target_lsn = ?input.target_lsn))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    fence::admit(deps, &input.cell, input.caller(), Direction::Forward).await?;
     check_wait(&input)?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(input.wait_seconds);
+    let deadline = tokio::time::Instant::now()
+        + switchyard_operation::bounded(
+            input.pause_deadline,
+            Duration::from_secs(input.wait_seconds),
+        );
     let cell = &input.cell;
     let mut subscriptions = Vec::new();
     for downstream in &cell.downstream {
@@ -137,7 +169,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
                 }
                 Found::Pending(pending) => {
                     let dropped = Box::pin(drop_one(
-                        cell, deps, downstream, &client, name, pending, deadline,
+                        &input, deps, downstream, &client, name, pending, deadline,
                     ))
                     .await?;
                     subscriptions.push(dropped);
@@ -152,9 +184,9 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 /// the journal write and the drop [`run`] would make.
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, target_lsn = ?input.target_lsn))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    fence::check(deps, &input.cell, input.caller(), Direction::Forward).await?;
     check_wait(&input)?;
     let cell = &input.cell;
-    let journal = deps.journal(cell);
     let mut plan = Plan::new();
     for downstream in &cell.downstream {
         let client = Box::pin(downstream::connect(cell, downstream, deps)).await?;
@@ -177,7 +209,7 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
             plan.would(format!(
                 "journal subscription {name} of downstream {} under {} (publications {}, slot {}, connection {}@{}:{}/{}, no password)",
                 downstream.name,
-                journal.parameter(&downstream::journal_key(downstream, name)),
+                Journaled::parameter(deps, cell, downstream, name),
                 p.definition.publications.join(", "),
                 p.slot,
                 p.target.user,
@@ -205,9 +237,12 @@ async fn find(
 ) -> Result<Found, Error> {
     let cell = &input.cell;
     let Some(definition) = read(client, name).await? else {
-        let key = downstream::journal_key(downstream, name);
-        return match deps.journal(cell).read::<Journaled>(&key).await? {
-            Some(entry) => Ok(Found::Dropped(entry)),
+        let what = format!(
+            "subscription {name} of downstream {}, which does not exist now,",
+            downstream.name
+        );
+        return match Journaled::read(deps, cell, downstream, name).await? {
+            Some(entry) => Ok(Found::Dropped(entry.of_run(&input.run_id, input.force, &what)?)),
             None => Err(Error::stop(
                 ErrorName::PreconditionFailed,
                 format!("subscription {name} of downstream {} does not exist and no journal entry records it: recreate it by hand or remove it from the cell document", downstream.name),
@@ -246,7 +281,7 @@ async fn find(
 }
 
 async fn drop_one(
-    cell: &CellDocument,
+    input: &Input,
     deps: &Deps,
     downstream: &Downstream,
     client: &Client,
@@ -269,11 +304,22 @@ async fn drop_one(
             {
                 tokio::time::sleep(POLL).await;
             }
+            Err(e) if e.error_name() == ErrorName::DownstreamBehind => {
+                if let Some(pause) = input.pause_deadline.filter(|d| d.passed()) {
+                    return Err(pause.exceeded(&format!(
+                        "waiting for downstream {}'s slot {slot}",
+                        downstream.name
+                    )));
+                }
+                return Err(e);
+            }
             other => break other?,
         }
     };
 
+    let cell = &input.cell;
     let entry = Journaled {
+        run_id: input.run_id.clone(),
         publications: definition.publications,
         slot_name: slot,
         binary: definition.binary,
@@ -281,15 +327,26 @@ async fn drop_one(
         enabled: definition.enabled,
         origin: definition.origin,
         connection: target,
+        freeze_lsn: target_lsn,
         confirmed_lsn: confirmed_lsn.clone(),
         recorded_at: switchyard_operation::now_rfc3339(),
+        recreated: None,
     };
+    downstream::hold(client, name).await?;
+    // The wait above may have outlasted the run's forward path: under the hold, the abort
+    // path either has not begun (and will wait for this drop) or has, and nothing is dropped.
+    fence::check(deps, cell, input.caller(), Direction::Forward).await?;
+    if read(client, name).await?.is_none() {
+        return Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!("subscription {name} of downstream {} disappeared while its slot was checked: someone else dropped it; find out why", downstream.name),
+        ));
+    }
     // Journaled before the drop: afterwards the definition exists nowhere else.
-    deps.journal(cell)
-        .write(&downstream::journal_key(downstream, name), &entry)
-        .await?;
+    entry.write(deps, cell, downstream, name).await?;
 
     let slot_left = drop_subscription(client, downstream, name).await?;
+    downstream::release(client, name).await?;
     tracing::info!(downstream = %downstream.name, subscription = %name, %confirmed_lsn, slot_left, "downstream subscription dropped");
     Ok(DroppedSubscription {
         downstream: downstream.name.clone(),

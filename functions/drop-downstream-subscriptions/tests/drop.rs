@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use drop_downstream_subscriptions::{plan, run, Input, Output};
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::LocalCell;
+use switchyard_local_cell::{LocalCell, TEST_RUN};
+use switchyard_operation::downstream::Journaled;
+use switchyard_operation::fence::{self, Caller, Direction};
 
 async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.expect(sql).get(0)
@@ -27,6 +29,7 @@ async fn drop_when_caught_up(input: &Input, deps: &switchyard_operation::Deps) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_while_behind_then_journals_and_drops_once() {
     let cell = LocalCell::start_quiet(100).await.expect("cell");
+    cell.lock(TEST_RUN).await.expect("lock");
     let deps = cell.deps().expect("deps");
     let search = cell
         .search
@@ -36,11 +39,14 @@ async fn refuses_while_behind_then_journals_and_drops_once() {
     let blue = cell.blue.superuser_client("app").await.expect("blue");
     let subscription_count = "SELECT count(*) FROM pg_subscription WHERE subname = 'search_sub'";
     let slot_count = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'search_sub'";
-    let key = "downstream/search/search_sub";
-    let journal = deps.journal(&cell.document);
+    let downstream = &cell.document.downstream[0];
+    let journaled = || Journaled::read(&deps, &cell.document, downstream, "search_sub");
 
     let ahead = Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
+        pause_deadline: None,
         target_lsn: Some("FFFFFFFF/0".to_owned()),
         wait_seconds: 1,
     };
@@ -59,14 +65,13 @@ async fn refuses_while_behind_then_journals_and_drops_once() {
         "nothing dropped"
     );
     assert_eq!(count(&blue, slot_count).await, 1, "slot kept");
-    assert!(journal
-        .read::<serde_json::Value>(key)
-        .await
-        .expect("journal")
-        .is_none());
+    assert!(journaled().await.expect("journal").is_none());
 
     let input = Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
+        pause_deadline: None,
         target_lsn: None,
         wait_seconds: 5,
     };
@@ -78,7 +83,7 @@ async fn refuses_while_behind_then_journals_and_drops_once() {
         dry.would[n - 2],
         format!(
             "journal subscription search_sub of downstream search under {} (publications search_pub, slot search_sub, connection search_replicator@{}:{}/app, no password)",
-            journal.parameter(key),
+            Journaled::parameter(&deps, &cell.document, downstream, "search_sub"),
             nlb.ip(),
             nlb.port()
         )
@@ -116,11 +121,7 @@ async fn refuses_while_behind_then_journals_and_drops_once() {
     );
     assert_eq!(count(&blue, slot_count).await, 1);
     assert!(
-        journal
-            .read::<serde_json::Value>(key)
-            .await
-            .expect("journal")
-            .is_none(),
+        journaled().await.expect("journal").is_none(),
         "the plan journaled nothing"
     );
 
@@ -148,7 +149,12 @@ async fn refuses_while_behind_then_journals_and_drops_once() {
         .clients
         .ssm
         .get_parameter()
-        .name(journal.parameter(key))
+        .name(Journaled::parameter(
+            &deps,
+            &cell.document,
+            downstream,
+            "search_sub",
+        ))
         .send()
         .await
         .expect("journal parameter");
@@ -174,18 +180,117 @@ async fn refuses_while_behind_then_journals_and_drops_once() {
     );
     assert_eq!(entry["connection"]["port"], cell.nlb_endpoint().port());
     assert_eq!(entry["confirmed_lsn"], dropped.confirmed_lsn.as_str());
+    assert_eq!(
+        entry["run_id"], TEST_RUN,
+        "the entry names the run that dropped it"
+    );
+    let typed = journaled().await.expect("journal").expect("entry");
+    assert!(
+        typed.held_everything(),
+        "confirmed {} ≥ the frozen position {}",
+        typed.confirmed_lsn,
+        typed.freeze_lsn
+    );
 
     let dry = plan(input.clone(), &deps).await.expect("plan after");
     assert!(dry.is_empty(), "nothing left to do: {dry:?}");
-    let second = run(input, &deps).await.expect("second drop");
+    let second = run(input.clone(), &deps).await.expect("second drop");
     assert!(
         !second.subscriptions[0].dropped,
         "nothing left to drop: {second:?}"
     );
     assert_eq!(second.subscriptions[0].confirmed_lsn, dropped.confirmed_lsn);
-    let again = journal
-        .read::<serde_json::Value>(key)
+    let again = journaled().await.expect("journal");
+    assert_eq!(
+        again.map(|e| serde_json::to_value(e).expect("json")),
+        Some(entry),
+        "the journal entry is unchanged"
+    );
+
+    // Another run finds it dropped by this one: that says nothing about the downstream
+    // now, so it stops rather than carry on as if it had dropped it itself.
+    cell.lock("a-later-run").await.expect("lock");
+    let later = Input {
+        run_id: "a-later-run".to_owned(),
+        ..input.clone()
+    };
+    let error = run(later, &deps)
         .await
-        .expect("journal");
-    assert_eq!(again, Some(entry), "the journal entry is unchanged");
+        .expect_err("another run's entry is not this run's drop");
+    assert_eq!(error.error_name(), ErrorName::PreconditionFailed, "{error}");
+    assert!(error.to_string().contains(TEST_RUN), "{error}");
+}
+
+/// The race the abort path must not lose: a drop still waiting when the run starts its
+/// abort must drop nothing afterwards (the abort path would have "recreated" a subscription
+/// that still existed, and the late drop would leave the downstream unsubscribed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_still_in_flight_when_the_abort_begins_drops_nothing() {
+    let cell = LocalCell::start_quiet(100).await.expect("cell");
+    cell.lock(TEST_RUN).await.expect("lock");
+    let deps = cell.deps().expect("deps");
+    let search = cell
+        .search
+        .superuser_client("search")
+        .await
+        .expect("search");
+    let subscription_count = "SELECT count(*) FROM pg_subscription WHERE subname = 'search_sub'";
+    // Another session holds the subscription, as recreate-downstream-subscriptions does
+    // while it looks: the drop, caught up, must wait for it.
+    let holder = cell
+        .search
+        .superuser_client("search")
+        .await
+        .expect("holder");
+    switchyard_operation::downstream::hold(&holder, "search_sub")
+        .await
+        .expect("hold");
+    let input = Input {
+        cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
+        pause_deadline: None,
+        target_lsn: None,
+        wait_seconds: 30,
+    };
+    let drop = {
+        let deps = deps.clone();
+        let input = input.clone();
+        tokio::spawn(async move { run(input, &deps).await })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!drop.is_finished(), "the drop waits for the holder");
+    // The abort path begins (its first step marks the run aborting), then lets go.
+    fence::admit(
+        &deps,
+        &cell.document,
+        Caller {
+            run_id: TEST_RUN,
+            force: false,
+        },
+        Direction::Abort,
+    )
+    .await
+    .expect("the run is aborting");
+    switchyard_operation::downstream::release(&holder, "search_sub")
+        .await
+        .expect("release");
+    let error = drop
+        .await
+        .expect("joined")
+        .expect_err("the abort began while it waited");
+    assert_eq!(error.error_name(), ErrorName::AbortInProgress, "{error}");
+    assert_eq!(
+        count(&search, subscription_count).await,
+        1,
+        "the subscription is still there"
+    );
+    let downstream = &cell.document.downstream[0];
+    assert!(
+        Journaled::read(&deps, &cell.document, downstream, "search_sub")
+            .await
+            .expect("journal")
+            .is_none(),
+        "nothing journaled either"
+    );
 }

@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use switchyard_aws::ClusterEndpoint;
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
+use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::{Deps, Error, OperationInput, PauseDeadline, Plan, Side};
 use switchyard_postgres::ConnectOptions;
 
 /// ```json
@@ -35,6 +36,15 @@ use switchyard_postgres::ConnectOptions;
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
+    /// The run acting: it must hold the cell's lock.
+    pub run_id: String,
+    /// Act without holding the lock, or past a switch: for an operator who has made sure no run
+    /// is live.
+    #[serde(default)]
+    pub force: bool,
+    /// The end of the pause budget (`pause-pgbouncer`'s): every wait stops at it.
+    #[serde(default)]
+    pub pause_deadline: Option<PauseDeadline>,
     pub mode: Mode,
     /// `drop` only: the cluster that was blue, holding the slots. Default: the `rename`
     /// journal entry's `parked_identifier` (written by rename-clusters); else, if
@@ -50,12 +60,32 @@ impl OperationInput for Input {
     }
 }
 
+impl Input {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            run_id: &self.run_id,
+            force: self.force,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     Disable,
     Enable,
     Drop,
+}
+
+impl Mode {
+    /// Disable is the forward path's, enable the abort path's; drop comes after the switch.
+    fn direction(self) -> Direction {
+        match self {
+            Self::Disable => Direction::Forward,
+            Self::Enable => Direction::Abort,
+            Self::Drop => Direction::Either,
+        }
+    }
 }
 
 impl std::fmt::Display for Mode {
@@ -104,14 +134,21 @@ fn check_input(input: &Input) -> Result<(), Error> {
             "old_blue_identifier is for mode drop only; remove it",
         ));
     }
+    if input.pause_deadline.is_some() && input.mode != Mode::Disable {
+        return Err(Error::stop(
+            ErrorName::InvalidInput,
+            "pause_deadline is for mode disable only (the pause window's step); remove it",
+        ));
+    }
     Ok(())
 }
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, mode = %input.mode))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    check_input(&input)?;
+    fence::admit(deps, &input.cell, input.caller(), input.mode.direction()).await?;
     let cell = &input.cell;
     let names = cell.replication_names();
-    check_input(&input)?;
     let mut databases = Vec::new();
     match input.mode {
         Mode::Disable | Mode::Enable => {
@@ -161,9 +198,10 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 /// slots and guard it would drop on the old blue, database by database.
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, mode = %input.mode))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    check_input(&input)?;
+    fence::check(deps, &input.cell, input.caller(), input.mode.direction()).await?;
     let cell = &input.cell;
     let names = cell.replication_names();
-    check_input(&input)?;
     let mut plan = Plan::new();
     match input.mode {
         Mode::Disable | Mode::Enable => {

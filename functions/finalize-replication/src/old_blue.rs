@@ -7,20 +7,15 @@ use std::time::{Duration, Instant};
 use switchyard_aws::ClusterEndpoint;
 use switchyard_cell::CellDocument;
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_operation::{Deps, Error};
+use switchyard_operation::rename::{self, RenamePlan};
+use switchyard_operation::{guard, Deps, Error};
 use switchyard_postgres::quote::ident;
 use tokio_postgres::Client;
 
 use crate::Input;
 
-/// The event triggers start-replication's DDL guard installs (its `guard.rs`).
-const GUARD_TRIGGERS: [&str; 2] = ["switchyard_ddl_guard", "switchyard_ddl_guard_drop"];
-
-/// The journal entry rename-clusters writes (its plan), read loosely as JSON.
-const RENAME_KEY: &str = "rename";
-
-/// The plan's field naming the old blue (rename-clusters' `Plan::parked_identifier`).
-const PARKED_FIELD: &str = "parked_identifier";
+/// The event triggers start-replication's DDL guard installs.
+const GUARD_TRIGGERS: [&str; 2] = [guard::TRIGGERS[0].0, guard::TRIGGERS[1].0];
 
 /// How long a slot may stay active (its walsender ending) before it is left to drop by hand.
 const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(10);
@@ -90,14 +85,13 @@ pub(crate) async fn locate(
     }
 }
 
-/// The old blue's identifier in the rename journal entry, if any.
+/// The old blue's identifier in the journaled rename plan, if any.
 async fn journaled(cell: &CellDocument, deps: &Deps) -> Result<Option<String>, Error> {
-    let entry: Option<serde_json::Value> = deps.journal(cell).read(RENAME_KEY).await?;
-    Ok(entry.as_ref().and_then(parked_in))
-}
-
-fn parked_in(entry: &serde_json::Value) -> Option<String> {
-    entry.get(PARKED_FIELD)?.as_str().map(str::to_owned)
+    Ok(deps
+        .journal(cell)
+        .get::<RenamePlan>()
+        .await?
+        .map(|plan| plan.parked_identifier))
 }
 
 /// The one existing `<blue>-blue-<major>` cluster, if exactly one exists.
@@ -110,7 +104,7 @@ async fn parked(cell: &CellDocument, deps: &Deps) -> Result<Option<String>, Erro
             page.db_clusters()
                 .iter()
                 .filter_map(|c| c.db_cluster_identifier())
-                .filter(|id| is_parked(cell, id))
+                .filter(|id| rename::is_parked(cell, id))
                 .map(str::to_owned),
         );
     }
@@ -118,15 +112,6 @@ async fn parked(cell: &CellDocument, deps: &Deps) -> Result<Option<String>, Erro
         tracing::warn!(clusters = ?found, "several parked blues: pass old_blue_identifier");
     }
     Ok(if found.len() == 1 { found.pop() } else { None })
-}
-
-/// Whether `id` is what rename-clusters names blue: `<blue>-blue-<major below target>`.
-fn is_parked(cell: &CellDocument, id: &str) -> bool {
-    id.strip_prefix(&format!("{}-blue-", cell.blue.cluster_identifier))
-        .and_then(|major| major.parse::<u32>().ok())
-        .is_some_and(|major| {
-            major < cell.target_major_version && cell.blue_renamed_identifier(major) == id
-        })
 }
 
 /// A connection to `database` of the old blue; `None` when it is unknown or unreachable
@@ -283,35 +268,4 @@ async fn remove_guard(blue: &Client) -> Result<bool, Error> {
         .map_err(|e| Error::query("dropping the DDL guard on the old blue", e))?;
     tracing::info!("ddl guard removed from the old blue");
     Ok(true)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_rename_plan_names_the_parked_blue() {
-        let plan = serde_json::json!({"cell_identifier": "local-a", "parked_identifier": "local-a-blue-14"});
-        assert_eq!(parked_in(&plan).as_deref(), Some("local-a-blue-14"));
-        assert_eq!(
-            parked_in(&serde_json::json!({"cell_identifier": "local-a"})),
-            None
-        );
-    }
-
-    #[test]
-    fn parked_blue_is_blue_renamed_to_a_major_below_the_target() {
-        let cell = CellDocument::from_json(switchyard_cell::EXAMPLE).expect("example");
-        let blue = &cell.blue.cluster_identifier;
-        let below = cell.target_major_version - 1;
-        assert!(is_parked(&cell, &cell.blue_renamed_identifier(below)));
-        assert!(!is_parked(
-            &cell,
-            &cell.blue_renamed_identifier(cell.target_major_version)
-        ));
-        assert!(!is_parked(&cell, &format!("{blue}-blue-0{below}")));
-        assert!(!is_parked(&cell, &format!("{blue}-blue-x")));
-        assert!(!is_parked(&cell, blue));
-        assert!(!is_parked(&cell, &format!("other-blue-{below}")));
-    }
 }

@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 
 use finalize_replication::{plan, run, Input, Mode, Output};
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::{audit_keys, LocalCell};
+use switchyard_local_cell::{audit_keys, LocalCell, TEST_RUN};
 use switchyard_operation::Deps;
 
 const NAMES: [&str; 2] = ["switchyard_payments", "switchyard_rest"];
 
 async fn cell() -> LocalCell {
     let cell = LocalCell::start_quiet(300).await.expect("cell");
+    cell.lock(TEST_RUN).await.expect("lock");
     cell.copy_schema_directly().await.expect("schema on green");
     cell
 }
@@ -22,6 +23,8 @@ async fn replicate(cell: &LocalCell, deps: &Deps) {
     start_replication::run(
         start_replication::Input {
             cell: cell.document.clone(),
+            run_id: TEST_RUN.to_owned(),
+            force: false,
             idle_transaction_seconds: 5,
             lock_timeout_seconds: 30,
         },
@@ -50,6 +53,9 @@ async fn replicate(cell: &LocalCell, deps: &Deps) {
 fn input(cell: &LocalCell, mode: Mode) -> Input {
     Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
+        pause_deadline: None,
         mode,
         old_blue_identifier: None,
     }

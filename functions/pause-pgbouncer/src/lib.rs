@@ -10,6 +10,10 @@
 //! a cancel request makes PgBouncer resume *everything* — and every database is resumed
 //! from new sessions, TTLs restored by RELOAD, before the error is returned.
 //!
+//! The pause window is journaled once per run ([`PauseWindow`]): a retried pause (its
+//! first answer lost) keeps the first `pause_deadline`, so retries cannot stretch the
+//! budget.
+//!
 //! Dry run ([`plan`]): the same logins, then only SHOW CONFIG and SHOW DATABASES: the TTLs
 //! it would lower and the databases it would (resume and) pause, each instance's own.
 
@@ -20,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use switchyard_aws::DbCredentials;
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Plan};
+use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::{Deps, Error, OperationInput, PauseDeadline, PauseWindow, Plan};
 use switchyard_postgres::pgbouncer::DatabaseRow;
 use switchyard_postgres::{PgBouncerAdmin, PgError};
 use tokio::task::JoinSet;
@@ -28,13 +33,27 @@ use tokio::task::JoinSet;
 use switchyard_operation::fleet::{self as instances, Endpoint};
 
 /// ```json
-/// {"cell": { …the cell document… }}
+/// {"cell": { …the cell document… }, "run_id": "switchover-local-a-20261122T050000Z"}
 /// ```
 /// The drain budget is `cell.budgets.drain_seconds`.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
+    /// The run acting: it must hold the cell's lock.
+    pub run_id: String,
+    /// Act without holding the lock: for an operator who has made sure no run is live.
+    #[serde(default)]
+    pub force: bool,
+}
+
+impl Input {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            run_id: &self.run_id,
+            force: self.force,
+        }
+    }
 }
 
 impl OperationInput for Input {
@@ -48,8 +67,9 @@ pub struct Output {
     /// When the last PAUSE returned (RFC 3339, UTC): the pause budget counts from here.
     pub paused_at: String,
     /// `paused_at` plus the cell's `budgets.pause_seconds`: the state machine passes it as
-    /// `pause_deadline` to every step until the resume, and none starts after it.
-    pub pause_deadline: String,
+    /// `pause_deadline` to every step until the resume; none starts after it, and every
+    /// wait inside one stops at it. The run's first pause set it; a retry keeps it.
+    pub pause_deadline: PauseDeadline,
     pub instances: Vec<PausedInstance>,
 }
 
@@ -74,6 +94,7 @@ const LOWERED_TTL: &str = "1";
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, drain_seconds = input.cell.budgets.drain_seconds))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    fence::admit(deps, &input.cell, input.caller(), Direction::Forward).await?;
     let cell = &input.cell;
     let databases = &cell.pgbouncer.databases;
     let (endpoints, login, sessions) = Box::pin(connect_everywhere(cell, deps)).await?;
@@ -81,16 +102,11 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     let budget = Duration::from_secs(cell.budgets.drain_seconds);
     match Box::pin(pause_all(&endpoints, sessions, &login, databases, budget)).await {
         Ok(instances) => {
-            let now = time::OffsetDateTime::now_utc();
-            let budget = time::Duration::seconds(
-                i64::try_from(cell.budgets.pause_seconds).unwrap_or(i64::MAX),
-            );
-            let paused_at = rfc3339(now);
-            let pause_deadline = rfc3339(now.saturating_add(budget));
-            tracing::info!(%paused_at, %pause_deadline, instances = instances.len(), "pgbouncer paused");
+            let window = Box::pin(journal_window(&input, deps)).await?;
+            tracing::info!(paused_at = %window.paused_at, pause_deadline = %window.deadline.rfc3339(), instances = instances.len(), "pgbouncer paused");
             Ok(Output {
-                paused_at,
-                pause_deadline,
+                paused_at: window.paused_at,
+                pause_deadline: window.deadline,
                 instances,
             })
         }
@@ -120,6 +136,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 /// drained everywhere with the TTLs lowered.
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, drain_seconds = input.cell.budgets.drain_seconds))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    fence::check(deps, &input.cell, input.caller(), Direction::Forward).await?;
     let cell = &input.cell;
     let databases = &cell.pgbouncer.databases;
     let (endpoints, _login, sessions) = Box::pin(connect_everywhere(cell, deps)).await?;
@@ -180,6 +197,30 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
         ));
     }
     Ok(plan)
+}
+
+/// The run's pause window: the one journaled by its first successful pause, else a new one
+/// from now. Journaled before the deadline is returned, so every later step and every retry
+/// reads the same deadline.
+async fn journal_window(input: &Input, deps: &Deps) -> Result<PauseWindow, Error> {
+    let journal = deps.journal(&input.cell);
+    if let Some(window) = journal.get::<PauseWindow>().await? {
+        if window.run_id == input.run_id {
+            return Ok(window);
+        }
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let budget = time::Duration::seconds(
+        i64::try_from(input.cell.budgets.pause_seconds).unwrap_or(i64::MAX),
+    );
+    let window = PauseWindow {
+        run_id: input.run_id.clone(),
+        paused_at: rfc3339(now),
+        deadline: PauseDeadline::at(now.saturating_add(budget)),
+    };
+    // Another run's window is history: this run's replaces it.
+    journal.put(&window).await?;
+    Ok(window)
 }
 
 /// Discovers and logs in to every instance. Every instance reachable before anything is

@@ -5,11 +5,13 @@ use std::time::Duration;
 use pause_pgbouncer::{plan, run, Input};
 use switchyard_cell::Discovery;
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::LocalCell;
+use switchyard_local_cell::{LocalCell, TEST_RUN};
 use switchyard_postgres::PgBouncerAdmin;
 
 async fn start() -> LocalCell {
-    LocalCell::start_quiet(300).await.expect("cell")
+    let cell = LocalCell::start_quiet(300).await.expect("cell");
+    cell.lock(TEST_RUN).await.expect("lock");
+    cell
 }
 
 async fn admin(cell: &LocalCell) -> PgBouncerAdmin {
@@ -53,6 +55,8 @@ async fn an_open_transaction_past_the_budget_is_a_drain_timeout_and_everything_r
     let dry = plan(
         Input {
             cell: document.clone(),
+            run_id: TEST_RUN.to_owned(),
+            force: false,
         },
         &deps,
     )
@@ -89,9 +93,16 @@ async fn an_open_transaction_past_the_budget_is_a_drain_timeout_and_everything_r
         .expect("the holder's transaction is untouched");
 
     let started = std::time::Instant::now();
-    let error = run(Input { cell: document }, &deps)
-        .await
-        .expect_err("the open transaction holds PAUSE");
+    let error = run(
+        Input {
+            cell: document,
+            run_id: TEST_RUN.to_owned(),
+            force: false,
+        },
+        &deps,
+    )
+    .await
+    .expect_err("the open transaction holds PAUSE");
     assert_eq!(error.error_name(), ErrorName::DrainTimeout, "{error}");
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -138,6 +149,8 @@ async fn one_unreachable_instance_pauses_nothing() {
     let dry = plan(
         Input {
             cell: document.clone(),
+            run_id: TEST_RUN.to_owned(),
+            force: false,
         },
         &deps,
     )
@@ -145,9 +158,16 @@ async fn one_unreachable_instance_pauses_nothing() {
     .expect_err("a dry run needs every instance too");
     assert_eq!(dry.error_name(), ErrorName::PauseFailed, "{dry}");
     assert!(dry.to_string().contains("127.0.0.1:1"), "{dry}");
-    let error = run(Input { cell: document }, &deps)
-        .await
-        .expect_err("one instance is unreachable");
+    let error = run(
+        Input {
+            cell: document,
+            run_id: TEST_RUN.to_owned(),
+            force: false,
+        },
+        &deps,
+    )
+    .await
+    .expect_err("one instance is unreachable");
     assert_eq!(error.error_name(), ErrorName::PauseFailed, "{error}");
     let message = error.to_string();
     assert!(message.contains("127.0.0.1:1"), "{message}");

@@ -58,6 +58,8 @@ pub enum Code {
     FunctionSearchPath,
     /// A materialized view: not replicated; green's is created empty.
     MaterializedView,
+    /// A downstream subscription of the cell document is missing on its subscriber.
+    DownstreamSubscriptionMissing,
 }
 
 impl Code {

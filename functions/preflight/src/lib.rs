@@ -15,6 +15,7 @@
 //! `query_wait_timeout` against the pause budget.
 
 mod cluster;
+mod downstream;
 mod finding;
 mod pgbouncer;
 mod schema;
@@ -23,7 +24,7 @@ mod search_path;
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Side};
+use switchyard_operation::{Deps, Error, OperationInput, Side, LISTED};
 use tokio_postgres::{Client, IsolationLevel, Transaction};
 
 use crate::cluster::{ClusterFacts, Plan};
@@ -170,6 +171,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     }
     findings.extend(cluster::capacity(&blue, &green, plan));
     findings.extend(Box::pin(pgbouncer::check(cell, deps)).await?);
+    findings.extend(Box::pin(downstream::check(cell, deps)).await?);
 
     if !findings.blockers.is_empty() {
         tracing::warn!(
@@ -183,6 +185,18 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         ));
     }
     tracing::info!(warnings = findings.warnings.len(), "preflight passed");
+    // The output goes into the execution state: each warning names its first objects; the
+    // log has them all.
+    for warning in &mut findings.warnings {
+        if warning.objects.len() > LISTED {
+            tracing::warn!(code = ?warning.code, objects = ?warning.objects, "warning");
+            let more = warning.objects.len() - LISTED;
+            warning.objects.truncate(LISTED);
+            warning
+                .objects
+                .push(format!("… and {more} more (see the log)"));
+        }
+    }
     Ok(Output {
         blockers: findings.blockers,
         warnings: findings.warnings,

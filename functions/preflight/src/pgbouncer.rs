@@ -22,7 +22,9 @@ pub async fn check(cell: &CellDocument, deps: &Deps) -> Result<Vec<Finding>, Err
         &cell.pgbouncer.admin_credentials_parameter,
     )
     .await?;
-    let pause = cell.budgets.pause_seconds;
+    // Clients queue for the whole pause, and for the abort path after a pause that ran
+    // its budget out.
+    let pause = cell.budgets.pause_seconds + cell.budgets.abort_seconds;
     let mut findings = Vec::new();
     for endpoint in hosts {
         let Some((host, port)) = split_host_port(&endpoint) else {
@@ -111,15 +113,15 @@ fn seconds(value: &str) -> Option<f64> {
     value.strip_suffix('s').unwrap_or(value).trim().parse().ok()
 }
 
-/// The pause holds clients for up to `pause_seconds`; PgBouncer drops those that wait
-/// longer than `query_wait_timeout` (0: never).
+/// The pause holds clients for up to `pause_seconds` (the pause budget plus the abort
+/// budget); PgBouncer drops those that wait longer than `query_wait_timeout` (0: never).
 fn query_wait_timeout(endpoint: &str, value: Option<&str>, pause_seconds: u64) -> Option<Finding> {
     // Seconds budgets are small: f64 holds them exactly.
     let pause = pause_seconds as f64;
     let detail = match value.map(|v| (v, seconds(v))) {
         Some((_, Some(timeout))) if timeout == 0.0 || timeout > pause => return None,
         Some((v, Some(_))) => format!(
-            "query_wait_timeout is {v} s, not above the pause budget of {pause_seconds} s: clients queued by the pause would be dropped with an error."
+            "query_wait_timeout is {v} s, not above the pause and abort budgets together ({pause_seconds} s): clients queued by the pause would be dropped with an error."
         ),
         Some((v, None)) => format!("query_wait_timeout is {v:?}, which is not a number of seconds."),
         None => "This PgBouncer does not report query_wait_timeout.".to_owned(),
@@ -129,7 +131,7 @@ fn query_wait_timeout(endpoint: &str, value: Option<&str>, pause_seconds: u64) -
         vec![format!("pgbouncer {endpoint}: query_wait_timeout")],
         detail,
         format!(
-            "Set query_wait_timeout above {pause_seconds} (e.g. {}) in pgbouncer.ini and RELOAD, or lower budgets.pause_seconds.",
+            "Set query_wait_timeout above {pause_seconds} (e.g. {}) in pgbouncer.ini and RELOAD, or lower budgets.pause_seconds / budgets.abort_seconds.",
             pause_seconds * 2
         ),
     ))

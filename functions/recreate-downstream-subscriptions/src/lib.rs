@@ -8,6 +8,12 @@
 //! from `publisher_credentials_parameter` now, and `copy_data = false` — the downstream
 //! already holds everything up to the freeze. Finally the apply worker must be running.
 //!
+//! Each subscription is held (`downstream::hold`) while it is looked at and created, so a
+//! drop still in flight for it finishes first; the abort direction has marked the run
+//! aborting before (the fence), so such a drop sees that and drops nothing after. Only this
+//! run's journal entry is ever used to create one; once it exists, the entry records on
+//! which primary (`recreated`), which `resume-pgbouncer` checks before the switch.
+//!
 //! An existing subscription is left as it is — unless the current primary lacks its slot:
 //! then it was made for the other cluster (a forward run created it on green, and the
 //! abort path has since pointed the NLB back at blue) and is only fed second-hand, through
@@ -24,8 +30,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use switchyard_cell::{CellDocument, Downstream};
 use switchyard_errors::ErrorName;
-use switchyard_operation::downstream::{self, Journaled};
-use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
+use switchyard_operation::downstream::{self, Journaled, Recreated};
+use switchyard_operation::fence::{self, Caller, Way};
+use switchyard_operation::{Deps, Error, OperationInput, PauseDeadline, Plan, Side};
 use switchyard_postgres::quote::{conninfo_value, ident, literal};
 use switchyard_telemetry::Secret;
 use tokio_postgres::Client;
@@ -34,17 +41,37 @@ use tokio_postgres::Client;
 const STREAMING_WAIT: Duration = Duration::from_secs(30);
 
 /// ```json
-/// {"cell": { …the cell document… }}
+/// {"cell": { …the cell document… }, "run_id": "switchover-local-a-20261122T050000Z", "direction": "forward"}
 /// ```
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
+    /// The run acting: it must hold the cell's lock.
+    pub run_id: String,
+    /// Act without holding the lock, or past a switch: for an operator who has made sure no run
+    /// is live.
+    #[serde(default)]
+    pub force: bool,
+    /// The end of the pause budget (`pause-pgbouncer`'s): every wait stops at it.
+    #[serde(default)]
+    pub pause_deadline: Option<PauseDeadline>,
+    /// The forward path (subscribe to green) or the abort path (back to blue).
+    pub direction: Way,
 }
 
 impl OperationInput for Input {
     fn cell(&self) -> &CellDocument {
         &self.cell
+    }
+}
+
+impl Input {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            run_id: &self.run_id,
+            force: self.force,
+        }
     }
 }
 
@@ -80,17 +107,38 @@ struct Standing {
 }
 
 async fn assess(
-    cell: &CellDocument,
+    input: &Input,
     deps: &Deps,
     downstream: &Downstream,
     client: &Client,
     name: &str,
 ) -> Result<Standing, Error> {
-    let entry = deps
-        .journal(cell)
-        .read::<Journaled>(&downstream::journal_key(downstream, name))
-        .await?;
+    let cell = &input.cell;
+    let what = format!("subscription {name} of downstream {}", downstream.name);
+    let entry = Journaled::read(deps, cell, downstream, name).await?;
     let exists = downstream::exists(client, name).await?;
+    // Another run's entry is never used to create anything.
+    let entry = match entry {
+        Some(e) if !exists || input.direction == Way::Forward => {
+            Some(e.of_run(&input.run_id, input.force, &what)?)
+        }
+        Some(e) if e.run_id == input.run_id || input.force => Some(e),
+        _ => None,
+    };
+    if input.direction == Way::Forward {
+        let Some(e) = &entry else {
+            return Err(Error::stop(
+                ErrorName::PreconditionFailed,
+                format!("{what} was not dropped by this run {} (no journal entry of it): run drop-downstream-subscriptions first", input.run_id),
+            ));
+        };
+        if !e.held_everything() {
+            return Err(Error::stop(
+                ErrorName::PreconditionFailed,
+                format!("{what} confirmed {} on blue, before the freeze position {}: it may miss rows; find out why before subscribing it to green", e.confirmed_lsn, e.freeze_lsn),
+            ));
+        }
+    }
     let replace = match (exists, &entry) {
         (true, Some(entry)) => {
             !Box::pin(reads_the_primary(cell, deps, client, name, entry)).await?
@@ -119,16 +167,26 @@ async fn assess(
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    fence::admit(
+        deps,
+        &input.cell,
+        input.caller(),
+        input.direction.direction(),
+    )
+    .await?;
     let cell = &input.cell;
+    let streaming_wait = switchyard_operation::bounded(input.pause_deadline, STREAMING_WAIT);
     let mut subscriptions = Vec::new();
     for downstream in &cell.downstream {
         let client = Box::pin(downstream::connect(cell, downstream, deps)).await?;
         for name in &downstream.subscriptions {
+            // Held while looked at and created: a drop still in flight finishes first.
+            downstream::hold(&client, name).await?;
             let Standing {
                 entry,
                 kept,
                 replace,
-            } = Box::pin(assess(cell, deps, downstream, &client, name)).await?;
+            } = Box::pin(assess(&input, deps, downstream, &client, name)).await?;
             if replace {
                 drop_locally(&client, name, &downstream.name).await?;
             }
@@ -144,13 +202,31 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
                 }
             };
             let enabled = entry.as_ref().is_none_or(|e| e.enabled);
-            let streaming = enabled && wait_streaming(&client, name).await?;
+            let streaming = enabled && wait_streaming(&client, name, streaming_wait).await?;
             if enabled && !streaming {
+                let waiting = format!(
+                    "waiting for subscription {name} on downstream {} to stream",
+                    downstream.name
+                );
+                if let Some(pause) = input.pause_deadline.filter(|d| d.passed()) {
+                    return Err(pause.exceeded(&waiting));
+                }
                 return Err(Error::stop(
                     ErrorName::TargetNotHealthy,
-                    format!("subscription {name} on downstream {} has no running apply worker after {}s: read the downstream's log (publication, slot, NLB target), then retry", downstream.name, STREAMING_WAIT.as_secs()),
+                    format!("subscription {name} on downstream {} has no running apply worker after {}s: read the downstream's log (publication, slot, NLB target), then retry", downstream.name, streaming_wait.as_secs()),
                 ));
             }
+            if let Some(mut entry) = entry.filter(|e| e.run_id == input.run_id) {
+                let primary = deps.endpoint(cell, Side::Blue).await?.resource_id;
+                if entry.recreated.as_ref().map(|r| &r.primary_resource_id) != Some(&primary) {
+                    entry.recreated = Some(Recreated {
+                        primary_resource_id: primary,
+                        at: switchyard_operation::now_rfc3339(),
+                    });
+                    entry.write(deps, cell, downstream, name).await?;
+                }
+            }
+            downstream::release(&client, name).await?;
             subscriptions.push(RecreatedSubscription {
                 downstream: downstream.name.clone(),
                 name: name.clone(),
@@ -168,12 +244,19 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 /// make now.
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    fence::check(
+        deps,
+        &input.cell,
+        input.caller(),
+        input.direction.direction(),
+    )
+    .await?;
     let cell = &input.cell;
     let mut plan = Plan::new();
     for downstream in &cell.downstream {
         let client = Box::pin(downstream::connect(cell, downstream, deps)).await?;
         for name in &downstream.subscriptions {
-            let standing = Box::pin(assess(cell, deps, downstream, &client, name)).await?;
+            let standing = Box::pin(assess(&input, deps, downstream, &client, name)).await?;
             let (Some(entry), false) = (&standing.entry, standing.kept) else {
                 continue;
             };
@@ -432,9 +515,9 @@ async fn require_publications(
     ))
 }
 
-/// Whether the subscription's apply worker runs within [`STREAMING_WAIT`].
-async fn wait_streaming(client: &Client, name: &str) -> Result<bool, Error> {
-    let deadline = tokio::time::Instant::now() + STREAMING_WAIT;
+/// Whether the subscription's apply worker runs within `wait`.
+async fn wait_streaming(client: &Client, name: &str, wait: Duration) -> Result<bool, Error> {
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
         let running: bool = client
             .query_one(

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::LocalCell;
+use switchyard_local_cell::{LocalCell, TEST_RUN};
+use switchyard_operation::downstream::Journaled;
 
 async fn count(client: &tokio_postgres::Client, sql: &str, email: &str) -> i64 {
     client.query_one(sql, &[&email]).await.expect(sql).get(0)
@@ -19,6 +20,7 @@ async fn insert_account(blue: &tokio_postgres::Client, email: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recreates_the_dropped_subscription_once_without_copying() {
     let cell = LocalCell::start_quiet(100).await.expect("cell");
+    cell.lock(TEST_RUN).await.expect("lock");
     let deps = cell.deps().expect("deps");
     let search = cell
         .search
@@ -30,6 +32,9 @@ async fn recreates_the_dropped_subscription_once_without_copying() {
 
     let drop_input = drop_downstream_subscriptions::Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
+        pause_deadline: None,
         target_lsn: None,
         wait_seconds: 5,
     };
@@ -50,13 +55,14 @@ async fn recreates_the_dropped_subscription_once_without_copying() {
 
     let input = recreate_downstream_subscriptions::Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
+        pause_deadline: None,
+        direction: switchyard_operation::fence::Way::Forward,
     };
-    let key = "downstream/search/search_sub";
-    let journal = deps.journal(&cell.document);
-    let entry = journal
-        .read::<serde_json::Value>(key)
-        .await
-        .expect("journal");
+    let downstream = &cell.document.downstream[0];
+    let journaled = || Journaled::read(&deps, &cell.document, downstream, "search_sub");
+    let entry = journaled().await.expect("journal");
     let subscriptions = "SELECT count(*) FROM pg_subscription";
     let slots = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'search_sub'";
     let dry = recreate_downstream_subscriptions::plan(input.clone(), &deps)
@@ -102,10 +108,7 @@ async fn recreates_the_dropped_subscription_once_without_copying() {
     assert_eq!(one(subscriptions).await, 0, "the plan created nothing");
     assert_eq!(one(slots).await, 0, "no slot made on blue");
     assert_eq!(
-        journal
-            .read::<serde_json::Value>(key)
-            .await
-            .expect("journal"),
+        journaled().await.expect("journal"),
         entry,
         "the journal is untouched"
     );
@@ -169,6 +172,7 @@ async fn recreates_the_dropped_subscription_once_without_copying() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_without_a_journal_entry_or_a_publication() {
     let cell = LocalCell::start_quiet(100).await.expect("cell");
+    cell.lock(TEST_RUN).await.expect("lock");
     let deps = cell.deps().expect("deps");
     let search = cell
         .search
@@ -177,9 +181,16 @@ async fn refuses_without_a_journal_entry_or_a_publication() {
         .expect("search");
     let input = recreate_downstream_subscriptions::Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
+        pause_deadline: None,
+        direction: switchyard_operation::fence::Way::Forward,
     };
     let drop_input = drop_downstream_subscriptions::Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
+        pause_deadline: None,
         target_lsn: None,
         wait_seconds: 5,
     };
@@ -215,11 +226,19 @@ async fn refuses_without_a_journal_entry_or_a_publication() {
         .get(0);
     assert_eq!(none, 0, "nothing created");
 
-    assert!(deps
-        .journal(&cell.document)
-        .delete("downstream/search/search_sub")
+    cell.moto
+        .clients
+        .ssm
+        .delete_parameter()
+        .name(Journaled::parameter(
+            &deps,
+            &cell.document,
+            &cell.document.downstream[0],
+            "search_sub",
+        ))
+        .send()
         .await
-        .expect("delete"));
+        .expect("the journal entry deleted by hand");
     let error = recreate_downstream_subscriptions::plan(input.clone(), &deps)
         .await
         .expect_err("the plan stops without a journal entry");

@@ -5,6 +5,8 @@
 //! `rename-clusters`). Its address is registered, every other target deregistered, and the
 //! operation waits until the new target is healthy. A group already holding exactly the
 //! writer is left alone, so a retry (or the abort path pointing back at blue) is safe.
+//! `direction` says which path calls it: forward waits stop at the pause deadline; the
+//! abort direction is refused once the cell has switched.
 //!
 //! A dry run ([`plan`]) reads the same endpoint and target health and lists the targets it
 //! would register and deregister in each group; empty when every group holds the writer.
@@ -16,17 +18,29 @@ use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetHealthDescr
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
+use switchyard_operation::fence::{self, Caller, Way};
+use switchyard_operation::{Deps, Error, OperationInput, PauseDeadline, Plan, Side};
 use tokio::time::Instant;
 
 /// ```json
-/// {"cell": { …the cell document… }, "wait_seconds": 300}
+/// {"cell": { …the cell document… }, "run_id": "switchover-local-a-20261122T050000Z", "direction": "forward", "wait_seconds": 300}
 /// ```
 /// (`payloads/input.json` holds a whole one.)
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
+    /// The run acting: it must hold the cell's lock.
+    pub run_id: String,
+    /// Act without holding the lock, or past a switch: for an operator who has made sure no run
+    /// is live.
+    #[serde(default)]
+    pub force: bool,
+    /// The end of the pause budget (`pause-pgbouncer`'s): every wait stops at it.
+    #[serde(default)]
+    pub pause_deadline: Option<PauseDeadline>,
+    /// The forward path (toward green) or the abort path (back to blue).
+    pub direction: Way,
     /// How long to wait for the new target to turn healthy before `TargetNotHealthy`.
     #[serde(default = "default_wait_seconds")]
     pub wait_seconds: u64,
@@ -39,6 +53,15 @@ fn default_wait_seconds() -> u64 {
 impl OperationInput for Input {
     fn cell(&self) -> &CellDocument {
         &self.cell
+    }
+}
+
+impl Input {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            run_id: &self.run_id,
+            force: self.force,
+        }
     }
 }
 
@@ -59,6 +82,14 @@ pub struct TargetGroupOutcome {
     pub deregistered: Vec<String>,
 }
 
+/// Where the health wait ends: `wait_seconds`, cut to the pause budget.
+#[derive(Clone, Copy, Debug)]
+struct Deadline {
+    at: Instant,
+    /// Reaching this one is `PauseBudgetExceeded`, not a retryable `TargetNotHealthy`.
+    pause: Option<PauseDeadline>,
+}
+
 /// How often target health is polled while waiting.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -67,7 +98,18 @@ const DRAINING: &str = "draining";
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
-    let deadline = Instant::now() + Duration::from_secs(input.wait_seconds);
+    fence::admit(
+        deps,
+        &input.cell,
+        input.caller(),
+        input.direction.direction(),
+    )
+    .await?;
+    let wait = Duration::from_secs(input.wait_seconds);
+    let deadline = Deadline {
+        at: Instant::now() + switchyard_operation::bounded(input.pause_deadline, wait),
+        pause: input.pause_deadline,
+    };
     let writer = current_writer(&input.cell, deps).await?;
     let mut target_groups = Vec::with_capacity(input.cell.downstream.len());
     for downstream in &input.cell.downstream {
@@ -81,6 +123,13 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 /// Dry run: the registrations and deregistrations [`run`] would make now, per group.
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    fence::check(
+        deps,
+        &input.cell,
+        input.caller(),
+        input.direction.direction(),
+    )
+    .await?;
     let writer = current_writer(&input.cell, deps).await?;
     let mut plan = Plan::new();
     for downstream in &input.cell.downstream {
@@ -223,7 +272,7 @@ async fn refresh(
     deps: &Deps,
     arn: &str,
     writer: &Target,
-    deadline: Instant,
+    deadline: Deadline,
 ) -> Result<TargetGroupOutcome, Error> {
     let elbv2 = &deps.aws.elbv2;
     let todo = changes(&targets(deps, arn).await?, writer);
@@ -265,7 +314,7 @@ async fn wait_healthy(
     deps: &Deps,
     arn: &str,
     writer: &Target,
-    deadline: Instant,
+    deadline: Deadline,
 ) -> Result<(), Error> {
     loop {
         let state = targets(deps, arn)
@@ -276,7 +325,12 @@ async fn wait_healthy(
         if state == "healthy" {
             return Ok(());
         }
-        if Instant::now() + POLL_INTERVAL > deadline {
+        if Instant::now() + POLL_INTERVAL > deadline.at {
+            if let Some(pause) = deadline.pause.filter(|d| d.remaining() < POLL_INTERVAL) {
+                return Err(pause.exceeded(&format!(
+                    "waiting for target {writer} in {arn} ({state}) to turn healthy"
+                )));
+            }
             return Err(Error::stop(
                 ErrorName::TargetNotHealthy,
                 format!("target {writer} in {arn} is {state}, not healthy; check the NLB health check reaches the writer, then retry"),

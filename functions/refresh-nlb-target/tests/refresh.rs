@@ -3,15 +3,21 @@
 use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
 use refresh_nlb_target::{plan, run, Input, Output};
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::LocalCell;
+use switchyard_local_cell::{LocalCell, TEST_RUN};
 
 async fn start() -> LocalCell {
-    LocalCell::start_quiet(100).await.expect("cell")
+    let cell = LocalCell::start_quiet(100).await.expect("cell");
+    cell.lock(TEST_RUN).await.expect("lock");
+    cell
 }
 
 fn input(cell: &LocalCell) -> Input {
     Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
+        pause_deadline: None,
+        direction: switchyard_operation::fence::Way::Forward,
         wait_seconds: 10,
     }
 }

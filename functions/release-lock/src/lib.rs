@@ -1,5 +1,7 @@
 //! `release-lock`: ends a run's hold on the cell. A run releases only its own lock; an
-//! operator releasing a dead run's lock says so with `force`, deliberately.
+//! operator releasing a dead run's lock says so with `force`, deliberately. With
+//! `if_ours`, another run's lock is left alone without an error: what a run that may or
+//! may not have taken the lock (a crash right after acquire-lock) does on its way out.
 //!
 //! Dry run ([`plan`]): reads the lock and names the one that would be deleted; another
 //! run's lock without `force` is `PreconditionFailed`, as for the real call.
@@ -7,7 +9,8 @@
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Plan, RunLock, LOCK_KEY};
+use switchyard_operation::fence::RunLock;
+use switchyard_operation::{Deps, Error, OperationInput, Plan};
 
 /// ```json
 /// {"cell": { …the cell document… }, "run_id": "switchover-local-a-20261122T050000Z", "force": false}
@@ -22,6 +25,9 @@ pub struct Input {
     /// that run is dead.
     #[serde(default)]
     pub force: bool,
+    /// Release only this run's lock; another run's is left as it is, and that is no error.
+    #[serde(default)]
+    pub if_ours: bool,
 }
 
 impl OperationInput for Input {
@@ -39,11 +45,13 @@ pub struct Output {
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, run = %input.run_id, force = input.force))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     let journal = deps.journal(&input.cell);
-    let Some(held) = journal.read::<RunLock>(LOCK_KEY).await? else {
+    let Some(held) = journal.get::<RunLock>().await? else {
         return Ok(Output { released: None });
     };
-    may_release(&held, &input)?;
-    let removed = journal.delete(LOCK_KEY).await?;
+    if !may_release(&held, &input)? {
+        return Ok(Output { released: None });
+    }
+    let removed = journal.remove::<RunLock>().await?;
     if held.run_id != input.run_id {
         tracing::warn!(holder = %held.run_id, "forced release of another run's lock");
     }
@@ -57,8 +65,10 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
     let journal = deps.journal(&input.cell);
     let mut plan = Plan::new();
-    if let Some(held) = journal.read::<RunLock>(LOCK_KEY).await? {
-        may_release(&held, &input)?;
+    if let Some(held) = journal.get::<RunLock>().await? {
+        if !may_release(&held, &input)? {
+            return Ok(plan);
+        }
         let forced = if held.run_id == input.run_id {
             ""
         } else {
@@ -66,7 +76,7 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
         };
         plan.would(format!(
             "delete SSM parameter {}: the run lock of run {} held since {}{forced}",
-            journal.parameter(LOCK_KEY),
+            journal.parameter_of::<RunLock>(),
             held.run_id,
             held.acquired_at
         ));
@@ -74,8 +84,12 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
     Ok(plan)
 }
 
-/// A run releases only its own lock, unless forced.
-fn may_release(held: &RunLock, input: &Input) -> Result<(), Error> {
+/// A run releases only its own lock, unless forced; `false`: leave another run's (if_ours).
+fn may_release(held: &RunLock, input: &Input) -> Result<bool, Error> {
+    if held.run_id != input.run_id && input.if_ours && !input.force {
+        tracing::info!(holder = %held.run_id, "the lock is another run's: left as it is");
+        return Ok(false);
+    }
     if held.run_id != input.run_id && !input.force {
         return Err(Error::stop(
             ErrorName::PreconditionFailed,
@@ -85,7 +99,7 @@ fn may_release(held: &RunLock, input: &Input) -> Result<(), Error> {
             ),
         ));
     }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ async fn cell() -> LocalCell {
 fn acquire(cell: &LocalCell, run_id: &str) -> acquire_lock::Input {
     acquire_lock::Input {
         cell: cell.document.clone(),
+        execution: None,
         run_id: run_id.to_owned(),
     }
 }
@@ -17,6 +18,7 @@ fn acquire(cell: &LocalCell, run_id: &str) -> acquire_lock::Input {
 fn release(cell: &LocalCell, run_id: &str, force: bool) -> release_lock::Input {
     release_lock::Input {
         cell: cell.document.clone(),
+        if_ours: false,
         run_id: run_id.to_owned(),
         force,
     }

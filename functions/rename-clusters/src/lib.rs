@@ -4,11 +4,16 @@
 //!
 //! Names cannot be swapped in one call, so each direction is two renames with a wait
 //! after each. The plan (both clusters' `DbClusterResourceId`s, which survive renames, and
-//! the three identifiers) is journaled under [`JOURNAL_KEY`] before the first rename; every
+//! the three identifiers) is journaled ([`RenamePlan`]) before the first rename; every
 //! invocation then works out where it stands by looking up which identifier each resource
 //! holds now and does only what remains, so a retry after a crash at any point completes
 //! the job and a run after completion changes nothing. Without a journal entry the plan is
 //! inferred from the cell document and the clusters present (the blue-parked name).
+//!
+//! Forward is the pause window's: its waits stop at `pause_deadline` (`PauseBudgetExceeded`,
+//! and the abort path renames back). It refuses a plan another run journaled. Back is the
+//! abort path's: refused once the cell has switched (`AlreadySwitched`); it undoes renames
+//! from any run's plan, since the way back is the same whoever renamed.
 //!
 //! A dry run ([`plan`]) works out where it stands the same way and lists the journal write,
 //! the renames left (in order) and the waits after them; empty once the mode is complete.
@@ -19,22 +24,30 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_operation::{Deps, Error, OperationInput, Side};
-
-/// The journal key of the rename plan.
-pub const JOURNAL_KEY: &str = "rename";
+use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::rename::{self, RenamePlan as Plan};
+use switchyard_operation::{Deps, Error, OperationInput, PauseDeadline, Side};
 
 /// The longest wait one invocation may take: Lambda's own limit is 900 s.
 const MAX_WAIT_SECONDS: u64 = 840;
 
 /// ```json
-/// {"cell": { …the cell document… }, "mode": "forward", "wait_seconds": 600}
+/// {"cell": { …the cell document… }, "run_id": "switchover-local-a-20261122T050000Z", "mode": "forward", "wait_seconds": 600}
 /// ```
 /// (`payloads/input.json` holds a whole one.)
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
+    /// The run acting: it must hold the cell's lock.
+    pub run_id: String,
+    /// Act without holding the lock, or past a switch: for an operator who has made sure no run
+    /// is live.
+    #[serde(default)]
+    pub force: bool,
+    /// The end of the pause budget (`pause-pgbouncer`'s): every wait stops at it.
+    #[serde(default)]
+    pub pause_deadline: Option<PauseDeadline>,
     pub mode: Mode,
     /// How long this invocation may wait for renames and the endpoint to settle before
     /// failing `ClusterNotAvailable` (retry resumes); at most 840.
@@ -52,6 +65,15 @@ impl OperationInput for Input {
     }
 }
 
+impl Input {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            run_id: &self.run_id,
+            force: self.force,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
@@ -59,6 +81,15 @@ pub enum Mode {
     Forward,
     /// Green → its own identifier, blue → the cell's identifier.
     Back,
+}
+
+impl Mode {
+    fn direction(self) -> Direction {
+        match self {
+            Self::Forward => Direction::Forward,
+            Self::Back => Direction::Abort,
+        }
+    }
 }
 
 impl std::fmt::Display for Mode {
@@ -93,22 +124,6 @@ pub struct Output {
     pub cell_identifier_resource_id: String,
     pub blue_identifier_now: String,
     pub green_identifier_now: String,
-}
-
-/// The journaled plan: who is who, by resource id, and the names involved.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-pub struct Plan {
-    /// The cell's (blue's original) identifier: the name the endpoint is known by.
-    pub cell_identifier: String,
-    pub green_identifier: String,
-    /// `<id>-blue-<blue major>`.
-    pub parked_identifier: String,
-    pub blue_resource_id: String,
-    pub green_resource_id: String,
-    /// Ties the plan to this upgrade: a plan left by an earlier one must not steer this one.
-    pub target_major_version: u32,
-    /// RFC 3339, UTC.
-    pub recorded_at: String,
 }
 
 /// One DB cluster as `DescribeDBClusters` shows it now.
@@ -149,12 +164,15 @@ async fn position(input: &Input, deps: &Deps) -> Result<Position, Error> {
     }
     let cell = &input.cell;
     let journal = deps.journal(cell);
-    let recorded: Option<Plan> = journal.read(JOURNAL_KEY).await?;
+    let recorded: Option<Plan> = journal.get::<Plan>().await?;
     let clusters = describe_all(&deps.aws.rds).await?;
-    let plan = match recorded.clone() {
-        Some(plan) => check_recorded(cell, plan, &journal.parameter(JOURNAL_KEY))?,
+    let mut plan = match recorded.clone() {
+        Some(plan) => check_recorded(input, plan, &journal.parameter_of::<Plan>())?,
         None => infer_plan(cell, &clusters, &now())?,
     };
+    if recorded.is_none() {
+        plan.run_id = Some(input.run_id.clone());
+    }
     let (blue, green) = locate(&plan, &clusters)?;
     check_positions(&plan, &blue, &green)?;
     let todo = remaining(input.mode, &plan, &clusters, &blue, &green)?;
@@ -173,7 +191,12 @@ async fn position(input: &Input, deps: &Deps) -> Result<Position, Error> {
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier, mode = %input.mode))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
-    let deadline = Instant::now() + Duration::from_secs(input.wait_seconds);
+    fence::admit(deps, &input.cell, input.caller(), input.mode.direction()).await?;
+    let wait = Duration::from_secs(input.wait_seconds);
+    let deadline = Deadline {
+        at: Instant::now() + switchyard_operation::bounded(input.pause_deadline, wait),
+        pause: input.pause_deadline,
+    };
     let cell = &input.cell;
     let rds = &deps.aws.rds;
     let journal = deps.journal(cell);
@@ -187,14 +210,14 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     let steps_done = match input.mode {
         Mode::Forward => {
             if recorded.is_none() {
-                journal.write(JOURNAL_KEY, &plan).await?;
+                journal.put(&plan).await?;
             }
             forward(deps, &plan, &todo, deadline).await?
         }
         Mode::Back => {
             let steps = back(deps, &plan, &todo, deadline).await?;
             // The cell is as it began: a stale plan must not steer a later run.
-            journal.delete(JOURNAL_KEY).await?;
+            journal.remove::<Plan>().await?;
             steps
         }
     };
@@ -217,7 +240,8 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 /// Dry run: the journal change and the renames [`run`] would make now, in order.
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier, mode = %input.mode))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<switchyard_operation::Plan, Error> {
-    let parameter = deps.journal(&input.cell).parameter(JOURNAL_KEY);
+    fence::check(deps, &input.cell, input.caller(), input.mode.direction()).await?;
+    let parameter = deps.journal(&input.cell).parameter_of::<Plan>();
     let Position {
         recorded,
         plan,
@@ -330,7 +354,7 @@ async fn forward(
     deps: &Deps,
     plan: &Plan,
     todo: &[Rename],
-    deadline: Instant,
+    deadline: Deadline,
 ) -> Result<Vec<Step>, Error> {
     let rds = &deps.aws.rds;
     let mut steps = Vec::new();
@@ -368,7 +392,7 @@ async fn back(
     deps: &Deps,
     plan: &Plan,
     todo: &[Rename],
-    deadline: Instant,
+    deadline: Deadline,
 ) -> Result<Vec<Step>, Error> {
     let rds = &deps.aws.rds;
     let mut steps = Vec::new();
@@ -402,8 +426,23 @@ async fn back(
     Ok(steps)
 }
 
-/// A recorded plan is trusted only for this cell's names and this upgrade's target.
-fn check_recorded(cell: &CellDocument, plan: Plan, parameter: &str) -> Result<Plan, Error> {
+/// A recorded plan is trusted only for this cell's names and this upgrade's target — and,
+/// going forward, only if this run journaled it.
+fn check_recorded(input: &Input, plan: Plan, parameter: &str) -> Result<Plan, Error> {
+    let cell = &input.cell;
+    if input.mode == Mode::Forward
+        && !input.force
+        && plan.run_id.as_deref() != Some(input.run_id.as_str())
+    {
+        return Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!(
+                "journal entry {parameter} was written by run {}, not this run {}: that run's renames were never undone. Rename back as that run (rename-clusters back), then retry",
+                plan.run_id.as_deref().unwrap_or("unknown"),
+                input.run_id
+            ),
+        ));
+    }
     if plan.cell_identifier != cell.blue.cluster_identifier
         || plan.green_identifier != cell.green.cluster_identifier
         || plan.target_major_version != cell.target_major_version
@@ -433,7 +472,7 @@ fn infer_plan(cell: &CellDocument, clusters: &[Cluster], now: &str) -> Result<Pl
     let ambiguous = |why: String| {
         Error::stop(
             ErrorName::PreconditionFailed,
-            format!("cannot tell which cluster is blue and which is green ({why}) and no rename plan is journaled; rename by hand, or journal the plan under {JOURNAL_KEY}"),
+            format!("cannot tell which cluster is blue and which is green ({why}) and no rename plan is journaled; rename by hand, or journal the plan under {}", <Plan as switchyard_operation::Entry>::KEY),
         )
     };
     let parked = || -> Result<&Cluster, Error> {
@@ -441,7 +480,7 @@ fn infer_plan(cell: &CellDocument, clusters: &[Cluster], now: &str) -> Result<Pl
             .iter()
             .filter(|c| {
                 major(&c.engine_version)
-                    .is_some_and(|m| c.identifier == cell.blue_renamed_identifier(m))
+                    .is_some_and(|m| c.identifier == rename::parked_identifier(cell, m))
             })
             .collect();
         match candidates[..] {
@@ -484,9 +523,10 @@ fn infer_plan(cell: &CellDocument, clusters: &[Cluster], now: &str) -> Result<Pl
         ))
     })?;
     Ok(Plan {
+        run_id: None,
         cell_identifier: cell_id.clone(),
         green_identifier: green_id.clone(),
-        parked_identifier: cell.blue_renamed_identifier(blue_major),
+        parked_identifier: rename::parked_identifier(cell, blue_major),
         blue_resource_id: blue.resource_id.clone(),
         green_resource_id: green.resource_id.clone(),
         target_major_version: cell.target_major_version,
@@ -504,7 +544,7 @@ fn locate(plan: &Plan, clusters: &[Cluster]) -> Result<(Cluster, Cluster), Error
             .ok_or_else(|| {
                 Error::stop(
                     ErrorName::PreconditionFailed,
-                    format!("{side} cluster (resource {resource_id}) of the rename plan no longer exists; inspect the clusters, then fix or delete the journal entry {JOURNAL_KEY}"),
+                    format!("{side} cluster (resource {resource_id}) of the rename plan no longer exists; inspect the clusters, then fix or delete the journal entry {}", <Plan as switchyard_operation::Entry>::KEY),
                 )
             })
     };
@@ -618,7 +658,7 @@ async fn wait_held(
     rds: &aws_sdk_rds::Client,
     identifier: &str,
     resource_id: &str,
-    deadline: Instant,
+    deadline: Deadline,
     side: &str,
 ) -> Result<(), Error> {
     let what = format!("{side} (resource {resource_id}) to be available as {identifier}");
@@ -640,7 +680,7 @@ async fn wait_resolves(
     deps: &Deps,
     identifier: &str,
     resource_id: &str,
-    deadline: Instant,
+    deadline: Deadline,
     side: &str,
 ) -> Result<(), Error> {
     let what = format!("endpoint {identifier} to resolve to {side} (resource {resource_id})");
@@ -654,8 +694,16 @@ async fn wait_resolves(
     .await
 }
 
+/// Where an invocation's waits end: its own `wait_seconds`, cut to the pause budget.
+#[derive(Clone, Copy, Debug)]
+struct Deadline {
+    at: Instant,
+    /// Reaching this one is `PauseBudgetExceeded`, not a retryable `ClusterNotAvailable`.
+    pause: Option<PauseDeadline>,
+}
+
 /// Polls `done` with a growing interval until it holds or `deadline` passes.
-async fn poll<F, Fut>(deadline: Instant, what: &str, mut done: F) -> Result<(), Error>
+async fn poll<F, Fut>(deadline: Deadline, what: &str, mut done: F) -> Result<(), Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<bool, Error>>,
@@ -665,8 +713,11 @@ where
         if done().await? {
             return Ok(());
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.at.saturating_duration_since(Instant::now());
         if left.is_zero() {
+            if let Some(pause) = deadline.pause.filter(|d| d.passed()) {
+                return Err(pause.exceeded(&format!("waiting for {what}")));
+            }
             return Err(Error::stop(
                 ErrorName::ClusterNotAvailable,
                 format!("still waiting for {what} when the wait ran out; retry rename-clusters with the same mode to resume"),

@@ -1,18 +1,24 @@
 //! rename-clusters against the local cell: moto holds the clusters, and the emulated
 //! endpoint of the cell's identifier sends new connections to whichever server holds it.
 
-use rename_clusters::{plan, run, Input, Mode, Output, Step, JOURNAL_KEY};
+use rename_clusters::{plan, run, Input, Mode, Output, Step};
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::LocalCell;
+use switchyard_local_cell::{LocalCell, TEST_RUN};
+use switchyard_operation::rename::RenamePlan;
 use switchyard_operation::Deps;
 
 async fn cell() -> LocalCell {
-    LocalCell::start_quiet(300).await.expect("cell")
+    let cell = LocalCell::start_quiet(300).await.expect("cell");
+    cell.lock(TEST_RUN).await.expect("lock");
+    cell
 }
 
 fn input(cell: &LocalCell, mode: Mode) -> Input {
     Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
+        pause_deadline: None,
         mode,
         wait_seconds: 60,
     }
@@ -44,9 +50,9 @@ async fn version_behind_cell_endpoint(cell: &LocalCell) -> i32 {
 async fn journaled(
     deps: &switchyard_operation::Deps,
     cell: &switchyard_cell::CellDocument,
-) -> Option<rename_clusters::Plan> {
+) -> Option<RenamePlan> {
     deps.journal(cell)
-        .read::<rename_clusters::Plan>(JOURNAL_KEY)
+        .get::<RenamePlan>()
         .await
         .expect("journal")
 }
@@ -111,7 +117,7 @@ async fn forward_moves_the_endpoint_to_green_and_back_restores_blue() {
         cell.blue.version_num
     );
     let (id, green_id) = (&doc.blue.cluster_identifier, &doc.green.cluster_identifier);
-    let parameter = deps.journal(doc).parameter(JOURNAL_KEY);
+    let parameter = deps.journal(doc).parameter_of::<RenamePlan>();
 
     let dry = plan(input(&cell, Mode::Forward), &deps)
         .await
@@ -155,9 +161,9 @@ async fn forward_moves_the_endpoint_to_green_and_back_restores_blue() {
         cell.green.version_num,
         "new connections through the cell's endpoint reach green"
     );
-    let journaled: rename_clusters::Plan = deps
+    let journaled: RenamePlan = deps
         .journal(doc)
-        .read(JOURNAL_KEY)
+        .get::<RenamePlan>()
         .await
         .expect("journal")
         .expect("plan journaled");
@@ -234,9 +240,15 @@ async fn forward_and_back_resume_after_a_crash_between_renames() {
     assert_back_done(&cell, &back, &blue_resource);
     assert_eq!(identifiers(&cell).await, original);
 
-    // The same crash, then forward: it finishes the job.
+    // The same crash, then forward: it finishes the job. (A new run: the one above went
+    // back, and a run that has taken the abort path never goes forward again.)
     rename_by_hand(&cell, &doc.blue.cluster_identifier, &parked(&cell)).await;
-    let forward = run(input(&cell, Mode::Forward), &deps)
+    cell.lock("local-test-run-2").await.expect("lock");
+    let second_run = |mode| Input {
+        run_id: "local-test-run-2".to_owned(),
+        ..input(&cell, mode)
+    };
+    let forward = run(second_run(Mode::Forward), &deps)
         .await
         .expect("forward");
     assert_eq!(forward.steps_done, [Step::PromoteGreen]);
@@ -253,7 +265,7 @@ async fn forward_and_back_resume_after_a_crash_between_renames() {
         &doc.green.cluster_identifier,
     )
     .await;
-    let back = run(input(&cell, Mode::Back), &deps)
+    let back = run(second_run(Mode::Back), &deps)
         .await
         .expect("back from journal");
     assert_eq!(back.steps_done, [Step::RestoreBlue]);
@@ -291,4 +303,74 @@ async fn an_enabled_subscription_on_green_stops_forward_before_any_rename() {
         cell.blue.version_num
     );
     assert!(journaled(&deps, &cell.document).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_stops_at_the_pause_deadline_and_back_refuses_a_switched_cell() {
+    let cell = cell().await;
+    let deps = cell.deps().expect("deps");
+    let doc = &cell.document;
+    let original = identifiers(&cell).await;
+    let blue_resource = resource_id(&deps, &doc.blue.cluster_identifier).await;
+    let switchyard_aws::EndpointResolver::Local(names) = &deps.endpoints else {
+        panic!("a local cell resolves names locally");
+    };
+
+    // The cell's name does not lead to green yet (a rename DNS has not caught up with):
+    // the wait must end at the pause deadline, not at wait_seconds.
+    names.hold(&doc.blue.cluster_identifier);
+    let deadline = switchyard_operation::PauseDeadline::at(
+        time::OffsetDateTime::now_utc() + time::Duration::seconds(3),
+    );
+    let started = std::time::Instant::now();
+    let error = run(
+        Input {
+            pause_deadline: Some(deadline),
+            ..input(&cell, Mode::Forward)
+        },
+        &deps,
+    )
+    .await
+    .expect_err("the name never led to green in time");
+    assert_eq!(
+        error.error_name(),
+        ErrorName::PauseBudgetExceeded,
+        "{error}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "stopped at the 3 s deadline, not after wait_seconds (60 s): {:?}",
+        started.elapsed()
+    );
+    assert!(deadline.passed());
+
+    // The abort path renames back (the name catches up meanwhile).
+    names.release(&doc.blue.cluster_identifier);
+    let back = run(input(&cell, Mode::Back), &deps).await.expect("back");
+    assert_back_done(&cell, &back, &blue_resource);
+    assert_eq!(identifiers(&cell).await, original);
+
+    // Another run switches: from then on the way back is refused and changes nothing.
+    cell.lock("local-test-run-2").await.expect("lock");
+    let second_run = |mode| Input {
+        run_id: "local-test-run-2".to_owned(),
+        ..input(&cell, mode)
+    };
+    run(second_run(Mode::Forward), &deps)
+        .await
+        .expect("forward");
+    switchyard_operation::fence::mark_switched(&deps, doc, "local-test-run-2")
+        .await
+        .expect("switched");
+    let switched = identifiers(&cell).await;
+    for mode_run in [second_run(Mode::Back), input(&cell, Mode::Back)] {
+        cell.lock(&mode_run.run_id.clone()).await.expect("lock");
+        let error = run(mode_run, &deps).await.expect_err("switched");
+        assert_eq!(error.error_name(), ErrorName::AlreadySwitched, "{error}");
+    }
+    assert_eq!(identifiers(&cell).await, switched, "nothing renamed back");
+    let error = plan(second_run(Mode::Back), &deps)
+        .await
+        .expect_err("the dry run refuses alike");
+    assert_eq!(error.error_name(), ErrorName::AlreadySwitched, "{error}");
 }

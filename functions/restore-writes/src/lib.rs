@@ -19,9 +19,10 @@
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
+use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::{guard, Deps, Error, OperationInput, Plan, Side};
 use switchyard_postgres::quote::{ident, qualified};
-use tokio_postgres::{Client, GenericClient, Transaction};
+use tokio_postgres::{Client, Transaction};
 
 /// ```json
 /// {"cell": { …the cell document… }}
@@ -31,11 +32,26 @@ use tokio_postgres::{Client, GenericClient, Transaction};
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
+    /// The run acting: it must hold the cell's lock.
+    pub run_id: String,
+    /// Act without holding the lock, or past a switch: for an operator who has made sure no run
+    /// is live.
+    #[serde(default)]
+    pub force: bool,
 }
 
 impl OperationInput for Input {
     fn cell(&self) -> &CellDocument {
         &self.cell
+    }
+}
+
+impl Input {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            run_id: &self.run_id,
+            force: self.force,
+        }
     }
 }
 
@@ -68,6 +84,7 @@ const SAVED: &str = "COALESCE((SELECT s.relacl::pg_catalog.aclitem[] FROM switch
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    fence::admit(deps, &input.cell, input.caller(), Direction::Abort).await?;
     let mut databases = Vec::with_capacity(input.cell.databases.len());
     for db in &input.cell.databases {
         // Boxed: keeps the handler's future small (nested connection and query futures).
@@ -80,6 +97,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 /// every saved row is marked restored.
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    fence::check(deps, &input.cell, input.caller(), Direction::Abort).await?;
     let mut plan = Plan::new();
     for db in &input.cell.databases {
         Box::pin(plan_database(&input.cell, deps, db, &mut plan)).await?;
@@ -128,9 +146,10 @@ async fn plan_database(
             "in database {db}: mark {unmarked} rows of switchyard.saved_acls restored"
         ));
     }
-    if rebuilt > 0 && guarded(&tx).await? {
+    if rebuilt > 0 && guard::is_installed(&tx).await? {
         plan.would(format!(
-            "in database {db}: in the same transaction, record its id in switchyard.replication_state (switchyard's own DDL)"
+            "in database {db}: in the same transaction, record its id in {} (switchyard's own DDL)",
+            guard::OWN_TRANSACTIONS
         ));
     }
     Ok(())
@@ -222,7 +241,7 @@ async fn restore_database(
         .await
         .map_err(|e| Error::query("marking switchyard.saved_acls restored", e))?;
     if result.restored > 0 {
-        record_own(&tx, "restore-writes").await?;
+        guard::vouch(&tx, "restore-writes").await?;
     }
     tx.commit()
         .await
@@ -408,32 +427,6 @@ fn keywords(privileges: &[String]) -> Result<String, Error> {
         })
         .collect::<Result<Vec<_>, _>>()
         .map(|k| k.join(", "))
-}
-
-/// Vouches for this transaction's GRANT/REVOKE to check-replication; without the DDL guard
-/// (no replication started) there is nothing to vouch to.
-async fn record_own(tx: &Transaction<'_>, step: &str) -> Result<(), Error> {
-    if guarded(tx).await? {
-        tx.execute(
-            "INSERT INTO switchyard.replication_state (txid, step) VALUES (pg_catalog.pg_current_xact_id(), $1)",
-            &[&step],
-        )
-        .await
-        .map_err(|e| Error::query("recording our own DDL transaction", e))?;
-    }
-    Ok(())
-}
-
-/// Whether the DDL guard's `switchyard.replication_state` exists.
-async fn guarded(client: &impl GenericClient) -> Result<bool, Error> {
-    Ok(client
-        .query_one(
-            "SELECT pg_catalog.to_regclass('switchyard.replication_state') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| Error::query("looking for switchyard.replication_state", e))?
-        .get(0))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use restore_writes::{plan, run, Input};
-use switchyard_local_cell::LocalCell;
+use switchyard_local_cell::{LocalCell, TEST_RUN};
 use tokio_postgres::Client;
 
 /// `schema.name` → `relacl::text` of every relation in public and billing.
@@ -38,20 +38,33 @@ async fn steps(client: &Client) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn puts_every_acl_back_byte_identically_once() {
     let cell = LocalCell::start_quiet(300).await.expect("cell");
+    cell.lock(TEST_RUN).await.expect("lock");
     let deps = cell.deps().expect("deps");
     let admin = cell.blue.superuser_client("app").await.expect("admin");
     // Nothing saved yet: restore has nothing to undo.
     let input = Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
     };
     assert!(plan(input.clone(), &deps)
         .await
         .expect("plan before revoke")
         .is_empty());
-    let idle = run(input.clone(), &deps)
-        .await
-        .expect("restore before revoke");
+    // By an earlier run: restoring is the abort path's, and a run that has taken it never
+    // goes forward (revoke-writes) again.
+    cell.lock("an-earlier-run").await.expect("lock");
+    let idle = run(
+        Input {
+            run_id: "an-earlier-run".to_owned(),
+            ..input.clone()
+        },
+        &deps,
+    )
+    .await
+    .expect("restore before revoke");
     assert_eq!(idle.databases[0].restored + idle.databases[0].unchanged, 0);
+    cell.lock(TEST_RUN).await.expect("lock");
 
     // A grant by a grantor other than the owner, with grant option, and one to PUBLIC:
     // both must come back with their grantor and position.
@@ -91,6 +104,9 @@ async fn puts_every_acl_back_byte_identically_once() {
     revoke_writes::run(
         revoke_writes::Input {
             cell: cell.document.clone(),
+            run_id: TEST_RUN.to_owned(),
+            force: false,
+            pause_deadline: None,
         },
         &deps,
     )

@@ -1,14 +1,31 @@
-//! `resume-pgbouncer`: **the point of no return** — once RESUMEd, the first queued write
-//! lands wherever PgBouncer now connects (green, after the rename).
+//! `resume-pgbouncer`: **the point of no return** in the forward direction — once
+//! RESUMEd, the first queued write lands wherever PgBouncer now connects (green, after the
+//! rename). The abort path resumes toward blue with the same function.
 //!
-//! Order: log in to every instance; check each would reach the right address (its
-//! server connections and cached DNS answers agree with what the database's host
-//! resolves to now) — any instance wrong or unreachable fails before anything is
-//! resumed; then RESUME every database ("not paused" is fine: idempotent) and RELOAD,
-//! which restores the file's `dns_max_ttl`/`dns_nxdomain_ttl` lowered by
-//! `pause-pgbouncer`. Only then, with `expected_server_version_num`, a query *through*
-//! each instance confirms the server version: it cannot run earlier (queries wait while
-//! paused), so a mismatch fails after the resume and the state machine decides.
+//! Forward, in order:
+//! 1. log in to every instance and check each would reach the right address (its server
+//!    connections and cached DNS answers agree with what the database's host resolves to
+//!    now): any instance wrong or unreachable fails here, with nothing resumed;
+//! 2. check every downstream subscription is shown to hold everything up to the freeze
+//!    (this run dropped it after its slot confirmed the frozen position, and recreated it
+//!    on the cluster that now holds the cell's identifier);
+//! 3. journal the run's decision **switched** (`fence::mark_switched`). From here on
+//!    nothing routes the cell back: the abort path refuses (`AlreadySwitched`);
+//! 4. RESUME every database of every instance it can reach and check ("not paused" is
+//!    fine: idempotent), then RELOAD, which restores the file's `dns_max_ttl` /
+//!    `dns_nxdomain_ttl` lowered by `pause-pgbouncer`. An instance that fails is left
+//!    for the retry — the ones resumed stay resumed — and the call ends
+//!    `ResumeIncomplete` (retried forward) naming them;
+//! 5. with `expected_server_version_num`, a query *through* each instance confirms the
+//!    server version: a mismatch is `ProbeMismatch` (writes may be on green: page; never
+//!    roll back). It cannot run earlier: queries wait while paused.
+//!
+//! A retry after step 3 (the decision already journaled) skips the all-reachable check and
+//! goes on resuming what it can.
+//!
+//! Abort: refused once the cell has switched; each reachable instance whose target checks
+//! out is resumed — all go to blue, so a partial resume is safe — and the others are named
+//! in a `ResumeIncomplete` for the retry: one dead instance keeps only itself paused.
 //!
 //! Dry run ([`plan`]): the same logins and checks of where each instance would connect,
 //! then the databases it would RESUME and the RELOADs that would restore lowered TTLs.
@@ -19,18 +36,32 @@ mod target;
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
+use switchyard_operation::downstream::Journaled;
+use switchyard_operation::fence::{self, Caller, Decision, Way};
 use switchyard_operation::fleet as instances;
 use switchyard_operation::fleet::Endpoint;
-use switchyard_operation::{Deps, Error, OperationInput, Plan};
+use switchyard_operation::{Deps, Error, OperationInput, PauseDeadline, Plan, Side};
 use switchyard_postgres::{PgBouncerAdmin, Resumed};
 
 /// ```json
-/// {"cell": { …the cell document… }, "expected_server_version_num": 170007}
+/// {"cell": { …the cell document… }, "run_id": "switchover-local-a-20261122T050000Z",
+///  "direction": "forward", "expected_server_version_num": 170007}
 /// ```
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
+    /// The run acting: it must hold the cell's lock.
+    pub run_id: String,
+    /// Act without holding the lock, or past a switch: for an operator who has made sure
+    /// no run is live.
+    #[serde(default)]
+    pub force: bool,
+    /// The end of the pause budget: no resume toward green starts after it.
+    #[serde(default)]
+    pub pause_deadline: Option<PauseDeadline>,
+    /// Forward (toward green: the point of no return) or abort (back to blue).
+    pub direction: Way,
     /// When set, each instance must reach a server whose `server_version_num` is this
     /// (green's); probed through PgBouncer as an application role after the resume.
     #[serde(default)]
@@ -43,8 +74,18 @@ impl OperationInput for Input {
     }
 }
 
+impl Input {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            run_id: &self.run_id,
+            force: self.force,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Output {
+    pub direction: Way,
     /// When the last RESUME returned (RFC 3339, UTC): the end of the paused window.
     pub resumed_at: String,
     pub instances: Vec<ResumedInstance>,
@@ -62,41 +103,87 @@ pub struct ResumedInstance {
     pub server_version_num: Option<i32>,
 }
 
-#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, expected = ?input.expected_server_version_num))]
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, direction = %input.direction, expected = ?input.expected_server_version_num))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    let admitted = fence::admit(
+        deps,
+        &input.cell,
+        input.caller(),
+        input.direction.direction(),
+    )
+    .await?;
     let cell = &input.cell;
-    let databases = &cell.pgbouncer.databases;
-    let (endpoints, sessions) = Box::pin(checked_sessions(cell, deps)).await?;
+    let endpoints = Box::pin(instances::discover(cell, deps)).await?;
+    let login = Box::pin(instances::admin_login(cell, deps)).await?;
+    let switched_already = admitted
+        .decision
+        .as_ref()
+        .is_some_and(|d| d.switched(cell) && d.run_id == input.run_id);
+    let reached = Box::pin(reach(&endpoints, &login, &cell.pgbouncer.databases)).await;
+    if input.direction == Way::Forward && !switched_already {
+        // Before the point of no return: every instance reachable and right, or nothing.
+        if let Some((endpoint, e)) = reached
+            .iter()
+            .find_map(|(ep, r)| r.as_ref().err().map(|e| (ep, e)))
+        {
+            return Err(before_switch(endpoint, e));
+        }
+        Box::pin(require_downstream_caught_up(&input, deps)).await?;
+        let decision = fence::mark_switched(deps, cell, &input.run_id).await?;
+        tracing::warn!(run = %decision.run_id, "switched: writes go to green from the first RESUME");
+    }
 
     let mut resumed_instances = Vec::new();
-    for (endpoint, admin) in endpoints.iter().zip(&sessions) {
-        let mut resumed = Vec::new();
-        let mut were_not_paused = Vec::new();
-        for db in databases {
-            match admin.resume(db).await? {
-                Resumed::Resumed => resumed.push(db.clone()),
-                Resumed::WasNotPaused => were_not_paused.push(db.clone()),
+    let mut failed = Vec::new();
+    for (endpoint, session) in &reached {
+        let outcome = match session {
+            Ok(admin) => resume_one(admin, &cell.pgbouncer.databases).await,
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok((resumed, were_not_paused)) => {
+                tracing::info!(%endpoint, ?resumed, ?were_not_paused, "pgbouncer resumed");
+                resumed_instances.push(ResumedInstance {
+                    endpoint: endpoint.to_string(),
+                    resumed,
+                    were_not_paused,
+                    server_version_num: None,
+                });
+            }
+            Err(why) => {
+                tracing::warn!(%endpoint, error = %why, "pgbouncer not resumed");
+                failed.push(format!("{endpoint} ({why})"));
             }
         }
-        admin.reload().await?;
-        tracing::info!(%endpoint, ?resumed, ?were_not_paused, "pgbouncer resumed");
-        resumed_instances.push(ResumedInstance {
-            endpoint: endpoint.to_string(),
-            resumed,
-            were_not_paused,
-            server_version_num: None,
-        });
     }
+    drop(reached);
     let resumed_at = switchyard_operation::now_rfc3339();
+    if !failed.is_empty() {
+        let resumed: Vec<&str> = resumed_instances
+            .iter()
+            .map(|i| i.endpoint.as_str())
+            .collect();
+        return Err(Error::stop(
+            ErrorName::ResumeIncomplete,
+            format!(
+                "{} resumed toward {}; not resumed yet: {} — they stay paused (their clients wait) and nothing resumed is undone; retry {} once they are reachable",
+                if resumed.is_empty() { "no PgBouncer instance".to_owned() } else { format!("PgBouncer {}", resumed.join(", ")) },
+                match input.direction { Way::Forward => "green", Way::Abort => "blue" },
+                failed.join("; "),
+                match input.direction { Way::Forward => "resume-pgbouncer forward", Way::Abort => "resume-pgbouncer abort" },
+            ),
+        ));
+    }
     tracing::info!(%resumed_at, instances = resumed_instances.len(), "pgbouncer resumed everywhere");
-    drop(sessions);
 
     let Some(expected) = input.expected_server_version_num else {
         return Ok(Output {
+            direction: input.direction,
             resumed_at,
             instances: resumed_instances,
         });
     };
+    let databases = &cell.pgbouncer.databases;
     let role = Box::pin(probe::login(cell, deps)).await?;
     let mut wrong = Vec::new();
     for (endpoint, instance) in endpoints.iter().zip(&mut resumed_instances) {
@@ -108,17 +195,115 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     }
     if !wrong.is_empty() {
         return Err(Error::stop(
-            ErrorName::PreconditionFailed,
+            ErrorName::ProbeMismatch,
             format!(
-                "PgBouncer is resumed but {}, expected {expected}: pause again and investigate where it connects (SHOW SERVERS, SHOW DNS_HOSTS)",
+                "PgBouncer is resumed but {}, expected {expected}: writes may already be on green, so nothing rolls back — page, pause that instance by hand and find where it connects (SHOW SERVERS, SHOW DNS_HOSTS)",
                 wrong.join(", ")
             ),
         ));
     }
     Ok(Output {
+        direction: input.direction,
         resumed_at,
         instances: resumed_instances,
     })
+}
+
+/// Each instance logged in to and checked, in discovery order; an instance that cannot be
+/// reached or would connect to the wrong address is an error of its own.
+async fn reach(
+    endpoints: &[Endpoint],
+    login: &switchyard_aws::DbCredentials,
+    databases: &[String],
+) -> Vec<(Endpoint, Result<PgBouncerAdmin, Error>)> {
+    let mut out = Vec::with_capacity(endpoints.len());
+    for endpoint in endpoints {
+        let session = match endpoint.connect(login).await {
+            Ok(admin) => match Box::pin(target::check(endpoint, &admin, databases)).await {
+                Ok(()) => Ok(admin),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(Error::Database(e)),
+        };
+        out.push((endpoint.clone(), session));
+    }
+    out
+}
+
+/// RESUME every database, then RELOAD: (resumed, were not paused).
+async fn resume_one(
+    admin: &PgBouncerAdmin,
+    databases: &[String],
+) -> Result<(Vec<String>, Vec<String>), String> {
+    let mut resumed = Vec::new();
+    let mut were_not_paused = Vec::new();
+    for db in databases {
+        match admin.resume(db).await.map_err(|e| e.to_string())? {
+            Resumed::Resumed => resumed.push(db.clone()),
+            Resumed::WasNotPaused => were_not_paused.push(db.clone()),
+        }
+    }
+    admin.reload().await.map_err(|e| e.to_string())?;
+    Ok((resumed, were_not_paused))
+}
+
+/// An instance that stops the forward resume before the point of no return.
+fn before_switch(endpoint: &Endpoint, e: &Error) -> Error {
+    match e {
+        Error::Failed(f) => Error::stop(f.name(), format!("{}; nothing was resumed", f.message())),
+        other => Error::stop(
+            switchyard_errors::Catalogued::error_name(other),
+            format!("PgBouncer {endpoint}: {other}; nothing was resumed"),
+        ),
+    }
+}
+
+/// Every downstream subscription must have been dropped by this run once its slot held the
+/// frozen position, and created again on the cluster now holding the cell's identifier:
+/// otherwise the downstream could miss rows, and nothing would say so after the switch.
+async fn require_downstream_caught_up(input: &Input, deps: &Deps) -> Result<(), Error> {
+    let cell = &input.cell;
+    if cell.downstream.is_empty() {
+        return Ok(());
+    }
+    let primary = deps.endpoint(cell, Side::Blue).await?.resource_id;
+    let mut missing = Vec::new();
+    for downstream in &cell.downstream {
+        for name in &downstream.subscriptions {
+            let entry = Journaled::read(deps, cell, downstream, name).await?;
+            let shown = entry.as_ref().is_some_and(|e| {
+                e.run_id == input.run_id
+                    && e.held_everything()
+                    && e.recreated.as_ref().map(|r| &r.primary_resource_id) == Some(&primary)
+            });
+            if !shown {
+                missing.push(format!(
+                    "{}/{name} ({})",
+                    downstream.name,
+                    match &entry {
+                        None => "no journal entry".to_owned(),
+                        Some(e) if e.run_id != input.run_id =>
+                            format!("journaled by run {}", e.run_id),
+                        Some(e) if !e.held_everything() => format!(
+                            "confirmed {} before the freeze {}",
+                            e.confirmed_lsn, e.freeze_lsn
+                        ),
+                        Some(_) => "not recreated on the new primary".to_owned(),
+                    }
+                ));
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::stop(
+        ErrorName::PreconditionFailed,
+        format!(
+            "downstream subscriptions not shown to hold everything up to the freeze: {}; nothing was resumed (run drop- and recreate-downstream-subscriptions in this run first)",
+            missing.join(", ")
+        ),
+    ))
 }
 
 /// The settings `pause-pgbouncer` lowers, and the value it lowers them to: while one reads
@@ -130,9 +315,27 @@ const LOWERED_BY_PAUSE: [(&str, &str); 2] = [("dns_max_ttl", "1"), ("dns_nxdomai
 /// is not listed.
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, expected = ?input.expected_server_version_num))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    let admitted = fence::check(
+        deps,
+        &input.cell,
+        input.caller(),
+        input.direction.direction(),
+    )
+    .await?;
     let cell = &input.cell;
     let (endpoints, sessions) = Box::pin(checked_sessions(cell, deps)).await?;
     let mut plan = Plan::new();
+    if input.direction == Way::Forward
+        && !admitted
+            .decision
+            .as_ref()
+            .is_some_and(|d: &Decision| d.switched(cell))
+    {
+        plan.would(format!(
+            "check every downstream subscription was dropped at the frozen position and recreated on the new primary, then journal the switched decision under {} — the point of no return",
+            deps.journal(cell).parameter_of::<Decision>()
+        ));
+    }
     for (endpoint, admin) in endpoints.iter().zip(&sessions) {
         let rows = admin.show_databases().await?;
         let paused: Vec<&String> = cell

@@ -4,11 +4,14 @@ use std::time::Duration;
 
 use resume_pgbouncer::{plan, run, Input};
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::LocalCell;
+use switchyard_local_cell::{LocalCell, TEST_RUN};
+use switchyard_operation::fence::{Decision, Verdict, Way};
 use switchyard_postgres::PgBouncerAdmin;
 
 async fn start() -> LocalCell {
-    LocalCell::start_quiet(300).await.expect("cell")
+    let cell = LocalCell::start_quiet(300).await.expect("cell");
+    cell.lock(TEST_RUN).await.expect("lock");
+    cell
 }
 
 async fn admin(cell: &LocalCell) -> PgBouncerAdmin {
@@ -35,6 +38,8 @@ async fn pause(cell: &LocalCell, deps: &switchyard_operation::Deps) -> pause_pgb
     pause_pgbouncer::run(
         pause_pgbouncer::Input {
             cell: cell.document.clone(),
+            run_id: TEST_RUN.to_owned(),
+            force: false,
         },
         deps,
     )
@@ -52,6 +57,11 @@ async fn pause_then_resume_under_load_loses_nothing_and_both_are_idempotent() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let input = Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
+        pause_deadline: None,
+        // Nothing was renamed: this resumes toward blue, as the abort path does.
+        direction: Way::Abort,
         expected_server_version_num: None,
     };
     assert!(
@@ -91,6 +101,8 @@ async fn pause_then_resume_under_load_loses_nothing_and_both_are_idempotent() {
     assert!(again.instances[0].already_paused, "a rerun finds it paused");
     let pause_input = pause_pgbouncer::Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
     };
     assert!(
         pause_pgbouncer::plan(pause_input, &deps)
@@ -160,30 +172,40 @@ async fn the_probe_checks_the_server_version_after_resuming() {
     let deps = cell.deps().expect("deps");
     let console = admin(&cell).await;
     let expected = cell.blue.version_num;
+    // Without a downstream: forward needs no downstream evidence here.
+    let mut document = cell.document.clone();
+    document.downstream.clear();
+    let forward = |expected| Input {
+        cell: document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
+        pause_deadline: None,
+        direction: Way::Forward,
+        expected_server_version_num: Some(expected),
+    };
 
     pause(&cell, &deps).await;
-    let right = run(
-        Input {
-            cell: cell.document.clone(),
-            expected_server_version_num: Some(expected),
-        },
-        &deps,
-    )
-    .await
-    .expect("blue's version is reached");
+    let right = run(forward(expected), &deps)
+        .await
+        .expect("blue's version is reached");
     assert_eq!(right.instances[0].server_version_num, Some(expected));
+    let decision = deps
+        .journal(&cell.document)
+        .get::<Decision>()
+        .await
+        .expect("journal")
+        .expect("the switched marker");
+    assert_eq!(
+        (decision.run_id.as_str(), decision.verdict),
+        (TEST_RUN, Verdict::Switched),
+        "journaled before the first RESUME"
+    );
 
     pause(&cell, &deps).await;
-    let error = run(
-        Input {
-            cell: cell.document.clone(),
-            expected_server_version_num: Some(expected + 1),
-        },
-        &deps,
-    )
-    .await
-    .expect_err("wrong version");
-    assert_eq!(error.error_name(), ErrorName::PreconditionFailed, "{error}");
+    let error = run(forward(expected + 1), &deps)
+        .await
+        .expect_err("wrong version");
+    assert_eq!(error.error_name(), ErrorName::ProbeMismatch, "{error}");
     let message = error.to_string();
     assert!(
         message.contains(&format!("reaches version {expected}")),
@@ -191,6 +213,68 @@ async fn the_probe_checks_the_server_version_after_resuming() {
     );
     assert!(
         !app_paused(&console).await,
-        "resumed anyway: the probe runs after RESUME"
+        "resumed anyway: the probe runs after RESUME, and nothing rolls back"
     );
+
+    // Switched: the abort direction refuses and resumes nothing back.
+    pause(&cell, &deps).await;
+    let abort = Input {
+        direction: Way::Abort,
+        expected_server_version_num: None,
+        ..forward(expected)
+    };
+    let error = run(abort, &deps).await.expect_err("switched");
+    assert_eq!(error.error_name(), ErrorName::AlreadySwitched, "{error}");
+    assert!(app_paused(&console).await, "nothing resumed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_refuses_before_the_switch_when_the_downstream_is_not_shown_caught_up() {
+    let cell = start().await;
+    let deps = cell.deps().expect("deps");
+    let console = admin(&cell).await;
+    pause(&cell, &deps).await;
+    let forward = Input {
+        cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
+        pause_deadline: None,
+        direction: Way::Forward,
+        expected_server_version_num: None,
+    };
+    // This run never dropped (and so never recreated) the downstream's subscription.
+    let error = run(forward.clone(), &deps)
+        .await
+        .expect_err("no evidence the downstream holds everything");
+    assert_eq!(error.error_name(), ErrorName::PreconditionFailed, "{error}");
+    assert!(error.to_string().contains("search/search_sub"), "{error}");
+    assert!(app_paused(&console).await, "nothing resumed");
+    assert!(
+        deps.journal(&cell.document)
+            .get::<Decision>()
+            .await
+            .expect("journal")
+            .is_none(),
+        "not switched"
+    );
+
+    // The abort path resumes toward blue, and from then on the run never goes forward.
+    let abort = Input {
+        direction: Way::Abort,
+        ..forward.clone()
+    };
+    run(abort, &deps).await.expect("abort resumes");
+    assert!(!app_paused(&console).await);
+    let error = pause_pgbouncer::run(
+        pause_pgbouncer::Input {
+            cell: cell.document.clone(),
+            run_id: TEST_RUN.to_owned(),
+            force: false,
+        },
+        &deps,
+    )
+    .await
+    .expect_err("the run is aborting");
+    assert_eq!(error.error_name(), ErrorName::AbortInProgress, "{error}");
+    assert!(!app_paused(&console).await, "nothing paused again");
 }

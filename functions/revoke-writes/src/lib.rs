@@ -24,7 +24,9 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
+use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::PauseDeadline;
+use switchyard_operation::{guard, Deps, Error, OperationInput, Plan, Side};
 use switchyard_postgres::quote::{ident, qualified};
 use tokio_postgres::{Client, GenericClient, Transaction};
 
@@ -36,11 +38,29 @@ use tokio_postgres::{Client, GenericClient, Transaction};
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
+    /// The run acting: it must hold the cell's lock.
+    pub run_id: String,
+    /// Act without holding the lock: for an operator who has made sure no run
+    /// is live.
+    #[serde(default)]
+    pub force: bool,
+    /// The end of the pause budget (`pause-pgbouncer`'s): every wait stops at it.
+    #[serde(default)]
+    pub pause_deadline: Option<PauseDeadline>,
 }
 
 impl OperationInput for Input {
     fn cell(&self) -> &CellDocument {
         &self.cell
+    }
+}
+
+impl Input {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            run_id: &self.run_id,
+            force: self.force,
+        }
     }
 }
 
@@ -92,6 +112,7 @@ const TERMINATE_WAIT_MS: i64 = 5000;
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    fence::admit(deps, &input.cell, input.caller(), Direction::Forward).await?;
     let roles = application_roles(&input.cell, deps).await?;
     let mut databases = Vec::with_capacity(input.cell.databases.len());
     for db in &input.cell.databases {
@@ -105,6 +126,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 /// ACL saved and no application backend is left.
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    fence::check(deps, &input.cell, input.caller(), Direction::Forward).await?;
     let roles = application_roles(&input.cell, deps).await?;
     let mut plan = Plan::new();
     for db in &input.cell.databases {
@@ -156,7 +178,8 @@ async fn plan_database(
         }
         if pending.guarded {
             plan.would(format!(
-                "in database {db}: in the same transaction, record its id in switchyard.replication_state (switchyard's own DDL)"
+                "in database {db}: in the same transaction, record its id in {} (switchyard's own DDL)",
+                guard::OWN_TRANSACTIONS
             ));
         }
     }
@@ -196,15 +219,15 @@ impl Pending {
 }
 
 async fn pending(client: &impl GenericClient, fenced: &[String]) -> Result<Pending, Error> {
-    let row = client
+    let table_exists: bool = client
         .query_one(
-            "SELECT pg_catalog.to_regclass('switchyard.saved_acls') IS NOT NULL,
-                    pg_catalog.to_regclass('switchyard.replication_state') IS NOT NULL",
+            "SELECT pg_catalog.to_regclass('switchyard.saved_acls') IS NOT NULL",
             &[],
         )
         .await
-        .map_err(|e| Error::query("looking for switchyard.saved_acls", e))?;
-    let (table_exists, guarded): (bool, bool) = (row.get(0), row.get(1));
+        .map_err(|e| Error::query("looking for switchyard.saved_acls", e))?
+        .get(0);
+    let guarded = guard::is_installed(client).await?;
     let unsaved = if table_exists {
         unsaved()
     } else {
@@ -301,7 +324,7 @@ async fn fence_database(
             ),
         ));
     }
-    record_own(&tx, "revoke-writes").await?;
+    guard::vouch(&tx, "revoke-writes").await?;
     tx.commit()
         .await
         .map_err(|e| Error::query("COMMIT (revoke writes)", e))?;
@@ -505,28 +528,6 @@ fn privilege_keyword(name: &str) -> Result<&'static str, Error> {
                 format!("unexpected privilege {name:?} from aclexplode; report this"),
             )
         })
-}
-
-/// Vouches for this transaction's GRANT/REVOKE/CREATE to check-replication; without the
-/// DDL guard (no replication started) there is nothing to vouch to.
-async fn record_own(tx: &Transaction<'_>, step: &str) -> Result<(), Error> {
-    let guarded: bool = tx
-        .query_one(
-            "SELECT pg_catalog.to_regclass('switchyard.replication_state') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| Error::query("looking for switchyard.replication_state", e))?
-        .get(0);
-    if guarded {
-        tx.execute(
-            "INSERT INTO switchyard.replication_state (txid, step) VALUES (pg_catalog.pg_current_xact_id(), $1)",
-            &[&step],
-        )
-        .await
-        .map_err(|e| Error::query("recording our own DDL transaction", e))?;
-    }
-    Ok(())
 }
 
 async fn terminate(blue: &Client, db: &str, fenced: &[String]) -> Result<usize, Error> {

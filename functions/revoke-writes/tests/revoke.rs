@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use revoke_writes::{plan, run, Input};
-use switchyard_local_cell::LocalCell;
+use switchyard_local_cell::{LocalCell, TEST_RUN};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
@@ -42,6 +42,7 @@ async fn assert_denied(client: &Client, sql: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fences_every_write_and_keeps_the_first_save() {
     let cell = LocalCell::start_quiet(300).await.expect("cell");
+    cell.lock(TEST_RUN).await.expect("lock");
     let deps = cell.deps().expect("deps");
     let admin = cell.blue.superuser_client("app").await.expect("admin");
     let before = acls(&admin).await;
@@ -54,6 +55,9 @@ async fn fences_every_write_and_keeps_the_first_save() {
 
     let input = Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
+        pause_deadline: None,
     };
     let dry = plan(input.clone(), &deps).await.expect("plan");
     let line = |text: &str| dry.would.iter().any(|l| l == text);

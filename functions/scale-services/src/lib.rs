@@ -1,13 +1,15 @@
 //! `scale-services`: the direct writers — ECS services that write to blue without
 //! PgBouncer — scaled to zero before writes freeze, and back to what they were after.
 //!
-//! `down` journals every service's desired count under [`JOURNAL_KEY`] before changing
+//! `down` journals every service's desired count ([`Recorded`]) before changing
 //! anything, sets each to 0 and waits, within the cell's drain budget, until no task of
 //! any service is left that has not stopped: a task told to stop keeps writing until its
 //! process exits, so a service's `runningCount` alone is not enough. `up` sets exactly the
 //! recorded counts back, then removes the record; with nothing recorded it changes
 //! nothing. The counts live in the journal, not in the execution's payload, so `up`
-//! invoked by hand with only the cell document restores them too.
+//! invoked by hand with only the cell document restores them too. The record names the run
+//! that made it: another run's record is never extended, overwritten or restored (an
+//! earlier run's counts, never restored, stop `down` rather than be replaced by zeros).
 //!
 //! Dry run ([`plan`]): the same descriptions and journal read as the real call, then the
 //! counts it would record and set, and whether it would still wait for tasks to stop.
@@ -19,11 +21,9 @@ use aws_sdk_ecs::types::Service;
 use serde::{Deserialize, Serialize};
 use switchyard_cell::{CellDocument, DirectWriter};
 use switchyard_errors::ErrorName;
-use switchyard_operation::{now_rfc3339, Deps, Error, Journal, OperationInput, Plan};
+use switchyard_operation::fence::{self, Caller};
+use switchyard_operation::{now_rfc3339, Deps, Entry, Error, Journal, OperationInput, Plan};
 use tokio::time::Instant;
-
-/// The journal key of the recorded desired counts.
-pub const JOURNAL_KEY: &str = "desired-counts";
 
 /// DescribeServices takes at most this many services per call.
 const DESCRIBE_BATCH: usize = 10;
@@ -32,14 +32,37 @@ const DESCRIBE_BATCH: usize = 10;
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// ```json
-/// {"cell": { …the cell document… }, "direction": "down"}
+/// {"cell": { …the cell document… }, "run_id": "switchover-local-a-20261122T050000Z", "direction": "down"}
 /// ```
 /// (`payloads/input.json` holds a whole one.)
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
+    /// The run acting: it must hold the cell's lock.
+    pub run_id: String,
+    /// Act without holding the lock, or on another run's record: for an operator who has
+    /// made sure no run is live.
+    #[serde(default)]
+    pub force: bool,
     pub direction: Direction,
+}
+
+impl Input {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            run_id: &self.run_id,
+            force: self.force,
+        }
+    }
+
+    /// Down stops writers before the freeze; up brings them back either way.
+    fn fence(&self) -> fence::Direction {
+        match self.direction {
+            Direction::Down => fence::Direction::Forward,
+            Direction::Up => fence::Direction::Either,
+        }
+    }
 }
 
 impl OperationInput for Input {
@@ -97,9 +120,16 @@ pub struct ServiceOutcome {
 /// The journal entry: every direct writer's desired count before `down` set it to 0.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Recorded {
+    /// The run that recorded them.
+    pub run_id: String,
     /// RFC 3339, UTC.
     pub recorded_at: String,
     pub services: Vec<RecordedService>,
+}
+
+impl Entry for Recorded {
+    const KEY: &'static str = "desired-counts";
+    const WHAT: &'static str = "the direct writers' recorded desired counts";
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -128,9 +158,10 @@ struct Current {
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, direction = %input.direction))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    fence::admit(deps, &input.cell, input.caller(), input.fence()).await?;
     match input.direction {
-        Direction::Down => down(&input.cell, deps).await,
-        Direction::Up => up(&input.cell, deps).await,
+        Direction::Down => down(&input, deps).await,
+        Direction::Up => up(&input, deps).await,
     }
 }
 
@@ -138,18 +169,20 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 /// has drained every service, or once `up` has restored the counts and removed the record.
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, direction = %input.direction))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    fence::check(deps, &input.cell, input.caller(), input.fence()).await?;
     match input.direction {
-        Direction::Down => plan_down(&input.cell, deps).await,
-        Direction::Up => plan_up(&input.cell, deps).await,
+        Direction::Down => plan_down(&input, deps).await,
+        Direction::Up => plan_up(&input, deps).await,
     }
 }
 
-async fn plan_down(cell: &CellDocument, deps: &Deps) -> Result<Plan, Error> {
+async fn plan_down(input: &Input, deps: &Deps) -> Result<Plan, Error> {
+    let cell = &input.cell;
     let journal = deps.journal(cell);
-    let parameter = journal.parameter(JOURNAL_KEY);
+    let parameter = journal.parameter_of::<Recorded>();
     let mut plan = Plan::new();
     let current = describe(deps, &cell.direct_writers).await?;
-    let existing: Option<Recorded> = journal.read(JOURNAL_KEY).await?;
+    let existing = this_runs(journal.get::<Recorded>().await?, input)?;
     let unrecorded = not_yet_recorded(existing.as_ref(), &current);
     if !unrecorded.is_empty() {
         let counts = unrecorded
@@ -185,10 +218,10 @@ async fn plan_down(cell: &CellDocument, deps: &Deps) -> Result<Plan, Error> {
     Ok(plan)
 }
 
-async fn plan_up(cell: &CellDocument, deps: &Deps) -> Result<Plan, Error> {
-    let journal = deps.journal(cell);
+async fn plan_up(input: &Input, deps: &Deps) -> Result<Plan, Error> {
+    let journal = deps.journal(&input.cell);
     let mut plan = Plan::new();
-    let Some(recorded) = journal.read::<Recorded>(JOURNAL_KEY).await? else {
+    let Some(recorded) = this_runs(journal.get::<Recorded>().await?, input)? else {
         return Ok(plan);
     };
     let current = describe(deps, &recorded_writers(&recorded)).await?;
@@ -201,7 +234,7 @@ async fn plan_up(cell: &CellDocument, deps: &Deps) -> Result<Plan, Error> {
     }
     plan.would(format!(
         "delete SSM parameter {}: the counts recorded at {}",
-        journal.parameter(JOURNAL_KEY),
+        journal.parameter_of::<Recorded>(),
         recorded.recorded_at
     ));
     Ok(plan)
@@ -235,13 +268,14 @@ fn recorded_writers(recorded: &Recorded) -> Vec<DirectWriter> {
         .collect()
 }
 
-async fn down(cell: &CellDocument, deps: &Deps) -> Result<Output, Error> {
+async fn down(input: &Input, deps: &Deps) -> Result<Output, Error> {
+    let cell = &input.cell;
     let journal = deps.journal(cell);
-    let parameter = journal.parameter(JOURNAL_KEY);
+    let parameter = journal.parameter_of::<Recorded>();
     // Every service is described before anything changes: a wrong name stops here.
     let current = describe(deps, &cell.direct_writers).await?;
     // Journaled before the first UpdateService: after a crash at 0 the counts survive.
-    let recorded = record(&journal, &current).await?;
+    let recorded = record(&journal, input, &current).await?;
 
     let to_update = changes(&current, |_| 0);
     let mut services = Vec::with_capacity(current.len());
@@ -275,22 +309,27 @@ async fn down(cell: &CellDocument, deps: &Deps) -> Result<Output, Error> {
 
 /// The journaled counts: an existing record is kept (a re-run must not record the 0s it
 /// set), extended only by services it does not hold yet, at their current counts.
-async fn record(journal: &Journal<'_>, current: &[Current]) -> Result<Recorded, Error> {
-    let parameter = journal.parameter(JOURNAL_KEY);
-    let existing: Option<Recorded> = journal.read(JOURNAL_KEY).await?;
+async fn record(
+    journal: &Journal<'_>,
+    input: &Input,
+    current: &[Current],
+) -> Result<Recorded, Error> {
+    let parameter = journal.parameter_of::<Recorded>();
+    let existing = this_runs(journal.get::<Recorded>().await?, input)?;
     let mut recorded = match existing {
         Some(recorded) => recorded,
         None => {
             let fresh = Recorded {
+                run_id: input.run_id.clone(),
                 recorded_at: now_rfc3339(),
                 services: not_yet_recorded(None, current),
             };
-            if journal.create(JOURNAL_KEY, &fresh).await? {
+            if journal.create(&fresh).await? {
                 tracing::info!(%parameter, "desired counts recorded");
                 return Ok(fresh);
             }
             // Another invocation recorded first: its counts are the ones to keep.
-            journal.read(JOURNAL_KEY).await?.ok_or_else(|| {
+            this_runs(journal.get::<Recorded>().await?, input)?.ok_or_else(|| {
                 Error::stop(
                     ErrorName::PreconditionFailed,
                     format!("journal entry {parameter} changed while being written: retry"),
@@ -301,7 +340,7 @@ async fn record(journal: &Journal<'_>, current: &[Current]) -> Result<Recorded, 
     let missing = not_yet_recorded(Some(&recorded), current);
     if !missing.is_empty() {
         recorded.services.extend(missing);
-        journal.write(JOURNAL_KEY, &recorded).await?;
+        journal.put(&recorded).await?;
         tracing::info!(%parameter, "services added to the recorded counts");
     }
     Ok(recorded)
@@ -321,10 +360,11 @@ fn not_yet_recorded(existing: Option<&Recorded>, current: &[Current]) -> Vec<Rec
         .collect()
 }
 
-async fn up(cell: &CellDocument, deps: &Deps) -> Result<Output, Error> {
+async fn up(input: &Input, deps: &Deps) -> Result<Output, Error> {
+    let cell = &input.cell;
     let journal = deps.journal(cell);
-    let parameter = journal.parameter(JOURNAL_KEY);
-    let Some(recorded) = journal.read::<Recorded>(JOURNAL_KEY).await? else {
+    let parameter = journal.parameter_of::<Recorded>();
+    let Some(recorded) = this_runs(journal.get::<Recorded>().await?, input)? else {
         tracing::info!(%parameter, "no desired counts recorded; nothing to restore");
         return Ok(Output {
             direction: Direction::Up,
@@ -355,7 +395,7 @@ async fn up(cell: &CellDocument, deps: &Deps) -> Result<Output, Error> {
         });
     }
     // Removed only once every count is back: a crash before this restores again on retry.
-    journal.delete(JOURNAL_KEY).await?;
+    journal.remove::<Recorded>().await?;
     let not_recorded = cell
         .direct_writers
         .iter()
@@ -369,6 +409,22 @@ async fn up(cell: &CellDocument, deps: &Deps) -> Result<Output, Error> {
         services,
         not_recorded,
     })
+}
+
+/// The record if this run made it; another run's (never restored) is `PreconditionFailed`
+/// unless forced: its counts are the true ones, and this run must neither replace them with
+/// the zeros it may find nor restore them behind that run's back.
+fn this_runs(recorded: Option<Recorded>, input: &Input) -> Result<Option<Recorded>, Error> {
+    match recorded {
+        Some(r) if r.run_id != input.run_id && !input.force => Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!(
+                "the direct writers' desired counts recorded by run {} at {} were never restored; nothing was changed. Restore them as that run (scale-services up, run_id {}), or pass force to act on them",
+                r.run_id, r.recorded_at, r.run_id
+            ),
+        )),
+        other => Ok(other),
+    }
 }
 
 /// Waits until every service runs no task and has no task that has not stopped.

@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use scale_services::{plan, run, Direction, Input, Output, Recorded, JOURNAL_KEY};
+use scale_services::{plan, run, Direction, Input, Output, Recorded};
 use switchyard_cell::{CellDocument, DirectWriter};
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::{CellOptions, Install, LocalCell};
+use switchyard_local_cell::{CellOptions, Install, LocalCell, TEST_RUN};
 use switchyard_operation::Deps;
 
 const ROWS: u32 = 300;
@@ -16,12 +16,16 @@ const ROWS: u32 = 300;
 async fn busy_cell() -> LocalCell {
     let mut options = CellOptions::from_env(&Install::from_env()).expect("options");
     options.rows = ROWS;
-    LocalCell::start(&options).await.expect("cell")
+    let cell = LocalCell::start(&options).await.expect("cell");
+    cell.lock(TEST_RUN).await.expect("lock");
+    cell
 }
 
 fn input(cell: &CellDocument, direction: Direction) -> Input {
     Input {
         cell: cell.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
         direction,
     }
 }
@@ -51,7 +55,7 @@ async fn desired_count(cell: &LocalCell, writer: &DirectWriter) -> i32 {
 }
 
 async fn recorded(deps: &Deps, cell: &CellDocument) -> Option<Recorded> {
-    deps.journal(cell).read(JOURNAL_KEY).await.expect("journal")
+    deps.journal(cell).get::<Recorded>().await.expect("journal")
 }
 
 fn recorded_counts(recorded: &Recorded) -> Vec<(String, i32)> {
@@ -132,7 +136,7 @@ async fn down_drains_the_writers_and_up_restores_the_recorded_counts() {
     let dry = plan(input(doc, Direction::Down), &deps)
         .await
         .expect("plan down");
-    let parameter = deps.journal(doc).parameter(JOURNAL_KEY);
+    let parameter = deps.journal(doc).parameter_of::<Recorded>();
     assert_eq!(dry.would.len(), 3, "{dry:?}");
     assert_eq!(
         dry.would[0],
@@ -170,7 +174,7 @@ async fn down_drains_the_writers_and_up_restores_the_recorded_counts() {
     );
     assert_eq!(outcomes(&out), [(name.clone(), 2, 0, true)]);
     assert!(out.recorded_at.is_some() && out.not_recorded.is_empty());
-    assert_eq!(out.parameter, deps.journal(doc).parameter(JOURNAL_KEY));
+    assert_eq!(out.parameter, deps.journal(doc).parameter_of::<Recorded>());
     assert_eq!(desired_count(&cell, &jobs).await, 0);
     let record = recorded(&deps, doc).await.expect("counts recorded");
     assert_eq!(recorded_counts(&record), [(name.clone(), 2)]);
@@ -216,6 +220,7 @@ async fn down_drains_the_writers_and_up_restores_the_recorded_counts() {
     // Up by hand: a payload holding only the cell document.
     let manual = switchyard_operation::parse_input::<Input>(serde_json::json!({
         "cell": doc,
+        "run_id": TEST_RUN,
         "direction": "up",
     }))
     .expect("payload");
@@ -336,6 +341,7 @@ async fn a_job_that_cannot_finish_is_a_drain_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_record_decides_what_up_restores() {
     let cell = LocalCell::start_quiet(ROWS).await.expect("cell");
+    cell.lock(TEST_RUN).await.expect("lock");
     let deps = cell.deps().expect("deps");
     let jobs = cell.document.direct_writers[0].clone();
     let reports = writer(&jobs.ecs_cluster, "reports");
@@ -380,7 +386,7 @@ async fn the_record_decides_what_up_restores() {
         [
             format!(
                 "add to the counts recorded in SSM parameter {}: local-a/reports 3",
-                deps.journal(&both).parameter(JOURNAL_KEY)
+                deps.journal(&both).parameter_of::<Recorded>()
             ),
             "set ECS service local-a/reports desired count 3 → 0".to_owned(),
         ]

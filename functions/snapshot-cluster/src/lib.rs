@@ -11,6 +11,7 @@ use aws_sdk_rds::types::Tag;
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
+use switchyard_operation::fence::{self, Caller, Direction};
 use switchyard_operation::{Deps, Error, OperationInput, Plan};
 
 /// ```json
@@ -21,8 +22,21 @@ use switchyard_operation::{Deps, Error, OperationInput, Plan};
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
-    /// The run this snapshot belongs to: the Step Functions execution name.
+    /// The run this snapshot belongs to: the Step Functions execution name. It must hold
+    /// the cell's lock.
     pub run_id: String,
+    /// Act without holding the lock: for an operator who has made sure no run is live.
+    #[serde(default)]
+    pub force: bool,
+}
+
+impl Input {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            run_id: &self.run_id,
+            force: self.force,
+        }
+    }
 }
 
 impl OperationInput for Input {
@@ -69,6 +83,7 @@ pub fn snapshot_identifier(blue: &str, run_id: &str) -> Result<String, Error> {
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    fence::admit(deps, &input.cell, input.caller(), Direction::Either).await?;
     let blue = &input.cell.blue.cluster_identifier;
     let id = snapshot_identifier(blue, &input.run_id)?;
     let rds = &deps.aws.rds;
@@ -110,6 +125,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 /// What [`run`] would do now: create this run's snapshot, unless it exists.
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    fence::check(deps, &input.cell, input.caller(), Direction::Either).await?;
     let blue = &input.cell.blue.cluster_identifier;
     let id = snapshot_identifier(blue, &input.run_id)?;
     let mut plan = Plan::new();

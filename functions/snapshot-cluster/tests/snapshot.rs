@@ -7,9 +7,11 @@ use switchyard_local_cell::LocalCell;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_blue_once_per_run_and_reuses_it() {
     let cell = LocalCell::start_quiet(100).await.expect("cell");
+    cell.lock("prepare-test-1").await.expect("lock");
     let deps = cell.deps().expect("deps");
     let input = Input {
         cell: cell.document.clone(),
+        force: false,
         run_id: "prepare-test-1".to_owned(),
     };
     let rds = &cell.moto.clients.rds;
@@ -73,6 +75,7 @@ async fn snapshots_blue_once_per_run_and_reuses_it() {
         run_id: "prepare-test-2".to_owned(),
         ..input.clone()
     };
+    cell.lock("prepare-test-2").await.expect("lock");
     assert!(
         run(other, &deps).await.expect("another run").created,
         "another run gets its own"
@@ -89,6 +92,7 @@ async fn snapshots_blue_once_per_run_and_reuses_it() {
         run_id: "taken".to_owned(),
         ..input
     };
+    cell.lock("taken").await.expect("lock");
     let before = all_snapshots(&cell).await;
     let err = plan(taken.clone(), &deps).await.expect_err("name taken");
     assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");

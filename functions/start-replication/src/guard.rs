@@ -12,14 +12,9 @@
 //! The installation also creates the switchover marker table (see `marker`), so its DDL is
 //! ours too.
 
+use switchyard_operation::guard::{self, FUNCTION, JOURNAL, OWN_TRANSACTIONS, TRIGGERS};
 use switchyard_operation::Error;
-use tokio_postgres::{Client, Transaction};
-
-/// Event triggers are per database; both call [`FUNCTION`].
-const TRIGGERS: [(&str, &str); 2] = [
-    ("switchyard_ddl_guard", "ddl_command_end"),
-    ("switchyard_ddl_guard_drop", "sql_drop"),
-];
+use tokio_postgres::Client;
 
 /// The guard function's body, compared with the installed one so a changed body is replaced.
 ///
@@ -59,7 +54,7 @@ pub(crate) async fn install(blue: &mut Client) -> Result<bool, Error> {
     }
     let mut sql = format!(
         "CREATE SCHEMA IF NOT EXISTS switchyard;
-         CREATE TABLE IF NOT EXISTS switchyard.ddl_journal (
+         CREATE TABLE IF NOT EXISTS {JOURNAL} (
              id          bigserial PRIMARY KEY,
              recorded_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
              txid        xid8 NOT NULL,
@@ -67,16 +62,16 @@ pub(crate) async fn install(blue: &mut Client) -> Result<bool, Error> {
              statement   text,
              username    text NOT NULL
          );
-         CREATE TABLE IF NOT EXISTS switchyard.replication_state (
+         CREATE TABLE IF NOT EXISTS {OWN_TRANSACTIONS} (
              txid        xid8 PRIMARY KEY,
              recorded_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
              step        text NOT NULL
          );
          {marker};
-         CREATE OR REPLACE FUNCTION switchyard.record_ddl() RETURNS event_trigger
+         CREATE OR REPLACE FUNCTION {FUNCTION}() RETURNS event_trigger
              LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog
              AS {body};
-         REVOKE ALL ON FUNCTION switchyard.record_ddl() FROM PUBLIC;",
+         REVOKE ALL ON FUNCTION {FUNCTION}() FROM PUBLIC;",
         marker = crate::marker::CREATE_TABLE,
         body = switchyard_postgres::quote::literal(BODY),
     );
@@ -87,7 +82,7 @@ pub(crate) async fn install(blue: &mut Client) -> Result<bool, Error> {
         let name = switchyard_postgres::quote::ident(name);
         sql.push_str(&format!(
             "DROP EVENT TRIGGER IF EXISTS {name};
-             CREATE EVENT TRIGGER {name} ON {event} EXECUTE FUNCTION switchyard.record_ddl();
+             CREATE EVENT TRIGGER {name} ON {event} EXECUTE FUNCTION {FUNCTION}();
              ALTER EVENT TRIGGER {name} ENABLE ALWAYS;"
         ));
     }
@@ -105,20 +100,10 @@ pub(crate) async fn own_ddl(client: &mut Client, step: &str, sql: &str) -> Resul
     tx.batch_execute(sql)
         .await
         .map_err(|e| Error::query(step, e))?;
-    record_own(&tx, step).await?;
+    guard::vouch(&tx, step).await?;
     tx.commit()
         .await
         .map_err(|e| Error::query(format!("COMMIT ({step})"), e))
-}
-
-async fn record_own(tx: &Transaction<'_>, step: &str) -> Result<(), Error> {
-    tx.execute(
-        "INSERT INTO switchyard.replication_state (txid, step) VALUES (pg_catalog.pg_current_xact_id(), $1)",
-        &[&step],
-    )
-    .await
-    .map_err(|e| Error::query("recording our own DDL transaction", e))?;
-    Ok(())
 }
 
 pub(crate) async fn in_place(blue: &Client) -> Result<bool, Error> {
@@ -126,8 +111,9 @@ pub(crate) async fn in_place(blue: &Client) -> Result<bool, Error> {
     let events: Vec<&str> = TRIGGERS.iter().map(|(_, event)| *event).collect();
     let row = blue
         .query_one(
-            "SELECT pg_catalog.to_regclass('switchyard.ddl_journal') IS NOT NULL
-                AND pg_catalog.to_regclass('switchyard.replication_state') IS NOT NULL
+            &format!(
+                "SELECT pg_catalog.to_regclass('{JOURNAL}') IS NOT NULL
+                AND pg_catalog.to_regclass('{OWN_TRANSACTIONS}') IS NOT NULL
                 AND pg_catalog.to_regclass('switchyard.switchover_marker') IS NOT NULL
                 AND (SELECT count(*) FROM pg_catalog.pg_event_trigger e
                        JOIN pg_catalog.pg_proc p ON p.oid = e.evtfoid
@@ -136,10 +122,25 @@ pub(crate) async fn in_place(blue: &Client) -> Result<bool, Error> {
                          ON t.name = e.evtname AND t.event = e.evtevent
                       WHERE e.evtenabled = 'A' AND n.nspname = 'switchyard'
                         AND p.proname = 'record_ddl' AND p.prosrc = $3 AND p.prosecdef)
-                    = cardinality($1::text[])",
+                    = cardinality($1::text[])"
+            ),
             &[&names, &events, &BODY],
         )
         .await
         .map_err(|e| Error::query("reading the DDL guard's state", e))?;
     Ok(row.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_function_journals_into_the_guards_table() {
+        assert!(BODY.contains(&format!("INSERT INTO {JOURNAL} ")), "{BODY}");
+        assert_eq!(
+            FUNCTION, "switchyard.record_ddl",
+            "in_place looks it up by that name"
+        );
+    }
 }

@@ -28,7 +28,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use switchyard_cell::{CellDocument, TableRef};
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
+use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::{Deps, Error, Listed, OperationInput, Plan, Side};
 
 /// ```json
 /// {"cell": { …the cell document… }, "idle_transaction_seconds": 5, "lock_timeout_seconds": 30}
@@ -38,6 +39,12 @@ use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
+    /// The run acting: it must hold the cell's lock.
+    pub run_id: String,
+    /// Act without holding the lock: for an operator who has made sure no run
+    /// is live.
+    #[serde(default)]
+    pub force: bool,
     /// A client session on blue idle in a transaction for longer than this stops the run
     /// before any slot is created (it would hang slot creation). Default 5.
     #[serde(default = "default_idle_transaction_seconds")]
@@ -62,6 +69,15 @@ impl OperationInput for Input {
     }
 }
 
+impl Input {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            run_id: &self.run_id,
+            force: self.force,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Output {
     pub databases: Vec<DatabaseOutput>,
@@ -81,7 +97,8 @@ pub struct DatabaseOutput {
 pub struct PublicationOutput {
     pub name: String,
     /// What it publishes: plain tables and partitioned roots, never partitions.
-    pub tables: Vec<TableRef>,
+    /// The tables it publishes (the first of them).
+    pub tables: Listed<TableRef>,
     /// True when this call created it or corrected its tables or options.
     pub changed: bool,
 }
@@ -100,6 +117,7 @@ pub struct SubscriptionOutput {
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    fence::admit(deps, &input.cell, input.caller(), Direction::Either).await?;
     check_input(&input)?;
     let mut databases = Vec::new();
     for database in &input.cell.databases {
@@ -113,6 +131,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 /// run would fail before changing anything past the DDL guard.
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    fence::check(deps, &input.cell, input.caller(), Direction::Either).await?;
     check_input(&input)?;
     let mut plan = Plan::new();
     for database in &input.cell.databases {
@@ -264,7 +283,7 @@ async fn start_database(
         publications::apply(&mut sessions.blue, publication, change).await?;
         publications.push(PublicationOutput {
             name: publication.name.clone(),
-            tables: publication.tables.clone(),
+            tables: Listed::of(publication.tables.clone()),
             changed: *change != publications::Change::Keep,
         });
     }

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 use start_replication::{plan, run, Input};
 use switchyard_cell::TableRef;
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::LocalCell;
+use switchyard_local_cell::{LocalCell, TEST_RUN};
 
 async fn cell() -> LocalCell {
     let cell = LocalCell::start_quiet(100).await.expect("cell");
+    cell.lock(TEST_RUN).await.expect("lock");
     cell.copy_schema_directly().await.expect("schema on green");
     cell
 }
@@ -17,6 +18,8 @@ async fn cell() -> LocalCell {
 fn input(cell: &LocalCell) -> Input {
     Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
         idle_transaction_seconds: 5,
         lock_timeout_seconds: 30,
     }

@@ -22,7 +22,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
+use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::{Deps, Error, Listed, OperationInput, Plan, Side};
 use switchyard_postgres::quote::{ident, literal};
 use switchyard_postgres::scram_verifier;
 use tokio_postgres::Client;
@@ -37,6 +38,12 @@ use crate::parameters::{Attributes, Role};
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
+    /// The run acting: it must hold the cell's lock.
+    pub run_id: String,
+    /// Act without holding the lock: for an operator who has made sure no run
+    /// is live.
+    #[serde(default)]
+    pub force: bool,
 }
 
 impl OperationInput for Input {
@@ -45,27 +52,37 @@ impl OperationInput for Input {
     }
 }
 
+impl Input {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            run_id: &self.run_id,
+            force: self.force,
+        }
+    }
+}
+
 /// What was done to each role named in SSM (each appears in exactly one of the first
 /// four lists) and what green holds beyond them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Output {
     /// Roles that did not exist on green.
-    pub created: Vec<String>,
+    pub created: Listed<String>,
     /// Roles whose attributes differed, or whose stored password did not verify.
-    pub altered: Vec<String>,
+    pub altered: Listed<String>,
     /// Roles already as SSM describes them.
-    pub unchanged: Vec<String>,
+    pub unchanged: Listed<String>,
     /// Roles whose attributes matched but whose password was set without comparing it,
     /// because the orchestrator cannot read `pg_authid` (Aurora).
-    pub password_set: Vec<String>,
+    pub password_set: Listed<String>,
     /// `member→group` memberships granted.
-    pub memberships_granted: Vec<String>,
+    pub memberships_granted: Listed<String>,
     /// Roles on green that SSM does not describe: reported, never dropped.
-    pub extra_roles: Vec<String>,
+    pub extra_roles: Listed<String>,
 }
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.green.cluster_identifier))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    fence::admit(deps, &input.cell, input.caller(), Direction::Either).await?;
     let Survey {
         roles,
         orchestrator,
@@ -75,7 +92,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     let changes = changes(&parameters::ordered(&roles)?, &green);
 
     let mut output = Output {
-        extra_roles: extra_roles(&roles, &green, &orchestrator),
+        extra_roles: Listed::of(extra_roles(&roles, &green, &orchestrator)),
         ..Output::default()
     };
     // One transaction: a failure halfway leaves green's roles as they were.
@@ -121,6 +138,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 /// What [`run`] would change on green now, in its order; passwords are only said to be set.
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.green.cluster_identifier))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    fence::check(deps, &input.cell, input.caller(), Direction::Either).await?;
     let Survey { roles, green, .. } = Box::pin(survey(&input.cell, deps)).await?;
     let changes = changes(&parameters::ordered(&roles)?, &green);
     let mut plan = Plan::new();

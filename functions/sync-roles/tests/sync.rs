@@ -2,17 +2,21 @@
 
 use aws_sdk_ssm::types::ParameterType;
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::LocalCell;
+use switchyard_local_cell::{LocalCell, TEST_RUN};
 use switchyard_telemetry::Secret;
 use sync_roles::{plan, run, Input};
 
 async fn start() -> LocalCell {
-    LocalCell::start_quiet(100).await.expect("cell")
+    let cell = LocalCell::start_quiet(100).await.expect("cell");
+    cell.lock(TEST_RUN).await.expect("lock");
+    cell
 }
 
 fn input(cell: &LocalCell) -> Input {
     Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
     }
 }
 
@@ -188,7 +192,7 @@ async fn syncs_roles_so_apps_log_in_to_green_and_a_second_run_changes_nothing() 
         sorted(&first.memberships_granted),
         ["app_writer→app_rw", "jobs_writer→app_rw"]
     );
-    assert_eq!(first.extra_roles, ["reporting"]);
+    assert_eq!(first.extra_roles.first, ["reporting"]);
     assert_no_password(&cell, &serde_json::to_string(&first).expect("json"));
 
     // app_writer's password holds @ ! ' : / — it arrives intact.
@@ -221,7 +225,7 @@ async fn syncs_roles_so_apps_log_in_to_green_and_a_second_run_changes_nothing() 
     assert_eq!(sorted(&second.unchanged), APP_ROLES);
     assert!(second.created.is_empty() && second.altered.is_empty());
     assert!(second.password_set.is_empty() && second.memberships_granted.is_empty());
-    assert_eq!(second.extra_roles, ["reporting"]);
+    assert_eq!(second.extra_roles.first, ["reporting"]);
     assert_eq!(green_roles(&cell).await, before, "nothing moved on green");
     let reporting: i64 = green
         .query_one(
@@ -256,8 +260,8 @@ async fn syncs_roles_so_apps_log_in_to_green_and_a_second_run_changes_nothing() 
         "a dry run changes nothing"
     );
     let third = run(input(&cell), &deps).await.expect("third run");
-    assert_eq!(third.altered, ["app_reader"]);
-    assert_eq!(third.memberships_granted, ["jobs_writer→app_rw"]);
+    assert_eq!(third.altered.first, ["app_reader"]);
+    assert_eq!(third.memberships_granted.first, ["jobs_writer→app_rw"]);
     logs_in(&cell, "app_reader")
         .await
         .expect("password restored");
@@ -305,7 +309,7 @@ async fn without_pg_authid_passwords_are_set_and_reported() {
     assert!(first.extra_roles.is_empty(), "{:?}", first.extra_roles);
     let second = run(input(&cell), &deps).await.expect("second run");
     assert_eq!(
-        second.unchanged,
+        second.unchanged.first,
         ["app_rw"],
         "a group has no password to set"
     );

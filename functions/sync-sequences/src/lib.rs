@@ -18,7 +18,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
+use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::PauseDeadline;
+use switchyard_operation::{Deps, Error, Listed, OperationInput, Plan, Side};
 use switchyard_postgres::quote::qualified;
 
 /// ```json
@@ -29,6 +31,15 @@ use switchyard_postgres::quote::qualified;
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
+    /// The run acting: it must hold the cell's lock.
+    pub run_id: String,
+    /// Act without holding the lock: for an operator who has made sure no run
+    /// is live.
+    #[serde(default)]
+    pub force: bool,
+    /// The end of the pause budget (`pause-pgbouncer`'s): every wait stops at it.
+    #[serde(default)]
+    pub pause_deadline: Option<PauseDeadline>,
     /// Increments to put between blue's last value and green's; absent: the cell's
     /// `budgets.sequence_gap`.
     #[serde(default)]
@@ -38,6 +49,15 @@ pub struct Input {
 impl OperationInput for Input {
     fn cell(&self) -> &CellDocument {
         &self.cell
+    }
+}
+
+impl Input {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            run_id: &self.run_id,
+            force: self.force,
+        }
     }
 }
 
@@ -51,10 +71,12 @@ pub struct Output {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct DatabaseSequences {
     pub name: String,
-    /// Every sequence of blue's, in name order.
-    pub sequences: Vec<SequenceSync>,
+    /// Every sequence of blue's, in name order (the first of them; each is logged).
+    pub sequences: Listed<SequenceSync>,
+    /// How many of them this call moved on green.
+    pub changed: usize,
     /// Sequences on green that blue lacks (`schema.name`): reported, never touched.
-    pub green_only: Vec<String>,
+    pub green_only: Listed<String>,
 }
 
 /// One sequence, `schema.name` as the catalog spells it (unquoted). Values are the last
@@ -71,6 +93,7 @@ pub struct SequenceSync {
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.green.cluster_identifier, gap))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    fence::admit(deps, &input.cell, input.caller(), Direction::Forward).await?;
     let gap = input.gap.unwrap_or(input.cell.budgets.sequence_gap);
     tracing::Span::current().record("gap", gap);
     let mut databases = Vec::with_capacity(input.cell.databases.len());
@@ -84,6 +107,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 /// Dry run: each `setval` [`run`] would make on green now, database by database.
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.green.cluster_identifier, gap))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    fence::check(deps, &input.cell, input.caller(), Direction::Forward).await?;
     let gap = input.gap.unwrap_or(input.cell.budgets.sequence_gap);
     tracing::Span::current().record("gap", gap);
     let mut plan = Plan::new();
@@ -168,8 +192,9 @@ async fn sync_database(
     }
     Ok(DatabaseSequences {
         name: db.to_owned(),
-        sequences,
-        green_only,
+        changed: sequences.iter().filter(|s| s.changed).count(),
+        sequences: Listed::of(sequences),
+        green_only: Listed::of(green_only),
     })
 }
 

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::LocalCell;
+use switchyard_local_cell::{LocalCell, TEST_RUN};
 use sync_sequences::{plan, run, Input, Output, SequenceSync};
 
 const GAP: i64 = 1000;
@@ -21,6 +21,7 @@ const WATCHED: [(&str, &str); 4] = [
 /// schema `switchyard` on blue only (its sequence must be ignored, not reported missing).
 async fn written_cell() -> LocalCell {
     let cell = LocalCell::start_quiet(300).await.expect("cell");
+    cell.lock(TEST_RUN).await.expect("lock");
     cell.copy_schema_directly().await.expect("schema on green");
     cell.blue
         .superuser_client("app")
@@ -44,6 +45,9 @@ async fn written_cell() -> LocalCell {
 fn input(cell: &LocalCell) -> Input {
     Input {
         cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
+        pause_deadline: None,
         gap: None,
     }
 }
@@ -137,8 +141,16 @@ async fn raises_green_past_blue_once_and_never_backwards() {
 
     assert_eq!(first.gap, 1000);
     assert_eq!(
-        first.databases[0].green_only,
+        first.databases[0].green_only.first,
         vec!["public.green_only_seq".to_owned()]
+    );
+    assert_eq!(
+        first.databases[0].changed,
+        first.databases[0]
+            .sequences
+            .iter()
+            .filter(|s| s.changed)
+            .count()
     );
     assert!(
         !first.databases[0]

@@ -24,7 +24,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Side};
+use switchyard_operation::PauseDeadline;
+use switchyard_operation::{Deps, Error, Listed, OperationInput, Side};
 use tokio_postgres::types::PgLsn;
 
 use crate::catalog::TableName;
@@ -38,6 +39,9 @@ use crate::compare::{Chunk, Difference, Method};
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
+    /// The end of the pause budget (`pause-pgbouncer`'s): every wait stops at it.
+    #[serde(default)]
+    pub pause_deadline: Option<PauseDeadline>,
     pub mode: Mode,
     /// Rows per checksummed chunk in full mode (at least 1).
     #[serde(default = "default_chunk_rows")]
@@ -84,7 +88,8 @@ pub struct Output {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct DatabaseVerification {
     pub name: String,
-    pub tables: Vec<TableVerification>,
+    /// Every table compared (the first of them; each is logged).
+    pub tables: Listed<TableVerification>,
 }
 
 /// One table, `schema.name` as the catalogs spell it (unquoted).
@@ -104,6 +109,17 @@ const VALUE_CHARS: usize = 40;
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, mode = ?input.mode))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    let pause = input.pause_deadline;
+    match Box::pin(verify(input, deps)).await {
+        // Every query was cut at the deadline (statement_timeout): say why, not which query.
+        Err(e) if pause.is_some_and(PauseDeadline::passed) => {
+            Err(pause.map_or(e, |p| p.exceeded("verifying data")))
+        }
+        other => other,
+    }
+}
+
+async fn verify(input: Input, deps: &Deps) -> Result<Output, Error> {
     let chunk_rows = i64::try_from(input.chunk_rows)
         .ok()
         .filter(|&rows| rows > 0)
@@ -177,6 +193,19 @@ async fn verify_database(
             .batch_execute(compare::TEXT_SETTINGS)
             .await
             .map_err(|e| Error::query(format!("setting text output on {side}"), e))?;
+        if let Some(pause) = input.pause_deadline {
+            // Inside the pause window no query may outlast the budget.
+            let ms = pause.remaining().as_millis().max(1).to_string();
+            client
+                .execute(
+                    "SELECT pg_catalog.set_config('statement_timeout', $1, false)",
+                    &[&ms],
+                )
+                .await
+                .map_err(|e| {
+                    Error::query(format!("bounding queries on {side} by the pause budget"), e)
+                })?;
+        }
     }
     let slots = catalog::green_slots(&green).await?;
     let method = Method {
@@ -185,7 +214,10 @@ async fn verify_database(
         attempts: input.attempts,
         slots: &slots,
         // Waiting for green to confirm an LSN is what the slot-lag gate budgets for.
-        catch_up: Duration::from_secs(input.cell.budgets.lag_gate_seconds),
+        catch_up: switchyard_operation::bounded(
+            input.pause_deadline,
+            Duration::from_secs(input.cell.budgets.lag_gate_seconds),
+        ),
     };
     let mut tables = Vec::new();
     let mut compared_at: Option<PgLsn> = None;
@@ -220,7 +252,7 @@ async fn verify_database(
     Ok((
         DatabaseVerification {
             name: db.to_owned(),
-            tables,
+            tables: Listed::of(tables),
         },
         compared_at,
     ))

@@ -28,6 +28,7 @@ async fn replicating_cell() -> LocalCell {
 fn input(cell: &LocalCell, mode: Mode, chunk_rows: u64) -> Input {
     Input {
         cell: cell.document.clone(),
+        pause_deadline: None,
         mode,
         chunk_rows,
         attempts: 3,

@@ -12,7 +12,11 @@ use time::OffsetDateTime;
 
 /// The states that open and close the pause window: PgBouncer paused until it serves again.
 pub const PAUSE_STATE: &str = "pause-pgbouncer";
-pub const RESUME_STATES: [&str; 2] = ["resume-pgbouncer", "abort: resume-pgbouncer"];
+pub const RESUME_STATES: [&str; 3] = [
+    "resume-pgbouncer",
+    "switched: resume-pgbouncer",
+    "abort: resume-pgbouncer",
+];
 /// The Fail state the switchover ends in when its abort path went through.
 pub const ABORTED_STATE: &str = "aborted";
 

@@ -5,10 +5,10 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use switchyard_cell::Budgets;
 use switchyard_errors::{ErrorName, Retry};
-use switchyard_local_run::{function_name, load, FUNCTIONS, PREPARE, SWITCHOVER};
+use switchyard_local_run::{function_name, is_read_only, load, FUNCTIONS, PREPARE, SWITCHOVER};
 use switchyard_state_machine::LAMBDA_INVOKE;
 
 const LAMBDA_SERVICE_ERRORS: [&str; 5] = [
@@ -102,6 +102,13 @@ fn every_task_invokes_an_existing_function_with_a_timeout_above_its_lambdas() {
                 "{name}: {}: the payload carries the cell document",
                 task.name
             );
+            // The fencing token: every function that changes the cell acts as this run.
+            assert_eq!(
+                parameters["Payload"].get("run_id.$").and_then(Value::as_str),
+                (!is_read_only(&function)).then_some("$$.Execution.Name"),
+                "{name}: {}: run_id is the execution's name exactly when {function} changes the cell",
+                task.name
+            );
             used.insert(function);
         }
     }
@@ -181,12 +188,15 @@ fn every_task_retries_lambda_service_errors_and_only_not_yet_names_before_the_po
     }
 }
 
-/// The forward steps after resume-pgbouncer.
+/// The forward steps after resume-pgbouncer, and the lock's release on the way out of a
+/// run that changed nothing.
 fn after_point_of_no_return(state: &str) -> bool {
     [
         "scale-services up",
         "finalize-replication drop",
         "release-lock",
+        "prepare failed: release-lock",
+        "not started: release-lock",
     ]
     .contains(&state)
 }
@@ -199,7 +209,11 @@ fn forward_path(definition: &Value) -> Vec<String> {
     while let Some(name) = at {
         let state = &states[&name];
         path.push(name);
-        at = state["Next"].as_str().map(str::to_owned);
+        // A Choice's forward way is its Default (its rules send failures elsewhere).
+        at = state["Next"]
+            .as_str()
+            .or_else(|| state["Default"].as_str())
+            .map(str::to_owned);
     }
     path
 }
@@ -255,65 +269,120 @@ fn the_switchover_runs_seed_000s_order() {
 }
 
 #[test]
-fn every_step_before_the_point_of_no_return_aborts_on_any_error_and_carries_the_pause_deadline() {
+fn before_the_switch_every_error_aborts_and_every_window_step_carries_the_pause_deadline() {
     let definition = raw(SWITCHOVER);
     let states = states(&definition);
     let path = forward_path(&definition);
-    let resume = path
-        .iter()
-        .position(|s| s == "resume-pgbouncer")
-        .expect("resume");
-    let pause = path
-        .iter()
-        .position(|s| s == "pause-pgbouncer")
-        .expect("pause");
-    for (i, name) in path.iter().enumerate().take(resume + 1) {
+    let at = |name: &str| path.iter().position(|s| s == name).expect(name);
+    let (pause, resume) = (at("pause-pgbouncer"), at("resume-pgbouncer"));
+    for (i, name) in path.iter().enumerate().take(resume) {
         let state = &states[name];
+        if state["Type"] == "Choice" {
+            continue;
+        }
         let catch = state["Catch"].as_array().expect("Catch");
         assert_eq!(catch.len(), 1, "{name}");
-        assert_eq!(
-            catch[0]["ErrorEquals"],
-            serde_json::json!(["States.ALL"]),
-            "{name}"
-        );
-        let expected = if name == "acquire-lock" {
-            // The lock is not ours: nothing to undo, and the abort path must not release it.
-            "not started"
+        assert_eq!(catch[0]["ErrorEquals"], json!(["States.ALL"]), "{name}");
+        let expected = if i < at("scale-services down") {
+            // Nothing changed yet: give the lock back if ours, never run the abort path.
+            "not started: release-lock"
         } else {
             "abort: rename-clusters back"
         };
         assert_eq!(catch[0]["Next"], expected, "{name}");
-        // A Parallel's branch Tasks have no Catch of their own: their errors fail the
-        // Parallel, whose Catch takes the abort path.
-        let tasks: Vec<(String, &Value)> = if state["Type"] == "Parallel" {
-            state["Branches"]
-                .as_array()
-                .expect("Branches")
-                .iter()
-                .flat_map(all_states)
-                .filter(|(_, s)| s["Type"] == "Task")
-                .map(|(n, s)| (n.clone(), s))
-                .collect()
-        } else {
-            vec![(name.clone(), state)]
-        };
-        for (task, task_state) in tasks {
-            if task != *name {
-                assert!(
-                    task_state.get("Catch").is_none(),
-                    "{task}: caught in its branch"
-                );
-            }
-            let deadline = task_state["Parameters"]["Payload"].get("pause_deadline.$");
+        if state["Type"] == "Task" {
             assert_eq!(
-                deadline.is_some(),
+                state["Parameters"]["Payload"]
+                    .get("pause_deadline.$")
+                    .is_some(),
                 i > pause,
-                "{task}: pause_deadline from pause-pgbouncer's output on every step after it"
+                "{name}: pause_deadline on every step after the pause, until the resume"
             );
         }
     }
-    // The abort path ends in Fail, carrying the cause; each of its steps leaves PgBouncer
-    // paused rather than continue past a failed undo.
+    // The freeze checks: each branch catches its own failure, so the Parallel waits for
+    // every branch; the choice after it sends a failure down the abort path.
+    let freeze = &states["freeze checks"];
+    for branch in freeze["Branches"].as_array().expect("Branches") {
+        for (task, state) in all_states(branch) {
+            if state["Type"] != "Task" {
+                continue;
+            }
+            let catch = state["Catch"].as_array().expect("a branch Task catches");
+            assert_eq!(catch.len(), 1, "{task}");
+            assert_eq!(catch[0]["ErrorEquals"], json!(["States.ALL"]), "{task}");
+            let failed = &branch["States"][catch[0]["Next"].as_str().expect("Next")];
+            assert_eq!(failed["Type"], "Pass", "{task}");
+            assert_eq!(failed["End"], true, "{task}");
+            assert!(
+                state["Parameters"]["Payload"]
+                    .get("pause_deadline.$")
+                    .is_some(),
+                "{task}"
+            );
+        }
+    }
+    let choice = &states[freeze["Next"].as_str().expect("Next")];
+    assert_eq!(choice["Type"], "Choice");
+    for rule in choice["Choices"].as_array().expect("Choices") {
+        let failed = &states[rule["Next"].as_str().expect("Next")];
+        assert_eq!(failed["ResultPath"], "$.error");
+        assert_eq!(failed["Next"], "abort: rename-clusters back");
+    }
+    assert_eq!(
+        choice["Choices"].as_array().map(Vec::len),
+        freeze["Branches"].as_array().map(Vec::len),
+        "one rule per branch"
+    );
+}
+
+#[test]
+fn the_point_of_no_return_goes_forward_on_any_error_after_the_switch() {
+    let definition = raw(SWITCHOVER);
+    let states = states(&definition);
+    let resume = &states["resume-pgbouncer"];
+    let next = |errors: Value| {
+        resume["Catch"]
+            .as_array()
+            .expect("Catch")
+            .iter()
+            .find(|c| c["ErrorEquals"] == errors)
+            .map(|c| c["Next"].clone())
+    };
+    // Some instances resumed: writes are on green; finish forward.
+    assert_eq!(
+        next(json!(["ResumeIncomplete"])),
+        Some(json!("switched: resume-pgbouncer"))
+    );
+    // Resumed to the wrong server: writes may be on green; page, never roll back.
+    assert_eq!(
+        next(json!(["ProbeMismatch"])),
+        Some(json!("switched, probe mismatch"))
+    );
+    // Anything else happened before the switched marker: the abort path, whose steps
+    // themselves refuse a switched cell.
+    assert_eq!(
+        next(json!(["States.ALL"])),
+        Some(json!("abort: rename-clusters back"))
+    );
+    assert_eq!(states["switched, probe mismatch"]["Type"], "Fail");
+
+    let switched = &states["switched: resume-pgbouncer"];
+    let payload = &switched["Parameters"]["Payload"];
+    assert_eq!(payload["direction"], "forward");
+    assert!(
+        payload.get("pause_deadline.$").is_none(),
+        "after the switch, finishing is never cut short by the pause budget"
+    );
+    assert_eq!(switched["Next"], "scale-services up");
+    assert_eq!(
+        switched["Catch"][switched["Catch"].as_array().map_or(0, Vec::len) - 1]["Next"],
+        "switched, resume incomplete"
+    );
+    assert!(states["switched, resume incomplete"]["Type"] == "Fail");
+
+    // Every abort step: AlreadySwitched (the cell has switched) goes forward; anything
+    // else stops at abort incomplete with PgBouncer paused.
     let mut at = Some("abort: rename-clusters back".to_owned());
     let mut abort_steps = Vec::new();
     while let Some(name) = at {
@@ -324,13 +393,33 @@ fn every_step_before_the_point_of_no_return_aborts_on_any_error_and_carries_the_
             assert_eq!(state["CausePath"], "$.error.Cause");
             break;
         }
-        assert_eq!(state["Catch"][0]["Next"], "abort incomplete", "{name}");
-        assert!(
-            state["Parameters"]["Payload"]
-                .get("pause_deadline.$")
-                .is_none(),
+        let catch = state["Catch"].as_array().expect("Catch");
+        assert_eq!(
+            state["Retry"][1],
+            json!({"ErrorEquals": ["AlreadySwitched"], "MaxAttempts": 0}),
+            "{name}: a switched cell is not retried toward blue, it goes forward at once"
+        );
+        assert_eq!(
+            catch[0]["ErrorEquals"],
+            json!(["AlreadySwitched"]),
             "{name}"
         );
+        assert_eq!(catch[0]["Next"], "switched: resume-pgbouncer", "{name}");
+        assert_eq!(catch[1]["ErrorEquals"], json!(["States.ALL"]), "{name}");
+        assert_eq!(catch[1]["Next"], "abort incomplete", "{name}");
+        let payload = &state["Parameters"]["Payload"];
+        assert!(payload.get("pause_deadline.$").is_none(), "{name}");
+        // The functions both paths share say which way they go (scale-services' up is
+        // its own direction: services come back either way).
+        if [
+            "refresh-nlb-target",
+            "recreate-downstream-subscriptions",
+            "resume-pgbouncer",
+        ]
+        .contains(&function_of(state).as_str())
+        {
+            assert_eq!(payload["direction"], "abort", "{name}");
+        }
         abort_steps.push(function_of(state));
         at = state["Next"].as_str().map(str::to_owned);
     }
@@ -347,33 +436,91 @@ fn every_step_before_the_point_of_no_return_aborts_on_any_error_and_carries_the_
             "release-lock",
         ]
     );
+    // The forward steps that share a function with the abort path say which way they go.
+    for name in [
+        "refresh-nlb-target",
+        "recreate-downstream-subscriptions",
+        "resume-pgbouncer",
+    ] {
+        assert_eq!(
+            states[name]["Parameters"]["Payload"]["direction"], "forward",
+            "{name}"
+        );
+    }
 }
 
 #[test]
-fn the_lag_gate_retry_spends_the_default_lag_gate_budget() {
+fn a_run_that_changed_nothing_gives_back_only_its_own_lock() {
+    for name in [PREPARE, SWITCHOVER] {
+        let definition = raw(name);
+        let states = states(&definition);
+        assert_eq!(
+            definition["StartAt"], "acquire-lock",
+            "{name}: the lock first"
+        );
+        assert_eq!(
+            states["acquire-lock"]["Catch"][0]["Next"], "not started: release-lock",
+            "{name}: a crash after taking the lock must not keep it"
+        );
+        let release = &states["not started: release-lock"];
+        assert_eq!(release["Parameters"]["Payload"]["if_ours"], true, "{name}");
+        assert_eq!(release["Next"], "not started", "{name}");
+        assert_eq!(release["Catch"][0]["Next"], "not started", "{name}");
+        assert_eq!(
+            states["acquire-lock"]["Parameters"]["Payload"]["execution.$"], "$$.Execution.Id",
+            "{name}: the lock names its execution"
+        );
+    }
+    // Prepare gives its lock back whether it succeeds or fails.
+    let prepare = raw(PREPARE);
+    let states = states(&prepare);
+    for (state_name, state) in states {
+        if state["Type"] != "Task" || state_name.contains("release-lock") {
+            continue;
+        }
+        for catch in state["Catch"].as_array().expect("Catch") {
+            assert!(
+                catch["Next"] == "prepare failed: release-lock"
+                    || catch["Next"] == "not started: release-lock",
+                "{state_name}: {}",
+                catch["Next"]
+            );
+        }
+    }
+    assert_eq!(states["verify-data"]["Next"], "release-lock");
+    assert_eq!(states["release-lock"]["Next"], "prepared");
+}
+
+#[test]
+fn the_lag_gate_is_the_cells_budget_and_its_retries_outlast_the_longest_one() {
     let definition = raw(SWITCHOVER);
     let (_, state) = all_states(&definition)
         .into_iter()
         .find(|(name, _)| *name == "check-slot-lag")
         .expect("check-slot-lag");
-    let wait = state["Parameters"]["Payload"]["wait_seconds"]
-        .as_u64()
-        .expect("wait_seconds");
+    let payload = &state["Parameters"]["Payload"];
+    assert_eq!(
+        payload["gate_started_at.$"], "$$.State.EnteredTime",
+        "the gate counts from the state's entry, which its retries keep"
+    );
+    let wait = payload["wait_seconds"].as_u64().expect("wait_seconds");
     let retrier = state["Retry"]
         .as_array()
         .expect("Retry")
         .iter()
-        .find(|r| r["ErrorEquals"] == serde_json::json!(["LagNotZero"]))
+        .find(|r| r["ErrorEquals"] == json!(["LagNotZero"]))
         .expect("LagNotZero retried");
     let attempts = retrier["MaxAttempts"].as_u64().expect("MaxAttempts");
     let interval = retrier["IntervalSeconds"]
         .as_u64()
         .expect("IntervalSeconds");
     assert_eq!(retrier["BackoffRate"].as_f64(), Some(1.0));
+    // The function answers LagGateExceeded once the cell's budget is spent; the retries
+    // must not run out first, for any budget below the longest pause the cell allows.
     let spent = (attempts + 1) * wait + attempts * interval;
-    let budget = Budgets::default().lag_gate_seconds;
     assert!(
-        spent.abs_diff(budget) <= wait,
-        "the lag gate spends {spent} s, the default budget is {budget} s"
+        spent >= switchyard_cell::MAX_PAUSE_SECONDS,
+        "the retries cover {spent} s, less than the longest lag gate a cell may ask for"
     );
+    assert!(Budgets::default().lag_gate_seconds < Budgets::default().pause_seconds);
 }

@@ -1,27 +1,40 @@
-//! The checked-in switchover definition, run unchanged by the local executor on a local
-//! cell that the checked-in prepare definition made a replica of blue, under the ledger's
-//! load through PgBouncer and with the direct writers running.
+//! The checked-in switchover definition, run unchanged by the local executor on local cells
+//! that the checked-in prepare definition made replicas of blue, under the ledger's load
+//! through PgBouncer and with the direct writers running — and hit where production hits:
 //!
-//! A fault injected at any Task state up to and including `resume-pgbouncer` (which it
-//! replaces, so nothing is resumed) sends the run down the abort path: it ends in a Fail
-//! state with the cell back on blue — writable through PgBouncer, services back, the
-//! downstream streaming, green still replicating, no acknowledged write lost — and the
-//! next run switches the cell. A fault after the point of no return is retried forward.
+//! - a crash *after* the side effect of every Task (the function does its work, its answer
+//!   is lost): before the switch the run aborts and the cell is blue again, writable, the
+//!   downstream streaming, green replicating, nothing lost; after it the run goes forward;
+//!   a table of every injection point and its outcome is printed;
+//! - a RESUME that reaches one PgBouncer instance and not the other; an abort with one
+//!   instance unreachable;
+//! - a second switchover on a switched cell, and the abort-direction functions invoked on
+//!   it; a function invoked by hand with another run's id during a live run;
+//! - a retried pause and a rename that outlasts the pause budget;
+//! - a step of the freeze checks still running when its sibling fails (Step Functions lets
+//!   it finish, and so does the local executor);
+//! - replication stalled past the cell's lag gate.
+//!
+//! Cells are shared: each test drives one cell through several runs, in an order that
+//! leaves it on blue until the run meant to switch it.
 
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use switchyard_local_cell::{wait_keys_once, CellOptions, Install, LocalCell};
+use switchyard_local_cell::{wait_keys_once, CellOptions, Install, Ledger, LocalCell};
 use switchyard_local_run::{load, LocalFunctions, PREPARE, SWITCHOVER};
 use switchyard_operation::Deps;
-use switchyard_state_machine::{EventType, Execution, Executor, Fault, StateType, Status};
+use switchyard_state_machine::{
+    BoxFuture, EventType, Execution, Executor, Fault, StateType, Status, TaskFailure, TaskHandler,
+};
 
 const PAYMENTS: (&str, &str) = ("public", "payments");
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn prepared_cell() -> (LocalCell, Deps) {
-    prepared_cell_with(|_| {}).await
-}
+/// What a Lambda that crashed after its side effect reports (its answer never arrives).
+const CRASH: &str = "Runtime.ExitError";
 
 async fn prepared_cell_with(adjust: impl FnOnce(&mut CellOptions)) -> (LocalCell, Deps) {
     let mut options = CellOptions::from_env(&Install::from_env()).expect("options");
@@ -29,21 +42,13 @@ async fn prepared_cell_with(adjust: impl FnOnce(&mut CellOptions)) -> (LocalCell
     adjust(&mut options);
     let cell = LocalCell::start(&options).await.expect("cell");
     let deps = cell.deps().expect("deps");
-    let prepare = run(
-        &cell,
-        &deps,
-        PREPARE,
-        "prepare",
-        cell_input(&cell),
-        Vec::new(),
-    )
-    .await;
+    let prepare = Run::new(&cell, &deps, PREPARE, "prepare").go().await;
     assert_eq!(
-        prepare.status,
+        prepare.execution.status,
         Status::Succeeded,
         "prepare: {:?} {:?}",
-        prepare.error,
-        prepare.cause
+        prepare.execution.error,
+        prepare.execution.cause
     );
     (cell, deps)
 }
@@ -52,48 +57,196 @@ fn cell_input(cell: &LocalCell) -> Value {
     json!({ "cell": cell.document })
 }
 
-async fn run(
-    cell: &LocalCell,
-    deps: &Deps,
-    definition: &str,
-    name: &str,
-    input: Value,
-    faults: Vec<Fault>,
-) -> Execution {
-    let definition = load(definition).expect("definition");
-    let handler = LocalFunctions { deps };
-    let mut executor = Executor::new(&definition, &handler).name(name);
-    for fault in faults {
-        executor = executor.fault(fault).expect("fault names a Task state");
-    }
-    let execution = executor.run(input).await;
-    let dir = cell.run_dir.join("executions");
-    std::fs::create_dir_all(&dir).expect("dir");
-    execution
-        .write_history(&dir.join(format!("{name}.json")))
-        .expect("history");
-    execution
+/// A test's view of one function call: before it starts (it may hold it there) and after
+/// it ends (with what it returned, even when the executor then discards that).
+#[derive(Clone, Debug)]
+struct Call {
+    function: String,
+    payload: Value,
+    /// `None` before the call; its result after.
+    result: Option<Result<Value, String>>,
 }
 
-/// The Fail (or Succeed) state an execution ended in.
-fn final_state(execution: &Execution) -> String {
-    execution
-        .history
-        .iter()
-        .rev()
-        .find(|e| {
-            matches!(
-                e.kind,
-                EventType::StateEntered(StateType::Fail | StateType::Succeed)
+impl Call {
+    fn is(&self, function: &str) -> bool {
+        self.function == function
+    }
+
+    /// `direction` / `mode` of the payload, when it has one.
+    fn way(&self) -> Option<&str> {
+        self.payload
+            .get("direction")
+            .or_else(|| self.payload.get("mode"))
+            .and_then(Value::as_str)
+    }
+}
+
+type Hook = Arc<dyn Fn(Call) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// The functions in-process, as the executor calls them, with every call recorded and a
+/// test's hook around each.
+struct Observed<'a> {
+    inner: LocalFunctions<'a>,
+    hook: Option<Hook>,
+    calls: Mutex<Vec<Call>>,
+}
+
+impl TaskHandler for Observed<'_> {
+    fn invoke(
+        &self,
+        resource: &str,
+        parameters: Value,
+    ) -> BoxFuture<'_, Result<Value, TaskFailure>> {
+        let resource = resource.to_owned();
+        Box::pin(async move {
+            let function = switchyard_local_run::function_name(
+                parameters["FunctionName"].as_str().unwrap_or_default(),
             )
+            .unwrap_or_default();
+            let payload = parameters.get("Payload").cloned().unwrap_or(Value::Null);
+            let mut call = Call {
+                function,
+                payload,
+                result: None,
+            };
+            if let Some(hook) = &self.hook {
+                hook(call.clone()).await;
+            }
+            let result = self.inner.invoke(&resource, parameters).await;
+            call.result = Some(
+                result
+                    .clone()
+                    .map_err(|f| format!("{}: {}", f.error, f.cause)),
+            );
+            self.calls.lock().expect("calls").push(call.clone());
+            if let Some(hook) = &self.hook {
+                hook(call).await;
+            }
+            result
         })
-        .and_then(|e| e.state.clone())
-        .unwrap_or_default()
+    }
+}
+
+/// One execution of a definition on a cell: faults, a hook, and what came of it.
+struct Run<'a> {
+    cell: &'a LocalCell,
+    deps: &'a Deps,
+    definition: &'static str,
+    name: String,
+    input: Value,
+    faults: Vec<Fault>,
+    hook: Option<Hook>,
+}
+
+struct Ran {
+    execution: Execution,
+    calls: Vec<Call>,
+}
+
+impl<'a> Run<'a> {
+    fn new(cell: &'a LocalCell, deps: &'a Deps, definition: &'static str, name: &str) -> Self {
+        Self {
+            cell,
+            deps,
+            definition,
+            name: name.to_owned(),
+            input: cell_input(cell),
+            faults: Vec::new(),
+            hook: None,
+        }
+    }
+
+    fn fault(mut self, fault: Fault) -> Self {
+        self.faults.push(fault);
+        self
+    }
+
+    fn input(mut self, input: Value) -> Self {
+        self.input = input;
+        self
+    }
+
+    fn hook<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Call) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.hook = Some(Arc::new(move |call| Box::pin(hook(call))));
+        self
+    }
+
+    async fn go(self) -> Ran {
+        let definition = load(self.definition).expect("definition");
+        let handler = Observed {
+            inner: LocalFunctions { deps: self.deps },
+            hook: self.hook,
+            calls: Mutex::new(Vec::new()),
+        };
+        let mut executor = Executor::new(&definition, &handler).name(&self.name);
+        for fault in self.faults {
+            executor = executor.fault(fault).expect("fault names a Task state");
+        }
+        let execution = executor.run(self.input).await;
+        let dir = self.cell.run_dir.join("executions");
+        std::fs::create_dir_all(&dir).expect("dir");
+        execution
+            .write_history(&dir.join(format!("{}.json", self.name)))
+            .expect("history");
+        Ran {
+            execution,
+            calls: handler.calls.into_inner().expect("calls"),
+        }
+    }
+}
+
+impl Ran {
+    /// The Fail (or Succeed) state the execution ended in.
+    fn end(&self) -> String {
+        self.execution
+            .history
+            .iter()
+            .rev()
+            .find(|e| {
+                matches!(
+                    e.kind,
+                    EventType::StateEntered(StateType::Fail | StateType::Succeed)
+                )
+            })
+            .and_then(|e| e.state.clone())
+            .unwrap_or_default()
+    }
+
+    fn entered(&self, state: &str) -> bool {
+        self.execution.events_of(state).next().is_some()
+    }
+
+    fn abort_path_ran(&self) -> bool {
+        self.execution
+            .history
+            .iter()
+            .any(|e| e.state.as_deref().is_some_and(|s| s.starts_with("abort: ")))
+    }
+
+    fn scheduled(&self, state: &str) -> usize {
+        self.execution
+            .events_of(state)
+            .filter(|e| e.kind == EventType::TaskScheduled)
+            .count()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} ({:?}: {:?})",
+            self.end(),
+            self.execution.error,
+            self.execution.cause
+        )
+    }
 }
 
 /// The direct writers' service is back at its count and its tasks write again.
 async fn direct_writers_back(cell: &LocalCell, before: usize) {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     while cell.direct_writers()[0].acknowledged() <= before {
         assert!(
             started.elapsed() < WAIT,
@@ -119,24 +272,32 @@ async fn direct_writers_back(cell: &LocalCell, before: usize) {
     );
 }
 
-/// After an aborted run: blue serves writes through PgBouncer, and every write
-/// acknowledged so far is on blue, on the downstream and on green exactly once.
-async fn assert_back_on_blue(
-    cell: &LocalCell,
-    ledger: &switchyard_local_cell::Ledger,
-    direct_before: usize,
-) {
+/// The cell's run lock is free (every run released it, or never took it).
+async fn lock_free(deps: &Deps, cell: &LocalCell) -> bool {
+    deps.journal(&cell.document)
+        .get::<switchyard_operation::fence::RunLock>()
+        .await
+        .expect("journal")
+        .is_none()
+}
+
+/// After a run that did not switch: blue serves writes through PgBouncer, the lock is free,
+/// the services are back, and every write acknowledged so far is on blue, on the
+/// downstream and on green exactly once (so both still follow blue).
+async fn assert_on_blue(cell: &LocalCell, deps: &Deps, ledger: &Ledger) {
     assert_eq!(
         cell.version_through_pgbouncer().await.expect("version"),
         cell.blue.version_num,
         "PgBouncer resumed, on blue"
     );
     let before = ledger.acknowledged();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     while ledger.acknowledged() <= before + 10 {
         assert!(started.elapsed() < WAIT, "the ledger writes on blue again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(lock_free(deps, cell).await, "the run released the lock");
+    let direct_before = cell.direct_writers()[0].acknowledged();
     direct_writers_back(cell, direct_before).await;
     let keys = ledger.keys();
     for (what, opts) in [
@@ -150,19 +311,14 @@ async fn assert_back_on_blue(
     }
 }
 
-/// A successful switchover: the cell on green, every acknowledged write there once.
-async fn assert_switched(
-    cell: &LocalCell,
-    ledger: switchyard_local_cell::Ledger,
-    execution: &Execution,
-) {
+/// A switched cell: on green, every acknowledged write there once, no client transaction
+/// failed across every run on this cell, the downstream equal to green.
+async fn assert_switched(cell: &LocalCell, ledger: Ledger, ran: &Ran) {
     assert_eq!(
-        execution.status,
+        ran.execution.status,
         Status::Succeeded,
-        "{:?}: {:?} {:?}",
-        final_state(execution),
-        execution.error,
-        execution.cause
+        "{}",
+        ran.describe()
     );
     assert_eq!(
         cell.version_through_pgbouncer().await.expect("version"),
@@ -200,178 +356,601 @@ async fn assert_switched(
         .expect("downstream equals green");
 }
 
-/// Fault at `state` → the abort path → back on blue; then a clean run switches.
-async fn abort_then_switch(state: &str) {
-    let (cell, deps) = prepared_cell().await;
+/// Each injection point and what came of it, printed as a table at the end of a test.
+#[derive(Default)]
+struct Outcomes(Vec<(String, String, String)>);
+
+impl Outcomes {
+    fn record(&mut self, point: &str, fault: &str, outcome: &str) {
+        self.0
+            .push((point.to_owned(), fault.to_owned(), outcome.to_owned()));
+    }
+
+    fn print(&self, title: &str) {
+        let width = self.0.iter().map(|(p, _, _)| p.len()).max().unwrap_or(0);
+        let fault_width = self.0.iter().map(|(_, f, _)| f.len()).max().unwrap_or(0);
+        println!("\n{title}");
+        println!(
+            "  {:width$}  {:fault_width$}  outcome",
+            "injection point", "fault"
+        );
+        for (point, fault, outcome) in &self.0 {
+            println!("  {point:width$}  {fault:fault_width$}  {outcome}");
+        }
+    }
+}
+
+/// Every Task of the forward path up to the switch, crashed after its side effect: each
+/// run ends `not started` or `aborted` with the cell on blue and nothing lost; then a clean
+/// run switches, and the switched cell refuses a second switchover and every
+/// abort-direction function.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_each_forward_step_converges_and_a_switched_cell_stays_switched() {
+    let (cell, deps) = prepared_cell_with(|_| {}).await;
     let ledger = cell
         .start_ledger(4, Duration::from_millis(2))
         .expect("ledger");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let direct_before = cell.direct_writers()[0].acknowledged();
+    let mut outcomes = Outcomes::default();
+    let points = [
+        ("acquire-lock", "not started"),
+        ("preflight", "not started"),
+        ("scale-services down", "aborted"),
+        ("pause-pgbouncer", "aborted"),
+        ("revoke-writes", "aborted"),
+        ("drop-downstream-subscriptions", "aborted"),
+        ("check-slot-lag", "aborted"),
+        ("verify-data", "aborted"),
+        ("sync-sequences", "aborted"),
+        ("finalize-replication disable", "aborted"),
+        ("rename-clusters forward", "aborted"),
+        ("refresh-nlb-target", "aborted"),
+        ("recreate-downstream-subscriptions", "aborted"),
+    ];
+    for (i, (state, expected)) in points.into_iter().enumerate() {
+        let ran = Run::new(&cell, &deps, SWITCHOVER, &format!("crash-{i}"))
+            .fault(Fault::crash_after(
+                state,
+                1,
+                CRASH,
+                "crashed after its side effect",
+            ))
+            .go()
+            .await;
+        assert_eq!(ran.end(), expected, "{state}: {}", ran.describe());
+        assert_eq!(ran.execution.error.as_deref(), Some(CRASH), "{state}");
+        assert_on_blue(&cell, &deps, &ledger).await;
+        outcomes.record(
+            state,
+            "crash after side effect",
+            &format!("{expected}; on blue, writable, nothing lost"),
+        );
+    }
 
-    let fault = Fault::error(state, 1, "PreconditionFailed", "injected by the test");
-    let first = run(
-        &cell,
-        &deps,
-        SWITCHOVER,
-        "aborted",
-        cell_input(&cell),
-        vec![fault],
-    )
-    .await;
-    assert_eq!(first.status, Status::Failed);
-    assert_eq!(first.error.as_deref(), Some("PreconditionFailed"));
-    assert!(
-        first
-            .cause
-            .as_deref()
-            .unwrap_or_default()
-            .contains("injected by the test"),
-        "the Fail state carries the cause: {:?}",
-        first.cause
+    let switched = Run::new(&cell, &deps, SWITCHOVER, "switch").go().await;
+    assert_eq!(switched.end(), "switched", "{}", switched.describe());
+    outcomes.record("(none)", "-", "switched");
+    let identifiers = cell.cluster_identifiers().await.expect("clusters");
+
+    // A second switchover on the switched cell changes nothing.
+    let again = Run::new(&cell, &deps, SWITCHOVER, "switch-again")
+        .go()
+        .await;
+    assert_eq!(again.end(), "not started", "{}", again.describe());
+    assert_eq!(again.execution.error.as_deref(), Some("AlreadySwitched"));
+    assert!(!again.abort_path_ran());
+    assert_eq!(
+        again.calls.len(),
+        2,
+        "acquire-lock, then its release (if ours)"
     );
-    let expected = if state == "acquire-lock" {
-        "not started"
-    } else {
-        "aborted"
-    };
-    assert_eq!(final_state(&first), expected);
-    assert_back_on_blue(&cell, &ledger, direct_before).await;
+    outcomes.record("second switchover", "-", "not started (AlreadySwitched)");
 
-    let second = run(
-        &cell,
-        &deps,
-        SWITCHOVER,
-        "second",
-        cell_input(&cell),
-        Vec::new(),
-    )
-    .await;
-    assert_switched(&cell, ledger, &second).await;
+    // The abort-direction functions, by hand, with the lock: refused, nothing changed.
+    cell.lock("by-hand").await.expect("lock");
+    let green = cell.green.superuser_client("app").await.expect("green");
+    let subscriptions = || async {
+        green
+            .query_one("SELECT count(*) FROM pg_subscription", &[])
+            .await
+            .expect("count")
+            .get::<_, i64>(0)
+    };
+    let before = subscriptions().await;
+    for (function, extra) in [
+        ("rename-clusters", json!({ "mode": "back" })),
+        ("restore-writes", json!({})),
+        ("finalize-replication", json!({ "mode": "enable" })),
+        ("refresh-nlb-target", json!({ "direction": "abort" })),
+        ("resume-pgbouncer", json!({ "direction": "abort" })),
+    ] {
+        let mut payload = switchyard_local_run::payload(&cell.document, extra);
+        payload["run_id"] = json!("by-hand");
+        let error = switchyard_local_run::invoke(function, payload, &deps)
+            .await
+            .expect_err("switched");
+        assert_eq!(
+            switchyard_errors::Catalogued::error_name(&error),
+            switchyard_errors::ErrorName::AlreadySwitched,
+            "{function}: {error}"
+        );
+        outcomes.record(
+            &format!("{function} (abort direction) by hand"),
+            "-",
+            "AlreadySwitched, nothing changed",
+        );
+    }
+    assert_eq!(
+        cell.cluster_identifiers().await.expect("clusters"),
+        identifiers
+    );
+    assert_eq!(subscriptions().await, before);
+    assert_eq!(
+        cell.version_through_pgbouncer().await.expect("version"),
+        cell.green.version_num,
+        "still on green"
+    );
+    outcomes.print("crash after the side effect of each forward step (14 → green)");
+    assert_switched(&cell, ledger, &switched).await;
     cell.shutdown();
 }
 
-macro_rules! abort_tests {
-    ($($test:ident => $state:literal),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() {
-                abort_then_switch($state).await;
-            }
-        )*
-    };
-}
-
-abort_tests! {
-    fault_at_acquire_lock => "acquire-lock",
-    fault_at_preflight => "preflight",
-    fault_at_scale_services_down => "scale-services down",
-    fault_at_pause_pgbouncer => "pause-pgbouncer",
-    fault_at_revoke_writes => "revoke-writes",
-    fault_at_drop_downstream_subscriptions => "drop-downstream-subscriptions",
-    fault_at_check_slot_lag => "check-slot-lag",
-    fault_at_sync_sequences => "sync-sequences",
-    fault_at_verify_data => "verify-data",
-    fault_at_finalize_replication_disable => "finalize-replication disable",
-    fault_at_rename_clusters_forward => "rename-clusters forward",
-    fault_at_refresh_nlb_target => "refresh-nlb-target",
-    fault_at_recreate_downstream_subscriptions => "recreate-downstream-subscriptions",
-    fault_at_resume_pgbouncer => "resume-pgbouncer",
-}
-
+/// Every Task of the abort path crashed after its side effect (the run failing first at
+/// recreate-downstream-subscriptions, so every abort step has work to do): each is retried
+/// and the run ends `aborted`. Then a crash after resume-pgbouncer — the switched marker
+/// and the RESUMEs done — and after every step past it: the abort path refuses
+/// (AlreadySwitched), the run goes forward and ends switched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fault_after_the_point_of_no_return_is_retried_forward() {
-    let (cell, deps) = prepared_cell().await;
+async fn a_crash_after_each_abort_step_or_after_the_switch_converges() {
+    let (cell, deps) = prepared_cell_with(|_| {}).await;
     let ledger = cell
         .start_ledger(4, Duration::from_millis(2))
         .expect("ledger");
-    let fault = Fault::error(
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut outcomes = Outcomes::default();
+    let steps = [
+        "abort: rename-clusters back",
+        "abort: finalize-replication enable",
+        "abort: restore-writes",
+        "abort: refresh-nlb-target",
+        "abort: recreate-downstream-subscriptions",
+        "abort: resume-pgbouncer",
+        "abort: scale-services up",
+        "abort: release-lock",
+    ];
+    for (i, state) in steps.into_iter().enumerate() {
+        let ran = Run::new(&cell, &deps, SWITCHOVER, &format!("abort-crash-{i}"))
+            .fault(Fault::error(
+                "recreate-downstream-subscriptions",
+                1,
+                "PreconditionFailed",
+                "injected by the test",
+            ))
+            .fault(Fault::crash_after(
+                state,
+                1,
+                CRASH,
+                "crashed after its side effect",
+            ))
+            .go()
+            .await;
+        assert_eq!(ran.end(), "aborted", "{state}: {}", ran.describe());
+        assert_eq!(ran.scheduled(state), 2, "{state}: retried once");
+        assert_on_blue(&cell, &deps, &ledger).await;
+        outcomes.record(
+            state,
+            "crash after side effect",
+            "retried; aborted, on blue, nothing lost",
+        );
+    }
+
+    let after_switch = [
+        "resume-pgbouncer",
         "scale-services up",
-        1,
-        "AwsUnavailable",
-        "injected by the test",
+        "finalize-replication drop",
+        "release-lock",
+    ];
+    let mut run = Run::new(&cell, &deps, SWITCHOVER, "switch-crashes");
+    for state in after_switch {
+        run = run.fault(Fault::crash_after(
+            state,
+            1,
+            CRASH,
+            "crashed after its side effect",
+        ));
+    }
+    let ran = run.go().await;
+    assert_eq!(ran.end(), "switched", "{}", ran.describe());
+    assert!(
+        ran.entered("switched: resume-pgbouncer"),
+        "resume-pgbouncer's lost answer went forward"
     );
-    let execution = run(
-        &cell,
-        &deps,
-        SWITCHOVER,
-        "forward",
-        cell_input(&cell),
-        vec![fault],
-    )
-    .await;
-    let attempts = execution
-        .events_of("scale-services up")
+    // The abort path was entered once, and its first step refused: nothing routed back.
+    let abort_states: Vec<&str> = ran
+        .execution
+        .history
+        .iter()
         .filter(|e| e.kind == EventType::TaskScheduled)
-        .count();
-    assert_eq!(attempts, 2, "retried, not rolled back");
-    assert!(execution
-        .events_of("abort: rename-clusters back")
-        .next()
-        .is_none());
-    assert_switched(&cell, ledger, &execution).await;
+        .filter_map(|e| e.state.as_deref())
+        .filter(|s| s.starts_with("abort: "))
+        .collect();
+    assert_eq!(abort_states, ["abort: rename-clusters back"]);
+    let refused = ran
+        .calls
+        .iter()
+        .find(|c| c.is("rename-clusters") && c.way() == Some("back"))
+        .and_then(|c| c.result.clone())
+        .expect("rename back was called");
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.starts_with("AlreadySwitched")),
+        "{refused:?}"
+    );
+    for state in &after_switch[1..] {
+        assert_eq!(ran.scheduled(state), 2, "{state}: retried once");
+    }
+    outcomes.record(
+        "resume-pgbouncer",
+        "crash after side effect",
+        "abort refused (AlreadySwitched) → forward → switched",
+    );
+    for state in &after_switch[1..] {
+        outcomes.record(state, "crash after side effect", "retried → switched");
+    }
+    outcomes.print("crash after the side effect of each abort step, and past the switch");
+    assert!(lock_free(&deps, &cell).await);
+    assert_switched(&cell, ledger, &ran).await;
     cell.shutdown();
 }
 
+/// Two PgBouncer instances. First the abort path with the second unreachable: the first
+/// goes back to blue at once, the second when it returns. Then a RESUME toward green that
+/// reaches the first and not the second: the writes already on green are kept, the run
+/// never aborts, and it ends switched once the second comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalled_replication_fails_the_lag_gate_and_aborts_cleanly() {
-    // The default pause budget (60 s) is shorter than the lag gate (120 s) and would end
-    // the run first: this cell allows a pause long enough for the gate to decide.
-    let (cell, deps) = prepared_cell_with(|o| o.query_wait_timeout_secs = 300).await;
+async fn a_partial_resume_never_aborts_and_an_unreachable_instance_holds_only_itself() {
+    let (cell, deps) = prepared_cell_with(|o| o.pgbouncer_instances = 2).await;
+    let cell = Arc::new(cell);
     let ledger = cell
         .start_ledger(4, Duration::from_millis(2))
         .expect("ledger");
-    let direct_before = cell.direct_writers()[0].acknowledged();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The abort path with instance 2 unreachable.
+    let seen: Arc<Mutex<Option<(bool, bool)>>> = Arc::default();
+    let hook_cell = cell.clone();
+    let hook_seen = seen.clone();
+    let ran = Run::new(&cell, &deps, SWITCHOVER, "abort-one-down")
+        .fault(Fault::error(
+            "recreate-downstream-subscriptions",
+            1,
+            "PreconditionFailed",
+            "injected by the test",
+        ))
+        .hook(move |call| {
+            let cell = hook_cell.clone();
+            let seen = hook_seen.clone();
+            async move {
+                if !(call.is("resume-pgbouncer") && call.way() == Some("abort")) {
+                    return;
+                }
+                let link = cell.pgbouncer_link(2).expect("link");
+                match &call.result {
+                    None if seen.lock().expect("seen").is_none() => link.set_down(true),
+                    Some(Err(_)) if seen.lock().expect("seen").is_none() => {
+                        let one = paused_of(&cell, 1).await;
+                        let two = paused_of(&cell, 2).await;
+                        *seen.lock().expect("seen") = Some((one, two));
+                        link.set_down(false);
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .go()
+        .await;
+    assert_eq!(ran.end(), "aborted", "{}", ran.describe());
+    assert_eq!(
+        *seen.lock().expect("seen"),
+        Some((false, true)),
+        "while instance 2 was unreachable, instance 1 was already resumed and 2 stayed paused"
+    );
+    assert!(
+        !paused_of(&cell, 1).await && !paused_of(&cell, 2).await,
+        "both resumed in the end"
+    );
+    assert_on_blue(&cell, &deps, &ledger).await;
+
+    // RESUME toward green reaches instance 1, not instance 2.
+    let during: Arc<Mutex<Option<(bool, bool, i32)>>> = Arc::default();
+    let hook_cell = cell.clone();
+    let hook_during = during.clone();
+    let ran = Run::new(&cell, &deps, SWITCHOVER, "partial-resume")
+        .hook(move |call| {
+            let cell = hook_cell.clone();
+            let during = hook_during.clone();
+            async move {
+                if !(call.is("resume-pgbouncer") && call.way() == Some("forward")) {
+                    return;
+                }
+                let link = cell.pgbouncer_link(2).expect("link");
+                match &call.result {
+                    None if during.lock().expect("during").is_none() => link.drop_resume(true),
+                    Some(Err(_)) if during.lock().expect("during").is_none() => {
+                        let one = paused_of(&cell, 1).await;
+                        let two = paused_of(&cell, 2).await;
+                        let version = cell.version_through_pgbouncer().await.expect("version");
+                        *during.lock().expect("during") = Some((one, two, version));
+                        link.drop_resume(false);
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .go()
+        .await;
+    assert_eq!(
+        *during.lock().expect("during"),
+        Some((false, true, cell.green.version_num)),
+        "instance 1 resumed and wrote to green while instance 2 stayed paused"
+    );
+    assert!(
+        !ran.abort_path_ran(),
+        "never the abort path: {}",
+        ran.describe()
+    );
+    assert!(ran.entered("switched: resume-pgbouncer"));
+    assert!(
+        !paused_of(&cell, 1).await && !paused_of(&cell, 2).await,
+        "both resumed in the end"
+    );
+    let cell = Arc::into_inner(cell).expect("the only owner");
+    assert_switched(&cell, ledger, &ran).await;
+    cell.shutdown();
+}
+
+async fn paused_of(cell: &LocalCell, n: usize) -> bool {
+    cell.pgbouncer_admin_of(n)
+        .await
+        .expect("admin")
+        .show_databases()
+        .await
+        .expect("show databases")
+        .into_iter()
+        .find(|r| r.name == "app")
+        .expect("app")
+        .paused
+}
+
+/// A pause retried after its answer was lost keeps the first deadline; a function invoked
+/// by hand with another run's id during the run is refused; the rename cannot finish (the
+/// cell's name does not lead to green) and is stopped at the deadline; the abort path then
+/// runs within its own budget, and no client waited long enough to fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pause_budget_is_a_deadline_and_one_run_owns_the_cell() {
+    let (cell, deps) = prepared_cell_with(|_| {}).await;
+    let cell = Arc::new(cell);
+    let ledger = cell
+        .start_ledger(4, Duration::from_millis(2))
+        .expect("ledger");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut input = cell_input(&cell);
+    // Short enough that the stuck rename meets it; the steps before it take ~2 s.
+    input["cell"]["budgets"]["pause_seconds"] = json!(12);
+    input["cell"]["budgets"]["lag_gate_seconds"] = json!(6);
+
+    let intruder: Arc<Mutex<Option<String>>> = Arc::default();
+    let hook_cell = cell.clone();
+    let hook_deps = deps.clone();
+    let hook_intruder = intruder.clone();
+    let ran = Run::new(&cell, &deps, SWITCHOVER, "deadline")
+        .input(input)
+        // The first pause's answer is lost after it paused and journaled its window.
+        .fault(Fault::crash_after(
+            "pause-pgbouncer",
+            1,
+            "Lambda.ServiceException",
+            "the answer was lost",
+        ))
+        .hook(move |call| {
+            let cell = hook_cell.clone();
+            let deps = hook_deps.clone();
+            let intruder = hook_intruder.clone();
+            async move {
+                let switchyard_aws::EndpointResolver::Local(names) = &deps.endpoints else {
+                    return;
+                };
+                let name = &cell.document.blue.cluster_identifier;
+                match (call.function.as_str(), call.way(), &call.result) {
+                    // Someone runs restore-writes by hand, as another run, mid-window.
+                    ("revoke-writes", _, Some(Ok(_))) => {
+                        let mut payload = switchyard_local_run::payload(&cell.document, json!({}));
+                        payload["run_id"] = json!("someone-else");
+                        let refused =
+                            switchyard_local_run::invoke("restore-writes", payload, &deps)
+                                .await
+                                .map(|_| "restored".to_owned())
+                                .unwrap_or_else(|e| {
+                                    switchyard_errors::Catalogued::error_name(&e).to_string()
+                                });
+                        let still_fenced = !can_write_on_blue(&cell).await;
+                        *intruder.lock().expect("intruder") =
+                            Some(format!("{refused}, fenced: {still_fenced}"));
+                    }
+                    // The rename never reaches DNS in time; on the way back it does.
+                    ("rename-clusters", Some("forward"), None) => names.hold(name),
+                    ("rename-clusters", Some("back"), None) => names.release(name),
+                    _ => {}
+                }
+            }
+        })
+        .go()
+        .await;
+    assert_eq!(
+        intruder.lock().expect("intruder").as_deref(),
+        Some("LockHeld, fenced: true"),
+        "the hand-run restore-writes was refused and changed nothing"
+    );
+    assert_eq!(ran.end(), "aborted", "{}", ran.describe());
+    assert_eq!(ran.execution.error.as_deref(), Some("PauseBudgetExceeded"));
+    let deadlines: Vec<Value> = ran
+        .calls
+        .iter()
+        .filter(|c| c.is("pause-pgbouncer"))
+        .filter_map(|c| {
+            c.result
+                .as_ref()?
+                .as_ref()
+                .ok()?
+                .get("pause_deadline")
+                .cloned()
+        })
+        .collect();
+    assert_eq!(
+        deadlines.len(),
+        2,
+        "both pauses answered (the first answer lost)"
+    );
+    assert_eq!(
+        deadlines[0], deadlines[1],
+        "the retry kept the first deadline"
+    );
+    let renames = ran.scheduled("rename-clusters forward");
+    assert_eq!(renames, 1, "stopped at the deadline, not retried past it");
+
+    // From the rename's failure to the end of the run: within the abort budget.
+    let failed_at = event_time(
+        &ran.execution,
+        "rename-clusters forward",
+        EventType::TaskFailed,
+    );
+    let ended_at = ran
+        .execution
+        .history
+        .last()
+        .map(|e| stamp(&e.timestamp))
+        .expect("end");
+    let abort = ended_at - failed_at;
+    let budget = switchyard_cell::Budgets::default().abort_seconds;
+    assert!(
+        abort < time::Duration::seconds(i64::try_from(budget).expect("budget")),
+        "the abort path took {abort}, over its {budget} s budget"
+    );
+    assert_on_blue(&cell, &deps, &ledger).await;
+    let cell = Arc::into_inner(cell).expect("the only owner");
+    let tally = ledger.stop().await;
+    assert_eq!(
+        tally.failed, 0,
+        "no client waited past query_wait_timeout: {:?}",
+        tally.errors
+    );
+    cell.shutdown();
+}
+
+/// Whether `app_writer` may insert into payments on blue (the fence revokes it).
+async fn can_write_on_blue(cell: &LocalCell) -> bool {
+    let admin = cell.blue.superuser_client("app").await.expect("blue");
+    admin
+        .query_one(
+            "SELECT has_table_privilege('app_writer', 'public.payments', 'INSERT')",
+            &[],
+        )
+        .await
+        .expect("privilege")
+        .get(0)
+}
+
+fn stamp(text: &str) -> time::OffsetDateTime {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .expect("timestamp")
+}
+
+fn event_time(execution: &Execution, state: &str, kind: EventType) -> time::OffsetDateTime {
+    execution
+        .events_of(state)
+        .filter(|e| e.kind == kind)
+        .map(|e| stamp(&e.timestamp))
+        .last()
+        .unwrap_or_else(|| panic!("{state}: no {kind}"))
+}
+
+/// Replication stalled: the lag gate stops at the cell's own budget (`LagGateExceeded`) and
+/// the run aborts cleanly. Then the freeze checks' race: verify-data fails while
+/// drop-downstream-subscriptions is still running (held until the abort path's recreate
+/// would have run): the Parallel waits for it, the abort path recreates the subscription
+/// on blue, and nothing drops it after. The downstream keeps every row, and the next run
+/// switches with the downstream equal to green.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_gate_and_a_drop_racing_the_abort_path_lose_nothing() {
+    let (cell, deps) = prepared_cell_with(|_| {}).await;
+    let ledger = cell
+        .start_ledger(4, Duration::from_millis(2))
+        .expect("ledger");
+
     let green = cell.green.superuser_client("app").await.expect("green");
     green
         .batch_execute("ALTER SUBSCRIPTION switchyard_payments DISABLE")
         .await
         .expect("disable");
     tokio::time::sleep(Duration::from_secs(1)).await;
-
     let mut input = cell_input(&cell);
-    input["cell"]["budgets"]["pause_seconds"] = json!(240);
-    let execution = run(&cell, &deps, SWITCHOVER, "stalled", input, Vec::new()).await;
-    assert_eq!(final_state(&execution), "aborted");
-    assert_eq!(
-        execution.error.as_deref(),
-        Some("LagNotZero"),
-        "{:?}",
-        execution.cause
-    );
-    let gate_calls = execution
-        .events_of("check-slot-lag")
-        .filter(|e| e.kind == EventType::TaskScheduled)
-        .count();
-    assert_eq!(gate_calls, 11, "the whole lag gate budget was spent");
+    input["cell"]["budgets"]["lag_gate_seconds"] = json!(5);
+    let stalled = Run::new(&cell, &deps, SWITCHOVER, "stalled")
+        .input(input)
+        .go()
+        .await;
+    assert_eq!(stalled.end(), "aborted", "{}", stalled.describe());
+    assert_eq!(stalled.execution.error.as_deref(), Some("LagGateExceeded"));
     // The abort path re-enabled green's subscriptions: green catches up and follows blue.
-    assert_back_on_blue(&cell, &ledger, direct_before).await;
-    ledger.stop().await;
-    cell.shutdown();
-}
+    assert_on_blue(&cell, &deps, &ledger).await;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pause_longer_than_the_budget_aborts_before_the_resume() {
-    let (cell, deps) = prepared_cell().await;
-    let ledger = cell
-        .start_ledger(4, Duration::from_millis(2))
-        .expect("ledger");
-    let direct_before = cell.direct_writers()[0].acknowledged();
-    let mut input = cell_input(&cell);
-    input["cell"]["budgets"]["pause_seconds"] = json!(1);
-    // A step that takes longer than the whole budget: the next one must not start.
-    let slow = Fault::delay("drop-downstream-subscriptions", 1, Duration::from_secs(2));
-    let execution = run(&cell, &deps, SWITCHOVER, "slow", input, vec![slow]).await;
-    assert_eq!(final_state(&execution), "aborted");
-    assert_eq!(
-        execution.error.as_deref(),
-        Some("PauseBudgetExceeded"),
-        "{:?}",
-        execution.cause
-    );
-    assert!(execution.events_of("resume-pgbouncer").next().is_none());
-    assert_back_on_blue(&cell, &ledger, direct_before).await;
-    let tally = ledger.stop().await;
-    assert_eq!(tally.failed, 0, "{:?}", tally.errors);
+    // The race, widened: the drop waits until the abort path's recreate has run (or 5 s).
+    let recreated = Arc::new(tokio::sync::Notify::new());
+    let hook_recreated = recreated.clone();
+    let raced = Run::new(&cell, &deps, SWITCHOVER, "race")
+        .fault(Fault::error(
+            "verify-data",
+            1,
+            "DataMismatch",
+            "injected by the test",
+        ))
+        .hook(move |call| {
+            let recreated = hook_recreated.clone();
+            async move {
+                match (call.function.as_str(), call.way(), &call.result) {
+                    ("drop-downstream-subscriptions", _, None) => {
+                        let _ = tokio::time::timeout(Duration::from_secs(5), recreated.notified())
+                            .await;
+                    }
+                    ("recreate-downstream-subscriptions", Some("abort"), Some(_)) => {
+                        recreated.notify_one();
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .go()
+        .await;
+    assert_eq!(raced.end(), "aborted", "{}", raced.describe());
+    assert_eq!(raced.execution.error.as_deref(), Some("DataMismatch"));
+    let search = cell
+        .search
+        .superuser_client("search")
+        .await
+        .expect("search");
+    let subscribed: i64 = search
+        .query_one(
+            "SELECT count(*) FROM pg_subscription WHERE subname = 'search_sub' AND subenabled",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(subscribed, 1, "the downstream is subscribed (to blue)");
+    assert_on_blue(&cell, &deps, &ledger).await;
+
+    let ran = Run::new(&cell, &deps, SWITCHOVER, "switch").go().await;
+    assert_switched(&cell, ledger, &ran).await;
     cell.shutdown();
 }

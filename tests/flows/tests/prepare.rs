@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::{audit_keys, LocalCell};
+use switchyard_local_cell::{audit_keys, LocalCell, TEST_RUN};
 use switchyard_operation::{parse_input, Deps, Error};
 
 fn payload(cell: &LocalCell, extra: Value) -> Value {
@@ -22,6 +22,8 @@ fn output<T: serde::Serialize>(out: T) -> Value {
 
 /// Runs every prepare operation once, in order, returning each one's output.
 async fn prepare_once(cell: &LocalCell, deps: &Deps, run_id: &str) -> Vec<(&'static str, Value)> {
+    cell.lock(run_id).await.expect("the run lock");
+    let run = json!({ "run_id": run_id });
     let mut outputs = Vec::new();
     let preflight = preflight::run(parse_input(payload(cell, json!({}))).expect("input"), deps)
         .await
@@ -34,23 +36,34 @@ async fn prepare_once(cell: &LocalCell, deps: &Deps, run_id: &str) -> Vec<(&'sta
     .await
     .expect("snapshot-cluster");
     outputs.push(("snapshot-cluster", output(snapshot)));
-    let roles = sync_roles::run(parse_input(payload(cell, json!({}))).expect("input"), deps)
-        .await
-        .expect("sync-roles");
+    let roles = sync_roles::run(
+        parse_input(payload(cell, run.clone())).expect("input"),
+        deps,
+    )
+    .await
+    .expect("sync-roles");
     outputs.push(("sync-roles", output(roles)));
-    let schema = copy_schema::run(parse_input(payload(cell, json!({}))).expect("input"), deps)
-        .await
-        .expect("copy-schema");
+    let schema = copy_schema::run(
+        parse_input(payload(cell, run.clone())).expect("input"),
+        deps,
+    )
+    .await
+    .expect("copy-schema");
     outputs.push(("copy-schema", output(schema)));
-    let started =
-        start_replication::run(parse_input(payload(cell, json!({}))).expect("input"), deps)
-            .await
-            .expect("start-replication");
+    let started = start_replication::run(
+        parse_input(payload(cell, run.clone())).expect("input"),
+        deps,
+    )
+    .await
+    .expect("start-replication");
     outputs.push(("start-replication", output(started)));
     outputs.push(("check-replication", check_until_caught_up(cell, deps).await));
-    let analyzed = analyze_green::run(parse_input(payload(cell, json!({}))).expect("input"), deps)
-        .await
-        .expect("analyze-green");
+    let analyzed = analyze_green::run(
+        parse_input(payload(cell, run.clone())).expect("input"),
+        deps,
+    )
+    .await
+    .expect("analyze-green");
     outputs.push(("analyze-green", output(analyzed)));
     for mode in ["quick", "full"] {
         let verified = verify_data::run(
@@ -176,8 +189,9 @@ async fn prepare_brings_an_empty_green_to_a_verified_replica_under_load() {
 async fn ddl_on_blue_after_replication_started_stops_the_phase() {
     let cell = LocalCell::start_quiet(200).await.expect("cell");
     let deps = cell.deps().expect("deps");
+    cell.lock(TEST_RUN).await.expect("lock");
     for step in ["sync-roles", "copy-schema", "start-replication"] {
-        let input = payload(&cell, json!({}));
+        let input = payload(&cell, json!({ "run_id": TEST_RUN }));
         let result: Result<(), Error> = match step {
             "sync-roles" => sync_roles::run(parse_input(input).expect("input"), &deps)
                 .await

@@ -19,7 +19,7 @@ use switchyard_errors::{Catalogued, Retry};
 use switchyard_local_cell::{
     audit_keys, wait_keys_once, CellOptions, Install, KeyAudit, Ledger, LocalCell, Tally,
 };
-use switchyard_local_run::{invoke, payload};
+use switchyard_local_run::{invoke, is_read_only, payload};
 use switchyard_operation::Deps;
 
 struct Run<'a> {
@@ -46,7 +46,11 @@ impl<'a> Run<'a> {
         let budget = Duration::from_secs(120);
         let started = Instant::now();
         loop {
-            let input = payload(&self.cell.document, extra.clone());
+            let mut input = payload(&self.cell.document, extra.clone());
+            if !is_read_only(name) {
+                // The fencing token: every changing step acts as the lock's run.
+                input["run_id"] = json!(self.run_id);
+            }
             match invoke(name, input, self.deps).await {
                 Ok(out) => {
                     self.log.push((name.to_owned(), out.clone()));
@@ -87,12 +91,16 @@ impl<'a> Run<'a> {
         let green_version = self.cell.green.version_num;
         self.step("rename-clusters", json!({ "mode": "forward" }))
             .await;
-        self.step("refresh-nlb-target", json!({})).await;
-        self.step("recreate-downstream-subscriptions", json!({}))
+        self.step("refresh-nlb-target", json!({ "direction": "forward" }))
             .await;
         self.step(
+            "recreate-downstream-subscriptions",
+            json!({ "direction": "forward" }),
+        )
+        .await;
+        self.step(
             "resume-pgbouncer",
-            json!({ "expected_server_version_num": green_version }),
+            json!({ "direction": "forward", "expected_server_version_num": green_version }),
         )
         .await;
         self.step("scale-services", json!({ "direction": "up" }))
@@ -109,12 +117,16 @@ impl<'a> Run<'a> {
         self.step("finalize-replication", json!({ "mode": "enable" }))
             .await;
         self.step("restore-writes", json!({})).await;
-        self.step("refresh-nlb-target", json!({})).await;
-        self.step("recreate-downstream-subscriptions", json!({}))
+        self.step("refresh-nlb-target", json!({ "direction": "abort" }))
             .await;
         self.step(
+            "recreate-downstream-subscriptions",
+            json!({ "direction": "abort" }),
+        )
+        .await;
+        self.step(
             "resume-pgbouncer",
-            json!({ "expected_server_version_num": blue_version }),
+            json!({ "direction": "abort", "expected_server_version_num": blue_version }),
         )
         .await;
         self.step("scale-services", json!({ "direction": "up" }))
@@ -131,10 +143,14 @@ async fn prepared_cell() -> (LocalCell, Deps) {
     let cell = LocalCell::start(&options).await.expect("cell");
     let deps = cell.deps().expect("deps");
     let mut run = Run::new(&cell, &deps, "prepare");
+    run.step("acquire-lock", json!({ "run_id": "prepare" }))
+        .await;
     for step in ["sync-roles", "copy-schema", "start-replication"] {
         run.step(step, json!({})).await;
     }
     run.step("check-replication", json!({})).await;
+    run.step("release-lock", json!({ "run_id": "prepare" }))
+        .await;
     (cell, deps)
 }
 

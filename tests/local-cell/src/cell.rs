@@ -16,6 +16,7 @@ use switchyard_telemetry::Secret;
 
 use crate::forwarder::{Forwarder, Route};
 use crate::install::Install;
+use crate::link::Link;
 use crate::moto::Moto;
 use crate::pg::{plain_options, PgServer, PgServerSpec};
 use crate::pgbouncer::{PgBouncer, PgBouncerSpec, PooledDatabase};
@@ -48,6 +49,9 @@ pub struct CellOptions {
     /// PgBouncer's `query_wait_timeout`: how long a client waits on a paused pool before
     /// it gets an error. Above the cell's pause budget, as preflight requires.
     pub query_wait_timeout_secs: u32,
+    /// PgBouncer instances (the fleet): the first takes the workloads; each other one is
+    /// reached through a [`Link`] a test can break.
+    pub pgbouncer_instances: usize,
     pub document: PathBuf,
 }
 
@@ -71,6 +75,7 @@ impl CellOptions {
             direct_writer_tasks: 2,
             run_direct_writers: true,
             query_wait_timeout_secs: 120,
+            pgbouncer_instances: 1,
             document: std::env::var_os("CELL_DOCUMENT")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| install.example_cell_document()),
@@ -174,6 +179,8 @@ pub struct LocalCell {
     forwarders: HashMap<String, Forwarder>,
     nlb: Forwarder,
     pub pgbouncer: PgBouncer,
+    /// The fleet's other instances, each behind its link.
+    more_pgbouncers: Vec<(Link, PgBouncer)>,
     pub blue: PgServer,
     pub green: PgServer,
     pub search: PgServer,
@@ -287,8 +294,15 @@ impl LocalCell {
                 users.push((role.name.as_str(), password));
             }
         }
-        let pgbouncer = PgBouncer::start(
-            &PgBouncerSpec {
+        let mut fleet = Vec::new();
+        for i in 1..=options.pgbouncer_instances.max(1) {
+            let name = if i == 1 {
+                "pgbouncer".to_owned()
+            } else {
+                format!("pgbouncer-{i}")
+            };
+            let spec = PgBouncerSpec {
+                name: &name,
                 databases: doc
                     .pgbouncer
                     .databases
@@ -299,15 +313,18 @@ impl LocalCell {
                         port: blue_endpoint.port(),
                     })
                     .collect(),
-                users,
+                users: users.clone(),
                 admin_user: &secrets.pgbouncer_admin_user,
                 query_wait_timeout_secs: options.query_wait_timeout_secs,
-            },
-            &install,
-            &run_dir,
-            run_as,
-        )
-        .await?;
+            };
+            fleet.push(PgBouncer::start(&spec, &install, &run_dir, run_as).await?);
+        }
+        let pgbouncer = fleet.remove(0);
+        let mut more_pgbouncers = Vec::new();
+        for instance in fleet {
+            let link = Link::start(SocketAddr::from(([127, 0, 0, 1], instance.port))).await?;
+            more_pgbouncers.push((link, instance));
+        }
 
         moto.hold_ecs_task_states().await?;
         create_ecs_services(clients, &doc, options.direct_writer_tasks).await?;
@@ -320,6 +337,7 @@ impl LocalCell {
             forwarders,
             nlb,
             pgbouncer,
+            more_pgbouncers,
             blue,
             green,
             search,
@@ -353,8 +371,13 @@ impl LocalCell {
             serde_json::to_value(&self.document).map_err(|e| CellError::Setup(e.to_string()))?;
         // Green runs whatever GREEN_PG asked for: the document names that as the target.
         value["target_major_version"] = json!(self.green.major);
-        value["pgbouncer"]["discovery"] =
-            json!({ "static": { "hosts": [format!("127.0.0.1:{}", self.pgbouncer.port)] } });
+        let mut hosts = vec![format!("127.0.0.1:{}", self.pgbouncer.port)];
+        hosts.extend(
+            self.more_pgbouncers
+                .iter()
+                .map(|(link, _)| link.addr().to_string()),
+        );
+        value["pgbouncer"]["discovery"] = json!({ "static": { "hosts": hosts } });
         if let Some(downstream) = value["downstream"].as_array_mut() {
             for d in downstream {
                 d["endpoint"] = json!(self.search.address());
@@ -398,6 +421,41 @@ impl LocalCell {
         SocketAddr::from(([127, 0, 0, 1], self.pgbouncer.port))
     }
 
+    /// The link to fleet instance `n` (2 or above; the first has none), to break it.
+    pub fn pgbouncer_link(&self, n: usize) -> Result<&Link, CellError> {
+        n.checked_sub(2)
+            .and_then(|i| self.more_pgbouncers.get(i))
+            .map(|(link, _)| link)
+            .ok_or_else(|| CellError::Setup(format!("no PgBouncer instance {n} behind a link")))
+    }
+
+    /// The admin console of fleet instance `n` (1-based), reached directly, not through
+    /// its link.
+    pub async fn pgbouncer_admin_of(
+        &self,
+        n: usize,
+    ) -> Result<switchyard_postgres::PgBouncerAdmin, CellError> {
+        let port = match n {
+            1 => self.pgbouncer.port,
+            n => {
+                self.more_pgbouncers
+                    .get(n.wrapping_sub(2))
+                    .ok_or_else(|| CellError::Setup(format!("no PgBouncer instance {n}")))?
+                    .1
+                    .port
+            }
+        };
+        switchyard_postgres::PgBouncerAdmin::connect(
+            "127.0.0.1",
+            port,
+            &self.secrets.pgbouncer_admin_user,
+            &self.secrets.pgbouncer_admin,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .map_err(|e| CellError::Setup(format!("PgBouncer {n} admin console: {e}")))
+    }
+
     pub fn direct_writers(&self) -> &[DirectWriters] {
         &self.direct_writers
     }
@@ -436,15 +494,7 @@ impl LocalCell {
 
     /// PgBouncer's admin console, logged in as the cell's admin user.
     pub async fn pgbouncer_admin(&self) -> Result<switchyard_postgres::PgBouncerAdmin, CellError> {
-        switchyard_postgres::PgBouncerAdmin::connect(
-            "127.0.0.1",
-            self.pgbouncer.port,
-            &self.secrets.pgbouncer_admin_user,
-            &self.secrets.pgbouncer_admin,
-            std::time::Duration::from_secs(5),
-        )
-        .await
-        .map_err(|e| CellError::Setup(format!("PgBouncer admin console: {e}")))
+        self.pgbouncer_admin_of(1).await
     }
 
     /// The cluster identifiers moto holds now, sorted: what a rename changes.
@@ -493,6 +543,21 @@ impl LocalCell {
                 pg_dump,
             },
         ))
+    }
+
+    /// Takes the cell's run lock for `run_id`, as acquire-lock would: what a test does
+    /// before calling an operation that changes the cell (each checks its caller holds it).
+    pub async fn lock(&self, run_id: &str) -> Result<(), CellError> {
+        let deps = self.deps()?;
+        let lock = switchyard_operation::fence::RunLock {
+            run_id: run_id.to_owned(),
+            execution: None,
+            acquired_at: switchyard_operation::now_rfc3339(),
+        };
+        deps.journal(&self.document)
+            .put(&lock)
+            .await
+            .map_err(|e| CellError::Setup(format!("taking the run lock: {e}")))
     }
 
     /// Test shortcut standing in for copy-schema: blue's schema on green by pg_dump 18,
@@ -609,6 +674,7 @@ impl LocalCell {
             self.moto.pid(),
         ]
         .into_iter()
+        .chain(self.more_pgbouncers.iter().map(|(_, p)| p.pid()))
         .flatten()
         .collect()
     }
@@ -622,6 +688,9 @@ impl LocalCell {
         self.direct_writers.clear();
         self.forwarders.clear();
         self.pgbouncer.stop();
+        for (_, instance) in &mut self.more_pgbouncers {
+            instance.stop();
+        }
         // Subscribers before publishers: a walsender waits for its subscriber to go.
         self.search.stop();
         self.green.stop();

@@ -12,6 +12,7 @@ mod cell;
 mod checks;
 mod forwarder;
 mod install;
+mod link;
 mod moto;
 mod pg;
 mod pgbouncer;
@@ -24,11 +25,16 @@ pub use cell::{
 pub use checks::{fingerprint, wait_keys_once};
 pub use forwarder::{Forwarder, Route};
 pub use install::Install;
+pub use link::Link;
 pub use pg::{PgServer, PgServerSpec, ServerTls};
 pub use process::{free_port, start_time as process_start_time, RunAs};
 pub use workload::{
     audit_keys, Ack, DirectWriterSpec, DirectWriters, KeyAudit, Ledger, LedgerSpec, Tally,
 };
+
+/// The run id function tests act as: each takes the cell's lock for it first
+/// ([`LocalCell::lock`]), as every operation that changes the cell requires.
+pub const TEST_RUN: &str = "local-test-run";
 
 /// Why the cell could not be built or driven.
 #[derive(Debug, thiserror::Error)]

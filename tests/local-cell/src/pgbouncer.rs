@@ -24,6 +24,8 @@ pub struct PooledDatabase {
 
 #[derive(Debug)]
 pub struct PgBouncerSpec<'a> {
+    /// Names its directory and log under the run directory (`pgbouncer`, `pgbouncer-2`).
+    pub name: &'a str,
     pub databases: Vec<PooledDatabase>,
     /// (user, password) pairs PgBouncer authenticates clients with and logs into servers as.
     pub users: Vec<(&'a str, &'a Secret)>,
@@ -46,7 +48,7 @@ impl PgBouncer {
         run_dir: &Path,
         run_as: Option<RunAs>,
     ) -> Result<Self, CellError> {
-        let dir = run_dir.join("pgbouncer");
+        let dir = run_dir.join(spec.name);
         crate::process::server_dir(run_as, &dir, 0o700)?;
         let port = free_port("127.0.0.1")?;
 
@@ -72,7 +74,7 @@ impl PgBouncer {
                 db.name, db.host, db.port, db.name
             );
         }
-        let log = run_dir.join("logs").join("pgbouncer.log");
+        let log = run_dir.join("logs").join(format!("{}.log", spec.name));
         let _ = write!(
             ini,
             "\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
