@@ -682,7 +682,14 @@ async fn a_partial_resume_never_aborts_and_an_unreachable_instance_holds_only_it
                         let two = paused_of(&cell, 2).await;
                         let version = cell.version_through_pgbouncer().await.expect("version");
                         *during.lock().expect("during") = Some((one, two, version));
-                        link.drop_resume(false);
+                        // Instance 2 comes back only after 35 s: longer than a transient
+                        // error's retries last, so a run that could still abort would.
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_secs(35)).await;
+                            if let Ok(link) = cell.pgbouncer_link(2) {
+                                link.drop_resume(false);
+                            }
+                        });
                     }
                     _ => {}
                 }
