@@ -961,3 +961,64 @@ async fn the_lag_gate_and_a_drop_racing_the_abort_path_lose_nothing() {
     assert_switched(&cell, ledger, &ran).await;
     cell.shutdown();
 }
+
+/// Step Functions fails a run whose state passes 256 KB, and no Catch sees it: the run
+/// would die where it stands, inside the pause window perhaps. With 2,000 more tables and
+/// 5,000 more sequences on blue, every state of the prepare and switchover executions —
+/// each one's input and output, every Task's result — stays under 64 KB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_schema_keeps_every_execution_state_small() {
+    const LIMIT: usize = 64 * 1024;
+    let mut options = CellOptions::from_env(&Install::from_env()).expect("options");
+    options.rows = 100;
+    options.run_direct_writers = false;
+    let cell = LocalCell::start(&options).await.expect("cell");
+    let deps = cell.deps().expect("deps");
+    let blue = cell.blue.superuser_client("app").await.expect("blue");
+    blue.batch_execute(
+        "CREATE SCHEMA bulk;
+         DO $$ BEGIN
+           FOR i IN 1..2000 LOOP
+             EXECUTE format('CREATE TABLE bulk.%I (id bigint PRIMARY KEY, v text)', 'table_' || i);
+           END LOOP;
+           FOR i IN 1..5000 LOOP
+             EXECUTE format('CREATE SEQUENCE bulk.%I', 'sequence_' || i);
+             EXECUTE format('SELECT nextval(%L)', 'bulk.sequence_' || i);
+           END LOOP;
+         END $$;",
+    )
+    .await
+    .expect("a large schema");
+
+    let mut largest = Vec::new();
+    for (definition, name) in [(PREPARE, "prepare"), (SWITCHOVER, "switchover")] {
+        let ran = Run::new(&cell, &deps, definition, name).go().await;
+        assert_eq!(
+            ran.execution.status,
+            Status::Succeeded,
+            "{name}: {}",
+            ran.describe()
+        );
+        let (size, event) = ran
+            .execution
+            .history
+            .iter()
+            .flat_map(|e| {
+                [&e.input, &e.output].into_iter().flatten().map(move |v| {
+                    let size = serde_json::to_string(v).map_or(0, |s| s.len());
+                    (
+                        size,
+                        format!("{} {}", e.kind, e.state.as_deref().unwrap_or("")),
+                    )
+                })
+            })
+            .max()
+            .expect("events");
+        println!("{name}: the largest state is {size} bytes ({event})");
+        largest.push((name, size, event));
+    }
+    for (name, size, event) in largest {
+        assert!(size < LIMIT, "{name}: {event} holds {size} bytes");
+    }
+    cell.shutdown();
+}
