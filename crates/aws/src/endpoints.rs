@@ -213,6 +213,22 @@ mod tests {
     }
 
     #[test]
+    fn a_held_name_is_held_for_every_copy_until_released() {
+        let map = LocalEndpoints::new(HashMap::new());
+        let copy = map.clone();
+        map.hold("cell-a");
+        assert!(copy.is_held("cell-a"), "clones share what is held");
+        assert!(!copy.is_held("cell-b"));
+        copy.release("cell-a");
+        assert!(!map.is_held("cell-a"));
+        assert_eq!(
+            serde_json::to_string(&map).expect("json"),
+            "{}",
+            "what is held is not part of the map's file"
+        );
+    }
+
+    #[test]
     fn local_map_is_plain_json_object() {
         let map: LocalEndpoints =
             serde_json::from_str(r#"{"cluster-A":"127.0.0.2:1"}"#).expect("json");

@@ -19,6 +19,7 @@ mod pause;
 mod payloads;
 mod plan;
 pub mod rename;
+pub mod saved_acls;
 
 pub use deploy::{Deployment, CA_BUNDLE_ENV, PG_DUMP_ENV};
 pub use deps::{Deps, Side};

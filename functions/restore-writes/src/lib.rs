@@ -20,9 +20,10 @@ use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
 use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::saved_acls::{self, TABLE, UNRESTORED};
 use switchyard_operation::{guard, Deps, Error, OperationInput, Plan, Side};
 use switchyard_postgres::quote::{ident, qualified};
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::Transaction;
 
 /// ```json
 /// {"cell": { …the cell document… }}
@@ -77,10 +78,14 @@ const EFFECTIVE: &str = "COALESCE(c.relacl, pg_catalog.acldefault(
     CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::\"char\", c.relowner))";
 
 /// The saved ACL of relation `c`, a saved NULL spelled as the default it stood for.
-const SAVED: &str = "COALESCE((SELECT s.relacl::pg_catalog.aclitem[] FROM switchyard.saved_acls s
+fn saved_acl() -> String {
+    format!(
+        "COALESCE((SELECT s.relacl::pg_catalog.aclitem[] FROM {TABLE} s
                        JOIN pg_catalog.pg_namespace n ON n.nspname = s.schema
                       WHERE n.oid = c.relnamespace AND s.name = c.relname),
-                     pg_catalog.acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::\"char\", c.relowner))";
+                     pg_catalog.acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::\"char\", c.relowner))"
+    )
+}
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
@@ -113,7 +118,7 @@ async fn plan_database(
     plan: &mut Plan,
 ) -> Result<(), Error> {
     let mut blue = deps.connect(cell, Side::Blue, db).await?;
-    if !has_saved(&blue).await? {
+    if !saved_acls::exists(&blue).await? {
         return Ok(());
     }
     // Read-only: a dry run cannot write even by mistake.
@@ -135,15 +140,15 @@ async fn plan_database(
     }
     let unmarked: i64 = tx
         .query_one(
-            &format!("SELECT pg_catalog.count(*) FROM switchyard.saved_acls WHERE {UNMARKED}"),
+            &format!("SELECT pg_catalog.count(*) FROM {TABLE} WHERE {UNRESTORED}"),
             &[],
         )
         .await
-        .map_err(|e| Error::query("counting unmarked rows of switchyard.saved_acls", e))?
+        .map_err(|e| Error::query(format!("counting unmarked rows of {TABLE}"), e))?
         .get(0);
     if unmarked > 0 {
         plan.would(format!(
-            "in database {db}: mark {unmarked} rows of switchyard.saved_acls restored"
+            "in database {db}: mark {unmarked} rows of {TABLE} restored"
         ));
     }
     if rebuilt > 0 && guard::is_installed(&tx).await? {
@@ -155,9 +160,6 @@ async fn plan_database(
     Ok(())
 }
 
-/// The rows of `switchyard.saved_acls` not yet marked restored.
-const UNMARKED: &str = "restored_at IS NULL";
-
 /// One saved relation as it stands now.
 struct Saved {
     oid: u32,
@@ -168,18 +170,6 @@ struct Saved {
     current: String,
     /// The saved ACL, a saved NULL spelled as its default.
     wanted: String,
-}
-
-/// Whether revoke-writes ever committed in this database.
-async fn has_saved(blue: &Client) -> Result<bool, Error> {
-    Ok(blue
-        .query_one(
-            "SELECT pg_catalog.to_regclass('switchyard.saved_acls') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| Error::query("looking for switchyard.saved_acls", e))?
-        .get(0))
 }
 
 #[tracing::instrument(skip_all, fields(database = %db))]
@@ -195,7 +185,7 @@ async fn restore_database(
         unchanged: 0,
         missing: Vec::new(),
     };
-    if !has_saved(&blue).await? {
+    if !saved_acls::exists(&blue).await? {
         // revoke-writes never committed here, so no ACL was changed.
         tracing::warn!("no saved ACLs: revoke-writes did not run in this database");
         return Ok(result);
@@ -226,20 +216,18 @@ async fn restore_database(
         return Err(Error::stop(
             ErrorName::PreconditionFailed,
             format!(
-                "ACLs in database {db} still differ from switchyard.saved_acls after regranting (nothing was changed): {}; compare relacl with the saved text and restore them by hand",
+                "ACLs in database {db} still differ from {TABLE} after regranting (nothing was changed): {}; compare relacl with the saved text and restore them by hand",
                 differences.join(", ")
             ),
         ));
     }
     let marked = tx
         .execute(
-            &format!(
-                "UPDATE switchyard.saved_acls SET restored_at = pg_catalog.now() WHERE {UNMARKED}"
-            ),
+            &format!("UPDATE {TABLE} SET restored_at = pg_catalog.now() WHERE {UNRESTORED}"),
             &[],
         )
         .await
-        .map_err(|e| Error::query("marking switchyard.saved_acls restored", e))?;
+        .map_err(|e| Error::query(format!("marking {TABLE} restored"), e))?;
     if result.restored > 0 {
         guard::vouch(&tx, "restore-writes").await?;
     }
@@ -266,7 +254,7 @@ async fn saved(tx: &Transaction<'_>) -> Result<Vec<Result<Saved, String>>, Error
                 "SELECT s.schema, s.name, c.oid, c.relkind = 'S', {EFFECTIVE}::text,
                         COALESCE(s.relacl::pg_catalog.aclitem[],
                             pg_catalog.acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::\"char\", c.relowner))::text
-                   FROM switchyard.saved_acls s
+                   FROM {TABLE} s
                    LEFT JOIN (pg_catalog.pg_class c
                               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace)
                      ON n.nspname = s.schema AND c.relname = s.name
@@ -275,7 +263,7 @@ async fn saved(tx: &Transaction<'_>) -> Result<Vec<Result<Saved, String>>, Error
             &[],
         )
         .await
-        .map_err(|e| Error::query("reading switchyard.saved_acls", e))?;
+        .map_err(|e| Error::query(format!("reading {TABLE}"), e))?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -361,7 +349,7 @@ async fn rebuild(tx: &Transaction<'_>, saved: &Saved) -> Result<(), Error> {
         );
     }
     // The ACL is now empty (not NULL), so each GRANT appends its entry: saved order is kept.
-    for e in entries(tx, saved.oid, SAVED).await? {
+    for e in entries(tx, saved.oid, &saved_acl()).await? {
         if !e.privileges.is_empty() {
             let statement = format!(
                 "GRANT {} ON {kind} {} TO {};",

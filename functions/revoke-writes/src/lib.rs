@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
 use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::saved_acls::{self, TABLE, UNRESTORED};
 use switchyard_operation::PauseDeadline;
 use switchyard_operation::{guard, Deps, Error, OperationInput, Plan, Side};
 use switchyard_postgres::quote::{ident, qualified};
@@ -96,9 +97,9 @@ fn unsaved() -> String {
     format!(
         "FROM {RELATIONS_FROM}
          WHERE {RELATIONS}
-           AND NOT EXISTS (SELECT FROM switchyard.saved_acls s
+           AND NOT EXISTS (SELECT FROM {TABLE} s
                             WHERE s.schema = n.nspname AND s.name = c.relname
-                              AND s.restored_at IS NULL)"
+                              AND s.{UNRESTORED})"
     )
 }
 
@@ -161,7 +162,7 @@ async fn plan_database(
                 " (schema switchyard and that table created first)"
             };
             plan.would(format!(
-                "in database {db}: save the ACLs of {} relations into switchyard.saved_acls{created}",
+                "in database {db}: save the ACLs of {} relations into {TABLE}{created}",
                 pending.to_save
             ));
         }
@@ -219,14 +220,7 @@ impl Pending {
 }
 
 async fn pending(client: &impl GenericClient, fenced: &[String]) -> Result<Pending, Error> {
-    let table_exists: bool = client
-        .query_one(
-            "SELECT pg_catalog.to_regclass('switchyard.saved_acls') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| Error::query("looking for switchyard.saved_acls", e))?
-        .get(0);
+    let table_exists = saved_acls::exists(client).await?;
     let guarded = guard::is_installed(client).await?;
     let unsaved = if table_exists {
         unsaved()
@@ -378,26 +372,14 @@ async fn fenced_roles(blue: &Client, db: &str, roles: &[String]) -> Result<Vec<S
 }
 
 async fn save(tx: &Transaction<'_>) -> Result<usize, Error> {
-    tx.batch_execute(
-        "CREATE SCHEMA IF NOT EXISTS switchyard;
-         CREATE TABLE IF NOT EXISTS switchyard.saved_acls (
-             database    text NOT NULL,
-             relid       oid NOT NULL,
-             schema      text NOT NULL,
-             name        text NOT NULL,
-             relacl      text,
-             saved_at    timestamptz NOT NULL,
-             restored_at timestamptz,
-             PRIMARY KEY (schema, name)
-         );",
-    )
-    .await
-    .map_err(|e| Error::query("creating switchyard.saved_acls", e))?;
+    tx.batch_execute(&saved_acls::create_sql())
+        .await
+        .map_err(|e| Error::query(format!("creating {TABLE}"), e))?;
     // A row restore-writes has put back is replaced: the ACL now in force is the original.
     let saved = tx
         .execute(
             &format!(
-                "INSERT INTO switchyard.saved_acls AS s (database, relid, schema, name, relacl, saved_at)
+                "INSERT INTO {TABLE} AS s (database, relid, schema, name, relacl, saved_at)
                  SELECT pg_catalog.current_database(), c.oid, n.nspname, c.relname, c.relacl::text,
                         pg_catalog.now()
                  {}
@@ -409,7 +391,7 @@ async fn save(tx: &Transaction<'_>) -> Result<usize, Error> {
             &[],
         )
         .await
-        .map_err(|e| Error::query("saving ACLs into switchyard.saved_acls", e))?;
+        .map_err(|e| Error::query(format!("saving ACLs into {TABLE}"), e))?;
     Ok(usize::try_from(saved).unwrap_or(usize::MAX))
 }
 
