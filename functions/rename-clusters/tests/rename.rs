@@ -369,6 +369,7 @@ async fn forward_stops_at_the_pause_deadline_and_back_refuses_a_switched_cell() 
         assert_eq!(error.error_name(), ErrorName::AlreadySwitched, "{error}");
     }
     assert_eq!(identifiers(&cell).await, switched, "nothing renamed back");
+    cell.lock("local-test-run-2").await.expect("lock");
     let error = plan(second_run(Mode::Back), &deps)
         .await
         .expect_err("the dry run refuses alike");

@@ -171,8 +171,8 @@ async fn prepare_brings_an_empty_green_to_a_verified_replica_under_load() {
     let roles_again = &second[2].1;
     for changed in ["created", "altered", "memberships_granted"] {
         assert_eq!(
-            roles_again[changed],
-            json!([]),
+            roles_again[changed]["total"],
+            json!(0),
             "sync-roles changed {changed} on a second run: {roles_again}"
         );
     }
