@@ -202,3 +202,61 @@ async fn puts_every_acl_back_byte_identically_once() {
         "a no-op restore grants nothing"
     );
 }
+
+/// The fencing token: without the lock, or with another run's, nothing is restored — the
+/// ACLs stay fenced — and the error names the owner; `force` is the deliberate override.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_lock_holder_restores_unless_forced() {
+    use switchyard_errors::{Catalogued, ErrorName};
+    let cell = LocalCell::start_quiet(100).await.expect("cell");
+    let deps = cell.deps().expect("deps");
+    let admin = cell.blue.superuser_client("app").await.expect("admin");
+    cell.lock(TEST_RUN).await.expect("lock");
+    revoke_writes::run(
+        revoke_writes::Input {
+            cell: cell.document.clone(),
+            run_id: TEST_RUN.to_owned(),
+            force: false,
+            pause_deadline: None,
+        },
+        &deps,
+    )
+    .await
+    .expect("revoke");
+    let fenced = acls(&admin).await;
+    let as_run = |run_id: &str, force: bool| Input {
+        cell: cell.document.clone(),
+        run_id: run_id.to_owned(),
+        force,
+    };
+
+    let error = run(as_run("someone-else", false), &deps)
+        .await
+        .expect_err("another run holds the lock");
+    assert_eq!(error.error_name(), ErrorName::LockHeld, "{error}");
+    assert!(error.to_string().contains(TEST_RUN), "names the owner: {error}");
+    let error = plan(as_run("someone-else", false), &deps)
+        .await
+        .expect_err("the dry run refuses alike");
+    assert_eq!(error.error_name(), ErrorName::LockHeld, "{error}");
+
+    cell.moto
+        .clients
+        .ssm
+        .delete_parameter()
+        .name(format!("{}lock", cell.document.journal_path()))
+        .send()
+        .await
+        .expect("the lock released by hand");
+    let error = run(as_run(TEST_RUN, false), &deps)
+        .await
+        .expect_err("nobody holds the lock");
+    assert_eq!(error.error_name(), ErrorName::LockNotHeld, "{error}");
+    assert_eq!(acls(&admin).await, fenced, "nothing was restored");
+
+    let forced = run(as_run("an-operator", true), &deps)
+        .await
+        .expect("forced");
+    assert!(forced.databases[0].restored > 0, "{forced:?}");
+    assert_ne!(acls(&admin).await, fenced, "restored");
+}
