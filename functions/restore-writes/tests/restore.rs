@@ -234,7 +234,10 @@ async fn only_the_lock_holder_restores_unless_forced() {
         .await
         .expect_err("another run holds the lock");
     assert_eq!(error.error_name(), ErrorName::LockHeld, "{error}");
-    assert!(error.to_string().contains(TEST_RUN), "names the owner: {error}");
+    assert!(
+        error.to_string().contains(TEST_RUN),
+        "names the owner: {error}"
+    );
     let error = plan(as_run("someone-else", false), &deps)
         .await
         .expect_err("the dry run refuses alike");
