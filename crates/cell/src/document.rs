@@ -22,7 +22,7 @@ pub struct CellDocument {
     pub cell_id: String,
     /// The AWS region the cell lives in, e.g. `us-east-1`.
     pub region: String,
-    /// Where the cell runs, which decides what transport is acceptable.
+    /// Where the cell runs (a local cell or an AWS account); both are reached over TLS only.
     pub environment: Environment,
     /// Every database on blue that is replicated to green.
     pub databases: Vec<String>,
@@ -45,6 +45,10 @@ pub struct CellDocument {
     /// Tables replicated through their own publication.
     #[serde(default)]
     pub table_groups: Vec<TableGroup>,
+    /// How green's subscriptions reach blue: a server-to-server connection, secured by the
+    /// database server's own TLS settings, not the Lambda's.
+    #[serde(default)]
+    pub replication: Replication,
     /// Time and size limits of the run.
     #[serde(default)]
     pub budgets: Budgets,
@@ -62,14 +66,6 @@ pub enum Environment {
     Local,
     /// A real cell in an AWS account.
     Aws,
-}
-
-impl Environment {
-    /// Whether connections may skip TLS: only on the local rehearsal, where the traffic
-    /// never leaves the machine.
-    pub fn allows_plain_tcp(self) -> bool {
-        matches!(self, Self::Local)
-    }
 }
 
 /// An Aurora cluster.
@@ -100,6 +96,11 @@ pub struct PgBouncer {
     pub admin_credentials_parameter: String,
     /// The PgBouncer databases to PAUSE and RESUME; each is one of the cell's databases.
     pub databases: Vec<String>,
+    /// The fleet serves TLS to its clients (`client_tls_sslmode` at least `require`): the
+    /// admin console is then reached over TLS, verify-full against the deployment's CA
+    /// bundle, as every database is. Without it the console is plain TCP inside the VPC.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// How to find every PgBouncer instance.
@@ -150,6 +151,72 @@ pub struct Downstream {
     pub subscriptions: Vec<String>,
     /// The NLB target group (ARN or name) through which the subscriber reaches the writer.
     pub nlb_target_group: String,
+}
+
+/// How green's subscriptions reach blue. The connection is made by green's server, so a
+/// CA path here is a path on the database server (on Aurora none can be placed: keep
+/// `require`), never the Lambda's bundle. They log in as a role of their own, never as
+/// the orchestrator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Replication {
+    /// libpq `sslmode` of the subscription's connection.
+    pub sslmode: SubscriptionSslMode,
+    /// libpq `sslrootcert`: a CA file on the subscribing server; required by, and only
+    /// allowed with, the `verify-*` modes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sslrootcert: Option<String>,
+    /// The login the subscriptions use on blue: created by `start-replication` with
+    /// `REPLICATION` (on Aurora: `rds_replication`) and SELECT on the published tables
+    /// only, its password rotated per run.
+    pub role: String,
+    /// SSM parameter (a SecureString `start-replication` writes) holding that role's
+    /// password. Default: `/switchyard/<cell_id>/replication`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials_parameter: Option<String>,
+}
+
+/// The replication role's name when the document names none.
+pub const DEFAULT_REPLICATION_ROLE: &str = "switchyard_replication";
+
+impl Default for Replication {
+    fn default() -> Self {
+        Self {
+            sslmode: SubscriptionSslMode::default(),
+            sslrootcert: None,
+            role: DEFAULT_REPLICATION_ROLE.to_owned(),
+            credentials_parameter: None,
+        }
+    }
+}
+
+/// The TLS modes a subscription may use: every one encrypts; none falls back to plain TCP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubscriptionSslMode {
+    /// Encrypted; the certificate is not checked (Aurora's default for server-to-server).
+    #[default]
+    Require,
+    /// Encrypted; the certificate must chain to `sslrootcert`.
+    VerifyCa,
+    /// Encrypted; the certificate must chain to `sslrootcert` and name the host.
+    VerifyFull,
+}
+
+impl SubscriptionSslMode {
+    /// The libpq spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether the mode checks the certificate, and so needs `sslrootcert`.
+    pub fn verifies(self) -> bool {
+        !matches!(self, Self::Require)
+    }
 }
 
 /// Tables replicated through a publication of their own, e.g. the hottest ones.
@@ -238,6 +305,14 @@ impl CellDocument {
     /// The identifier blue gets when green takes its name: `<id>-blue-<major>`.
     pub fn blue_renamed_identifier(&self, blue_major: u32) -> String {
         format!("{}-blue-{blue_major}", self.blue.cluster_identifier)
+    }
+
+    /// The SSM parameter holding the replication role's password.
+    pub fn replication_credentials_parameter(&self) -> String {
+        self.replication
+            .credentials_parameter
+            .clone()
+            .unwrap_or_else(|| format!("/switchyard/{}/replication", self.cell_id))
     }
 
     /// Where this cell's run journal lives in SSM.
@@ -433,9 +508,7 @@ mod tests {
     }
 
     #[test]
-    fn only_local_allows_plain_tcp() {
-        assert!(Environment::Local.allows_plain_tcp());
-        assert!(!Environment::Aws.allows_plain_tcp());
+    fn environments_parse_in_snake_case() {
         let aws: Environment = serde_json::from_value(json!("aws")).expect("aws");
         assert_eq!(aws, Environment::Aws);
         assert!(serde_json::from_value::<Environment>(json!("Aws")).is_err());

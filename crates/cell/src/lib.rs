@@ -9,7 +9,8 @@ mod validation;
 
 pub use document::{
     replication_name, Budgets, CellDocument, ClusterRef, Credentials, DirectWriter, Discovery,
-    Downstream, Environment, PgBouncer, TableGroup, TableRef, EXAMPLE, REST_GROUP,
+    Downstream, Environment, PgBouncer, Replication, SubscriptionSslMode, TableGroup, TableRef,
+    DEFAULT_REPLICATION_ROLE, EXAMPLE, REST_GROUP,
 };
 pub use error::{CellError, Problem};
 pub use validation::MAX_PAUSE_SECONDS;

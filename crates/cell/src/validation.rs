@@ -70,6 +70,7 @@ impl CellDocument {
         self.check_direct_writers(&mut problems);
         self.check_downstream(&mut problems);
         self.check_table_groups(&mut problems);
+        self.check_replication(&mut problems);
         check_budgets(&self.budgets, &mut problems);
 
         problems.finish()
@@ -157,6 +158,35 @@ impl CellDocument {
         }
         let names: Vec<_> = self.downstream.iter().map(|d| &d.name).collect();
         problems.unique("downstream", &names, "reuses the name of an earlier entry");
+    }
+
+    fn check_replication(&self, problems: &mut Problems) {
+        let replication = &self.replication;
+        match (&replication.sslrootcert, replication.sslmode.verifies()) {
+            (None, true) => problems.push(
+                "replication.sslrootcert",
+                format!(
+                    "is required with sslmode {}: a CA file on green's server (not the Lambda's bundle)",
+                    replication.sslmode.as_str()
+                ),
+            ),
+            (Some(_), false) => problems.push(
+                "replication.sslrootcert",
+                "is only used with sslmode verify-ca or verify-full; with require the certificate is not checked",
+            ),
+            (Some(path), true) if !path.starts_with('/') => problems.push(
+                "replication.sslrootcert",
+                "must be an absolute path on the database server",
+            ),
+            _ => {}
+        }
+        problems.check("replication.role", pg_name(&replication.role));
+        if let Some(parameter) = &replication.credentials_parameter {
+            problems.check(
+                "replication.credentials_parameter",
+                ssm_parameter(parameter),
+            );
+        }
     }
 
     fn check_table_groups(&self, problems: &mut Problems) {
@@ -542,6 +572,42 @@ mod tests {
     #[test]
     fn example_has_no_problems() {
         assert_eq!(problem_fields(example()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_subscription_ca_goes_with_a_verifying_mode_only() {
+        let set = |mode: &str, root: Option<&str>| {
+            edited(|v| {
+                v["replication"] = json!({ "sslmode": mode });
+                if let Some(root) = root {
+                    v["replication"]["sslrootcert"] = json!(root);
+                }
+            })
+        };
+        assert_eq!(set("require", None), Vec::<String>::new());
+        assert_eq!(
+            set("verify-full", Some("/etc/ssl/rds.pem")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            set("verify-ca", Some("/etc/ssl/rds.pem")),
+            Vec::<String>::new()
+        );
+        assert_eq!(set("verify-full", None), ["replication.sslrootcert"]);
+        assert_eq!(
+            set("require", Some("/etc/ssl/rds.pem")),
+            ["replication.sslrootcert"]
+        );
+        assert_eq!(
+            set("verify-full", Some("rds.pem")),
+            ["replication.sslrootcert"]
+        );
+        let bad_role = edited(|v| v["replication"] = json!({ "role": "" }));
+        assert_eq!(bad_role, ["replication.role"]);
+        let mut value = example();
+        value["replication"] = json!({ "sslmode": "disable" });
+        let error = CellDocument::from_value(value).expect_err("no plain mode");
+        assert!(error.to_string().contains("replication.sslmode"), "{error}");
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub enum ErrorName {
     ProbeMismatch,
     /// The cell is not in the state this step needs; inspect it and rerun from the right step.
     PreconditionFailed,
+    /// TLS refused the server: its certificate does not chain to the cell's CA bundle, does
+    /// not name the host dialled, or it offers no TLS at all. Retrying meets the same server:
+    /// check the endpoint and the deployment's CA bundle.
+    TlsRefused,
     /// A non-transient database error; read the SQLSTATE in the message and fix its cause.
     DatabaseError,
     /// A non-throttling AWS API error; read the AWS error code in the message and fix its cause.
@@ -105,6 +109,7 @@ impl ErrorName {
         Self::ResumeIncomplete,
         Self::ProbeMismatch,
         Self::PreconditionFailed,
+        Self::TlsRefused,
         Self::DatabaseError,
         Self::AwsError,
         Self::SecretUnavailable,
@@ -138,6 +143,7 @@ impl ErrorName {
             Self::ResumeIncomplete => "ResumeIncomplete",
             Self::ProbeMismatch => "ProbeMismatch",
             Self::PreconditionFailed => "PreconditionFailed",
+            Self::TlsRefused => "TlsRefused",
             Self::DatabaseError => "DatabaseError",
             Self::AwsError => "AwsError",
             Self::SecretUnavailable => "SecretUnavailable",
@@ -172,6 +178,7 @@ impl ErrorName {
             | Self::LagGateExceeded
             | Self::ProbeMismatch
             | Self::PreconditionFailed
+            | Self::TlsRefused
             | Self::DatabaseError
             | Self::AwsError
             | Self::SecretUnavailable
@@ -257,6 +264,7 @@ mod tests {
             ResumeIncomplete,
             ProbeMismatch,
             PreconditionFailed,
+            TlsRefused,
             DatabaseError,
             AwsError,
             SecretUnavailable,

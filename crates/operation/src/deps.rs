@@ -90,13 +90,20 @@ impl Deps {
         .await?)
     }
 
-    /// TLS as the cell allows it: verify-full with the deployment's bundle, plain TCP only
-    /// for a local cell.
-    pub fn tls(&self, cell: &CellDocument) -> Result<Tls, Error> {
-        Ok(Tls::choose(
-            cell.environment.allows_plain_tcp(),
-            self.deployment.ca_bundle.clone(),
-        )?)
+    /// TLS for every database connection: verify-full with the deployment's CA bundle
+    /// (the RDS bundle on AWS, the local cell's own CA here); there is no plain TCP.
+    pub fn tls(&self, _cell: &CellDocument) -> Result<Tls, Error> {
+        Ok(Tls::for_databases(self.deployment.ca_bundle.clone())?)
+    }
+
+    /// TLS to the PgBouncer fleet (admin console and probe): the databases' verify-full
+    /// when the cell document says the fleet serves TLS, plain TCP inside the VPC when not.
+    pub fn pgbouncer_tls(&self, cell: &CellDocument) -> Result<Tls, Error> {
+        if cell.pgbouncer.tls {
+            self.tls(cell)
+        } else {
+            Ok(Tls::Disabled)
+        }
     }
 
     /// Connection options for the orchestrator on `side`'s `dbname`.

@@ -9,7 +9,7 @@ use crate::{Deps, Error};
 use switchyard_aws::DbCredentials;
 use switchyard_cell::{CellDocument, Discovery};
 use switchyard_errors::ErrorName;
-use switchyard_postgres::{PgBouncerAdmin, PgError};
+use switchyard_postgres::{PgBouncerAdmin, PgError, Tls};
 use tokio::task::JoinSet;
 
 /// How long logging in to one admin console may take.
@@ -20,6 +20,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
+    /// How the listener is reached: verify-full when the fleet serves TLS (its certificate
+    /// must name the address discovery yields), plain TCP inside the VPC otherwise.
+    pub tls: Tls,
 }
 
 impl fmt::Display for Endpoint {
@@ -34,12 +37,13 @@ impl fmt::Display for Endpoint {
 
 impl Endpoint {
     /// `host:port`, IPv6 hosts in brackets (the cell document's validation checked the shape).
-    fn parse(text: &str) -> Result<Self, Error> {
+    fn parse(text: &str, tls: &Tls) -> Result<Self, Error> {
         let parsed = text.rsplit_once(':').and_then(|(host, port)| {
             let host = host.trim_start_matches('[').trim_end_matches(']');
             Some(Self {
                 host: host.to_owned(),
                 port: port.parse().ok()?,
+                tls: tls.clone(),
             })
         });
         parsed.ok_or_else(|| {
@@ -56,6 +60,7 @@ impl Endpoint {
             self.port,
             &login.username,
             &login.password,
+            &self.tls,
             CONNECT_TIMEOUT,
         )
         .await
@@ -64,10 +69,11 @@ impl Endpoint {
 
 /// Every instance the cell's discovery names, in a stable order.
 pub async fn discover(cell: &CellDocument, deps: &Deps) -> Result<Vec<Endpoint>, Error> {
+    let tls = deps.pgbouncer_tls(cell)?;
     let mut endpoints = match &cell.pgbouncer.discovery {
         Discovery::Static { hosts } => hosts
             .iter()
-            .map(|h| Endpoint::parse(h))
+            .map(|h| Endpoint::parse(h, &tls))
             .collect::<Result<Vec<_>, _>>()?,
         Discovery::EcsService {
             ecs_cluster,
@@ -86,6 +92,7 @@ pub async fn discover(cell: &CellDocument, deps: &Deps) -> Result<Vec<Endpoint>,
                 endpoints.push(Endpoint {
                     host,
                     port: *admin_port,
+                    tls: tls.clone(),
                 });
             }
             endpoints
@@ -148,11 +155,11 @@ mod tests {
 
     #[test]
     fn static_hosts_parse() {
-        let e = Endpoint::parse("10.0.0.5:6432").expect("v4");
+        let e = Endpoint::parse("10.0.0.5:6432", &Tls::Disabled).expect("v4");
         assert_eq!((e.host.as_str(), e.port), ("10.0.0.5", 6432));
-        let e = Endpoint::parse("[::1]:6432").expect("v6");
+        let e = Endpoint::parse("[::1]:6432", &Tls::Disabled).expect("v6");
         assert_eq!((e.host.as_str(), e.port), ("::1", 6432));
         assert_eq!(e.to_string(), "[::1]:6432");
-        assert!(Endpoint::parse("pgbouncer").is_err());
+        assert!(Endpoint::parse("pgbouncer", &Tls::Disabled).is_err());
     }
 }

@@ -45,7 +45,19 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Client, PgError> {
         .password(opts.password.expose())
         .application_name(&opts.application_name)
         .connect_timeout(opts.connect_timeout);
-    let (client, _task) = match &opts.tls {
+    let (client, _task) =
+        establish_over(&mut config, &opts.tls, opts.connect_timeout, &target).await?;
+    Ok(client)
+}
+
+/// Sets the driver's TLS mode from `tls` and connects through [`establish`].
+pub(crate) async fn establish_over(
+    config: &mut Config,
+    tls: &Tls,
+    timeout: Duration,
+    target: &str,
+) -> Result<(Client, AbortHandle), PgError> {
+    match tls {
         Tls::VerifyFull { ca_bundle } => {
             let connector = tls::verify_full(ca_bundle).await?;
             // `Require` only makes the driver insist on TLS; the verify-full part —
@@ -53,14 +65,13 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Client, PgError> {
             // fails the handshake otherwise. Never `Prefer`: it would fall back to
             // plain TCP when the server declines TLS.
             config.ssl_mode(SslMode::Require);
-            establish(&config, connector, opts.connect_timeout, &target).await?
+            establish(config, connector, timeout, target).await
         }
         Tls::Disabled => {
             config.ssl_mode(SslMode::Disable);
-            establish(&config, NoTls, opts.connect_timeout, &target).await?
+            establish(config, NoTls, timeout, target).await
         }
-    };
-    Ok(client)
+    }
 }
 
 /// Connects under one deadline and spawns the connection task. The abort handle lets

@@ -31,6 +31,9 @@ pub(crate) enum Kind {
     Database,
     /// Our own settings are wrong (a CA bundle, a name PgBouncer cannot take).
     Configuration,
+    /// TLS refused the server: a certificate that does not verify or name the host, or a
+    /// server that offers no TLS.
+    TlsRefused,
     /// PgBouncer refused a PAUSE.
     PauseFailed,
 }
@@ -105,7 +108,12 @@ impl PgError {
     }
 
     fn from_driver(context: String, error: &tokio_postgres::Error) -> Self {
-        let channel = channel_of(error.is_closed(), error.source());
+        let mut channel = channel_of(error.is_closed(), error.source());
+        // The driver's own refusal carries no typed cause, only its message: a server that
+        // answers the TLS request with "no" (plain TCP only) is as wrong as a bad certificate.
+        if error.to_string().contains(NO_TLS_OFFERED) {
+            channel = Channel::TlsRefused;
+        }
         match error.as_db_error() {
             Some(db) => {
                 let code = db.code().code();
@@ -130,6 +138,7 @@ impl Catalogued for PgError {
             Kind::Unavailable => ErrorName::DatabaseUnavailable,
             Kind::Database => ErrorName::DatabaseError,
             Kind::Configuration => ErrorName::ConfigurationError,
+            Kind::TlsRefused => ErrorName::TlsRefused,
             Kind::PauseFailed => ErrorName::PauseFailed,
         }
     }
@@ -138,13 +147,16 @@ impl Catalogued for PgError {
 /// The retry decision, over what a driver error reveals.
 pub(crate) fn classify(sqlstate: Option<&str>, channel: Channel) -> Kind {
     match (sqlstate, channel) {
-        (_, Channel::TlsRefused) => Kind::Database,
+        (_, Channel::TlsRefused) => Kind::TlsRefused,
         (Some(code), _) if is_transient_sqlstate(code) => Kind::Unavailable,
         (Some(_), _) => Kind::Database,
         (None, Channel::Broken) => Kind::Unavailable,
         (None, Channel::Intact) => Kind::Database,
     }
 }
+
+/// What tokio-postgres says when `sslmode=require` meets a server that declines TLS.
+const NO_TLS_OFFERED: &str = "server does not support TLS";
 
 /// Walks a driver error's causes. tokio-rustls reports a refused certificate as an
 /// `io::Error` wrapping the `rustls::Error`, and `io::Error::source` skips the wrapped
@@ -239,10 +251,10 @@ mod tests {
     fn classifies_errors_without_sqlstate() {
         assert_eq!(classify(None, Channel::Broken), Kind::Unavailable);
         assert_eq!(classify(None, Channel::Intact), Kind::Database);
-        assert_eq!(classify(None, Channel::TlsRefused), Kind::Database);
+        assert_eq!(classify(None, Channel::TlsRefused), Kind::TlsRefused);
         assert_eq!(
             classify(Some(SqlState::ADMIN_SHUTDOWN.code()), Channel::TlsRefused),
-            Kind::Database
+            Kind::TlsRefused
         );
     }
 

@@ -20,15 +20,14 @@ use std::time::Duration;
 
 use switchyard_telemetry::Secret;
 use tokio::task::AbortHandle;
-use tokio_postgres::config::SslMode;
-use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, Config, SimpleQueryMessage};
 use tracing::instrument;
 
 use self::show::{parse, FromFields, Record};
 pub use self::show::{ConfigRow, DatabaseRow, DnsHostRow, PoolRow, SocketRow};
-use crate::connect::establish;
+use crate::connect::establish_over;
 use crate::error::Kind;
-use crate::{quote, PgError};
+use crate::{quote, PgError, Tls};
 
 /// Longest argument the console reads, quotes included (`char arg[64]` with its NUL).
 const MAX_ARG_BYTES: usize = 63;
@@ -69,16 +68,16 @@ impl Drop for PgBouncerAdmin {
 }
 
 impl PgBouncerAdmin {
-    /// Logs in to the admin console (database `pgbouncer`, application `switchyard`).
-    ///
-    /// Without TLS: the console is reached only inside the VPC (or the local cell's
-    /// network), on a port no client outside it can reach.
-    #[instrument(level = "debug", skip(password))]
+    /// Logs in to the admin console (database `pgbouncer`, application `switchyard`),
+    /// over `tls`: verify-full against the cell's CA bundle when the fleet serves TLS
+    /// (the cell document says so), plain TCP inside the VPC when it does not.
+    #[instrument(level = "debug", skip(password, tls))]
     pub async fn connect(
         host: &str,
         port: u16,
         user: &str,
         password: &Secret,
+        tls: &Tls,
         connect_timeout: Duration,
     ) -> Result<Self, PgError> {
         let endpoint = format!("{host}:{port}");
@@ -90,10 +89,10 @@ impl PgBouncerAdmin {
             .user(user)
             .password(password.expose())
             .application_name("switchyard")
-            .connect_timeout(connect_timeout)
-            .ssl_mode(SslMode::Disable);
+            .connect_timeout(connect_timeout);
         let target = format!("the PgBouncer admin console at {endpoint} as {user}");
-        let (client, connection) = establish(&config, NoTls, connect_timeout, &target).await?;
+        let (client, connection) =
+            establish_over(&mut config, tls, connect_timeout, &target).await?;
         Ok(Self {
             client,
             connection,

@@ -1,4 +1,5 @@
-//! TLS for Postgres connections: verify-full against one CA bundle, or nothing at all.
+//! TLS for Postgres connections: verify-full against one CA bundle; plain TCP only where
+//! a PgBouncer fleet serves no TLS.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,22 +22,22 @@ pub enum Tls {
         /// Path of a PEM file holding one or more CA certificates.
         ca_bundle: PathBuf,
     },
-    /// Plain TCP. Only for a local cell: [`Tls::choose`] is where that rule lives.
+    /// Plain TCP. Never a database connection of the functions ([`Tls::for_databases`]
+    /// cannot choose it): only a PgBouncer fleet whose cell document says it serves no
+    /// TLS (its listener inside the VPC), and test fixtures.
     Disabled,
 }
 
 impl Tls {
-    /// The one place the TLS rule is decided: with a CA bundle, verify-full; without
-    /// one, plain TCP only when the cell is local (`allows_plain_tcp`, from the cell
-    /// document's `environment`); otherwise a `ConfigurationError`, never a silent
-    /// downgrade.
-    pub fn choose(allows_plain_tcp: bool, ca_bundle: Option<PathBuf>) -> Result<Self, PgError> {
-        match (ca_bundle, allows_plain_tcp) {
-            (Some(ca_bundle), _) => Ok(Self::VerifyFull { ca_bundle }),
-            (None, true) => Ok(Self::Disabled),
-            (None, false) => Err(PgError::configuration(
-                "choosing TLS for an AWS cell".into(),
-                "no CA bundle is configured: set the RDS CA bundle path; plain TCP is only for local cells".into(),
+    /// The one place the rule for database connections is decided: verify-full against
+    /// the deployment's CA bundle (the RDS bundle on AWS, the local cell's own CA here),
+    /// and without a bundle a `ConfigurationError`, never a silent downgrade.
+    pub fn for_databases(ca_bundle: Option<PathBuf>) -> Result<Self, PgError> {
+        match ca_bundle {
+            Some(ca_bundle) => Ok(Self::VerifyFull { ca_bundle }),
+            None => Err(PgError::configuration(
+                "choosing TLS for a database connection".into(),
+                "no CA bundle is configured: set SWITCHYARD_CA_BUNDLE to the RDS CA bundle (the local cell's CA locally); every database connection is verify-full".into(),
             )),
         }
     }
@@ -94,22 +95,15 @@ async fn load_roots(ca_bundle: &Path) -> Result<RootCertStore, PgError> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn plain_tcp_only_for_local_cells() {
-        use switchyard_errors::{Catalogued, ErrorName};
+    fn databases_are_verify_full_or_nothing() {
         let bundle = PathBuf::from("/opt/rds/global-bundle.pem");
         assert_eq!(
-            Tls::choose(false, Some(bundle.clone())).expect("aws with bundle"),
-            Tls::VerifyFull {
-                ca_bundle: bundle.clone()
-            }
-        );
-        assert_eq!(
-            Tls::choose(true, Some(bundle.clone())).expect("local with bundle"),
+            Tls::for_databases(Some(bundle.clone())).expect("with a bundle"),
             Tls::VerifyFull { ca_bundle: bundle }
         );
-        assert_eq!(Tls::choose(true, None).expect("local"), Tls::Disabled);
-        let err = Tls::choose(false, None).expect_err("aws without bundle");
+        let err = Tls::for_databases(None).expect_err("without a bundle");
         assert_eq!(err.error_name(), ErrorName::ConfigurationError);
+        assert!(err.to_string().contains("SWITCHYARD_CA_BUNDLE"), "{err}");
     }
 
     use super::*;

@@ -25,6 +25,7 @@ pub async fn check(cell: &CellDocument, deps: &Deps) -> Result<Vec<Finding>, Err
     // Clients queue for the whole pause, and for the abort path after a pause that ran
     // its budget out.
     let pause = cell.budgets.pause_seconds + cell.budgets.abort_seconds;
+    let tls = deps.pgbouncer_tls(cell)?;
     let mut findings = Vec::new();
     for endpoint in hosts {
         let Some((host, port)) = split_host_port(&endpoint) else {
@@ -36,6 +37,7 @@ pub async fn check(cell: &CellDocument, deps: &Deps) -> Result<Vec<Finding>, Err
             port,
             &login.username,
             &login.password,
+            &tls,
             CONNECT_TIMEOUT,
         )
         .await

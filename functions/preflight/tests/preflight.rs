@@ -7,7 +7,6 @@ use preflight::{run, Code, Input, Output};
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_local_cell::LocalCell;
 use switchyard_operation::Deps;
-use switchyard_postgres::PgBouncerAdmin;
 
 async fn start() -> (LocalCell, Deps) {
     let cell = LocalCell::start_quiet(300).await.expect("cell");
@@ -381,15 +380,7 @@ async fn a_missing_green_database_is_a_blocker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pgbouncer_that_would_drop_paused_clients_is_a_blocker() {
     let (cell, deps) = start().await;
-    let admin = PgBouncerAdmin::connect(
-        "127.0.0.1",
-        cell.pgbouncer.port,
-        &cell.secrets.pgbouncer_admin_user,
-        &cell.secrets.pgbouncer_admin,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("admin");
+    let admin = cell.pgbouncer_admin().await.expect("admin");
     admin.set("query_wait_timeout", "30").await.expect("set");
     assert_eq!(cell.document.budgets.pause_seconds, 60);
     let endpoint = format!("pgbouncer 127.0.0.1:{}", cell.pgbouncer.port);

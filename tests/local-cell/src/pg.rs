@@ -10,16 +10,10 @@ use nix::sys::signal::Signal;
 use switchyard_postgres::{connect, ConnectOptions, Tls};
 use switchyard_telemetry::Secret;
 
+use crate::ca::ServerTls;
 use crate::install::Install;
 use crate::process::{free_port, run_to_end, server_dir, RunAs, Server};
 use crate::CellError;
-
-/// TLS material for a server that should require encrypted connections.
-#[derive(Debug, Clone)]
-pub struct ServerTls {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
 
 #[derive(Debug)]
 pub struct PgServerSpec<'a> {
@@ -30,7 +24,11 @@ pub struct PgServerSpec<'a> {
     pub ip: &'a str,
     pub superuser: &'a str,
     pub superuser_password: &'a Secret,
+    /// The certificate it serves; `None` serves no TLS at all (plain TCP only).
     pub tls: Option<ServerTls>,
+    /// With TLS, whether plain TCP is still accepted: Aurora PostgreSQL 14 accepts both by
+    /// default (`rds.force_ssl` = 0), 15 and later only TLS (`rds.force_ssl` = 1).
+    pub plain_tcp_too: bool,
 }
 
 /// A running server. Stopped (fast shutdown) when dropped.
@@ -44,6 +42,8 @@ pub struct PgServer {
     pub version: String,
     superuser: String,
     superuser_password: Secret,
+    /// The bundle its certificate verifies against, when it serves TLS.
+    ca_bundle: Option<PathBuf>,
     data: PathBuf,
     server: Server,
 }
@@ -109,7 +109,8 @@ impl PgServer {
             conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
         }
         append(&data.join("postgresql.conf"), &conf)?;
-        let method = if spec.tls.is_some() {
+        // `hostssl` refuses plain TCP outright, as force_ssl does; `host` takes both.
+        let method = if spec.tls.is_some() && !spec.plain_tcp_too {
             "hostssl"
         } else {
             "host"
@@ -161,6 +162,7 @@ impl PgServer {
             version,
             superuser: spec.superuser.to_owned(),
             superuser_password: spec.superuser_password.clone(),
+            ca_bundle: spec.tls.as_ref().map(|t| t.ca_bundle.clone()),
             data,
             server,
         })
@@ -170,9 +172,34 @@ impl PgServer {
         format!("{}:{}", self.ip, self.port)
     }
 
-    /// Connection options for `user` on `dbname` over plain TCP (local cell only).
+    /// Connection options for `user` on `dbname`: verify-full against the cell's CA when
+    /// the server serves TLS (every server of a cell does), plain TCP otherwise.
     pub fn options(&self, dbname: &str, user: &str, password: &Secret) -> ConnectOptions {
-        plain_options(&self.ip, self.port, dbname, user, password)
+        client_options(
+            &self.ip,
+            self.port,
+            dbname,
+            user,
+            password,
+            self.ca_bundle.as_deref(),
+        )
+    }
+
+    /// libpq's environment for psql/pg_dump run against this server: its address, and
+    /// `verify-full` with the cell's CA when it serves TLS.
+    pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("PGHOST", self.ip.clone()),
+            ("PGPORT", self.port.to_string()),
+        ];
+        match &self.ca_bundle {
+            Some(bundle) => {
+                env.push(("PGSSLMODE", "verify-full".to_owned()));
+                env.push(("PGSSLROOTCERT", bundle.display().to_string()));
+            }
+            None => env.push(("PGSSLMODE", "disable".to_owned())),
+        }
+        env
     }
 
     pub fn superuser_options(&self, dbname: &str) -> ConnectOptions {
@@ -205,13 +232,15 @@ impl PgServer {
     }
 }
 
-/// Plain-TCP connection options: the local cell's servers and forwarders only.
-pub(crate) fn plain_options(
+/// Connection options the local cell's own clients use (fixtures, workloads, tests):
+/// verify-full against `ca_bundle` when given, plain TCP only for a server without TLS.
+pub(crate) fn client_options(
     host: &str,
     port: u16,
     dbname: &str,
     user: &str,
     password: &Secret,
+    ca_bundle: Option<&Path>,
 ) -> ConnectOptions {
     ConnectOptions {
         host: host.to_owned(),
@@ -219,7 +248,12 @@ pub(crate) fn plain_options(
         dbname: dbname.to_owned(),
         user: user.to_owned(),
         password: password.clone(),
-        tls: Tls::Disabled,
+        tls: match ca_bundle {
+            Some(bundle) => Tls::VerifyFull {
+                ca_bundle: bundle.to_owned(),
+            },
+            None => Tls::Disabled,
+        },
         application_name: "switchyard-local-cell".to_owned(),
         connect_timeout: Duration::from_secs(5),
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use switchyard_telemetry::Secret;
 
+use crate::ca::ServerTls;
 use crate::install::Install;
 use crate::process::{free_port, RunAs, Server};
 use crate::CellError;
@@ -31,6 +32,9 @@ pub struct PgBouncerSpec<'a> {
     pub users: Vec<(&'a str, &'a Secret)>,
     pub admin_user: &'a str,
     pub query_wait_timeout_secs: u32,
+    /// Serve TLS to clients (and refuse plain TCP) with this certificate, and dial the
+    /// servers over TLS checked against its CA bundle.
+    pub tls: Option<ServerTls>,
 }
 
 #[derive(Debug)]
@@ -87,6 +91,21 @@ impl PgBouncer {
             admin = spec.admin_user,
             qwt = spec.query_wait_timeout_secs,
         );
+        if let Some(tls) = &spec.tls {
+            let (cert, key) = (dir.join("client.crt"), dir.join("client.key"));
+            write_private(&cert, &tls.cert_pem, run_as)?;
+            write_private(&key, &tls.key_pem, run_as)?;
+            // Clients: TLS or nothing. Servers: the chain is checked, not the name — the
+            // servers are dialled through the emulated endpoint's shared address.
+            let _ = write!(
+                ini,
+                "client_tls_sslmode = require\nclient_tls_cert_file = {cert}\nclient_tls_key_file = {key}\n\
+                 server_tls_sslmode = verify-ca\nserver_tls_ca_file = {ca}\n",
+                cert = cert.display(),
+                key = key.display(),
+                ca = tls.ca_bundle.display(),
+            );
+        }
         let ini_path = dir.join("pgbouncer.ini");
         write_private(&ini_path, &ini, run_as)?;
 

@@ -59,6 +59,13 @@ impl RunAs {
     pub fn apply(run_as: Option<Self>, cmd: &mut Command) {
         if let Some(r) = run_as {
             cmd.uid(r.uid.as_raw()).gid(r.gid.as_raw());
+            // The server user's own HOME: libpq inside a server (a subscription's worker)
+            // looks for client certificates under ~/.postgresql, and root's is unreadable.
+            let home = User::from_uid(r.uid)
+                .ok()
+                .flatten()
+                .map_or_else(|| PathBuf::from("/"), |u| u.dir);
+            cmd.env("HOME", home);
         }
     }
 }

@@ -3,8 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use switchyard_local_cell::{audit_keys, CellOptions, Install, LocalCell};
-use switchyard_postgres::{connect, ConnectOptions, PgBouncerAdmin};
+use switchyard_errors::{Catalogued, ErrorName};
+use switchyard_local_cell::{audit_keys, CellCa, CellOptions, Install, LocalCell};
+use switchyard_operation::Side;
+use switchyard_postgres::{connect, ConnectOptions, Tls};
 
 const SMALL_ROWS: u32 = 300;
 
@@ -225,6 +227,61 @@ async fn direct_writers_follow_the_service_desired_count() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_the_only_road_to_green_and_to_pgbouncer() {
+    let cell = start_cell(false).await;
+    let deps = cell.deps().expect("deps");
+    let db = cell.document.databases[0].clone();
+    // Every connection a function makes is verify-full against the cell's CA, either side.
+    for side in [Side::Blue, Side::Green] {
+        let client = deps
+            .connect(&cell.document, side, &db)
+            .await
+            .unwrap_or_else(|e| panic!("{side:?}: {e}"));
+        let row = client
+            .query_one(
+                "SELECT ssl FROM pg_catalog.pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .expect("pg_stat_ssl");
+        assert!(
+            row.get::<_, bool>(0),
+            "{side:?}: the connection is not encrypted"
+        );
+    }
+    let plain = |mut options: ConnectOptions| {
+        options.tls = Tls::Disabled;
+        options
+    };
+    // Green refuses plain TCP, as Aurora does from 15 (rds.force_ssl = 1); blue on 14
+    // takes both, as Aurora 14 does by default.
+    let refused = connect(&plain(cell.green.superuser_options(&db)))
+        .await
+        .expect_err("green refuses plain TCP");
+    assert!(refused.to_string().contains("no encryption"), "{refused}");
+    if cell.blue.major < 15 {
+        connect(&plain(cell.blue.superuser_options(&db)))
+            .await
+            .expect("blue on 14 takes plain TCP");
+    }
+    // PgBouncer serves TLS to its clients and refuses plain TCP.
+    connect(&plain(cell.via_pgbouncer("app_writer").expect("options")))
+        .await
+        .expect_err("PgBouncer refuses plain TCP");
+    connect(&cell.via_pgbouncer("app_writer").expect("options"))
+        .await
+        .expect("PgBouncer over verify-full");
+    // A CA the cell's servers do not chain to is refused by name, before any login.
+    let other = CellCa::generate("other", &cell.run_dir.join("other-ca.pem")).expect("CA");
+    let mut untrusted = cell.green.superuser_options(&db);
+    untrusted.tls = Tls::VerifyFull {
+        ca_bundle: other.bundle().to_owned(),
+    };
+    let refused = connect(&untrusted).await.expect_err("another CA");
+    assert_eq!(refused.error_name(), ErrorName::TlsRefused, "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_special_password_from_ssm_authenticates_through_pgbouncer_and_directly() {
     let cell = start_cell(false).await;
     let parameter = format!(
@@ -320,15 +377,7 @@ async fn logical_replication_from_blue_to_green_carries_the_fixture_and_new_writ
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbouncer_pause_waits_for_open_transactions_and_resume_releases_waiters() {
     let cell = start_cell(false).await;
-    let admin = PgBouncerAdmin::connect(
-        "127.0.0.1",
-        cell.pgbouncer.port,
-        &cell.secrets.pgbouncer_admin_user,
-        &cell.secrets.pgbouncer_admin,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("admin console");
+    let admin = cell.pgbouncer_admin().await.expect("admin console");
 
     let holder = connect(&cell.via_pgbouncer("app_writer").expect("opts"))
         .await
@@ -345,15 +394,7 @@ async fn pgbouncer_pause_waits_for_open_transactions_and_resume_releases_waiters
     // Dropping the admin connection leaves the PAUSE in force (a cancel request would
     // have resumed everything): the new session must still see the database paused.
     drop(admin);
-    let admin = PgBouncerAdmin::connect(
-        "127.0.0.1",
-        cell.pgbouncer.port,
-        &cell.secrets.pgbouncer_admin_user,
-        &cell.secrets.pgbouncer_admin,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("admin console again");
+    let admin = cell.pgbouncer_admin().await.expect("admin console again");
     let paused = admin.show_databases().await.expect("show databases");
     assert!(
         paused.iter().any(|d| d.name == "app" && d.paused),

@@ -2,44 +2,10 @@
 
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_local_cell::{Install, PgServer, PgServerSpec, RunAs, ServerTls};
+use switchyard_local_cell::{CellCa, Install, PgServer, PgServerSpec, RunAs, ServerTls};
 use switchyard_postgres::{connect, quote, ConnectOptions, Tls};
 use switchyard_telemetry::Secret;
-
-struct Ca {
-    pem: String,
-    params: CertificateParams,
-    key: KeyPair,
-}
-
-fn ca(name: &str) -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    let key = KeyPair::generate().expect("key");
-    let cert = params.self_signed(&key).expect("ca cert");
-    Ca {
-        pem: cert.pem(),
-        params,
-        key,
-    }
-}
-
-fn server_cert(ca: &Ca, host: &str) -> ServerTls {
-    let mut params = CertificateParams::new(vec![host.to_owned()]).expect("params");
-    params
-        .subject_alt_names
-        .push(SanType::DnsName(host.try_into().expect("dns name")));
-    let key = KeyPair::generate().expect("key");
-    let issuer = rcgen::Issuer::from_params(&ca.params, &ca.key);
-    let cert = params.signed_by(&key, &issuer).expect("server cert");
-    ServerTls {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    }
-}
 
 async fn standalone(
     name: &str,
@@ -56,6 +22,7 @@ async fn standalone(
             superuser: "switchyard",
             superuser_password: password,
             tls,
+            plain_tcp_too: false,
         },
         &install,
         dir.path(),
@@ -114,15 +81,15 @@ fn options(server: &PgServer, host: &str, password: &Secret, tls: Tls) -> Connec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_full_accepts_the_right_ca_and_host_and_rejects_everything_else() {
-    let trusted = ca("switchyard test CA");
-    let other = ca("some other CA");
+    let install = Install::from_env();
+    let cas = tempdir::Dir::new(&install, "tls-cas");
+    let trusted = CellCa::generate("trusted", &cas.path().join("ca.pem")).expect("CA");
+    let other = CellCa::generate("other", &cas.path().join("other-ca.pem")).expect("CA");
     let password = Secret::new("tls-test-password");
-    let (server, dir) =
-        standalone("tls", Some(server_cert(&trusted, "localhost")), &password).await;
-    let bundle = dir.path().join("ca.pem");
-    let other_bundle = dir.path().join("other-ca.pem");
-    std::fs::write(&bundle, &trusted.pem).expect("bundle");
-    std::fs::write(&other_bundle, &other.pem).expect("bundle");
+    let cert: ServerTls = trusted.issue(&["localhost"]).expect("certificate");
+    let (server, dir) = standalone("tls", Some(cert), &password).await;
+    let bundle = trusted.bundle().to_owned();
+    let other_bundle = other.bundle().to_owned();
 
     let good = connect(&options(
         &server,
@@ -153,11 +120,7 @@ async fn verify_full_accepts_the_right_ca_and_host_and_rejects_everything_else()
     ))
     .await
     .expect_err("untrusted CA");
-    assert_eq!(
-        wrong_ca.error_name(),
-        ErrorName::DatabaseError,
-        "{wrong_ca}"
-    );
+    assert_eq!(wrong_ca.error_name(), ErrorName::TlsRefused, "{wrong_ca}");
     // The certificate names localhost, not the address: hostname verification must fail.
     let wrong_host = connect(&options(
         &server,
@@ -171,15 +134,15 @@ async fn verify_full_accepts_the_right_ca_and_host_and_rejects_everything_else()
     .expect_err("wrong host");
     assert_eq!(
         wrong_host.error_name(),
-        ErrorName::DatabaseError,
+        ErrorName::TlsRefused,
         "{wrong_host}"
     );
-    assert!(
-        connect(&options(&server, "localhost", &password, Tls::Disabled))
-            .await
-            .is_err(),
-        "the server requires TLS"
-    );
+    // hostssl only (what rds.force_ssl = 1 does): plain TCP is refused by the server.
+    let plain = connect(&options(&server, "localhost", &password, Tls::Disabled))
+        .await
+        .expect_err("the server requires TLS");
+    assert_eq!(plain.error_name(), ErrorName::DatabaseError, "{plain}");
+    assert!(plain.to_string().contains("no encryption"), "{plain}");
 
     let missing = connect(&options(
         &server,
@@ -193,7 +156,7 @@ async fn verify_full_accepts_the_right_ca_and_host_and_rejects_everything_else()
     .expect_err("no bundle");
     assert_eq!(missing.error_name(), ErrorName::ConfigurationError);
     assert!(missing.to_string().contains("absent.pem"), "{missing}");
-    for e in [wrong_ca, wrong_host, missing] {
+    for e in [wrong_ca, wrong_host, plain, missing] {
         assert!(!e.to_string().contains(password.expose()), "{e}");
     }
 }
