@@ -7,8 +7,9 @@ locals {
   ecs_arn = "arn:${local.partition}:ecs:${local.region}:${local.account}"
 
   cells = [for id, c in var.cells : merge(c, {
-    id           = id
-    journal_path = c.journal_path == null ? "/switchyard/${id}/journal/" : c.journal_path
+    id                    = id
+    journal_path          = c.journal_path == null ? "/switchyard/${id}/journal/" : c.journal_path
+    replication_parameter = c.replication_parameter == null ? "/switchyard/${id}/replication" : c.replication_parameter
   })]
 
   # Blue and green under their own identifiers (what Deps::endpoint resolves).
@@ -30,7 +31,8 @@ locals {
     "${local.ssm_arn}/${trimprefix(trimsuffix(c.application_roles_path, "/"), "/")}",
     "${local.ssm_arn}/${trimprefix(c.application_roles_path, "/")}*",
   ]]))
-  journals = [for c in local.cells : "${local.ssm_arn}/${trimprefix(c.journal_path, "/")}*"]
+  journals               = [for c in local.cells : "${local.ssm_arn}/${trimprefix(c.journal_path, "/")}*"]
+  replication_parameters = [for c in local.cells : "${local.ssm_arn}/${trimprefix(c.replication_parameter, "/")}"]
 
   downstreams                 = flatten([for c in local.cells : c.downstream])
   downstream_parameters       = distinct([for d in local.downstreams : "${local.ssm_arn}/${trimprefix(d.credentials_parameter, "/")}"])
@@ -245,6 +247,28 @@ locals {
         Resource = local.journals
       }
     }
+    # start-replication rotates the replication role's password once per run: it reads the
+    # run's entry back on a retry, and writes a new one for a new run.
+    replication_login = {
+      needed = true
+      statement = {
+        Sid      = "RotateReplicationLogin"
+        Effect   = "Allow"
+        Action   = ["ssm:GetParameter", "ssm:PutParameter"]
+        Resource = local.replication_parameters
+      }
+    }
+    # Writing a SecureString under a customer managed key encrypts with it.
+    encrypt_secrets = {
+      needed = length(var.ssm_kms_key_arns) > 0
+      statement = {
+        Sid       = "EncryptSecureStrings"
+        Effect    = "Allow"
+        Action    = ["kms:Encrypt"]
+        Resource  = var.ssm_kms_key_arns
+        Condition = { StringEquals = { "kms:ViaService" = "ssm.${local.region}.amazonaws.com" } }
+      }
+    }
     # Credentials are SecureStrings; with a customer managed key, reading one decrypts.
     decrypt_secrets = {
       needed = length(var.ssm_kms_key_arns) > 0
@@ -267,7 +291,7 @@ locals {
     "snapshot-cluster"                  = ["snapshot_blue", "tag_snapshots", "describe_snapshots", "journal_read"]
     "sync-roles"                        = ["describe_cell_clusters", "orchestrator_login", "application_roles", "journal_read", "decrypt_secrets"]
     "copy-schema"                       = ["describe_cell_clusters", "orchestrator_login", "journal_read", "decrypt_secrets"]
-    "start-replication"                 = ["describe_cell_clusters", "orchestrator_login", "journal_read", "decrypt_secrets"]
+    "start-replication"                 = ["describe_cell_clusters", "orchestrator_login", "replication_login", "journal_read", "decrypt_secrets", "encrypt_secrets"]
     "check-replication"                 = ["describe_cell_clusters", "orchestrator_login", "decrypt_secrets"]
     "analyze-green"                     = ["describe_cell_clusters", "orchestrator_login", "journal_read", "decrypt_secrets"]
     "verify-data"                       = ["describe_cell_clusters", "orchestrator_login", "decrypt_secrets"]

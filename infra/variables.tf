@@ -136,7 +136,10 @@ variable "cells" {
       publisher_credentials_parameter = string
       nlb_target_group_arn            = string
     })), [])
-    journal_path = optional(string)
+    # replication_parameter: the replication role's password, which start-replication
+    # writes once per run; null is /switchyard/<cell_id>/replication, as in the cell document.
+    journal_path          = optional(string)
+    replication_parameter = optional(string)
   }))
 
   validation {

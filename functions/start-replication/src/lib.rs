@@ -10,6 +10,11 @@
 //! 4. a subscription on green per publication, same name, on that slot, copying every
 //!    table first (`copy_data = true`), then streaming.
 //!
+//! The subscriptions log in to blue as the cell's replication role (`replication.role`),
+//! created here on blue with replication rights and SELECT on the published tables only;
+//! its password is rotated once per run through SSM ([`replicator`]). Their TLS is the
+//! cell's `replication` setting: green's server dials blue, not the Lambda.
+//!
 //! Each step finds what an earlier call made and keeps it, so a retry changes nothing.
 //! `check-replication` then waits for the copy to finish and for DDL to be absent.
 //!
@@ -20,6 +25,7 @@ mod guard;
 mod marker;
 mod names;
 mod publications;
+mod replicator;
 mod subscriptions;
 mod tables;
 
@@ -80,7 +86,20 @@ impl Input {
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Output {
+    pub replication_role: ReplicationRoleOutput,
     pub databases: Vec<DatabaseOutput>,
+}
+
+/// The login the subscriptions use on blue.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ReplicationRoleOutput {
+    pub name: String,
+    /// The SSM parameter holding its password.
+    pub credentials_parameter: String,
+    /// True when this call gave the run a new password (false on a retry of the run).
+    pub password_rotated: bool,
+    /// True when this call created the role on blue or set its password or attributes.
+    pub role_changed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -91,6 +110,8 @@ pub struct DatabaseOutput {
     /// True when this call installed (or repaired) the DDL guard or blue's marker table;
     /// false when both were already in place.
     pub guard_installed: bool,
+    /// Published tables the replication role was granted SELECT on by this call.
+    pub tables_granted: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -113,18 +134,56 @@ pub struct SubscriptionOutput {
     pub slot_created: bool,
     /// True when this call created the subscription.
     pub created: bool,
+    /// True when this call pointed an existing subscription at this run's login.
+    pub connection_updated: bool,
 }
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.blue.cluster_identifier))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     fence::admit(deps, &input.cell, input.caller(), Direction::Either).await?;
     check_input(&input)?;
+    let cell = &input.cell;
+    let orchestrator = deps.orchestrator(cell).await?;
+    replicator::check_role(cell, &orchestrator.username)?;
+    let mut role = None;
     let mut databases = Vec::new();
-    for database in &input.cell.databases {
+    for database in &cell.databases {
         // Boxed: the whole chain of awaits inlined into one future is too deep to lay out.
-        databases.push(Box::pin(start_database(&input, deps, database)).await?);
+        databases.push(Box::pin(start_database(&input, deps, database, &mut role)).await?);
     }
-    Ok(Output { databases })
+    let (_, replication_role) = role.ok_or_else(|| {
+        Error::stop(
+            ErrorName::InvalidInput,
+            "the cell document lists no database",
+        )
+    })?;
+    Ok(Output {
+        replication_role,
+        databases,
+    })
+}
+
+/// The run's replication login, made ready once (cluster-wide) after the first database's
+/// checks passed, so a stop on bad input leaves it untouched: the password in SSM first
+/// (a retry of the run reads it back from there), then the role on blue.
+async fn ready_login(
+    input: &Input,
+    deps: &Deps,
+    blue: &tokio_postgres::Client,
+) -> Result<(replicator::Login, ReplicationRoleOutput), Error> {
+    let cell = &input.cell;
+    let (login, password_rotated) = match replicator::current(cell, deps, &input.run_id).await? {
+        Some(login) => (login, false),
+        None => (replicator::rotate(cell, deps, &input.run_id).await?, true),
+    };
+    let role_changed = replicator::ensure_role(blue, &login).await?;
+    let output = ReplicationRoleOutput {
+        name: login.user.clone(),
+        credentials_parameter: cell.replication_credentials_parameter(),
+        password_rotated,
+        role_changed,
+    };
+    Ok((login, output))
 }
 
 /// What [`run`] would change now, database by database, in its order; it fails where the
@@ -133,11 +192,56 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
     fence::check(deps, &input.cell, input.caller(), Direction::Either).await?;
     check_input(&input)?;
+    let cell = &input.cell;
+    let orchestrator = deps.orchestrator(cell).await?;
+    replicator::check_role(cell, &orchestrator.username)?;
     let mut plan = Plan::new();
-    for database in &input.cell.databases {
-        Box::pin(plan_database(&input, deps, database, &mut plan)).await?;
+    let login = replicator::current(cell, deps, &input.run_id).await?;
+    for (i, database) in cell.databases.iter().enumerate() {
+        let first = i == 0;
+        Box::pin(plan_database(
+            &input,
+            deps,
+            database,
+            login.as_ref(),
+            first,
+            &mut plan,
+        ))
+        .await?;
     }
     Ok(plan)
+}
+
+/// What [`ready_login`] would change.
+async fn plan_login(
+    input: &Input,
+    blue: &tokio_postgres::Client,
+    login: Option<&replicator::Login>,
+    plan: &mut Plan,
+) -> Result<(), Error> {
+    let cell = &input.cell;
+    let parameter = cell.replication_credentials_parameter();
+    if login.is_none() {
+        plan.would(format!(
+            "in SSM: a new password for the replication role {} for this run, in {parameter}",
+            cell.replication.role
+        ));
+    }
+    let role =
+        replicator::role_state(blue, &cell.replication.role, login.map(|l| &l.password)).await?;
+    if !role.is_done() {
+        let verb = if role.exists { "alter" } else { "create" };
+        plan.would(format!(
+            "on blue: {verb} role {} (LOGIN, {}, the password from {parameter})",
+            cell.replication.role,
+            if role.rds {
+                "member of rds_replication"
+            } else {
+                "REPLICATION"
+            }
+        ));
+    }
+    Ok(())
 }
 
 fn check_input(input: &Input) -> Result<(), Error> {
@@ -270,6 +374,7 @@ async fn start_database(
     input: &Input,
     deps: &Deps,
     database: &str,
+    role: &mut Option<(replicator::Login, ReplicationRoleOutput)>,
 ) -> Result<DatabaseOutput, Error> {
     let mut sessions = connect(input, deps, database).await?;
     // First, so that any DDL after the catalog read below is journaled.
@@ -277,6 +382,11 @@ async fn start_database(
     let survey = survey(input, database, &sessions).await?;
     // Before any subscription: switchyard_rest's copy and apply fail without the table.
     marker::prepare_green(&sessions.green, survey.fresh_marker).await?;
+    let ready = match role.take() {
+        Some(ready) => ready,
+        None => ready_login(input, deps, &sessions.blue).await?,
+    };
+    let login = &role.insert(ready).0;
 
     let mut publications = Vec::new();
     for (publication, change) in survey.planned.iter().zip(&survey.publications) {
@@ -288,8 +398,22 @@ async fn start_database(
         });
     }
 
+    // Before any subscription copies: the role reads what it copies, nothing else.
+    let published = published_tables(&survey);
+    let ungranted = replicator::unreadable(&sessions.blue, &login.user, &published).await?;
+    if !ungranted.is_empty() {
+        guard::own_ddl(
+            &mut sessions.blue,
+            "start-replication (replication role grants)",
+            &replicator::grant_sql(&login.user, &ungranted),
+        )
+        .await?;
+    }
+
     let conninfo = subscriptions::conninfo(
         &sessions.blue_options,
+        login,
+        &input.cell.replication,
         Duration::from_secs(input.lock_timeout_seconds),
     );
     let mut subscriptions_out = Vec::new();
@@ -304,20 +428,24 @@ async fn start_database(
         if !slot {
             subscriptions::create_slot(&sessions.blue, name).await?;
         }
+        let mut connection_updated = false;
         if !subscribed {
-            subscriptions::create(
-                &sessions.green,
-                name,
-                &conninfo,
-                &sessions.blue_options.password,
-            )
-            .await?;
+            subscriptions::create(&sessions.green, name, &conninfo, &login.password).await?;
+        } else if subscriptions::stored_conninfo(&sessions.green, name)
+            .await?
+            .is_none_or(|stored| stored.expose() != conninfo.expose())
+        {
+            // Another run's password, or the orchestrator's login from before the role.
+            subscriptions::alter_connection(&sessions.green, name, &conninfo, &login.password)
+                .await?;
+            connection_updated = true;
         }
         subscriptions_out.push(SubscriptionOutput {
             name: name.clone(),
             slot: name.clone(),
             slot_created: !slot,
             created: !subscribed,
+            connection_updated,
         });
     }
 
@@ -326,7 +454,20 @@ async fn start_database(
         publications,
         subscriptions: subscriptions_out,
         guard_installed,
+        tables_granted: ungranted.len(),
     })
+}
+
+/// Every table the database's publications carry, once.
+fn published_tables(survey: &Survey) -> Vec<TableRef> {
+    let mut tables: Vec<TableRef> = survey
+        .planned
+        .iter()
+        .flat_map(|p| p.tables.iter().cloned())
+        .collect();
+    tables.sort_by(|a, b| (&a.schema, &a.table).cmp(&(&b.schema, &b.table)));
+    tables.dedup();
+    tables
 }
 
 #[tracing::instrument(skip_all, fields(database = %database))]
@@ -334,6 +475,8 @@ async fn plan_database(
     input: &Input,
     deps: &Deps,
     database: &str,
+    login: Option<&replicator::Login>,
+    first: bool,
     plan: &mut Plan,
 ) -> Result<(), Error> {
     let sessions = connect(input, deps, database).await?;
@@ -354,11 +497,31 @@ async fn plan_database(
         }
         Some(_) => {}
     }
+    if first {
+        plan_login(input, &sessions.blue, login, plan).await?;
+    }
     for (publication, change) in survey.planned.iter().zip(&survey.publications) {
         if let Some(line) = change.would(publication) {
             plan.would(line);
         }
     }
+    let role = &input.cell.replication.role;
+    let ungranted =
+        replicator::unreadable(&sessions.blue, role, &published_tables(&survey)).await?;
+    if !ungranted.is_empty() {
+        plan.would(format!(
+            "on blue's database {database}: grant {role} SELECT on {} published table(s) (and USAGE on their schemas)",
+            ungranted.len()
+        ));
+    }
+    let conninfo = login.map(|login| {
+        subscriptions::conninfo(
+            &sessions.blue_options,
+            login,
+            &input.cell.replication,
+            Duration::from_secs(input.lock_timeout_seconds),
+        )
+    });
     let lock_timeout = input.lock_timeout_seconds;
     for ((publication, &subscribed), &slot) in survey
         .planned
@@ -377,6 +540,17 @@ async fn plan_database(
                 "on green: create subscription {name} on blue's publication and slot {name} (copy_data = true, create_slot = false); then green copies its {} table(s) and streams",
                 publication.tables.len()
             ));
+        } else {
+            let stored = subscriptions::stored_conninfo(&sessions.green, name).await?;
+            let current = match (&stored, &conninfo) {
+                (Some(stored), Some(conninfo)) => stored.expose() == conninfo.expose(),
+                _ => false,
+            };
+            if !current {
+                plan.would(format!(
+                    "on green: alter subscription {name}'s connection to log in to blue as {role} with this run's password"
+                ));
+            }
         }
     }
     Ok(())

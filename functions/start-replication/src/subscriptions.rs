@@ -7,13 +7,15 @@
 
 use std::time::Duration;
 
-use switchyard_cell::TableRef;
+use switchyard_cell::{Replication, TableRef};
 use switchyard_errors::ErrorName;
 use switchyard_operation::Error;
 use switchyard_postgres::quote::{conninfo_value, ident, literal, qualified};
-use switchyard_postgres::{ConnectOptions, Tls};
+use switchyard_postgres::ConnectOptions;
 use switchyard_telemetry::Secret;
 use tokio_postgres::Client;
+
+use crate::replicator::Login;
 
 /// A subscription found on green.
 #[derive(Debug)]
@@ -184,45 +186,109 @@ pub(crate) async fn create(
         literal(name),
         n = ident(name),
     );
-    green.batch_execute(&sql).await.map_err(|e| {
-        // The statement holds the password: only the SQLSTATE and the server's message
-        // may surface, and not even that if the server quoted the password back.
-        let leaks = e
-            .as_db_error()
-            .is_some_and(|db| !password.expose().is_empty() && db.message().contains(password.expose()));
-        if leaks {
-            Error::stop(
-                ErrorName::DatabaseError,
-                format!("creating subscription {name} on green failed; the server's message quoted the connection string and is withheld: see green's log"),
-            )
-        } else {
-            Error::query(format!("CREATE SUBSCRIPTION {name} on green"), e)
-        }
-    })?;
+    run_holding(
+        green,
+        &sql,
+        password,
+        &format!("CREATE SUBSCRIPTION {name} on green"),
+    )
+    .await?;
     tracing::info!(subscription = %name, "subscription created");
     Ok(())
 }
 
+/// Runs `sql`, whose connection string holds `password`, alone (the simple protocol:
+/// outside any transaction block, as subscription DDL needs). On failure only the
+/// SQLSTATE and the server's message may surface, and not even that if the server quoted
+/// the password back.
+async fn run_holding(
+    green: &Client,
+    sql: &str,
+    password: &Secret,
+    what: &str,
+) -> Result<(), Error> {
+    green.batch_execute(sql).await.map_err(|e| {
+        let leaks = e.as_db_error().is_some_and(|db| {
+            !password.expose().is_empty() && db.message().contains(password.expose())
+        });
+        if leaks {
+            Error::stop(
+                ErrorName::DatabaseError,
+                format!("{what} failed; the server's message quoted the connection string and is withheld: see green's log"),
+            )
+        } else {
+            Error::query(what, e)
+        }
+    })
+}
+
+/// The connection string green's subscription `name` holds now; `None` when the
+/// orchestrator may not read `pg_subscription.subconninfo` (then it is always rewritten).
+pub(crate) async fn stored_conninfo(green: &Client, name: &str) -> Result<Option<Secret>, Error> {
+    let readable: bool = green
+        .query_one(
+            "SELECT pg_catalog.has_column_privilege('pg_catalog.pg_subscription', 'subconninfo', 'SELECT')",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::query("checking access to pg_subscription.subconninfo", e))?
+        .get(0);
+    if !readable {
+        return Ok(None);
+    }
+    let row = green
+        .query_opt(
+            "SELECT subconninfo FROM pg_catalog.pg_subscription
+              WHERE subname = $1
+                AND subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())",
+            &[&name],
+        )
+        .await
+        .map_err(|e| Error::query(format!("reading subscription {name}'s connection"), e))?;
+    Ok(row.map(|r| Secret::new(r.get::<_, String>(0))))
+}
+
+/// Points green's subscription `name` at `conninfo` (a rotated password, or a subscription
+/// made before the replication role); its workers reconnect with it.
+pub(crate) async fn alter_connection(
+    green: &Client,
+    name: &str,
+    conninfo: &Secret,
+    password: &Secret,
+) -> Result<(), Error> {
+    let sql = format!(
+        "ALTER SUBSCRIPTION {} CONNECTION {}",
+        ident(name),
+        literal(conninfo.expose())
+    );
+    let what = format!("ALTER SUBSCRIPTION {name} CONNECTION on green");
+    run_holding(green, &sql, password, &what).await?;
+    tracing::info!(subscription = %name, "subscription's connection updated");
+    Ok(())
+}
+
 /// The connection string green's subscription uses to reach blue: blue's endpoint and the
-/// orchestrator's login, TLS as the cell requires, and `lock_timeout` for every session it
-/// opens, so a table-sync worker's slot cannot hang behind an idle transaction either.
-pub(crate) fn conninfo(blue: &ConnectOptions, lock_timeout: Duration) -> Secret {
+/// replication role's login (never the orchestrator's), TLS as the cell's `replication` section says — green's *server*
+/// dials blue, so the Lambda's CA bundle (a path on the Lambda) has no place here — and
+/// `lock_timeout` for every session it opens, so a table-sync worker's slot cannot hang
+/// behind an idle transaction either.
+pub(crate) fn conninfo(
+    blue: &ConnectOptions,
+    login: &Login,
+    replication: &Replication,
+    lock_timeout: Duration,
+) -> Secret {
     let mut parts = vec![
         format!("host={}", conninfo_value(&blue.host)),
         format!("port={}", conninfo_value(&blue.port.to_string())),
         format!("dbname={}", conninfo_value(&blue.dbname)),
-        format!("user={}", conninfo_value(&blue.user)),
-        format!("password={}", conninfo_value(blue.password.expose())),
+        format!("user={}", conninfo_value(&login.user)),
+        format!("password={}", conninfo_value(login.password.expose())),
+        format!("sslmode={}", conninfo_value(replication.sslmode.as_str())),
     ];
-    match &blue.tls {
-        Tls::VerifyFull { ca_bundle } => {
-            parts.push(format!("sslmode={}", conninfo_value("verify-full")));
-            parts.push(format!(
-                "sslrootcert={}",
-                conninfo_value(&ca_bundle.to_string_lossy())
-            ));
-        }
-        Tls::Disabled => parts.push(format!("sslmode={}", conninfo_value("disable"))),
+    // Validation allows a root certificate only with a verifying mode.
+    if let Some(root) = &replication.sslrootcert {
+        parts.push(format!("sslrootcert={}", conninfo_value(root)));
     }
     parts.push(format!(
         "options={}",
@@ -235,40 +301,69 @@ pub(crate) fn conninfo(blue: &ConnectOptions, lock_timeout: Duration) -> Secret 
 mod tests {
     use std::path::PathBuf;
 
+    use switchyard_cell::SubscriptionSslMode;
+    use switchyard_postgres::Tls;
+
     use super::*;
 
-    fn blue(tls: Tls) -> ConnectOptions {
+    fn blue() -> ConnectOptions {
         ConnectOptions {
             host: "blue.cluster.local".into(),
             port: 5432,
             dbname: "app".into(),
             user: "switchyard".into(),
-            password: Secret::new(r"p@ss'w\o:r/d"),
-            tls,
+            password: Secret::new("the-orchestrator's"),
+            tls: Tls::VerifyFull {
+                ca_bundle: PathBuf::from("/opt/lambda-bundle.pem"),
+            },
             application_name: "switchyard".into(),
             connect_timeout: Duration::from_secs(10),
         }
     }
 
-    #[test]
-    fn conninfo_quotes_every_value_and_bounds_locks() {
-        let info = conninfo(&blue(Tls::Disabled), Duration::from_secs(30));
-        assert_eq!(
-            info.expose(),
-            r"host='blue.cluster.local' port='5432' dbname='app' user='switchyard' password='p@ss\'w\\o:r/d' sslmode='disable' options='-c lock_timeout=30000'"
-        );
-        assert!(!format!("{info:?}").contains("p@ss"));
+    fn login() -> Login {
+        Login {
+            user: "switchyard_replication".into(),
+            password: Secret::new(r"p@ss'w\o:r/d"),
+        }
     }
 
     #[test]
-    fn conninfo_verifies_the_server_when_tls_is_on() {
-        let tls = Tls::VerifyFull {
-            ca_bundle: PathBuf::from("/opt/rds ca.pem"),
-        };
-        let info = conninfo(&blue(tls), Duration::from_secs(5));
+    fn conninfo_quotes_every_value_and_bounds_locks() {
+        let info = conninfo(
+            &blue(),
+            &login(),
+            &Replication::default(),
+            Duration::from_secs(30),
+        );
+        assert_eq!(
+            info.expose(),
+            r"host='blue.cluster.local' port='5432' dbname='app' user='switchyard_replication' password='p@ss\'w\\o:r/d' sslmode='require' options='-c lock_timeout=30000'"
+        );
+        assert!(!format!("{info:?}").contains("p@ss"));
         assert!(
+            !info.expose().contains("orchestrator"),
+            "never the orchestrator's login"
+        );
+    }
+
+    #[test]
+    fn conninfo_takes_the_servers_ca_not_the_lambdas() {
+        let replication = Replication {
+            sslmode: SubscriptionSslMode::VerifyFull,
+            sslrootcert: Some("/rds ca/root.pem".to_owned()),
+            ..Replication::default()
+        };
+        let info = conninfo(&blue(), &login(), &replication, Duration::from_secs(5));
+        assert!(
+            info.expose().contains(
+                "sslmode='verify-full' sslrootcert='/rds ca/root.pem' options='-c lock_timeout=5000'"
+            ),
+            "{}",
             info.expose()
-                .contains("sslmode='verify-full' sslrootcert='/opt/rds ca.pem' options='-c lock_timeout=5000'"),
+        );
+        assert!(
+            !info.expose().contains("/opt/lambda-bundle.pem"),
             "{}",
             info.expose()
         );

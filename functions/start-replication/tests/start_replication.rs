@@ -62,6 +62,10 @@ async fn replication_state(cell: &LocalCell) -> Vec<String> {
         UNION ALL SELECT 'published ' || pubname || ' ' || schemaname || '.' || tablename \
             FROM pg_publication_tables \
         UNION ALL SELECT 'slot ' || slot_name FROM pg_replication_slots \
+        UNION ALL SELECT 'role ' || rolname || ' ' || rolcanlogin || rolreplication FROM pg_roles \
+            WHERE rolname = 'switchyard_replication' \
+        UNION ALL SELECT 'grant ' || table_name FROM information_schema.role_table_grants \
+            WHERE grantee = 'switchyard_replication' \
         ORDER BY 1";
     const GREEN: &str = "SELECT 'relation ' || oid::regclass::text FROM pg_class \
             WHERE relnamespace = to_regnamespace('switchyard') \
@@ -337,25 +341,33 @@ async fn the_marker_table_exists_on_both_sides_and_replicates_in_the_rest() {
     let expected_start = [
         "on blue's database app: install the DDL guard (schema switchyard; tables ddl_journal, replication_state, switchover_marker; event triggers switchyard_ddl_guard, switchyard_ddl_guard_drop)",
         "on green: delete 1 leftover row(s) from switchyard.switchover_marker",
+        "in SSM: a new password for the replication role switchyard_replication for this run, in /switchyard/local-a/replication",
+        "on blue: create role switchyard_replication (LOGIN, REPLICATION, the password from /switchyard/local-a/replication)",
         "on blue: create publication switchyard_payments for \"public\".\"payments\" (publish insert, update, delete, truncate; via partition root)",
     ];
-    assert_eq!(dry.would[..3], expected_start, "{:#?}", dry.would);
+    assert_eq!(dry.would[..5], expected_start, "{:#?}", dry.would);
     assert!(
-        dry.would[3].starts_with("on blue: create publication switchyard_rest for ")
-            && dry.would[3].contains(rest_tables)
-            && dry.would[3].contains("\"switchyard\".\"switchover_marker\"")
-            && !dry.would[3].contains("\"public\".\"payments\""),
+        dry.would[5].starts_with("on blue: create publication switchyard_rest for ")
+            && dry.would[5].contains(rest_tables)
+            && dry.would[5].contains("\"switchyard\".\"switchover_marker\"")
+            && !dry.would[5].contains("\"public\".\"payments\""),
         "{:#?}",
         dry.would
     );
-    assert_eq!(dry.would.len(), 8, "{:#?}", dry.would);
     assert!(
-        dry.would[7].starts_with("on green: create subscription switchyard_rest on blue's publication and slot switchyard_rest (copy_data = true, create_slot = false); then green copies its "),
+        dry.would[6].starts_with("on blue's database app: grant switchyard_replication SELECT on ")
+            && dry.would[6].ends_with(" published table(s) (and USAGE on their schemas)"),
+        "{:#?}",
+        dry.would
+    );
+    assert_eq!(dry.would.len(), 11, "{:#?}", dry.would);
+    assert!(
+        dry.would[10].starts_with("on green: create subscription switchyard_rest on blue's publication and slot switchyard_rest (copy_data = true, create_slot = false); then green copies its "),
         "{:#?}",
         dry.would
     );
     assert_eq!(
-        dry.would[4..7],
+        dry.would[7..10],
         [
             "on blue: create logical slot switchyard_payments (pgoutput), waiting for every older transaction up to lock_timeout 30 s",
             "on green: create subscription switchyard_payments on blue's publication and slot switchyard_payments (copy_data = true, create_slot = false); then green copies its 1 table(s) and streams",
@@ -439,4 +451,220 @@ async fn the_marker_table_exists_on_both_sides_and_replicates_in_the_rest() {
         plan(input(&cell), &deps).await.expect("plan").is_empty(),
         "nothing left to do"
     );
+}
+
+const ROLE: &str = "switchyard_replication";
+
+/// What SSM holds for the replication login: (run id, password).
+async fn stored_login(cell: &LocalCell) -> Option<(String, String)> {
+    let name = cell.document.replication_credentials_parameter();
+    let value = switchyard_aws::read_secure_string(&cell.moto.clients.ssm, &name)
+        .await
+        .ok()?;
+    let doc: serde_json::Value = serde_json::from_str(value.expose()).expect("JSON");
+    assert_eq!(doc["username"], ROLE);
+    Some((
+        doc["run_id"].as_str().expect("run_id").to_owned(),
+        doc["password"].as_str().expect("password").to_owned(),
+    ))
+}
+
+/// Waits until each subscription's apply worker streams from blue as `ROLE` over TLS
+/// (what pg_stat_replication and pg_stat_ssl say on blue), and a marker row written on
+/// blue now arrives on green.
+async fn streams_as_the_role(cell: &LocalCell, marker: &str) {
+    let blue = cell.blue.superuser_client("app").await.expect("blue");
+    let green = cell.green.superuser_client("app").await.expect("green");
+    blue.execute(
+        "INSERT INTO switchyard.switchover_marker (id) VALUES ($1)",
+        &[&marker],
+    )
+    .await
+    .expect("marker on blue");
+    let started = Instant::now();
+    loop {
+        let senders: Vec<(String, String, bool)> = blue
+            .query(
+                "SELECT r.application_name, r.usename::text, s.ssl
+                   FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)
+                  WHERE r.application_name LIKE 'switchyard\\_%' ORDER BY 1",
+                &[],
+            )
+            .await
+            .expect("walsenders")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let arrived: bool = green
+            .query_one(
+                "SELECT EXISTS (SELECT FROM switchyard.switchover_marker WHERE id = $1)",
+                &[&marker],
+            )
+            .await
+            .expect("markers on green")
+            .get(0);
+        let names: Vec<&str> = senders.iter().map(|(n, _, _)| n.as_str()).collect();
+        if arrived
+            && names == ["switchyard_payments", "switchyard_rest"]
+            && senders.iter().all(|(_, user, ssl)| user == ROLE && *ssl)
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "walsenders {senders:?}, marker {marker} arrived: {arrived}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The subscriptions log in to blue as a role of their own, over verify-full TLS, never as
+/// the orchestrator; its password is rotated per run through SSM, and a run that crashed
+/// after writing the new password (before blue or the subscriptions had it) converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_log_in_as_the_replication_role_and_each_run_rotates_its_password() {
+    let cell = cell().await;
+    let deps = cell.deps().expect("deps");
+    let blue = cell.blue.superuser_client("app").await.expect("blue");
+    let green = cell.green.superuser_client("app").await.expect("green");
+
+    assert!(
+        plan(input(&cell), &deps).await.expect("plan").would.len() > 2,
+        "everything to do"
+    );
+    assert_eq!(
+        stored_login(&cell).await,
+        None,
+        "a dry run writes no password"
+    );
+
+    let output = run(input(&cell), &deps).await.expect("start-replication");
+    assert_eq!(output.replication_role.name, ROLE);
+    assert!(output.replication_role.password_rotated);
+    assert!(output.replication_role.role_changed);
+    assert!(output.databases[0].tables_granted > 0);
+    let (run_id, first_password) = stored_login(&cell).await.expect("password in SSM");
+    assert_eq!(run_id, TEST_RUN);
+
+    // Replication rights and SELECT on what it copies; nothing more.
+    let row = blue
+        .query_one(
+            "SELECT rolcanlogin, rolreplication, rolsuper,
+                    has_table_privilege($1, 'public.payments', 'SELECT'),
+                    has_table_privilege($1, 'public.payments', 'INSERT'),
+                    has_table_privilege($1, 'billing.\"invoice lines\"', 'SELECT')
+               FROM pg_roles WHERE rolname = $1",
+            &[&ROLE],
+        )
+        .await
+        .expect("the role on blue");
+    let rights: (bool, bool, bool, bool, bool, bool) = (
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(4),
+        row.get(5),
+    );
+    assert_eq!(rights, (true, true, false, true, false, true));
+
+    // Green's server dials blue as the role, verify-full against the CA on its own host.
+    let conninfos: Vec<String> = green
+        .query(
+            "SELECT subconninfo FROM pg_subscription ORDER BY subname",
+            &[],
+        )
+        .await
+        .expect("subscriptions")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(conninfos.len(), 2);
+    let ca = cell.ca.bundle().display().to_string();
+    for conninfo in &conninfos {
+        assert!(conninfo.contains(&format!("user='{ROLE}'")), "wrong login");
+        assert!(
+            !conninfo.contains(&format!("user='{}'", cell.secrets.orchestrator_user)),
+            "the orchestrator's login"
+        );
+        assert!(
+            conninfo.contains(&format!("sslmode='verify-full' sslrootcert='{ca}'")),
+            "TLS as the cell says"
+        );
+    }
+    streams_as_the_role(&cell, "first-run").await;
+
+    // The same run again: nothing rotates, nothing is rewritten, nothing is left to do.
+    let again = run(input(&cell), &deps).await.expect("retry");
+    assert!(!again.replication_role.password_rotated);
+    assert!(!again.replication_role.role_changed);
+    assert_eq!(again.databases[0].tables_granted, 0);
+    assert!(again.databases[0]
+        .subscriptions
+        .iter()
+        .all(|s| !s.connection_updated));
+    assert!(plan(input(&cell), &deps).await.expect("plan").is_empty());
+
+    // The next run crashed right after writing its password to SSM: blue and the
+    // subscriptions still hold the first run's. Its retry reuses the stored password
+    // (rotating again would strand it) and brings both over.
+    const NEXT_RUN: &str = "next-run";
+    cell.lock(NEXT_RUN).await.expect("lock for the next run");
+    let next_password = "a-password-the-crashed-call-wrote";
+    cell.moto
+        .clients
+        .ssm
+        .put_parameter()
+        .name(cell.document.replication_credentials_parameter())
+        .value(
+            serde_json::json!({ "username": ROLE, "password": next_password, "run_id": NEXT_RUN })
+                .to_string(),
+        )
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .overwrite(true)
+        .send()
+        .await
+        .expect("the crashed call's SSM write");
+    let next = Input {
+        run_id: NEXT_RUN.to_owned(),
+        ..input(&cell)
+    };
+    let dry = plan(next.clone(), &deps).await.expect("plan");
+    assert_eq!(
+        dry.would,
+        [
+            format!("on blue: alter role {ROLE} (LOGIN, REPLICATION, the password from /switchyard/local-a/replication)"),
+            format!("on green: alter subscription switchyard_payments's connection to log in to blue as {ROLE} with this run's password"),
+            format!("on green: alter subscription switchyard_rest's connection to log in to blue as {ROLE} with this run's password"),
+        ],
+        "{:#?}",
+        dry.would
+    );
+    let output = run(next.clone(), &deps)
+        .await
+        .expect("the next run's retry");
+    assert!(!output.replication_role.password_rotated, "reused");
+    assert!(output.replication_role.role_changed);
+    assert!(output.databases[0]
+        .subscriptions
+        .iter()
+        .all(|s| s.connection_updated));
+    assert_eq!(
+        stored_login(&cell).await,
+        Some((NEXT_RUN.to_owned(), next_password.to_owned()))
+    );
+    streams_as_the_role(&cell, "next-run").await;
+    assert!(plan(next, &deps).await.expect("plan").is_empty());
+
+    // The first run's password no longer logs in.
+    let mut stale = cell.blue.options(
+        "app",
+        ROLE,
+        &switchyard_telemetry::Secret::new(first_password),
+    );
+    stale.application_name = "stale-password".to_owned();
+    let refused = switchyard_postgres::connect(&stale)
+        .await
+        .expect_err("the rotated-away password");
+    assert!(refused.to_string().contains("28P01"), "{refused}");
 }

@@ -138,6 +138,17 @@ async fn a_rehearsal_leaves_no_password_in_logs_payloads_or_reports() {
         "the histories carry every task's payload"
     );
 
+    // The replication role's password exists only once start-replication made it.
+    let replication = switchyard_aws::read_credentials(
+        &cell.moto.clients.ssm,
+        &cell.document.replication_credentials_parameter(),
+    )
+    .await
+    .expect("the run's replication password");
+    assert!(replication.password.expose().len() >= 12);
+    let mut passwords = passwords;
+    passwords.push(replication.password.expose().to_owned());
+
     let hits: Vec<String> = sources
         .iter()
         .flat_map(|(name, text)| {

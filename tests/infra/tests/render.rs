@@ -232,7 +232,8 @@ fn inputs() -> Map<String, Value> {
                 "publisher_credentials_parameter": "/switchyard/cell-a/downstream/search/replicator",
                 "nlb_target_group_arn": format!("arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:targetgroup/cell-a-search/0123456789abcdef")
             }],
-            "journal_path": null
+            "journal_path": null,
+            "replication_parameter": null
         },
         "cell-b": {
             "blue_cluster_identifier": "cell-b",
@@ -243,7 +244,8 @@ fn inputs() -> Map<String, Value> {
             "pgbouncer_ecs_service": null,
             "direct_writers": [],
             "downstream": [],
-            "journal_path": "/ops/cell-b/journal/"
+            "journal_path": "/ops/cell-b/journal/",
+            "replication_parameter": "/ops/cell-b/replication"
         }
     });
     let mut inputs = Map::new();
@@ -946,11 +948,31 @@ fn policies_grant_only_named_actions_and_only_rename_clusters_renames() {
         "drop-downstream-subscriptions",
         "recreate-downstream-subscriptions",
         "resume-pgbouncer",
+        // Not the journal: the replication role's password, rotated once per run.
+        "start-replication",
     ]
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
-    assert_eq!(writers, want, "functions that may write the journal");
+    assert_eq!(writers, want, "functions that may write SSM");
+    // start-replication writes the cells' replication passwords and nothing else.
+    let rotated: BTreeSet<String> = policies["start-replication"]
+        .iter()
+        .filter(|s| {
+            strings(&s["Action"])
+                .iter()
+                .any(|a| a == "ssm:PutParameter")
+        })
+        .flat_map(|s| strings(&s["Resource"]))
+        .collect();
+    let ssm = format!("arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/");
+    let want: BTreeSet<String> = [
+        format!("{ssm}switchyard/cell-a/replication"),
+        format!("{ssm}ops/cell-b/replication"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(rotated, want, "start-replication's SSM writes");
 
     // Journal reads: every function that changes the cell checks the lock (the fencing
     // token) and the run's decision; of the read-only ones, preflight reads the
