@@ -354,6 +354,21 @@ async fn assert_switched(cell: &LocalCell, ledger: Ledger, ran: &Ran) {
     cell.downstream_converges(&cell.green, WAIT)
         .await
         .expect("downstream equals green");
+    // The old blue stays fenced: an application role that reaches it directly (a stale
+    // DNS answer, a hard-coded address) can log in and read, never write.
+    let (user, password) = cell.secrets.role("app_writer").expect("app_writer");
+    let old_blue = switchyard_postgres::connect(&cell.blue.options("app", user, password))
+        .await
+        .expect("app_writer logs in to the old blue");
+    let refused = old_blue
+        .batch_execute("DELETE FROM public.payments WHERE false")
+        .await
+        .expect_err("no write on the old blue after the switch");
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{refused}"
+    );
 }
 
 /// Each injection point and what came of it, printed as a table at the end of a test.
