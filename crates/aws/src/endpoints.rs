@@ -21,6 +21,17 @@ pub struct ClusterEndpoint {
     pub port: u16,
 }
 
+/// The writer instance of a cluster, reached through its own endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriterEndpoint {
+    /// The cluster's `DbClusterResourceId`.
+    pub cluster_resource_id: String,
+    /// The writer's `DBInstanceIdentifier` (locally: the server behind the cluster).
+    pub instance: String,
+    pub host: String,
+    pub port: u16,
+}
+
 impl ClusterEndpoint {
     pub fn is_available(&self) -> bool {
         self.status == "available"
@@ -130,31 +141,7 @@ impl EndpointResolver {
                 ));
             }
         }
-        let out = rds
-            .describe_db_clusters()
-            .db_cluster_identifier(identifier)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_db_cluster_not_found_fault())
-                {
-                    AwsError::new(
-                        ErrorName::ClusterNotAvailable,
-                        &context,
-                        "no cluster holds this identifier",
-                    )
-                } else {
-                    AwsError::from_sdk(&context, &e)
-                }
-            })?;
-        let cluster = out.db_clusters().first().ok_or_else(|| {
-            AwsError::new(
-                ErrorName::ClusterNotAvailable,
-                &context,
-                "no cluster holds this identifier",
-            )
-        })?;
+        let cluster = describe_cluster(rds, identifier, &context).await?;
         let missing = |field: &str| {
             AwsError::new(
                 ErrorName::AwsError,
@@ -192,6 +179,133 @@ impl EndpointResolver {
             port,
         })
     }
+
+    /// The writer instance of whichever cluster holds `identifier` in the RDS API now, and
+    /// the address of the instance's own endpoint. Unlike the cluster endpoint — a DNS
+    /// name that follows a rename only after a delay, and may lead to the old cluster or
+    /// nowhere meanwhile — an instance endpoint is not renamed with its cluster, so it
+    /// reaches this writer at once. What an NLB target must be built from.
+    pub async fn writer(
+        &self,
+        rds: &aws_sdk_rds::Client,
+        identifier: &str,
+    ) -> Result<WriterEndpoint, AwsError> {
+        let context = format!("finding the writer instance of DB cluster {identifier}");
+        let cluster = describe_cluster(rds, identifier, &context).await?;
+        let resource_id = cluster
+            .db_cluster_resource_id()
+            .ok_or_else(|| {
+                AwsError::new(
+                    ErrorName::AwsError,
+                    &context,
+                    "response has no DbClusterResourceId",
+                )
+            })?
+            .to_owned();
+        match self {
+            Self::Aws => {
+                let instance = cluster
+                    .db_cluster_members()
+                    .iter()
+                    .find(|m| m.is_cluster_writer() == Some(true))
+                    .and_then(|m| m.db_instance_identifier())
+                    .ok_or_else(|| {
+                        AwsError::new(
+                            ErrorName::ClusterNotAvailable,
+                            &context,
+                            "the cluster has no writer instance yet",
+                        )
+                    })?
+                    .to_owned();
+                let out = rds
+                    .describe_db_instances()
+                    .db_instance_identifier(&instance)
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk(&context, &e))?;
+                let endpoint = out
+                    .db_instances()
+                    .first()
+                    .and_then(|i| i.endpoint())
+                    .ok_or_else(|| {
+                        AwsError::new(
+                            ErrorName::ClusterNotAvailable,
+                            &context,
+                            format!("writer instance {instance} has no endpoint yet"),
+                        )
+                    })?;
+                let host = endpoint.address().unwrap_or_default().to_owned();
+                let port = endpoint
+                    .port()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .ok_or_else(|| {
+                        AwsError::new(
+                            ErrorName::AwsError,
+                            &context,
+                            "the writer's endpoint has no valid port",
+                        )
+                    })?;
+                Ok(WriterEndpoint {
+                    cluster_resource_id: resource_id,
+                    instance,
+                    host,
+                    port,
+                })
+            }
+            // One server per local cluster, found by the cluster's resource id: what moto
+            // keeps right across renames (its instance membership does not follow them).
+            // A held name is not consulted: it is the cluster endpoint's DNS that lags.
+            Self::Local(map) => {
+                let (host, port) = map.address(&resource_id).ok_or_else(|| {
+                    AwsError::new(
+                        ErrorName::ConfigurationError,
+                        &context,
+                        format!("resource id {resource_id} is not in the local endpoint map"),
+                    )
+                })?;
+                Ok(WriterEndpoint {
+                    instance: format!("the server of {resource_id}"),
+                    cluster_resource_id: resource_id,
+                    host,
+                    port,
+                })
+            }
+        }
+    }
+}
+
+/// `DescribeDBClusters` for one identifier; no cluster holding it is `ClusterNotAvailable`
+/// (during a rename the name is briefly unheld).
+async fn describe_cluster(
+    rds: &aws_sdk_rds::Client,
+    identifier: &str,
+    context: &str,
+) -> Result<aws_sdk_rds::types::DbCluster, AwsError> {
+    let out = rds
+        .describe_db_clusters()
+        .db_cluster_identifier(identifier)
+        .send()
+        .await
+        .map_err(|e| {
+            if e.as_service_error()
+                .is_some_and(|s| s.is_db_cluster_not_found_fault())
+            {
+                AwsError::new(
+                    ErrorName::ClusterNotAvailable,
+                    context,
+                    "no cluster holds this identifier",
+                )
+            } else {
+                AwsError::from_sdk(context, &e)
+            }
+        })?;
+    out.db_clusters().first().cloned().ok_or_else(|| {
+        AwsError::new(
+            ErrorName::ClusterNotAvailable,
+            context,
+            "no cluster holds this identifier",
+        )
+    })
 }
 
 #[cfg(test)]

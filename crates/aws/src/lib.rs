@@ -10,6 +10,8 @@ mod secrets;
 pub use aws_sdk_rds::error::{ProvideErrorMetadata, SdkError};
 pub use clients::AwsClients;
 pub use ecs::{live_tasks, running_tasks, service_group, LiveTask, ServiceTask};
-pub use endpoints::{ClusterEndpoint, EndpointResolver, LocalEndpoints, LOCAL_ENDPOINTS_ENV};
+pub use endpoints::{
+    ClusterEndpoint, EndpointResolver, LocalEndpoints, WriterEndpoint, LOCAL_ENDPOINTS_ENV,
+};
 pub use error::AwsError;
 pub use secrets::{read_credentials, read_secure_string, DbCredentials};

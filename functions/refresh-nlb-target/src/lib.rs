@@ -1,9 +1,11 @@
 //! `refresh-nlb-target`: point every downstream's NLB target group at the cell's current
 //! writer, so the downstream subscriptions recreated next reach green, not the old blue.
 //!
-//! The writer is whoever holds the cell's identifier (blue's, which green takes over in
-//! `rename-clusters`). Its address is registered, every other target deregistered, and the
-//! operation waits until the new target is healthy. A group already holding exactly the
+//! The writer is the writer instance of whoever holds the cell's identifier in the RDS API
+//! (blue's, which green takes over in `rename-clusters`), reached by the instance's own
+//! endpoint — never by resolving the cell's name, whose DNS follows a rename only after a
+//! delay and may still lead to the old blue. Its address is registered, every other target
+//! deregistered, and the operation waits until the new target is healthy. A group already holding exactly the
 //! writer is left alone, so a retry (or the abort path pointing back at blue) is safe.
 //! `direction` says which path calls it: forward waits stop at the pause deadline; the
 //! abort direction is refused once the cell has switched.
@@ -155,15 +157,19 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
     Ok(plan)
 }
 
-/// The address of whoever holds the cell's identifier now.
+/// The address of the writer instance of whoever holds the cell's identifier now, from
+/// the RDS API (see the module doc: not from the cell's name).
 async fn current_writer(cell: &CellDocument, deps: &Deps) -> Result<Target, Error> {
-    let endpoint = deps.endpoint(cell, Side::Blue).await?;
+    let endpoint = deps
+        .endpoints
+        .writer(&deps.aws.rds, Side::Blue.identifier(cell))
+        .await?;
     let ip = writer_ip(&endpoint.host, endpoint.port).await?;
     let writer = Target {
         id: ip.to_string(),
         port: i32::from(endpoint.port),
     };
-    tracing::info!(writer = %writer, "writer address resolved");
+    tracing::info!(writer = %writer, instance = %endpoint.instance, "writer address resolved");
     Ok(writer)
 }
 
@@ -215,8 +221,8 @@ fn changes(registered: &[Registered], writer: &Target) -> Changes {
     }
 }
 
-/// The writer endpoint's IPv4 address: a DNS name on AWS, already an IP locally. NLB IP
-/// targets must be addresses, and the name moves at the next rename; the address does not.
+/// The writer instance endpoint's IPv4 address: a DNS name on AWS (an instance's, which no
+/// cluster rename moves), already an IP locally. NLB IP targets must be addresses.
 async fn writer_ip(host: &str, port: u16) -> Result<IpAddr, Error> {
     let not_yet = |why: String| {
         Error::stop(

@@ -458,6 +458,24 @@ async fn endpoint_resolution_follows_the_resource_id_across_a_rename() {
         (cell.blue.ip.as_str(), cell.blue.port)
     );
     assert_eq!(before.engine_version, cell.blue.version);
+    // The writer's own endpoint, from the RDS API: on AWS the writer instance's (never the
+    // cluster's DNS name), locally the server behind the cluster's resource id.
+    let aws_writer = switchyard_aws::EndpointResolver::Aws
+        .writer(rds, &blue_id)
+        .await
+        .expect("the writer in moto");
+    assert_eq!(aws_writer.instance, format!("{blue_id}-1"));
+    assert!(
+        !aws_writer.host.contains(".cluster-"),
+        "an instance endpoint, not the cluster's: {}",
+        aws_writer.host
+    );
+    assert_eq!(aws_writer.cluster_resource_id, before.resource_id);
+    let local_writer = local.writer(rds, &blue_id).await.expect("local writer");
+    assert_eq!(
+        (local_writer.host.as_str(), local_writer.port),
+        (cell.blue.ip.as_str(), cell.blue.port)
+    );
 
     let parked = format!("{blue_id}-blue-{}", cell.blue.major);
     rename(&cell, &blue_id, &parked).await;
