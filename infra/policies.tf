@@ -70,6 +70,18 @@ locals {
         Resource = ["${local.rds_arn}:cluster:*"]
       }
     }
+    # refresh-nlb-target reads the writer instance's own endpoint (never the cluster's DNS
+    # name, which lags a rename). Which instances a cell's clusters hold is not known here,
+    # and the call only describes: the account's db:* ARN.
+    describe_instances = {
+      needed = true
+      statement = {
+        Sid      = "DescribeWriterInstances"
+        Effect   = "Allow"
+        Action   = ["rds:DescribeDBInstances"]
+        Resource = ["${local.rds_arn}:db:*"]
+      }
+    }
     rename_clusters = {
       needed = true
       statement = {
@@ -306,7 +318,7 @@ locals {
     "sync-sequences"                    = ["describe_cell_clusters", "orchestrator_login", "journal_read", "decrypt_secrets"]
     "finalize-replication"              = ["list_clusters", "orchestrator_login", "journal_read", "journal_create", "decrypt_secrets"]
     "rename-clusters"                   = ["list_clusters", "rename_clusters", "orchestrator_login", "journal_read", "journal_create", "journal_delete", "decrypt_secrets"]
-    "refresh-nlb-target"                = ["describe_cell_clusters", "describe_target_groups", "refresh_targets", "journal_read", "journal_create"]
+    "refresh-nlb-target"                = ["describe_cell_clusters", "describe_instances", "describe_target_groups", "refresh_targets", "journal_read", "journal_create"]
     "recreate-downstream-subscriptions" = ["describe_cell_clusters", "orchestrator_login", "downstream_login", "downstream_publisher_login", "journal_read", "journal_create", "decrypt_secrets"]
     "resume-pgbouncer"                  = ["describe_cell_clusters", "pgbouncer_login", "pgbouncer_list_tasks", "pgbouncer_describe_tasks", "application_roles", "journal_read", "journal_create", "decrypt_secrets"]
   }
