@@ -38,59 +38,23 @@ impl ClusterEndpoint {
     }
 }
 
-/// Local stand-in for DNS: `DbClusterResourceId` → `host:port` of the server behind it.
+/// Local stand-in for Aurora's endpoints: what a name leads to and where each writer is.
 ///
-/// Like Aurora's DNS after a rename, a name can lag: while an identifier is held
-/// ([`LocalEndpoints::hold`]) it leads nowhere (`ClusterNotAvailable`), whoever holds it in
-/// moto. Clones share the held names, so a test holding one through its own copy is seen
-/// by every operation using the resolver.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
+/// `names` maps a cluster identifier to the address of its emulated endpoint DNS name (in
+/// the local cell, a forwarder that follows a rename only as late as Aurora's DNS does, and
+/// may lead to the old cluster or nowhere meanwhile); `instances` maps a cluster's
+/// `DbClusterResourceId` to its writer instance's own address, which never lags. An
+/// operation dialling `names` meets every stale name AWS would show it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LocalEndpoints {
-    map: HashMap<String, String>,
-    #[serde(skip)]
-    held: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Cluster identifier → `host:port` its endpoint name leads to.
+    pub names: HashMap<String, String>,
+    /// `DbClusterResourceId` → `host:port` of the cluster's writer instance.
+    pub instances: HashMap<String, String>,
 }
-
-impl PartialEq for LocalEndpoints {
-    fn eq(&self, other: &Self) -> bool {
-        self.map == other.map
-    }
-}
-
-impl Eq for LocalEndpoints {}
 
 impl LocalEndpoints {
-    pub fn new(map: HashMap<String, String>) -> Self {
-        Self {
-            map,
-            held: std::sync::Arc::default(),
-        }
-    }
-
-    /// From now on `identifier` leads nowhere, until [`LocalEndpoints::release`]: a name
-    /// that has not caught up with a rename yet.
-    pub fn hold(&self, identifier: &str) {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(identifier.to_owned());
-    }
-
-    pub fn release(&self, identifier: &str) {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(identifier);
-    }
-
-    fn is_held(&self, identifier: &str) -> bool {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(identifier)
-    }
-
     pub fn load(path: &Path) -> Result<Self, AwsError> {
         let context = format!("loading local endpoint map {}", path.display());
         let text = std::fs::read_to_string(path)
@@ -99,11 +63,18 @@ impl LocalEndpoints {
             .map_err(|e| AwsError::new(ErrorName::ConfigurationError, &context, e.to_string()))
     }
 
-    fn address(&self, resource_id: &str) -> Option<(String, u16)> {
-        let addr = self.map.get(resource_id)?;
-        let (host, port) = addr.rsplit_once(':')?;
-        Some((host.to_owned(), port.parse().ok()?))
+    fn name(&self, identifier: &str) -> Option<(String, u16)> {
+        split_address(self.names.get(identifier)?)
     }
+
+    fn instance(&self, resource_id: &str) -> Option<(String, u16)> {
+        split_address(self.instances.get(resource_id)?)
+    }
+}
+
+fn split_address(addr: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    Some((host.to_owned(), port.parse().ok()?))
 }
 
 /// How a cluster identifier becomes an address: AWS uses the cluster endpoint from
@@ -124,7 +95,10 @@ impl EndpointResolver {
         }
     }
 
-    /// Resolves whichever cluster holds `identifier` now. A missing cluster is
+    /// Which cluster holds `identifier` in the RDS API now, and the address of the
+    /// identifier's endpoint name. The two can disagree: after a rename the name may lead
+    /// to the old cluster, or nowhere, for minutes — a connection made through it must
+    /// check which server it reached (`Deps::connect_identifier`). A missing cluster is
     /// `ClusterNotAvailable` (during a rename the name is briefly unheld).
     pub async fn resolve(
         &self,
@@ -132,15 +106,6 @@ impl EndpointResolver {
         identifier: &str,
     ) -> Result<ClusterEndpoint, AwsError> {
         let context = format!("describing DB cluster {identifier}");
-        if let Self::Local(local) = self {
-            if local.is_held(identifier) {
-                return Err(AwsError::new(
-                    ErrorName::ClusterNotAvailable,
-                    &context,
-                    "its name does not lead to any cluster yet (held, as a rename that has not reached DNS)",
-                ));
-            }
-        }
         let cluster = describe_cluster(rds, identifier, &context).await?;
         let missing = |field: &str| {
             AwsError::new(
@@ -159,11 +124,12 @@ impl EndpointResolver {
                 let port = u16::try_from(port).map_err(|_| missing("valid Port"))?;
                 (host.to_owned(), port)
             }
-            Self::Local(map) => map.address(resource_id).ok_or_else(|| {
+            // The name, not the server API says holds it: like DNS, it may lag a rename.
+            Self::Local(map) => map.name(identifier).ok_or_else(|| {
                 AwsError::new(
                     ErrorName::ConfigurationError,
                     &context,
-                    format!("resource id {resource_id} is not in the local endpoint map"),
+                    format!("identifier {identifier} has no name in the local endpoint map"),
                 )
             })?,
         };
@@ -254,9 +220,9 @@ impl EndpointResolver {
             }
             // One server per local cluster, found by the cluster's resource id: what moto
             // keeps right across renames (its instance membership does not follow them).
-            // A held name is not consulted: it is the cluster endpoint's DNS that lags.
+            // The emulated names are not consulted: it is the cluster endpoint's DNS that lags.
             Self::Local(map) => {
-                let (host, port) = map.address(&resource_id).ok_or_else(|| {
+                let (host, port) = map.instance(&resource_id).ok_or_else(|| {
                     AwsError::new(
                         ErrorName::ConfigurationError,
                         &context,
@@ -313,39 +279,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn local_map_parses_host_and_port() {
-        let map = LocalEndpoints::new(HashMap::from([
-            ("cluster-ABC".to_owned(), "127.0.0.11:5432".to_owned()),
-            ("cluster-BAD".to_owned(), "nowhere".to_owned()),
-        ]));
+    fn local_map_parses_names_and_instances() {
+        let map: LocalEndpoints = serde_json::from_str(
+            r#"{"names":{"cell-a":"127.0.0.1:7001","odd":"nowhere"},"instances":{"cluster-ABC":"127.0.0.11:5432"}}"#,
+        )
+        .expect("json");
+        assert_eq!(map.name("cell-a"), Some(("127.0.0.1".to_owned(), 7001)));
+        assert_eq!(map.name("odd"), None);
+        assert_eq!(map.name("cell-b"), None);
         assert_eq!(
-            map.address("cluster-ABC"),
+            map.instance("cluster-ABC"),
             Some(("127.0.0.11".to_owned(), 5432))
         );
-        assert_eq!(map.address("cluster-BAD"), None);
-        assert_eq!(map.address("cluster-XYZ"), None);
-    }
-
-    #[test]
-    fn a_held_name_is_held_for_every_copy_until_released() {
-        let map = LocalEndpoints::new(HashMap::new());
-        let copy = map.clone();
-        map.hold("cell-a");
-        assert!(copy.is_held("cell-a"), "clones share what is held");
-        assert!(!copy.is_held("cell-b"));
-        copy.release("cell-a");
-        assert!(!map.is_held("cell-a"));
         assert_eq!(
-            serde_json::to_string(&map).expect("json"),
-            "{}",
-            "what is held is not part of the map's file"
+            map.instance("cell-a"),
+            None,
+            "names and instances are apart"
         );
     }
 
     #[test]
-    fn local_map_is_plain_json_object() {
-        let map: LocalEndpoints =
-            serde_json::from_str(r#"{"cluster-A":"127.0.0.2:1"}"#).expect("json");
-        assert_eq!(map.address("cluster-A"), Some(("127.0.0.2".to_owned(), 1)));
+    fn the_old_resource_keyed_map_is_refused() {
+        let old = serde_json::from_str::<LocalEndpoints>(r#"{"cluster-A":"127.0.0.2:1"}"#);
+        assert!(old.is_err(), "a map without names would skip the name lag");
     }
 }

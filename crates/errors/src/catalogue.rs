@@ -21,6 +21,9 @@ pub enum ErrorName {
     ClusterNotAvailable,
     /// The NLB target is not healthy yet; ASL retries, then the run aborts if it never is.
     TargetNotHealthy,
+    /// A cluster's endpoint name led to another server than the one the RDS API says holds
+    /// it (its DNS has not caught up with a rename yet); nothing was changed. ASL retries.
+    WrongServer,
     /// A transient SQLSTATE or a dropped/refused connection; ASL retries the step.
     DatabaseUnavailable,
     /// An AWS API throttled the call; ASL retries with backoff.
@@ -90,6 +93,7 @@ impl ErrorName {
         Self::DownstreamBehind,
         Self::ClusterNotAvailable,
         Self::TargetNotHealthy,
+        Self::WrongServer,
         Self::DatabaseUnavailable,
         Self::AwsThrottled,
         Self::AwsUnavailable,
@@ -124,6 +128,7 @@ impl ErrorName {
             Self::DownstreamBehind => "DownstreamBehind",
             Self::ClusterNotAvailable => "ClusterNotAvailable",
             Self::TargetNotHealthy => "TargetNotHealthy",
+            Self::WrongServer => "WrongServer",
             Self::DatabaseUnavailable => "DatabaseUnavailable",
             Self::AwsThrottled => "AwsThrottled",
             Self::AwsUnavailable => "AwsUnavailable",
@@ -159,6 +164,7 @@ impl ErrorName {
             | Self::DownstreamBehind
             | Self::ClusterNotAvailable
             | Self::TargetNotHealthy
+            | Self::WrongServer
             | Self::DatabaseUnavailable
             | Self::AwsThrottled
             | Self::AwsUnavailable
@@ -245,6 +251,7 @@ mod tests {
             DownstreamBehind,
             ClusterNotAvailable,
             TargetNotHealthy,
+            WrongServer,
             DatabaseUnavailable,
             AwsThrottled,
             AwsUnavailable,
@@ -337,6 +344,7 @@ mod tests {
             "DownstreamBehind",
             "ClusterNotAvailable",
             "TargetNotHealthy",
+            "WrongServer",
             "DatabaseUnavailable",
             "AwsThrottled",
             "AwsUnavailable",

@@ -1,5 +1,9 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use switchyard_aws::{AwsClients, ClusterEndpoint, DbCredentials, EndpointResolver};
 use switchyard_cell::CellDocument;
+use switchyard_errors::ErrorName;
 use switchyard_postgres::{connect, ConnectOptions, Tls};
 
 use crate::{Deployment, Error};
@@ -37,6 +41,9 @@ pub struct Deps {
     pub aws: AwsClients,
     pub endpoints: EndpointResolver,
     pub deployment: Deployment,
+    /// Server identities read through writer instance endpoints, by resource id and address:
+    /// a cluster's identity never changes, so a warm Lambda reads each one once.
+    identities: Arc<Mutex<HashMap<(String, String), String>>>,
 }
 
 /// How long a connection attempt may take before it counts as unavailable.
@@ -48,6 +55,7 @@ impl Deps {
             aws,
             endpoints,
             deployment,
+            identities: Arc::default(),
         }
     }
 
@@ -57,11 +65,7 @@ impl Deps {
         let deployment = Deployment::from_env()?;
         let endpoints = EndpointResolver::from_env()?;
         let aws = AwsClients::load(None).await;
-        Ok(Self {
-            aws,
-            endpoints,
-            deployment,
-        })
+        Ok(Self::new(aws, endpoints, deployment))
     }
 
     /// The cell's run journal (SSM, under `cell.journal_path()`).
@@ -106,7 +110,9 @@ impl Deps {
         }
     }
 
-    /// Connection options for the orchestrator on `side`'s `dbname`.
+    /// Connection options for the orchestrator on `side`'s `dbname`, at the address of
+    /// its identifier's endpoint name. Whoever connects with them must check which server
+    /// the name led to ([`Deps::check_reached`]); [`Deps::connect`] does.
     pub async fn orchestrator_options(
         &self,
         cell: &CellDocument,
@@ -114,10 +120,21 @@ impl Deps {
         dbname: &str,
     ) -> Result<ConnectOptions, Error> {
         let endpoint = self.endpoint(cell, side).await?;
+        self.options_at(cell, &endpoint.host, endpoint.port, dbname)
+            .await
+    }
+
+    async fn options_at(
+        &self,
+        cell: &CellDocument,
+        host: &str,
+        port: u16,
+        dbname: &str,
+    ) -> Result<ConnectOptions, Error> {
         let login = self.orchestrator(cell).await?;
         Ok(ConnectOptions {
-            host: endpoint.host,
-            port: endpoint.port,
+            host: host.to_owned(),
+            port,
             dbname: dbname.to_owned(),
             user: login.username,
             password: login.password,
@@ -127,14 +144,139 @@ impl Deps {
         })
     }
 
-    /// A connection as the orchestrator to `side`'s `dbname`.
+    /// A connection as the orchestrator to `side`'s `dbname`, checked to have reached the
+    /// cluster that holds `side`'s identifier now (`WrongServer` otherwise).
     pub async fn connect(
         &self,
         cell: &CellDocument,
         side: Side,
         dbname: &str,
     ) -> Result<tokio_postgres::Client, Error> {
-        let opts = self.orchestrator_options(cell, side, dbname).await?;
-        Ok(connect(&opts).await?)
+        let (client, _) = self
+            .connect_identifier(cell, side.identifier(cell), dbname)
+            .await?;
+        Ok(client)
     }
+
+    /// A connection as the orchestrator through `identifier`'s endpoint name — what DNS
+    /// gives after a rename may still be the old cluster, or nothing — checked against the
+    /// cluster the RDS API says holds `identifier` now. Returns that cluster too. A name
+    /// leading elsewhere is `WrongServer` (retryable: DNS catches up), and nothing has been
+    /// done on the server it reached.
+    pub async fn connect_identifier(
+        &self,
+        cell: &CellDocument,
+        identifier: &str,
+        dbname: &str,
+    ) -> Result<(tokio_postgres::Client, ClusterEndpoint), Error> {
+        let endpoint = self.endpoints.resolve(&self.aws.rds, identifier).await?;
+        let opts = self
+            .options_at(cell, &endpoint.host, endpoint.port, dbname)
+            .await?;
+        let client = connect(&opts).await?;
+        self.check_reached(cell, &endpoint, &client, dbname).await?;
+        Ok((client, endpoint))
+    }
+
+    /// A new connection to `host:port` — an address that stands for `identifier`'s name,
+    /// such as the host a PgBouncer database names — reaches the cluster the RDS API says
+    /// holds `identifier` now (`WrongServer` otherwise). Returns that cluster.
+    pub async fn dial_checked(
+        &self,
+        cell: &CellDocument,
+        identifier: &str,
+        host: &str,
+        port: u16,
+        dbname: &str,
+    ) -> Result<ClusterEndpoint, Error> {
+        let endpoint = self.endpoints.resolve(&self.aws.rds, identifier).await?;
+        let opts = self.options_at(cell, host, port, dbname).await?;
+        let client = connect(&opts).await?;
+        self.check_reached(cell, &endpoint, &client, dbname).await?;
+        Ok(endpoint)
+    }
+
+    /// `client` (opened through `endpoint`'s name) is on the cluster the API named in
+    /// `endpoint`: the server's identity equals the one read through that cluster's writer
+    /// instance endpoint, which an instance's own address always reaches.
+    pub async fn check_reached(
+        &self,
+        cell: &CellDocument,
+        endpoint: &ClusterEndpoint,
+        client: &tokio_postgres::Client,
+        dbname: &str,
+    ) -> Result<(), Error> {
+        let identifier = &endpoint.identifier;
+        let reached = server_identity(client).await?;
+        let writer = self.endpoints.writer(&self.aws.rds, identifier).await?;
+        if writer.cluster_resource_id != endpoint.resource_id {
+            return Err(Error::stop(
+                ErrorName::WrongServer,
+                format!(
+                    "identifier {identifier} moved from cluster resource {} to {} while connecting (a rename is under way); nothing was done, retry",
+                    endpoint.resource_id, writer.cluster_resource_id
+                ),
+            ));
+        }
+        let key = (
+            writer.cluster_resource_id.clone(),
+            format!("{}:{}", writer.host, writer.port),
+        );
+        let cached = self
+            .identities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        let expected = match cached {
+            Some(identity) => identity,
+            None => {
+                let opts = self
+                    .options_at(cell, &writer.host, writer.port, dbname)
+                    .await?;
+                let identity = server_identity(&connect(&opts).await?).await?;
+                self.identities
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, identity.clone());
+                identity
+            }
+        };
+        if reached == expected {
+            return Ok(());
+        }
+        tracing::warn!(identifier, resource_id = %endpoint.resource_id, %reached, %expected, "an endpoint name led to another server");
+        Err(Error::stop(
+            ErrorName::WrongServer,
+            format!(
+                "endpoint name {identifier} led to server {reached}, not to cluster resource {} (server {expected}) that holds {identifier} now: its DNS has not caught up with a rename yet. Nothing was done there; retry",
+                endpoint.resource_id
+            ),
+        ))
+    }
+}
+
+/// What tells two servers apart whatever name led to them: the system identifier initdb
+/// (or Aurora, at cluster creation) chose, and on Aurora the instance answering too —
+/// a cluster restored from a snapshot keeps its source's system identifier.
+async fn server_identity(client: &tokio_postgres::Client) -> Result<String, Error> {
+    let row = client
+        .query_one(
+            "SELECT system_identifier::text, \
+                    to_regprocedure('aurora_db_instance_identifier()') IS NOT NULL \
+             FROM pg_control_system()",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::query("reading the server's system identifier", e))?;
+    let system: String = row.get(0);
+    if !row.get::<_, bool>(1) {
+        return Ok(system);
+    }
+    let instance: String = client
+        .query_one("SELECT aurora_db_instance_identifier()::text", &[])
+        .await
+        .map_err(|e| Error::query("reading the Aurora instance identifier", e))?
+        .get(0);
+    Ok(format!("{system}/{instance}"))
 }

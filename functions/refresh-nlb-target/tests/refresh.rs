@@ -120,6 +120,9 @@ async fn after_the_rename_the_nlb_reaches_green() {
     let deps = cell.deps().expect("deps");
     let id = cell.document.blue.cluster_identifier.clone();
     let rds = &cell.moto.clients.rds;
+    // The cell's name will not catch up with the renames (its DNS still leads to blue):
+    // the target must come from the RDS API's writer instance, not from the name.
+    cell.names().hold(&id);
     for (from, to) in [
         (id.clone(), format!("{id}-blue-{}", cell.blue.major)),
         (cell.document.green.cluster_identifier.clone(), id.clone()),
@@ -131,13 +134,6 @@ async fn after_the_rename_the_nlb_reaches_green() {
             .send()
             .await
             .expect("rename");
-    }
-
-    // The cell's name has not caught up with the rename (its DNS leads nowhere yet): the
-    // target comes from the RDS API's writer instance, not from resolving the name.
-    match &deps.endpoints {
-        switchyard_aws::EndpointResolver::Local(local) => local.hold(&id),
-        switchyard_aws::EndpointResolver::Aws => panic!("the local cell's resolver"),
     }
 
     let green = format!("{}:{}", cell.green.ip, cell.green.port);

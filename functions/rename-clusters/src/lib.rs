@@ -28,6 +28,9 @@ use switchyard_operation::fence::{self, Caller, Direction};
 use switchyard_operation::rename::{self, RenamePlan as Plan};
 use switchyard_operation::{Deps, Error, OperationInput, PauseDeadline, Side};
 
+/// The longest pause between two looks at a rename's progress.
+const MAX_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The longest wait one invocation may take: Lambda's own limit is 900 s.
 const MAX_WAIT_SECONDS: u64 = 840;
 
@@ -212,10 +215,10 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
             if recorded.is_none() {
                 journal.put(&plan).await?;
             }
-            forward(deps, &plan, &todo, deadline).await?
+            forward(deps, cell, &plan, &todo, deadline).await?
         }
         Mode::Back => {
-            let steps = back(deps, &plan, &todo, deadline).await?;
+            let steps = back(deps, cell, &plan, &todo, deadline).await?;
             // The cell is as it began: a stale plan must not steer a later run.
             journal.remove::<Plan>().await?;
             steps
@@ -275,7 +278,7 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<switchyard_operation::Pla
             Mode::Back => &plan.blue_resource_id,
         };
         dry.would(format!(
-            "then wait up to {} s for each cluster to be available under its new name and for endpoint {} to resolve to resource {resource}",
+            "then wait up to {} s for each cluster to be available under its new name and for endpoint {}, dialled, to reach resource {resource}'s server",
             input.wait_seconds, plan.cell_identifier
         ));
     }
@@ -352,6 +355,7 @@ async fn rename_if(
 
 async fn forward(
     deps: &Deps,
+    cell: &CellDocument,
     plan: &Plan,
     todo: &[Rename],
     deadline: Deadline,
@@ -379,6 +383,7 @@ async fn forward(
     .await?;
     wait_resolves(
         deps,
+        cell,
         &plan.cell_identifier,
         &plan.green_resource_id,
         deadline,
@@ -390,6 +395,7 @@ async fn forward(
 
 async fn back(
     deps: &Deps,
+    cell: &CellDocument,
     plan: &Plan,
     todo: &[Rename],
     deadline: Deadline,
@@ -417,6 +423,7 @@ async fn back(
     .await?;
     wait_resolves(
         deps,
+        cell,
         &plan.cell_identifier,
         &plan.blue_resource_id,
         deadline,
@@ -675,20 +682,35 @@ async fn wait_held(
     .await
 }
 
-/// Waits until the cell's endpoint name leads to `resource_id`.
+/// Waits until the cell's endpoint name, dialled for real, leads to `resource_id`'s
+/// server — not until the API says so: DNS follows a rename minutes later, and meanwhile
+/// the name leads to the old cluster or nowhere.
 async fn wait_resolves(
     deps: &Deps,
+    cell: &CellDocument,
     identifier: &str,
     resource_id: &str,
     deadline: Deadline,
     side: &str,
 ) -> Result<(), Error> {
-    let what = format!("endpoint {identifier} to resolve to {side} (resource {resource_id})");
+    let what = format!("endpoint {identifier}, dialled, to reach {side} (resource {resource_id})");
+    let dbname = cell.databases.first().map_or("postgres", String::as_str);
     poll(deadline, &what, || async {
-        match deps.endpoints.resolve(&deps.aws.rds, identifier).await {
-            Ok(endpoint) => Ok(endpoint.resource_id == resource_id),
-            Err(e) if e.error_name() == ErrorName::ClusterNotAvailable => Ok(false),
-            Err(e) => Err(e.into()),
+        match deps.connect_identifier(cell, identifier, dbname).await {
+            // Reached the server the API names, and the API names `resource_id`.
+            Ok((_, reached)) => Ok(reached.resource_id == resource_id),
+            Err(e)
+                if matches!(
+                    e.error_name(),
+                    ErrorName::WrongServer
+                        | ErrorName::ClusterNotAvailable
+                        | ErrorName::DatabaseUnavailable
+                ) =>
+            {
+                tracing::debug!(error = %e, "the name has not followed the rename yet");
+                Ok(false)
+            }
+            Err(e) => Err(e),
         }
     })
     .await
@@ -702,7 +724,9 @@ struct Deadline {
     pause: Option<PauseDeadline>,
 }
 
-/// Polls `done` with a growing interval until it holds or `deadline` passes.
+/// Polls `done` with a growing interval until it holds or `deadline` passes. The interval
+/// stays at or below a second: these waits are inside the pause window, where every second
+/// overslept after the name followed is a second clients wait.
 async fn poll<F, Fut>(deadline: Deadline, what: &str, mut done: F) -> Result<(), Error>
 where
     F: FnMut() -> Fut,
@@ -724,7 +748,7 @@ where
             ));
         }
         tokio::time::sleep(interval.min(left)).await;
-        interval = (interval * 2).min(Duration::from_secs(10));
+        interval = (interval * 2).min(MAX_POLL_INTERVAL);
     }
 }
 

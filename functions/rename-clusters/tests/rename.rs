@@ -312,9 +312,7 @@ async fn forward_stops_at_the_pause_deadline_and_back_refuses_a_switched_cell() 
     let doc = &cell.document;
     let original = identifiers(&cell).await;
     let blue_resource = resource_id(&deps, &doc.blue.cluster_identifier).await;
-    let switchyard_aws::EndpointResolver::Local(names) = &deps.endpoints else {
-        panic!("a local cell resolves names locally");
-    };
+    let names = cell.names();
 
     // The cell's name does not lead to green yet (a rename DNS has not caught up with):
     // the wait must end at the pause deadline, not at wait_seconds.
@@ -374,4 +372,66 @@ async fn forward_stops_at_the_pause_deadline_and_back_refuses_a_switched_cell() 
         .await
         .expect_err("the dry run refuses alike");
     assert_eq!(error.error_name(), ErrorName::AlreadySwitched, "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_keeps_waiting_while_the_name_still_leads_to_blue() {
+    let cell = cell().await;
+    let deps = cell.deps().expect("deps");
+    let doc = cell.document.clone();
+    let green_resource = resource_id(&deps, &doc.green.cluster_identifier).await;
+    let timings = cell.names().timings();
+    // The cell's name stays cached on blue for longer than the API's renames take and
+    // longer than AWS promises: the API will say "green" long before the name does.
+    cell.names().hold(&doc.blue.cluster_identifier);
+    let task = tokio::spawn({
+        let input = input(&cell, Mode::Forward);
+        let deps = deps.clone();
+        async move { run(input, &deps).await }
+    });
+    let parked = parked(&cell);
+    let api_done = std::time::Instant::now();
+    loop {
+        let ids = identifiers(&cell).await;
+        if ids.contains(&parked) && ids.contains(&doc.blue.cluster_identifier) {
+            break;
+        }
+        assert!(
+            api_done.elapsed() < std::time::Duration::from_secs(60),
+            "the API never finished renaming: {ids:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        resource_id(&deps, &doc.blue.cluster_identifier).await,
+        green_resource,
+        "the API says green holds the cell's name"
+    );
+    // Well past the emulated DNS delays, the name still leads to blue: still waiting.
+    tokio::time::sleep(
+        timings.rename_propagation.max(timings.dns_linger) * 2 + std::time::Duration::from_secs(1),
+    )
+    .await;
+    assert!(
+        !task.is_finished(),
+        "rename-clusters must not read the API's word as the name's: {:?}",
+        task.is_finished()
+    );
+    assert_eq!(
+        version_behind_cell_endpoint(&cell).await,
+        cell.blue.version_num,
+        "the name still leads to blue"
+    );
+
+    cell.names().release(&doc.blue.cluster_identifier);
+    let out = task
+        .await
+        .expect("task")
+        .expect("forward completes once the name follows");
+    assert_forward_done(&cell, &out, &green_resource);
+    assert_eq!(
+        version_behind_cell_endpoint(&cell).await,
+        cell.green.version_num,
+        "when rename-clusters returns, a new connection by name reaches green"
+    );
 }

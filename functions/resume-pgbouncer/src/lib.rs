@@ -119,7 +119,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         .decision
         .as_ref()
         .is_some_and(|d| d.switched(cell) && d.run_id == input.run_id);
-    let reached = Box::pin(reach(&endpoints, &login, &cell.pgbouncer.databases)).await;
+    let reached = Box::pin(reach(cell, deps, &endpoints, &login)).await;
     if input.direction == Way::Forward && !switched_already {
         // Before the point of no return: every instance reachable and right, or nothing.
         if let Some((endpoint, e)) = reached
@@ -212,14 +212,15 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 /// Each instance logged in to and checked, in discovery order; an instance that cannot be
 /// reached or would connect to the wrong address is an error of its own.
 async fn reach(
+    cell: &CellDocument,
+    deps: &Deps,
     endpoints: &[Endpoint],
     login: &switchyard_aws::DbCredentials,
-    databases: &[String],
 ) -> Vec<(Endpoint, Result<PgBouncerAdmin, Error>)> {
     let mut out = Vec::with_capacity(endpoints.len());
     for endpoint in endpoints {
         let session = match endpoint.connect(login).await {
-            Ok(admin) => match Box::pin(target::check(endpoint, &admin, databases)).await {
+            Ok(admin) => match Box::pin(target::check(cell, deps, endpoint, &admin)).await {
                 Ok(()) => Ok(admin),
                 Err(e) => Err(e),
             },
@@ -377,7 +378,7 @@ async fn checked_sessions(
         .await
         .map_err(|mut failures| Error::Database(failures.swap_remove(0).1))?;
     for (endpoint, admin) in endpoints.iter().zip(&sessions) {
-        Box::pin(target::check(endpoint, admin, &cell.pgbouncer.databases)).await?;
+        Box::pin(target::check(cell, deps, endpoint, admin)).await?;
     }
     Ok((endpoints, sessions))
 }

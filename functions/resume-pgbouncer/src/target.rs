@@ -1,22 +1,30 @@
-//! Before RESUME: would this instance connect where the database's host points now?
+//! Before RESUME: would this instance connect where the database's host points now, and
+//! does that host lead to the cluster holding the cell's identifier?
 //!
-//! After the rename blue's endpoint name resolves to green, but PgBouncer may still hold a
-//! server connection, or a cached DNS answer, for the old address. Either would send the
-//! first writes to the old cluster (where revoked writes fail them loudly).
+//! After the rename blue's endpoint name resolves to green — minutes after the API says so:
+//! until then it leads to the old cluster, or nowhere. PgBouncer may also still hold a
+//! server connection, or a cached DNS answer, for the old address. Any of these would send
+//! the first writes to the old cluster (where revoked writes fail them loudly). So a new
+//! connection is made to the host each database names, as PgBouncer's next server
+//! connection would be, and the server it reaches must be the cluster the RDS API says
+//! holds the cell's identifier (green forward, blue on the abort path).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
+use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
 use switchyard_operation::fleet::Endpoint;
-use switchyard_operation::Error;
+use switchyard_operation::{Deps, Error, Side};
 use switchyard_postgres::PgBouncerAdmin;
 
 pub(crate) async fn check(
+    cell: &CellDocument,
+    deps: &Deps,
     endpoint: &Endpoint,
     admin: &PgBouncerAdmin,
-    databases: &[String],
 ) -> Result<(), Error> {
+    let databases = &cell.pgbouncer.databases;
     let rows = admin.show_databases().await?;
     let servers = admin.show_servers().await?;
     let dns = admin.show_dns_hosts().await?;
@@ -63,6 +71,15 @@ pub(crate) async fn check(
                 ),
             ));
         }
+        let dbname = row.database.as_deref().unwrap_or(db);
+        deps.dial_checked(cell, Side::Blue.identifier(cell), host, row.port, dbname)
+            .await
+            .map_err(|e| {
+                Error::stop(
+                    switchyard_errors::Catalogued::error_name(&e),
+                    format!("PgBouncer {endpoint}'s next server connection for {db} (to {host}:{}) would not reach the cluster holding {}: {e}; nothing was resumed", row.port, Side::Blue.identifier(cell)),
+                )
+            })?;
     }
     Ok(())
 }

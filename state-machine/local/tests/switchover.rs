@@ -780,9 +780,7 @@ async fn the_pause_budget_is_a_deadline_and_one_run_owns_the_cell() {
             let deps = hook_deps.clone();
             let intruder = hook_intruder.clone();
             async move {
-                let switchyard_aws::EndpointResolver::Local(names) = &deps.endpoints else {
-                    return;
-                };
+                let names = cell.names();
                 let name = &cell.document.blue.cluster_identifier;
                 match (call.function.as_str(), call.way(), &call.result) {
                     // Someone runs restore-writes by hand, as another run, mid-window.

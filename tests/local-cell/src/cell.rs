@@ -19,6 +19,7 @@ use crate::forwarder::{Forwarder, Route};
 use crate::install::Install;
 use crate::link::Link;
 use crate::moto::Moto;
+use crate::names::{AwsTimings, Names};
 use crate::pg::{client_options, PgServer, PgServerSpec};
 use crate::pgbouncer::{PgBouncer, PgBouncerSpec, PooledDatabase};
 use crate::process::{run_to_end, server_dir, RunAs};
@@ -60,11 +61,13 @@ pub struct CellOptions {
     /// reached through a [`Link`] a test can break.
     pub pgbouncer_instances: usize,
     pub document: PathBuf,
+    /// How slow the emulated AWS is (`AWS_TIMINGS`; `fast` when unset).
+    pub aws_timings: AwsTimings,
 }
 
 impl CellOptions {
-    /// Defaults (14 → 17, search 17, 1000 rows), overridden by `BLUE_PG`, `GREEN_PG`,
-    /// `SEARCH_PG`, `CELL_ROWS` and `CELL_DOCUMENT`.
+    /// Defaults (14 → 17, search 17, 1000 rows, `fast` AWS timings), overridden by
+    /// `BLUE_PG`, `GREEN_PG`, `SEARCH_PG`, `CELL_ROWS`, `CELL_DOCUMENT` and `AWS_TIMINGS`.
     pub fn from_env(install: &Install) -> Result<Self, CellError> {
         let num = |name: &str, default: u32| -> Result<u32, CellError> {
             match std::env::var(name) {
@@ -86,6 +89,7 @@ impl CellOptions {
             document: std::env::var_os("CELL_DOCUMENT")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| install.example_cell_document()),
+            aws_timings: AwsTimings::from_env()?,
         })
     }
 }
@@ -184,6 +188,7 @@ pub struct LocalCell {
     // Field order is teardown order: clients first, servers after, moto last.
     direct_writers: Vec<DirectWriters>,
     forwarders: HashMap<String, Forwarder>,
+    names: Names,
     nlb: Forwarder,
     pub pgbouncer: PgBouncer,
     /// The fleet's other instances, each behind its link.
@@ -246,31 +251,49 @@ impl LocalCell {
             .try_into()
             .map_err(|_| CellError::Setup("three servers expected".to_owned()))?;
 
-        // AWS side: clusters carrying the real servers' versions, the endpoint map keyed by
-        // resource id, SSM parameters, ECS services and the downstream's target group.
+        // AWS side: clusters carrying the real servers' versions, SSM parameters, ECS
+        // services and the downstream's target group; names that follow renames late.
         let clients = &moto.clients;
-        let mut endpoints = HashMap::new();
+        let mut instances = HashMap::new();
         for (identifier, server) in [
             (&doc.blue.cluster_identifier, &blue),
             (&doc.green.cluster_identifier, &green),
         ] {
             let resource_id = create_cluster(clients, identifier, server).await?;
-            endpoints.insert(resource_id, server.address());
+            instances.insert(resource_id, server.address());
         }
-        let endpoints_file = run_dir.join("endpoints.json");
-        write_json(&endpoints_file, &endpoints)?;
         put_parameters(&moto, &doc, &secrets).await?;
-        let resolver = EndpointResolver::Local(LocalEndpoints::new(endpoints));
-
+        // Every identifier a switchover gives a cluster has a name: the cell's, green's own
+        // and blue's parked one.
+        let identifiers = vec![
+            doc.blue.cluster_identifier.clone(),
+            doc.green.cluster_identifier.clone(),
+            switchyard_operation::rename::parked_identifier(&doc, blue.major),
+        ];
+        let names = Names::start(
+            clients.rds.clone(),
+            options.aws_timings,
+            &identifiers,
+            instances.clone(),
+        )
+        .await?;
         let mut forwarders = HashMap::new();
-        for identifier in [&doc.blue.cluster_identifier, &doc.green.cluster_identifier] {
+        for identifier in &identifiers {
             let route = Route::Cluster {
-                rds: clients.rds.clone(),
-                resolver: resolver.clone(),
+                names: names.clone(),
                 identifier: identifier.clone(),
             };
             forwarders.insert(identifier.clone(), Forwarder::start(route).await?);
         }
+        let endpoints_file = run_dir.join("endpoints.json");
+        let endpoints = LocalEndpoints {
+            names: forwarders
+                .iter()
+                .map(|(identifier, f)| (identifier.clone(), f.addr().to_string()))
+                .collect(),
+            instances,
+        };
+        write_json(&endpoints_file, &endpoints)?;
         let blue_endpoint = forwarders[&doc.blue.cluster_identifier].addr();
 
         let vpc = moto.create_vpc().await?;
@@ -360,6 +383,7 @@ impl LocalCell {
             fixture_rows: options.rows,
             direct_writers: Vec::new(),
             forwarders,
+            names,
             nlb,
             pgbouncer,
             more_pgbouncers,
@@ -445,6 +469,12 @@ impl LocalCell {
             .get(identifier)
             .map(Forwarder::addr)
             .ok_or_else(|| CellError::Setup(format!("no emulated endpoint for {identifier}")))
+    }
+
+    /// The emulated DNS of the cell's cluster names: to hold a name where it leads, or to
+    /// read the delays it emulated.
+    pub fn names(&self) -> &Names {
+        &self.names
     }
 
     pub fn nlb_endpoint(&self) -> SocketAddr {

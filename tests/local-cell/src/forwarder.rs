@@ -1,27 +1,25 @@
 //! Endpoint emulation: what Aurora's DNS and the NLB do, as TCP forwarders.
 //!
-//! Each new connection is routed by asking moto *at connect time* who holds the name now;
-//! connections already open stay where they are. That is exactly the property the
-//! switchover depends on: a rename moves new connections, never existing ones.
+//! Each new connection is routed at connect time — by the emulated DNS ([`Names`]) for a
+//! cluster endpoint, by moto's target health for the NLB; connections already open stay
+//! where they are. That is exactly the property the switchover depends on: a rename moves
+//! new connections (once DNS has followed it), never existing ones.
 
 use std::net::SocketAddr;
 
-use switchyard_aws::EndpointResolver;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::names::Names;
 use crate::CellError;
 
 /// What a forwarder follows.
 #[derive(Clone, Debug)]
 pub enum Route {
-    /// A cluster endpoint: whichever moto cluster holds `identifier` now.
-    Cluster {
-        rds: aws_sdk_rds::Client,
-        resolver: EndpointResolver,
-        identifier: String,
-    },
+    /// A cluster endpoint: wherever `identifier`'s name leads now — the cluster that holds
+    /// it in moto, once the emulated DNS has followed the rename.
+    Cluster { names: Names, identifier: String },
     /// An NLB listener: the first healthy target registered in the target group now.
     TargetGroup {
         elbv2: aws_sdk_elasticloadbalancingv2::Client,
@@ -34,15 +32,9 @@ impl Route {
     /// client's connection is closed, as an NXDOMAIN or an empty target group would.
     async fn target(&self) -> Result<String, String> {
         match self {
-            Self::Cluster {
-                rds,
-                resolver,
-                identifier,
-            } => resolver
-                .resolve(rds, identifier)
-                .await
-                .map(|endpoint| format!("{}:{}", endpoint.host, endpoint.port))
-                .map_err(|e| e.to_string()),
+            Self::Cluster { names, identifier } => names
+                .route(identifier)
+                .ok_or_else(|| format!("name {identifier} leads nowhere now")),
             Self::TargetGroup { elbv2, arn } => {
                 let out = elbv2
                     .describe_target_health()

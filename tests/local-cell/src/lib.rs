@@ -15,6 +15,7 @@ mod forwarder;
 mod install;
 mod link;
 mod moto;
+mod names;
 mod pg;
 mod pgbouncer;
 mod process;
@@ -28,6 +29,7 @@ pub use checks::{fingerprint, wait_keys_once};
 pub use forwarder::{Forwarder, Route};
 pub use install::Install;
 pub use link::Link;
+pub use names::{AwsTimings, NameDelay, Names, AWS_TIMINGS_ENV};
 pub use pg::{PgServer, PgServerSpec};
 pub use process::{free_port, start_time as process_start_time, RunAs};
 pub use workload::{

@@ -110,20 +110,45 @@ async fn renaming_in_moto_moves_new_connections_and_keeps_open_ones() {
         .expect("connect before rename");
     assert_eq!(server_version_num(&open).await, cell.blue.version_num);
 
+    let timings = cell.names().timings();
     let parked = format!("{blue_id}-blue-{}", cell.blue.major);
+    let renamed = Instant::now();
     rename(&cell, &blue_id, &parked).await;
-    // Between the two renames nobody holds the name: like NXDOMAIN, a connection fails.
+    // Like a cached DNS answer, the name still leads to the cluster that left it...
+    let cached = version_num(&orchestrator_via(&cell, endpoint)).await;
     assert!(
-        connect(&orchestrator_via(&cell, endpoint)).await.is_err(),
-        "the name resolved while unheld"
+        cached == cell.blue.version_num || renamed.elapsed() >= timings.dns_linger,
+        "the old answer lingers for {:?}",
+        timings.dns_linger
     );
+    // ...then, between the two renames, nowhere: like NXDOMAIN, a connection fails.
+    let until = |what: &'static str| {
+        let cell = &cell;
+        async move {
+            let started = Instant::now();
+            loop {
+                let reached = match connect(&orchestrator_via(cell, endpoint)).await {
+                    Ok(client) => Some(server_version_num(&client).await),
+                    Err(_) => None,
+                };
+                let done = match what {
+                    "nowhere" => reached.is_none(),
+                    _ => reached == Some(cell.green.version_num),
+                };
+                if done {
+                    return started.elapsed();
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "the name never led {what}: {reached:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    until("nowhere").await;
     rename(&cell, &green_id, &blue_id).await;
-
-    assert_eq!(
-        version_num(&orchestrator_via(&cell, endpoint)).await,
-        cell.green.version_num,
-        "new connection"
-    );
+    until("to green").await;
     assert_eq!(
         server_version_num(&open).await,
         cell.blue.version_num,
@@ -445,19 +470,26 @@ async fn pgbouncer_pause_waits_for_open_transactions_and_resume_releases_waiters
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn endpoint_resolution_follows_the_resource_id_across_a_rename() {
+async fn names_follow_a_rename_only_late_and_a_connection_checks_where_it_landed() {
     let cell = start_cell(false).await;
+    let deps = cell.deps().expect("deps");
     let rds = &cell.moto.clients.rds;
-    let blue_id = cell.document.blue.cluster_identifier.clone();
-    let local = switchyard_aws::EndpointResolver::Local(
-        switchyard_aws::LocalEndpoints::load(&cell.endpoints_file).expect("map"),
-    );
+    let doc = &cell.document;
+    let blue_id = doc.blue.cluster_identifier.clone();
+    let local = &deps.endpoints;
     let before = local.resolve(rds, &blue_id).await.expect("resolve");
     assert_eq!(
-        (before.host.as_str(), before.port),
-        (cell.blue.ip.as_str(), cell.blue.port)
+        format!("{}:{}", before.host, before.port),
+        cell.endpoint(&blue_id).expect("name").to_string(),
+        "a function dials the name, not the server"
     );
     assert_eq!(before.engine_version, cell.blue.version);
+    let (client, reached) = deps
+        .connect_identifier(doc, &blue_id, "app")
+        .await
+        .expect("the name leads to blue");
+    assert_eq!(server_version_num(&client).await, cell.blue.version_num);
+    assert_eq!(reached.resource_id, before.resource_id);
     // The writer's own endpoint, from the RDS API: on AWS the writer instance's (never the
     // cluster's DNS name), locally the server behind the cluster's resource id.
     let aws_writer = switchyard_aws::EndpointResolver::Aws
@@ -477,20 +509,67 @@ async fn endpoint_resolution_follows_the_resource_id_across_a_rename() {
         (cell.blue.ip.as_str(), cell.blue.port)
     );
 
+    // A switchover's renames, while the cell's name is cached on blue longer than usual.
+    cell.names().hold(&blue_id);
     let parked = format!("{blue_id}-blue-{}", cell.blue.major);
     rename(&cell, &blue_id, &parked).await;
+    let green_id = doc.green.cluster_identifier.clone();
+    rename(&cell, &green_id, &blue_id).await;
+    let green_resource = local
+        .resolve(rds, &blue_id)
+        .await
+        .expect("the API says green")
+        .resource_id;
+    assert_ne!(green_resource, before.resource_id);
+    let wrong = deps
+        .connect_identifier(doc, &blue_id, "app")
+        .await
+        .expect_err("the name still leads to blue");
+    assert_eq!(wrong.error_name(), ErrorName::WrongServer, "{wrong}");
+    assert!(wrong.to_string().contains(&green_resource), "{wrong}");
+    let direct = deps
+        .connect(doc, Side::Blue, "app")
+        .await
+        .expect_err("Deps::connect checks too");
+    assert_eq!(direct.error_name(), ErrorName::WrongServer, "{direct}");
+
+    // Released, the name follows the API once the emulated DNS delay has passed.
+    cell.names().release(&blue_id);
+    let started = Instant::now();
+    let client = loop {
+        match deps.connect_identifier(doc, &blue_id, "app").await {
+            Ok((client, reached)) => {
+                assert_eq!(reached.resource_id, green_resource);
+                break client;
+            }
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e.error_name(),
+                        ErrorName::WrongServer | ErrorName::DatabaseUnavailable
+                    ),
+                    "only a lagging name: {e}"
+                );
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "the name never followed the rename: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(server_version_num(&client).await, cell.green.version_num);
+    let delays = cell.names().emulated_delays();
+    assert!(
+        delays.iter().any(
+            |d| d.identifier == blue_id && d.holder.as_deref() == Some(green_resource.as_str())
+        ),
+        "the switch of the cell's name is among the emulated delays: {delays:?}"
+    );
     let parked_endpoint = local.resolve(rds, &parked).await.expect("resolve parked");
     assert_eq!(
         parked_endpoint.resource_id, before.resource_id,
         "resource ids survive renames"
-    );
-    let err = local
-        .resolve(rds, &blue_id)
-        .await
-        .expect_err("nobody holds the name");
-    assert_eq!(
-        switchyard_errors::Catalogued::error_name(&err),
-        switchyard_errors::ErrorName::ClusterNotAvailable
     );
 
     let aws = switchyard_aws::EndpointResolver::Aws;
