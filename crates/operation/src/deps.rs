@@ -170,12 +170,24 @@ impl Deps {
         dbname: &str,
     ) -> Result<(tokio_postgres::Client, ClusterEndpoint), Error> {
         let endpoint = self.endpoints.resolve(&self.aws.rds, identifier).await?;
+        let client = self.connect_endpoint(cell, &endpoint, dbname).await?;
+        Ok((client, endpoint))
+    }
+
+    /// A connection as the orchestrator through `endpoint` (resolved earlier by its
+    /// identifier), checked like [`Deps::connect_identifier`].
+    pub async fn connect_endpoint(
+        &self,
+        cell: &CellDocument,
+        endpoint: &ClusterEndpoint,
+        dbname: &str,
+    ) -> Result<tokio_postgres::Client, Error> {
         let opts = self
             .options_at(cell, &endpoint.host, endpoint.port, dbname)
             .await?;
         let client = connect(&opts).await?;
-        self.check_reached(cell, &endpoint, &client, dbname).await?;
-        Ok((client, endpoint))
+        self.check_reached(cell, endpoint, &client, dbname).await?;
+        Ok(client)
     }
 
     /// A new connection to `host:port` — an address that stands for `identifier`'s name,

@@ -18,15 +18,12 @@
 mod green;
 mod old_blue;
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 use switchyard_aws::ClusterEndpoint;
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
 use switchyard_operation::fence::{self, Caller, Direction};
 use switchyard_operation::{Deps, Error, OperationInput, PauseDeadline, Plan, Side};
-use switchyard_postgres::ConnectOptions;
 
 /// ```json
 /// {"cell": { …the cell document… }, "mode": "drop", "old_blue_identifier": "local-a-blue-14"}
@@ -247,31 +244,16 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
     Ok(plan)
 }
 
-/// Connects as the orchestrator to `endpoint` — a cluster that may hold neither of the
-/// cell's identifiers' usual owners after a rename (what `Deps::orchestrator_options` does
-/// for a side).
+/// A connection through `endpoint`'s name, checked to reach the cluster the API says holds
+/// it (`WrongServer` while the name lags a rename).
 async fn connect_to(
     cell: &CellDocument,
     deps: &Deps,
     endpoint: &ClusterEndpoint,
     dbname: &str,
 ) -> Result<tokio_postgres::Client, Error> {
-    let login = deps.orchestrator(cell).await?;
-    let options = ConnectOptions {
-        host: endpoint.host.clone(),
-        port: endpoint.port,
-        dbname: dbname.to_owned(),
-        user: login.username,
-        password: login.password,
-        tls: deps.tls(cell)?,
-        application_name: "switchyard".to_owned(),
-        connect_timeout: CONNECT_TIMEOUT,
-    };
-    Ok(switchyard_postgres::connect(&options).await?)
+    deps.connect_endpoint(cell, endpoint, dbname).await
 }
-
-/// How long a connection attempt may take before the cluster counts as unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

@@ -20,7 +20,8 @@ use switchyard_state_machine::{Execution, Executor};
 use time::OffsetDateTime;
 
 use crate::report::{
-    latency_stats, unix_ms, AuditSummary, LoadReport, Outcome, Report, WorkloadSummary,
+    covered_ms, latency_stats, unix_ms, AuditSummary, EmulatedDelay, LoadReport, Outcome, Report,
+    WorkloadSummary,
 };
 use crate::{load, LocalFunctions, PREPARE, SWITCHOVER};
 
@@ -267,6 +268,14 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
         Some((&prepared, "prepare-history.json")),
         switched.as_ref().map(|e| (e, "switchover-history.json")),
     );
+    let (emulated_aws_delays, spans) = emulated_delays(cell);
+    let pause_window_emulated_aws_ms = match (
+        report.pause_window_started_at.as_deref().and_then(unix_ms),
+        report.pause_window_ended_at.as_deref().and_then(unix_ms),
+    ) {
+        (Some(from), Some(to)) => Some(covered_ms(from, to, &spans)),
+        _ => None,
+    };
     // What PgBouncer served, measured, beats preflight's readings; the outcome judged
     // here also counts a switch whose cleanup failed.
     report.outcome = outcome;
@@ -302,9 +311,37 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
         direct_writers: direct_summary,
         ledger_audit,
         direct_writer_audit: direct_audit,
+        aws_timings: cell.names().timings().name.to_owned(),
+        pause_window_emulated_aws_ms,
+        emulated_aws_delays,
     });
     report.judge();
     Ok(report)
+}
+
+/// The cell's emulated name delays, for the report and as Unix-ms spans.
+fn emulated_delays(cell: &LocalCell) -> (Vec<EmulatedDelay>, Vec<(i64, i64)>) {
+    // Instants have no calendar: anchor them to one reading of both clocks.
+    let (now, wall) = (Instant::now(), OffsetDateTime::now_utc());
+    let at = |i: Instant| wall - now.saturating_duration_since(i);
+    let stamp = |t: OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    let ms = |t: OffsetDateTime| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let mut delays = Vec::new();
+    let mut spans = Vec::new();
+    for d in cell.names().emulated_delays() {
+        let (changed, followed) = (at(d.changed_at), at(d.follows_at));
+        spans.push((ms(changed), ms(followed)));
+        delays.push(EmulatedDelay {
+            name: d.identifier,
+            api_changed_at: stamp(changed),
+            name_followed_at: stamp(followed),
+            leads_to: d.holder,
+        });
+    }
+    (delays, spans)
 }
 
 /// Fails the report if any file written (histories, report, timeline), or the summary,

@@ -178,6 +178,47 @@ pub struct LoadReport {
     pub direct_writers: WorkloadSummary,
     pub ledger_audit: AuditSummary,
     pub direct_writer_audit: AuditSummary,
+    /// How slow the emulated AWS was (`AWS_TIMINGS`: instant, fast or documented).
+    pub aws_timings: String,
+    /// Of the pause window, the milliseconds in which a cluster name had not yet followed
+    /// a rename the RDS API had already made: time spent waiting on (emulated) AWS, not on
+    /// our own work. Null when PgBouncer was never resumed.
+    pub pause_window_emulated_aws_ms: Option<u64>,
+    /// Every emulated name delay of the run: when the API renamed, when the name followed.
+    pub emulated_aws_delays: Vec<EmulatedDelay>,
+}
+
+/// One rename as the emulated DNS served it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EmulatedDelay {
+    /// The cluster identifier whose name lagged.
+    pub name: String,
+    /// When the RDS API changed who holds it (RFC 3339).
+    pub api_changed_at: String,
+    /// When the name followed (RFC 3339).
+    pub name_followed_at: String,
+    /// The resource id the name led to from then (null: nowhere).
+    pub leads_to: Option<String>,
+}
+
+/// Milliseconds of `[from, to]` covered by any of `spans` (each `[start, end]` in Unix ms).
+pub fn covered_ms(from: i64, to: i64, spans: &[(i64, i64)]) -> u64 {
+    let mut clipped: Vec<(i64, i64)> = spans
+        .iter()
+        .map(|&(a, b)| (a.max(from), b.min(to)))
+        .filter(|(a, b)| a < b)
+        .collect();
+    clipped.sort_unstable();
+    let mut total = 0i64;
+    let mut end = i64::MIN;
+    for (a, b) in clipped {
+        let start = a.max(end);
+        if b > start {
+            total += b - start;
+        }
+        end = end.max(b);
+    }
+    u64::try_from(total).unwrap_or(0)
 }
 
 /// `report.json`: of a rehearsal (`target/rehearsal/`), or of executions read back from
@@ -704,6 +745,13 @@ impl Report {
                 .collect();
             line(format!("              ms: {}", parts.join(", ")));
         }
+        if let Some(load) = &self.load {
+            line(format!(
+                "  aws         {} timings; {} of the pause window waiting on emulated AWS (names following renames)",
+                load.aws_timings,
+                opt(load.pause_window_emulated_aws_ms, " ms")
+            ));
+        }
         if let (Some(first), Some(last)) = (self.lag.first(), self.lag.last()) {
             let max = self.lag.iter().map(|l| l.bytes).max().unwrap_or(0);
             line(format!(
@@ -773,6 +821,15 @@ mod tests {
         assert_eq!((max, p99), (Some(1000.0), Some(990.0)));
         assert_eq!(latency_stats(vec![1_234]), (Some(1.2), Some(1.2)));
         assert_eq!(latency_stats(Vec::new()), (None, None));
+    }
+
+    #[test]
+    fn emulated_delays_count_once_inside_the_window() {
+        // Window 100..200; delays overlapping each other and both window edges.
+        let spans = [(50, 120), (110, 150), (180, 400), (300, 350)];
+        assert_eq!(covered_ms(100, 200, &spans), 20 + 30 + 20);
+        assert_eq!(covered_ms(100, 200, &[]), 0);
+        assert_eq!(covered_ms(100, 200, &[(0, 1000)]), 100);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The timeline picture of a report (`timeline.svg`): per execution, every state as a bar
 //! on one time axis (colour by outcome, attempts when retried), the pause window as a
-//! band across the switchover, and replication lag as a line under the bars.
+//! band across the switchover, the emulated AWS delays (a name not yet following a rename)
+//! as a purple strip above its bars, and replication lag as a line under the bars.
 //!
 //! Plain SVG 1.1 text, no scripts or external references, so it opens anywhere (a
 //! browser, an image viewer, a ticket).
@@ -56,6 +57,7 @@ pub fn svg(report: &Report) -> String {
 .note {{ fill: #333; }}
 .name {{ fill: #222; }}
 .grid {{ stroke: #e3e3e3; stroke-width: 1; }}
+.aws {{ fill: #7a5cc7; }}
 .succeeded {{ fill: #3f8f55; }}
 .caught {{ fill: #d9822b; }}
 .failed {{ fill: #c0392b; }}
@@ -157,6 +159,33 @@ fn panel(
                 &what,
                 "pauselabel",
             );
+        }
+    }
+
+    // Emulated AWS (a name not yet following a rename the API made): marked apart from
+    // our own work, as a strip above the bars.
+    if label == SWITCHOVER_LABEL {
+        if let Some(load) = &report.load {
+            for d in &load.emulated_aws_delays {
+                let (Some(a), Some(b)) = (unix_ms(&d.api_changed_at), unix_ms(&d.name_followed_at))
+                else {
+                    continue;
+                };
+                if b < t0 || a > t1 {
+                    continue;
+                }
+                let (xa, xb) = (x(a.max(t0)), x(b.min(t1)).max(x(a.max(t0)) + 1.0));
+                let _ = writeln!(
+                    out,
+                    r#"<rect class="aws" x="{xa:.1}" y="{:.1}" width="{:.1}" height="4"><title>emulated AWS ({}): name {} follows the rename {} ms later, to {}</title></rect>"#,
+                    rows_top - 7.0,
+                    xb - xa,
+                    load.aws_timings,
+                    escape(&d.name),
+                    b - a,
+                    escape(d.leads_to.as_deref().unwrap_or("nowhere")),
+                );
+            }
         }
     }
 

@@ -985,7 +985,12 @@ async fn a_large_schema_keeps_every_execution_state_small() {
     let mut options = CellOptions::from_env(&Install::from_env()).expect("options");
     options.rows = 100;
     options.run_direct_writers = false;
-    let cell = LocalCell::start(&options).await.expect("cell");
+    // This test is about the size of what states carry, not about time: 7,000 relations
+    // make the window's steps slow on two busy cores, so the budget is generous (and
+    // PgBouncer's query_wait_timeout above it, as preflight requires).
+    options.query_wait_timeout_secs = 600;
+    let mut cell = LocalCell::start(&options).await.expect("cell");
+    cell.document.budgets.pause_seconds = 300;
     let deps = cell.deps().expect("deps");
     let blue = cell.blue.superuser_client("app").await.expect("blue");
     blue.batch_execute(
