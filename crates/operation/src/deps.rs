@@ -202,9 +202,12 @@ impl Deps {
         dbname: &str,
     ) -> Result<ClusterEndpoint, Error> {
         let endpoint = self.endpoints.resolve(&self.aws.rds, identifier).await?;
-        let opts = self.options_at(cell, host, port, dbname).await?;
-        let client = connect(&opts).await?;
-        self.check_reached(cell, &endpoint, &client, dbname).await?;
+        let dialled = ClusterEndpoint {
+            host: host.to_owned(),
+            port,
+            ..endpoint.clone()
+        };
+        self.connect_endpoint(cell, &dialled, dbname).await?;
         Ok(endpoint)
     }
 

@@ -154,12 +154,8 @@ impl Names {
 
     /// The server `identifier`'s name leads to now (`None`: nowhere).
     pub fn route(&self, identifier: &str) -> Option<String> {
-        let s = lock(&self.state);
-        let holder = match s.frozen.get(identifier) {
-            Some(frozen) => frozen.clone(),
-            None => effective(s.history.get(identifier)?, self.timings, Instant::now()),
-        };
-        s.servers.get(&holder?).cloned()
+        let holder = self.leads_to(identifier)?;
+        lock(&self.state).servers.get(&holder).cloned()
     }
 
     /// The resource id `identifier`'s name leads to now, whatever the API says.
