@@ -333,7 +333,11 @@ fn emulated_delays(cell: &LocalCell) -> (Vec<EmulatedDelay>, Vec<(i64, i64)>) {
     let mut spans = Vec::new();
     for d in cell.names().emulated_delays() {
         let (changed, followed) = (at(d.changed_at), at(d.follows_at));
-        spans.push((ms(changed), ms(followed)));
+        // What a run waits on is a name reaching its new cluster; a name losing one (its
+        // old answer lingering) runs alongside and is listed, not counted.
+        if d.holder.is_some() {
+            spans.push((ms(changed), ms(followed)));
+        }
         delays.push(EmulatedDelay {
             name: d.identifier,
             api_changed_at: stamp(changed),

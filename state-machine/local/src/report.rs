@@ -180,9 +180,9 @@ pub struct LoadReport {
     pub direct_writer_audit: AuditSummary,
     /// How slow the emulated AWS was (`AWS_TIMINGS`: instant, fast or documented).
     pub aws_timings: String,
-    /// Of the pause window, the milliseconds in which a cluster name had not yet followed
-    /// a rename the RDS API had already made: time spent waiting on (emulated) AWS, not on
-    /// our own work. Null when PgBouncer was never resumed.
+    /// Of the pause window, the milliseconds in which a cluster name had not yet reached
+    /// the cluster a rename gave it in the RDS API: time spent waiting on (emulated) AWS,
+    /// not on our own work. Null when PgBouncer was never resumed.
     pub pause_window_emulated_aws_ms: Option<u64>,
     /// Every emulated name delay of the run: when the API renamed, when the name followed.
     pub emulated_aws_delays: Vec<EmulatedDelay>,
