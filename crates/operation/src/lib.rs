@@ -5,12 +5,14 @@
 //! resolution), connections to the cell's clusters as the orchestrator, the shared
 //! [`Error`], and [`serve`], the whole of a Lambda's `main`.
 
+pub mod app_roles;
 mod deploy;
 mod deps;
 pub mod downstream;
 mod error;
 pub mod fence;
 pub mod fleet;
+pub mod green_fence;
 pub mod guard;
 mod journal;
 mod lambda;

@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use switchyard_aws::ClusterEndpoint;
 use switchyard_cell::CellDocument;
-use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_operation::{Deps, Error, Side};
+use switchyard_errors::ErrorName;
+use switchyard_operation::{green_fence, Deps, Error};
 use switchyard_postgres::quote::ident;
 use tokio_postgres::Client;
 
@@ -21,16 +21,7 @@ const LOCK_TIMEOUT: &str = "10s";
 /// Green's cluster for `drop`: under its own identifier, or — after the forward rename —
 /// under blue's.
 pub(crate) async fn locate(cell: &CellDocument, deps: &Deps) -> Result<ClusterEndpoint, Error> {
-    match deps.endpoint(cell, Side::Green).await {
-        Err(e) if e.error_name() == ErrorName::ClusterNotAvailable => {
-            tracing::info!("green's identifier is free: green holds blue's after the rename");
-            Ok(deps
-                .endpoints
-                .resolve(&deps.aws.rds, &cell.blue.cluster_identifier)
-                .await?)
-        }
-        other => other,
-    }
+    green_fence::endpoint(cell, deps).await
 }
 
 /// Connects to green at `endpoint`, checked as [`open`], with our session's settings.
@@ -54,23 +45,7 @@ pub(crate) async fn open(
     database: &str,
 ) -> Result<Client, Error> {
     let client = crate::connect_to(cell, deps, endpoint, database).await?;
-    let major: i32 = client
-        .query_one(
-            "SELECT pg_catalog.current_setting('server_version_num')::int / 10000",
-            &[],
-        )
-        .await
-        .map_err(|e| Error::query("reading green's server version", e))?
-        .get(0);
-    if u32::try_from(major).ok() != Some(cell.target_major_version) {
-        return Err(Error::stop(
-            ErrorName::PreconditionFailed,
-            format!(
-                "cluster {} runs PostgreSQL {major}, not the target {}: it is not green; check which cluster holds which identifier, then rerun",
-                endpoint.identifier, cell.target_major_version
-            ),
-        ));
-    }
+    green_fence::check_is_green(cell, endpoint, &client).await?;
     Ok(client)
 }
 

@@ -9,19 +9,24 @@
 //! 2. check every downstream subscription is shown to hold everything up to the freeze
 //!    (this run dropped it after its slot confirmed the frozen position, and recreated it
 //!    on the cluster that now holds the cell's identifier);
-//! 3. journal the run's decision **switched** (`fence::mark_switched`). From here on
+//! 3. read the application roles (SSM) and connect to green, checked to be green;
+//! 4. journal the run's decision **switched** (`fence::mark_switched`). From here on
 //!    nothing routes the cell back: the abort path refuses (`AlreadySwitched`);
-//! 4. RESUME every database of every instance it can reach and check ("not paused" is
+//! 5. give green's fenced application roles LOGIN back (`green_fence::open`; sync-roles
+//!    kept them NOLOGIN so nothing could write to green before the switch). After the
+//!    decision, so no abort can follow the opening; before any RESUME, so the first queued
+//!    client finds its login open. A failure here is `ResumeIncomplete` (retried forward);
+//! 6. RESUME every database of every instance it can reach and check ("not paused" is
 //!    fine: idempotent), then RELOAD, which restores the file's `dns_max_ttl` /
 //!    `dns_nxdomain_ttl` lowered by `pause-pgbouncer`. An instance that fails is left
 //!    for the retry — the ones resumed stay resumed — and the call ends
 //!    `ResumeIncomplete` (retried forward) naming them;
-//! 5. with `expected_server_version_num`, a query *through* each instance confirms the
+//! 7. with `expected_server_version_num`, a query *through* each instance confirms the
 //!    server version: a mismatch is `ProbeMismatch` (writes may be on green: page; never
 //!    roll back). It cannot run earlier: queries wait while paused.
 //!
-//! A retry after step 3 (the decision already journaled) skips the all-reachable check and
-//! goes on resuming what it can.
+//! A retry after step 4 (the decision already journaled) skips the all-reachable check,
+//! opens green's logins if they are not open yet, and goes on resuming what it can.
 //!
 //! Abort: refused once the cell has switched; each reachable instance whose target checks
 //! out is resumed — all go to blue, so a partial resume is safe — and the others are named
@@ -30,6 +35,7 @@
 //! Dry run ([`plan`]): the same logins and checks of where each instance would connect,
 //! then the databases it would RESUME and the RELOADs that would restore lowered TTLs.
 
+mod logins;
 mod probe;
 mod target;
 
@@ -89,6 +95,10 @@ pub struct Output {
     /// When the last RESUME returned (RFC 3339, UTC): the end of the paused window.
     pub resumed_at: String,
     pub instances: Vec<ResumedInstance>,
+    /// Application roles this run gave LOGIN back on green (forward; empty on a retry
+    /// that found them open, and on the abort path).
+    #[serde(default)]
+    pub logins_opened: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -120,17 +130,29 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         .as_ref()
         .is_some_and(|d| d.switched(cell) && d.run_id == input.run_id);
     let reached = Box::pin(reach(cell, deps, &endpoints, &login)).await;
-    if input.direction == Way::Forward && !switched_already {
-        // Before the point of no return: every instance reachable and right, or nothing.
-        if let Some((endpoint, e)) = reached
-            .iter()
-            .find_map(|(ep, r)| r.as_ref().err().map(|e| (ep, e)))
-        {
-            return Err(before_switch(endpoint, e));
-        }
-        Box::pin(require_downstream_caught_up(&input, deps)).await?;
-        let decision = fence::mark_switched(deps, cell, &input.run_id).await?;
-        tracing::warn!(run = %decision.run_id, "switched: writes go to green from the first RESUME");
+    let mut logins_opened = Vec::new();
+    if input.direction == Way::Forward {
+        let green = if switched_already {
+            Box::pin(logins::Green::reach(cell, deps))
+                .await
+                .map_err(|e| logins::after_switch(&e))?
+        } else {
+            // Before the point of no return: every instance reachable and right, or nothing.
+            if let Some((endpoint, e)) = reached
+                .iter()
+                .find_map(|(ep, r)| r.as_ref().err().map(|e| (ep, e)))
+            {
+                return Err(before_switch(endpoint, e));
+            }
+            Box::pin(require_downstream_caught_up(&input, deps)).await?;
+            let green = Box::pin(logins::Green::reach(cell, deps)).await?;
+            let decision = fence::mark_switched(deps, cell, &input.run_id).await?;
+            tracing::warn!(run = %decision.run_id, "switched: writes go to green from the first RESUME");
+            green
+        };
+        let mut green = green;
+        // After the decision (no abort can follow), before the first RESUME.
+        logins_opened = green.open().await.map_err(|e| logins::after_switch(&e))?;
     }
 
     let mut resumed_instances = Vec::new();
@@ -181,6 +203,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
             direction: input.direction,
             resumed_at,
             instances: resumed_instances,
+            logins_opened,
         });
     };
     let databases = &cell.pgbouncer.databases;
@@ -206,6 +229,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         direction: input.direction,
         resumed_at,
         instances: resumed_instances,
+        logins_opened,
     })
 }
 
@@ -336,6 +360,18 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
             "check every downstream subscription was dropped at the frozen position and recreated on the new primary, then journal the switched decision under {} — the point of no return",
             deps.journal(cell).parameter_of::<Decision>()
         ));
+    }
+    if input.direction == Way::Forward {
+        let closed = Box::pin(logins::Green::reach(cell, deps))
+            .await?
+            .closed()
+            .await?;
+        if !closed.is_empty() {
+            plan.would(format!(
+                "on green: ALTER ROLE … LOGIN for {} (closed until the switch)",
+                closed.join(", ")
+            ));
+        }
     }
     for (endpoint, admin) in endpoints.iter().zip(&sessions) {
         let rows = admin.show_databases().await?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use resume_pgbouncer::{plan, run, Input};
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_local_cell::{LocalCell, TEST_RUN};
-use switchyard_operation::fence::{Decision, Verdict, Way};
+use switchyard_operation::fence::{self, Decision, Verdict, Way};
 use switchyard_postgres::PgBouncerAdmin;
 
 async fn start() -> LocalCell {
@@ -277,4 +277,88 @@ async fn forward_refuses_before_the_switch_when_the_downstream_is_not_shown_caug
     .expect_err("the run is aborting");
     assert_eq!(error.error_name(), ErrorName::AbortInProgress, "{error}");
     assert!(!app_paused(&console).await, "nothing paused again");
+}
+
+/// Whether `role` (its password from the cell's secrets) can log in to green directly.
+async fn logs_in_to_green(cell: &LocalCell, role: &str) -> Result<(), String> {
+    let (user, password) = cell.secrets.role(role).expect("role");
+    switchyard_postgres::connect(&cell.green.options("app", user, password))
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Green's application logins open at the switch — after the decision, before the first
+/// RESUME — and a retry finishes a run that crashed after journaling the decision (logins
+/// still closed) or after opening them (PgBouncer still paused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_opens_greens_logins_at_the_switch_and_a_retry_finishes_a_crashed_run() {
+    let cell = start().await;
+    let deps = cell.deps().expect("deps");
+    let console = admin(&cell).await;
+    sync_roles::run(
+        sync_roles::Input {
+            cell: cell.document.clone(),
+            run_id: TEST_RUN.to_owned(),
+            force: false,
+        },
+        &deps,
+    )
+    .await
+    .expect("sync-roles");
+    let refused = logs_in_to_green(&cell, "app_writer")
+        .await
+        .expect_err("fenced before the switch");
+    assert!(refused.contains("not permitted to log in"), "{refused}");
+
+    // Without a downstream: forward needs no downstream evidence here.
+    let mut document = cell.document.clone();
+    document.downstream.clear();
+    let forward = Input {
+        cell: document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
+        pause_deadline: None,
+        direction: Way::Forward,
+        expected_server_version_num: None,
+    };
+    pause(&cell, &deps).await;
+    let dry = plan(forward.clone(), &deps).await.expect("plan");
+    assert!(
+        dry.would.contains(
+            &"on green: ALTER ROLE … LOGIN for app_owner, app_reader, app_writer, jobs_writer (closed until the switch)"
+                .to_owned()
+        ),
+        "{:#?}",
+        dry.would
+    );
+    assert!(
+        logs_in_to_green(&cell, "app_writer").await.is_err(),
+        "the dry run opened nothing"
+    );
+
+    // Crashed after journaling the decision: the logins are still closed, PgBouncer paused.
+    fence::mark_switched(&deps, &document, TEST_RUN)
+        .await
+        .expect("switched");
+    assert!(logs_in_to_green(&cell, "app_writer").await.is_err());
+    let retried = run(forward.clone(), &deps).await.expect("the retry");
+    assert_eq!(
+        retried.logins_opened,
+        ["app_owner", "app_reader", "app_writer", "jobs_writer"]
+    );
+    assert_eq!(retried.instances[0].resumed, ["app"]);
+    assert!(!app_paused(&console).await);
+    for role in ["app_writer", "app_owner"] {
+        logs_in_to_green(&cell, role)
+            .await
+            .unwrap_or_else(|e| panic!("{role} logs in to green after the switch: {e}"));
+    }
+
+    // Crashed after opening them, before RESUME: nothing left to open, the RESUME happens.
+    pause(&cell, &deps).await;
+    let again = run(forward, &deps).await.expect("the second retry");
+    assert!(again.logins_opened.is_empty(), "{:?}", again.logins_opened);
+    assert_eq!(again.instances[0].resumed, ["app"]);
+    assert!(!app_paused(&console).await);
 }

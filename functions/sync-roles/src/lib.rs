@@ -12,23 +12,26 @@
 //! Nothing is dropped: a role on green that SSM does not describe is reported in
 //! `extra_roles`, except the platform's own (see [`is_platform_role`]).
 //!
+//! Until the cell has switched to green, every login role that is not a replication role
+//! is created — and kept, on every rerun — NOLOGIN on green, and the sessions such roles
+//! hold there are ended after the commit: no application writes to green before the
+//! switch (`switchyard_operation::green_fence`; resume-pgbouncer opens the logins at the
+//! switch). Once the cell has switched, a rerun writes the roles exactly as SSM says.
+//!
 //! Dry run ([`plan`]): every CREATE ROLE, ALTER ROLE (attributes, and whether the password
 //! would be set) and GRANT the run would make now, from the same comparison; no password.
-
-mod parameters;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
+use switchyard_operation::app_roles::{self as parameters, Attributes, Role};
 use switchyard_operation::fence::{self, Caller, Direction};
-use switchyard_operation::{Deps, Error, Listed, OperationInput, Plan, Side};
+use switchyard_operation::{green_fence, Deps, Error, Listed, OperationInput, Plan, Side};
 use switchyard_postgres::quote::{ident, literal};
 use switchyard_postgres::scram_verifier;
 use tokio_postgres::Client;
-
-use crate::parameters::{Attributes, Role};
 
 /// ```json
 /// {"cell": { …the cell document… }}
@@ -78,21 +81,34 @@ pub struct Output {
     pub memberships_granted: Listed<String>,
     /// Roles on green that SSM does not describe: reported, never dropped.
     pub extra_roles: Listed<String>,
+    /// Login roles kept NOLOGIN on green until the switch (empty once switched).
+    #[serde(default)]
+    pub fenced: Listed<String>,
+    /// Sessions of those roles this run ended on green.
+    #[serde(default)]
+    pub sessions_ended: usize,
 }
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.green.cluster_identifier))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
-    fence::admit(deps, &input.cell, input.caller(), Direction::Either).await?;
+    let admitted = fence::admit(deps, &input.cell, input.caller(), Direction::Either).await?;
+    let fencing = !switched(&input.cell, &admitted);
     let Survey {
         roles,
         orchestrator,
         mut client,
         green,
     } = Box::pin(survey(&input.cell, deps)).await?;
-    let changes = changes(&parameters::ordered(&roles)?, &green);
+    let changes = changes(&parameters::ordered(&roles)?, &green, fencing);
+    let fenced = if fencing {
+        green_fence::fenced(&roles)
+    } else {
+        Vec::new()
+    };
 
     let mut output = Output {
         extra_roles: Listed::of(extra_roles(&roles, &green, &orchestrator)),
+        fenced: Listed::of(fenced.iter().map(|r| (*r).to_owned()).collect()),
         ..Output::default()
     };
     // One transaction: a failure halfway leaves green's roles as they were.
@@ -103,7 +119,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     for (role, change) in &changes.roles {
         let list = match change {
             RoleChange::Create => {
-                create(&tx, role).await?;
+                create(&tx, role, wanted(role, fencing)).await?;
                 &mut output.created
             }
             RoleChange::Alter {
@@ -129,6 +145,8 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         output.memberships_granted.push(format!("{member}→{group}"));
     }
     tx.commit().await.map_err(|e| Error::query("COMMIT", e))?;
+    // After the commit: a session opened before its role lost LOGIN outlives the change.
+    output.sessions_ended = green_fence::end_sessions(&client, &fenced).await?;
     if !output.extra_roles.is_empty() {
         tracing::warn!(roles = ?output.extra_roles, "green has roles that ssm does not describe; left in place");
     }
@@ -138,9 +156,15 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 /// What [`run`] would change on green now, in its order; passwords are only said to be set.
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, cluster = %input.cell.green.cluster_identifier))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
-    fence::check(deps, &input.cell, input.caller(), Direction::Either).await?;
-    let Survey { roles, green, .. } = Box::pin(survey(&input.cell, deps)).await?;
-    let changes = changes(&parameters::ordered(&roles)?, &green);
+    let admitted = fence::check(deps, &input.cell, input.caller(), Direction::Either).await?;
+    let fencing = !switched(&input.cell, &admitted);
+    let Survey {
+        roles,
+        client,
+        green,
+        ..
+    } = Box::pin(survey(&input.cell, deps)).await?;
+    let changes = changes(&parameters::ordered(&roles)?, &green, fencing);
     let mut plan = Plan::new();
     for (role, change) in &changes.roles {
         match change {
@@ -154,7 +178,7 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
                 plan.would(format!(
                     "on green: CREATE ROLE {} {}{password}",
                     role.name,
-                    role.attributes.keywords().join(" ")
+                    wanted(role, fencing).keywords().join(" ")
                 ));
             }
             RoleChange::Alter {
@@ -182,7 +206,32 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
     for (member, group) in &changes.grants {
         plan.would(format!("on green: GRANT {group} TO {member}"));
     }
+    if fencing {
+        let fenced = green_fence::fenced(&roles);
+        let sessions = green_fence::sessions(&client, &fenced).await?;
+        if sessions > 0 {
+            plan.would(format!(
+                "on green: end every session of {} ({sessions} now; kept from logging in until the switch)",
+                fenced.join(", ")
+            ));
+        }
+    }
     Ok(plan)
+}
+
+/// Whether the cell has switched to this green: its logins are then open.
+fn switched(cell: &CellDocument, admitted: &fence::Admitted) -> bool {
+    admitted.decision.as_ref().is_some_and(|d| d.switched(cell))
+}
+
+/// The attributes `role` gets on green now: SSM's, without LOGIN while `fencing` and the
+/// role is one the fence keeps out.
+fn wanted(role: &Role, fencing: bool) -> Attributes {
+    if fencing && role.fenced_on_green() {
+        role.attributes.without_login()
+    } else {
+        role.attributes
+    }
 }
 
 /// Everything [`run`] and [`plan`] decide from, read and checked before green is touched.
@@ -235,11 +284,16 @@ enum RoleChange {
 }
 
 impl RoleChange {
-    fn of(role: &Role, existing: Option<&Existing>, passwords_readable: bool) -> Self {
+    fn of(
+        role: &Role,
+        wanted: Attributes,
+        existing: Option<&Existing>,
+        passwords_readable: bool,
+    ) -> Self {
         let Some(existing) = existing else {
             return Self::Create;
         };
-        let attributes = role.attributes.changes_from(existing.attributes);
+        let attributes = wanted.changes_from(existing.attributes);
         let password = match &role.password {
             None => PasswordState::Absent,
             Some(_) if !passwords_readable => PasswordState::Unknown,
@@ -269,12 +323,16 @@ struct Changes<'a> {
     grants: Vec<(&'a str, &'a str)>,
 }
 
-fn changes<'a>(order: &[&'a Role], green: &Green) -> Changes<'a> {
+fn changes<'a>(order: &[&'a Role], green: &Green, fencing: bool) -> Changes<'a> {
     let roles = order
         .iter()
         .map(|role| {
-            let change =
-                RoleChange::of(role, green.roles.get(&role.name), green.passwords_readable);
+            let change = RoleChange::of(
+                role,
+                wanted(role, fencing),
+                green.roles.get(&role.name),
+                green.passwords_readable,
+            );
             (*role, change)
         })
         .collect();
@@ -440,8 +498,12 @@ fn password_clause(role: &Role) -> Option<String> {
         .map(|p| format!("PASSWORD {}", literal(&scram_verifier(p))))
 }
 
-async fn create(tx: &tokio_postgres::Transaction<'_>, role: &Role) -> Result<(), Error> {
-    let mut clauses = role.attributes.keywords().join(" ");
+async fn create(
+    tx: &tokio_postgres::Transaction<'_>,
+    role: &Role,
+    attributes: Attributes,
+) -> Result<(), Error> {
+    let mut clauses = attributes.keywords().join(" ");
     if let Some(password) = password_clause(role) {
         clauses.push(' ');
         clauses.push_str(&password);

@@ -3,6 +3,7 @@
 use aws_sdk_ssm::types::ParameterType;
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_local_cell::{LocalCell, TEST_RUN};
+use switchyard_operation::fence;
 use switchyard_telemetry::Secret;
 use sync_roles::{plan, run, Input};
 
@@ -34,6 +35,26 @@ const APP_ROLES: [&str; 6] = [
     "jobs_writer",
     "search_replicator",
 ];
+
+/// The login roles that are not replication roles: NOLOGIN on green until the switch.
+const FENCED: [&str; 4] = ["app_owner", "app_reader", "app_writer", "jobs_writer"];
+
+/// Whether green's stored verifier for `role` verifies the password SSM holds.
+async fn stored_password_verifies(
+    green: &tokio_postgres::Client,
+    cell: &LocalCell,
+    role: &str,
+) -> bool {
+    let stored: String = green
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .expect("pg_authid")
+        .get(0);
+    switchyard_postgres::scram_verifies(&stored, &ssm_password(cell, role).await)
+}
 
 /// Every application role on green with its stored verifier and attributes: what must not
 /// move when nothing needs changing.
@@ -134,7 +155,7 @@ async fn put_role(cell: &LocalCell, name: &str, value: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn syncs_roles_so_apps_log_in_to_green_and_a_second_run_changes_nothing() {
+async fn syncs_roles_fenced_until_the_switch_and_a_second_run_changes_nothing() {
     let cell = start().await;
     let deps = cell.deps().expect("deps");
     let green = cell.green.superuser_client("app").await.expect("green");
@@ -157,7 +178,7 @@ async fn syncs_roles_so_apps_log_in_to_green_and_a_second_run_changes_nothing() 
             .to_owned()
     ), "{:#?}", dry.would);
     assert!(dry.would.contains(
-        &"on green: CREATE ROLE app_writer LOGIN NOREPLICATION NOCREATEDB NOCREATEROLE INHERIT NOBYPASSRLS with its SSM password (as a SCRAM verifier)"
+        &"on green: CREATE ROLE app_writer NOLOGIN NOREPLICATION NOCREATEDB NOCREATEROLE INHERIT NOBYPASSRLS with its SSM password (as a SCRAM verifier)"
             .to_owned()
     ), "{:#?}", dry.would);
     assert_eq!(
@@ -195,11 +216,25 @@ async fn syncs_roles_so_apps_log_in_to_green_and_a_second_run_changes_nothing() 
     assert_eq!(first.extra_roles.first, ["reporting"]);
     assert_no_password(&cell, &serde_json::to_string(&first).expect("json"));
 
-    // app_writer's password holds @ ! ' : / — it arrives intact.
-    for role in ["app_writer", "app_owner", "search_replicator"] {
-        logs_in(&cell, role)
-            .await
-            .expect("logs in to green with its SSM password");
+    // Until the switch no application login reaches green (nothing but replication may
+    // write there), except a replication role: the downstream's, needed inside the window.
+    assert_eq!(sorted(&first.fenced), FENCED);
+    for role in FENCED {
+        let refused = logs_in(&cell, role).await.expect_err("fenced");
+        assert!(
+            refused.contains("not permitted to log in"),
+            "{role}: {refused}"
+        );
+    }
+    logs_in(&cell, "search_replicator")
+        .await
+        .expect("a replication role logs in to green");
+    // The passwords are there for the switch: app_writer's holds @ ! ' : / intact.
+    for role in ["app_writer", "app_owner"] {
+        assert!(
+            stored_password_verifies(&green, &cell, role).await,
+            "{role}"
+        );
     }
     let member: bool = green
         .query_one("SELECT pg_has_role('app_writer', 'app_rw', 'MEMBER')", &[])
@@ -236,6 +271,53 @@ async fn syncs_roles_so_apps_log_in_to_green_and_a_second_run_changes_nothing() 
         .expect("reporting")
         .get(0);
     assert_eq!(reporting, 1, "an extra role is reported, never dropped");
+
+    // A login opened by hand before the switch is closed again and its session ended.
+    green
+        .batch_execute("ALTER ROLE app_writer LOGIN")
+        .await
+        .expect("opened by hand");
+    let password = ssm_password(&cell, "app_writer").await;
+    let early = switchyard_postgres::connect(&cell.green.options("app", "app_writer", &password))
+        .await
+        .expect("app_writer on green while its login is open");
+    let before = green_state(&green).await;
+    let dry = plan(input(&cell), &deps).await.expect("plan");
+    assert_eq!(
+        dry.would,
+        [
+            "on green: ALTER ROLE app_writer: NOLOGIN",
+            "on green: end every session of app_owner, app_reader, app_writer, jobs_writer (1 now; kept from logging in until the switch)"
+        ]
+    );
+    assert_eq!(
+        green_state(&green).await,
+        before,
+        "a dry run changes nothing"
+    );
+    let closed = run(input(&cell), &deps).await.expect("closing run");
+    assert_eq!(closed.altered.first, ["app_writer"]);
+    assert_eq!(closed.sessions_ended, 1);
+    assert!(
+        early.simple_query("SELECT 1").await.is_err(),
+        "its session is ended"
+    );
+    assert!(logs_in(&cell, "app_writer").await.is_err());
+
+    // Once the cell has switched to green, a rerun writes the roles as SSM says: logins open.
+    fence::mark_switched(&deps, &cell.document, TEST_RUN)
+        .await
+        .expect("switched");
+    let after = run(input(&cell), &deps)
+        .await
+        .expect("run after the switch");
+    assert_eq!(sorted(&after.altered), FENCED);
+    assert!(after.fenced.is_empty() && after.sessions_ended == 0);
+    for role in ["app_writer", "app_owner", "search_replicator"] {
+        logs_in(&cell, role)
+            .await
+            .expect("logs in to green with its SSM password");
+    }
 
     // Drift on green is put back: a changed password and an attribute SSM does not grant.
     green
@@ -325,7 +407,13 @@ async fn without_pg_authid_passwords_are_set_and_reported() {
     );
     assert!(second.created.is_empty() && second.altered.is_empty());
     assert!(second.memberships_granted.is_empty());
-    logs_in(&cell, "app_writer").await.expect("still logs in");
+    logs_in(&cell, "search_replicator")
+        .await
+        .expect("still logs in");
+    assert!(
+        logs_in(&cell, "app_writer").await.is_err(),
+        "fenced until the switch, whoever the orchestrator is"
+    );
     // Unreadable passwords are set on every run, and the dry run says so.
     let dry = plan(input(&cell), &deps).await.expect("plan");
     assert_eq!(dry.would.len(), 5, "{:#?}", dry.would);

@@ -141,7 +141,8 @@ async fn prepare_brings_an_empty_green_to_a_verified_replica_under_load() {
         (keys.len(), 0, 0)
     );
 
-    // Application roles log in on green with the passwords kept in SSM.
+    // Nothing but replication writes to green before the switch: an application role with
+    // its SSM password is refused there (its login opens at the switch).
     let parameter = format!(
         "{}app_writer",
         cell.document.credentials.application_roles_path
@@ -150,10 +151,11 @@ async fn prepare_brings_an_empty_green_to_a_verified_replica_under_load() {
         .await
         .expect("ssm");
     let on_green = cell.green.options("app", &creds.username, &creds.password);
-    let client = switchyard_postgres::connect(&on_green)
+    let refused = switchyard_postgres::connect(&on_green)
         .await
-        .expect("app_writer logs into green");
-    client.simple_query("SELECT 1").await.expect("query");
+        .expect_err("app_writer is refused on green during prepare")
+        .to_string();
+    assert!(refused.contains("not permitted to log in"), "{refused}");
 
     // Everything again: same results, nothing created twice.
     let second = prepare_once(&cell, &deps, "prepare-flow-1").await;

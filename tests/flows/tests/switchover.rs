@@ -346,6 +346,14 @@ async fn an_aborted_switchover_leaves_blue_serving_and_the_next_attempt_switches
     let mut check = Run::new(&cell, &deps, "after-abort");
     check.step("check-replication", json!({})).await;
 
+    // Green stays fenced after the abort: a client a lagging name sends there is refused.
+    let (user, password) = cell.secrets.role("app_writer").expect("role");
+    let refused = switchyard_postgres::connect(&cell.green.options("app", user, password))
+        .await
+        .expect_err("app_writer is refused on green after an abort")
+        .to_string();
+    assert!(refused.contains("not permitted to log in"), "{refused}");
+
     // The next attempt switches the cell, and nothing written across both is lost.
     let mut second = Run::new(&cell, &deps, "switchover-flow-second");
     second.freeze_and_disable().await;

@@ -1,12 +1,14 @@
-//! The cell's application roles as SSM describes them: read, parsed and checked in full
-//! before green is touched.
+//! The cell's application roles as SSM describes them (one SecureString parameter per role
+//! under `credentials.application_roles_path`): read, parsed and checked in full before a
+//! server is touched. sync-roles writes them onto green; resume-pgbouncer opens green's
+//! logins at the switch ([`crate::green_fence`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::Error;
 use aws_sdk_ssm::types::ParameterType;
 use serde::Deserialize;
 use switchyard_errors::ErrorName;
-use switchyard_operation::Error;
 use switchyard_telemetry::Secret;
 
 /// The attributes a role parameter may set, each with its negation, in the order of the
@@ -25,12 +27,12 @@ const DEFAULTS: [bool; 6] = [false, false, false, false, true, false];
 /// A role's settable attributes. A parameter is declarative: an attribute it does not
 /// name takes `CREATE ROLE`'s default (so a hand-made `CREATEDB` on green is undone).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Attributes([bool; 6]);
+pub struct Attributes([bool; 6]);
 
 impl Attributes {
     /// From `pg_roles`: rolcanlogin, rolreplication, rolcreatedb, rolcreaterole,
     /// rolinherit, rolbypassrls.
-    pub(crate) fn from_catalog(values: [bool; 6]) -> Self {
+    pub fn from_catalog(values: [bool; 6]) -> Self {
         Self(values)
     }
 
@@ -70,7 +72,7 @@ impl Attributes {
     }
 
     /// Every attribute, for `CREATE ROLE`.
-    pub(crate) fn keywords(self) -> Vec<&'static str> {
+    pub fn keywords(self) -> Vec<&'static str> {
         self.0
             .iter()
             .zip(FLAGS)
@@ -78,8 +80,25 @@ impl Attributes {
             .collect()
     }
 
+    /// Whether the role may log in.
+    pub fn login(self) -> bool {
+        self.0[0]
+    }
+
+    /// Whether the role may open replication connections.
+    pub fn replication(self) -> bool {
+        self.0[1]
+    }
+
+    /// The same, but NOLOGIN.
+    pub fn without_login(self) -> Self {
+        let mut values = self.0;
+        values[0] = false;
+        Self(values)
+    }
+
     /// The attributes to change to turn `current` into `self`, for `ALTER ROLE`.
-    pub(crate) fn changes_from(self, current: Self) -> Vec<&'static str> {
+    pub fn changes_from(self, current: Self) -> Vec<&'static str> {
         self.keywords()
             .into_iter()
             .zip(self.0.iter().zip(current.0))
@@ -91,14 +110,25 @@ impl Attributes {
 
 /// One application role, from its parameter.
 #[derive(Debug)]
-pub(crate) struct Role {
+pub struct Role {
     /// The SSM parameter it came from: what messages name.
-    pub(crate) parameter: String,
-    pub(crate) name: String,
+    pub parameter: String,
+    pub name: String,
     /// Absent for a group (NOLOGIN) role: its password on green is then left alone.
-    pub(crate) password: Option<Secret>,
-    pub(crate) attributes: Attributes,
-    pub(crate) member_of: Vec<String>,
+    pub password: Option<Secret>,
+    pub attributes: Attributes,
+    pub member_of: Vec<String>,
+}
+
+impl Role {
+    /// Kept from logging in to green until the switch (see [`crate::green_fence`]): a
+    /// login role that is not a replication role. A replication role is a downstream
+    /// subscriber's, and its subscription is recreated on green inside the window, before
+    /// the switch; it reads through a walsender and holds no write privilege in a sound
+    /// cell.
+    pub fn fenced_on_green(&self) -> bool {
+        self.attributes.login() && !self.attributes.replication()
+    }
 }
 
 /// The parameter's JSON, as `tests/local-cell` and operators write it.
@@ -117,7 +147,7 @@ struct RoleDocument {
 /// Reads every parameter under `path` (recursively, decrypted, all pages) and checks them
 /// all: a parameter that cannot be read as a role is `SecretUnavailable`, one that asks for
 /// something not allowed is `InvalidInput`; either way every problem is listed at once.
-pub(crate) async fn read(
+pub async fn read(
     ssm: &aws_sdk_ssm::Client,
     path: &str,
     orchestrator: &str,
@@ -159,7 +189,7 @@ pub(crate) async fn read(
         return Err(Error::stop(
             ErrorName::SecretUnavailable,
             format!(
-                "role parameters under {path} cannot be read; fix them and rerun sync-roles:\n{}",
+                "role parameters under {path} cannot be read; fix them and rerun (nothing was changed):\n{}",
                 unreadable.join("\n")
             ),
         ));
@@ -168,7 +198,7 @@ pub(crate) async fn read(
         Error::stop(
             ErrorName::InvalidInput,
             format!(
-                "role parameters under {path} ask for what sync-roles will not do; fix them and rerun (nothing was changed):\n{}",
+                "role parameters under {path} ask for what switchyard will not do; fix them and rerun (nothing was changed):\n{}",
                 problems.join("\n")
             ),
         )
@@ -247,7 +277,7 @@ fn check(
 
 /// The roles in an order where every group comes before its members (ties by name), so
 /// a role exists before another joins it; a membership cycle is `InvalidInput`.
-pub(crate) fn ordered(roles: &[Role]) -> Result<Vec<&Role>, Error> {
+pub fn ordered(roles: &[Role]) -> Result<Vec<&Role>, Error> {
     let by_name: BTreeMap<&str, &Role> = roles.iter().map(|r| (r.name.as_str(), r)).collect();
     let mut waiting: BTreeMap<&str, BTreeSet<&str>> = roles
         .iter()
