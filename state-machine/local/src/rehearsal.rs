@@ -20,8 +20,8 @@ use switchyard_state_machine::{Execution, Executor};
 use time::OffsetDateTime;
 
 use crate::report::{
-    covered_ms, latency_stats, unix_ms, AuditSummary, EmulatedDelay, LoadReport, Outcome, Report,
-    WorkloadSummary,
+    budgets_of, covered_ms, latency_stats, stale_names, unix_ms, AuditSummary, EmulatedDelay,
+    LoadReport, Outcome, Report, WindowFit, WorkloadSummary,
 };
 use crate::{load, LocalFunctions, PREPARE, SWITCHOVER};
 
@@ -231,7 +231,9 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
     let downstream_equal = downstream_converges(cell, primary, &database).await;
     let green_version = version_through_pgbouncer(cell).await;
 
-    // Client latency over the commits acknowledged while the switchover ran.
+    // Client latency over the commits whose transaction overlapped the switchover: one
+    // queued by the pause may be acknowledged after the execution ended, and is the one
+    // that waited longest.
     let mut latencies = Vec::new();
     if let Some(e) = &switched {
         let start = e.history.first().and_then(|h| unix_ms(&h.timestamp));
@@ -240,7 +242,11 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
             latencies = tally
                 .acks
                 .iter()
-                .filter(|a| (start..=end).contains(&(a.at_unix_ms as i64)))
+                .filter(|a| {
+                    let acked = a.at_unix_ms as i64;
+                    let began = acked - (a.latency_us / 1000) as i64;
+                    acked >= start && began <= end
+                })
                 .map(|a| a.latency_us)
                 .collect();
         }
@@ -276,6 +282,10 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
         (Some(from), Some(to)) => Some(covered_ms(from, to, &spans)),
         _ => None,
     };
+    let query_wait_timeout = query_wait_timeout_ms(cell).await;
+    report.window_fit = switched
+        .as_ref()
+        .and_then(|e| WindowFit::of(e, &budgets_of(e), query_wait_timeout, &spans));
     // What PgBouncer served, measured, beats preflight's readings; the outcome judged
     // here also counts a switch whose cleanup failed.
     report.outcome = outcome;
@@ -313,6 +323,12 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
         direct_writer_audit: direct_audit,
         aws_timings: cell.names().timings().name.to_owned(),
         pause_window_emulated_aws_ms,
+        stale_names_after_window: report
+            .pause_window_ended_at
+            .as_deref()
+            .and_then(unix_ms)
+            .map(|end| stale_names(&emulated_aws_delays, end))
+            .unwrap_or_default(),
         emulated_aws_delays,
     });
     report.judge();
@@ -321,9 +337,13 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
 
 /// The cell's emulated name delays, for the report and as Unix-ms spans.
 fn emulated_delays(cell: &LocalCell) -> (Vec<EmulatedDelay>, Vec<(i64, i64)>) {
-    // Instants have no calendar: anchor them to one reading of both clocks.
+    // Instants have no calendar: anchor them to one reading of both clocks. A name that
+    // had not followed yet when the run ended follows in the future.
     let (now, wall) = (Instant::now(), OffsetDateTime::now_utc());
-    let at = |i: Instant| wall - now.saturating_duration_since(i);
+    let at = |i: Instant| match i.checked_duration_since(now) {
+        Some(ahead) => wall + ahead,
+        None => wall - now.saturating_duration_since(i),
+    };
     let stamp = |t: OffsetDateTime| {
         t.format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default()
@@ -343,6 +363,7 @@ fn emulated_delays(cell: &LocalCell) -> (Vec<EmulatedDelay>, Vec<(i64, i64)>) {
             api_changed_at: stamp(changed),
             name_followed_at: stamp(followed),
             leads_to: d.holder,
+            superseded: d.superseded,
         });
     }
     (delays, spans)
@@ -379,6 +400,17 @@ fn check_no_secret(report: &mut Report, passwords: &[String], out_dir: &Path) {
         );
         report.passed = false;
     }
+}
+
+/// PgBouncer's `query_wait_timeout` as it reports it, in ms (`None`: not read).
+async fn query_wait_timeout_ms(cell: &LocalCell) -> Option<u64> {
+    let admin = cell.pgbouncer_admin().await.ok()?;
+    let value = admin.config_value("query_wait_timeout").await.ok()??;
+    value
+        .trim_end_matches('s')
+        .parse::<u64>()
+        .ok()
+        .map(|s| s * 1000)
 }
 
 fn start_ledger(cell: &LocalCell, workers: usize) -> Result<switchyard_local_cell::Ledger, String> {

@@ -148,7 +148,7 @@ pub struct LagSample {
 
 /// What a rehearsal measured of its clients and data (absent from a report made from an
 /// execution's history alone: only the rehearsal runs the load and the audits).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LoadReport {
     /// Over the ledger commits acknowledged while the switchover execution ran.
     pub client_max_latency_ms: Option<f64>,
@@ -186,6 +186,10 @@ pub struct LoadReport {
     pub pause_window_emulated_aws_ms: Option<u64>,
     /// Every emulated name delay of the run: when the API renamed, when the name followed.
     pub emulated_aws_delays: Vec<EmulatedDelay>,
+    /// Names that, after PgBouncer served again, still lead (or will lead, as a rename
+    /// made earlier takes effect late) to a cluster other than the one the API gives them
+    /// at the end: a new connection by that name then reaches the wrong cluster.
+    pub stale_names_after_window: Vec<String>,
 }
 
 /// One rename as the emulated DNS served it.
@@ -199,6 +203,46 @@ pub struct EmulatedDelay {
     pub name_followed_at: String,
     /// The resource id the name led to from then (null: nowhere).
     pub leads_to: Option<String>,
+    /// A later rename took effect first, so the name never led there for this one (e.g.
+    /// the switchover's rename when the abort path renamed back before it followed).
+    pub superseded: bool,
+}
+
+/// The periods after `after` (Unix ms) in which a name of `delays` leads to a cluster other
+/// than its last holder in the API — e.g. after an abort, the switchover's rename taking
+/// effect before the rename back does. One sentence each.
+pub fn stale_names(delays: &[EmulatedDelay], after: i64) -> Vec<String> {
+    let mut names: Vec<&str> = delays.iter().map(|d| d.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut stale = Vec::new();
+    for name in names {
+        let mut changes: Vec<&EmulatedDelay> = delays.iter().filter(|d| d.name == name).collect();
+        changes.sort_by_key(|d| unix_ms(&d.api_changed_at));
+        let Some(last) = changes.last() else { continue };
+        let in_effect: Vec<(i64, &EmulatedDelay)> = changes
+            .iter()
+            .filter(|d| !d.superseded)
+            .filter_map(|d| unix_ms(&d.name_followed_at).map(|at| (at, *d)))
+            .collect();
+        for (i, (_, d)) in in_effect.iter().enumerate() {
+            let next = in_effect.get(i + 1);
+            let wrong = d.leads_to.is_some() && d.leads_to != last.leads_to;
+            if wrong && next.is_none_or(|(until, _)| *until > after) {
+                stale.push(format!(
+                    "name {name} leads to {} from {} to {}, though {}: a new connection by that name reaches a cluster that does not hold it then",
+                    d.leads_to.as_deref().unwrap_or("nowhere"),
+                    d.name_followed_at,
+                    next.map_or("the end", |(_, n)| n.name_followed_at.as_str()),
+                    last.leads_to.as_deref().map_or_else(
+                        || "no cluster holds it in the API".to_owned(),
+                        |h| format!("the API gives it to {h}")
+                    ),
+                ));
+            }
+        }
+    }
+    stale
 }
 
 /// Milliseconds of `[from, to]` covered by any of `spans` (each `[start, end]` in Unix ms).
@@ -257,8 +301,176 @@ pub struct Report {
     pub switchover: Option<ExecutionSummary>,
     /// Every state entered by both executions, in order.
     pub steps: Vec<Step>,
+    /// Whether the pause window fits the cell's budgets and PgBouncer's
+    /// `query_wait_timeout`; null when PgBouncer was never paused.
+    pub window_fit: Option<WindowFit>,
     /// Set when the run could not be carried out at all (the cell did not start, …).
     pub error: Option<String>,
+}
+
+/// The pause window against what the cell allows it: the pause budget (every forward step
+/// gives up there), the abort path's budget on top of it, and PgBouncer's
+/// `query_wait_timeout` (a client queued longer than that gets an error instead of waiting).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WindowFit {
+    /// `budgets.pause_seconds` of the cell document the run was given, in ms.
+    pub pause_budget_ms: u64,
+    /// `budgets.abort_seconds`, in ms.
+    pub abort_budget_ms: u64,
+    /// As PgBouncer reported it (`SHOW CONFIG`) after the run; null in a report made from
+    /// histories alone.
+    pub query_wait_timeout_ms: Option<u64>,
+    /// Pause → the abort path's first state (or → resume when it switched): the part of
+    /// the window the pause budget bounds.
+    pub forward_ms: u64,
+    /// Pause → PgBouncer serving again, whichever way; null if it was never resumed.
+    pub window_ms: Option<u64>,
+    /// The pause budget less the forward part (negative: over it).
+    pub pause_budget_margin_ms: i64,
+    /// `query_wait_timeout` less the whole window (negative: queued clients got errors).
+    pub client_wait_margin_ms: Option<i64>,
+    /// When the forward path gave up while a name was still following a rename: pause →
+    /// the moment that name would have led where it was going. The window AWS's delays
+    /// would have needed at least, had the budget allowed it.
+    pub needed_at_least_ms: Option<u64>,
+    /// It switched inside the pause budget and before `query_wait_timeout`.
+    pub fits: bool,
+    /// One sentence: the margin, or why it does not fit and what that cost.
+    pub verdict: String,
+}
+
+/// `AWS_TIMINGS` naming AWS's documented delays.
+pub const DOCUMENTED_TIMINGS: &str = "documented";
+
+/// The states the abort path runs, by the switchover definition's naming.
+pub const ABORT_PREFIX: &str = "abort: ";
+
+impl WindowFit {
+    /// The fit of a switchover's pause window (`None` if it never paused). `budgets` is the
+    /// cell document's; `name_follows_ms` each emulated name's (Unix ms it was renamed,
+    /// Unix ms it followed), for what the window would have needed.
+    pub fn of(
+        execution: &Execution,
+        budgets: &switchyard_cell::Budgets,
+        query_wait_timeout_ms: Option<u64>,
+        name_follows_ms: &[(i64, i64)],
+    ) -> Option<Self> {
+        let paused = task_event(execution, &[PAUSE_STATE], EventType::TaskScheduled, true)?;
+        let start = unix_ms(&paused.timestamp)?;
+        let resumed = task_event(execution, &RESUME_STATES, EventType::TaskSucceeded, false)
+            .and_then(|e| unix_ms(&e.timestamp));
+        let abort_started = execution
+            .history
+            .iter()
+            .filter(|e| matches!(e.kind, EventType::StateEntered(_)))
+            .filter(|e| {
+                e.state
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with(ABORT_PREFIX))
+            })
+            .find_map(|e| unix_ms(&e.timestamp))
+            .filter(|&at| at >= start);
+        let last = execution
+            .history
+            .last()
+            .and_then(|e| unix_ms(&e.timestamp))?;
+        let forward_end = abort_started.or(resumed).unwrap_or(last);
+        let forward_ms = u64::try_from(forward_end - start).unwrap_or(0);
+        let window_ms = resumed.map(|r| u64::try_from(r - start).unwrap_or(0));
+        let pause_budget_ms = budgets.pause_seconds * 1000;
+        let abort_budget_ms = budgets.abort_seconds * 1000;
+        let margin = |budget: u64, used: u64| {
+            i64::try_from(budget).unwrap_or(i64::MAX) - i64::try_from(used).unwrap_or(i64::MAX)
+        };
+        let pause_budget_margin_ms = margin(pause_budget_ms, forward_ms);
+        let client_wait_margin_ms = query_wait_timeout_ms
+            .zip(window_ms.or(Some(u64::try_from(last - start).unwrap_or(0))))
+            .map(|(q, w)| margin(q, w));
+        // A name renamed inside the window that had not followed when the forward path
+        // gave up: the forward path was waiting on it.
+        let needed_at_least_ms = abort_started.and_then(|gave_up| {
+            name_follows_ms
+                .iter()
+                .filter(|&&(renamed, followed)| {
+                    renamed >= start && renamed < gave_up && followed > gave_up
+                })
+                .map(|&(_, followed)| u64::try_from(followed - start).unwrap_or(0))
+                .max()
+        });
+        let switched = execution.status == Status::Succeeded;
+        let over_queue_wait = client_wait_margin_ms.is_some_and(|m| m <= 0);
+        let fits = switched && pause_budget_margin_ms >= 0 && !over_queue_wait;
+        let secs = |ms: u64| format!("{:.1} s", ms as f64 / 1000.0);
+        let mut verdict = if fits {
+            format!(
+                "fits: the forward path took {} of the {} pause budget ({} to spare)",
+                secs(forward_ms),
+                secs(pause_budget_ms),
+                secs(pause_budget_margin_ms.unsigned_abs())
+            )
+        } else if abort_started.is_some() {
+            let gave_up_in = failed_in(execution).filter(|s| *s != ABORTED_STATE);
+            format!(
+                "does not fit: the forward path gave up after {} ({}: {}){}",
+                secs(forward_ms),
+                execution.error.as_deref().unwrap_or("?"),
+                gave_up_in.map_or_else(
+                    || format!("the pause budget is {}", secs(pause_budget_ms)),
+                    |s| format!("ended in `{s}`")
+                ),
+                needed_at_least_ms.map_or_else(String::new, |n| format!(
+                    "; the name it waited for would have followed its rename {} after the pause: the window would need at least that",
+                    secs(n)
+                ))
+            )
+        } else if switched {
+            format!(
+                "does not fit: it switched, but the forward path took {} of a {} pause budget",
+                secs(forward_ms),
+                secs(pause_budget_ms)
+            )
+        } else {
+            format!(
+                "undecided: the switchover ended in `{}` without the abort path",
+                failed_in(execution).unwrap_or("?")
+            )
+        };
+        match (window_ms, query_wait_timeout_ms) {
+            (Some(w), Some(q)) if w >= q => verdict.push_str(&format!(
+                "; PgBouncer served again {} after the pause, past its query_wait_timeout of {}: clients queued that long got an error",
+                secs(w),
+                secs(q)
+            )),
+            (Some(w), Some(q)) => verdict.push_str(&format!(
+                "; PgBouncer served again {} after the pause, {} inside its query_wait_timeout",
+                secs(w),
+                secs(q - w)
+            )),
+            (None, _) => verdict.push_str("; PgBouncer was not resumed"),
+            (Some(_), None) => {}
+        }
+        Some(Self {
+            pause_budget_ms,
+            abort_budget_ms,
+            query_wait_timeout_ms,
+            forward_ms,
+            window_ms,
+            pause_budget_margin_ms,
+            client_wait_margin_ms,
+            needed_at_least_ms,
+            fits,
+            verdict,
+        })
+    }
+}
+
+/// The budgets of the cell document an execution was started with (the defaults where it
+/// names none).
+pub fn budgets_of(execution: &Execution) -> switchyard_cell::Budgets {
+    cell_of(execution)
+        .and_then(|c| c.get("budgets"))
+        .and_then(|b| serde_json::from_value(b.clone()).ok())
+        .unwrap_or_default()
 }
 
 /// Milliseconds since the Unix epoch of an RFC 3339 timestamp.
@@ -562,18 +774,39 @@ impl Report {
             prepare: prepare.map(|(e, file)| ExecutionSummary::of(e, file)),
             switchover: switchover.map(|(e, file)| ExecutionSummary::of(e, file)),
             steps: all_steps,
+            window_fit: switchover.and_then(|(e, _)| WindowFit::of(e, &budgets_of(e), None, &[])),
             error: None,
         };
         report.judge();
         report
     }
 
-    /// Fills `failures` and `passed`: the switchover switched, and, for a rehearsal,
-    /// every client and data guarantee held.
+    /// A rehearsal under AWS's documented timings whose switchover ran out of pause budget
+    /// and went back to blue through the abort path: the window does not fit, as
+    /// `window_fit` explains, and the abort is what must happen then.
+    pub fn aborted_for_want_of_budget(&self) -> bool {
+        self.outcome == Outcome::Aborted
+            && self
+                .load
+                .as_ref()
+                .is_some_and(|l| l.aws_timings == DOCUMENTED_TIMINGS)
+            && self.switchover.as_ref().and_then(|s| s.error.as_deref())
+                == Some(switchyard_errors::ErrorName::PauseBudgetExceeded.as_str())
+            && self.window_fit.as_ref().is_some_and(|w| !w.fits)
+    }
+
+    /// Fills `failures` and `passed`: the switchover switched (or, under AWS's documented
+    /// timings, gave up at its pause budget and aborted cleanly), and, for a rehearsal,
+    /// every client and data guarantee held on the side the cell ended on.
     pub fn judge(&mut self) {
         let mut failures = Vec::new();
+        let cleanly_over_budget = self.aborted_for_want_of_budget();
         match (self.outcome, &self.switchover, &self.prepare) {
             (Outcome::Switched, _, _) => {}
+            // AWS's documented delays are there to be measured, not to fit: a switchover
+            // that gave up at its pause budget and aborted cleanly is that run's honest
+            // result, and `window_fit` says why.
+            (Outcome::Aborted, Some(_), _) if cleanly_over_budget => {}
             (_, Some(s), _) => failures.push(format!(
                 "the switchover did not switch: {} in `{}`: {} — {}",
                 self.outcome.as_str(),
@@ -630,11 +863,16 @@ impl Report {
                 .as_deref()
                 .and_then(|v| v.split('.').next())
                 .and_then(|m| m.parse::<u32>().ok());
-            if served_major != Some(self.target_major) {
+            // An aborted run must serve blue again; a switched one the target.
+            let (expected, which) = if load.audited_on == "green" {
+                (self.target_major, "the target major")
+            } else {
+                (self.blue_major, "blue's major")
+            };
+            if served_major != Some(expected) {
                 failures.push(format!(
-                    "PgBouncer serves {} after the run, not the target major {}",
+                    "PgBouncer serves {} after the run, not {which} {expected}",
                     self.green_version.as_deref().unwrap_or("nothing"),
-                    self.target_major
                 ));
             }
         }
@@ -745,6 +983,12 @@ impl Report {
                 .collect();
             line(format!("              ms: {}", parts.join(", ")));
         }
+        if let Some(fit) = &self.window_fit {
+            line(format!("  window      {}", fit.verdict));
+        }
+        for stale in self.load.iter().flat_map(|l| &l.stale_names_after_window) {
+            line(format!("  names       {stale}"));
+        }
         if let Some(load) = &self.load {
             line(format!(
                 "  aws         {} timings; {} of the pause window waiting on emulated AWS (names following renames)",
@@ -798,6 +1042,9 @@ impl Report {
         }
         if self.passed {
             line(match self.load {
+                Some(_) if self.aborted_for_want_of_budget() => {
+                    "PASS: every guarantee held, and the abort path put the cell back on blue: at AWS's documented delays the pause window does not fit (see window above)".to_owned()
+                }
                 Some(_) => "PASS: every guarantee held".to_owned(),
                 None => "SWITCHED".to_owned(),
             });
@@ -830,6 +1077,49 @@ mod tests {
         assert_eq!(covered_ms(100, 200, &spans), 20 + 30 + 20);
         assert_eq!(covered_ms(100, 200, &[]), 0);
         assert_eq!(covered_ms(100, 200, &[(0, 1000)]), 100);
+    }
+
+    #[test]
+    fn a_rename_taking_effect_after_the_rename_back_is_a_stale_name() {
+        let delay = |name: &str, changed: &str, followed: &str, to: Option<&str>, superseded| {
+            EmulatedDelay {
+                name: name.to_owned(),
+                api_changed_at: format!("2026-12-03T08:{changed}Z"),
+                name_followed_at: format!("2026-12-03T08:{followed}Z"),
+                leads_to: to.map(str::to_owned),
+                superseded,
+            }
+        };
+        // The switchover gives the cell's name to green at 08:00; the abort path gives it
+        // back to blue at 08:01. Each takes two minutes: green from 08:02 to 08:03.
+        let delays = [
+            delay("cell", "00:00", "02:00", Some("green"), false),
+            delay("cell", "01:00", "03:00", Some("blue"), false),
+        ];
+        let window_end = unix_ms("2026-12-03T08:01:01Z").expect("time");
+        let stale = stale_names(&delays, window_end);
+        assert_eq!(stale.len(), 1, "{stale:?}");
+        assert!(
+            stale[0].starts_with("name cell leads to green from 2026-12-03T08:02:00Z to 2026-12-03T08:03:00Z, though the API gives it to blue"),
+            "{}",
+            stale[0]
+        );
+        // A rename that never takes effect (a later one did first) is not stale; nor is
+        // a period over before the window closed.
+        let delays = [
+            delay("cell", "00:00", "02:00", Some("green"), true),
+            delay("cell", "01:00", "01:30", Some("blue"), false),
+        ];
+        assert!(stale_names(&delays, window_end).is_empty());
+        let late = unix_ms("2026-12-03T08:05:00Z").expect("time");
+        assert!(stale_names(
+            &[
+                delay("cell", "00:00", "02:00", Some("green"), false),
+                delay("cell", "01:00", "03:00", Some("blue"), false)
+            ],
+            late
+        )
+        .is_empty());
     }
 
     #[test]
@@ -914,6 +1204,147 @@ mod tests {
         assert_eq!(names, ["pause-pgbouncer", "check", "resume-pgbouncer"]);
         assert_eq!(Outcome::of(Some(&execution)), Outcome::Failed);
         assert_eq!(failed_in(&execution), Some("done"));
+    }
+
+    /// A switchover whose window step runs `ms` and, with `fail`, gives up; its abort path
+    /// resumes PgBouncer and ends in `aborted` with the step's error.
+    fn window_run(ms: u64, fail: Option<&str>) -> String {
+        let fail = fail.map_or_else(String::new, |f| format!(r#", "fail": "{f}""#));
+        format!(
+            r#"{{
+          "StartAt": "pause-pgbouncer",
+          "States": {{
+            "pause-pgbouncer": {{"Type": "Task", "Resource": "local", "Parameters": {{"ms": 100}}, "Next": "rename-clusters forward"}},
+            "rename-clusters forward": {{"Type": "Task", "Resource": "local", "Parameters": {{"ms": {ms}{fail}}},
+              "Catch": [{{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "abort: resume-pgbouncer"}}],
+              "Next": "resume-pgbouncer"}},
+            "resume-pgbouncer": {{"Type": "Task", "Resource": "local", "Parameters": {{"ms": 200}}, "End": true}},
+            "abort: resume-pgbouncer": {{"Type": "Task", "Resource": "local", "Parameters": {{"ms": 200}}, "ResultPath": null, "Next": "aborted"}},
+            "aborted": {{"Type": "Fail", "ErrorPath": "$.error.Error", "CausePath": "$.error.Cause"}}
+          }}
+        }}"#
+        )
+    }
+
+    async fn run_window(ms: u64, fail: Option<&str>) -> Execution {
+        let definition = switchyard_state_machine::Definition::from_json(&window_run(ms, fail))
+            .expect("definition");
+        switchyard_state_machine::Executor::new(&definition, &Sleepy)
+            .run(serde_json::json!({"cell": {"budgets": {"pause_seconds": 1, "abort_seconds": 1}}}))
+            .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_inside_its_budgets_fits_with_its_margin() {
+        let execution = run_window(500, None).await;
+        let budgets = budgets_of(&execution);
+        assert_eq!((budgets.pause_seconds, budgets.abort_seconds), (1, 1));
+        let fit = WindowFit::of(&execution, &budgets, Some(120_000), &[]).expect("paused");
+        assert!(fit.fits, "{fit:?}");
+        assert_eq!(fit.forward_ms, 100 + 500 + 200);
+        assert_eq!(fit.window_ms, Some(800));
+        assert_eq!(fit.pause_budget_margin_ms, 200);
+        assert_eq!(fit.client_wait_margin_ms, Some(120_000 - 800));
+        assert_eq!(fit.needed_at_least_ms, None);
+        assert!(fit.verdict.starts_with("fits: "), "{}", fit.verdict);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_that_ran_out_of_budget_says_so_and_what_it_needed() {
+        let execution = run_window(1500, Some("PauseBudgetExceeded")).await;
+        let paused = task_event(&execution, &[PAUSE_STATE], EventType::TaskScheduled, true)
+            .and_then(|e| unix_ms(&e.timestamp))
+            .expect("paused");
+        // A name renamed 300 ms into the window, following 5 s later: still lagging when
+        // the forward path gave up at 1.6 s. One renamed after it gave up does not count.
+        let names = [
+            (paused + 300, paused + 5300),
+            (paused + 1700, paused + 9000),
+        ];
+        let fit = WindowFit::of(&execution, &budgets_of(&execution), Some(1_700), &names)
+            .expect("paused");
+        assert!(!fit.fits);
+        assert_eq!(fit.forward_ms, 1600);
+        assert_eq!(fit.pause_budget_margin_ms, -600);
+        assert_eq!(fit.window_ms, Some(1800));
+        assert_eq!(fit.client_wait_margin_ms, Some(-100));
+        assert_eq!(fit.needed_at_least_ms, Some(5300));
+        for words in [
+            "does not fit",
+            "PauseBudgetExceeded",
+            "at least that",
+            "past its query_wait_timeout",
+        ] {
+            assert!(fit.verdict.contains(words), "{words}: {}", fit.verdict);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_documented_run_may_abort_for_its_budget_and_pass() {
+        let execution = run_window(1500, Some("PauseBudgetExceeded")).await;
+        let mut report = Report::of_executions(None, Some((&execution, "s.json")));
+        assert_eq!(report.outcome, Outcome::Aborted);
+        assert!(
+            !report.passed,
+            "a history alone proves nothing about clients"
+        );
+        let load = |timings: &str| LoadReport {
+            aws_timings: timings.to_owned(),
+            audited_on: "blue".to_owned(),
+            downstream_equal: true,
+            direct_writers_resumed: true,
+            ledger: WorkloadSummary {
+                acknowledged: 10,
+                ..WorkloadSummary::default()
+            },
+            direct_writers: WorkloadSummary {
+                acknowledged: 10,
+                ..WorkloadSummary::default()
+            },
+            ..LoadReport::default()
+        };
+        report.blue_major = 14;
+        report.target_major = 17;
+        report.green_version = Some("14.23".to_owned());
+        report.load = Some(load("fast"));
+        report.judge();
+        assert!(
+            !report.passed,
+            "under fast timings the rehearsal must switch"
+        );
+        assert!(
+            report.failures[0].contains("did not switch"),
+            "{:?}",
+            report.failures
+        );
+
+        report.load = Some(load(DOCUMENTED_TIMINGS));
+        report.judge();
+        assert!(report.passed, "{:?}", report.failures);
+        assert!(
+            report.summary().contains("does not fit"),
+            "{}",
+            report.summary()
+        );
+
+        // Still serving green's major after an abort is a failure, whatever the timings.
+        report.green_version = Some("17.9".to_owned());
+        report.judge();
+        assert!(!report.passed);
+        assert!(
+            report.failures[0].contains("not blue's major 14"),
+            "{:?}",
+            report.failures
+        );
+
+        // Aborted for any other reason: not excused.
+        let other = run_window(100, Some("LagNotZero")).await;
+        let mut report = Report::of_executions(None, Some((&other, "s.json")));
+        report.blue_major = 14;
+        report.green_version = Some("14.23".to_owned());
+        report.load = Some(load(DOCUMENTED_TIMINGS));
+        report.judge();
+        assert!(!report.passed);
     }
 
     #[test]

@@ -177,13 +177,18 @@ fn panel(
                 let (xa, xb) = (x(a.max(t0)), x(b.min(t1)).max(x(a.max(t0)) + 1.0));
                 let _ = writeln!(
                     out,
-                    r#"<rect class="aws" x="{xa:.1}" y="{:.1}" width="{:.1}" height="4"><title>emulated AWS ({}): name {} follows the rename {} ms later, to {}</title></rect>"#,
+                    r#"<rect class="aws" x="{xa:.1}" y="{:.1}" width="{:.1}" height="4"><title>emulated AWS ({}): name {} follows the rename {} ms later, to {}{}</title></rect>"#,
                     rows_top - 7.0,
                     xb - xa,
                     load.aws_timings,
                     escape(&d.name),
                     b - a,
                     escape(d.leads_to.as_deref().unwrap_or("nowhere")),
+                    if d.superseded {
+                        " (never: a later rename took effect first)"
+                    } else {
+                        ""
+                    },
                 );
             }
         }

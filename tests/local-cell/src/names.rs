@@ -190,12 +190,13 @@ impl Names {
         let s = lock(&self.state);
         let mut delays = Vec::new();
         for (identifier, history) in &s.history {
-            for change in history.iter().skip(1) {
+            for (i, change) in history.iter().enumerate().skip(1) {
                 delays.push(NameDelay {
                     identifier: identifier.clone(),
                     changed_at: change.seen,
                     follows_at: change.seen + delay_of(change, self.timings),
                     holder: change.holder.clone(),
+                    superseded: superseded(history, i, self.timings),
                 });
             }
         }
@@ -220,6 +221,8 @@ pub struct NameDelay {
     pub follows_at: Instant,
     /// The resource id the name leads to from `follows_at` (`None`: nowhere).
     pub holder: Option<String>,
+    /// A later change took effect first: the name never led to `holder` for this change.
+    pub superseded: bool,
 }
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -251,6 +254,15 @@ fn effective(history: &[Change], timings: AwsTimings, now: Instant) -> Option<St
             change.seen + delay <= now
         })
         .and_then(|(_, change)| change.holder.clone())
+}
+
+/// Whether change `i` of `history` never takes effect: a later change took effect no later
+/// than it would have, and the latest change in effect wins (see [`effective`]).
+fn superseded(history: &[Change], i: usize, timings: AwsTimings) -> bool {
+    let follows_at = history[i].seen + delay_of(&history[i], timings);
+    history[i + 1..]
+        .iter()
+        .any(|later| later.seen + delay_of(later, timings) <= follows_at)
 }
 
 fn record(state: &Mutex<State>, holders: &HashMap<String, String>, seen: Instant) {
@@ -298,6 +310,45 @@ mod tests {
             seen: at,
             holder: holder.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn a_rename_back_before_the_first_follows_still_lets_the_first_take_effect() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        let timings = AwsTimings {
+            name: "test",
+            rename_propagation: s(120),
+            dns_linger: s(125),
+        };
+        // The switchover gives the name to green at t+1, the abort path back at t+60.
+        let history = [
+            change(t, Some("blue")),
+            change(t + s(1), Some("green")),
+            change(t + s(60), Some("blue")),
+        ];
+        assert!(
+            !superseded(&history, 1, timings),
+            "green's change takes effect at t+121"
+        );
+        assert!(!superseded(&history, 2, timings));
+        let at = |secs| effective(&history, timings, t + s(secs));
+        assert_eq!(at(100).as_deref(), Some("blue"));
+        assert_eq!(
+            at(150).as_deref(),
+            Some("green"),
+            "the wrong cluster, for a while"
+        );
+        assert_eq!(at(180).as_deref(), Some("blue"));
+        // Losing the name lingers longer than gaining one propagates: a loss followed by
+        // a gain soon after never shows.
+        let history = [
+            change(t, Some("blue")),
+            change(t + s(1), None),
+            change(t + s(2), Some("green")),
+        ];
+        assert!(superseded(&history, 1, timings));
+        assert!(!superseded(&history, 2, timings));
     }
 
     #[test]
