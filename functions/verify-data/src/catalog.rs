@@ -218,6 +218,26 @@ impl Shape {
         )
     }
 
+    /// The key of the row `$1` rows below the largest in key order (`$1` = 0: the
+    /// largest): the lower bound of the quick check's newest rows.
+    pub(crate) fn key_from_top_sql(&self) -> String {
+        format!(
+            "SELECT {} FROM {} ORDER BY {} OFFSET $1 LIMIT 1",
+            self.key_as_text(),
+            self.relation(),
+            self.key_terms(" DESC")
+        )
+    }
+
+    /// The planner's estimate of the table's rows (`reltuples`; -1 or 0 when never
+    /// analyzed), which costs nothing to read.
+    pub(crate) fn estimated_rows_sql(&self) -> String {
+        format!(
+            "SELECT greatest(reltuples, 0)::bigint FROM pg_catalog.pg_class WHERE oid = {}::regclass",
+            switchyard_postgres::quote::literal(&self.relation())
+        )
+    }
+
     /// Row count and (in full mode) checksum of the rows whose key is above a lower bound
     /// and at most an upper bound, each present or not; lower bound parameters first.
     pub(crate) fn figures_sql(&self, lower: bool, upper: bool, checksum: bool) -> String {

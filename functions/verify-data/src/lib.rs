@@ -3,11 +3,16 @@
 //!
 //! For every table green's subscriptions replicate (leaves of partitioned tables; never
 //! switchyard's own schema), found in green's catalogs:
-//! - `quick`: row counts;
-//! - `full`: row counts and an order-independent checksum per chunk of `chunk_rows` rows
-//!   in key order (primary key, else replica identity index, else the whole table), the
-//!   row's text built from blue's column list under fixed session settings so that it is
-//!   the same on every major.
+//! - `full` (prepare, while blue takes writes): row counts and an order-independent
+//!   checksum per chunk of `chunk_rows` rows in key order (primary key, else replica
+//!   identity index, else the whole table), the row's text built from blue's column list
+//!   under fixed session settings so that it is the same on every major;
+//! - `quick` (inside the pause, after the slot-lag gate): the same figures over each
+//!   table's newest [`compare::NEWEST_ROWS`] rows by key only — two index probes and a
+//!   bounded read per table, whatever its size; a table without a key is compared whole
+//!   only when small (see [`compare::KEYLESS_ROWS`]), else reported `not compared`. It
+//!   proves each table's latest writes reached green intact; that older rows match is
+//!   the full check's and replication's part.
 //!
 //! Blue's figures come from one REPEATABLE READ snapshot per table; green's once green's
 //! slots confirmed an LSN read after that snapshot (within the cell's lag gate budget),
@@ -96,6 +101,10 @@ pub struct DatabaseVerification {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct TableVerification {
     pub table: String,
+    /// What was compared: `every row`, `the newest 1000 rows by key` (quick), or why
+    /// the table was `not compared`.
+    #[serde(default)]
+    pub evidence: String,
     /// Blue's rows in the compared key ranges.
     pub rows: u64,
     pub chunks: u64,
@@ -234,6 +243,9 @@ async fn verify_database(
         compared_at = compared_at.max(Some(outcome.lsn));
         tracing::info!(table = %table, rows = outcome.rows, chunks = outcome.chunks, differing = outcome.differences.len(), "compared");
         let equal = outcome.differences.is_empty();
+        if outcome.chunks == 0 {
+            tracing::warn!(table = %table, evidence = %outcome.evidence, "not compared");
+        }
         mismatches.extend(outcome.differences.into_iter().map(|difference| Mismatch {
             database: db.to_owned(),
             table: table.clone(),
@@ -244,6 +256,7 @@ async fn verify_database(
         }));
         tables.push(TableVerification {
             table: table.to_string(),
+            evidence: outcome.evidence,
             rows: outcome.rows,
             chunks: u64::try_from(outcome.chunks).unwrap_or(u64::MAX),
             equal,
@@ -261,11 +274,7 @@ async fn verify_database(
 /// The operator's message: the first few differences, each naming its table and (in
 /// full mode) its key range, with both sides' counts; bounded whatever the number.
 fn mismatch_message(mismatches: &[Mismatch], mode: Mode, attempts: u32) -> String {
-    let listed: Vec<String> = mismatches
-        .iter()
-        .take(LISTED)
-        .map(|m| describe(m, mode))
-        .collect();
+    let listed: Vec<String> = mismatches.iter().take(LISTED).map(describe).collect();
     let more = match mismatches.len().saturating_sub(LISTED) {
         0 => String::new(),
         n => format!("; and {n} more"),
@@ -279,7 +288,7 @@ fn mismatch_message(mismatches: &[Mismatch], mode: Mode, attempts: u32) -> Strin
     )
 }
 
-fn describe(mismatch: &Mismatch, mode: Mode) -> String {
+fn describe(mismatch: &Mismatch) -> String {
     let Mismatch {
         database,
         table,
@@ -290,10 +299,7 @@ fn describe(mismatch: &Mismatch, mode: Mode) -> String {
             "{table} (database {database}) is replicated on green but is not a table on blue"
         ),
         Found::Chunk { key, difference } => {
-            let range = match mode {
-                Mode::Quick => String::new(),
-                Mode::Full => format!(" rows with {}", range(key, &difference.chunk)),
-            };
+            let range = format!(" rows with {}", range(key, &difference.chunk));
             let checksums = if difference.blue.rows == difference.green.rows {
                 ", checksums differ"
             } else {
@@ -309,7 +315,7 @@ fn describe(mismatch: &Mismatch, mode: Mode) -> String {
 
 fn mode_name(mode: Mode) -> &'static str {
     match mode {
-        Mode::Quick => "row counts",
+        Mode::Quick => "row counts and checksums of each table's newest rows by key",
         Mode::Full => "row counts and checksums",
     }
 }
@@ -400,7 +406,7 @@ mod tests {
         );
         let quick = mismatch_message(&[chunk_mismatch(1, "0")], Mode::Quick, 3);
         assert!(
-            quick.contains("billing.invoice lines (database app): blue 100 rows, green 99 rows."),
+            quick.contains("billing.invoice lines (database app) rows with (id) > (0) and <= (100): blue 100 rows, green 99 rows."),
             "{quick}"
         );
         let huge = "x".repeat(10_000);

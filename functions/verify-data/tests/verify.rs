@@ -89,7 +89,7 @@ async fn quick_and_full_agree_while_the_ledger_writes() {
     let payments_before = find(&quick_tables, "public.payments").1;
     assert!(
         payments_before > 600,
-        "the ledger's rows are counted: {payments_before}"
+        "the ledger's rows are compared: {payments_before}"
     );
 
     let full = run(input(&cell, Mode::Full, 100), &deps)
@@ -151,22 +151,49 @@ fn lsn(text: &str) -> u64 {
     (u64::from_str_radix(high, 16).expect("hex") << 32) | u64::from_str_radix(low, 16).expect("hex")
 }
 
+/// Full mode reads every row; quick mode (inside the pause) only each table's newest
+/// 1,000 by key, whatever the table's size: a row changed behind replication's back is
+/// found by full mode wherever it is, and by quick mode only among the newest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_row_changed_on_green_fails_full_mode_but_not_quick_mode() {
+async fn a_changed_row_fails_full_mode_anywhere_and_quick_mode_among_the_newest() {
     let cell = replicating_cell().await;
     let deps = cell.deps().expect("deps");
     let green = cell.green.superuser_client("app").await.expect("green");
+    // 600 fixture rows, 1,000 more: the oldest are outside quick mode's reach.
+    cell.blue
+        .superuser_client("app")
+        .await
+        .expect("blue")
+        .batch_execute(
+            r#"INSERT INTO billing."invoice lines" (invoice_id, description, unit_price)
+               SELECT 1, 'more ' || g, 1 FROM generate_series(1, 1000) g"#,
+        )
+        .await
+        .expect("more rows");
+    let quick = run(input(&cell, Mode::Quick, 100), &deps)
+        .await
+        .expect("equal before the change");
+    let lines = quick.databases[0]
+        .tables
+        .iter()
+        .find(|t| t.table == "billing.invoice lines")
+        .expect("compared");
+    assert_eq!(
+        (lines.rows, lines.chunks, lines.evidence.as_str()),
+        (1000, 1, "the newest 1000 rows by key"),
+        "{lines:?}"
+    );
     run(input(&cell, Mode::Full, 100), &deps)
         .await
         .expect("equal before the change");
+
     // Behind replication's back: the apply worker never hears of it.
     green
         .batch_execute(
             r#"UPDATE billing."invoice lines" SET description = 'tampered' WHERE id = 1"#,
         )
         .await
-        .expect("tamper");
-
+        .expect("tamper an old row");
     for _ in 0..2 {
         let err = run(input(&cell, Mode::Full, 100), &deps)
             .await
@@ -182,11 +209,26 @@ async fn a_row_changed_on_green_fails_full_mode_but_not_quick_mode() {
             "only the changed table: {message}"
         );
     }
-    // Counting cannot see a changed value: that is what full mode is for.
-    let quick = run(input(&cell, Mode::Quick, 100), &deps)
+    run(input(&cell, Mode::Quick, 100), &deps)
         .await
-        .expect("quick mode only counts");
-    assert_eq!(find(&tables(&quick), "billing.invoice lines").1, 600);
+        .expect("an old row is outside quick mode's reach");
+
+    green
+        .batch_execute(
+            r#"UPDATE billing."invoice lines" SET description = 'tampered'
+                WHERE id = (SELECT max(id) FROM billing."invoice lines")"#,
+        )
+        .await
+        .expect("tamper the newest row");
+    let err = run(input(&cell, Mode::Quick, 100), &deps)
+        .await
+        .expect_err("quick mode sees a changed row among the newest");
+    assert_eq!(err.error_name(), ErrorName::DataMismatch, "{err}");
+    let message = err.to_failure().message().to_owned();
+    assert!(
+        message.contains("billing.invoice lines (database app) rows with (id) > (600) and <= (1600): blue 1000 rows, green 1000 rows, checksums differ"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,8 +250,10 @@ async fn a_row_deleted_on_green_fails_quick_mode() {
     assert_eq!(err.error_name(), ErrorName::DataMismatch, "{err}");
     let message = err.to_failure().message().to_owned();
     assert!(
-        message.contains("public.account_links (database app): blue 150 rows, green 149 rows"),
-        "{message}"
+        message.contains(
+            "public.account_links (database app) rows with (parent_id, child_id, kind) <= ("
+        ) && message.contains("): blue 150 rows, green 149 rows"),
+        "a small table is compared whole: {message}"
     );
     let full = run(input(&cell, Mode::Full, 100), &deps)
         .await
