@@ -299,12 +299,13 @@ locals {
   function_statement_names = {
     # journal_read on every function that changes the cell: each checks its caller holds
     # the run lock (the fencing token) and reads the run's decision before acting.
-    "preflight"                         = ["describe_cell_clusters", "orchestrator_login", "pgbouncer_login", "pgbouncer_list_tasks", "pgbouncer_describe_tasks", "downstream_login", "journal_read", "decrypt_secrets"]
+    "preflight"                         = ["describe_cell_clusters", "orchestrator_login", "pgbouncer_login", "pgbouncer_list_tasks", "pgbouncer_describe_tasks", "downstream_login", "application_roles", "journal_read", "decrypt_secrets"]
     "snapshot-cluster"                  = ["snapshot_blue", "tag_snapshots", "describe_snapshots", "journal_read"]
     "sync-roles"                        = ["describe_cell_clusters", "orchestrator_login", "application_roles", "journal_read", "decrypt_secrets"]
     "copy-schema"                       = ["describe_cell_clusters", "orchestrator_login", "journal_read", "decrypt_secrets"]
     "start-replication"                 = ["describe_cell_clusters", "orchestrator_login", "replication_login", "journal_read", "decrypt_secrets", "encrypt_secrets"]
     "check-replication"                 = ["describe_cell_clusters", "orchestrator_login", "decrypt_secrets"]
+    "check-drift"                       = ["describe_cell_clusters", "orchestrator_login", "application_roles", "journal_read", "decrypt_secrets"]
     "analyze-green"                     = ["describe_cell_clusters", "orchestrator_login", "journal_read", "decrypt_secrets"]
     "verify-data"                       = ["describe_cell_clusters", "orchestrator_login", "decrypt_secrets"]
     "acquire-lock"                      = ["journal_read", "journal_create", "journal_delete"]

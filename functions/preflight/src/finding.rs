@@ -60,6 +60,25 @@ pub enum Code {
     MaterializedView,
     /// A downstream subscription of the cell document is missing on its subscriber.
     DownstreamSubscriptionMissing,
+    /// Drift since prepare (`phase: switchover`, `check-drift`): a publication of the cell
+    /// is missing on blue.
+    ReplicationMissing,
+    /// Drift: a table on blue that none of the cell's publications carries.
+    TableNotPublished,
+    /// Drift: a table or sequence on blue that green lacks.
+    MissingOnGreen,
+    /// Drift: DDL on blue since replication started that switchyard did not vouch for.
+    UnvouchedDdl,
+    /// Drift: the DDL guard is missing or disabled on blue.
+    DdlGuardMissing,
+    /// Drift: a subscription missing, disabled, without its worker, or not past its copy.
+    SubscriptionNotStreaming,
+    /// Drift: green's application roles differ from SSM.
+    RoleDrift,
+    /// Drift: green's stored passwords cannot be compared with SSM's (Aurora).
+    RolePasswordUnverifiable,
+    /// Drift: an extension installed on blue is not installed on green.
+    ExtensionMissingOnGreen,
 }
 
 impl Code {
@@ -70,6 +89,7 @@ impl Code {
                 | Self::ExtensionVersionDiffers
                 | Self::FunctionSearchPath
                 | Self::MaterializedView
+                | Self::RolePasswordUnverifiable
         )
     }
 

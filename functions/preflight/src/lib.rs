@@ -12,10 +12,12 @@
 //! transaction, slot and WAL sender capacity. On green: that every database exists, its
 //! major version, the extensions blue uses, worker and origin capacity, and logical
 //! replication when downstream subscribers will move to it. On PgBouncer:
-//! `query_wait_timeout` against the pause budget.
+//! `query_wait_timeout` against the pause budget. With `phase: switchover`, also what
+//! changed since prepare ([`drift`]): the switchover stops before pausing.
 
 mod cluster;
 mod downstream;
+pub mod drift;
 mod finding;
 mod pgbouncer;
 mod schema;
@@ -49,6 +51,19 @@ pub struct Input {
     /// would hang slot creation.
     #[serde(default = "default_idle_transaction_seconds")]
     pub idle_transaction_seconds: u64,
+    /// `switchover`: prepare has run, so also refuse on what changed since
+    /// ([`drift::check`]). `prepare` (the default): nothing is replicating yet.
+    #[serde(default)]
+    pub phase: Phase,
+}
+
+/// Which state machine runs preflight.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    #[default]
+    Prepare,
+    Switchover,
 }
 
 fn default_idle_transaction_seconds() -> u64 {
@@ -172,6 +187,9 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     findings.extend(cluster::capacity(&blue, &green, plan));
     findings.extend(Box::pin(pgbouncer::check(cell, deps)).await?);
     findings.extend(Box::pin(downstream::check(cell, deps)).await?);
+    if input.phase == Phase::Switchover {
+        findings.extend(Box::pin(drift::check(cell, deps)).await?);
+    }
 
     if !findings.blockers.is_empty() {
         tracing::warn!(

@@ -22,6 +22,7 @@ fn input(cell: &LocalCell) -> Input {
     Input {
         cell: document,
         idle_transaction_seconds: 60,
+        phase: preflight::Phase::Prepare,
     }
 }
 

@@ -219,6 +219,63 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
     Ok(plan)
 }
 
+/// How green's roles differ from what SSM describes now: what a run would change, read
+/// only. For `check-drift` and the switchover's preflight: a password rotated or a
+/// membership granted in SSM after prepare would otherwise break logins on green only
+/// after the point of no return. Before the switch the fence's NOLOGIN is expected, not a
+/// difference.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Drift {
+    /// One line per difference, naming the role and what differs (never a password).
+    pub differences: Vec<String>,
+    /// Roles whose password cannot be compared here (Aurora: `pg_authid` is unreadable).
+    pub unverifiable: Vec<String>,
+}
+
+pub async fn drift(cell: &CellDocument, deps: &Deps) -> Result<Drift, Error> {
+    let (_, decision) = deps
+        .journal(cell)
+        .get_pair::<fence::RunLock, fence::Decision>()
+        .await?;
+    let fencing = !decision.is_some_and(|d| d.switched(cell));
+    let Survey { roles, green, .. } = Box::pin(survey(cell, deps)).await?;
+    let changes = changes(&parameters::ordered(&roles)?, &green, fencing);
+    let mut drift = Drift::default();
+    for (role, change) in &changes.roles {
+        let name = &role.name;
+        match change {
+            RoleChange::None => {}
+            RoleChange::Create => drift
+                .differences
+                .push(format!("role {name} does not exist on green")),
+            RoleChange::Alter {
+                attributes,
+                password,
+            } => {
+                if !attributes.is_empty() {
+                    drift.differences.push(format!(
+                        "role {name} on green needs {}",
+                        attributes.join(" ")
+                    ));
+                }
+                match password {
+                    PasswordState::Differs => drift.differences.push(format!(
+                        "role {name}: the password in SSM does not verify against green's (rotated since sync-roles ran?)"
+                    )),
+                    PasswordState::Unknown => drift.unverifiable.push(name.clone()),
+                    PasswordState::Absent | PasswordState::Verified => {}
+                }
+            }
+        }
+    }
+    for (member, group) in &changes.grants {
+        drift
+            .differences
+            .push(format!("role {member} is not a member of {group} on green"));
+    }
+    Ok(drift)
+}
+
 /// Whether the cell has switched to this green: its logins are then open.
 fn switched(cell: &CellDocument, admitted: &fence::Admitted) -> bool {
     admitted.decision.as_ref().is_some_and(|d| d.switched(cell))

@@ -70,6 +70,7 @@ functions! {
     "copy-schema" => copy_schema planned,
     "start-replication" => start_replication planned,
     "check-replication" => check_replication read_only,
+    "check-drift" => check_drift read_only,
     "analyze-green" => analyze_green planned,
     "verify-data" => verify_data read_only,
     "acquire-lock" => acquire_lock planned,

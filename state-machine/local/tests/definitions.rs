@@ -112,7 +112,12 @@ fn every_task_invokes_an_existing_function_with_a_timeout_above_its_lambdas() {
             used.insert(function);
         }
     }
-    let unused: Vec<&&str> = FUNCTIONS.iter().filter(|f| !used.contains(**f)).collect();
+    // Run by a person (or a script) at any time, never by a state machine.
+    const ON_DEMAND: [&str; 1] = ["check-drift"];
+    let unused: Vec<&&str> = FUNCTIONS
+        .iter()
+        .filter(|f| !used.contains(**f) && !ON_DEMAND.contains(f))
+        .collect();
     assert!(
         unused.is_empty(),
         "functions no state machine calls: {unused:?}"

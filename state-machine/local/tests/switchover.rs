@@ -908,16 +908,27 @@ async fn the_lag_gate_and_a_drop_racing_the_abort_path_lose_nothing() {
         .start_ledger(4, Duration::from_millis(2))
         .expect("ledger");
 
-    let green = cell.green.superuser_client("app").await.expect("green");
-    green
-        .batch_execute("ALTER SUBSCRIPTION switchyard_payments DISABLE")
-        .await
-        .expect("disable");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Stalled after preflight (which refuses a disabled subscription): only the lag gate
+    // can see it.
+    let green_options = cell.green.superuser_options("app");
     let mut input = cell_input(&cell);
     input["cell"]["budgets"]["lag_gate_seconds"] = json!(5);
     let stalled = Run::new(&cell, &deps, SWITCHOVER, "stalled")
         .input(input)
+        .hook(move |call| {
+            let green_options = green_options.clone();
+            async move {
+                if call.is("preflight") && matches!(call.result, Some(Ok(_))) {
+                    let green = switchyard_postgres::connect(&green_options)
+                        .await
+                        .expect("green");
+                    green
+                        .batch_execute("ALTER SUBSCRIPTION switchyard_payments DISABLE")
+                        .await
+                        .expect("disable");
+                }
+            }
+        })
         .go()
         .await;
     assert_eq!(stalled.end(), "aborted", "{}", stalled.describe());
@@ -1038,5 +1049,171 @@ async fn a_large_schema_keeps_every_execution_state_small() {
     for (name, size, event) in largest {
         assert!(size < LIMIT, "{name}: {event} holds {size} bytes");
     }
+    cell.shutdown();
+}
+
+/// What can change between prepare and switchover, days apart, each made on a prepared
+/// cell in turn: the switchover's preflight refuses before pausing (PgBouncer never
+/// paused, `not started`), naming the drift by code, and `check-drift` (read-only, run by
+/// a person) reports the same. Each drift is undone before the next; the cell is clean
+/// before the first and after the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_since_prepare_stops_the_switchover_before_pausing() {
+    let (cell, deps) = prepared_cell_with(|o| o.run_direct_writers = false).await;
+    let blue = cell.blue.superuser_client("app").await.expect("blue");
+    let green = cell.green.superuser_client("app").await.expect("green");
+    let ssm = &cell.moto.clients.ssm;
+    let parameter = format!(
+        "{}app_writer",
+        cell.document.credentials.application_roles_path
+    );
+    // What the DDL guard's message says to run once green has the change too.
+    const ACKNOWLEDGE: &str = "DELETE FROM switchyard.ddl_journal";
+
+    let check_drift = || async {
+        let out = switchyard_local_run::invoke("check-drift", cell_input(&cell), &deps)
+            .await
+            .expect("check-drift runs");
+        let codes: Vec<String> = out["blockers"]
+            .as_array()
+            .expect("blockers")
+            .iter()
+            .map(|b| b["code"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        (out["clean"].as_bool().expect("clean"), codes)
+    };
+    assert_eq!(
+        check_drift().await,
+        (true, Vec::new()),
+        "a fresh prepare has no drift"
+    );
+
+    let rotate = |password: Option<String>| {
+        let parameter = parameter.clone();
+        async move {
+            let current = ssm
+                .get_parameter()
+                .name(&parameter)
+                .with_decryption(true)
+                .send()
+                .await
+                .expect("get")
+                .parameter
+                .expect("parameter");
+            let mut value: Value =
+                serde_json::from_str(current.value().expect("value")).expect("json");
+            let before = value["password"].as_str().expect("password").to_owned();
+            value["password"] = json!(password.unwrap_or_else(|| format!("{before}-rotated")));
+            ssm.put_parameter()
+                .name(&parameter)
+                .value(value.to_string())
+                .set_type(current.r#type().cloned())
+                .overwrite(true)
+                .send()
+                .await
+                .expect("put");
+            before
+        }
+    };
+
+    let cases: [(&str, &str, &[&str]); 6] = [
+        (
+            "a table created on both sides that no publication carries",
+            "TABLE_NOT_PUBLISHED",
+            &["CREATE TABLE public.refunds (id bigint PRIMARY KEY, amount bigint)"],
+        ),
+        (
+            "a sequence on blue that green lacks",
+            "MISSING_ON_GREEN",
+            &["CREATE SEQUENCE public.refund_ids"],
+        ),
+        (
+            "DDL nobody vouched for",
+            "UNVOUCHED_DDL",
+            &["COMMENT ON TABLE public.payments IS 'changed after prepare'"],
+        ),
+        ("a disabled subscription", "SUBSCRIPTION_NOT_STREAMING", &[]),
+        ("a password rotated in SSM", "ROLE_DRIFT", &[]),
+        (
+            "an extension installed on blue only",
+            "EXTENSION_MISSING_ON_GREEN",
+            &["CREATE EXTENSION tablefunc"],
+        ),
+    ];
+    for (n, (what, code, on_blue)) in cases.iter().enumerate() {
+        let mut old_password = None;
+        match *code {
+            "TABLE_NOT_PUBLISHED" => {
+                for client in [&blue, &green] {
+                    client.batch_execute(on_blue[0]).await.expect("table");
+                }
+            }
+            "SUBSCRIPTION_NOT_STREAMING" => green
+                .batch_execute("ALTER SUBSCRIPTION switchyard_payments DISABLE")
+                .await
+                .expect("disable"),
+            "ROLE_DRIFT" => old_password = Some(rotate(None).await),
+            _ => {
+                for sql in *on_blue {
+                    blue.batch_execute(sql).await.expect(sql);
+                }
+            }
+        }
+
+        let ran = Run::new(&cell, &deps, SWITCHOVER, &format!("drift-{n}"))
+            .go()
+            .await;
+        assert_eq!(ran.end(), "not started", "{what}: {}", ran.describe());
+        assert_eq!(
+            ran.execution.error.as_deref(),
+            Some("PreflightFailed"),
+            "{what}"
+        );
+        let cause = ran.execution.cause.clone().unwrap_or_default();
+        assert!(cause.contains(code), "{what}: {code} not in {cause}");
+        assert!(!ran.entered("pause-pgbouncer"), "{what}: PgBouncer paused");
+        assert!(!paused_of(&cell, 0).await, "{what}: PgBouncer paused");
+        let (clean, codes) = check_drift().await;
+        assert!(
+            !clean && codes.iter().any(|c| c == code),
+            "{what}: {codes:?}"
+        );
+        println!("{what}: refused with {codes:?}");
+
+        // Undone, as the finding's fix says.
+        match *code {
+            "TABLE_NOT_PUBLISHED" => {
+                for client in [&blue, &green] {
+                    client
+                        .batch_execute("DROP TABLE public.refunds")
+                        .await
+                        .expect("drop");
+                }
+            }
+            "MISSING_ON_GREEN" => blue
+                .batch_execute("DROP SEQUENCE public.refund_ids")
+                .await
+                .expect("drop"),
+            "SUBSCRIPTION_NOT_STREAMING" => green
+                .batch_execute("ALTER SUBSCRIPTION switchyard_payments ENABLE")
+                .await
+                .expect("enable"),
+            "ROLE_DRIFT" => {
+                rotate(old_password.take()).await;
+            }
+            "EXTENSION_MISSING_ON_GREEN" => blue
+                .batch_execute("DROP EXTENSION tablefunc")
+                .await
+                .expect("drop"),
+            _ => {}
+        }
+        blue.batch_execute(ACKNOWLEDGE).await.expect("acknowledge");
+    }
+    assert_eq!(
+        check_drift().await,
+        (true, Vec::new()),
+        "every drift undone"
+    );
+    assert!(lock_free(&deps, &cell).await, "no run holds the cell");
     cell.shutdown();
 }

@@ -1,0 +1,68 @@
+//! `check-drift`: what changed on the cell since prepare that a switchover would carry
+//! over wrongly — a table no publication carries, a table or sequence green lacks, DDL
+//! nobody vouched for, a subscription not streaming, an application role or password in
+//! SSM that green does not have, an extension green lacks ([`preflight::drift`]).
+//!
+//! Read-only, and safe at any time between prepare and the switchover (the switchover's
+//! own preflight runs the same checks and stops before pausing). It reports, it does not
+//! fail: `clean` is false when there is a blocker, and each finding names its objects and
+//! the fix.
+
+use serde::{Deserialize, Serialize};
+use switchyard_cell::CellDocument;
+use switchyard_operation::{Deps, Error, OperationInput};
+
+pub use preflight::{Code, Finding};
+
+/// ```json
+/// {"cell": { …the cell document… }}
+/// ```
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub cell: CellDocument,
+}
+
+impl OperationInput for Input {
+    fn cell(&self) -> &CellDocument {
+        &self.cell
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Output {
+    /// No blocker: switched now, nothing found here would be lost or refused.
+    pub clean: bool,
+    pub blockers: Vec<Finding>,
+    pub warnings: Vec<Finding>,
+}
+
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id))]
+pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    let findings = Box::pin(preflight::drift::check(&input.cell, deps)).await?;
+    let (blockers, warnings): (Vec<Finding>, Vec<Finding>) =
+        findings.into_iter().partition(|f| f.code.is_blocker());
+    if blockers.is_empty() {
+        tracing::info!(warnings = warnings.len(), "no drift since prepare");
+    } else {
+        tracing::warn!(blockers = blockers.len(), "drift since prepare");
+    }
+    Ok(Output {
+        clean: blockers.is_empty(),
+        blockers,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_examples_round_trip() {
+        switchyard_operation::assert_examples_round_trip::<Input, Output>(
+            include_str!("../payloads/input.json"),
+            include_str!("../payloads/output.json"),
+        );
+    }
+}
