@@ -265,6 +265,13 @@ pub struct Budgets {
     pub max_replication_lag_bytes: u64,
     /// How far past blue's value each sequence is set on green.
     pub sequence_gap: u64,
+    /// How long one invocation of `verify-data` (full) compares before it hands a cursor
+    /// to the next, well inside Lambda's 15 minutes: a table of any size is verified
+    /// through the prepare state machine's continuation. 0: one batch of chunks per
+    /// invocation.
+    pub verify_seconds: u64,
+    /// Rows per checksummed chunk of the full check.
+    pub verify_chunk_rows: u64,
 }
 
 impl Default for Budgets {
@@ -278,6 +285,8 @@ impl Default for Budgets {
             lag_gate_seconds: 30,
             max_replication_lag_bytes: 1024 * 1024,
             sequence_gap: 1000,
+            verify_seconds: 600,
+            verify_chunk_rows: 10_000,
         }
     }
 }
@@ -488,6 +497,8 @@ mod tests {
         assert_eq!(document.budgets.abort_seconds, 45);
         assert_eq!(document.budgets.max_replication_lag_bytes, 1_048_576);
         assert_eq!(document.budgets.sequence_gap, 1000);
+        assert_eq!(document.budgets.verify_seconds, 600);
+        assert_eq!(document.budgets.verify_chunk_rows, 10_000);
     }
 
     #[test]

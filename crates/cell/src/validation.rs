@@ -18,6 +18,10 @@ const MAX_TARGET_GROUP_NAME: usize = 32;
 const MIN_MAJOR_VERSION: u32 = 14;
 const MAX_MAJOR_VERSION: u32 = 99;
 const MAX_DRAIN_SECONDS: u64 = 900;
+/// The longest a `verify-data` invocation may compare before handing over: room for its
+/// last batch of chunks inside Lambda's 900 s.
+pub const MAX_VERIFY_SECONDS: u64 = 720;
+
 /// The longest pause budget a cell may ask for (and so the longest lag gate).
 pub const MAX_PAUSE_SECONDS: u64 = 3600;
 const MAX_LAG_GATE_SECONDS: u64 = 3600;
@@ -264,6 +268,7 @@ fn check_budgets(budgets: &Budgets, problems: &mut Problems) {
             None,
         ),
         ("sequence_gap", budgets.sequence_gap, None),
+        ("verify_chunk_rows", budgets.verify_chunk_rows, None),
     ];
     for (name, value, max) in limits {
         let field = format!("budgets.{name}");
@@ -272,6 +277,13 @@ fn check_budgets(budgets: &Budgets, problems: &mut Problems) {
         } else if let Some(max) = max.filter(|&max| value > max) {
             problems.push(field, format!("must be at most {max}"));
         }
+    }
+    // One invocation must hand over before Lambda's 15-minute limit stops it mid-chunk.
+    if budgets.verify_seconds > MAX_VERIFY_SECONDS {
+        problems.push(
+            "budgets.verify_seconds",
+            format!("must be at most {MAX_VERIFY_SECONDS}: a Lambda invocation ends at 900"),
+        );
     }
     // The gate runs inside the pause window: a longer gate would never get to decide.
     if budgets.pause_seconds > 0 && budgets.lag_gate_seconds >= budgets.pause_seconds {

@@ -197,10 +197,20 @@ impl Shape {
         format!("ROW({})", parts.join(", "))
     }
 
-    /// The key of every `$1`-th row in key order: the upper bounds of full chunks.
-    pub(crate) fn boundaries_sql(&self) -> String {
+    /// The key of every `$1`-th row in key order: the upper bounds of full chunks. With
+    /// `after`, counted from the first row whose key is above `$2…` (a resumed run).
+    pub(crate) fn boundaries_sql(&self, after: bool) -> String {
+        let filter = if after {
+            format!(
+                " WHERE ROW({}) > {}",
+                self.key_terms(""),
+                self.key_parameters(2)
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "SELECT k FROM (SELECT pg_catalog.row_number() OVER (ORDER BY {}) AS n, {} AS k FROM {}) s \
+            "SELECT k FROM (SELECT pg_catalog.row_number() OVER (ORDER BY {}) AS n, {} AS k FROM {}{filter}) s \
              WHERE n % $1 = 0 ORDER BY n",
             self.key_terms(""),
             self.key_as_text(),
@@ -328,8 +338,17 @@ mod tests {
     #[test]
     fn boundaries_follow_the_same_order() {
         assert_eq!(
-            links().boundaries_sql(),
+            links().boundaries_sql(false),
             r#"SELECT k FROM (SELECT pg_catalog.row_number() OVER (ORDER BY "parent_id", "kind" COLLATE "C") AS n, ARRAY["parent_id"::text, "kind"::text] AS k FROM "public"."account_links") s WHERE n % $1 = 0 ORDER BY n"#
+        );
+        let resumed = links().boundaries_sql(true);
+        assert!(
+            resumed.contains(r#" FROM "public"."account_links" WHERE ROW("parent_id", "kind" COLLATE "C") > ROW($2::text::"#),
+            "{resumed}"
+        );
+        assert_eq!(
+            links().key_from_top_sql(),
+            r#"SELECT ARRAY["parent_id"::text, "kind"::text] FROM "public"."account_links" ORDER BY "parent_id" DESC, "kind" COLLATE "C" DESC OFFSET $1 LIMIT 1"#
         );
         assert_eq!(
             links().max_key_sql(),

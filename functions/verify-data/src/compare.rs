@@ -74,17 +74,27 @@ pub(crate) struct Outcome {
     pub differences: Vec<Difference>,
     /// The latest LSN green confirmed for this table's comparisons.
     pub lsn: PgLsn,
+    /// The invocation's budget ran out: the rows up to this key were compared, the rest
+    /// are the next invocation's.
+    pub stopped_after: Option<KeyValues>,
 }
 
+/// Compares `shape`'s table from above `from` (its whole key range when `None`). Past
+/// `deadline` it stops after the batch in hand and says where (`stopped_after`): the next
+/// invocation resumes there. At least one batch is compared, so every invocation makes
+/// progress.
 pub(crate) async fn compare(
     blue: &Client,
     green: &Client,
     shape: &Shape,
     method: Method<'_>,
+    from: Option<KeyValues>,
+    deadline: Option<Instant>,
 ) -> Result<Outcome, Error> {
-    let mut lsn = begin_snapshot(blue).await?;
-    let Some((chunks, evidence)) = plan(blue, shape, method).await? else {
-        end_snapshot(blue).await?;
+    let planned_at = begin_snapshot(blue).await?;
+    let planned = plan(blue, shape, method, from).await;
+    end_snapshot(blue).await?;
+    let Some((chunks, evidence)) = planned? else {
         return Ok(Outcome {
             evidence: format!(
                 "not compared: no key, and more than {KEYLESS_ROWS} rows to read inside the pause (the full check in prepare compares it)"
@@ -92,9 +102,45 @@ pub(crate) async fn compare(
             rows: 0,
             chunks: 0,
             differences: Vec::new(),
-            lsn,
+            lsn: planned_at,
+            stopped_after: None,
         });
     };
+    let mut outcome = Outcome {
+        evidence,
+        rows: 0,
+        chunks: 0,
+        differences: Vec::new(),
+        lsn: planned_at,
+        stopped_after: None,
+    };
+    let batches: Vec<&[Chunk]> = chunks.chunks(BATCH_CHUNKS).collect();
+    for (n, batch) in batches.iter().enumerate() {
+        compare_batch(blue, green, shape, method, batch, &mut outcome).await?;
+        let more = n + 1 < batches.len();
+        if more && deadline.is_some_and(|d| Instant::now() >= d) {
+            outcome.stopped_after = batch.last().and_then(|c| c.upper.clone());
+            tracing::info!(table = %shape.table, chunks = outcome.chunks, "invocation budget spent: handing over");
+            break;
+        }
+    }
+    Ok(outcome)
+}
+
+/// Chunks compared under one snapshot of blue.
+const BATCH_CHUNKS: usize = 16;
+
+/// One batch: blue's figures in one REPEATABLE READ snapshot, green's once green's slots
+/// confirmed an LSN read inside it, each differing chunk re-checked; added to `outcome`.
+async fn compare_batch(
+    blue: &Client,
+    green: &Client,
+    shape: &Shape,
+    method: Method<'_>,
+    chunks: &[Chunk],
+    outcome: &mut Outcome,
+) -> Result<(), Error> {
+    let mut lsn = begin_snapshot(blue).await?;
     let all: Vec<&Chunk> = chunks.iter().collect();
     let mut blue_figures = figures(blue, Side::Blue, shape, &all).await?;
     end_snapshot(blue).await?;
@@ -126,20 +172,17 @@ pub(crate) async fn compare(
     }
 
     let rows = blue_figures.iter().map(|f| f.rows).sum::<i64>();
-    Ok(Outcome {
-        evidence,
-        rows: u64::try_from(rows).unwrap_or(0),
-        chunks: chunks.len(),
-        differences: differing
-            .into_iter()
-            .map(|i| Difference {
-                chunk: chunks[i].clone(),
-                blue: blue_figures[i].clone(),
-                green: green_figures[i].clone(),
-            })
-            .collect(),
-        lsn,
-    })
+    outcome.rows += u64::try_from(rows).unwrap_or(0);
+    outcome.chunks += chunks.len();
+    outcome.lsn = outcome.lsn.max(lsn);
+    outcome
+        .differences
+        .extend(differing.into_iter().map(|i| Difference {
+            chunk: chunks[i].clone(),
+            blue: blue_figures[i].clone(),
+            green: green_figures[i].clone(),
+        }));
+    Ok(())
 }
 
 /// Opens a REPEATABLE READ snapshot on blue; returns blue's WAL position read inside it.
@@ -171,6 +214,7 @@ async fn plan(
     blue: &Client,
     shape: &Shape,
     method: Method<'_>,
+    from: Option<KeyValues>,
 ) -> Result<Option<(Vec<Chunk>, String)>, Error> {
     let whole = |evidence: &str| {
         Some((
@@ -221,9 +265,22 @@ async fn plan(
             evidence,
         )));
     }
-    let mut uppers: Vec<KeyValues> = blue
-        .query(&shape.boundaries_sql(), &[&method.chunk_rows])
-        .await
+    let evidence = match &from {
+        Some(_) => "every row (resumed)".to_owned(),
+        None => "every row".to_owned(),
+    };
+    let boundaries = match &from {
+        None => {
+            blue.query(&shape.boundaries_sql(false), &[&method.chunk_rows])
+                .await
+        }
+        Some(after) => {
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&method.chunk_rows];
+            params.extend(after.iter().map(|v| v as &(dyn ToSql + Sync)));
+            blue.query(&shape.boundaries_sql(true), &params).await
+        }
+    };
+    let mut uppers: Vec<KeyValues> = boundaries
         .map_err(|e| Error::query(what(), e))?
         .iter()
         .map(|row| row.get(0))
@@ -231,7 +288,7 @@ async fn plan(
     if uppers.last() != Some(&max) {
         uppers.push(max);
     }
-    let mut lower = None;
+    let mut lower = from;
     Ok(Some((
         uppers
             .into_iter()
@@ -244,7 +301,7 @@ async fn plan(
                 chunk
             })
             .collect(),
-        "every row".to_owned(),
+        evidence,
     )))
 }
 

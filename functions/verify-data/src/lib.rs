@@ -48,17 +48,22 @@ pub struct Input {
     #[serde(default)]
     pub pause_deadline: Option<PauseDeadline>,
     pub mode: Mode,
-    /// Rows per checksummed chunk in full mode (at least 1).
-    #[serde(default = "default_chunk_rows")]
-    pub chunk_rows: u64,
+    /// Rows per checksummed chunk in full mode (at least 1); the cell's
+    /// `budgets.verify_chunk_rows` when absent.
+    #[serde(default)]
+    pub chunk_rows: Option<u64>,
+    /// Full mode: compare for this long, then hand over with a `cursor`; the cell's
+    /// `budgets.verify_seconds` when absent (0: one batch of chunks).
+    #[serde(default)]
+    pub budget_seconds: Option<u64>,
+    /// Full mode: where the previous invocation stopped (its output's `cursor`); from the
+    /// start when absent or null.
+    #[serde(default)]
+    pub resume: Option<Cursor>,
     /// How many times a differing chunk is re-checked with a fresh snapshot before it
     /// counts as a mismatch.
     #[serde(default = "default_attempts")]
     pub attempts: u32,
-}
-
-fn default_chunk_rows() -> u64 {
-    10_000
 }
 
 fn default_attempts() -> u32 {
@@ -80,8 +85,28 @@ pub enum Mode {
     Full,
 }
 
+/// Where a full check stopped: every database before `database` (in the cell's order),
+/// every table before `table` in it (in name order), and `table`'s rows up to key `after`
+/// (none: nothing of it yet) are compared.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cursor {
+    pub database: String,
+    pub schema: String,
+    pub table: String,
+    /// The key values, as text, of the last row compared.
+    pub after: Option<Vec<String>>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Output {
+    /// Every table was compared to its end. False: invoke again with `resume` = `cursor`
+    /// (the prepare state machine loops until done).
+    #[serde(default = "done_by_default")]
+    pub done: bool,
+    /// Where the next invocation resumes; null when done.
+    #[serde(default)]
+    pub cursor: Option<Cursor>,
     pub mode: Mode,
     pub databases: Vec<DatabaseVerification>,
     /// The latest blue LSN a comparison was made at, which green had confirmed
@@ -111,6 +136,10 @@ pub struct TableVerification {
     pub equal: bool,
 }
 
+fn done_by_default() -> bool {
+    true
+}
+
 /// How many differences the failure message lists; the rest are counted.
 const LISTED: usize = 10;
 /// How much of a key value the failure message shows.
@@ -129,34 +158,81 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 }
 
 async fn verify(input: Input, deps: &Deps) -> Result<Output, Error> {
-    let chunk_rows = i64::try_from(input.chunk_rows)
+    let requested = input
+        .chunk_rows
+        .unwrap_or(input.cell.budgets.verify_chunk_rows);
+    let chunk_rows = i64::try_from(requested)
         .ok()
         .filter(|&rows| rows > 0)
         .ok_or_else(|| {
             Error::stop(
                 ErrorName::InvalidInput,
-                format!(
-                    "chunk_rows {} must be between 1 and 2^63 - 1",
-                    input.chunk_rows
-                ),
+                format!("chunk_rows {requested} must be between 1 and 2^63 - 1"),
             )
         })?;
+    if input.mode == Mode::Quick && input.resume.is_some() {
+        return Err(Error::stop(
+            ErrorName::InvalidInput,
+            "resume: only a full check hands over between invocations; quick mode is bounded",
+        ));
+    }
+    if let Some(cursor) = &input.resume {
+        if !input.cell.databases.contains(&cursor.database) {
+            return Err(Error::stop(
+                ErrorName::InvalidInput,
+                format!(
+                    "resume.database {:?} is not one of the cell's databases",
+                    cursor.database
+                ),
+            ));
+        }
+    }
+    // Full mode hands over before Lambda's limit; quick mode is bounded by the pause.
+    let deadline = (input.mode == Mode::Full).then(|| {
+        std::time::Instant::now()
+            + Duration::from_secs(
+                input
+                    .budget_seconds
+                    .unwrap_or(input.cell.budgets.verify_seconds),
+            )
+    });
     let mut mismatches = Vec::new();
     let mut databases = Vec::with_capacity(input.cell.databases.len());
     let mut compared_at: Option<PgLsn> = None;
-    for db in &input.cell.databases {
+    let mut cursor = None;
+    let mut progressed = false;
+    // A resumed run skips the databases its cursor is past.
+    let skip = input.resume.as_ref().map_or(0, |c| {
+        input
+            .cell
+            .databases
+            .iter()
+            .position(|d| *d == c.database)
+            .unwrap_or(0)
+    });
+    for db in input.cell.databases.iter().skip(skip) {
+        let resume = input.resume.as_ref().filter(|c| c.database == *db);
         // Boxed: the nested connection and query futures are otherwise too deep for the
         // compiler's layout computation of the Lambda's handler.
-        let (database, at) = Box::pin(verify_database(
+        let checked = Box::pin(verify_database(
             &input,
             deps,
             db,
-            chunk_rows,
+            Pace {
+                chunk_rows,
+                resume,
+                deadline,
+                progressed: &mut progressed,
+            },
             &mut mismatches,
         ))
         .await?;
-        compared_at = compared_at.max(at);
-        databases.push(database);
+        compared_at = compared_at.max(checked.compared_at);
+        databases.push(checked.verification);
+        if checked.stopped.is_some() {
+            cursor = checked.stopped;
+            break;
+        }
     }
     if !mismatches.is_empty() {
         return Err(Error::stop(
@@ -164,7 +240,12 @@ async fn verify(input: Input, deps: &Deps) -> Result<Output, Error> {
             mismatch_message(&mismatches, input.mode, input.attempts),
         ));
     }
+    if let Some(c) = &cursor {
+        tracing::info!(database = %c.database, schema = %c.schema, table = %c.table, "handing over to the next invocation");
+    }
     Ok(Output {
+        done: cursor.is_none(),
+        cursor,
         mode: input.mode,
         databases,
         compared_at_lsn: compared_at.map(|lsn| lsn.to_string()),
@@ -187,14 +268,33 @@ enum Found {
     Chunk { key: String, difference: Difference },
 }
 
+/// How far and how long one invocation goes.
+struct Pace<'a> {
+    chunk_rows: i64,
+    /// The cursor, when it points into this database.
+    resume: Option<&'a Cursor>,
+    /// Full mode: hand over once past it (after at least one batch of this invocation).
+    deadline: Option<std::time::Instant>,
+    /// Whether this invocation compared anything yet.
+    progressed: &'a mut bool,
+}
+
+/// One database's comparisons, and where they stopped if the budget ran out.
+struct Checked {
+    verification: DatabaseVerification,
+    compared_at: Option<PgLsn>,
+    stopped: Option<Cursor>,
+}
+
 #[tracing::instrument(skip_all, fields(database = %db))]
 async fn verify_database(
     input: &Input,
     deps: &Deps,
     db: &str,
-    chunk_rows: i64,
+    pace: Pace<'_>,
     mismatches: &mut Vec<Mismatch>,
-) -> Result<(DatabaseVerification, Option<PgLsn>), Error> {
+) -> Result<Checked, Error> {
+    let chunk_rows = pace.chunk_rows;
     let blue = deps.connect(&input.cell, Side::Blue, db).await?;
     let green = deps.connect(&input.cell, Side::Green, db).await?;
     for (side, client) in [(Side::Blue, &blue), (Side::Green, &green)] {
@@ -230,7 +330,40 @@ async fn verify_database(
     };
     let mut tables = Vec::new();
     let mut compared_at: Option<PgLsn> = None;
-    for table in catalog::replicated_tables(&green).await? {
+    let mut stopped = None;
+    let mut replicated = catalog::replicated_tables(&green).await?;
+    let mut from = None;
+    if let Some(cursor) = pace.resume {
+        let at = replicated
+            .iter()
+            .position(|t| t.schema == cursor.schema && t.name == cursor.table)
+            .ok_or_else(|| {
+                Error::stop(
+                    ErrorName::PreconditionFailed,
+                    format!(
+                        "resume: {}.{} (database {db}) is no longer replicated on green; start the full check again without resume",
+                        cursor.schema, cursor.table
+                    ),
+                )
+            })?;
+        replicated.drain(..at);
+        from = cursor.after.clone();
+    }
+    for table in replicated {
+        if *pace.progressed
+            && pace
+                .deadline
+                .is_some_and(|d| std::time::Instant::now() >= d)
+        {
+            stopped = Some(Cursor {
+                database: db.to_owned(),
+                schema: table.schema.clone(),
+                table: table.name.clone(),
+                after: None,
+            });
+            break;
+        }
+        let from = from.take();
         let Some(shape) = catalog::shape(&blue, &table).await? else {
             mismatches.push(Mismatch {
                 database: db.to_owned(),
@@ -239,7 +372,8 @@ async fn verify_database(
             });
             continue;
         };
-        let outcome = compare::compare(&blue, &green, &shape, method).await?;
+        let outcome = compare::compare(&blue, &green, &shape, method, from, pace.deadline).await?;
+        *pace.progressed = true;
         compared_at = compared_at.max(Some(outcome.lsn));
         tracing::info!(table = %table, rows = outcome.rows, chunks = outcome.chunks, differing = outcome.differences.len(), "compared");
         let equal = outcome.differences.is_empty();
@@ -261,14 +395,24 @@ async fn verify_database(
             chunks: u64::try_from(outcome.chunks).unwrap_or(u64::MAX),
             equal,
         });
+        if let Some(after) = outcome.stopped_after {
+            stopped = Some(Cursor {
+                database: db.to_owned(),
+                schema: table.schema.clone(),
+                table: table.name.clone(),
+                after: Some(after),
+            });
+            break;
+        }
     }
-    Ok((
-        DatabaseVerification {
+    Ok(Checked {
+        verification: DatabaseVerification {
             name: db.to_owned(),
             tables: Listed::of(tables),
         },
         compared_at,
-    ))
+        stopped,
+    })
 }
 
 /// The operator's message: the first few differences, each naming its table and (in
@@ -365,8 +509,8 @@ mod tests {
         fields.insert("mode".to_owned(), serde_json::json!("quick"));
         let input: Input = serde_json::from_value(payload).expect("defaults");
         assert_eq!(
-            (input.mode, input.chunk_rows, input.attempts),
-            (Mode::Quick, 10_000, 3)
+            (input.mode, input.chunk_rows, input.attempts, input.resume),
+            (Mode::Quick, None, 3, None)
         );
     }
 

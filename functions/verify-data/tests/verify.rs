@@ -30,7 +30,9 @@ fn input(cell: &LocalCell, mode: Mode, chunk_rows: u64) -> Input {
         cell: cell.document.clone(),
         pause_deadline: None,
         mode,
-        chunk_rows,
+        chunk_rows: Some(chunk_rows),
+        budget_seconds: None,
+        resume: None,
         attempts: 3,
     }
 }
@@ -316,4 +318,100 @@ async fn waits_for_green_to_confirm_the_snapshot_lsn() {
     );
     assert_eq!(find(&tables(&output), "billing.invoice lines").1, 601);
     released.await.expect("released");
+}
+
+/// A full check handed over between invocations (`budget_seconds` 0: one batch of 16
+/// chunks each) covers exactly what one pass covers, and still finds a row changed
+/// behind replication's back in the middle of a table it resumed in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_check_resumed_across_invocations_equals_one_pass() {
+    let cell = replicating_cell().await;
+    let deps = cell.deps().expect("deps");
+    let single = run(input(&cell, Mode::Full, 10), &deps)
+        .await
+        .expect("one pass");
+    assert!(single.done && single.cursor.is_none());
+    let totals = |outputs: &[Output]| {
+        let mut totals = std::collections::BTreeMap::<String, (u64, u64)>::new();
+        for output in outputs {
+            for t in output.databases.iter().flat_map(|d| d.tables.iter()) {
+                assert!(t.equal, "{t:?}");
+                let entry = totals.entry(t.table.clone()).or_default();
+                entry.0 += t.rows;
+                entry.1 += t.chunks;
+            }
+        }
+        totals
+    };
+    let one_pass = totals(std::slice::from_ref(&single));
+
+    let resumed_run = |cell: &LocalCell| {
+        let mut next = input(cell, Mode::Full, 10);
+        next.budget_seconds = Some(0);
+        next
+    };
+    let mut outputs = Vec::new();
+    let mut next = resumed_run(&cell);
+    loop {
+        let output = run(next.clone(), &deps).await.expect("an invocation");
+        let cursor = output.cursor.clone();
+        outputs.push(output);
+        match cursor {
+            Some(cursor) => next.resume = Some(cursor),
+            None => break,
+        }
+        assert!(outputs.len() < 200, "the cursor moves forward");
+    }
+    assert!(
+        outputs.len() > 3,
+        "handed over several times: {}",
+        outputs.len()
+    );
+    assert!(outputs.last().is_some_and(|o| o.done));
+    assert!(
+        outputs.iter().any(|o| o
+            .cursor
+            .as_ref()
+            .is_some_and(|c| c.table == "invoice lines" && c.after.is_some())),
+        "a cursor inside a table"
+    );
+    assert_eq!(totals(&outputs), one_pass, "the same rows and chunks");
+
+    // Row 400 of 600 is outside the first invocation's batch of 160 rows: found after a
+    // hand-over inside the table.
+    cell.green
+        .superuser_client("app")
+        .await
+        .expect("green")
+        .batch_execute(
+            r#"UPDATE billing."invoice lines" SET description = 'tampered' WHERE id = 400"#,
+        )
+        .await
+        .expect("tamper");
+    let mut next = resumed_run(&cell);
+    let err = loop {
+        match run(next.clone(), &deps).await {
+            Ok(output) => match output.cursor {
+                Some(cursor) => next.resume = Some(cursor),
+                None => panic!("the changed row went unseen"),
+            },
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(err.error_name(), ErrorName::DataMismatch, "{err}");
+    let message = err.to_failure().message().to_owned();
+    assert!(
+        message.contains("billing.invoice lines (database app) rows with (id) > (390) and <= (400): blue 10 rows, green 10 rows, checksums differ"),
+        "{message}"
+    );
+
+    let mut wrong = resumed_run(&cell);
+    wrong.resume = Some(verify_data::Cursor {
+        database: "app".to_owned(),
+        schema: "public".to_owned(),
+        table: "no such table".to_owned(),
+        after: None,
+    });
+    let err = run(wrong, &deps).await.expect_err("an unknown table");
+    assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
 }

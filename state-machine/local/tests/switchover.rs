@@ -1052,15 +1052,69 @@ async fn a_large_schema_keeps_every_execution_state_small() {
     cell.shutdown();
 }
 
-/// What can change between prepare and switchover, days apart, each made on a prepared
-/// cell in turn: the switchover's preflight refuses before pausing (PgBouncer never
-/// paused, `not started`), naming the drift by code, and `check-drift` (read-only, run by
-/// a person) reports the same. Each drift is undone before the next; the cell is clean
-/// before the first and after the last.
+/// Prepare with a full check larger than one invocation's budget (0 s: one batch of
+/// chunks per invocation): the prepare definition loops verify-data on its cursor until
+/// every table is compared, and the invocations together compared every row once.
+///
+/// Then what can change between prepare and switchover, days apart, each made on the
+/// prepared cell in turn: the switchover's preflight refuses before pausing (PgBouncer
+/// never paused, `not started`), naming the drift by code, and `check-drift` (read-only,
+/// run by a person) reports the same. Each drift is undone before the next; the cell is
+/// clean before the first and after the last.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drift_since_prepare_stops_the_switchover_before_pausing() {
-    let (cell, deps) = prepared_cell_with(|o| o.run_direct_writers = false).await;
+async fn a_resumed_full_check_then_drift_since_prepare_stops_the_switchover_before_pausing() {
+    let mut options = CellOptions::from_env(&Install::from_env()).expect("options");
+    options.rows = 300;
+    options.run_direct_writers = false;
+    let mut cell = LocalCell::start(&options).await.expect("cell");
+    let deps = cell.deps().expect("deps");
+    cell.document.budgets.verify_seconds = 0;
+    cell.document.budgets.verify_chunk_rows = 50;
+    let prepare = Run::new(&cell, &deps, PREPARE, "prepare").go().await;
+    assert_eq!(
+        prepare.execution.status,
+        Status::Succeeded,
+        "{}",
+        prepare.describe()
+    );
+    let verified: Vec<&Value> = prepare
+        .calls
+        .iter()
+        .filter(|c| c.is("verify-data"))
+        .filter_map(|c| c.result.as_ref().and_then(|r| r.as_ref().ok()))
+        .collect();
+    assert!(
+        verified.len() > 2,
+        "verify-data handed over: {} invocations",
+        verified.len()
+    );
+    assert!(verified[..verified.len() - 1]
+        .iter()
+        .all(|o| o["done"] == json!(false) && o["cursor"].is_object()));
+    assert_eq!(verified[verified.len() - 1]["done"], json!(true));
+    let mut rows = std::collections::BTreeMap::<String, u64>::new();
+    for output in &verified {
+        for table in output["databases"][0]["tables"]["first"]
+            .as_array()
+            .expect("tables")
+        {
+            *rows
+                .entry(table["table"].as_str().expect("name").to_owned())
+                .or_default() += table["rows"].as_u64().expect("rows");
+        }
+    }
     let blue = cell.blue.superuser_client("app").await.expect("blue");
+    let lines: i64 = blue
+        .query_one(r#"SELECT count(*) FROM billing."invoice lines""#, &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(
+        rows.get("billing.invoice lines").copied(),
+        u64::try_from(lines).ok(),
+        "every row compared once across the invocations: {rows:?}"
+    );
+
     let green = cell.green.superuser_client("app").await.expect("green");
     let ssm = &cell.moto.clients.ssm;
     let parameter = format!(
