@@ -7,7 +7,7 @@ LOCAL_CELL := target/debug/local-cell
 # The operator CLI (cli/): `switchyard <command> --help` for every option.
 SWITCHYARD := $(CARGO) run --quiet --locked -p switchyard-cli --
 
-.PHONY: help setup build test test-unit test-cell lint fmt cell-up cell-down cell-status clean-cell rehearsal bench start follow invoke report
+.PHONY: help setup build test test-unit test-cell lint fmt cell-up cell-down cell-status clean-cell rehearsal bench bench-scale start follow invoke report
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ rehearsal: setup ## prepare + switchover state machines on a local cell under lo
 
 bench: setup ## time the switchover over RUNS=5 fresh local cells (target/rehearsal/bench.json)
 	RUNS=$(or $(RUNS),5) $(CARGO) run --locked --profile rehearsal -p switchyard-local-run --bin bench-switchover
+
+bench-scale: setup ## the switchover at the fixture's size and at SCALE_BYTES (default 2 GiB) of table data: pause windows and their ratio (target/rehearsal/bench-scale.json)
+	$(CARGO) run --locked --profile rehearsal -p switchyard-local-run --bin bench-scale
 
 cell-up: setup ## start a local cell in the background (BLUE_PG=14 GREEN_PG=17 CELL_ROWS=1000)
 	$(CARGO) build --locked -p switchyard-local-cell --bin local-cell

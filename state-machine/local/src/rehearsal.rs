@@ -43,6 +43,9 @@ pub struct RunOptions {
     pub out_dir: PathBuf,
     /// Execution names are `<prefix>-prepare-<utc>` and `<prefix>-switchover-<utc>`.
     pub name_prefix: String,
+    /// Before prepare, fill `public.archive` on blue with this many bytes of table data
+    /// (rows of ~1 KB that do not compress): a production-sized cell for `bench-scale`.
+    pub bulk_bytes: u64,
 }
 
 impl RunOptions {
@@ -61,6 +64,7 @@ impl RunOptions {
             load_during_prepare: true,
             out_dir,
             name_prefix: name_prefix.to_owned(),
+            bulk_bytes: 0,
         })
     }
 }
@@ -105,6 +109,9 @@ pub async fn rehearse(options: &RunOptions) -> Result<Report, String> {
     let cell = LocalCell::start(&cell_options)
         .await
         .map_err(|e| format!("the local cell did not start: {e}"))?;
+    if options.bulk_bytes > 0 {
+        load_bulk(&cell, options.bulk_bytes).await?;
+    }
     // The cell is dropped (every process stopped) when this returns, pass or fail.
     let report = rehearse_on(&cell, options).await;
     let passwords: Vec<String> = cell
@@ -283,6 +290,8 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
         _ => None,
     };
     let query_wait_timeout = query_wait_timeout_ms(cell).await;
+    let table_bytes = data_bytes(cell, &database).await;
+    let initial_copy_ms = initial_copy_ms(&prepared);
     report.window_fit = switched
         .as_ref()
         .and_then(|e| WindowFit::of(e, &budgets_of(e), query_wait_timeout, &spans));
@@ -323,6 +332,8 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
         direct_writer_audit: direct_audit,
         aws_timings: cell.names().timings().name.to_owned(),
         pause_window_emulated_aws_ms,
+        data_bytes: table_bytes,
+        initial_copy_ms,
         stale_names_after_window: report
             .pause_window_ended_at
             .as_deref()
@@ -369,6 +380,21 @@ fn emulated_delays(cell: &LocalCell) -> (Vec<EmulatedDelay>, Vec<(i64, i64)>) {
     (delays, spans)
 }
 
+/// start-replication's end → check-replication's first success in `prepare`: the initial
+/// copy and catch-up, as coarse as check-replication's retry interval.
+fn initial_copy_ms(prepare: &Execution) -> Option<u64> {
+    use switchyard_state_machine::EventType;
+    let at = |state: &str| {
+        prepare
+            .history
+            .iter()
+            .find(|e| e.kind == EventType::TaskSucceeded && e.state.as_deref() == Some(state))
+            .and_then(|e| unix_ms(&e.timestamp))
+    };
+    let (from, to) = (at("start-replication")?, at("check-replication")?);
+    u64::try_from(to - from).ok()
+}
+
 /// Fails the report if any file written (histories, report, timeline), or the summary,
 /// carries a cell password; such files are removed.
 fn check_no_secret(report: &mut Report, passwords: &[String], out_dir: &Path) {
@@ -400,6 +426,73 @@ fn check_no_secret(report: &mut Report, passwords: &[String], out_dir: &Path) {
         );
         report.passed = false;
     }
+}
+
+/// Rows of `public.archive` per INSERT while loading bulk data (~256 MB each).
+const BULK_ROWS_PER_STATEMENT: u64 = 256 * 1024;
+/// Bytes per archive row: a 1000-character body that is stored inline and does not
+/// compress (values under ~2 KB are never compressed), plus the tuple header and key.
+const BULK_ROW_BYTES: u64 = 1040;
+
+/// Fills `public.archive` on blue (owned by the application's owner, as its tables are)
+/// with about `bytes` of table data, in statements of ~256 MB.
+async fn load_bulk(cell: &LocalCell, bytes: u64) -> Result<(), String> {
+    let blue = cell
+        .blue
+        .superuser_client("app")
+        .await
+        .map_err(|e| e.to_string())?;
+    blue.batch_execute(
+        "CREATE TABLE IF NOT EXISTS public.archive (id bigint PRIMARY KEY, body text NOT NULL);
+         ALTER TABLE public.archive OWNER TO app_owner",
+    )
+    .await
+    .map_err(|e| format!("creating public.archive: {e}"))?;
+    let rows = bytes.div_ceil(BULK_ROW_BYTES);
+    let started = Instant::now();
+    let mut done = 0;
+    while done < rows {
+        let next = (done + BULK_ROWS_PER_STATEMENT).min(rows);
+        let (from, to) = (
+            i64::try_from(done + 1).unwrap_or(i64::MAX),
+            i64::try_from(next).unwrap_or(i64::MAX),
+        );
+        // md5 of distinct inputs, concatenated: text that does not compress.
+        blue.execute(
+            "INSERT INTO public.archive (id, body)
+             SELECT g, (SELECT string_agg(md5(g::text || '/' || i::text), '')
+                          FROM generate_series(1, 31) i)
+               FROM generate_series($1::bigint, $2::bigint) g",
+            &[&from, &to],
+        )
+        .await
+        .map_err(|e| format!("loading public.archive: {e}"))?;
+        done = next;
+        eprintln!(
+            "  bulk: {done} of {rows} archive rows ({:.0} s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    blue.batch_execute("ANALYZE public.archive")
+        .await
+        .map_err(|e| format!("analyzing public.archive: {e}"))?;
+    Ok(())
+}
+
+/// Blue's user tables' data in bytes (`pg_table_size`: heap and TOAST, no indexes).
+async fn data_bytes(cell: &LocalCell, database: &str) -> Option<u64> {
+    let blue = cell.blue.superuser_client(database).await.ok()?;
+    let row = blue
+        .query_one(
+            "SELECT coalesce(sum(pg_catalog.pg_table_size(c.oid)), 0)::bigint
+               FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'switchyard')",
+            &[],
+        )
+        .await
+        .ok()?;
+    u64::try_from(row.get::<_, i64>(0)).ok()
 }
 
 /// PgBouncer's `query_wait_timeout` as it reports it, in ms (`None`: not read).

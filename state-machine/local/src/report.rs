@@ -186,6 +186,11 @@ pub struct LoadReport {
     pub pause_window_emulated_aws_ms: Option<u64>,
     /// Every emulated name delay of the run: when the API renamed, when the name followed.
     pub emulated_aws_delays: Vec<EmulatedDelay>,
+    /// Blue's user tables' data at the end of the run (heap and TOAST, no indexes).
+    pub data_bytes: Option<u64>,
+    /// Prepare's start-replication end → check-replication's first success: the initial
+    /// copy and catch-up (as coarse as check-replication's retry interval).
+    pub initial_copy_ms: Option<u64>,
     /// Names that, after PgBouncer served again, still lead (or will lead, as a rename
     /// made earlier takes effect late) to a cluster other than the one the API gives them
     /// at the end: a new connection by that name then reaches the wrong cluster.

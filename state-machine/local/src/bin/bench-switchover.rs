@@ -113,6 +113,7 @@ fn bench() -> Result<bool, String> {
         "blue_major": first.map(|r| r.blue_major),
         "target_major": first.map(|r| r.target_major),
         "fixture_rows": first.and_then(|r| r.load.as_ref()).map(|l| l.fixture_rows),
+        "data_bytes": first.and_then(|r| r.load.as_ref()).and_then(|l| l.data_bytes),
         "all_guarantees_held": all_passed,
         "target_median_pause_window_ms": TARGET_PAUSE_MS,
         "pause_window_ms": stats(&pauses, 1.0),
@@ -128,6 +129,7 @@ fn bench() -> Result<bool, String> {
             "client_max_latency_ms": r.load.as_ref().and_then(|l| l.client_max_latency_ms),
             "client_p99_latency_ms": r.load.as_ref().and_then(|l| l.client_p99_latency_ms),
             "throughput_tx_per_s": r.load.as_ref().map(|l| l.throughput_tx_per_s),
+            "data_bytes": r.load.as_ref().and_then(|l| l.data_bytes),
             "report": format!("bench/run-{}/report.json", i + 1),
         })).collect::<Vec<_>>(),
     });
