@@ -84,6 +84,7 @@ async fn a_rehearsal_leaves_no_password_in_logs_payloads_or_reports() {
         load_during_prepare: true,
         out_dir: out_dir.clone(),
         name_prefix: "secrets".to_owned(),
+        bulk_bytes: 0,
     };
     let report = rehearse_on(&cell, &run).await.expect("the rehearsal ran");
     assert_eq!(
