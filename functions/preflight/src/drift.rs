@@ -88,7 +88,10 @@ async fn unpublished(
                       SELECT FROM pg_catalog.pg_publication_rel pr
                         JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
                        WHERE p.pubname = ANY($1)
-                         AND pr.prrelid IN (SELECT relid FROM pg_catalog.pg_partition_ancestors(c.oid)))
+                         -- the table itself, or (partitions) any ancestor: pg_partition_ancestors
+                         -- returns nothing for a table that is not partitioned
+                         AND (pr.prrelid = c.oid
+                              OR pr.prrelid IN (SELECT relid FROM pg_catalog.pg_partition_ancestors(c.oid))))
               ORDER BY 1, 2",
             &[&publications],
         )
