@@ -40,6 +40,18 @@ pub async fn check(cell: &CellDocument, deps: &Deps) -> Result<Vec<Finding>, Err
     Ok(findings)
 }
 
+/// The tables, partitioned tables and sequences that are the application's: permanent,
+/// outside the system schemas and `switchyard`, not created by an extension — the ones
+/// `start-replication` publishes (sequences aside) and `copy-schema` copies.
+const USER_RELATIONS: &str = "FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p', 'S') AND c.relpersistence = 'p'
+                AND n.nspname NOT IN ('information_schema', 'switchyard')
+                AND n.nspname NOT LIKE 'pg\\_%'
+                AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                                 WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                                   AND d.objid = c.oid AND d.deptype = 'e')";
+
 /// `schema.name` pairs as finding objects: `app: public.t`.
 fn objects(database: &str, names: &[(String, String)]) -> Vec<String> {
     names
@@ -75,15 +87,8 @@ async fn unpublished(
     }
     let rows = blue
         .query(
-            "SELECT n.nspname::text, c.relname::text
-               FROM pg_catalog.pg_class c
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
-                AND n.nspname NOT IN ('information_schema', 'switchyard')
-                AND n.nspname NOT LIKE 'pg\\_%'
-                AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
-                                 WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                                   AND d.objid = c.oid AND d.deptype = 'e')
+            &format!(
+                "SELECT n.nspname::text, c.relname::text {USER_RELATIONS} AND c.relkind <> 'S'
                 AND NOT EXISTS (
                       SELECT FROM pg_catalog.pg_publication_rel pr
                         JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
@@ -92,7 +97,8 @@ async fn unpublished(
                          -- returns nothing for a table that is not partitioned
                          AND (pr.prrelid = c.oid
                               OR pr.prrelid IN (SELECT relid FROM pg_catalog.pg_partition_ancestors(c.oid))))
-              ORDER BY 1, 2",
+              ORDER BY 1, 2"
+            ),
             &[&publications],
         )
         .await
@@ -115,20 +121,12 @@ async fn missing_on_green(
     green: &Client,
     database: &str,
 ) -> Result<Vec<Finding>, Error> {
-    const SQL: &str = "SELECT n.nspname::text, c.relname::text, c.relkind = 'S'
-               FROM pg_catalog.pg_class c
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.relkind IN ('r', 'p', 'S') AND c.relpersistence = 'p'
-                AND n.nspname NOT IN ('information_schema', 'switchyard')
-                AND n.nspname NOT LIKE 'pg\\_%'
-                AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
-                                 WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                                   AND d.objid = c.oid AND d.deptype = 'e')";
-    let on_blue = set_of(blue, SQL, "blue's tables and sequences", |r| {
+    let sql = format!("SELECT n.nspname::text, c.relname::text, c.relkind = 'S' {USER_RELATIONS}");
+    let on_blue = set_of(blue, &sql, "blue's tables and sequences", |r| {
         (r.get(0), r.get(1), r.get(2))
     })
     .await?;
-    let on_green = set_of(green, SQL, "green's tables and sequences", |r| {
+    let on_green = set_of(green, &sql, "green's tables and sequences", |r| {
         (r.get(0), r.get(1), r.get(2))
     })
     .await?;
