@@ -272,6 +272,11 @@ pub struct Budgets {
     pub verify_seconds: u64,
     /// Rows per checksummed chunk of the full check.
     pub verify_chunk_rows: u64,
+    /// How long one invocation of `analyze-green` works before it hands the next table to
+    /// the next invocation (the same continuation as `verify_seconds`). A statement still
+    /// running at the end is cancelled and its table is started again by the next one; a
+    /// cancelled VACUUM keeps the pages it finished. 0: one table per invocation.
+    pub analyze_seconds: u64,
 }
 
 impl Default for Budgets {
@@ -287,6 +292,7 @@ impl Default for Budgets {
             sequence_gap: 1000,
             verify_seconds: 600,
             verify_chunk_rows: 10_000,
+            analyze_seconds: 600,
         }
     }
 }
@@ -499,6 +505,7 @@ mod tests {
         assert_eq!(document.budgets.sequence_gap, 1000);
         assert_eq!(document.budgets.verify_seconds, 600);
         assert_eq!(document.budgets.verify_chunk_rows, 10_000);
+        assert_eq!(document.budgets.analyze_seconds, 600);
     }
 
     #[test]

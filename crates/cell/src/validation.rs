@@ -18,8 +18,8 @@ const MAX_TARGET_GROUP_NAME: usize = 32;
 const MIN_MAJOR_VERSION: u32 = 14;
 const MAX_MAJOR_VERSION: u32 = 99;
 const MAX_DRAIN_SECONDS: u64 = 900;
-/// The longest a `verify-data` invocation may compare before handing over: room for its
-/// last batch of chunks inside Lambda's 900 s.
+/// The longest a `verify-data` or `analyze-green` invocation may work before handing over:
+/// room for its last batch of chunks (or its last statement) inside Lambda's 900 s.
 pub const MAX_VERIFY_SECONDS: u64 = 720;
 
 /// The longest pause budget a cell may ask for (and so the longest lag gate).
@@ -279,11 +279,16 @@ fn check_budgets(budgets: &Budgets, problems: &mut Problems) {
         }
     }
     // One invocation must hand over before Lambda's 15-minute limit stops it mid-chunk.
-    if budgets.verify_seconds > MAX_VERIFY_SECONDS {
-        problems.push(
-            "budgets.verify_seconds",
-            format!("must be at most {MAX_VERIFY_SECONDS}: a Lambda invocation ends at 900"),
-        );
+    for (name, value) in [
+        ("verify_seconds", budgets.verify_seconds),
+        ("analyze_seconds", budgets.analyze_seconds),
+    ] {
+        if value > MAX_VERIFY_SECONDS {
+            problems.push(
+                format!("budgets.{name}"),
+                format!("must be at most {MAX_VERIFY_SECONDS}: a Lambda invocation ends at 900"),
+            );
+        }
     }
     // The gate runs inside the pause window: a longer gate would never get to decide.
     if budgets.pause_seconds > 0 && budgets.lag_gate_seconds >= budgets.pause_seconds {
@@ -1052,6 +1057,9 @@ mod tests {
                 "lag_gate_seconds": 0,
                 "max_replication_lag_bytes": 0,
                 "sequence_gap": 0,
+                "verify_chunk_rows": 0,
+                "verify_seconds": 721,
+                "analyze_seconds": 721,
             });
         });
         assert_eq!(
@@ -1063,6 +1071,9 @@ mod tests {
                 "budgets.lag_gate_seconds",
                 "budgets.max_replication_lag_bytes",
                 "budgets.sequence_gap",
+                "budgets.verify_chunk_rows",
+                "budgets.verify_seconds",
+                "budgets.analyze_seconds",
             ]
         );
         let at_limits = edited(|v| {
@@ -1073,6 +1084,8 @@ mod tests {
                 "lag_gate_seconds": 3599,
                 "max_replication_lag_bytes": 1,
                 "sequence_gap": 1,
+                "verify_seconds": 720,
+                "analyze_seconds": 0,
             });
         });
         assert_eq!(at_limits, Vec::<String>::new());

@@ -2,7 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use analyze_green::{plan, run, Input, Output};
+use analyze_green::{plan, run, Cursor, Input, Output};
+use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_local_cell::{LocalCell, TEST_RUN};
 
 async fn replicating_cell() -> LocalCell {
@@ -85,6 +86,8 @@ async fn analyzes_every_replicated_table_and_partitioned_root_twice() {
         run_id: TEST_RUN.to_owned(),
         force: false,
         vacuum: false,
+        budget_seconds: None,
+        resume: None,
     };
 
     // A dry run lists the statements, leaves last, and computes no statistics.
@@ -181,6 +184,8 @@ async fn vacuum_mode_vacuums_as_well() {
         run_id: TEST_RUN.to_owned(),
         force: false,
         vacuum: true,
+        budget_seconds: None,
+        resume: None,
     };
     let dry = plan(input.clone(), &deps).await.expect("plan");
     assert!(
@@ -231,4 +236,99 @@ async fn statistics_rows(cell: &LocalCell) -> i64 {
         .await
         .expect("pg_statistic")
         .get(0)
+}
+
+/// With no budget (`budget_seconds` 0) every invocation refreshes one table and hands the
+/// next over; followed to the end, the invocations refresh exactly what one pass does, in
+/// the same order. A statement still running when the budget ends (here: waiting on a
+/// lock another session holds) is cancelled and its table handed over whole, then done by
+/// the next invocation. A cursor naming a table green does not replicate is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hands_over_between_invocations_and_covers_what_one_pass_does() {
+    let cell = replicating_cell().await;
+    let deps = cell.deps().expect("deps");
+    let input = |budget: Option<u64>, resume: Option<Cursor>| Input {
+        cell: cell.document.clone(),
+        run_id: TEST_RUN.to_owned(),
+        force: false,
+        vacuum: false,
+        budget_seconds: budget,
+        resume,
+    };
+    let one_pass = run(input(Some(600), None), &deps).await.expect("one pass");
+    assert!(one_pass.done && one_pass.cursor.is_none());
+    let names: Vec<String> = tables(&one_pass).iter().map(|t| (*t).to_owned()).collect();
+
+    let mut resumed = Vec::new();
+    let mut invocations = 0;
+    let mut resume = None;
+    loop {
+        let output = run(input(Some(0), resume.clone()), &deps)
+            .await
+            .expect("an invocation");
+        invocations += 1;
+        let these = tables(&output);
+        assert_eq!(these.len(), 1, "one table per invocation: {these:?}");
+        resumed.extend(these.iter().map(|t| (*t).to_owned()));
+        assert_eq!(output.done, output.cursor.is_none(), "{output:?}");
+        match output.cursor {
+            Some(cursor) => resume = Some(cursor),
+            None => break,
+        }
+        assert!(invocations <= names.len(), "the cursor moves forward");
+    }
+    assert_eq!(resumed, names, "the same tables, in the same order");
+
+    // billing.invoices comes second: a lock held elsewhere keeps its ANALYZE waiting
+    // past the 2 s budget.
+    let green = cell.green.superuser_client("app").await.expect("green");
+    green
+        .batch_execute("BEGIN; LOCK TABLE billing.invoices IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let started = Instant::now();
+    let cut = run(input(Some(2), None), &deps)
+        .await
+        .expect("handed over, not failed");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "cancelled at the budget, not left waiting"
+    );
+    assert_eq!(tables(&cut), ["billing.invoice lines"]);
+    assert!(!cut.done);
+    assert_eq!(
+        cut.cursor,
+        Some(Cursor {
+            database: "app".to_owned(),
+            schema: "billing".to_owned(),
+            table: "invoices".to_owned(),
+        })
+    );
+    green.batch_execute("COMMIT").await.expect("unlock");
+    let rest = run(input(Some(600), cut.cursor.clone()), &deps)
+        .await
+        .expect("the rest");
+    assert!(rest.done);
+    let rest_names: Vec<String> = tables(&rest).iter().map(|t| (*t).to_owned()).collect();
+    assert_eq!(rest_names, names[1..], "from the handed-over table on");
+
+    let err = run(
+        input(
+            None,
+            Some(Cursor {
+                database: "app".to_owned(),
+                schema: "public".to_owned(),
+                table: "no such table".to_owned(),
+            }),
+        ),
+        &deps,
+    )
+    .await
+    .expect_err("an unknown table");
+    assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
+    assert!(
+        err.to_string()
+            .contains(r#""public"."no such table" (database app)"#),
+        "{err}"
+    );
 }

@@ -492,6 +492,24 @@ fn a_run_that_changed_nothing_gives_back_only_its_own_lock() {
             );
         }
     }
+    // Statistics loop on their cursor, then the full check starts.
+    assert_eq!(
+        states["check-replication"]["Next"],
+        "analyze-green: from the start"
+    );
+    assert_eq!(states["analyze-green"]["Next"], "analyze-green done?");
+    assert_eq!(
+        states["analyze-green"]["Parameters"]["Payload"]["resume.$"],
+        "$.steps.analyze_green.output.cursor"
+    );
+    assert_eq!(
+        states["analyze-green done?"]["Choices"][0]["Next"],
+        "analyze-green"
+    );
+    assert_eq!(
+        states["analyze-green done?"]["Default"],
+        "verify-data: from the start"
+    );
     // The full check loops on its cursor, then gives the lock back.
     assert_eq!(states["verify-data"]["Next"], "verify-data done?");
     assert_eq!(
