@@ -139,6 +139,52 @@ async fn quick_and_full_agree_while_the_ledger_writes() {
     let again_names: Vec<String> = tables(&again).into_iter().map(|t| t.0).collect();
     assert_eq!(again_names, names);
 
+    // One row changed behind replication's back in the table the ledger is writing to,
+    // while it writes: found and named, with its key range, and nothing else is blamed.
+    green
+        .batch_execute(
+            "UPDATE public.payments SET memo = 'tampered' \
+              WHERE id = (SELECT min(id) FROM public.payments)",
+        )
+        .await
+        .expect("tamper a payment on green");
+    let oldest: i64 = green
+        .query_one("SELECT min(id) FROM public.payments", &[])
+        .await
+        .expect("oldest payment")
+        .get(0);
+    let writes_before = ledger.acknowledged();
+    let err = run(input(&cell, Mode::Full, 100), &deps)
+        .await
+        .expect_err("full mode finds the changed payment under load");
+    assert_eq!(err.error_name(), ErrorName::DataMismatch, "{err}");
+    let message = err.to_failure().message().to_owned();
+    assert!(
+        message.contains("public.payments (database app) rows with (id) <= (")
+            && message.contains("checksums differ"),
+        "{message}"
+    );
+    // The range named holds the changed row: the first chunk, from the oldest key.
+    let upper: i64 = message
+        .split("public.payments (database app) rows with (id) <= (")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a key range: {message}"));
+    assert!(upper >= oldest, "{oldest} is in the range named: {message}");
+    for other in [
+        "billing.",
+        "public.accounts",
+        "public.account_links",
+        "public.events",
+    ] {
+        assert!(!message.contains(other), "only payments: {message}");
+    }
+    assert!(
+        ledger.acknowledged() > writes_before,
+        "the ledger wrote during the check"
+    );
+
     let tally = ledger.stop().await;
     assert!(
         tally.acks.len() >= 50,

@@ -1114,6 +1114,31 @@ async fn a_resumed_full_check_then_drift_since_prepare_stops_the_switchover_befo
         u64::try_from(lines).ok(),
         "every row compared once across the invocations: {rows:?}"
     );
+    // The same as one pass over the same cell.
+    let mut single = cell_input(&cell);
+    single["mode"] = json!("full");
+    single["chunk_rows"] = json!(50);
+    single["budget_seconds"] = json!(720);
+    let one_pass = switchyard_local_run::invoke("verify-data", single, &deps)
+        .await
+        .expect("one pass");
+    assert_eq!(one_pass["done"], json!(true));
+    let one_pass_rows: std::collections::BTreeMap<String, u64> = one_pass["databases"][0]["tables"]
+        ["first"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .map(|t| {
+            (
+                t["table"].as_str().expect("name").to_owned(),
+                t["rows"].as_u64().expect("rows"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows, one_pass_rows,
+        "resumed through the state machine = one pass"
+    );
 
     let green = cell.green.superuser_client("app").await.expect("green");
     let ssm = &cell.moto.clients.ssm;
