@@ -10,6 +10,7 @@ mod deploy;
 mod deps;
 pub mod downstream;
 mod error;
+pub mod feedback;
 pub mod fence;
 pub mod fleet;
 pub mod green_fence;

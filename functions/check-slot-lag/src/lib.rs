@@ -10,7 +10,10 @@
 //! 2. a marker row with a fresh id is written on blue and committed, then blue's
 //!    `pg_current_wal_lsn()` is captured;
 //! 3. for up to `wait_seconds`, every slot's `confirmed_flush_lsn` must reach that LSN and
-//!    the marker row must be visible on green.
+//!    the marker row must be visible on green. Once green shows the marker and a slot has
+//!    not confirmed yet, green's feedback is asked for every 100 ms
+//!    ([`switchyard_operation::feedback::nudge`]) rather than waited for on its own cycle:
+//!    the condition is the same, it is met sooner.
 //!
 //! Not there in time: `LagNotZero` (not yet: the state machine retries it), naming the
 //! bytes each slot is behind, the subscriptions disabled on green (which never catch up)
@@ -33,6 +36,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use switchyard_cell::{replication_name, CellDocument, REST_GROUP};
 use switchyard_errors::ErrorName;
+use switchyard_operation::feedback;
 use switchyard_operation::fence::{self, Caller, Direction};
 use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
 use switchyard_operation::{PauseDeadline, Timestamp};
@@ -174,6 +178,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         // Boxed: keeps the handler's future small (nested connection and query futures).
         gates.push(Box::pin(Gate::open(&input.cell, deps, database, &names)).await?);
     }
+    let mut nudged: Vec<Option<Instant>> = vec![None; gates.len()];
     loop {
         let mut states = Vec::with_capacity(gates.len());
         for gate in &gates {
@@ -221,6 +226,16 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
                     started.elapsed().as_millis()
                 ),
             ));
+        }
+        // Green has the marker but a slot has not said so yet: ask for the feedback now.
+        for ((gate, state), at) in gates.iter().zip(&states).zip(nudged.iter_mut()) {
+            if state.marker_on_green
+                && !state.passed()
+                && at.is_none_or(|at| at.elapsed() >= feedback::NUDGE_EVERY)
+            {
+                feedback::nudge(&gate.green, &gate.blue).await;
+                *at = Some(Instant::now());
+            }
         }
         tokio::time::sleep(POLL).await;
     }

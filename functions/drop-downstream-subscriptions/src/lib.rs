@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use switchyard_cell::{CellDocument, Downstream};
 use switchyard_errors::{Catalogued, ErrorName};
+use switchyard_operation::feedback;
 use switchyard_operation::fence::{self, Caller, Direction};
 use switchyard_operation::PauseDeadline;
 use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
@@ -296,12 +297,18 @@ async fn drop_one(
         blue,
         target_lsn,
     } = pending;
+    let mut nudged: Option<tokio::time::Instant> = None;
     let confirmed_lsn = loop {
         match caught_up(&blue, downstream, name, &slot, &target_lsn).await {
             Err(e)
                 if e.error_name() == ErrorName::DownstreamBehind
                     && tokio::time::Instant::now() < deadline =>
             {
+                // Ask the downstream for its feedback now rather than on its own cycle.
+                if nudged.is_none_or(|at| at.elapsed() >= feedback::NUDGE_EVERY) {
+                    feedback::nudge(client, &blue).await;
+                    nudged = Some(tokio::time::Instant::now());
+                }
                 tokio::time::sleep(POLL).await;
             }
             Err(e) if e.error_name() == ErrorName::DownstreamBehind => {
