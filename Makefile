@@ -37,7 +37,7 @@ bench: setup ## time the switchover over RUNS=5 fresh local cells (target/rehear
 	RUNS=$(or $(RUNS),5) $(CARGO) run --locked --profile rehearsal -p switchyard-local-run --bin bench-switchover
 
 bench-scale: setup ## the switchover at the fixture's size and at SCALE_BYTES (default 2 GiB) of table data: pause windows and their ratio (target/rehearsal/bench-scale.json)
-	$(CARGO) run --locked --profile rehearsal -p switchyard-local-run --bin bench-scale
+	AWS_TIMINGS=$(or $(AWS_TIMINGS),instant) $(CARGO) run --locked --profile rehearsal -p switchyard-local-run --bin bench-scale
 
 cell-up: setup ## start a local cell in the background (BLUE_PG=14 GREEN_PG=17 CELL_ROWS=1000)
 	$(CARGO) build --locked -p switchyard-local-cell --bin local-cell

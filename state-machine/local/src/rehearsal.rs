@@ -20,8 +20,8 @@ use switchyard_state_machine::{Execution, Executor};
 use time::OffsetDateTime;
 
 use crate::report::{
-    budgets_of, covered_ms, latency_stats, stale_names, unix_ms, AuditSummary, EmulatedDelay,
-    LoadReport, Outcome, Report, WindowFit, WorkloadSummary,
+    budgets_of, covered_ms, latency_stats, stale_names, unix_ms, AuditSummary, BaselineClone,
+    EmulatedDelay, LoadReport, Outcome, Report, WindowFit, WorkloadSummary,
 };
 use crate::{load, LocalFunctions, PREPARE, SWITCHOVER};
 
@@ -46,6 +46,9 @@ pub struct RunOptions {
     /// Before prepare, fill `public.archive` on blue with this many bytes of table data
     /// (rows of ~1 KB that do not compress): a production-sized cell for `bench-scale`.
     pub bulk_bytes: u64,
+    /// Before prepare, time `pgcopydb clone` of blue's application database into a
+    /// scratch database on green's server: the initial copy's baseline (`bench-scale`).
+    pub compare_pgcopydb: bool,
 }
 
 impl RunOptions {
@@ -65,6 +68,7 @@ impl RunOptions {
             out_dir,
             name_prefix: name_prefix.to_owned(),
             bulk_bytes: 0,
+            compare_pgcopydb: false,
         })
     }
 }
@@ -112,8 +116,19 @@ pub async fn rehearse(options: &RunOptions) -> Result<Report, String> {
     if options.bulk_bytes > 0 {
         load_bulk(&cell, options.bulk_bytes).await?;
     }
+    let baseline = if options.compare_pgcopydb {
+        Some(pgcopydb_clone(&cell, &options.out_dir).await)
+    } else {
+        None
+    };
     // The cell is dropped (every process stopped) when this returns, pass or fail.
-    let report = rehearse_on(&cell, options).await;
+    let mut report = rehearse_on(&cell, options).await;
+    if let (Ok(report), Some(baseline)) = (&mut report, baseline) {
+        if let Some(load) = report.load.as_mut() {
+            load.baseline_clone = Some(baseline);
+        }
+        write_json(&options.out_dir.join("report.json"), report)?;
+    }
     let passwords: Vec<String> = cell
         .secrets
         .all_passwords()
@@ -156,11 +171,25 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
 
     let prepare_name = format!("{}-prepare-{stamp}", options.name_prefix);
     eprintln!("running prepare as {prepare_name} …");
-    let prepared = Executor::new(&prepare, &handler)
-        .state_machine_name(PREPARE)
-        .name(&prepare_name)
-        .run(input.clone())
-        .await;
+    let database = cell
+        .document
+        .databases
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "app".to_owned());
+    let (copy_done, copy_watch) = tokio::sync::oneshot::channel();
+    let (prepared, initial_copy_ms) = tokio::join!(
+        async {
+            let prepared = Executor::new(&prepare, &handler)
+                .state_machine_name(PREPARE)
+                .name(&prepare_name)
+                .run(input.clone())
+                .await;
+            let _ = copy_done.send(());
+            prepared
+        },
+        watch_initial_copy(cell, &database, copy_watch)
+    );
     let prepare_file = options.out_dir.join("prepare-history.json");
     prepared
         .write_history(&prepare_file)
@@ -212,12 +241,6 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
     let on_green = outcome == Outcome::Switched
         || switched.as_ref().and_then(crate::report::failed_in) == Some(SWITCHED_UNCLEAN);
     let primary = if on_green { &cell.green } else { &cell.blue };
-    let database = cell
-        .document
-        .databases
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "app".to_owned());
     let ledger_audit = audit(
         primary,
         &database,
@@ -291,7 +314,6 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
     };
     let query_wait_timeout = query_wait_timeout_ms(cell).await;
     let table_bytes = data_bytes(cell, &database).await;
-    let initial_copy_ms = initial_copy_ms(&prepared);
     report.window_fit = switched
         .as_ref()
         .and_then(|e| WindowFit::of(e, &budgets_of(e), query_wait_timeout, &spans));
@@ -334,6 +356,7 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
         pause_window_emulated_aws_ms,
         data_bytes: table_bytes,
         initial_copy_ms,
+        baseline_clone: None,
         stale_names_after_window: report
             .pause_window_ended_at
             .as_deref()
@@ -378,21 +401,6 @@ fn emulated_delays(cell: &LocalCell) -> (Vec<EmulatedDelay>, Vec<(i64, i64)>) {
         });
     }
     (delays, spans)
-}
-
-/// start-replication's end → check-replication's first success in `prepare`: the initial
-/// copy and catch-up, as coarse as check-replication's retry interval.
-fn initial_copy_ms(prepare: &Execution) -> Option<u64> {
-    use switchyard_state_machine::EventType;
-    let at = |state: &str| {
-        prepare
-            .history
-            .iter()
-            .find(|e| e.kind == EventType::TaskSucceeded && e.state.as_deref() == Some(state))
-            .and_then(|e| unix_ms(&e.timestamp))
-    };
-    let (from, to) = (at("start-replication")?, at("check-replication")?);
-    u64::try_from(to - from).ok()
 }
 
 /// Fails the report if any file written (histories, report, timeline), or the summary,
@@ -477,6 +485,188 @@ async fn load_bulk(cell: &LocalCell, bytes: u64) -> Result<(), String> {
         .await
         .map_err(|e| format!("analyzing public.archive: {e}"))?;
     Ok(())
+}
+
+/// The scratch database on green's server that `pgcopydb clone` fills, and drops after.
+const BASELINE_DATABASE: &str = "pgcopydb_baseline";
+
+/// `pgcopydb clone` of blue's application database into [`BASELINE_DATABASE`] on green's
+/// server, timed end to end, then dropped (its disk is back before prepare starts). Its
+/// output goes to `pgcopydb.log` in `out_dir`. pgcopydb 0.10 runs Debian's pg_dump and
+/// pg_restore 15, which dump servers up to 15: a newer blue is reported, not cloned.
+async fn pgcopydb_clone(cell: &LocalCell, out_dir: &Path) -> BaselineClone {
+    const JOBS: &str = "2";
+    let mut baseline = BaselineClone {
+        command: format!(
+            "pgcopydb clone --table-jobs {JOBS} --index-jobs {JOBS} --no-owner --no-acl"
+        ),
+        ..BaselineClone::default()
+    };
+    let install = Install::from_env();
+    let pgcopydb = match install.pgcopydb() {
+        Ok(path) => path,
+        Err(e) => {
+            baseline.error = Some(format!("{e} (make setup installs it)"));
+            return baseline;
+        }
+    };
+    if let Ok(out) = std::process::Command::new(&pgcopydb)
+        .arg("--version")
+        .output()
+    {
+        baseline.version = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+    }
+    if cell.blue.major > 15 {
+        baseline.error = Some(format!(
+            "not run: pgcopydb 0.10 runs pg_dump 15, which cannot dump PostgreSQL {}",
+            cell.blue.major
+        ));
+        return baseline;
+    }
+    let database = cell
+        .document
+        .databases
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "app".to_owned());
+    let green = match cell.green.superuser_client("postgres").await {
+        Ok(client) => client,
+        Err(e) => {
+            baseline.error = Some(format!("green: {e}"));
+            return baseline;
+        }
+    };
+    let scratch = switchyard_postgres::quote::ident(BASELINE_DATABASE);
+    let drop = format!("DROP DATABASE IF EXISTS {scratch} WITH (FORCE)");
+    // Two statements: CREATE DATABASE cannot run inside the implicit transaction of one.
+    for sql in [drop.clone(), format!("CREATE DATABASE {scratch}")] {
+        if let Err(e) = green.batch_execute(&sql).await {
+            baseline.error = Some(format!(
+                "creating {BASELINE_DATABASE} on green: {}",
+                e.as_db_error()
+                    .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+            ));
+            return baseline;
+        }
+    }
+    // URIs without the password (libpq reads PGPASSWORD: the same orchestrator on both).
+    let uri = |server: &PgServer, db: &str| {
+        let mut query = Vec::new();
+        for (key, value) in server.libpq_env() {
+            match key {
+                "PGSSLMODE" => query.push(format!("sslmode={value}")),
+                "PGSSLROOTCERT" => query.push(format!("sslrootcert={value}")),
+                _ => {}
+            }
+        }
+        format!(
+            "postgres://{}@{}:{}/{db}?{}",
+            cell.secrets.orchestrator_user,
+            server.ip,
+            server.port,
+            query.join("&")
+        )
+    };
+    let work = out_dir.join("pgcopydb-work");
+    let _ = std::fs::remove_dir_all(&work);
+    let log = out_dir.join("pgcopydb.log");
+    let path = format!(
+        "/usr/lib/postgresql/15/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    eprintln!("baseline: {} …", baseline.command);
+    let started = Instant::now();
+    let ran = tokio::process::Command::new(&pgcopydb)
+        .args(["clone", "--table-jobs", JOBS, "--index-jobs", JOBS])
+        .args(["--no-owner", "--no-acl"])
+        .arg("--source")
+        .arg(uri(&cell.blue, &database))
+        .arg("--target")
+        .arg(uri(&cell.green, BASELINE_DATABASE))
+        .arg("--dir")
+        .arg(&work)
+        .env("PATH", path)
+        .env("PGPASSWORD", cell.secrets.orchestrator.expose())
+        .output()
+        .await;
+    let elapsed = started.elapsed();
+    match ran {
+        Ok(out) => {
+            let mut text = out.stdout;
+            text.extend_from_slice(&out.stderr);
+            let _ = std::fs::write(&log, &text);
+            if out.status.success() {
+                baseline.elapsed_ms = u64::try_from(elapsed.as_millis()).ok();
+            } else {
+                baseline.error = Some(format!(
+                    "pgcopydb exited {} (see {})",
+                    out.status,
+                    log.display()
+                ));
+            }
+        }
+        Err(e) => baseline.error = Some(format!("running pgcopydb: {e}")),
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    if let Err(e) = green.batch_execute(&drop).await {
+        let e = e
+            .as_db_error()
+            .map_or_else(|| e.to_string(), |d| d.message().to_owned());
+        eprintln!("baseline: dropping {BASELINE_DATABASE} on green: {e}");
+    }
+    eprintln!(
+        "baseline: {}",
+        baseline.elapsed_ms.map_or_else(
+            || baseline.error.clone().unwrap_or_default(),
+            |ms| format!("{ms} ms")
+        )
+    );
+    baseline
+}
+
+/// Green's subscription tables over prepare, seen every 250 ms: from the first appearing
+/// to all of them ready (`r`), the initial copy. Ends when `done` is sent.
+async fn watch_initial_copy(
+    cell: &LocalCell,
+    database: &str,
+    mut done: tokio::sync::oneshot::Receiver<()>,
+) -> Option<u64> {
+    let mut client = None;
+    let mut first_seen: Option<Instant> = None;
+    loop {
+        if client.is_none() {
+            client = cell.green.superuser_client(database).await.ok();
+        }
+        if let Some(c) = &client {
+            match c
+                .query_one(
+                    "SELECT count(*), count(*) FILTER (WHERE srsubstate = 'r')
+                       FROM pg_catalog.pg_subscription_rel",
+                    &[],
+                )
+                .await
+            {
+                Ok(row) => {
+                    let (all, ready): (i64, i64) = (row.get(0), row.get(1));
+                    if all > 0 {
+                        let from = *first_seen.get_or_insert_with(Instant::now);
+                        if ready == all {
+                            return u64::try_from(from.elapsed().as_millis()).ok();
+                        }
+                    }
+                }
+                Err(_) => client = None,
+            }
+        }
+        tokio::select! {
+            _ = &mut done => return None,
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
 }
 
 /// Blue's user tables' data in bytes (`pg_table_size`: heap and TOAST, no indexes).

@@ -188,13 +188,29 @@ pub struct LoadReport {
     pub emulated_aws_delays: Vec<EmulatedDelay>,
     /// Blue's user tables' data at the end of the run (heap and TOAST, no indexes).
     pub data_bytes: Option<u64>,
-    /// Prepare's start-replication end → check-replication's first success: the initial
-    /// copy and catch-up (as coarse as check-replication's retry interval).
+    /// Prepare's initial copy: from the first of green's subscription tables appearing to
+    /// all of them ready (`r`), as a watcher polling green every 250 ms saw it.
     pub initial_copy_ms: Option<u64>,
+    /// `pgcopydb clone` of the same data between the same servers, before prepare: the
+    /// standard tool's time for what prepare's initial copy does (`bench-scale` only).
+    pub baseline_clone: Option<BaselineClone>,
     /// Names that, after PgBouncer served again, still lead (or will lead, as a rename
     /// made earlier takes effect late) to a cluster other than the one the API gives them
     /// at the end: a new connection by that name then reaches the wrong cluster.
     pub stale_names_after_window: Vec<String>,
+}
+
+/// `pgcopydb clone` of blue's application database into a scratch database on green's
+/// server (dropped again), timed end to end: schema, COPY, indexes and constraints, and
+/// the VACUUM ANALYZE it always runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct BaselineClone {
+    /// The command line without its URIs, e.g. `pgcopydb clone --table-jobs 2 …`.
+    pub command: String,
+    pub version: String,
+    pub elapsed_ms: Option<u64>,
+    /// Why the clone did not finish; its log is beside the report.
+    pub error: Option<String>,
 }
 
 /// One rename as the emulated DNS served it.

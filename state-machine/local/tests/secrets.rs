@@ -85,6 +85,7 @@ async fn a_rehearsal_leaves_no_password_in_logs_payloads_or_reports() {
         out_dir: out_dir.clone(),
         name_prefix: "secrets".to_owned(),
         bulk_bytes: 0,
+        compare_pgcopydb: false,
     };
     let report = rehearse_on(&cell, &run).await.expect("the rehearsal ran");
     assert_eq!(

@@ -55,6 +55,12 @@ impl Install {
         )
     }
 
+    /// `pgcopydb` from Debian (0.10, built against libpq 15): the benchmark's baseline for
+    /// the initial copy. It runs the pg_dump/pg_restore it finds first in `PATH`.
+    pub fn pgcopydb(&self) -> Result<PathBuf, CellError> {
+        existing(PathBuf::from("/usr/bin/pgcopydb"), "pgcopydb")
+    }
+
     pub fn pgbouncer(&self) -> Result<PathBuf, CellError> {
         existing(PathBuf::from("/usr/sbin/pgbouncer"), "pgbouncer")
     }

@@ -5,10 +5,17 @@
 //! plus `SCALE_BYTES` (default 2 GiB) of table data in `public.archive`, loaded on blue
 //! before prepare. Prepare is not timed; the switchover runs under the ledger at full
 //! speed. Prints both pause windows, their ratio (goal ≤ 1.2×), the window at size (goal
-//! ≤ 1 s), each side's data size and prepare's initial copy (start-replication →
-//! check-replication ready, MB/s), and writes `target/rehearsal/bench-scale.json` beside
-//! bench.json (each run's report under `target/rehearsal/bench-scale/<size>/`). Each cell
+//! ≤ 1 s), each side's data size and prepare's initial copy (green's subscription tables
+//! from first seen to all ready, MB/s) next to `pgcopydb clone` of the same data between
+//! the same servers (before prepare, its copy dropped again), and writes `target/rehearsal/bench-scale.json` beside
+//! bench.json (each run's report under `target/rehearsal/bench-scale-runs/<size>/`; not
+//! `bench-scale/`, the path of this binary in cargo's profile directory). Each cell
 //! is torn down — its data directories removed — before the next starts.
+//!
+//! `make bench-scale` runs with `AWS_TIMINGS=instant` unless told otherwise: how long a
+//! rename takes to reach DNS does not depend on the data, and under `fast` its random
+//! delay would drown the difference this measures. Each run still reports the part of
+//! its window spent waiting on emulated names, and the window less that part.
 
 use std::process::ExitCode;
 
@@ -48,11 +55,13 @@ fn bench() -> Result<bool, String> {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let mut reports: Vec<(&str, Report)> = Vec::new();
     for (label, bulk) in [("fixture", 0), ("at-size", scale_bytes)] {
-        let run_dir = out_dir.join("bench-scale").join(label);
+        let run_dir = out_dir.join("bench-scale-runs").join(label);
         let _ = std::fs::remove_dir_all(&run_dir);
         let mut options = RunOptions::from_env(run_dir.clone(), &format!("scale-{label}"))?;
         options.load_during_prepare = false;
         options.bulk_bytes = bulk;
+        // The standard tool's copy of the same data, for the initial copy's baseline.
+        options.compare_pgcopydb = bulk > 0;
         eprintln!("== {label}: fixture plus {bulk} bytes of archive");
         let result = runtime.block_on(async {
             tokio::select! {
@@ -84,10 +93,27 @@ fn bench() -> Result<bool, String> {
             "data_bytes": bytes,
             "fixture_rows": load.map(|l| l.fixture_rows),
             "pause_window_ms": report.pause_window_ms,
+            "aws_timings": load.map(|l| l.aws_timings.clone()),
+            // The window less the time a name had not yet followed an emulated rename:
+            // the part our own steps spent, which is what could grow with the data.
+            "pause_window_own_ms": report.pause_window_ms.map(|w| {
+                w.saturating_sub(load.and_then(|l| l.pause_window_emulated_aws_ms).unwrap_or(0))
+            }),
             "pause_window_steps": report.pause_window_steps,
             "client_max_latency_ms": load.and_then(|l| l.client_max_latency_ms),
             "initial_copy_ms": copy_ms,
             "initial_copy_mb_per_s": mb_per_s.map(|v| (v * 10.0).round() / 10.0),
+            "pgcopydb_clone": load.and_then(|l| l.baseline_clone.as_ref()).map(|b| json!({
+                "command": b.command,
+                "version": b.version,
+                "elapsed_ms": b.elapsed_ms,
+                "mb_per_s": match (bytes, b.elapsed_ms) {
+                    (Some(bytes), Some(ms)) if ms > 0 =>
+                        Some(((bytes as f64 / 1e6) / (ms as f64 / 1000.0) * 10.0).round() / 10.0),
+                    _ => None,
+                },
+                "error": b.error,
+            })),
         })
     };
     let window = |label: &str| {
@@ -118,13 +144,17 @@ fn bench() -> Result<bool, String> {
     for (label, report) in &reports {
         let s = side(report);
         println!(
-            "  {label:<8} {} MB of table data: pause window {} ms, initial copy {} ms ({} MB/s){}",
+            "  {label:<8} {} MB of table data: pause window {} ms ({} ms our own, AWS timings {}), initial copy {} ms ({} MB/s){}",
             s["data_bytes"]
                 .as_u64()
                 .map_or("n/a".to_owned(), |b| format!("{:.1}", b as f64 / 1e6)),
             s["pause_window_ms"]
                 .as_u64()
                 .map_or("n/a".to_owned(), |v| v.to_string()),
+            s["pause_window_own_ms"]
+                .as_u64()
+                .map_or("n/a".to_owned(), |v| v.to_string()),
+            s["aws_timings"].as_str().unwrap_or("n/a"),
             s["initial_copy_ms"]
                 .as_u64()
                 .map_or("n/a".to_owned(), |v| v.to_string()),
@@ -158,6 +188,25 @@ fn bench() -> Result<bool, String> {
                 ": ABOVE the goal"
             }
         );
+    }
+    for (label, report) in &reports {
+        let s = side(report);
+        let clone = &s["pgcopydb_clone"];
+        if clone.is_null() {
+            continue;
+        }
+        match clone["elapsed_ms"].as_u64() {
+            Some(ms) => println!(
+                "  {label:<8} pgcopydb clone of the same data: {ms} ms ({} MB/s; schema, COPY, indexes, VACUUM ANALYZE)",
+                clone["mb_per_s"]
+                    .as_f64()
+                    .map_or("n/a".to_owned(), |v| v.to_string())
+            ),
+            None => println!(
+                "  {label:<8} pgcopydb clone: {}",
+                clone["error"].as_str().unwrap_or("no result")
+            ),
+        }
     }
     println!("bench-scale: {}", path.display());
     Ok(all_passed)
