@@ -14,11 +14,11 @@ output "function_role_arns" {
 }
 
 output "state_machine_arns" {
-  description = "State machine ARN by name: prepare, switchover."
+  description = "State machine ARN by name: prepare, switchover, abandon-prepare."
   value       = { for name, sm in aws_sfn_state_machine.state_machine : name => sm.arn }
 }
 
 output "state_machine_role_arn" {
-  description = "The role both state machines run as."
+  description = "The role every state machine runs as."
   value       = aws_iam_role.states.arn
 }

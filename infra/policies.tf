@@ -308,6 +308,7 @@ locals {
     "check-drift"                       = ["describe_cell_clusters", "orchestrator_login", "application_roles", "journal_read", "decrypt_secrets"]
     "analyze-green"                     = ["describe_cell_clusters", "orchestrator_login", "journal_read", "decrypt_secrets"]
     "verify-data"                       = ["describe_cell_clusters", "orchestrator_login", "decrypt_secrets"]
+    "abandon-prepare"                   = ["describe_cell_clusters", "orchestrator_login", "journal_read", "journal_create", "decrypt_secrets"]
     "acquire-lock"                      = ["journal_read", "journal_create", "journal_delete"]
     "release-lock"                      = ["journal_read", "journal_delete"]
     "scale-services"                    = ["direct_writer_services", "direct_writer_list_tasks", "direct_writer_describe_tasks", "journal_read", "journal_create", "journal_delete"]

@@ -1,7 +1,9 @@
 locals {
   state_machines = {
-    prepare    = "${path.module}/../state-machine/prepare.asl.json"
-    switchover = "${path.module}/../state-machine/switchover.asl.json"
+    # The key is the ASL file's name and the state machine's (<name_prefix>-<key>).
+    "prepare"         = "${path.module}/../state-machine/prepare.asl.json"
+    "switchover"      = "${path.module}/../state-machine/switchover.asl.json"
+    "abandon-prepare" = "${path.module}/../state-machine/abandon-prepare.asl.json"
   }
 }
 

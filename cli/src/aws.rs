@@ -63,21 +63,32 @@ pub fn execution_name(cell_id: &str, phase: &str, at: time::OffsetDateTime) -> S
     format!("{cell}{suffix}")
 }
 
-/// The other state machine of the same deployment: Terraform names them
-/// `<prefix>-prepare` and `<prefix>-switchover`.
-pub fn sibling_arn(state_machine_arn: &str) -> Option<String> {
-    let (base, name) = state_machine_arn.rsplit_once(':')?;
-    let other = if let Some(prefix) = name.strip_suffix("-prepare") {
-        format!("{prefix}-switchover")
-    } else {
-        format!("{}-prepare", name.strip_suffix("-switchover")?)
+/// The state machines of one deployment, as Terraform names them: `<prefix>-<kind>`.
+/// `abandon-prepare` first: its name also ends in `-prepare`.
+const KINDS: [&str; 3] = ["abandon-prepare", "prepare", "switchover"];
+
+/// The other state machines of the same deployment: a run of any of them must not start
+/// while the cell has a run on another.
+pub fn sibling_arns(state_machine_arn: &str) -> Vec<String> {
+    let Some((base, name)) = state_machine_arn.rsplit_once(':') else {
+        return Vec::new();
     };
-    Some(format!("{base}:{other}"))
+    let Some((prefix, kind)) = KINDS.iter().find_map(|kind| {
+        name.strip_suffix(&format!("-{kind}"))
+            .map(|prefix| (prefix, *kind))
+    }) else {
+        return Vec::new();
+    };
+    KINDS
+        .iter()
+        .filter(|other| **other != kind)
+        .map(|other| format!("{base}:{prefix}-{other}"))
+        .collect()
 }
 
 /// Starts `state_machine_arn` with `{"cell": …}`, unless an execution of this cell is
-/// running on it or on its sibling (a switchover must not start while the cell's prepare
-/// runs, nor the reverse). Two operators racing past this check still cannot both
+/// running on it or on another of the deployment's state machines (a switchover must not
+/// start while the cell's prepare runs, nor an abandon-prepare while either does). Two operators racing past this check still cannot both
 /// switch: the first state, `acquire-lock`, lets only one hold the cell.
 pub async fn start(
     client: &aws_sdk_sfn::Client,
@@ -86,9 +97,9 @@ pub async fn start(
     phase: &str,
 ) -> Result<Started, String> {
     let prefix = format!("{}-", cell.cell_id);
-    let sibling = sibling_arn(state_machine_arn);
-    for (arn, required) in
-        std::iter::once((state_machine_arn.to_owned(), true)).chain(sibling.map(|s| (s, false)))
+    let siblings = sibling_arns(state_machine_arn);
+    for (arn, required) in std::iter::once((state_machine_arn.to_owned(), true))
+        .chain(siblings.into_iter().map(|s| (s, false)))
     {
         let mut running = client
             .list_executions()
@@ -332,13 +343,17 @@ mod tests {
         assert!(region_of_arn("nope").is_err());
         let sm = "arn:aws:states:eu-west-1:123456789012:stateMachine:switchyard";
         assert_eq!(
-            sibling_arn(&format!("{sm}-switchover")).as_deref(),
-            Some(format!("{sm}-prepare").as_str())
+            sibling_arns(&format!("{sm}-switchover")),
+            [format!("{sm}-abandon-prepare"), format!("{sm}-prepare")]
         );
         assert_eq!(
-            sibling_arn(&format!("{sm}-prepare")).as_deref(),
-            Some(format!("{sm}-switchover").as_str())
+            sibling_arns(&format!("{sm}-prepare")),
+            [format!("{sm}-abandon-prepare"), format!("{sm}-switchover")]
         );
-        assert_eq!(sibling_arn(&format!("{sm}-other")), None);
+        assert_eq!(
+            sibling_arns(&format!("{sm}-abandon-prepare")),
+            [format!("{sm}-prepare"), format!("{sm}-switchover")]
+        );
+        assert!(sibling_arns(&format!("{sm}-other")).is_empty());
     }
 }

@@ -1,7 +1,7 @@
 //! `switchyard`: the operator's commands.
 //!
 //! - `start`: a run of a state machine for a cell (execution `<cell>-<phase>-<utc>`),
-//!   refused while the cell has one running (prepare or switchover);
+//!   refused while the cell has one running (prepare, switchover or abandon-prepare);
 //! - `follow`: an execution state by state as it happens — durations, retries, lag, the
 //!   pause window — ending with the outcome (exit 0 only if it succeeded);
 //! - `invoke`: one function by name with a cell document, in-process through the same
@@ -42,6 +42,8 @@ struct Cli {
 enum Phase {
     Prepare,
     Switchover,
+    /// Undoing a prepare that will not be switched.
+    AbandonPrepare,
 }
 
 impl Phase {
@@ -49,14 +51,15 @@ impl Phase {
         match self {
             Self::Prepare => "prepare",
             Self::Switchover => "switchover",
+            Self::AbandonPrepare => "abandon-prepare",
         }
     }
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start a run for a cell; refused while an execution of the cell runs on this state
-    /// machine or its sibling (`<prefix>-prepare` / `<prefix>-switchover`).
+    /// Start a run for a cell; refused while an execution of the cell runs on any of the
+    /// deployment's state machines (`<prefix>-prepare`, `-switchover`, `-abandon-prepare`).
     Start {
         /// The cell document (JSON).
         #[arg(long)]

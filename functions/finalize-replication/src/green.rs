@@ -50,7 +50,7 @@ pub(crate) async fn open(
 }
 
 /// Our session's settings on green.
-pub(crate) async fn prepare(green: &Client) -> Result<(), Error> {
+pub async fn prepare(green: &Client) -> Result<(), Error> {
     green
         .execute(
             "SELECT pg_catalog.set_config('lock_timeout', $1, false)",
@@ -177,10 +177,7 @@ async fn wait_for_workers(green: &Client, names: &[String], running: bool) -> Re
 }
 
 /// Each subscription that `drop_all` would drop, with whether it is enabled now.
-pub(crate) async fn to_drop(
-    green: &Client,
-    names: &[String],
-) -> Result<Vec<(String, bool)>, Error> {
+pub async fn to_drop(green: &Client, names: &[String]) -> Result<Vec<(String, bool)>, Error> {
     let mut out = Vec::new();
     for name in names {
         if let Some(is_enabled) = enabled(green, name).await? {

@@ -15,8 +15,10 @@
 //! A dry run ([`plan`]) reads the same catalogs (and, for `drop`, locates the old blue the
 //! same way) and lists each ALTER/DROP and slot or guard removal left; empty once done.
 
-mod green;
-mod old_blue;
+// Public for abandon-prepare, which drops the same subscriptions, slots and guard before
+// any switch.
+pub mod green;
+pub mod old_blue;
 
 use serde::{Deserialize, Serialize};
 use switchyard_aws::ClusterEndpoint;

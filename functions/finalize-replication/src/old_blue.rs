@@ -205,7 +205,7 @@ pub(crate) async fn plan(
 }
 
 /// Whether slot `name` of the connected database is active; `None` when absent.
-async fn slot_active(blue: &Client, name: &str) -> Result<Option<bool>, Error> {
+pub async fn slot_active(blue: &Client, name: &str) -> Result<Option<bool>, Error> {
     Ok(blue
         .query_opt(
             "SELECT active FROM pg_catalog.pg_replication_slots
@@ -219,7 +219,7 @@ async fn slot_active(blue: &Client, name: &str) -> Result<Option<bool>, Error> {
 
 /// Drops slot `name` of the connected database once nothing uses it: `Some(true)` dropped,
 /// `Some(false)` still in use, `None` absent.
-async fn drop_slot(blue: &Client, name: &str) -> Result<Option<bool>, Error> {
+pub async fn drop_slot(blue: &Client, name: &str) -> Result<Option<bool>, Error> {
     let started = Instant::now();
     loop {
         match slot_active(blue, name).await? {
@@ -241,7 +241,7 @@ async fn drop_slot(blue: &Client, name: &str) -> Result<Option<bool>, Error> {
 }
 
 /// Whether any of the guard's event triggers is installed.
-async fn guard_present(blue: &Client) -> Result<bool, Error> {
+pub async fn guard_present(blue: &Client) -> Result<bool, Error> {
     let present: i64 = blue
         .query_one(
             "SELECT count(*) FROM pg_catalog.pg_event_trigger WHERE evtname = ANY($1)",
@@ -255,7 +255,7 @@ async fn guard_present(blue: &Client) -> Result<bool, Error> {
 
 /// Drops the guard's event triggers; the journal table stays as evidence. False when none
 /// was there.
-async fn remove_guard(blue: &Client) -> Result<bool, Error> {
+pub async fn remove_guard(blue: &Client) -> Result<bool, Error> {
     if !guard_present(blue).await? {
         return Ok(false);
     }

@@ -79,6 +79,9 @@ pub enum Code {
     RolePasswordUnverifiable,
     /// Drift: an extension installed on blue is not installed on green.
     ExtensionMissingOnGreen,
+    /// Before prepare: blue already has this cell's slots, retaining WAL (an earlier
+    /// prepare neither switched nor abandoned, or one being retried).
+    LeftoverSlot,
 }
 
 impl Code {
@@ -90,6 +93,7 @@ impl Code {
                 | Self::FunctionSearchPath
                 | Self::MaterializedView
                 | Self::RolePasswordUnverifiable
+                | Self::LeftoverSlot
         )
     }
 

@@ -148,6 +148,9 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         findings.extend(schema::large_objects(&tx, db).await?);
         findings.extend(search_path::functions(&tx, db, blue.version_num).await?);
         findings.extend(schema::materialized_views(&tx, db).await?);
+        if input.phase == Phase::Prepare {
+            findings.extend(schema::leftover_slots(&tx, db, &cell.replication_names()).await?);
+        }
         installed.push((db.clone(), schema::installed_extensions(&tx, db).await?));
         finish(tx, Side::Blue).await?;
     }

@@ -156,6 +156,49 @@ pub async fn materialized_views(tx: &Transaction<'_>, db: &str) -> Result<Option
     )))
 }
 
+/// Slots on blue named like this cell's subscriptions before prepare made them: left by an
+/// earlier prepare that was neither switched nor abandoned (or is being retried), each
+/// retaining blue's WAL for a green that may be gone.
+pub async fn leftover_slots(
+    tx: &Transaction<'_>,
+    db: &str,
+    names: &[String],
+) -> Result<Option<Finding>, Error> {
+    let rows = tx
+        .query(
+            "SELECT slot_name::text,
+                    coalesce(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn), 0)::bigint
+               FROM pg_catalog.pg_replication_slots
+              WHERE slot_name::text = ANY($1) AND database = pg_catalog.current_database()
+              ORDER BY 1",
+            &[&names],
+        )
+        .await
+        .map_err(|e| Error::query(format!("looking for earlier slots in {db} on blue"), e))?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let retained: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{} retains {} bytes of WAL",
+                r.get::<_, String>(0),
+                r.get::<_, i64>(1)
+            )
+        })
+        .collect();
+    Ok(Some(Finding::new(
+        Code::LeftoverSlot,
+        rows.iter().map(|r| format!("{db}: {}", r.get::<_, String>(0))).collect(),
+        format!(
+            "Blue already has this cell's replication slots before prepare ({}): an earlier prepare left them, and they keep blue's WAL until they are dropped.",
+            retained.join(", ")
+        ),
+        "If that earlier prepare is being retried, go on: start-replication reuses them. If it will not be switched, run the abandon-prepare state machine first.",
+    )))
+}
+
 /// One extension installed on blue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Installed {

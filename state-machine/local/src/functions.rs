@@ -73,6 +73,7 @@ functions! {
     "check-drift" => check_drift read_only,
     "analyze-green" => analyze_green planned,
     "verify-data" => verify_data read_only,
+    "abandon-prepare" => abandon_prepare planned,
     "acquire-lock" => acquire_lock planned,
     "release-lock" => release_lock planned,
     "scale-services" => scale_services planned,

@@ -22,6 +22,10 @@ pub use functions::{invoke, is_read_only, payload, FUNCTIONS};
 /// The checked-in definitions.
 pub const PREPARE: &str = "prepare";
 pub const SWITCHOVER: &str = "switchover";
+/// Undoes a prepare that will not be switched.
+pub const ABANDON_PREPARE: &str = "abandon-prepare";
+/// Every checked-in definition.
+pub const DEFINITIONS: [&str; 3] = [PREPARE, SWITCHOVER, ABANDON_PREPARE];
 
 /// `state-machine/<name>.asl.json`.
 pub fn definition_path(name: &str) -> std::path::PathBuf {

@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 use serde_json::{json, Value};
 use switchyard_cell::Budgets;
 use switchyard_errors::{ErrorName, Retry};
-use switchyard_local_run::{function_name, is_read_only, load, FUNCTIONS, PREPARE, SWITCHOVER};
+use switchyard_local_run::{
+    function_name, is_read_only, load, DEFINITIONS, FUNCTIONS, PREPARE, SWITCHOVER,
+};
 use switchyard_state_machine::LAMBDA_INVOKE;
 
 const LAMBDA_SERVICE_ERRORS: [&str; 5] = [
@@ -57,8 +59,8 @@ fn function_of(state: &Value) -> String {
 }
 
 #[test]
-fn both_definitions_load_in_the_local_executor() {
-    for name in [PREPARE, SWITCHOVER] {
+fn every_definition_loads_in_the_local_executor() {
+    for name in DEFINITIONS {
         load(name).unwrap_or_else(|e| panic!("{e}"));
     }
 }
@@ -76,7 +78,7 @@ fn every_task_invokes_an_existing_function_with_a_timeout_above_its_lambdas() {
     );
 
     let mut used = BTreeSet::new();
-    for name in [PREPARE, SWITCHOVER] {
+    for name in DEFINITIONS {
         let definition = load(name).expect("loads");
         for task in definition.task_states() {
             assert_eq!(task.resource, LAMBDA_INVOKE, "{name}: {}", task.name);
@@ -127,7 +129,7 @@ fn every_task_invokes_an_existing_function_with_a_timeout_above_its_lambdas() {
 #[test]
 fn every_error_name_is_catalogued_or_a_service_error() {
     let catalogued: BTreeSet<&str> = ErrorName::ALL.iter().map(|n| n.as_str()).collect();
-    for name in [PREPARE, SWITCHOVER] {
+    for name in DEFINITIONS {
         let definition = load(name).expect("loads");
         for entry in definition.error_equals() {
             let known = catalogued.contains(entry.error)
@@ -144,7 +146,7 @@ fn every_error_name_is_catalogued_or_a_service_error() {
 
 #[test]
 fn every_task_retries_lambda_service_errors_and_only_not_yet_names_before_the_point_of_no_return() {
-    for name in [PREPARE, SWITCHOVER] {
+    for name in DEFINITIONS {
         let definition = raw(name);
         for (state_name, state) in all_states(&definition) {
             if state["Type"] != "Task" {
@@ -194,13 +196,14 @@ fn every_task_retries_lambda_service_errors_and_only_not_yet_names_before_the_po
 }
 
 /// The forward steps after resume-pgbouncer, and the lock's release on the way out of a
-/// run that changed nothing.
+/// run (one that changed nothing, a prepare's, an abandon's).
 fn after_point_of_no_return(state: &str) -> bool {
     [
         "scale-services up",
         "finalize-replication drop",
         "release-lock",
         "prepare failed: release-lock",
+        "abandon failed: release-lock",
         "not started: release-lock",
     ]
     .contains(&state)
@@ -456,7 +459,7 @@ fn the_point_of_no_return_goes_forward_on_any_error_after_the_switch() {
 
 #[test]
 fn a_run_that_changed_nothing_gives_back_only_its_own_lock() {
-    for name in [PREPARE, SWITCHOVER] {
+    for name in DEFINITIONS {
         let definition = raw(name);
         let states = states(&definition);
         assert_eq!(

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use switchyard_local_cell::{wait_keys_once, CellOptions, Install, Ledger, LocalCell};
-use switchyard_local_run::{load, LocalFunctions, PREPARE, SWITCHOVER};
+use switchyard_local_run::{load, LocalFunctions, ABANDON_PREPARE, PREPARE, SWITCHOVER};
 use switchyard_operation::Deps;
 use switchyard_state_machine::{
     BoxFuture, EventType, Execution, Executor, Fault, StateType, Status, TaskFailure, TaskHandler,
@@ -478,6 +478,8 @@ async fn a_crash_after_each_forward_step_converges_and_a_switched_cell_stays_swi
         ("finalize-replication", json!({ "mode": "enable" })),
         ("refresh-nlb-target", json!({ "direction": "abort" })),
         ("resume-pgbouncer", json!({ "direction": "abort" })),
+        // Past the switch blue's slots and guard belong to the rollback, not to a prepare.
+        ("abandon-prepare", json!({})),
     ] {
         let mut payload = switchyard_local_run::payload(&cell.document, extra);
         payload["run_id"] = json!("by-hand");
@@ -1304,5 +1306,183 @@ async fn a_resumed_full_check_then_drift_since_prepare_stops_the_switchover_befo
         "every drift undone"
     );
     assert!(lock_free(&deps, &cell).await, "no run holds the cell");
+    cell.shutdown();
+}
+
+/// What of a prepare can be on a server: slots, publications, subscriptions (every
+/// database's), event triggers, the replication role, and the `switchyard` schema and its
+/// relations, in the connected database.
+async fn replication_objects(client: &tokio_postgres::Client, role: &str) -> Vec<String> {
+    client
+        .query(
+            "SELECT 'slot ' || slot_name FROM pg_replication_slots
+             UNION ALL SELECT 'publication ' || pubname FROM pg_publication
+             UNION ALL SELECT 'subscription ' || subname FROM pg_subscription
+             UNION ALL SELECT 'event trigger ' || evtname FROM pg_event_trigger
+             UNION ALL SELECT 'role ' || rolname FROM pg_roles WHERE rolname = $1
+             UNION ALL SELECT 'schema ' || nspname FROM pg_namespace WHERE nspname = 'switchyard'
+             UNION ALL SELECT 'relation ' || n.nspname || '.' || c.relname
+                         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                        WHERE n.nspname = 'switchyard'
+             UNION ALL SELECT 'function ' || n.nspname || '.' || p.proname
+                         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                        WHERE n.nspname = 'switchyard'
+             ORDER BY 1",
+            &[&role],
+        )
+        .await
+        .expect("replication objects")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// A prepare that will not be switched, undone: `abandon-prepare` (crashed once after its
+/// side effect, then run again) leaves on blue exactly the replication objects it had
+/// before prepare — the downstream's own slot and publication stay, ours are gone — and on
+/// green no subscription, slot, guard, schema or role of ours (the application's schema,
+/// its publication for the downstream included, stays). Blue's application writes as
+/// before; the dry run lists the drops before and nothing after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandon_prepare_leaves_blue_as_before_prepare() {
+    let mut options = CellOptions::from_env(&Install::from_env()).expect("options");
+    options.rows = 300;
+    options.run_direct_writers = false;
+    let cell = LocalCell::start(&options).await.expect("cell");
+    let deps = cell.deps().expect("deps");
+    let role = cell.document.replication.role.clone();
+    let blue = cell.blue.superuser_client("app").await.expect("blue");
+    let green = cell.green.superuser_client("app").await.expect("green");
+    let blue_before = replication_objects(&blue, &role).await;
+    let green_before = replication_objects(&green, &role).await;
+
+    let prepare = Run::new(&cell, &deps, PREPARE, "prepare").go().await;
+    assert_eq!(
+        prepare.execution.status,
+        Status::Succeeded,
+        "{}",
+        prepare.describe()
+    );
+    let blue_prepared = replication_objects(&blue, &role).await;
+    for expected in [
+        "slot switchyard_rest",
+        "publication switchyard_rest",
+        "event trigger switchyard_ddl_guard",
+        "relation switchyard.ddl_journal",
+    ] {
+        assert!(
+            blue_prepared.iter().any(|o| o == expected),
+            "{expected} after prepare: {blue_prepared:?}"
+        );
+    }
+    assert!(
+        blue_prepared.contains(&format!("role {role}")),
+        "{blue_prepared:?}"
+    );
+    assert!(
+        replication_objects(&green, &role)
+            .await
+            .contains(&"subscription switchyard_rest".to_owned()),
+        "green subscribes"
+    );
+
+    // Preflight before a prepare warns of slots an earlier prepare left on blue.
+    let preflight_text = || async {
+        match switchyard_local_run::invoke("preflight", cell_input(&cell), &deps).await {
+            Ok(output) => output.to_string(),
+            Err(error) => error.to_string(),
+        }
+    };
+    let text = preflight_text().await;
+    assert!(
+        text.contains("LEFTOVER_SLOT") && text.contains("app: switchyard_rest"),
+        "{text}"
+    );
+
+    let dry_input = |run_id: &str| abandon_prepare::Input {
+        cell: cell.document.clone(),
+        run_id: run_id.to_owned(),
+        force: true,
+    };
+    let dry = abandon_prepare::plan(dry_input("by-hand"), &deps)
+        .await
+        .expect("dry run");
+    for expected in [
+        "drop subscription \"switchyard_rest\" on green (database app), and with it its slots on blue",
+        "drop slot \"switchyard_rest\" on blue (database app)",
+        "drop publication \"switchyard_rest\" on blue (database app)",
+    ] {
+        assert!(
+            dry.would.iter().any(|w| w == expected),
+            "{expected}: {:#?}",
+            dry.would
+        );
+    }
+    assert_eq!(
+        replication_objects(&blue, &role).await,
+        blue_prepared,
+        "a dry run drops nothing"
+    );
+
+    let crashed = Run::new(&cell, &deps, ABANDON_PREPARE, "abandon-crash")
+        .fault(Fault::crash_after(
+            "abandon-prepare",
+            1,
+            CRASH,
+            "crashed after its side effect",
+        ))
+        .go()
+        .await;
+    assert_eq!(crashed.end(), "abandon failed", "{}", crashed.describe());
+    assert_eq!(crashed.execution.error.as_deref(), Some(CRASH));
+    let abandoned = Run::new(&cell, &deps, ABANDON_PREPARE, "abandon")
+        .go()
+        .await;
+    assert_eq!(abandoned.end(), "abandoned", "{}", abandoned.describe());
+
+    assert_eq!(
+        replication_objects(&blue, &role).await,
+        blue_before,
+        "blue as before prepare"
+    );
+    // Green keeps the application's schema, its publication for the downstream included
+    // (copy-schema copied it); nothing named ours is left.
+    let green_after = replication_objects(&green, &role).await;
+    let added: Vec<&String> = green_after
+        .iter()
+        .filter(|o| !green_before.contains(o))
+        .collect();
+    assert_eq!(
+        added,
+        ["publication search_pub"],
+        "nothing of ours on green"
+    );
+    assert!(
+        green_after
+            .iter()
+            .all(|o| !o.contains("switchyard") && !o.contains(role.as_str())),
+        "{green_after:?}"
+    );
+    assert!(
+        abandon_prepare::plan(dry_input("by-hand"), &deps)
+            .await
+            .expect("dry run")
+            .would
+            .is_empty(),
+        "nothing left to drop"
+    );
+    let text = preflight_text().await;
+    assert!(!text.contains("LEFTOVER_SLOT"), "{text}");
+    // The application still writes on blue, and no slot holds its WAL for green.
+    let ledger = cell
+        .start_ledger(2, Duration::from_millis(5))
+        .expect("ledger");
+    let started = Instant::now();
+    while ledger.acknowledged() < 20 {
+        assert!(started.elapsed() < WAIT, "the ledger writes on blue");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tally = ledger.stop().await;
+    assert!(tally.errors.is_empty(), "{:?}", tally.errors);
     cell.shutdown();
 }

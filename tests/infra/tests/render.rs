@@ -681,8 +681,9 @@ fn state_machines_render_to_the_checked_in_asl_with_function_arns() {
             let want: serde_json::Value =
                 serde_json::from_str(&filled(asl)).expect("the filled ASL is JSON");
             assert_eq!(got, want, "definition of {key} differs from its filled ASL");
+            // Every definition takes the run lock first: its ARN is filled in.
             assert!(
-                text.contains(&function_arn("preflight")),
+                text.contains(&function_arn("acquire-lock")),
                 "definition of {key} invokes no function by ARN"
             );
             rendered_names.insert(key);
@@ -942,6 +943,7 @@ fn policies_grant_only_named_actions_and_only_rename_clusters_renames() {
         "pause-pgbouncer",
         // The abort direction marks the run aborting; resume-pgbouncer marks it switched.
         "restore-writes",
+        "abandon-prepare",
         "finalize-replication",
         "rename-clusters",
         "refresh-nlb-target",

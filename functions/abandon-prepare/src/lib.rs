@@ -1,0 +1,583 @@
+//! `abandon-prepare`: undoes a prepare that will not be switched, and leaves blue as it
+//! was before it. Until then blue's slots retain WAL for green, however long green is
+//! gone, until blue's disk fills.
+//!
+//! Refused, with nothing changed, when: the cell has switched (`AlreadySwitched`: writes
+//! may be on green); green's identifier is free (a rename happened and was not undone:
+//! the abort path first); blue still has writes revoked (`restore-writes` first); a
+//! downstream subscription a switchover dropped was not recreated
+//! (`recreate-downstream-subscriptions` first); or the replication role owns objects (it
+//! is then not only ours to drop). Then, marked as an abort-direction step, per database:
+//!
+//! 1. green: each subscription named `cell.replication_names()` is dropped, which drops
+//!    its slot on blue and the table-sync slots of a copy still running;
+//! 2. blue: the DDL guard's event triggers (first, so nothing below is journaled), each
+//!    slot still there (once its walsender ended), each publication of the same names, our tables
+//!    (the marker, the vouched-transaction list, revoke-writes' saved ACLs once restored,
+//!    the DDL journal), the guard's function and the `switchyard` schema if nothing else
+//!    is in it, and every privilege held by the replication role;
+//! 3. green: the marker table and the `switchyard` schema if nothing else is in it.
+//!
+//! Last, the replication role is dropped on blue. Every step looks first and skips what an
+//! earlier call did, so a call interrupted anywhere is finished by the next. Green's
+//! application roles, schema and data stay (green is deleted or prepared again).
+//!
+//! Dry run ([`plan`]): the same refusals, then every drop the run would make now.
+
+use serde::{Deserialize, Serialize};
+use switchyard_cell::CellDocument;
+use switchyard_errors::{Catalogued, ErrorName};
+use switchyard_operation::downstream::Journaled;
+use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::{guard, saved_acls, Deps, Error, OperationInput, Plan, Side};
+use switchyard_postgres::quote::ident;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use finalize_replication::green as subscriptions;
+use finalize_replication::old_blue as slots;
+
+/// ```json
+/// {"cell": { …the cell document… }, "run_id": "abandon-prepare-local-a-20261203T120000Z"}
+/// ```
+/// (`payloads/input.json` holds a whole one.)
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub cell: CellDocument,
+    /// The run acting: it must hold the cell's lock.
+    pub run_id: String,
+    /// Act without holding the lock: for an operator who has made sure no run is live.
+    /// It does not override the refusals.
+    #[serde(default)]
+    pub force: bool,
+}
+
+impl OperationInput for Input {
+    fn cell(&self) -> &CellDocument {
+        &self.cell
+    }
+}
+
+impl Input {
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            run_id: &self.run_id,
+            force: self.force,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Output {
+    pub databases: Vec<DatabaseOutput>,
+    /// The replication role, and whether this call dropped it on blue.
+    pub role: String,
+    pub role_dropped: bool,
+}
+
+/// What this call dropped in one database (empty lists: nothing was left to drop).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct DatabaseOutput {
+    pub name: String,
+    pub subscriptions_dropped: Vec<String>,
+    pub slots_dropped: Vec<String>,
+    /// Slots still in use after the wait: drop each by hand with `pg_drop_replication_slot`
+    /// once its walsender has ended, or run abandon-prepare again.
+    pub slots_left: Vec<String>,
+    pub publications_dropped: Vec<String>,
+    pub guard_removed: bool,
+    /// Our tables, function and schema dropped on blue, as SQL names them.
+    pub blue_objects_dropped: Vec<String>,
+    /// The same on green.
+    pub green_objects_dropped: Vec<String>,
+    /// Tables and schemas on which the replication role's privileges were revoked.
+    pub privileges_revoked: Vec<String>,
+}
+
+/// The marker table `check-slot-lag` writes (on blue and green).
+const MARKER: &str = "switchyard.switchover_marker";
+/// Our schema: dropped only when nothing else is left in it.
+const SCHEMA: &str = "switchyard";
+
+/// Our tables on blue, dropped in this order: the journal last, with the guard gone.
+fn blue_tables() -> [&'static str; 4] {
+    [
+        MARKER,
+        guard::OWN_TRANSACTIONS,
+        saved_acls::TABLE,
+        guard::JOURNAL,
+    ]
+}
+
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id))]
+pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
+    refusals(&input, deps).await?;
+    // Only now, with every refusal passed, is the run marked as going back to blue.
+    fence::admit(deps, &input.cell, input.caller(), Direction::Abort).await?;
+    let cell = &input.cell;
+    let names = cell.replication_names();
+    let role = cell.replication.role.clone();
+    let mut databases = Vec::with_capacity(cell.databases.len());
+    for database in &cell.databases {
+        databases.push(Box::pin(abandon_database(cell, deps, database, &names, &role)).await?);
+    }
+    let blue = deps
+        .connect(
+            cell,
+            Side::Blue,
+            cell.databases.first().map_or("postgres", String::as_str),
+        )
+        .await?;
+    let role_dropped = drop_role(&blue, &role).await?;
+    Ok(Output {
+        databases,
+        role,
+        role_dropped,
+    })
+}
+
+/// Dry run: the same refusals, then what [`run`] would drop now.
+#[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id))]
+pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
+    refusals(&input, deps).await?;
+    let cell = &input.cell;
+    let names = cell.replication_names();
+    let role = &cell.replication.role;
+    let mut plan = Plan::new();
+    for database in &cell.databases {
+        let green = Box::pin(deps.connect(cell, Side::Green, database)).await?;
+        for (name, _) in subscriptions::to_drop(&green, &names).await? {
+            plan.would(format!(
+                "drop subscription {} on green (database {database}), and with it its slots on blue",
+                ident(&name)
+            ));
+        }
+        let blue = Box::pin(deps.connect(cell, Side::Blue, database)).await?;
+        if slots::guard_present(&blue).await? {
+            plan.would(format!(
+                "drop the DDL guard's event triggers on blue (database {database})"
+            ));
+        }
+        for name in &names {
+            if slots::slot_active(&blue, name).await?.is_some() {
+                plan.would(format!(
+                    "drop slot {} on blue (database {database})",
+                    ident(name)
+                ));
+            }
+            if publication_exists(&blue, name).await? {
+                plan.would(format!(
+                    "drop publication {} on blue (database {database})",
+                    ident(name)
+                ));
+            }
+        }
+        for table in blue_tables() {
+            if exists(&blue, table).await? {
+                plan.would(format!("drop table {table} on blue (database {database})"));
+            }
+        }
+        for (kind, object) in granted(&blue, role).await? {
+            plan.would(format!(
+                "revoke {}'s privileges on {kind} {object} on blue (database {database})",
+                ident(role)
+            ));
+        }
+        if exists(&green, MARKER).await? {
+            plan.would(format!(
+                "drop table {MARKER} on green (database {database})"
+            ));
+        }
+    }
+    let blue = deps
+        .connect(
+            cell,
+            Side::Blue,
+            cell.databases.first().map_or("postgres", String::as_str),
+        )
+        .await?;
+    if role_exists(&blue, role).await? {
+        plan.would(format!("drop role {} on blue", ident(role)));
+    }
+    Ok(plan)
+}
+
+/// Every reason not to touch the cell, read-only: the first found stops the call.
+async fn refusals(input: &Input, deps: &Deps) -> Result<(), Error> {
+    let cell = &input.cell;
+    // The lock, and AlreadySwitched: past the switch, blue's slots and guard are the
+    // rollback's business, not a prepare's. `force` passes the lock, never the switch.
+    let admitted = fence::check(deps, cell, input.caller(), Direction::Abort).await?;
+    if let Some(decision) = admitted.decision.filter(|d| d.switched(cell)) {
+        return Err(Error::stop(
+            ErrorName::AlreadySwitched,
+            format!(
+                "cell {} switched to green (run {}, {}): writes may be there, and blue's slots and guard belong to the rollback window; nothing was changed",
+                cell.cell_id, decision.run_id, decision.decided_at
+            ),
+        ));
+    }
+    match deps.endpoint(cell, Side::Green).await {
+        Err(e) if e.error_name() == ErrorName::ClusterNotAvailable => {
+            return Err(Error::stop(
+                ErrorName::PreconditionFailed,
+                format!(
+                    "green's identifier {} is free: a rename moved it and was not undone. Run the switchover's abort path (rename-clusters back) first; nothing was changed",
+                    cell.green.cluster_identifier
+                ),
+            ));
+        }
+        other => {
+            other?;
+        }
+    }
+    for downstream in &cell.downstream {
+        for subscription in &downstream.subscriptions {
+            if let Some(entry) = Journaled::read(deps, cell, downstream, subscription).await? {
+                if entry.recreated.is_none() {
+                    return Err(Error::stop(
+                        ErrorName::PreconditionFailed,
+                        format!(
+                            "subscription {} of downstream {} was dropped by run {} at {} and not recreated: run recreate-downstream-subscriptions (abort) first; nothing was changed",
+                            ident(subscription),
+                            downstream.name,
+                            entry.run_id,
+                            entry.recorded_at
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    for database in &cell.databases {
+        let blue = Box::pin(deps.connect(cell, Side::Blue, database)).await?;
+        let revoked = unrestored_acls(&blue).await?;
+        if revoked > 0 {
+            return Err(Error::stop(
+                ErrorName::PreconditionFailed,
+                format!(
+                    "blue's writes are still revoked on {revoked} relations in database {database} ({} rows with {}): run restore-writes first; nothing was changed",
+                    saved_acls::TABLE,
+                    saved_acls::UNRESTORED
+                ),
+            ));
+        }
+        let orchestrator: String = blue
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .map_err(|e| Error::query("reading the orchestrator's name on blue", e))?
+            .get(0);
+        if orchestrator == cell.replication.role {
+            return Err(Error::stop(
+                ErrorName::PreconditionFailed,
+                format!(
+                    "replication.role {} is the orchestrator's own login: it is not dropped; nothing was changed",
+                    ident(&orchestrator)
+                ),
+            ));
+        }
+    }
+    let blue = Box::pin(deps.connect(
+        cell,
+        Side::Blue,
+        cell.databases.first().map_or("postgres", String::as_str),
+    ))
+    .await?;
+    let owned = owned_objects(&blue, &cell.replication.role).await?;
+    if owned > 0 {
+        return Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!(
+                "the replication role {} owns {owned} objects on blue: it is not only switchyard's to drop. Reassign them (REASSIGN OWNED BY) or drop the role by hand; nothing was changed",
+                ident(&cell.replication.role)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[tracing::instrument(skip_all, fields(database = %database))]
+async fn abandon_database(
+    cell: &CellDocument,
+    deps: &Deps,
+    database: &str,
+    names: &[String],
+    role: &str,
+) -> Result<DatabaseOutput, Error> {
+    // Green first: a plain DROP SUBSCRIPTION dials blue through the subscription's own
+    // connection (no rename happened: the refusals made sure) and drops its slot there,
+    // and the table-sync slots of a copy still running, which nothing else names.
+    let green = deps.connect(cell, Side::Green, database).await?;
+    subscriptions::prepare(&green).await?;
+    let mut subscriptions_dropped = Vec::new();
+    for (name, _) in subscriptions::to_drop(&green, names).await? {
+        let sql = format!("DROP SUBSCRIPTION IF EXISTS {}", ident(&name));
+        green
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| Error::query(&sql, e))?;
+        tracing::info!(subscription = %name, "subscription and its slots dropped");
+        subscriptions_dropped.push(name);
+    }
+
+    let blue = deps.connect(cell, Side::Blue, database).await?;
+    // The guard first: nothing dropped below is then journaled as DDL drift.
+    let guard_removed = slots::remove_guard(&blue).await?;
+    let mut out = DatabaseOutput {
+        name: database.to_owned(),
+        subscriptions_dropped,
+        slots_dropped: Vec::new(),
+        slots_left: Vec::new(),
+        publications_dropped: Vec::new(),
+        guard_removed,
+        blue_objects_dropped: Vec::new(),
+        green_objects_dropped: Vec::new(),
+        privileges_revoked: Vec::new(),
+    };
+    for name in names {
+        match slots::drop_slot(&blue, name).await? {
+            Some(true) => out.slots_dropped.push(name.clone()),
+            Some(false) => out.slots_left.push(name.clone()),
+            None => {}
+        }
+        if publication_exists(&blue, name).await? {
+            let sql = format!("DROP PUBLICATION IF EXISTS {}", ident(name));
+            blue.batch_execute(&sql)
+                .await
+                .map_err(|e| Error::query(&sql, e))?;
+            tracing::info!(publication = %name, "publication dropped on blue");
+            out.publications_dropped.push(name.clone());
+        }
+    }
+    for table in blue_tables() {
+        if exists(&blue, table).await? {
+            let sql = format!("DROP TABLE IF EXISTS {table}");
+            blue.batch_execute(&sql)
+                .await
+                .map_err(|e| Error::query(&sql, e))?;
+            out.blue_objects_dropped.push(table.to_owned());
+        }
+    }
+    let function = format!("{}()", guard::FUNCTION);
+    if function_exists(&blue, &function).await? {
+        let sql = format!("DROP FUNCTION IF EXISTS {function}");
+        blue.batch_execute(&sql)
+            .await
+            .map_err(|e| Error::query(&sql, e))?;
+        out.blue_objects_dropped.push(function);
+    }
+    if drop_schema_if_empty(&blue).await? {
+        out.blue_objects_dropped.push(ident(SCHEMA));
+    }
+    for (kind, object) in granted(&blue, role).await? {
+        let sql = format!("REVOKE ALL ON {kind} {object} FROM {}", ident(role));
+        blue.batch_execute(&sql)
+            .await
+            .map_err(|e| Error::query(&sql, e))?;
+        out.privileges_revoked.push(format!("{kind} {object}"));
+    }
+
+    if exists(&green, MARKER).await? {
+        let sql = format!("DROP TABLE IF EXISTS {MARKER}");
+        green
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| Error::query(&sql, e))?;
+        out.green_objects_dropped.push(MARKER.to_owned());
+    }
+    if drop_schema_if_empty(&green).await? {
+        out.green_objects_dropped.push(ident(SCHEMA));
+    }
+    tracing::info!(
+        slots = out.slots_dropped.len(),
+        publications = out.publications_dropped.len(),
+        "prepare undone in this database"
+    );
+    Ok(out)
+}
+
+/// Whether a relation named `qualified` (schema.name, ours: no quoting needed) exists.
+async fn exists(client: &Client, qualified: &str) -> Result<bool, Error> {
+    Ok(client
+        .query_one(
+            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+            &[&qualified],
+        )
+        .await
+        .map_err(|e| Error::query(format!("looking for {qualified}"), e))?
+        .get(0))
+}
+
+async fn function_exists(client: &Client, signature: &str) -> Result<bool, Error> {
+    Ok(client
+        .query_one(
+            "SELECT pg_catalog.to_regprocedure($1) IS NOT NULL",
+            &[&signature],
+        )
+        .await
+        .map_err(|e| Error::query(format!("looking for {signature}"), e))?
+        .get(0))
+}
+
+async fn publication_exists(blue: &Client, name: &str) -> Result<bool, Error> {
+    Ok(blue
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_publication WHERE pubname = $1)",
+            &[&name],
+        )
+        .await
+        .map_err(|e| Error::query(format!("looking for publication {name}"), e))?
+        .get(0))
+}
+
+/// Drops our schema when it is there and empty: true when this call dropped it. A schema
+/// with anything else in it stays (it is then not only ours).
+async fn drop_schema_if_empty(client: &Client) -> Result<bool, Error> {
+    let row = client
+        .query_one(
+            "SELECT n.oid IS NOT NULL,
+                    EXISTS (SELECT FROM pg_catalog.pg_depend d
+                             WHERE d.refclassid = 'pg_catalog.pg_namespace'::regclass
+                               AND d.refobjid = n.oid AND d.deptype = 'n')
+               FROM (SELECT 1) one
+               LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = $1",
+            &[&SCHEMA],
+        )
+        .await
+        .map_err(|e| Error::query("looking at schema switchyard", e))?;
+    let (present, occupied): (bool, bool) = (row.get(0), row.get(1));
+    if !present {
+        return Ok(false);
+    }
+    if occupied {
+        tracing::warn!("schema switchyard holds objects that are not ours: left in place");
+        return Ok(false);
+    }
+    let sql = format!("DROP SCHEMA IF EXISTS {}", ident(SCHEMA));
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| Error::query(&sql, e))?;
+    Ok(true)
+}
+
+/// `(kind, name)` of every table, sequence and schema of the connected database on which
+/// `role` holds a privilege granted to it by name.
+async fn granted(blue: &Client, role: &str) -> Result<Vec<(&'static str, String)>, Error> {
+    let rows = blue
+        .query(
+            "WITH r AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1)
+             SELECT DISTINCT CASE WHEN c.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END,
+                    c.oid::regclass::text
+               FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a, r
+              WHERE a.grantee = r.oid
+             UNION ALL
+             SELECT DISTINCT 'SCHEMA', pg_catalog.quote_ident(n.nspname)
+               FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a, r
+              WHERE a.grantee = r.oid
+             ORDER BY 1, 2",
+            &[&role],
+        )
+        .await
+        .map_err(|e| Error::query(format!("reading {role}'s privileges on blue"), e))?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let kind = match row.get::<_, &str>(0) {
+                "SCHEMA" => "SCHEMA",
+                "SEQUENCE" => "SEQUENCE",
+                _ => "TABLE",
+            };
+            (kind, row.get(1))
+        })
+        .collect())
+}
+
+async fn role_exists(blue: &Client, role: &str) -> Result<bool, Error> {
+    Ok(blue
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = $1)",
+            &[&role],
+        )
+        .await
+        .map_err(|e| Error::query(format!("looking for role {role}"), e))?
+        .get(0))
+}
+
+/// Objects `role` owns anywhere on the cluster (every database, and shared objects).
+async fn owned_objects(blue: &Client, role: &str) -> Result<i64, Error> {
+    Ok(blue
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_shdepend d
+               JOIN pg_catalog.pg_roles r ON r.oid = d.refobjid
+              WHERE r.rolname = $1 AND d.refclassid = 'pg_catalog.pg_authid'::regclass
+                AND d.deptype = 'o'",
+            &[&role],
+        )
+        .await
+        .map_err(|e| Error::query(format!("reading what {role} owns"), e))?
+        .get(0))
+}
+
+/// Relations whose ACL revoke-writes saved and restore-writes has not put back.
+async fn unrestored_acls(blue: &Client) -> Result<i64, Error> {
+    if !saved_acls::exists(blue).await? {
+        return Ok(0);
+    }
+    Ok(blue
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {} WHERE {}",
+                saved_acls::TABLE,
+                saved_acls::UNRESTORED
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::query(format!("reading {}", saved_acls::TABLE), e))?
+        .get(0))
+}
+
+/// Drops the replication role on blue: true when this call dropped it. A privilege left in
+/// a database that is not the cell's stops it, named by the server.
+async fn drop_role(blue: &Client, role: &str) -> Result<bool, Error> {
+    if !role_exists(blue, role).await? {
+        return Ok(false);
+    }
+    let sql = format!("DROP ROLE IF EXISTS {}", ident(role));
+    match blue.batch_execute(&sql).await {
+        Ok(()) => {
+            tracing::info!(%role, "replication role dropped on blue");
+            Ok(true)
+        }
+        Err(e) if e.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) => {
+            let detail = e
+                .as_db_error()
+                .and_then(|d| d.detail())
+                .unwrap_or("objects elsewhere depend on it")
+                .to_owned();
+            Err(Error::stop(
+                ErrorName::PreconditionFailed,
+                format!(
+                    "the replication role {} keeps privileges outside the cell's databases ({detail}): revoke them by hand, then run abandon-prepare again (everything else is done)",
+                    ident(role)
+                ),
+            ))
+        }
+        Err(e) => Err(Error::query(&sql, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_examples_round_trip() {
+        switchyard_operation::assert_examples_round_trip::<Input, Output>(
+            include_str!("../payloads/input.json"),
+            include_str!("../payloads/output.json"),
+        );
+    }
+}
