@@ -397,38 +397,41 @@ async fn abandon_database(
     Ok(out)
 }
 
+/// The one boolean a catalog query about `name` answers.
+async fn answer(client: &Client, sql: &str, name: &str) -> Result<bool, Error> {
+    Ok(client
+        .query_one(sql, &[&name])
+        .await
+        .map_err(|e| Error::query(format!("looking for {name}"), e))?
+        .get(0))
+}
+
 /// Whether a relation named `qualified` (schema.name, ours: no quoting needed) exists.
 async fn exists(client: &Client, qualified: &str) -> Result<bool, Error> {
-    Ok(client
-        .query_one(
-            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
-            &[&qualified],
-        )
-        .await
-        .map_err(|e| Error::query(format!("looking for {qualified}"), e))?
-        .get(0))
+    answer(
+        client,
+        "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+        qualified,
+    )
+    .await
 }
 
 async fn function_exists(client: &Client, signature: &str) -> Result<bool, Error> {
-    Ok(client
-        .query_one(
-            "SELECT pg_catalog.to_regprocedure($1) IS NOT NULL",
-            &[&signature],
-        )
-        .await
-        .map_err(|e| Error::query(format!("looking for {signature}"), e))?
-        .get(0))
+    answer(
+        client,
+        "SELECT pg_catalog.to_regprocedure($1) IS NOT NULL",
+        signature,
+    )
+    .await
 }
 
 async fn publication_exists(blue: &Client, name: &str) -> Result<bool, Error> {
-    Ok(blue
-        .query_one(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_publication WHERE pubname = $1)",
-            &[&name],
-        )
-        .await
-        .map_err(|e| Error::query(format!("looking for publication {name}"), e))?
-        .get(0))
+    answer(
+        blue,
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_publication WHERE pubname = $1)",
+        name,
+    )
+    .await
 }
 
 /// Drops our schema when it is there and empty: true when this call dropped it. A schema
@@ -495,14 +498,12 @@ async fn granted(blue: &Client, role: &str) -> Result<Vec<(&'static str, String)
 }
 
 async fn role_exists(blue: &Client, role: &str) -> Result<bool, Error> {
-    Ok(blue
-        .query_one(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = $1)",
-            &[&role],
-        )
-        .await
-        .map_err(|e| Error::query(format!("looking for role {role}"), e))?
-        .get(0))
+    answer(
+        blue,
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = $1)",
+        role,
+    )
+    .await
 }
 
 /// Objects `role` owns anywhere on the cluster (every database, and shared objects).
