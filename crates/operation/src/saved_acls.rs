@@ -39,3 +39,19 @@ pub async fn exists(client: &impl tokio_postgres::GenericClient) -> Result<bool,
         .map_err(|e| Error::query(format!("looking for {TABLE}"), e))?
         .get(0))
 }
+
+/// How many relations' ACLs revoke-writes saved and restore-writes has not put back in the
+/// connected database: writes are still revoked on them (0 when nothing was ever saved).
+pub async fn unrestored(client: &impl tokio_postgres::GenericClient) -> Result<i64, Error> {
+    if !exists(client).await? {
+        return Ok(0);
+    }
+    Ok(client
+        .query_one(
+            &format!("SELECT pg_catalog.count(*) FROM {TABLE} WHERE {UNRESTORED}"),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::query(format!("counting unrestored rows of {TABLE}"), e))?
+        .get(0))
+}

@@ -252,7 +252,7 @@ async fn refusals(input: &Input, deps: &Deps) -> Result<(), Error> {
     }
     for database in &cell.databases {
         let blue = Box::pin(deps.connect(cell, Side::Blue, database)).await?;
-        let revoked = unrestored_acls(&blue).await?;
+        let revoked = saved_acls::unrestored(&blue).await?;
         if revoked > 0 {
             return Err(Error::stop(
                 ErrorName::PreconditionFailed,
@@ -518,25 +518,6 @@ async fn owned_objects(blue: &Client, role: &str) -> Result<i64, Error> {
         )
         .await
         .map_err(|e| Error::query(format!("reading what {role} owns"), e))?
-        .get(0))
-}
-
-/// Relations whose ACL revoke-writes saved and restore-writes has not put back.
-async fn unrestored_acls(blue: &Client) -> Result<i64, Error> {
-    if !saved_acls::exists(blue).await? {
-        return Ok(0);
-    }
-    Ok(blue
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM {} WHERE {}",
-                saved_acls::TABLE,
-                saved_acls::UNRESTORED
-            ),
-            &[],
-        )
-        .await
-        .map_err(|e| Error::query(format!("reading {}", saved_acls::TABLE), e))?
         .get(0))
 }
 

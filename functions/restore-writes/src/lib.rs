@@ -138,14 +138,7 @@ async fn plan_database(
             ));
         }
     }
-    let unmarked: i64 = tx
-        .query_one(
-            &format!("SELECT pg_catalog.count(*) FROM {TABLE} WHERE {UNRESTORED}"),
-            &[],
-        )
-        .await
-        .map_err(|e| Error::query(format!("counting unmarked rows of {TABLE}"), e))?
-        .get(0);
+    let unmarked = saved_acls::unrestored(&tx).await?;
     if unmarked > 0 {
         plan.would(format!(
             "in database {db}: mark {unmarked} rows of {TABLE} restored"
