@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs cargo-lambda (pinned, from PyPI, zig included), installing it into .cache/ on
 # first use: `bash scripts/cargo-lambda.sh lambda build …`. Used by `make build` and by
-# the test that boots a function under `cargo lambda watch`.
+# the test that runs a function under `cargo lambda watch --only-lambda-apis`.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
