@@ -270,6 +270,17 @@ locals {
         Resource = local.replication_parameters
       }
     }
+    # finalize-replication (reverse) reads it after the switch: the old blue's subscription
+    # to green logs in as the same role, with the same password.
+    replication_login_read = {
+      needed = true
+      statement = {
+        Sid      = "ReadReplicationLogin"
+        Effect   = "Allow"
+        Action   = ["ssm:GetParameter"]
+        Resource = local.replication_parameters
+      }
+    }
     # Writing a SecureString under a customer managed key encrypts with it.
     encrypt_secrets = {
       needed = length(var.ssm_kms_key_arns) > 0
@@ -318,7 +329,7 @@ locals {
     "drop-downstream-subscriptions"     = ["describe_cell_clusters", "orchestrator_login", "downstream_login", "journal_read", "journal_create", "decrypt_secrets"]
     "check-slot-lag"                    = ["describe_cell_clusters", "orchestrator_login", "journal_read", "decrypt_secrets"]
     "sync-sequences"                    = ["describe_cell_clusters", "orchestrator_login", "journal_read", "decrypt_secrets"]
-    "finalize-replication"              = ["list_clusters", "orchestrator_login", "journal_read", "journal_create", "decrypt_secrets"]
+    "finalize-replication"              = ["list_clusters", "orchestrator_login", "replication_login_read", "journal_read", "journal_create", "decrypt_secrets"]
     "rename-clusters"                   = ["list_clusters", "rename_clusters", "orchestrator_login", "journal_read", "journal_create", "journal_delete", "decrypt_secrets"]
     "refresh-nlb-target"                = ["describe_cell_clusters", "describe_instances", "describe_target_groups", "refresh_targets", "journal_read", "journal_create"]
     "recreate-downstream-subscriptions" = ["describe_cell_clusters", "orchestrator_login", "downstream_login", "downstream_publisher_login", "journal_read", "journal_create", "decrypt_secrets"]

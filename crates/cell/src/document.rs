@@ -352,6 +352,16 @@ impl CellDocument {
 /// The pseudo-group of every table no table group names.
 pub const REST_GROUP: &str = "rest";
 
+/// The name no table group may take: `switchyard_reverse` is the way back after a switch —
+/// green's publication and slot, and the old blue's subscription to them.
+pub const REVERSE_GROUP: &str = "reverse";
+
+/// `switchyard_reverse`: the publication and slot on green, and the subscription on the old
+/// blue, through which the old blue follows green after the switch (the rollback window).
+pub fn reverse_replication_name() -> String {
+    replication_name(REVERSE_GROUP)
+}
+
 /// `switchyard_<group>`: the publication, slot and subscription of one table group.
 pub fn replication_name(group: &str) -> String {
     format!("switchyard_{group}")

@@ -204,6 +204,11 @@ impl CellDocument {
                     format!("{field}.name"),
                     "\"rest\" is reserved for the tables no group names",
                 );
+            } else if group.name == crate::REVERSE_GROUP {
+                problems.push(
+                    format!("{field}.name"),
+                    "\"reverse\" is reserved for the replication from green back to the old blue",
+                );
             } else if crate::replication_name(&group.name).len() > MAX_PG_NAME_BYTES {
                 problems.push(
                     format!("{field}.name"),
@@ -1012,6 +1017,10 @@ mod tests {
     fn group_names_must_make_usable_replication_names() {
         let fields = edited(|v| {
             v["table_groups"][0]["name"] = json!("rest");
+        });
+        assert_eq!(fields, ["table_groups[0].name"]);
+        let fields = edited(|v| {
+            v["table_groups"][0]["name"] = json!("reverse");
         });
         assert_eq!(fields, ["table_groups[0].name"]);
         let fields = edited(|v| {

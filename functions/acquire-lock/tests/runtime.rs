@@ -107,7 +107,10 @@ fn a_bad_payload_comes_back_as_a_typed_error_from_the_lambda_runtime() {
     // What the emulator tells a function it does not start to set; the function's own
     // AWS clients get a region and placeholder keys (nothing here calls AWS).
     let function = Command::new(env!("CARGO_BIN_EXE_acquire-lock"))
-        .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{port}/.rt"))
+        .env(
+            "AWS_LAMBDA_RUNTIME_API",
+            format!("http://127.0.0.1:{port}/.rt"),
+        )
         .env("AWS_LAMBDA_FUNCTION_NAME", "_")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")

@@ -9,6 +9,9 @@
 //!   contacting the old blue, then the old blue loses their slots and the DDL guard (its
 //!   journal table stays, as evidence). An unreachable old blue is not an error: the
 //!   output lists the slots left to drop by hand.
+//! - `reverse` (after `drop`): the old blue follows green through the slot `disable` made
+//!   on green, so the cell can switch back without losing a write ([`reverse`]). `disable`
+//!   makes that slot and `enable` removes it first.
 //!
 //! Every mode finds what an earlier call did and keeps it: a second call changes nothing.
 //!
@@ -19,6 +22,7 @@
 // any switch.
 pub mod green;
 pub mod old_blue;
+pub mod reverse;
 
 use serde::{Deserialize, Serialize};
 use switchyard_aws::ClusterEndpoint;
@@ -45,7 +49,7 @@ pub struct Input {
     #[serde(default)]
     pub pause_deadline: Option<PauseDeadline>,
     pub mode: Mode,
-    /// `drop` only: the cluster that was blue, holding the slots. Default: the `rename`
+    /// `drop` and `reverse` only: the cluster that was blue, holding the slots. Default: the `rename`
     /// journal entry's `parked_identifier` (written by rename-clusters); else, if
     /// green still has its own identifier (no rename), blue's identifier; else the one
     /// existing `<blue>-blue-<major>` cluster.
@@ -74,15 +78,17 @@ pub enum Mode {
     Disable,
     Enable,
     Drop,
+    Reverse,
 }
 
 impl Mode {
-    /// Disable is the forward path's, enable the abort path's; drop comes after the switch.
+    /// Disable is the forward path's, enable the abort path's; drop and reverse come after
+    /// the switch.
     fn direction(self) -> Direction {
         match self {
             Self::Disable => Direction::Forward,
             Self::Enable => Direction::Abort,
-            Self::Drop => Direction::Either,
+            Self::Drop | Self::Reverse => Direction::Either,
         }
     }
 }
@@ -93,6 +99,7 @@ impl std::fmt::Display for Mode {
             Self::Disable => "disable",
             Self::Enable => "enable",
             Self::Drop => "drop",
+            Self::Reverse => "reverse",
         })
     }
 }
@@ -117,6 +124,9 @@ pub struct DatabaseOutput {
     pub slots_left: Vec<String>,
     /// `drop`: true when this call dropped the DDL guard's event triggers.
     pub guard_removed: bool,
+    /// `disable`, `enable` and `reverse`: the way back after the switch ([`reverse`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverse: Option<reverse::ReverseOutput>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -127,10 +137,10 @@ pub struct SubscriptionOutput {
 }
 
 fn check_input(input: &Input) -> Result<(), Error> {
-    if input.old_blue_identifier.is_some() && input.mode != Mode::Drop {
+    if input.old_blue_identifier.is_some() && !matches!(input.mode, Mode::Drop | Mode::Reverse) {
         return Err(Error::stop(
             ErrorName::InvalidInput,
-            "old_blue_identifier is for mode drop only; remove it",
+            "old_blue_identifier is for modes drop and reverse only; remove it",
         ));
     }
     if input.pause_deadline.is_some() && input.mode != Mode::Disable {
@@ -145,21 +155,61 @@ fn check_input(input: &Input) -> Result<(), Error> {
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, mode = %input.mode))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     check_input(&input)?;
-    fence::admit(deps, &input.cell, input.caller(), input.mode.direction()).await?;
+    let admitted = fence::admit(deps, &input.cell, input.caller(), input.mode.direction()).await?;
     let cell = &input.cell;
     let names = cell.replication_names();
     let mut databases = Vec::new();
     match input.mode {
-        Mode::Disable | Mode::Enable => {
-            let enable = input.mode == Mode::Enable;
+        Mode::Disable => {
             for database in &cell.databases {
                 let green = deps.connect(cell, Side::Green, database).await?;
+                green::prepare(&green).await?;
+                // A way back found while a subscription still runs predates this disable:
+                // its slot may hold changes green applied from blue.
+                let stale = if green::to_set(&green, &names, false)
+                    .await?
+                    .iter()
+                    .any(|(_, changes)| *changes)
+                {
+                    reverse::close_on_green(&green).await?
+                } else {
+                    reverse::ReverseOutput::default()
+                };
+                let subscriptions = green::set_enabled(&green, &names, false).await?;
+                // After the workers are gone (set_enabled waits): the slot starts after
+                // the last change applied from blue.
+                let mut way_back = reverse::open_on_green(&green, &names).await?;
+                way_back.publication_changed |= stale.publication_changed;
+                way_back.slot_changed |= stale.slot_changed;
                 databases.push(DatabaseOutput {
                     name: database.clone(),
-                    subscriptions: green::set_enabled(&green, &names, enable).await?,
+                    subscriptions,
                     slots_dropped: Vec::new(),
                     slots_left: Vec::new(),
                     guard_removed: false,
+                    reverse: Some(way_back),
+                });
+            }
+            Ok(Output {
+                mode: input.mode,
+                old_blue_identifier: None,
+                databases,
+            })
+        }
+        Mode::Enable => {
+            for database in &cell.databases {
+                let green = deps.connect(cell, Side::Green, database).await?;
+                green::prepare(&green).await?;
+                // Before any subscription runs again: with both directions live, blue's
+                // changes would come back to blue.
+                let way_back = reverse::close_on_green(&green).await?;
+                databases.push(DatabaseOutput {
+                    name: database.clone(),
+                    subscriptions: green::set_enabled(&green, &names, true).await?,
+                    slots_dropped: Vec::new(),
+                    slots_left: Vec::new(),
+                    guard_removed: false,
+                    reverse: Some(way_back),
                 });
             }
             Ok(Output {
@@ -182,6 +232,39 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
                     slots_dropped: cleanup.slots_dropped,
                     slots_left: cleanup.slots_left,
                     guard_removed: cleanup.guard_removed,
+                    reverse: None,
+                });
+            }
+            Ok(Output {
+                mode: input.mode,
+                old_blue_identifier: old_blue.identifier(),
+                databases,
+            })
+        }
+        Mode::Reverse => {
+            require_switched(cell, &admitted)?;
+            let green = green::locate(cell, deps).await?;
+            let old_blue = old_blue::locate(&input, deps, &green).await?;
+            let login = replication_login(cell, deps).await?;
+            for database in &cell.databases {
+                let green_client = green::connect(cell, deps, &green, database).await?;
+                let blue_client = old_blue::require(cell, deps, &old_blue, database).await?;
+                let way_back = reverse::follow_green(
+                    cell,
+                    &green_client,
+                    &green,
+                    &blue_client,
+                    database,
+                    &login,
+                )
+                .await?;
+                databases.push(DatabaseOutput {
+                    name: database.clone(),
+                    subscriptions: Vec::new(),
+                    slots_dropped: Vec::new(),
+                    slots_left: Vec::new(),
+                    guard_removed: false,
+                    reverse: Some(way_back),
                 });
             }
             Ok(Output {
@@ -193,12 +276,45 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     }
 }
 
+/// `reverse` only after the switch: before it, blue serves writes and must follow nothing.
+fn require_switched(cell: &CellDocument, admitted: &fence::Admitted) -> Result<(), Error> {
+    if admitted.decision.as_ref().is_some_and(|d| d.switched(cell)) {
+        return Ok(());
+    }
+    Err(Error::stop(
+        ErrorName::PreconditionFailed,
+        format!(
+            "cell {} has not switched to green: blue still serves, and only after the switch does the old blue follow green; nothing was changed",
+            cell.cell_id
+        ),
+    ))
+}
+
+/// The replication role's login as SSM holds it (the password the role has on blue).
+async fn replication_login(
+    cell: &CellDocument,
+    deps: &Deps,
+) -> Result<start_replication::replicator::Login, Error> {
+    start_replication::replicator::stored(cell, deps)
+        .await?
+        .ok_or_else(|| {
+            Error::stop(
+                ErrorName::PreconditionFailed,
+                format!(
+                    "SSM parameter {} holds no login for the replication role {}: run start-replication (it rotates one); nothing was changed",
+                    cell.replication_credentials_parameter(),
+                    cell.replication.role
+                ),
+            )
+        })
+}
+
 /// Dry run: the subscriptions [`run`] would alter or drop on green and, for `drop`, the
 /// slots and guard it would drop on the old blue, database by database.
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, mode = %input.mode))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
     check_input(&input)?;
-    fence::check(deps, &input.cell, input.caller(), input.mode.direction()).await?;
+    let admitted = fence::check(deps, &input.cell, input.caller(), input.mode.direction()).await?;
     let cell = &input.cell;
     let names = cell.replication_names();
     let mut plan = Plan::new();
@@ -206,10 +322,19 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
         Mode::Disable | Mode::Enable => {
             let enable = input.mode == Mode::Enable;
             let verb = green::verb(enable);
+            let way_back = switchyard_cell::reverse_replication_name();
             for database in &cell.databases {
                 let client = deps.connect(cell, Side::Green, database).await?;
-                let changing: Vec<String> = green::to_set(&client, &names, enable)
-                    .await?
+                let states = green::to_set(&client, &names, enable).await?;
+                let running = states.iter().any(|(_, changes)| *changes && !enable);
+                let found = reverse::on_green(&client).await?;
+                if (enable || running) && (found.publication || found.slot.is_some()) {
+                    plan.would(format!(
+                        "drop slot and publication {way_back} on green (database {database}) first{}",
+                        if enable { ": blue's changes must not come back to blue" } else { ": made before this disable" }
+                    ));
+                }
+                let changing: Vec<String> = states
                     .into_iter()
                     .filter_map(|(name, changes)| changes.then_some(name))
                     .collect();
@@ -223,6 +348,11 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
                         "then wait up to {} s for their apply workers to {} (database {database})",
                         green::WORKER_WAIT_SECONDS,
                         if enable { "start" } else { "stop" }
+                    ));
+                }
+                if !enable && (running || found.slot.is_none()) {
+                    plan.would(format!(
+                        "then create publication {way_back} (the tables green's subscriptions replicate) and slot {way_back} on green (database {database}): the way back after the switch"
                     ));
                 }
             }
@@ -240,6 +370,39 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
                     ));
                 }
                 old_blue::plan(cell, deps, &old_blue, database, &names, &mut plan).await?;
+            }
+        }
+        Mode::Reverse => {
+            require_switched(cell, &admitted)?;
+            let green = green::locate(cell, deps).await?;
+            let old_blue = old_blue::locate(&input, deps, &green).await?;
+            replication_login(cell, deps).await?;
+            let way_back = switchyard_cell::reverse_replication_name();
+            for database in &cell.databases {
+                let green_client = green::open(cell, deps, &green, database).await?;
+                let blue_client = old_blue::require(cell, deps, &old_blue, database).await?;
+                let found = reverse::on_green(&green_client).await?;
+                if !found.publication || found.slot.is_none() {
+                    plan.would(format!(
+                        "stop: green has no publication and slot {way_back} (database {database}); the old blue cannot follow green"
+                    ));
+                    continue;
+                }
+                plan.would(format!(
+                    "create or update the replication role {} on green (database {database})",
+                    cell.replication.role
+                ));
+                let change = match reverse::subscription(&blue_client).await? {
+                    None => format!(
+                        "CREATE SUBSCRIPTION {way_back} on the old blue {} (database {database}) on green's slot, copy_data = false, then wait for it to stream",
+                        old_blue.identifier().unwrap_or_default()
+                    ),
+                    Some(enabled) => format!(
+                        "rewrite subscription {way_back}'s connection on the old blue (database {database}){}",
+                        if enabled { "" } else { ", then ENABLE it" }
+                    ),
+                };
+                plan.would(change);
             }
         }
     }

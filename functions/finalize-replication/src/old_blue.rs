@@ -135,6 +135,30 @@ async fn reach(
     }
 }
 
+/// A connection to `database` of the old blue, or `PreconditionFailed` naming why there is
+/// none (`reverse` cannot do without it).
+pub(crate) async fn require(
+    cell: &CellDocument,
+    deps: &Deps,
+    old_blue: &OldBlue,
+    database: &str,
+) -> Result<Client, Error> {
+    match (reach(cell, deps, old_blue, database).await?, old_blue) {
+        (Some(client), _) => Ok(client),
+        (None, OldBlue::Unknown) => Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            "the old blue was not found (no rename journaled, no single parked cluster): pass its identifier as old_blue_identifier; nothing was changed",
+        )),
+        (None, _) => Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!(
+                "the old blue {} is unreachable (database {database}): it cannot follow green until it is; green's slot keeps every write meanwhile. Rerun finalize-replication (reverse) once it answers",
+                old_blue.identifier().unwrap_or_default()
+            ),
+        )),
+    }
+}
+
 /// Drops `names`' slots and the DDL guard in `database` of the old blue.
 pub(crate) async fn clean(
     cell: &CellDocument,

@@ -112,6 +112,24 @@ async fn write(cell: &LocalCell, count: usize) -> Vec<String> {
     keys
 }
 
+/// Where green's reverse slot starts (its confirmed position), if it exists.
+async fn slot_lsn(green: &tokio_postgres::Client) -> Option<String> {
+    green
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'switchyard_reverse'",
+            &[],
+        )
+        .await
+        .expect("reading the reverse slot")
+        .map(|r| r.get(0))
+}
+
+/// An LSN as a number, to compare.
+fn lsn(text: &str) -> u64 {
+    let (hi, lo) = text.split_once('/').expect("an LSN");
+    (u64::from_str_radix(hi, 16).expect("hex") << 32) | u64::from_str_radix(lo, 16).expect("hex")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disable_stops_green_following_blue_and_enable_resumes_without_a_missed_row() {
     let cell = cell().await;
@@ -154,6 +172,7 @@ async fn disable_stops_green_following_blue_and_enable_resumes_without_a_missed_
         .expect("plan disable");
     let mut expected = alter("DISABLE");
     expected.push("then wait up to 30 s for their apply workers to stop (database app)".into());
+    expected.push("then create publication switchyard_reverse (the tables green's subscriptions replicate) and slot switchyard_reverse on green (database app): the way back after the switch".into());
     assert_eq!(dry.would, expected);
     let green = cell.green.superuser_client("app").await.expect("green");
     let enabled_sql =
@@ -168,6 +187,16 @@ async fn disable_stops_green_following_blue_and_enable_resumes_without_a_missed_
         names(&["switchyard_payments:apply", "switchyard_rest:apply"])
     );
 
+    // A way back left on green from before (an abort that never finished): its slot is
+    // older than this disable and would send back changes green applied from blue.
+    for sql in [
+        "CREATE PUBLICATION switchyard_reverse FOR TABLE public.accounts",
+        "SELECT pg_create_logical_replication_slot('switchyard_reverse', 'pgoutput')",
+    ] {
+        green.batch_execute(sql).await.expect("a stale way back");
+    }
+    let stale_lsn = slot_lsn(&green).await.expect("stale slot");
+
     let disabled = run(input(&cell, Mode::Disable), &deps)
         .await
         .expect("disable");
@@ -178,10 +207,38 @@ async fn disable_stops_green_following_blue_and_enable_resumes_without_a_missed_
         "{:?}",
         workers(&cell).await
     );
+    let way_back = disabled.databases[0].reverse.clone().expect("the way back");
+    assert!(
+        way_back.slot_changed && way_back.publication_changed,
+        "{way_back:?}"
+    );
+    let fresh_lsn = slot_lsn(&green).await.expect("the way back's slot");
+    assert_eq!(way_back.slot_lsn.as_deref(), Some(fresh_lsn.as_str()));
+    assert!(
+        lsn(&fresh_lsn) > lsn(&stale_lsn),
+        "the stale slot was replaced by one made after the disable: {stale_lsn} → {fresh_lsn}"
+    );
+    // Exactly the tables green's subscriptions replicate, the marker among them.
+    assert_eq!(
+        strings(&green, "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = 'switchyard_reverse' ORDER BY 1").await,
+        strings(
+            &green,
+            "SELECT DISTINCT n.nspname || '.' || c.relname FROM pg_subscription_rel sr
+               JOIN pg_class c ON c.oid = sr.srrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+              ORDER BY 1"
+        )
+        .await
+    );
     let again = run(input(&cell, Mode::Disable), &deps)
         .await
         .expect("disable again");
     assert_eq!(changed(&again), all(false));
+    assert_eq!(
+        again.databases[0].reverse,
+        Some(Default::default()),
+        "the way back made by the first call is kept"
+    );
+    assert_eq!(slot_lsn(&green).await.as_deref(), Some(fresh_lsn.as_str()));
     let dry = plan(input(&cell, Mode::Disable), &deps)
         .await
         .expect("plan disable again");
@@ -189,7 +246,11 @@ async fn disable_stops_green_following_blue_and_enable_resumes_without_a_missed_
     let dry = plan(input(&cell, Mode::Enable), &deps)
         .await
         .expect("plan enable");
-    assert_eq!(&dry.would[..2], &alter("ENABLE")[..]);
+    assert_eq!(
+        dry.would[0],
+        "drop slot and publication switchyard_reverse on green (database app) first: blue's changes must not come back to blue"
+    );
+    assert_eq!(&dry.would[1..3], &alter("ENABLE")[..]);
     assert_eq!(
         strings(&green, enabled_sql).await,
         names(&["switchyard_payments:false", "switchyard_rest:false"]),
@@ -224,6 +285,20 @@ async fn disable_stops_green_following_blue_and_enable_resumes_without_a_missed_
         .await
         .expect("enable");
     assert_eq!(changed(&enabled), all(true));
+    let closed = enabled.databases[0].reverse.clone().expect("the way back");
+    assert!(
+        closed.slot_changed && closed.publication_changed,
+        "{closed:?}"
+    );
+    assert_eq!(
+        slot_lsn(&green).await,
+        None,
+        "no way back while green follows blue"
+    );
+    assert_eq!(
+        strings(&green, "SELECT pubname::text FROM pg_publication").await,
+        Vec::<String>::new()
+    );
     assert_eq!(
         workers(&cell).await,
         names(&["switchyard_payments:apply", "switchyard_rest:apply"])

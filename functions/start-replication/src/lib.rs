@@ -25,8 +25,8 @@ mod guard;
 mod marker;
 mod names;
 mod publications;
-mod replicator;
-mod subscriptions;
+pub mod replicator;
+pub mod subscriptions;
 mod tables;
 
 use std::time::Duration;

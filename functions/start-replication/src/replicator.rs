@@ -24,8 +24,9 @@ use tokio_postgres::Client;
 const RDS_REPLICATION: &str = "rds_replication";
 const PASSWORD_LENGTH: usize = 40;
 
-/// The replication login for one run.
-pub(crate) struct Login {
+/// The replication login for one run (its password shows redacted).
+#[derive(Debug)]
+pub struct Login {
     pub user: String,
     pub password: Secret,
 }
@@ -45,6 +46,31 @@ pub(crate) async fn current(
     deps: &Deps,
     run_id: &str,
 ) -> Result<Option<Login>, Error> {
+    Ok(read(cell, deps)
+        .await?
+        .filter(|s| s.run_id == run_id)
+        .map(Stored::login))
+}
+
+/// The login SSM holds, whichever run rotated it: the password the role has on blue (and,
+/// after the switch, on green for the old blue's subscription). `None` when SSM holds none
+/// for `replication.role`.
+pub async fn stored(cell: &CellDocument, deps: &Deps) -> Result<Option<Login>, Error> {
+    Ok(read(cell, deps).await?.map(Stored::login))
+}
+
+impl Stored {
+    fn login(self) -> Login {
+        Login {
+            user: self.username,
+            password: Secret::new(self.password),
+        }
+    }
+}
+
+/// What SSM holds for `replication.role`; `None` for no parameter, another role's, or an
+/// unreadable value (replaced by the next rotation: it is ours, written by an earlier run).
+async fn read(cell: &CellDocument, deps: &Deps) -> Result<Option<Stored>, Error> {
     let name = cell.replication_credentials_parameter();
     let out = deps
         .aws
@@ -67,14 +93,9 @@ pub(crate) async fn current(
         }
         Err(e) => return Err(Error::aws(&format!("reading SSM parameter {name}"), &e)),
     };
-    // An unreadable value is replaced: it is ours, written by an earlier run.
-    let stored = value.and_then(|v| serde_json::from_str::<Stored>(v.expose()).ok());
-    Ok(stored
-        .filter(|s| s.run_id == run_id && s.username == cell.replication.role)
-        .map(|s| Login {
-            user: s.username,
-            password: Secret::new(s.password),
-        }))
+    Ok(value
+        .and_then(|v| serde_json::from_str::<Stored>(v.expose()).ok())
+        .filter(|s| s.username == cell.replication.role))
 }
 
 /// Step 1: a fresh password for `run_id`, written to SSM before anything uses it.
@@ -172,8 +193,9 @@ pub(crate) async fn role_state(
 }
 
 /// Step 2: the role as the login needs it. The password goes in as a SCRAM verifier, so
-/// no plain password is ever in SQL text (a failing statement is logged whole).
-pub(crate) async fn ensure_role(blue: &Client, login: &Login) -> Result<bool, Error> {
+/// no plain password is ever in SQL text (a failing statement is logged whole). Also on
+/// green after the switch, for the old blue's subscription (`blue` is then green).
+pub async fn ensure_role(blue: &Client, login: &Login) -> Result<bool, Error> {
     let state = role_state(blue, &login.user, Some(&login.password)).await?;
     if state.is_done() {
         return Ok(false);

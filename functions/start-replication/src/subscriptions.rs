@@ -191,6 +191,7 @@ pub(crate) async fn create(
         &sql,
         password,
         &format!("CREATE SUBSCRIPTION {name} on green"),
+        "green",
     )
     .await?;
     tracing::info!(subscription = %name, "subscription created");
@@ -198,23 +199,24 @@ pub(crate) async fn create(
 }
 
 /// Runs `sql`, whose connection string holds `password`, alone (the simple protocol:
-/// outside any transaction block, as subscription DDL needs). On failure only the
-/// SQLSTATE and the server's message may surface, and not even that if the server quoted
-/// the password back.
-async fn run_holding(
-    green: &Client,
+/// outside any transaction block, as subscription DDL needs) on `server` (named for the
+/// log to read). On failure only the SQLSTATE and the server's message may surface, and
+/// not even that if the server quoted the password back.
+pub async fn run_holding(
+    client: &Client,
     sql: &str,
     password: &Secret,
     what: &str,
+    server: &str,
 ) -> Result<(), Error> {
-    green.batch_execute(sql).await.map_err(|e| {
+    client.batch_execute(sql).await.map_err(|e| {
         let leaks = e.as_db_error().is_some_and(|db| {
             !password.expose().is_empty() && db.message().contains(password.expose())
         });
         if leaks {
             Error::stop(
                 ErrorName::DatabaseError,
-                format!("{what} failed; the server's message quoted the connection string and is withheld: see green's log"),
+                format!("{what} failed; the server's message quoted the connection string and is withheld: see {server}'s log"),
             )
         } else {
             Error::query(what, e)
@@ -262,7 +264,7 @@ pub(crate) async fn alter_connection(
         literal(conninfo.expose())
     );
     let what = format!("ALTER SUBSCRIPTION {name} CONNECTION on green");
-    run_holding(green, &sql, password, &what).await?;
+    run_holding(green, &sql, password, &what, "green").await?;
     tracing::info!(subscription = %name, "subscription's connection updated");
     Ok(())
 }
@@ -278,10 +280,30 @@ pub(crate) fn conninfo(
     replication: &Replication,
     lock_timeout: Duration,
 ) -> Secret {
+    conninfo_to(
+        &blue.host,
+        blue.port,
+        &blue.dbname,
+        login,
+        replication,
+        lock_timeout,
+    )
+}
+
+/// [`conninfo`] to any publisher at `host:port`, database `dbname` (the old blue's
+/// subscription to green uses it too).
+pub fn conninfo_to(
+    host: &str,
+    port: u16,
+    dbname: &str,
+    login: &Login,
+    replication: &Replication,
+    lock_timeout: Duration,
+) -> Secret {
     let mut parts = vec![
-        format!("host={}", conninfo_value(&blue.host)),
-        format!("port={}", conninfo_value(&blue.port.to_string())),
-        format!("dbname={}", conninfo_value(&blue.dbname)),
+        format!("host={}", conninfo_value(host)),
+        format!("port={}", conninfo_value(&port.to_string())),
+        format!("dbname={}", conninfo_value(dbname)),
         format!("user={}", conninfo_value(&login.user)),
         format!("password={}", conninfo_value(login.password.expose())),
         format!("sslmode={}", conninfo_value(replication.sslmode.as_str())),

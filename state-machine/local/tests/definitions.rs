@@ -201,6 +201,7 @@ fn after_point_of_no_return(state: &str) -> bool {
     [
         "scale-services up",
         "finalize-replication drop",
+        "finalize-replication reverse",
         "release-lock",
         "prepare failed: release-lock",
         "abandon failed: release-lock",
@@ -266,6 +267,8 @@ fn the_switchover_runs_seed_000s_order() {
             "recreate-downstream-subscriptions",
             "resume-pgbouncer",
             "scale-services",
+            "finalize-replication",
+            // The old blue follows green: the way back.
             "finalize-replication",
             "release-lock",
         ]

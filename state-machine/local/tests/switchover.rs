@@ -309,6 +309,27 @@ async fn assert_on_blue(cell: &LocalCell, deps: &Deps, ledger: &Ledger) {
             .await
             .unwrap_or_else(|e| panic!("{what}: {e}"));
     }
+    // Green follows blue again, so no way back may remain on it: with both directions
+    // live, blue's changes would come back to blue.
+    let green = cell.green.superuser_client("app").await.expect("green");
+    assert_eq!(
+        way_back_on_green(&green).await,
+        (false, false),
+        "the abort path dropped green's reverse publication and slot"
+    );
+}
+
+/// Whether green has the reverse publication, and the reverse slot.
+async fn way_back_on_green(green: &tokio_postgres::Client) -> (bool, bool) {
+    let row = green
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_publication WHERE pubname = 'switchyard_reverse'),
+                    EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = 'switchyard_reverse')",
+            &[],
+        )
+        .await
+        .expect("reading the way back on green");
+    (row.get(0), row.get(1))
 }
 
 /// A switched cell: on green, every acknowledged write there once, no client transaction
@@ -354,6 +375,26 @@ async fn assert_switched(cell: &LocalCell, ledger: Ledger, ran: &Ran) {
     cell.downstream_converges(&cell.green, WAIT)
         .await
         .expect("downstream equals green");
+    // The way back: the old blue follows green, so every write acknowledged on either side
+    // of the switch is on it once too.
+    wait_keys_once(
+        &cell.blue.superuser_options("app"),
+        PAYMENTS,
+        "memo",
+        &tally.keys(),
+        WAIT,
+    )
+    .await
+    .expect("every acknowledged write on the old blue once");
+    wait_keys_once(
+        &cell.blue.superuser_options("app"),
+        ("billing", "invoice lines"),
+        "description",
+        &jobs.keys(),
+        WAIT,
+    )
+    .await
+    .expect("every direct-writer job on the old blue once");
     // The old blue stays fenced: an application role that reaches it directly (a stale
     // DNS answer, a hard-coded address) can log in and read, never write.
     let (user, password) = cell.secrets.role("app_writer").expect("app_writer");
@@ -565,6 +606,7 @@ async fn a_crash_after_each_abort_step_or_after_the_switch_converges() {
         "resume-pgbouncer",
         "scale-services up",
         "finalize-replication drop",
+        "finalize-replication reverse",
         "release-lock",
     ];
     let mut run = Run::new(&cell, &deps, SWITCHOVER, "switch-crashes");

@@ -107,6 +107,9 @@ impl<'a> Run<'a> {
             .await;
         self.step("finalize-replication", json!({ "mode": "drop" }))
             .await;
+        // The way back: the old blue follows green.
+        self.step("finalize-replication", json!({ "mode": "reverse" }))
+            .await;
         let run_id = self.run_id.clone();
         self.step("release-lock", json!({ "run_id": run_id })).await;
     }
@@ -225,7 +228,9 @@ async fn assert_sequences_ahead(server: &switchyard_local_cell::PgServer) {
 
 /// The cell switched: no client transaction failed, every acknowledged ledger and
 /// direct-writer write is on green exactly once, PgBouncer reaches green, new rows cannot
-/// collide with sequences, and the downstream holds green's rows.
+/// collide with sequences, and the downstream holds green's rows. Then the way back: every
+/// one of those writes is on the old blue exactly once too (it follows green, across
+/// majors: green the publisher, the old blue the subscriber).
 async fn assert_switched_to_green(cell: &LocalCell, ledger: Ledger) {
     let tally = ledger.stop().await;
     assert_eq!(
@@ -259,6 +264,26 @@ async fn assert_switched_to_green(cell: &LocalCell, ledger: Ledger) {
     cell.downstream_converges(&cell.green, Duration::from_secs(60))
         .await
         .expect("downstream equals green");
+    let wait = Duration::from_secs(60);
+    for (what, table, column, keys) in [
+        ("ledger", ("public", "payments"), "memo", tally.keys()),
+        (
+            "direct writers",
+            ("billing", "invoice lines"),
+            "description",
+            jobs.keys(),
+        ),
+    ] {
+        wait_keys_once(
+            &cell.blue.superuser_options("app"),
+            table,
+            column,
+            &keys,
+            wait,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what} on the old blue: {e}"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,6 +370,18 @@ async fn an_aborted_switchover_leaves_blue_serving_and_the_next_attempt_switches
     }
     let mut check = Run::new(&cell, &deps, "after-abort");
     check.step("check-replication", json!({})).await;
+    // No way back is left on green: it follows blue again.
+    let green = cell.green.superuser_client("app").await.expect("green");
+    let way_back: i64 = green
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_publication WHERE pubname = 'switchyard_reverse')
+                  + (SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'switchyard_reverse')",
+            &[],
+        )
+        .await
+        .expect("way back")
+        .get(0);
+    assert_eq!(way_back, 0, "the abort dropped green's switchyard_reverse");
 
     // Green stays fenced after the abort: a client a lagging name sends there is refused.
     let (user, password) = cell.secrets.role("app_writer").expect("role");

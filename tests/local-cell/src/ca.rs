@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 
 use crate::CellError;
 
@@ -66,7 +66,10 @@ impl CellCa {
     }
 
     /// A server certificate for every name and address in `names` (an entry that parses
-    /// as an IP address becomes an IP SAN, anything else a DNS name).
+    /// as an IP address becomes an IP SAN, anything else a DNS name). An address is named
+    /// a second time as a DNS name: PostgreSQL 14's libpq matches a host only against
+    /// DNS names, and on AWS every host a server dials (an endpoint) is one — the old
+    /// blue's subscription to green dials green's endpoint with verify-full.
     pub fn issue(&self, names: &[&str]) -> Result<ServerTls, CellError> {
         let err = |what: &str, e: rcgen::Error| {
             CellError::Setup(format!("certificate for {names:?}: {what}: {e}"))
@@ -74,6 +77,12 @@ impl CellCa {
         let mut params =
             CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
                 .map_err(|e| err("params", e))?;
+        for name in names {
+            if name.parse::<std::net::IpAddr>().is_ok() {
+                let dns = (*name).try_into().map_err(|e| err("DNS name", e))?;
+                params.subject_alt_names.push(SanType::DnsName(dns));
+            }
+        }
         if let Some(first) = names.first() {
             params.distinguished_name.push(DnType::CommonName, *first);
         }
