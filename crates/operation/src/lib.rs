@@ -23,6 +23,7 @@ mod payloads;
 mod plan;
 pub mod rename;
 pub mod saved_acls;
+pub mod teardown;
 
 pub use deploy::{Deployment, CA_BUNDLE_ENV, PG_DUMP_ENV};
 pub use deps::{Deps, Side};

@@ -29,10 +29,12 @@ use switchyard_cell::CellDocument;
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_operation::downstream::Journaled;
 use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::teardown::{
+    drop_role, drop_schema_if_empty, exists, function_exists, granted, owned_objects,
+    publication_exists, role_exists, MARKER, SCHEMA,
+};
 use switchyard_operation::{guard, saved_acls, Deps, Error, OperationInput, Plan, Side};
 use switchyard_postgres::quote::ident;
-use tokio_postgres::error::SqlState;
-use tokio_postgres::Client;
 
 use finalize_replication::green as subscriptions;
 use finalize_replication::old_blue as slots;
@@ -95,11 +97,6 @@ pub struct DatabaseOutput {
     pub privileges_revoked: Vec<String>,
 }
 
-/// The marker table `check-slot-lag` writes (on blue and green).
-const MARKER: &str = "switchyard.switchover_marker";
-/// Our schema: dropped only when nothing else is left in it.
-const SCHEMA: &str = "switchyard";
-
 /// Our tables on blue, dropped in this order: the journal last, with the guard gone.
 fn blue_tables() -> [&'static str; 4] {
     [
@@ -129,7 +126,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
             cell.databases.first().map_or("postgres", String::as_str),
         )
         .await?;
-    let role_dropped = drop_role(&blue, &role).await?;
+    let role_dropped = drop_role(&blue, &role, "abandon-prepare").await?;
     Ok(Output {
         databases,
         role,
@@ -395,160 +392,6 @@ async fn abandon_database(
         "prepare undone in this database"
     );
     Ok(out)
-}
-
-/// The one boolean a catalog query about `name` answers.
-async fn answer(client: &Client, sql: &str, name: &str) -> Result<bool, Error> {
-    Ok(client
-        .query_one(sql, &[&name])
-        .await
-        .map_err(|e| Error::query(format!("looking for {name}"), e))?
-        .get(0))
-}
-
-/// Whether a relation named `qualified` (schema.name, ours: no quoting needed) exists.
-async fn exists(client: &Client, qualified: &str) -> Result<bool, Error> {
-    answer(
-        client,
-        "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
-        qualified,
-    )
-    .await
-}
-
-async fn function_exists(client: &Client, signature: &str) -> Result<bool, Error> {
-    answer(
-        client,
-        "SELECT pg_catalog.to_regprocedure($1) IS NOT NULL",
-        signature,
-    )
-    .await
-}
-
-async fn publication_exists(blue: &Client, name: &str) -> Result<bool, Error> {
-    answer(
-        blue,
-        "SELECT EXISTS (SELECT FROM pg_catalog.pg_publication WHERE pubname = $1)",
-        name,
-    )
-    .await
-}
-
-/// Drops our schema when it is there and empty: true when this call dropped it. A schema
-/// with anything else in it stays (it is then not only ours).
-async fn drop_schema_if_empty(client: &Client) -> Result<bool, Error> {
-    let row = client
-        .query_one(
-            "SELECT n.oid IS NOT NULL,
-                    EXISTS (SELECT FROM pg_catalog.pg_depend d
-                             WHERE d.refclassid = 'pg_catalog.pg_namespace'::regclass
-                               AND d.refobjid = n.oid AND d.deptype = 'n')
-               FROM (SELECT 1) one
-               LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = $1",
-            &[&SCHEMA],
-        )
-        .await
-        .map_err(|e| Error::query("looking at schema switchyard", e))?;
-    let (present, occupied): (bool, bool) = (row.get(0), row.get(1));
-    if !present {
-        return Ok(false);
-    }
-    if occupied {
-        tracing::warn!("schema switchyard holds objects that are not ours: left in place");
-        return Ok(false);
-    }
-    let sql = format!("DROP SCHEMA IF EXISTS {}", ident(SCHEMA));
-    client
-        .batch_execute(&sql)
-        .await
-        .map_err(|e| Error::query(&sql, e))?;
-    Ok(true)
-}
-
-/// `(kind, name)` of every table, sequence and schema of the connected database on which
-/// `role` holds a privilege granted to it by name.
-async fn granted(blue: &Client, role: &str) -> Result<Vec<(&'static str, String)>, Error> {
-    let rows = blue
-        .query(
-            "WITH r AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1)
-             SELECT DISTINCT CASE WHEN c.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END,
-                    c.oid::regclass::text
-               FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a, r
-              WHERE a.grantee = r.oid
-             UNION ALL
-             SELECT DISTINCT 'SCHEMA', pg_catalog.quote_ident(n.nspname)
-               FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a, r
-              WHERE a.grantee = r.oid
-             ORDER BY 1, 2",
-            &[&role],
-        )
-        .await
-        .map_err(|e| Error::query(format!("reading {role}'s privileges on blue"), e))?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            let kind = match row.get::<_, &str>(0) {
-                "SCHEMA" => "SCHEMA",
-                "SEQUENCE" => "SEQUENCE",
-                _ => "TABLE",
-            };
-            (kind, row.get(1))
-        })
-        .collect())
-}
-
-async fn role_exists(blue: &Client, role: &str) -> Result<bool, Error> {
-    answer(
-        blue,
-        "SELECT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = $1)",
-        role,
-    )
-    .await
-}
-
-/// Objects `role` owns anywhere on the cluster (every database, and shared objects).
-async fn owned_objects(blue: &Client, role: &str) -> Result<i64, Error> {
-    Ok(blue
-        .query_one(
-            "SELECT count(*) FROM pg_catalog.pg_shdepend d
-               JOIN pg_catalog.pg_roles r ON r.oid = d.refobjid
-              WHERE r.rolname = $1 AND d.refclassid = 'pg_catalog.pg_authid'::regclass
-                AND d.deptype = 'o'",
-            &[&role],
-        )
-        .await
-        .map_err(|e| Error::query(format!("reading what {role} owns"), e))?
-        .get(0))
-}
-
-/// Drops the replication role on blue: true when this call dropped it. A privilege left in
-/// a database that is not the cell's stops it, named by the server.
-async fn drop_role(blue: &Client, role: &str) -> Result<bool, Error> {
-    if !role_exists(blue, role).await? {
-        return Ok(false);
-    }
-    let sql = format!("DROP ROLE IF EXISTS {}", ident(role));
-    match blue.batch_execute(&sql).await {
-        Ok(()) => {
-            tracing::info!(%role, "replication role dropped on blue");
-            Ok(true)
-        }
-        Err(e) if e.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) => {
-            let detail = e
-                .as_db_error()
-                .and_then(|d| d.detail())
-                .unwrap_or("objects elsewhere depend on it")
-                .to_owned();
-            Err(Error::stop(
-                ErrorName::PreconditionFailed,
-                format!(
-                    "the replication role {} keeps privileges outside the cell's databases ({detail}): revoke them by hand, then run abandon-prepare again (everything else is done)",
-                    ident(role)
-                ),
-            ))
-        }
-        Err(e) => Err(Error::query(&sql, e)),
-    }
 }
 
 #[cfg(test)]
