@@ -34,6 +34,10 @@ pub struct Input {
     /// The execution's ARN (`$$.Execution.Id`), kept in the lock for whoever finds it held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution: Option<String>,
+    /// The run acts on a switched cell (closing the rollback window): the lock is taken only
+    /// once this upgrade's switch has happened, and the switched decision is kept.
+    #[serde(default)]
+    pub after_switch: bool,
 }
 
 impl OperationInput for Input {
@@ -59,7 +63,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     check_run_id(&input)?;
     let journal = deps.journal(&input.cell);
     let parameter = journal.parameter_of::<RunLock>();
-    refuse_switched(&input, deps).await?;
+    check_switch(&input, deps).await?;
     let wanted = RunLock {
         run_id: input.run_id.clone(),
         execution: input.execution.clone(),
@@ -82,11 +86,14 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         }
     };
     // Ours now: a switch that landed between the check and the create is seen here.
-    let cleared = match journal.get::<Decision>().await? {
-        Some(d) if d.switched(&input.cell) => {
-            journal.remove::<RunLock>().await?;
-            return Err(already_switched(&input.cell, &d));
-        }
+    let decision = journal.get::<Decision>().await?;
+    if let Err(e) = switch_allows(&input, decision.as_ref()) {
+        journal.remove::<RunLock>().await?;
+        return Err(e);
+    }
+    let cleared = match decision {
+        // What an after-switch run acts on: kept.
+        Some(d) if d.switched(&input.cell) => None,
         Some(d) if d.run_id != input.run_id => {
             journal.remove::<Decision>().await?;
             tracing::info!(earlier_run = %d.run_id, verdict = ?d.verdict, "cleared an earlier run's decision");
@@ -106,7 +113,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, run = %input.run_id))]
 pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
     check_run_id(&input)?;
-    refuse_switched(&input, deps).await?;
+    check_switch(&input, deps).await?;
     let journal = deps.journal(&input.cell);
     let parameter = journal.parameter_of::<RunLock>();
     let mut plan = Plan::new();
@@ -122,7 +129,7 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
         }
     }
     if let Some(d) = journal.get::<Decision>().await? {
-        if d.run_id != input.run_id {
+        if d.run_id != input.run_id && !d.switched(&input.cell) {
             plan.would(format!(
                 "delete SSM parameter {}: run {}'s decision ({:?} at {}), which does not bind this run",
                 journal.parameter_of::<Decision>(),
@@ -145,10 +152,25 @@ fn check_run_id(input: &Input) -> Result<(), Error> {
     Ok(())
 }
 
-/// `AlreadySwitched` when this upgrade's switch has happened: nothing to take the lock for.
-async fn refuse_switched(input: &Input, deps: &Deps) -> Result<(), Error> {
-    match deps.journal(&input.cell).get::<Decision>().await? {
-        Some(d) if d.switched(&input.cell) => Err(already_switched(&input.cell, &d)),
+/// [`switch_allows`] with the decision the journal holds now.
+async fn check_switch(input: &Input, deps: &Deps) -> Result<(), Error> {
+    let decision = deps.journal(&input.cell).get::<Decision>().await?;
+    switch_allows(input, decision.as_ref())
+}
+
+/// `AlreadySwitched` when this upgrade's switch has happened (nothing to take the lock
+/// for); for an after-switch run, `PreconditionFailed` until it has.
+fn switch_allows(input: &Input, decision: Option<&Decision>) -> Result<(), Error> {
+    let switched = decision.filter(|d| d.switched(&input.cell));
+    match (switched, input.after_switch) {
+        (Some(d), false) => Err(already_switched(&input.cell, d)),
+        (None, true) => Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!(
+                "cell {} has not switched to {} (PostgreSQL {}): there is no rollback window to close; nothing was changed",
+                input.cell.cell_id, input.cell.green.cluster_identifier, input.cell.target_major_version
+            ),
+        )),
         _ => Ok(()),
     }
 }

@@ -12,6 +12,7 @@ fn acquire(cell: &LocalCell, run_id: &str) -> acquire_lock::Input {
         cell: cell.document.clone(),
         execution: None,
         run_id: run_id.to_owned(),
+        after_switch: false,
     }
 }
 
@@ -201,4 +202,61 @@ async fn an_operator_can_release_a_dead_runs_lock_deliberately() {
             .expect("free")
             .acquired
     );
+}
+
+/// A run after the switch (closing the rollback window) takes the lock only on a switched
+/// cell, and keeps the switched decision; every other run is refused there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_after_switch_run_takes_a_switched_cell_and_keeps_its_decision() {
+    let cell = cell().await;
+    let deps = cell.deps().expect("deps");
+    let after = |run_id: &str| acquire_lock::Input {
+        after_switch: true,
+        ..acquire(&cell, run_id)
+    };
+    let err = acquire_lock::run(after("finalize-1"), &deps)
+        .await
+        .expect_err("nothing switched yet");
+    assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
+    assert_eq!(stored_lock(&cell).await, None, "no lock taken");
+    let err = acquire_lock::plan(after("finalize-1"), &deps)
+        .await
+        .expect_err("the dry run refuses the same way");
+    assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
+
+    // A switchover run switches the cell and gives the lock back.
+    acquire_lock::run(acquire(&cell, "switch-1"), &deps)
+        .await
+        .expect("lock");
+    switchyard_operation::fence::mark_switched(&deps, &cell.document, "switch-1")
+        .await
+        .expect("switched");
+    release_lock::run(release(&cell, "switch-1", false), &deps)
+        .await
+        .expect("release");
+
+    let err = acquire_lock::run(acquire(&cell, "switch-2"), &deps)
+        .await
+        .expect_err("a second switchover");
+    assert_eq!(err.error_name(), ErrorName::AlreadySwitched, "{err}");
+    assert_eq!(stored_lock(&cell).await, None);
+    assert!(acquire_lock::plan(after("finalize-1"), &deps)
+        .await
+        .expect("plan")
+        .would
+        .iter()
+        .all(|w| !w.contains("decision")));
+    let taken = acquire_lock::run(after("finalize-1"), &deps)
+        .await
+        .expect("an after-switch run takes the switched cell");
+    assert!(taken.acquired);
+    assert_eq!(taken.cleared, None, "the switched decision is kept");
+    let decision = deps
+        .journal(&cell.document)
+        .get::<switchyard_operation::fence::Decision>()
+        .await
+        .expect("journal")
+        .expect("a decision");
+    assert!(decision.switched(&cell.document), "{decision:?}");
+    cell.shutdown();
 }
