@@ -22,6 +22,8 @@ locals {
   blue_clusters   = [for c in local.cells : "${local.rds_arn}:cluster:${c.blue_cluster_identifier}"]
   # snapshot-cluster names its snapshots <blue>-pre-upgrade-<run>.
   snapshots = [for c in local.cells : "${local.rds_arn}:cluster-snapshot:${c.blue_cluster_identifier}-pre-upgrade-*"]
+  # close-rollback-window names the parked old blue's last one <blue>-blue-<major>-final.
+  final_snapshots = [for c in local.cells : "${local.rds_arn}:cluster-snapshot:${c.blue_cluster_identifier}-blue-*-final"]
 
   # An SSM parameter's ARN holds its name after "parameter", with exactly one slash between.
   orchestrator_parameters = distinct([for c in local.cells : "${local.ssm_arn}/${trimprefix(c.orchestrator_parameter, "/")}"])
@@ -116,6 +118,34 @@ locals {
         Effect   = "Allow"
         Action   = ["rds:DescribeDBClusterSnapshots"]
         Resource = local.snapshots
+      }
+    }
+    # close-rollback-window snapshots the old blue under its parked name, never blue's own.
+    snapshot_old_blue = {
+      needed = true
+      statement = {
+        Sid      = "SnapshotOldBlue"
+        Effect   = "Allow"
+        Action   = ["rds:CreateDBClusterSnapshot"]
+        Resource = concat(local.parked_clusters, local.final_snapshots)
+      }
+    }
+    tag_final_snapshots = {
+      needed = true
+      statement = {
+        Sid      = "TagFinalSnapshots"
+        Effect   = "Allow"
+        Action   = ["rds:AddTagsToResource"]
+        Resource = local.final_snapshots
+      }
+    }
+    describe_final_snapshots = {
+      needed = true
+      statement = {
+        Sid      = "DescribeFinalSnapshots"
+        Effect   = "Allow"
+        Action   = ["rds:DescribeDBClusterSnapshots"]
+        Resource = local.final_snapshots
       }
     }
     orchestrator_login = {
@@ -334,6 +364,7 @@ locals {
     "refresh-nlb-target"                = ["describe_cell_clusters", "describe_instances", "describe_target_groups", "refresh_targets", "journal_read", "journal_create"]
     "recreate-downstream-subscriptions" = ["describe_cell_clusters", "orchestrator_login", "downstream_login", "downstream_publisher_login", "journal_read", "journal_create", "decrypt_secrets"]
     "resume-pgbouncer"                  = ["describe_cell_clusters", "pgbouncer_login", "pgbouncer_list_tasks", "pgbouncer_describe_tasks", "application_roles", "journal_read", "journal_create", "decrypt_secrets"]
+    "close-rollback-window"             = ["list_clusters", "snapshot_old_blue", "tag_final_snapshots", "describe_final_snapshots", "orchestrator_login", "journal_read", "decrypt_secrets"]
   }
 
   function_statements = {

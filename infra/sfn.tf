@@ -4,6 +4,7 @@ locals {
     "prepare"         = "${path.module}/../state-machine/prepare.asl.json"
     "switchover"      = "${path.module}/../state-machine/switchover.asl.json"
     "abandon-prepare" = "${path.module}/../state-machine/abandon-prepare.asl.json"
+    "finalize"        = "${path.module}/../state-machine/finalize.asl.json"
   }
 }
 

@@ -65,7 +65,7 @@ pub fn execution_name(cell_id: &str, phase: &str, at: time::OffsetDateTime) -> S
 
 /// The state machines of one deployment, as Terraform names them: `<prefix>-<kind>`.
 /// `abandon-prepare` first: its name also ends in `-prepare`.
-const KINDS: [&str; 3] = ["abandon-prepare", "prepare", "switchover"];
+const KINDS: [&str; 4] = ["abandon-prepare", "prepare", "switchover", "finalize"];
 
 /// The other state machines of the same deployment: a run of any of them must not start
 /// while the cell has a run on another.
@@ -88,8 +88,9 @@ pub fn sibling_arns(state_machine_arn: &str) -> Vec<String> {
 
 /// Starts `state_machine_arn` with `{"cell": …}`, unless an execution of this cell is
 /// running on it or on another of the deployment's state machines (a switchover must not
-/// start while the cell's prepare runs, nor an abandon-prepare while either does). Two operators racing past this check still cannot both
-/// switch: the first state, `acquire-lock`, lets only one hold the cell.
+/// start while the cell's prepare runs, nor an abandon-prepare or a finalize while any
+/// other does). Two operators racing past this check still cannot both switch: the first
+/// state, `acquire-lock`, lets only one hold the cell.
 pub async fn start(
     client: &aws_sdk_sfn::Client,
     state_machine_arn: &str,
@@ -344,15 +345,35 @@ mod tests {
         let sm = "arn:aws:states:eu-west-1:123456789012:stateMachine:switchyard";
         assert_eq!(
             sibling_arns(&format!("{sm}-switchover")),
-            [format!("{sm}-abandon-prepare"), format!("{sm}-prepare")]
+            [
+                format!("{sm}-abandon-prepare"),
+                format!("{sm}-prepare"),
+                format!("{sm}-finalize")
+            ]
         );
         assert_eq!(
             sibling_arns(&format!("{sm}-prepare")),
-            [format!("{sm}-abandon-prepare"), format!("{sm}-switchover")]
+            [
+                format!("{sm}-abandon-prepare"),
+                format!("{sm}-switchover"),
+                format!("{sm}-finalize")
+            ]
         );
         assert_eq!(
             sibling_arns(&format!("{sm}-abandon-prepare")),
-            [format!("{sm}-prepare"), format!("{sm}-switchover")]
+            [
+                format!("{sm}-prepare"),
+                format!("{sm}-switchover"),
+                format!("{sm}-finalize")
+            ]
+        );
+        assert_eq!(
+            sibling_arns(&format!("{sm}-finalize")),
+            [
+                format!("{sm}-abandon-prepare"),
+                format!("{sm}-prepare"),
+                format!("{sm}-switchover")
+            ]
         );
         assert!(sibling_arns(&format!("{sm}-other")).is_empty());
     }

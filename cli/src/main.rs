@@ -1,7 +1,8 @@
 //! `switchyard`: the operator's commands.
 //!
 //! - `start`: a run of a state machine for a cell (execution `<cell>-<phase>-<utc>`),
-//!   refused while the cell has one running (prepare, switchover or abandon-prepare);
+//!   refused while the cell has one running (prepare, switchover, abandon-prepare or
+//!   finalize);
 //! - `follow`: an execution state by state as it happens — durations, retries, lag, the
 //!   pause window — ending with the outcome (exit 0 only if it succeeded);
 //! - `invoke`: one function by name with a cell document, in-process through the same
@@ -44,6 +45,8 @@ enum Phase {
     Switchover,
     /// Undoing a prepare that will not be switched.
     AbandonPrepare,
+    /// Closing the rollback window after the soak, on a switched cell.
+    Finalize,
 }
 
 impl Phase {
@@ -52,6 +55,7 @@ impl Phase {
             Self::Prepare => "prepare",
             Self::Switchover => "switchover",
             Self::AbandonPrepare => "abandon-prepare",
+            Self::Finalize => "finalize",
         }
     }
 }
@@ -59,7 +63,8 @@ impl Phase {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start a run for a cell; refused while an execution of the cell runs on any of the
-    /// deployment's state machines (`<prefix>-prepare`, `-switchover`, `-abandon-prepare`).
+    /// deployment's state machines (`<prefix>-prepare`, `-switchover`, `-abandon-prepare`,
+    /// `-finalize`).
     Start {
         /// The cell document (JSON).
         #[arg(long)]

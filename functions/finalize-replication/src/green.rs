@@ -20,12 +20,12 @@ const LOCK_TIMEOUT: &str = "10s";
 
 /// Green's cluster for `drop`: under its own identifier, or — after the forward rename —
 /// under blue's.
-pub(crate) async fn locate(cell: &CellDocument, deps: &Deps) -> Result<ClusterEndpoint, Error> {
+pub async fn locate(cell: &CellDocument, deps: &Deps) -> Result<ClusterEndpoint, Error> {
     green_fence::endpoint(cell, deps).await
 }
 
 /// Connects to green at `endpoint`, checked as [`open`], with our session's settings.
-pub(crate) async fn connect(
+pub async fn connect(
     cell: &CellDocument,
     deps: &Deps,
     endpoint: &ClusterEndpoint,
@@ -38,7 +38,7 @@ pub(crate) async fn connect(
 
 /// Connects to green at `endpoint` and checks it runs the target major: after a rename,
 /// an identifier alone does not say which cluster it is.
-pub(crate) async fn open(
+pub async fn open(
     cell: &CellDocument,
     deps: &Deps,
     endpoint: &ClusterEndpoint,

@@ -221,7 +221,8 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         Mode::Drop => {
             let green = green::locate(cell, deps).await?;
             // Located before anything is dropped: a mistaken identifier stops with nothing done.
-            let old_blue = old_blue::locate(&input, deps, &green).await?;
+            let old_blue =
+                old_blue::locate(cell, deps, &green, input.old_blue_identifier.as_deref()).await?;
             for database in &cell.databases {
                 let client = green::connect(cell, deps, &green, database).await?;
                 let subscriptions = green::drop_all(&client, &names).await?;
@@ -244,7 +245,8 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         Mode::Reverse => {
             require_switched(cell, &admitted)?;
             let green = green::locate(cell, deps).await?;
-            let old_blue = old_blue::locate(&input, deps, &green).await?;
+            let old_blue =
+                old_blue::locate(cell, deps, &green, input.old_blue_identifier.as_deref()).await?;
             let login = replication_login(cell, deps).await?;
             for database in &cell.databases {
                 let green_client = green::connect(cell, deps, &green, database).await?;
@@ -359,7 +361,8 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
         }
         Mode::Drop => {
             let green = green::locate(cell, deps).await?;
-            let old_blue = old_blue::locate(&input, deps, &green).await?;
+            let old_blue =
+                old_blue::locate(cell, deps, &green, input.old_blue_identifier.as_deref()).await?;
             for database in &cell.databases {
                 let client = green::open(cell, deps, &green, database).await?;
                 for (name, enabled) in green::to_drop(&client, &names).await? {
@@ -375,7 +378,8 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
         Mode::Reverse => {
             require_switched(cell, &admitted)?;
             let green = green::locate(cell, deps).await?;
-            let old_blue = old_blue::locate(&input, deps, &green).await?;
+            let old_blue =
+                old_blue::locate(cell, deps, &green, input.old_blue_identifier.as_deref()).await?;
             replication_login(cell, deps).await?;
             let way_back = switchyard_cell::reverse_replication_name();
             for database in &cell.databases {

@@ -12,8 +12,6 @@ use switchyard_operation::{guard, Deps, Error};
 use switchyard_postgres::quote::ident;
 use tokio_postgres::Client;
 
-use crate::Input;
-
 /// The event triggers start-replication's DDL guard installs.
 const GUARD_TRIGGERS: [&str; 2] = [guard::TRIGGERS[0].0, guard::TRIGGERS[1].0];
 
@@ -21,7 +19,9 @@ const GUARD_TRIGGERS: [&str; 2] = [guard::TRIGGERS[0].0, guard::TRIGGERS[1].0];
 const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(200);
 
-pub(crate) enum OldBlue {
+/// Where the old blue is, as far as can be told.
+#[derive(Clone, Debug)]
+pub enum OldBlue {
     /// Neither given nor found: every slot is left.
     Unknown,
     Unreachable {
@@ -33,7 +33,7 @@ pub(crate) enum OldBlue {
 }
 
 impl OldBlue {
-    pub(crate) fn identifier(&self) -> Option<String> {
+    pub fn identifier(&self) -> Option<String> {
         match self {
             Self::Unknown => None,
             Self::Unreachable { identifier } => Some(identifier.clone()),
@@ -49,15 +49,16 @@ pub(crate) struct Cleanup {
     pub guard_removed: bool,
 }
 
-/// Finds the old blue; `PreconditionFailed` when the identifier names green itself.
-pub(crate) async fn locate(
-    input: &Input,
+/// Finds the old blue (`given`, else as [`crate::Input::old_blue_identifier`] says);
+/// `PreconditionFailed` when the identifier names green itself.
+pub async fn locate(
+    cell: &CellDocument,
     deps: &Deps,
     green: &ClusterEndpoint,
+    given: Option<&str>,
 ) -> Result<OldBlue, Error> {
-    let cell = &input.cell;
-    let identifier = match &input.old_blue_identifier {
-        Some(id) => Some(id.clone()),
+    let identifier = match given {
+        Some(id) => Some(id.to_owned()),
         None => match journaled(cell, deps).await? {
             Some(id) => Some(id),
             // Green under its own name: no rename happened, blue still holds blue's.
@@ -137,7 +138,7 @@ async fn reach(
 
 /// A connection to `database` of the old blue, or `PreconditionFailed` naming why there is
 /// none (`reverse` cannot do without it).
-pub(crate) async fn require(
+pub async fn require(
     cell: &CellDocument,
     deps: &Deps,
     old_blue: &OldBlue,

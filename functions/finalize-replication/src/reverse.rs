@@ -29,6 +29,8 @@ use switchyard_operation::Error;
 use switchyard_postgres::quote::{ident, literal, qualified};
 use tokio_postgres::Client;
 
+/// How long green's slot may stay in use once its subscriber was detached.
+const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(10);
 /// How long the old blue's apply worker may take to connect to green's slot.
 const STREAM_WAIT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
@@ -158,12 +160,18 @@ pub async fn open_on_green(green: &Client, names: &[String]) -> Result<ReverseOu
     Ok(out)
 }
 
-/// Drops green's slot and publication (`enable`, and `disable` finding them older than
-/// itself). `PreconditionFailed` when the slot is in use: something streams from green, and
-/// it must stop first.
+/// Drops green's slot and publication (`enable`, `disable` finding them older than itself,
+/// and close-rollback-window). `PreconditionFailed` when the slot is still in use after
+/// [`SLOT_RELEASE_WAIT`]: something streams from green, and it must stop first.
 pub async fn close_on_green(green: &Client) -> Result<ReverseOutput, Error> {
     let name = reverse_replication_name();
-    let found = on_green(green).await?;
+    let mut found = on_green(green).await?;
+    let started = Instant::now();
+    // A walsender of a subscription just detached may take a moment to end.
+    while found.slot == Some(true) && started.elapsed() < SLOT_RELEASE_WAIT {
+        tokio::time::sleep(POLL).await;
+        found = on_green(green).await?;
+    }
     let mut out = ReverseOutput::default();
     match found.slot {
         Some(true) => {
@@ -210,6 +218,33 @@ pub async fn subscription(old_blue: &Client) -> Result<Option<bool>, Error> {
         .await
         .map_err(|e| Error::query(format!("reading subscription {name} on the old blue"), e))?
         .map(|r| r.get(0)))
+}
+
+/// Detaches the old blue's subscription from green's slot and drops it, without dialling
+/// green (DISABLE, `slot_name = NONE`, DROP): true when this call dropped it. The slot on
+/// green is then [`close_on_green`]'s.
+pub async fn detach_old_blue(old_blue: &Client) -> Result<bool, Error> {
+    let name = reverse_replication_name();
+    let Some(enabled) = subscription(old_blue).await? else {
+        return Ok(false);
+    };
+    let n = ident(&name);
+    // SET (slot_name = NONE) needs a disabled subscription, and keeps DROP off green.
+    let mut statements = Vec::new();
+    if enabled {
+        statements.push(format!("ALTER SUBSCRIPTION {n} DISABLE"));
+    }
+    statements.push(format!("ALTER SUBSCRIPTION {n} SET (slot_name = NONE)"));
+    statements.push(format!("DROP SUBSCRIPTION {n}"));
+    // Each alone: subscription DDL may not run inside a transaction block.
+    for sql in statements {
+        old_blue
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| Error::query(format!("{sql} on the old blue"), e))?;
+    }
+    tracing::info!(subscription = %name, "the old blue no longer follows green");
+    Ok(true)
 }
 
 /// `reverse`, in one database: the role on green, the old blue's subscription to green's

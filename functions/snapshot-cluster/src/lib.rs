@@ -61,6 +61,16 @@ pub const RUN_TAG: &str = "switchyard:run";
 /// `<blue identifier>-pre-upgrade-<run>`: letters, digits and single hyphens, as RDS
 /// requires, at most 255 characters.
 pub fn snapshot_identifier(blue: &str, run_id: &str) -> Result<String, Error> {
+    named(blue, "pre-upgrade", run_id)
+}
+
+/// `<old blue identifier>-final`: the old blue's last snapshot, when the rollback window
+/// closes. One per old blue, whichever run takes it: a rerun finds it.
+pub fn final_snapshot_identifier(old_blue: &str) -> String {
+    format!("{old_blue}-final")
+}
+
+fn named(cluster: &str, kind: &str, run_id: &str) -> Result<String, Error> {
     let mut run = String::new();
     for c in run_id.chars() {
         match c {
@@ -71,7 +81,7 @@ pub fn snapshot_identifier(blue: &str, run_id: &str) -> Result<String, Error> {
         }
     }
     let run = run.trim_matches('-');
-    let id = format!("{blue}-pre-upgrade-{run}");
+    let id = format!("{cluster}-{kind}-{run}");
     if run.is_empty() || id.len() > 255 {
         return Err(Error::stop(
             ErrorName::InvalidInput,
@@ -86,6 +96,19 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     fence::admit(deps, &input.cell, input.caller(), Direction::Either).await?;
     let blue = &input.cell.blue.cluster_identifier;
     let id = snapshot_identifier(blue, &input.run_id)?;
+    take(deps, &input.cell, blue, &id, &input.run_id).await
+}
+
+/// Snapshot `id` of `cluster`, tagged as run `run_id`'s: requested, or this run's found
+/// (then not requested again). Its status says when it is available.
+pub async fn take(
+    deps: &Deps,
+    cell: &CellDocument,
+    cluster: &str,
+    id: &str,
+    run_id: &str,
+) -> Result<Output, Error> {
+    let (blue, id) = (cluster, id.to_owned());
     let rds = &deps.aws.rds;
 
     if let Some(existing) = this_runs_snapshot(rds, blue, &id).await? {
@@ -98,8 +121,8 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         .create_db_cluster_snapshot()
         .db_cluster_snapshot_identifier(&id)
         .db_cluster_identifier(blue)
-        .tags(tag(RUN_TAG, &input.run_id))
-        .tags(tag("switchyard:cell", &input.cell.cell_id))
+        .tags(tag(RUN_TAG, run_id))
+        .tags(tag("switchyard:cell", &cell.cell_id))
         .send()
         .await;
     match created {
@@ -143,7 +166,7 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
 
 /// The snapshot named `id`, if it exists and is of `blue`: `PreconditionFailed` when the
 /// name is taken by another cluster's snapshot.
-async fn this_runs_snapshot(
+pub async fn this_runs_snapshot(
     rds: &aws_sdk_rds::Client,
     blue: &str,
     id: &str,

@@ -88,6 +88,7 @@ functions! {
     "refresh-nlb-target" => refresh_nlb_target planned,
     "recreate-downstream-subscriptions" => recreate_downstream_subscriptions planned,
     "resume-pgbouncer" => resume_pgbouncer planned,
+    "close-rollback-window" => close_rollback_window planned,
 }
 
 /// `{"cell": cell, …extra}`: the payload a state machine Task would pass.

@@ -24,8 +24,10 @@ pub const PREPARE: &str = "prepare";
 pub const SWITCHOVER: &str = "switchover";
 /// Undoes a prepare that will not be switched.
 pub const ABANDON_PREPARE: &str = "abandon-prepare";
+/// Ends the rollback window after a switch.
+pub const FINALIZE: &str = "finalize";
 /// Every checked-in definition.
-pub const DEFINITIONS: [&str; 3] = [PREPARE, SWITCHOVER, ABANDON_PREPARE];
+pub const DEFINITIONS: [&str; 4] = [PREPARE, SWITCHOVER, ABANDON_PREPARE, FINALIZE];
 
 /// `state-machine/<name>.asl.json`.
 pub fn definition_path(name: &str) -> std::path::PathBuf {

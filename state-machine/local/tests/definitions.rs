@@ -205,6 +205,7 @@ fn after_point_of_no_return(state: &str) -> bool {
         "release-lock",
         "prepare failed: release-lock",
         "abandon failed: release-lock",
+        "finalize failed: release-lock",
         "not started: release-lock",
     ]
     .contains(&state)

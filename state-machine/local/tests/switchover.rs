@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use switchyard_local_cell::{wait_keys_once, CellOptions, Install, Ledger, LocalCell};
-use switchyard_local_run::{load, LocalFunctions, ABANDON_PREPARE, PREPARE, SWITCHOVER};
+use switchyard_local_run::{load, LocalFunctions, ABANDON_PREPARE, FINALIZE, PREPARE, SWITCHOVER};
 use switchyard_operation::Deps;
 use switchyard_state_machine::{
     BoxFuture, EventType, Execution, Executor, Fault, StateType, Status, TaskFailure, TaskHandler,
@@ -1025,9 +1025,124 @@ async fn the_lag_gate_and_a_drop_racing_the_abort_path_lose_nothing() {
     assert_eq!(subscribed, 1, "the downstream is subscribed (to blue)");
     assert_on_blue(&cell, &deps, &ledger).await;
 
+    // Before the switch there is no rollback window: finalize changes nothing.
+    let early = Run::new(&cell, &deps, FINALIZE, "finalize-early")
+        .go()
+        .await;
+    assert_eq!(early.end(), "not started", "{}", early.describe());
+    assert_eq!(early.execution.error.as_deref(), Some("PreconditionFailed"));
+    assert_eq!(
+        early.calls.len(),
+        2,
+        "acquire-lock, then its release (if ours)"
+    );
+
     let ran = Run::new(&cell, &deps, SWITCHOVER, "switch").go().await;
     assert_switched(&cell, ledger, &ran).await;
+    finalize_closes_the_rollback_window(&cell, &deps).await;
     cell.shutdown();
+}
+
+/// On a switched cell, `finalize` crashed after close-rollback-window's side effect, then
+/// run again: the old blue follows green no more, neither cluster keeps a slot,
+/// publication, subscription, event trigger or role of ours (the old blue keeps its
+/// `switchyard` tables as evidence), the old blue has a final snapshot, and green still
+/// serves writes through PgBouncer.
+async fn finalize_closes_the_rollback_window(cell: &LocalCell, deps: &Deps) {
+    let role = cell.document.replication.role.clone();
+    let green = cell.green.superuser_client("app").await.expect("green");
+    let old_blue = cell.blue.superuser_client("app").await.expect("old blue");
+    let ours = |objects: Vec<String>| -> Vec<String> {
+        objects
+            .into_iter()
+            .filter(|o| o.contains("switchyard") || *o == format!("role {role}"))
+            .collect()
+    };
+    // What the switch left: the way back, and the replication role on both.
+    assert!(
+        ours(replication_objects(&green, &role).await)
+            .contains(&"slot switchyard_reverse".to_owned()),
+        "{:?}",
+        replication_objects(&green, &role).await
+    );
+    assert!(ours(replication_objects(&old_blue, &role).await)
+        .contains(&"subscription switchyard_reverse".to_owned()));
+
+    let crashed = Run::new(cell, deps, FINALIZE, "finalize-crash")
+        .fault(Fault::crash_after(
+            "close-rollback-window",
+            1,
+            CRASH,
+            "crashed after its side effect",
+        ))
+        .go()
+        .await;
+    assert_eq!(crashed.end(), "finalize failed", "{}", crashed.describe());
+    assert!(
+        lock_free(deps, cell).await,
+        "the failed run gave the lock back"
+    );
+    let done = Run::new(cell, deps, FINALIZE, "finalize").go().await;
+    assert_eq!(done.end(), "finalized", "{}", done.describe());
+    assert!(lock_free(deps, cell).await);
+
+    assert_eq!(
+        ours(replication_objects(&green, &role).await),
+        Vec::<String>::new()
+    );
+    let evidence = |o: &String| {
+        o.starts_with("schema switchyard")
+            || o.starts_with("relation switchyard.")
+            || o.starts_with("function switchyard.")
+    };
+    assert_eq!(
+        ours(replication_objects(&old_blue, &role).await)
+            .into_iter()
+            .filter(|o| !evidence(o))
+            .collect::<Vec<_>>(),
+        Vec::<String>::new(),
+        "no replication object of ours on the old blue"
+    );
+    let snapshots = cell
+        .moto
+        .clients
+        .rds
+        .describe_db_cluster_snapshots()
+        .db_cluster_identifier(format!(
+            "{}-blue-{}",
+            cell.document.blue.cluster_identifier, cell.blue.major
+        ))
+        .snapshot_type("manual")
+        .send()
+        .await
+        .expect("snapshots");
+    let names: Vec<String> = snapshots
+        .db_cluster_snapshots()
+        .iter()
+        .filter_map(|s| s.db_cluster_snapshot_identifier())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        names,
+        [format!(
+            "{}-blue-{}-final",
+            cell.document.blue.cluster_identifier, cell.blue.major
+        )],
+        "one final snapshot of the old blue, the crashed run's found again by the next"
+    );
+    assert_eq!(
+        cell.version_through_pgbouncer().await.expect("version"),
+        cell.green.version_num,
+        "still on green"
+    );
+    let writes_on_green = green
+        .execute(
+            "INSERT INTO public.payments (account_id, amount, memo) SELECT min(id), 1, 'after finalize' FROM public.accounts",
+            &[],
+        )
+        .await
+        .expect("green takes writes");
+    assert_eq!(writes_on_green, 1);
 }
 
 /// Step Functions fails a run whose state passes 256 KB, and no Catch sees it: the run

@@ -7,7 +7,9 @@
 //! Checked: each state machine's definition renders to the checked-in ASL with every
 //! `${placeholder}` filled by its function's ARN; one Lambda and one role per function in
 //! `state-machine/functions.json`; every policy grants no wildcard action, `"*"` resources
-//! only for actions AWS cannot scope, and `rds:ModifyDBCluster` only to rename-clusters.
+//! only for actions AWS cannot scope, `rds:ModifyDBCluster` only to rename-clusters, and
+//! `rds:CreateDBClusterSnapshot` only to snapshot-cluster (blue) and close-rollback-window
+//! (the parked old blue).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -924,6 +926,78 @@ fn policies_grant_only_named_actions_and_only_rename_clusters_renames() {
     .collect();
     assert_eq!(rename_resources, want);
 
+    // Snapshots: snapshot-cluster takes blue's before the upgrade; close-rollback-window
+    // the parked old blue's last one, never a cluster under blue's own name (green's,
+    // after the switch).
+    let resources_of = |function: &str, action: &str| -> BTreeSet<String> {
+        policies[function]
+            .iter()
+            .filter(|s| strings(&s["Action"]).iter().any(|a| a == action))
+            .flat_map(|s| strings(&s["Resource"]))
+            .collect()
+    };
+    let snapshotters: BTreeSet<String> = policies
+        .iter()
+        .filter(|(_, statements)| {
+            statements.iter().any(|s| {
+                strings(&s["Action"])
+                    .iter()
+                    .any(|a| a == "rds:CreateDBClusterSnapshot")
+            })
+        })
+        .map(|(owner, _)| owner.clone())
+        .collect();
+    assert_eq!(
+        snapshotters,
+        BTreeSet::from([
+            "close-rollback-window".to_owned(),
+            "snapshot-cluster".to_owned()
+        ]),
+        "functions that may snapshot a cluster"
+    );
+    let snapshot = format!("arn:aws:rds:{REGION}:{ACCOUNT}:cluster-snapshot:");
+    let cells = ["cell-a", "cell-b"];
+    let pre_upgrade: BTreeSet<String> = cells
+        .iter()
+        .map(|c| format!("{snapshot}{c}-pre-upgrade-*"))
+        .collect();
+    let want: BTreeSet<String> = cells
+        .iter()
+        .map(|c| format!("{rds}{c}"))
+        .chain(pre_upgrade.iter().cloned())
+        .collect();
+    assert_eq!(
+        resources_of("snapshot-cluster", "rds:CreateDBClusterSnapshot"),
+        want,
+        "snapshot-cluster snapshots blue"
+    );
+    let finals: BTreeSet<String> = cells
+        .iter()
+        .map(|c| format!("{snapshot}{c}-blue-*-final"))
+        .collect();
+    let want: BTreeSet<String> = cells
+        .iter()
+        .map(|c| format!("{rds}{c}-blue-*"))
+        .chain(finals.iter().cloned())
+        .collect();
+    assert_eq!(
+        resources_of("close-rollback-window", "rds:CreateDBClusterSnapshot"),
+        want,
+        "close-rollback-window snapshots the parked old blue only"
+    );
+    for action in ["rds:AddTagsToResource", "rds:DescribeDBClusterSnapshots"] {
+        assert_eq!(
+            resources_of("snapshot-cluster", action),
+            pre_upgrade,
+            "snapshot-cluster: {action}"
+        );
+        assert_eq!(
+            resources_of("close-rollback-window", action),
+            finals,
+            "close-rollback-window: {action}"
+        );
+    }
+
     // Journal writes: only the functions whose code writes the journal.
     let writers: BTreeSet<String> = policies
         .iter()
@@ -952,6 +1026,7 @@ fn policies_grant_only_named_actions_and_only_rename_clusters_renames() {
         "resume-pgbouncer",
         // Not the journal: the replication role's password, rotated once per run.
         "start-replication",
+        // Not close-rollback-window: it reads the switched decision and keeps it.
     ]
     .iter()
     .map(|s| (*s).to_owned())
