@@ -277,6 +277,10 @@ pub struct Budgets {
     /// running at the end is cancelled and its table is started again by the next one; a
     /// cancelled VACUUM keeps the pages it finished. 0: one table per invocation.
     pub analyze_seconds: u64,
+    /// After the switch: how much WAL green's slot `switchyard_reverse` may keep for the
+    /// old blue before `check-drift` calls it a blocker (the old blue not keeping up, or
+    /// not following at all: green's storage grows until the window is closed).
+    pub rollback_wal_bytes: u64,
 }
 
 impl Default for Budgets {
@@ -293,6 +297,7 @@ impl Default for Budgets {
             verify_seconds: 600,
             verify_chunk_rows: 10_000,
             analyze_seconds: 600,
+            rollback_wal_bytes: 10 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -516,6 +521,7 @@ mod tests {
         assert_eq!(document.budgets.verify_seconds, 600);
         assert_eq!(document.budgets.verify_chunk_rows, 10_000);
         assert_eq!(document.budgets.analyze_seconds, 600);
+        assert_eq!(document.budgets.rollback_wal_bytes, 10 * 1024 * 1024 * 1024);
     }
 
     #[test]

@@ -274,6 +274,7 @@ fn check_budgets(budgets: &Budgets, problems: &mut Problems) {
         ),
         ("sequence_gap", budgets.sequence_gap, None),
         ("verify_chunk_rows", budgets.verify_chunk_rows, None),
+        ("rollback_wal_bytes", budgets.rollback_wal_bytes, None),
     ];
     for (name, value, max) in limits {
         let field = format!("budgets.{name}");

@@ -7,11 +7,17 @@
 //! own preflight runs the same checks and stops before pausing). It reports, it does not
 //! fail: `clean` is false when there is a blocker, and each finding names its objects and
 //! the fix.
+//!
+//! On a switched cell it watches the rollback window instead ([`preflight::rollback`]):
+//! green's slot `switchyard_reverse` streaming to the old blue, and the WAL it keeps
+//! against `budgets.rollback_wal_bytes` (each database's in `rollback_slots`).
 
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
+use switchyard_operation::fence::Decision;
 use switchyard_operation::{Deps, Error, OperationInput};
 
+pub use preflight::rollback::Slot as RollbackSlot;
 pub use preflight::{Code, Finding};
 
 /// ```json
@@ -35,11 +41,27 @@ pub struct Output {
     pub clean: bool,
     pub blockers: Vec<Finding>,
     pub warnings: Vec<Finding>,
+    /// On a switched cell: green's slot `switchyard_reverse` in each database that has it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollback_slots: Vec<RollbackSlot>,
 }
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
-    let findings = Box::pin(preflight::drift::check(&input.cell, deps)).await?;
+    let cell = &input.cell;
+    let switched = deps
+        .journal(cell)
+        .get::<Decision>()
+        .await?
+        .is_some_and(|d| d.switched(cell));
+    let (findings, rollback_slots) = if switched {
+        Box::pin(preflight::rollback::check(cell, deps)).await?
+    } else {
+        (
+            Box::pin(preflight::drift::check(cell, deps)).await?,
+            Vec::new(),
+        )
+    };
     let (blockers, warnings): (Vec<Finding>, Vec<Finding>) =
         findings.into_iter().partition(|f| f.code.is_blocker());
     if blockers.is_empty() {
@@ -51,6 +73,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         clean: blockers.is_empty(),
         blockers,
         warnings,
+        rollback_slots,
     })
 }
 

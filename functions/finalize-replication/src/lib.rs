@@ -166,6 +166,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
                 green::prepare(&green).await?;
                 // A way back found while a subscription still runs predates this disable:
                 // its slot may hold changes green applied from blue.
+                let started = std::time::Instant::now();
                 let stale = if green::to_set(&green, &names, false)
                     .await?
                     .iter()
@@ -175,12 +176,16 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
                 } else {
                     reverse::ReverseOutput::default()
                 };
+                let mut spent = started.elapsed();
                 let subscriptions = green::set_enabled(&green, &names, false).await?;
                 // After the workers are gone (set_enabled waits): the slot starts after
                 // the last change applied from blue.
+                let started = std::time::Instant::now();
                 let mut way_back = reverse::open_on_green(&green, &names).await?;
+                spent += started.elapsed();
                 way_back.publication_changed |= stale.publication_changed;
                 way_back.slot_changed |= stale.slot_changed;
+                way_back.elapsed_ms = Some(u64::try_from(spent.as_millis()).unwrap_or(u64::MAX));
                 databases.push(DatabaseOutput {
                     name: database.clone(),
                     subscriptions,

@@ -58,6 +58,10 @@ pub struct ReverseOutput {
     /// `reverse`: the WAL green's slot retains for the old blue, in bytes, once it streams.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retained_bytes: Option<i64>,
+    /// `disable`: what the way back added to the pause window on green (a stale one
+    /// dropped, the publication and slot made), in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elapsed_ms: Option<u64>,
 }
 
 /// Green's side of the way back in the connected database.

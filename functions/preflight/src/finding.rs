@@ -82,6 +82,14 @@ pub enum Code {
     /// Before prepare: blue already has this cell's slots, retaining WAL (an earlier
     /// prepare neither switched nor abandoned, or one being retried).
     LeftoverSlot,
+    /// After the switch (`check-drift`): green has no slot `switchyard_reverse` — the
+    /// window was closed by finalize, or the way back is gone.
+    RollbackWindowClosed,
+    /// After the switch: green's slot `switchyard_reverse` exists but nothing streams from
+    /// it — the old blue does not follow, and green keeps WAL for it.
+    RollbackNotStreaming,
+    /// After the switch: green's slot keeps more WAL than `budgets.rollback_wal_bytes`.
+    RollbackSlotRetains,
 }
 
 impl Code {
@@ -94,6 +102,7 @@ impl Code {
                 | Self::MaterializedView
                 | Self::RolePasswordUnverifiable
                 | Self::LeftoverSlot
+                | Self::RollbackWindowClosed
         )
     }
 

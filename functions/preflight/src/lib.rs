@@ -20,6 +20,7 @@ mod downstream;
 pub mod drift;
 mod finding;
 mod pgbouncer;
+pub mod rollback;
 mod schema;
 mod search_path;
 

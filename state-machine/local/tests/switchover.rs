@@ -1043,12 +1043,70 @@ async fn the_lag_gate_and_a_drop_racing_the_abort_path_lose_nothing() {
     cell.shutdown();
 }
 
-/// On a switched cell, `finalize` crashed after close-rollback-window's side effect, then
-/// run again: the old blue follows green no more, neither cluster keeps a slot,
-/// publication, subscription, event trigger or role of ours (the old blue keeps its
-/// `switchyard` tables as evidence), the old blue has a final snapshot, and green still
-/// serves writes through PgBouncer.
+/// The rollback window watched by `check-drift` on a switched cell: clean while the old
+/// blue follows; `ROLLBACK_NOT_STREAMING` once its subscription stops;
+/// `ROLLBACK_SLOT_RETAINS` past a 1-byte budget; clean again once finalize-replication
+/// (reverse) is run again by hand. Then `finalize` crashed after close-rollback-window's
+/// side effect, then run again: the old blue follows green no more, neither cluster keeps a
+/// slot, publication, subscription, event trigger or role of ours (the old blue keeps its
+/// `switchyard` tables as evidence), the old blue has a final snapshot, green still serves
+/// writes, and `check-drift` says the window is closed (a warning).
 async fn finalize_closes_the_rollback_window(cell: &LocalCell, deps: &Deps) {
+    let watch = |budget: Option<u64>| async move {
+        let mut input = cell_input(cell);
+        if let Some(budget) = budget {
+            input["cell"]["budgets"]["rollback_wal_bytes"] = json!(budget);
+        }
+        let out = switchyard_local_run::invoke("check-drift", input, deps)
+            .await
+            .expect("check-drift runs");
+        let codes = |kind: &str| -> Vec<String> {
+            out[kind]
+                .as_array()
+                .expect("findings")
+                .iter()
+                .map(|b| b["code"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        };
+        (
+            codes("blockers"),
+            codes("warnings"),
+            out["rollback_slots"].clone(),
+        )
+    };
+    let (blockers, warnings, slots) = watch(None).await;
+    assert_eq!((blockers, warnings), (Vec::new(), Vec::new()), "{slots}");
+    assert_eq!(slots[0]["database"], "app");
+    assert_eq!(slots[0]["active"], true, "{slots}");
+    assert!(slots[0]["retained_bytes"].as_i64().is_some(), "{slots}");
+
+    let old_blue = cell.blue.superuser_client("app").await.expect("old blue");
+    old_blue
+        .batch_execute("ALTER SUBSCRIPTION switchyard_reverse DISABLE")
+        .await
+        .expect("the old blue stops following");
+    let started = Instant::now();
+    loop {
+        let (blockers, _, slots) = watch(Some(1)).await;
+        if blockers == ["ROLLBACK_NOT_STREAMING", "ROLLBACK_SLOT_RETAINS"] {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "{blockers:?} {slots}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut payload = switchyard_local_run::payload(&cell.document, json!({ "mode": "reverse" }));
+    payload["run_id"] = json!("by-hand");
+    payload["force"] = json!(true);
+    let again = switchyard_local_run::invoke("finalize-replication", payload, deps)
+        .await
+        .expect("finalize-replication reverse again");
+    assert_eq!(
+        again["databases"][0]["reverse"]["subscription_changed"], true,
+        "{again}"
+    );
+    let (blockers, _, _) = watch(None).await;
+    assert_eq!(blockers, Vec::<String>::new(), "following again");
+
     let role = cell.document.replication.role.clone();
     let green = cell.green.superuser_client("app").await.expect("green");
     let old_blue = cell.blue.superuser_client("app").await.expect("old blue");
@@ -1143,6 +1201,12 @@ async fn finalize_closes_the_rollback_window(cell: &LocalCell, deps: &Deps) {
         .await
         .expect("green takes writes");
     assert_eq!(writes_on_green, 1);
+    let (blockers, warnings, slots) = watch(None).await;
+    assert_eq!(
+        (blockers, warnings),
+        (Vec::new(), vec!["ROLLBACK_WINDOW_CLOSED".to_owned()]),
+        "{slots}"
+    );
 }
 
 /// Step Functions fails a run whose state passes 256 KB, and no Catch sees it: the run
