@@ -119,8 +119,8 @@ pub async fn open_on_green(green: &Client, names: &[String]) -> Result<ReverseOu
     let found = on_green(green).await?;
     let mut out = ReverseOutput::default();
     if found.slot.is_some() {
-        // Made by an earlier call of this disable (see `disable_stale`): kept, with the
-        // publication it was made after.
+        // Made by an earlier call of this disable (one found while a subscription still
+        // ran was dropped first, in `run`): kept, with the publication it was made after.
         return Ok(out);
     }
     let tables = replicated_tables(green, names).await?;
