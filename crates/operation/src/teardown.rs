@@ -168,3 +168,48 @@ pub async fn drop_role(blue: &Client, role: &str, rerun: &str) -> Result<bool, E
         Err(e) => Err(Error::query(&sql, e)),
     }
 }
+
+/// `PreconditionFailed` unless `role` may be dropped from the `cluster` `client` is on: it
+/// is not the orchestrator's own login, and owns nothing there (then it is not only ours).
+pub async fn refuse_to_drop(client: &Client, role: &str, cluster: &str) -> Result<(), Error> {
+    let orchestrator: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .map_err(|e| Error::query(format!("reading the orchestrator's name on {cluster}"), e))?
+        .get(0);
+    if orchestrator == role {
+        return Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!(
+                "replication.role {} is the orchestrator's own login: it is not dropped; nothing was changed",
+                ident(role)
+            ),
+        ));
+    }
+    let owned = owned_objects(client, role).await?;
+    if owned > 0 {
+        return Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!(
+                "the replication role {} owns {owned} objects on {cluster}: it is not only switchyard's to drop. Reassign them (REASSIGN OWNED BY) or drop the role by hand; nothing was changed",
+                ident(role)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Revokes every privilege `role` holds by name in the connected database: `kind object`
+/// of each.
+pub async fn revoke_all(client: &Client, role: &str) -> Result<Vec<String>, Error> {
+    let mut revoked = Vec::new();
+    for (kind, object) in granted(client, role).await? {
+        let sql = format!("REVOKE ALL ON {kind} {object} FROM {}", ident(role));
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| Error::query(&sql, e))?;
+        revoked.push(format!("{kind} {object}"));
+    }
+    Ok(revoked)
+}

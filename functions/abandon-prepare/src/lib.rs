@@ -30,8 +30,8 @@ use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_operation::downstream::Journaled;
 use switchyard_operation::fence::{self, Caller, Direction};
 use switchyard_operation::teardown::{
-    drop_role, drop_schema_if_empty, exists, function_exists, granted, owned_objects,
-    publication_exists, role_exists, MARKER, SCHEMA,
+    drop_role, drop_schema_if_empty, exists, function_exists, granted, publication_exists,
+    refuse_to_drop, revoke_all, role_exists, MARKER, SCHEMA,
 };
 use switchyard_operation::{guard, saved_acls, Deps, Error, OperationInput, Plan, Side};
 use switchyard_postgres::quote::ident;
@@ -260,36 +260,7 @@ async fn refusals(input: &Input, deps: &Deps) -> Result<(), Error> {
                 ),
             ));
         }
-        let orchestrator: String = blue
-            .query_one("SELECT current_user::text", &[])
-            .await
-            .map_err(|e| Error::query("reading the orchestrator's name on blue", e))?
-            .get(0);
-        if orchestrator == cell.replication.role {
-            return Err(Error::stop(
-                ErrorName::PreconditionFailed,
-                format!(
-                    "replication.role {} is the orchestrator's own login: it is not dropped; nothing was changed",
-                    ident(&orchestrator)
-                ),
-            ));
-        }
-    }
-    let blue = Box::pin(deps.connect(
-        cell,
-        Side::Blue,
-        cell.databases.first().map_or("postgres", String::as_str),
-    ))
-    .await?;
-    let owned = owned_objects(&blue, &cell.replication.role).await?;
-    if owned > 0 {
-        return Err(Error::stop(
-            ErrorName::PreconditionFailed,
-            format!(
-                "the replication role {} owns {owned} objects on blue: it is not only switchyard's to drop. Reassign them (REASSIGN OWNED BY) or drop the role by hand; nothing was changed",
-                ident(&cell.replication.role)
-            ),
-        ));
+        refuse_to_drop(&blue, &cell.replication.role, "blue").await?;
     }
     Ok(())
 }
@@ -367,13 +338,7 @@ async fn abandon_database(
     if drop_schema_if_empty(&blue).await? {
         out.blue_objects_dropped.push(ident(SCHEMA));
     }
-    for (kind, object) in granted(&blue, role).await? {
-        let sql = format!("REVOKE ALL ON {kind} {object} FROM {}", ident(role));
-        blue.batch_execute(&sql)
-            .await
-            .map_err(|e| Error::query(&sql, e))?;
-        out.privileges_revoked.push(format!("{kind} {object}"));
-    }
+    out.privileges_revoked = revoke_all(&blue, role).await?;
 
     if exists(&green, MARKER).await? {
         let sql = format!("DROP TABLE IF EXISTS {MARKER}");

@@ -27,12 +27,11 @@ use switchyard_cell::{reverse_replication_name, CellDocument};
 use switchyard_errors::ErrorName;
 use switchyard_operation::fence::{self, Caller, Direction};
 use switchyard_operation::teardown::{
-    drop_role, drop_schema_if_empty, exists, granted, owned_objects, publication_exists,
-    role_exists, MARKER, SCHEMA,
+    drop_role, drop_schema_if_empty, exists, granted, publication_exists, refuse_to_drop,
+    revoke_all, role_exists, MARKER, SCHEMA,
 };
 use switchyard_operation::{Deps, Error, OperationInput, Plan};
 use switchyard_postgres::quote::ident;
-use tokio_postgres::Client;
 
 use finalize_replication::old_blue::{self, OldBlue};
 use finalize_replication::{green, reverse};
@@ -241,36 +240,8 @@ async fn refusals(input: &Input, deps: &Deps) -> Result<Clusters, Error> {
     let old_client = old_blue::require(cell, deps, &old_blue, first).await?;
     let identifier = old_blue.identifier().unwrap_or_default();
     let role = &cell.replication.role;
-    for (cluster, client) in [("green", &green_client), ("old blue", &old_client)] {
-        let orchestrator: String = client
-            .query_one("SELECT current_user::text", &[])
-            .await
-            .map_err(|e| {
-                Error::query(
-                    format!("reading the orchestrator's name on the {cluster}"),
-                    e,
-                )
-            })?
-            .get(0);
-        if &orchestrator == role {
-            return Err(Error::stop(
-                ErrorName::PreconditionFailed,
-                format!(
-                    "replication.role {} is the orchestrator's own login: it is not dropped; nothing was changed",
-                    ident(role)
-                ),
-            ));
-        }
-        let owned = owned_objects(client, role).await?;
-        if owned > 0 {
-            return Err(Error::stop(
-                ErrorName::PreconditionFailed,
-                format!(
-                    "the replication role {} owns {owned} objects on the {cluster}: it is not only switchyard's to drop. Reassign them (REASSIGN OWNED BY) or drop the role by hand; nothing was changed",
-                    ident(role)
-                ),
-            ));
-        }
+    for (cluster, client) in [("green", &green_client), ("the old blue", &old_client)] {
+        refuse_to_drop(client, role, cluster).await?;
     }
     Ok(Clusters {
         green: green_at,
@@ -316,8 +287,9 @@ async fn close_database(
     }
     out.guard_removed = old_blue::remove_guard(&old_client).await?;
     for (cluster, client) in [("old blue", &old_client), ("green", &green_client)] {
+        let revoked = revoke_all(client, role).await?;
         out.privileges_revoked
-            .extend(revoke_all(client, role, cluster).await?);
+            .extend(revoked.into_iter().map(|r| format!("{cluster}: {r}")));
     }
     if exists(&green_client, MARKER).await? {
         let sql = format!("DROP TABLE IF EXISTS {MARKER}");
@@ -336,20 +308,6 @@ async fn close_database(
         "rollback window closed in this database"
     );
     Ok(out)
-}
-
-/// Revokes every privilege `role` holds by name in the connected database.
-async fn revoke_all(client: &Client, role: &str, cluster: &str) -> Result<Vec<String>, Error> {
-    let mut revoked = Vec::new();
-    for (kind, object) in granted(client, role).await? {
-        let sql = format!("REVOKE ALL ON {kind} {object} FROM {}", ident(role));
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| Error::query(format!("{sql} on the {cluster}"), e))?;
-        revoked.push(format!("{cluster}: {kind} {object}"));
-    }
-    Ok(revoked)
 }
 
 #[cfg(test)]
