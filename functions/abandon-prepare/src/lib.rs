@@ -10,7 +10,9 @@
 //! is then not only ours to drop). Then, marked as an abort-direction step, per database:
 //!
 //! 1. green: each subscription named `cell.replication_names()` is dropped, which drops
-//!    its slot on blue and the table-sync slots of a copy still running;
+//!    its slot on blue and the table-sync slots of a copy still running; then a way back
+//!    (slot and publication `switchyard_reverse`) an abort left when it stopped before
+//!    its enable step;
 //! 2. blue: the DDL guard's event triggers (first, so nothing below is journaled), each
 //!    slot still there (once its walsender ended), each publication of the same names, our tables
 //!    (the marker, the vouched-transaction list, revoke-writes' saved ACLs once restored,
@@ -38,6 +40,7 @@ use switchyard_postgres::quote::ident;
 
 use finalize_replication::green as subscriptions;
 use finalize_replication::old_blue as slots;
+use finalize_replication::reverse;
 
 /// ```json
 /// {"cell": { …the cell document… }, "run_id": "abandon-prepare-local-a-20261203T120000Z"}
@@ -148,6 +151,13 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
             plan.would(format!(
                 "drop subscription {} on green (database {database}), and with it its slots on blue",
                 ident(&name)
+            ));
+        }
+        let found = reverse::on_green(&green).await?;
+        if found.publication || found.slot.is_some() {
+            plan.would(format!(
+                "drop slot and publication {} on green (database {database}): a way back an unfinished abort left",
+                switchyard_cell::reverse_replication_name()
             ));
         }
         let blue = Box::pin(deps.connect(cell, Side::Blue, database)).await?;
@@ -289,6 +299,18 @@ async fn abandon_database(
         subscriptions_dropped.push(name);
     }
 
+    // A way back an abort left behind when it stopped before its enable step: green's
+    // slot would keep WAL for nobody.
+    let way_back = reverse::close_on_green(&green).await?;
+    let reverse_name = switchyard_cell::reverse_replication_name();
+    let mut green_objects_dropped = Vec::new();
+    if way_back.slot_changed {
+        green_objects_dropped.push(format!("slot {reverse_name}"));
+    }
+    if way_back.publication_changed {
+        green_objects_dropped.push(format!("publication {reverse_name}"));
+    }
+
     let blue = deps.connect(cell, Side::Blue, database).await?;
     // The guard first: nothing dropped below is then journaled as DDL drift.
     let guard_removed = slots::remove_guard(&blue).await?;
@@ -300,7 +322,7 @@ async fn abandon_database(
         publications_dropped: Vec::new(),
         guard_removed,
         blue_objects_dropped: Vec::new(),
-        green_objects_dropped: Vec::new(),
+        green_objects_dropped,
         privileges_revoked: Vec::new(),
     };
     for name in names {

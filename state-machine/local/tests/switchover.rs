@@ -1620,6 +1620,17 @@ async fn abandon_prepare_leaves_blue_as_before_prepare() {
         "{text}"
     );
 
+    // A way back left on green by an abort that stopped before its enable step.
+    for sql in [
+        "CREATE PUBLICATION switchyard_reverse FOR TABLE public.accounts",
+        "SELECT pg_create_logical_replication_slot('switchyard_reverse', 'pgoutput')",
+    ] {
+        green
+            .batch_execute(sql)
+            .await
+            .expect("a way back left on green");
+    }
+
     let dry_input = |run_id: &str| abandon_prepare::Input {
         cell: cell.document.clone(),
         run_id: run_id.to_owned(),
@@ -1632,6 +1643,7 @@ async fn abandon_prepare_leaves_blue_as_before_prepare() {
         "drop subscription \"switchyard_rest\" on green (database app), and with it its slots on blue",
         "drop slot \"switchyard_rest\" on blue (database app)",
         "drop publication \"switchyard_rest\" on blue (database app)",
+        "drop slot and publication switchyard_reverse on green (database app): a way back an unfinished abort left",
     ] {
         assert!(
             dry.would.iter().any(|w| w == expected),
