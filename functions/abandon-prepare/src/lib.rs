@@ -325,21 +325,10 @@ async fn abandon_database(
         green_objects_dropped,
         privileges_revoked: Vec::new(),
     };
-    for name in names {
-        match slots::drop_slot(&blue, name).await? {
-            Some(true) => out.slots_dropped.push(name.clone()),
-            Some(false) => out.slots_left.push(name.clone()),
-            None => {}
-        }
-        if publication_exists(&blue, name).await? {
-            let sql = format!("DROP PUBLICATION IF EXISTS {}", ident(name));
-            blue.batch_execute(&sql)
-                .await
-                .map_err(|e| Error::query(&sql, e))?;
-            tracing::info!(publication = %name, "publication dropped on blue");
-            out.publications_dropped.push(name.clone());
-        }
-    }
+    let publishing = slots::drop_publishing(&blue, names).await?;
+    out.slots_dropped = publishing.slots_dropped;
+    out.slots_left = publishing.slots_left;
+    out.publications_dropped = publishing.publications_dropped;
     for table in blue_tables() {
         if exists(&blue, table).await? {
             let sql = format!("DROP TABLE IF EXISTS {table}");

@@ -270,21 +270,10 @@ async fn close_database(
     out.green_slot_dropped = closed.slot_changed;
     out.green_publication_dropped = closed.publication_changed;
 
-    for name in cell.replication_names() {
-        match old_blue::drop_slot(&old_client, &name).await? {
-            Some(true) => out.old_blue_slots_dropped.push(name.clone()),
-            Some(false) => out.old_blue_slots_left.push(name.clone()),
-            None => {}
-        }
-        if publication_exists(&old_client, &name).await? {
-            let sql = format!("DROP PUBLICATION IF EXISTS {}", ident(&name));
-            old_client
-                .batch_execute(&sql)
-                .await
-                .map_err(|e| Error::query(format!("{sql} on the old blue"), e))?;
-            out.old_blue_publications_dropped.push(name);
-        }
-    }
+    let publishing = old_blue::drop_publishing(&old_client, &cell.replication_names()).await?;
+    out.old_blue_slots_dropped = publishing.slots_dropped;
+    out.old_blue_slots_left = publishing.slots_left;
+    out.old_blue_publications_dropped = publishing.publications_dropped;
     out.guard_removed = old_blue::remove_guard(&old_client).await?;
     for (cluster, client) in [("old blue", &old_client), ("green", &green_client)] {
         let revoked = revoke_all(client, role).await?;

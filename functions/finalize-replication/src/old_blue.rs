@@ -8,7 +8,7 @@ use switchyard_aws::ClusterEndpoint;
 use switchyard_cell::CellDocument;
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_operation::rename::{self, RenamePlan};
-use switchyard_operation::{guard, Deps, Error};
+use switchyard_operation::{guard, teardown, Deps, Error};
 use switchyard_postgres::quote::ident;
 use tokio_postgres::Client;
 
@@ -263,6 +263,37 @@ pub async fn drop_slot(blue: &Client, name: &str) -> Result<Option<bool>, Error>
         .map_err(|e| Error::query(format!("dropping slot {name} on the old blue"), e))?;
     tracing::info!(slot = %name, "slot dropped on the old blue");
     Ok(Some(true))
+}
+
+/// What [`drop_publishing`] did in one database.
+#[derive(Debug, Default)]
+pub struct Publishing {
+    pub slots_dropped: Vec<String>,
+    /// Still in use after the wait: left to drop by hand, or to a rerun.
+    pub slots_left: Vec<String>,
+    pub publications_dropped: Vec<String>,
+}
+
+/// Drops the slot (once its walsender ended) and the publication of each of `names` in
+/// the connected database of blue, or of the old blue: what prepare made to publish.
+pub async fn drop_publishing(blue: &Client, names: &[String]) -> Result<Publishing, Error> {
+    let mut out = Publishing::default();
+    for name in names {
+        match drop_slot(blue, name).await? {
+            Some(true) => out.slots_dropped.push(name.clone()),
+            Some(false) => out.slots_left.push(name.clone()),
+            None => {}
+        }
+        if teardown::publication_exists(blue, name).await? {
+            let sql = format!("DROP PUBLICATION IF EXISTS {}", ident(name));
+            blue.batch_execute(&sql)
+                .await
+                .map_err(|e| Error::query(&sql, e))?;
+            tracing::info!(publication = %name, "publication dropped");
+            out.publications_dropped.push(name.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// Whether any of the guard's event triggers is installed.
