@@ -187,6 +187,34 @@ pub async fn to_drop(green: &Client, names: &[String]) -> Result<Vec<(String, bo
     Ok(out)
 }
 
+/// Drops subscription `name` of the connected database on `server` without contacting
+/// its publisher: DISABLE (when `enabled`), `SET (slot_name = NONE)`, which needs a
+/// disabled subscription and keeps DROP off the publisher, then DROP. The slot stays on
+/// the publisher, for the caller to drop.
+pub async fn detach_and_drop(
+    client: &Client,
+    name: &str,
+    enabled: bool,
+    server: &str,
+) -> Result<(), Error> {
+    let sub = ident(name);
+    let mut statements = Vec::new();
+    if enabled {
+        statements.push(format!("ALTER SUBSCRIPTION {sub} DISABLE"));
+    }
+    statements.push(format!("ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)"));
+    statements.push(format!("DROP SUBSCRIPTION {sub}"));
+    // Each alone: subscription DDL may not run inside a transaction block.
+    for sql in statements {
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| Error::query(format!("{sql} on {server}"), e))?;
+    }
+    tracing::info!(subscription = %name, %server, "subscription dropped");
+    Ok(())
+}
+
 /// Drops each subscription without contacting its publisher; a missing one was dropped
 /// already.
 pub(crate) async fn drop_all(
@@ -203,31 +231,9 @@ pub(crate) async fn drop_all(
             });
             continue;
         };
-        let sub = ident(name);
-        // SET (slot_name = NONE) needs a disabled subscription, and makes DROP leave the
-        // publisher alone: after the rename its conninfo's host name points at green itself.
-        if *is_enabled {
-            green
-                .batch_execute(&format!("ALTER SUBSCRIPTION {sub} DISABLE"))
-                .await
-                .map_err(|e| {
-                    Error::query(format!("ALTER SUBSCRIPTION {name} DISABLE on green"), e)
-                })?;
-        }
-        green
-            .batch_execute(&format!("ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)"))
-            .await
-            .map_err(|e| {
-                Error::query(
-                    format!("detaching subscription {name} from its slot on green"),
-                    e,
-                )
-            })?;
-        green
-            .batch_execute(&format!("DROP SUBSCRIPTION {sub}"))
-            .await
-            .map_err(|e| Error::query(format!("DROP SUBSCRIPTION {name} on green"), e))?;
-        tracing::info!(subscription = %name, "subscription dropped");
+        // Without touching the publisher: after the rename its conninfo's host name points
+        // at green itself.
+        detach_and_drop(green, name, *is_enabled, "green").await?;
         out.push(SubscriptionOutput {
             name: name.clone(),
             changed: true,

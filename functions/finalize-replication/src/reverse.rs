@@ -232,21 +232,7 @@ pub async fn detach_old_blue(old_blue: &Client) -> Result<bool, Error> {
     let Some(enabled) = subscription(old_blue).await? else {
         return Ok(false);
     };
-    let n = ident(&name);
-    // SET (slot_name = NONE) needs a disabled subscription, and keeps DROP off green.
-    let mut statements = Vec::new();
-    if enabled {
-        statements.push(format!("ALTER SUBSCRIPTION {n} DISABLE"));
-    }
-    statements.push(format!("ALTER SUBSCRIPTION {n} SET (slot_name = NONE)"));
-    statements.push(format!("DROP SUBSCRIPTION {n}"));
-    // Each alone: subscription DDL may not run inside a transaction block.
-    for sql in statements {
-        old_blue
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| Error::query(format!("{sql} on the old blue"), e))?;
-    }
+    crate::green::detach_and_drop(old_blue, &name, enabled, "the old blue").await?;
     tracing::info!(subscription = %name, "the old blue no longer follows green");
     Ok(true)
 }
