@@ -11,8 +11,8 @@
 //!
 //! 1. green: each subscription named `cell.replication_names()` is dropped, which drops
 //!    its slot on blue and the table-sync slots of a copy still running; then a way back
-//!    (slot and publication `switchyard_reverse`) an abort left when it stopped before
-//!    its enable step;
+//!    (the DDL guard on green, slot and publication `switchyard_reverse`) an abort left
+//!    when it stopped before its enable step;
 //! 2. blue: the DDL guard's event triggers (first, so nothing below is journaled), each
 //!    slot still there (once its walsender ended), each publication of the same names, our tables
 //!    (the marker, the vouched-transaction list, revoke-writes' saved ACLs once restored,
@@ -153,6 +153,11 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
                 ident(&name)
             ));
         }
+        if guard::present(&green).await? {
+            plan.would(format!(
+                "drop the DDL guard on green (database {database}): an unfinished abort left it"
+            ));
+        }
         let found = reverse::on_green(&green).await?;
         if found.publication || found.slot.is_some() {
             plan.would(format!(
@@ -161,7 +166,7 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
             ));
         }
         let blue = Box::pin(deps.connect(cell, Side::Blue, database)).await?;
-        if slots::guard_present(&blue).await? {
+        if guard::present(&blue).await? {
             plan.would(format!(
                 "drop the DDL guard's event triggers on blue (database {database})"
             ));
@@ -301,9 +306,10 @@ async fn abandon_database(
 
     // A way back an abort left behind when it stopped before its enable step: green's
     // slot would keep WAL for nobody.
+    // Its guard first (installed with it), so the drops below are not journaled.
+    let mut green_objects_dropped = guard::remove(&green, "green").await?;
     let way_back = reverse::close_on_green(&green).await?;
     let reverse_name = switchyard_cell::reverse_replication_name();
-    let mut green_objects_dropped = Vec::new();
     if way_back.slot_changed {
         green_objects_dropped.push(format!("slot {reverse_name}"));
     }
@@ -313,7 +319,7 @@ async fn abandon_database(
 
     let blue = deps.connect(cell, Side::Blue, database).await?;
     // The guard first: nothing dropped below is then journaled as DDL drift.
-    let guard_removed = slots::remove_guard(&blue).await?;
+    let guard_removed = guard::remove_triggers(&blue, "blue").await?;
     let mut out = DatabaseOutput {
         name: database.to_owned(),
         subscriptions_dropped,

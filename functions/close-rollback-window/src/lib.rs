@@ -8,7 +8,8 @@
 //!
 //! 1. the old blue: its subscription `switchyard_reverse` detached from green's slot
 //!    (DISABLE, `slot_name = NONE`) and dropped, without dialling green;
-//! 2. green: the slot, once its walsender has ended, then the publication;
+//! 2. green: the DDL guard (triggers, function, journal), then the slot, once its
+//!    walsender has ended, then the publication;
 //! 3. the old blue: any slot or publication of the cell's replication names still there,
 //!    the DDL guard's event triggers; the replication role's privileges revoked on both;
 //! 4. green: the marker table, and the `switchyard` schema if nothing else is in it.
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_cell::{reverse_replication_name, CellDocument};
 use switchyard_errors::ErrorName;
 use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::guard;
 use switchyard_operation::teardown::{
     drop_role, drop_schema_if_empty, exists, granted, publication_exists, refuse_to_drop,
     revoke_all, role_exists, MARKER, SCHEMA,
@@ -100,7 +102,7 @@ pub struct DatabaseOutput {
     pub guard_removed: bool,
     /// `<cluster>: <kind> <object>` on which the replication role's privileges went.
     pub privileges_revoked: Vec<String>,
-    /// Our table and schema dropped on green, as SQL names them.
+    /// Our guard, table and schema dropped on green, as SQL names them.
     pub green_objects_dropped: Vec<String>,
 }
 
@@ -157,6 +159,11 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
                 "detach subscription {name} on the old blue {old} (database {database}) from green's slot and drop it"
             ));
         }
+        if guard::present(&green_client).await? {
+            plan.would(format!(
+                "drop the DDL guard on green (database {database}): its event triggers, function and journal"
+            ));
+        }
         let found = reverse::on_green(&green_client).await?;
         if found.slot.is_some() {
             plan.would(format!("drop slot {name} on green (database {database})"));
@@ -180,7 +187,7 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
                 ));
             }
         }
-        if old_blue::guard_present(&old_client).await? {
+        if guard::present(&old_client).await? {
             plan.would(format!(
                 "drop the DDL guard's event triggers on the old blue (database {database})"
             ));
@@ -266,6 +273,9 @@ async fn close_database(
         subscription_dropped: reverse::detach_old_blue(&old_client).await?,
         ..DatabaseOutput::default()
     };
+    // Green's guard before its publication goes: that drop is then not journaled as DDL
+    // in the window, and no step after this one reads green's journal.
+    out.green_objects_dropped = guard::remove(&green_client, "green").await?;
     let closed = reverse::close_on_green(&green_client).await?;
     out.green_slot_dropped = closed.slot_changed;
     out.green_publication_dropped = closed.publication_changed;
@@ -274,7 +284,7 @@ async fn close_database(
     out.old_blue_slots_dropped = publishing.slots_dropped;
     out.old_blue_slots_left = publishing.slots_left;
     out.old_blue_publications_dropped = publishing.publications_dropped;
-    out.guard_removed = old_blue::remove_guard(&old_client).await?;
+    out.guard_removed = guard::remove_triggers(&old_client, "the old blue").await?;
     for (cluster, client) in [("old blue", &old_client), ("green", &green_client)] {
         let revoked = revoke_all(client, role).await?;
         out.privileges_revoked

@@ -4,7 +4,9 @@
 //! - `disable` (switchover step 9, before the rename): after the rename blue's endpoint
 //!   name points at green, and nothing on green may follow it. Disabled, not dropped: the
 //!   slots on blue stay, so the abort path can re-enable and green resumes where it was.
-//! - `enable` (abort path): green resumes from its slots on blue; no row is missed.
+//!   Then green gets the DDL guard (`switchyard_operation::guard`) and the way back.
+//! - `enable` (abort path): green's guard and way back go, then green resumes from its
+//!   slots on blue; no row is missed.
 //! - `drop` (step 15, after the point of no return): green's subscriptions go without
 //!   contacting the old blue, then the old blue loses their slots and the DDL guard (its
 //!   journal table stays, as evidence). An unreachable old blue is not an error: the
@@ -29,7 +31,7 @@ use switchyard_aws::ClusterEndpoint;
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
 use switchyard_operation::fence::{self, Caller, Direction};
-use switchyard_operation::{Deps, Error, OperationInput, PauseDeadline, Plan, Side};
+use switchyard_operation::{guard, Deps, Error, OperationInput, PauseDeadline, Plan, Side};
 
 /// ```json
 /// {"cell": { …the cell document… }, "mode": "drop", "old_blue_identifier": "local-a-blue-14"}
@@ -162,26 +164,32 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     match input.mode {
         Mode::Disable => {
             for database in &cell.databases {
-                let green = deps.connect(cell, Side::Green, database).await?;
+                let mut green = deps.connect(cell, Side::Green, database).await?;
                 green::prepare(&green).await?;
                 // A way back found while a subscription still runs predates this disable:
-                // its slot may hold changes green applied from blue.
+                // its slot may hold changes green applied from blue (and its guard, DDL
+                // journaled before this window).
                 let started = std::time::Instant::now();
                 let stale = if green::to_set(&green, &names, false)
                     .await?
                     .iter()
                     .any(|(_, changes)| *changes)
                 {
+                    guard::remove(&green, "green").await?;
                     reverse::close_on_green(&green).await?
                 } else {
                     reverse::ReverseOutput::default()
                 };
                 let mut spent = started.elapsed();
                 let subscriptions = green::set_enabled(&green, &names, false).await?;
+                let started = std::time::Instant::now();
+                // Before the first client write on green, which follows the rename: DDL on
+                // green from then on is journaled (the old blue cannot follow it).
+                let guard_installed = guard::install(&mut green).await?;
                 // After the workers are gone (set_enabled waits): the slot starts after
                 // the last change applied from blue.
-                let started = std::time::Instant::now();
-                let mut way_back = reverse::open_on_green(&green, &names).await?;
+                let mut way_back = reverse::open_on_green(&mut green, &names).await?;
+                way_back.guard_installed = guard_installed;
                 spent += started.elapsed();
                 way_back.publication_changed |= stale.publication_changed;
                 way_back.slot_changed |= stale.slot_changed;
@@ -205,9 +213,13 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
             for database in &cell.databases {
                 let green = deps.connect(cell, Side::Green, database).await?;
                 green::prepare(&green).await?;
+                // Green is blue's replica again: its guard goes first, so the drops below
+                // are not journaled.
+                let guard_removed = !guard::remove(&green, "green").await?.is_empty();
                 // Before any subscription runs again: with both directions live, blue's
                 // changes would come back to blue.
-                let way_back = reverse::close_on_green(&green).await?;
+                let mut way_back = reverse::close_on_green(&green).await?;
+                way_back.guard_removed = guard_removed;
                 databases.push(DatabaseOutput {
                     name: database.clone(),
                     subscriptions: green::set_enabled(&green, &names, true).await?,
@@ -335,6 +347,16 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
                 let states = green::to_set(&client, &names, enable).await?;
                 let running = states.iter().any(|(_, changes)| *changes && !enable);
                 let found = reverse::on_green(&client).await?;
+                if (enable || running) && guard::present(&client).await? {
+                    plan.would(format!(
+                        "drop the DDL guard on green (database {database}) first: {}",
+                        if enable {
+                            "green is blue's replica again"
+                        } else {
+                            "installed before this disable"
+                        }
+                    ));
+                }
                 if (enable || running) && (found.publication || found.slot.is_some()) {
                     plan.would(format!(
                         "drop slot and publication {way_back} on green (database {database}) first{}",
@@ -355,6 +377,11 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
                         "then wait up to {} s for their apply workers to {} (database {database})",
                         green::WORKER_WAIT_SECONDS,
                         if enable { "start" } else { "stop" }
+                    ));
+                }
+                if !enable && (running || !guard::in_place(&client).await?) {
+                    plan.would(format!(
+                        "install the DDL guard on green (database {database}) once its subscriptions stopped: DDL on green in the rollback window is journaled"
                     ));
                 }
                 if !enable && (running || found.slot.is_none()) {

@@ -12,9 +12,6 @@ use switchyard_operation::{guard, teardown, Deps, Error};
 use switchyard_postgres::quote::ident;
 use tokio_postgres::Client;
 
-/// The event triggers start-replication's DDL guard installs.
-const GUARD_TRIGGERS: [&str; 2] = [guard::TRIGGERS[0].0, guard::TRIGGERS[1].0];
-
 /// How long a slot may stay active (its walsender ending) before it is left to drop by hand.
 const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(200);
@@ -187,7 +184,7 @@ pub(crate) async fn clean(
             None => {}
         }
     }
-    cleanup.guard_removed = remove_guard(&client).await?;
+    cleanup.guard_removed = guard::remove_triggers(&client, "the old blue").await?;
     Ok(cleanup)
 }
 
@@ -220,10 +217,10 @@ pub(crate) async fn plan(
             }
         }
     }
-    if guard_present(&client).await? {
+    if guard::present(&client).await? {
         plan.would(format!(
             "drop the DDL guard's event triggers {} on the old blue {identifier} (database {database}); its journal table stays",
-            GUARD_TRIGGERS.join(", ")
+            guard::trigger_names().join(", ")
         ));
     }
     Ok(())
@@ -294,34 +291,4 @@ pub async fn drop_publishing(blue: &Client, names: &[String]) -> Result<Publishi
         }
     }
     Ok(out)
-}
-
-/// Whether any of the guard's event triggers is installed.
-pub async fn guard_present(blue: &Client) -> Result<bool, Error> {
-    let present: i64 = blue
-        .query_one(
-            "SELECT count(*) FROM pg_catalog.pg_event_trigger WHERE evtname = ANY($1)",
-            &[&GUARD_TRIGGERS.as_slice()],
-        )
-        .await
-        .map_err(|e| Error::query("reading the DDL guard on the old blue", e))?
-        .get(0);
-    Ok(present > 0)
-}
-
-/// Drops the guard's event triggers; the journal table stays as evidence. False when none
-/// was there.
-pub async fn remove_guard(blue: &Client) -> Result<bool, Error> {
-    if !guard_present(blue).await? {
-        return Ok(false);
-    }
-    let sql: String = GUARD_TRIGGERS
-        .iter()
-        .map(|name| format!("DROP EVENT TRIGGER IF EXISTS {};", ident(name)))
-        .collect();
-    blue.batch_execute(&format!("BEGIN; {sql} COMMIT;"))
-        .await
-        .map_err(|e| Error::query("dropping the DDL guard on the old blue", e))?;
-    tracing::info!("ddl guard removed from the old blue");
-    Ok(true)
 }

@@ -3,7 +3,7 @@
 //! green's publication and slot, the old blue's subscription.
 //!
 //! - `disable` (inside the window, before the rename), once green's subscriptions are
-//!   disabled and their workers gone: green gets the publication (the tables its
+//!   disabled and their workers gone: green gets the DDL guard, then the publication (the tables its
 //!   subscriptions replicate) and then a `pgoutput` slot. The slot starts after the last
 //!   change green applied from blue and before the first client write green takes, so it
 //!   streams exactly what clients write to green. A slot found while a subscription of
@@ -25,7 +25,7 @@ use start_replication::subscriptions::{conninfo_to, run_holding};
 use switchyard_aws::ClusterEndpoint;
 use switchyard_cell::{reverse_replication_name, CellDocument};
 use switchyard_errors::ErrorName;
-use switchyard_operation::Error;
+use switchyard_operation::{guard, Error};
 use switchyard_postgres::quote::{ident, literal, qualified};
 use tokio_postgres::Client;
 
@@ -58,8 +58,14 @@ pub struct ReverseOutput {
     /// `reverse`: the WAL green's slot retains for the old blue, in bytes, once it streams.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retained_bytes: Option<i64>,
+    /// `disable`: the DDL guard installed (or repaired) on green by this call.
+    #[serde(default)]
+    pub guard_installed: bool,
+    /// `enable`: the DDL guard dropped from green by this call.
+    #[serde(default)]
+    pub guard_removed: bool,
     /// `disable`: what the way back added to the pause window on green (a stale one
-    /// dropped, the publication and slot made), in milliseconds.
+    /// dropped, the guard, the publication and slot made), in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub elapsed_ms: Option<u64>,
 }
@@ -114,7 +120,7 @@ async fn replicated_tables(green: &Client, names: &[String]) -> Result<Vec<Strin
 }
 
 /// `disable`'s part, after green's subscriptions stopped: the publication, then the slot.
-pub async fn open_on_green(green: &Client, names: &[String]) -> Result<ReverseOutput, Error> {
+pub async fn open_on_green(green: &mut Client, names: &[String]) -> Result<ReverseOutput, Error> {
     let name = reverse_replication_name();
     let found = on_green(green).await?;
     let mut out = ReverseOutput::default();
@@ -136,14 +142,17 @@ pub async fn open_on_green(green: &Client, names: &[String]) -> Result<ReverseOu
     // Before the slot: pgoutput reads publications as of each change it decodes, and a
     // publication made after the slot's start would not exist for the first changes.
     // Dropped and made again while no slot exists, so its tables are exactly today's.
+    // Our own DDL: vouched to green's guard, so check-drift does not name it.
     let n = ident(&name);
-    green
-        .batch_execute(&format!(
+    guard::own_ddl(
+        green,
+        &format!("create publication {name} on green"),
+        &format!(
             "DROP PUBLICATION IF EXISTS {n}; CREATE PUBLICATION {n} FOR TABLE {} WITH (publish_via_partition_root = true)",
             tables.join(", ")
-        ))
-        .await
-        .map_err(|e| Error::query(format!("creating publication {name} on green"), e))?;
+        ),
+    )
+    .await?;
     out.publication_changed = true;
     let lsn: String = green
         .query_one(

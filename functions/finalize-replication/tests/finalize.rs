@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use finalize_replication::{plan, run, Input, Mode, Output};
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_local_cell::{audit_keys, LocalCell, TEST_RUN};
+use switchyard_operation::guard::{journaled, Journaled, Watched};
 use switchyard_operation::Deps;
 
 const NAMES: [&str; 2] = ["switchyard_payments", "switchyard_rest"];
@@ -172,6 +173,7 @@ async fn disable_stops_green_following_blue_and_enable_resumes_without_a_missed_
         .expect("plan disable");
     let mut expected = alter("DISABLE");
     expected.push("then wait up to 30 s for their apply workers to stop (database app)".into());
+    expected.push("install the DDL guard on green (database app) once its subscriptions stopped: DDL on green in the rollback window is journaled".into());
     expected.push("then create publication switchyard_reverse (the tables green's subscriptions replicate) and slot switchyard_reverse on green (database app): the way back after the switch".into());
     assert_eq!(dry.would, expected);
     let green = cell.green.superuser_client("app").await.expect("green");
@@ -229,6 +231,33 @@ async fn disable_stops_green_following_blue_and_enable_resumes_without_a_missed_
         )
         .await
     );
+    // From the disable on, DDL on green is journaled: ours (the publication) is vouched
+    // for, anyone else's is named.
+    assert!(way_back.guard_installed, "{way_back:?}");
+    assert!(switchyard_operation::guard::in_place(&green)
+        .await
+        .expect("guard"));
+    assert_eq!(
+        journaled(&green, "app", Watched::Green)
+            .await
+            .expect("journal"),
+        Journaled::Clean
+    );
+    green
+        .batch_execute("COMMENT ON TABLE public.accounts IS 'changed on green'")
+        .await
+        .expect("DDL on green");
+    match journaled(&green, "app", Watched::Green)
+        .await
+        .expect("journal")
+    {
+        Journaled::Unvouched(message) => assert!(
+            message.contains("COMMENT ON TABLE public.accounts IS 'changed on green'")
+                && message.contains("apply the same changes to the old blue"),
+            "{message}"
+        ),
+        other => panic!("the comment on green is named: {other:?}"),
+    }
     let again = run(input(&cell, Mode::Disable), &deps)
         .await
         .expect("disable again");
@@ -247,10 +276,13 @@ async fn disable_stops_green_following_blue_and_enable_resumes_without_a_missed_
         .await
         .expect("plan enable");
     assert_eq!(
-        dry.would[0],
-        "drop slot and publication switchyard_reverse on green (database app) first: blue's changes must not come back to blue"
+        &dry.would[..2],
+        [
+            "drop the DDL guard on green (database app) first: green is blue's replica again",
+            "drop slot and publication switchyard_reverse on green (database app) first: blue's changes must not come back to blue"
+        ]
     );
-    assert_eq!(&dry.would[1..3], &alter("ENABLE")[..]);
+    assert_eq!(&dry.would[2..4], &alter("ENABLE")[..]);
     assert_eq!(
         strings(&green, enabled_sql).await,
         names(&["switchyard_payments:false", "switchyard_rest:false"]),
@@ -287,8 +319,14 @@ async fn disable_stops_green_following_blue_and_enable_resumes_without_a_missed_
     assert_eq!(changed(&enabled), all(true));
     let closed = enabled.databases[0].reverse.clone().expect("the way back");
     assert!(
-        closed.slot_changed && closed.publication_changed,
+        closed.slot_changed && closed.publication_changed && closed.guard_removed,
         "{closed:?}"
+    );
+    assert!(
+        !switchyard_operation::guard::present(&green)
+            .await
+            .expect("guard"),
+        "green is blue's replica again: no guard"
     );
     assert_eq!(
         slot_lsn(&green).await,

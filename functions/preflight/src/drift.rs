@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 
 use switchyard_cell::CellDocument;
-use switchyard_operation::guard::{journaled, Journaled};
+use switchyard_operation::guard::{journaled, Journaled, Watched};
 use switchyard_operation::{Deps, Error, Side};
 use tokio_postgres::Client;
 
@@ -166,7 +166,7 @@ async fn set_of<T: Ord>(
 
 /// DDL on blue the guard journaled and switchyard did not vouch for.
 async fn ddl(blue: &Client, database: &str) -> Result<Vec<Finding>, Error> {
-    Ok(match journaled(blue, database).await? {
+    Ok(match journaled(blue, database, Watched::Blue).await? {
         Journaled::Clean => Vec::new(),
         Journaled::Unguarded => vec![Finding::new(
             Code::DdlGuardMissing,

@@ -90,6 +90,12 @@ pub enum Code {
     RollbackNotStreaming,
     /// After the switch: green's slot keeps more WAL than `budgets.rollback_wal_bytes`.
     RollbackSlotRetains,
+    /// After the switch: DDL on green that reverse replication does not carry to the old
+    /// blue (a switch back needs it applied there first).
+    RollbackDdl,
+    /// After the switch, the window open: green has no DDL guard, so DDL there could go
+    /// unseen (a cell switched before green was guarded).
+    RollbackUnguarded,
 }
 
 impl Code {
@@ -103,6 +109,7 @@ impl Code {
                 | Self::RolePasswordUnverifiable
                 | Self::LeftoverSlot
                 | Self::RollbackWindowClosed
+                | Self::RollbackUnguarded
         )
     }
 

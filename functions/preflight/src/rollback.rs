@@ -4,10 +4,14 @@
 //! - no slot: the way back is gone, or was closed (`finalize`) — a warning;
 //! - a slot nothing streams from: the old blue does not follow (unreachable, its apply
 //!   failing on DDL green took), and green's WAL grows — a blocker;
-//! - a slot retaining more WAL than `budgets.rollback_wal_bytes` — a blocker.
+//! - a slot retaining more WAL than `budgets.rollback_wal_bytes` — a blocker;
+//! - DDL on green that the guard journaled and switchyard did not vouch for — a blocker:
+//!   reverse replication does not carry it, and a switch back needs it on the old blue
+//!   first; no guard while the window is open — a warning.
 
 use serde::{Deserialize, Serialize};
 use switchyard_cell::{reverse_replication_name, CellDocument};
+use switchyard_operation::guard::{journaled, Journaled, Watched};
 use switchyard_operation::{green_fence, Deps, Error};
 
 use crate::finding::{Code, Finding};
@@ -77,7 +81,28 @@ pub async fn check(cell: &CellDocument, deps: &Deps) -> Result<(Vec<Finding>, Ve
                 "see why the old blue lags (its log, pg_stat_subscription on it); close the window with finalize if the way back is no longer needed",
             ));
         }
+        findings.extend(ddl(&green, database).await?);
         slots.push(slot);
     }
     Ok((findings, slots))
+}
+
+/// DDL on green since the switch that the guard journaled and switchyard did not vouch for.
+async fn ddl(green: &tokio_postgres::Client, database: &str) -> Result<Vec<Finding>, Error> {
+    let object = vec![format!("{database}: DDL journal on green")];
+    Ok(match journaled(green, database, Watched::Green).await? {
+        Journaled::Clean => Vec::new(),
+        Journaled::Unguarded => vec![Finding::new(
+            Code::RollbackUnguarded,
+            object,
+            format!("green has no DDL guard (database {database}): DDL there since the switch could have gone unseen, and the old blue cannot follow it"),
+            "compare green's and the old blue's schemas before switching back",
+        )],
+        Journaled::Unvouched(message) => vec![Finding::new(
+            Code::RollbackDdl,
+            object,
+            message,
+            "apply the same DDL to the old blue, then acknowledge the journal rows on green as the detail says",
+        )],
+    })
 }

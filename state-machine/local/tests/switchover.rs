@@ -1046,7 +1046,8 @@ async fn the_lag_gate_and_a_drop_racing_the_abort_path_lose_nothing() {
 /// The rollback window watched by `check-drift` on a switched cell: clean while the old
 /// blue follows; `ROLLBACK_NOT_STREAMING` once its subscription stops;
 /// `ROLLBACK_SLOT_RETAINS` past a 1-byte budget; clean again once finalize-replication
-/// (reverse) is run again by hand. Then `finalize` crashed after close-rollback-window's
+/// (reverse) is run again by hand; `ROLLBACK_DDL` for a comment made on green, until its
+/// journal row is acknowledged. Then `finalize` crashed after close-rollback-window's
 /// side effect, then run again: the old blue follows green no more, neither cluster keeps a
 /// slot, publication, subscription, event trigger or role of ours (the old blue keeps its
 /// `switchyard` tables as evidence), the old blue has a final snapshot, green still serves
@@ -1107,8 +1108,23 @@ async fn finalize_closes_the_rollback_window(cell: &LocalCell, deps: &Deps) {
     let (blockers, _, _) = watch(None).await;
     assert_eq!(blockers, Vec::<String>::new(), "following again");
 
-    let role = cell.document.replication.role.clone();
+    // DDL on green in the window is named (the switch's own, the subscriptions dropped and
+    // the way back made, was not), and acknowledged by deleting its journal rows.
     let green = cell.green.superuser_client("app").await.expect("green");
+    green
+        .batch_execute("COMMENT ON TABLE public.payments IS 'changed on green'")
+        .await
+        .expect("DDL on green");
+    let (blockers, _, _) = watch(None).await;
+    assert_eq!(blockers, ["ROLLBACK_DDL"], "DDL on green is named");
+    green
+        .batch_execute("DELETE FROM switchyard.ddl_journal")
+        .await
+        .expect("acknowledged");
+    let (blockers, _, _) = watch(None).await;
+    assert_eq!(blockers, Vec::<String>::new(), "acknowledged");
+
+    let role = cell.document.replication.role.clone();
     let old_blue = cell.blue.superuser_client("app").await.expect("old blue");
     let ours = |objects: Vec<String>| -> Vec<String> {
         objects
