@@ -24,6 +24,9 @@ locals {
   snapshots = [for c in local.cells : "${local.rds_arn}:cluster-snapshot:${c.blue_cluster_identifier}-pre-upgrade-*"]
   # close-rollback-window names the parked old blue's last one <blue>-blue-<major>-final.
   final_snapshots = [for c in local.cells : "${local.rds_arn}:cluster-snapshot:${c.blue_cluster_identifier}-blue-*-final"]
+  # delete-old-cluster deletes the parked old blue's instances by identifier. An instance
+  # keeps its name when its cluster is renamed: only those named <blue>-blue-* match.
+  parked_instances = [for c in local.cells : "${local.rds_arn}:db:${c.blue_cluster_identifier}-blue-*"]
 
   # An SSM parameter's ARN holds its name after "parameter", with exactly one slash between.
   orchestrator_parameters = distinct([for c in local.cells : "${local.ssm_arn}/${trimprefix(c.orchestrator_parameter, "/")}"])
@@ -146,6 +149,26 @@ locals {
         Effect   = "Allow"
         Action   = ["rds:DescribeDBClusterSnapshots"]
         Resource = local.final_snapshots
+      }
+    }
+    # delete-old-cluster deletes the parked old blue (its instances first), never a cluster
+    # under blue's own name (green's, after the switch), and takes no snapshot of its own.
+    delete_old_blue = {
+      needed = true
+      statement = {
+        Sid      = "DeleteOldBlue"
+        Effect   = "Allow"
+        Action   = ["rds:DeleteDBCluster"]
+        Resource = local.parked_clusters
+      }
+    }
+    delete_old_blue_instances = {
+      needed = true
+      statement = {
+        Sid      = "DeleteOldBlueInstances"
+        Effect   = "Allow"
+        Action   = ["rds:DeleteDBInstance"]
+        Resource = local.parked_instances
       }
     }
     orchestrator_login = {
@@ -365,6 +388,7 @@ locals {
     "recreate-downstream-subscriptions" = ["describe_cell_clusters", "orchestrator_login", "downstream_login", "downstream_publisher_login", "journal_read", "journal_create", "decrypt_secrets"]
     "resume-pgbouncer"                  = ["describe_cell_clusters", "pgbouncer_login", "pgbouncer_list_tasks", "pgbouncer_describe_tasks", "application_roles", "journal_read", "journal_create", "decrypt_secrets"]
     "close-rollback-window"             = ["list_clusters", "snapshot_old_blue", "tag_final_snapshots", "describe_final_snapshots", "orchestrator_login", "journal_read", "decrypt_secrets"]
+    "delete-old-cluster"                = ["list_clusters", "describe_final_snapshots", "delete_old_blue", "delete_old_blue_instances", "journal_read"]
   }
 
   function_statements = {

@@ -89,6 +89,7 @@ functions! {
     "recreate-downstream-subscriptions" => recreate_downstream_subscriptions planned,
     "resume-pgbouncer" => resume_pgbouncer planned,
     "close-rollback-window" => close_rollback_window planned,
+    "delete-old-cluster" => delete_old_cluster planned,
 }
 
 /// `{"cell": cell, …extra}`: the payload a state machine Task would pass.

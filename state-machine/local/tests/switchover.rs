@@ -1142,6 +1142,33 @@ async fn finalize_closes_the_rollback_window(cell: &LocalCell, deps: &Deps) {
     assert!(ours(replication_objects(&old_blue, &role).await)
         .contains(&"subscription switchyard_reverse".to_owned()));
 
+    // The old cluster cannot be deleted while the window is open: no final snapshot yet.
+    let old_identifier = format!(
+        "{}-blue-{}",
+        cell.document.blue.cluster_identifier, cell.blue.major
+    );
+    let delete = |identifier: &str, dry_run: bool| {
+        let mut payload = switchyard_local_run::payload(
+            &cell.document,
+            json!({ "old_blue_identifier": identifier, "dry_run": dry_run }),
+        );
+        payload["run_id"] = json!("by-hand");
+        payload["force"] = json!(true);
+        switchyard_local_run::invoke("delete-old-cluster", payload, deps)
+    };
+    let refused = delete(&old_identifier, false)
+        .await
+        .expect_err("no final snapshot yet");
+    assert_eq!(
+        switchyard_errors::Catalogued::error_name(&refused),
+        switchyard_errors::ErrorName::PreconditionFailed,
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("-final is missing"),
+        "{refused}"
+    );
+
     let crashed = Run::new(cell, deps, FINALIZE, "finalize-crash")
         .fault(Fault::crash_after(
             "close-rollback-window",
@@ -1222,6 +1249,153 @@ async fn finalize_closes_the_rollback_window(cell: &LocalCell, deps: &Deps) {
         (blockers, warnings),
         (Vec::new(), vec!["ROLLBACK_WINDOW_CLOSED".to_owned()]),
         "{slots}"
+    );
+    deletes_only_the_old_cluster(cell, &old_identifier, delete).await;
+}
+
+/// `delete-old-cluster` after finalize: refuses, with nothing changed, any cluster but the
+/// parked old blue, the old blue while its instance keeps blue's name, and while deletion
+/// protection is on; then deletes its instance and itself, and a second call (an answer
+/// lost) finds it gone.
+async fn deletes_only_the_old_cluster<F, Fut>(cell: &LocalCell, old_identifier: &str, delete: F)
+where
+    F: Fn(&str, bool) -> Fut,
+    Fut: Future<Output = Result<Value, switchyard_operation::Error>>,
+{
+    let rds = &cell.moto.clients.rds;
+    let clusters = || async {
+        let mut ids: Vec<String> = rds
+            .describe_db_clusters()
+            .send()
+            .await
+            .expect("clusters")
+            .db_clusters()
+            .iter()
+            .filter_map(|c| c.db_cluster_identifier())
+            .map(str::to_owned)
+            .collect();
+        ids.sort();
+        ids
+    };
+    let before = clusters().await;
+    assert!(before.contains(&old_identifier.to_owned()), "{before:?}");
+    let name = |e: &switchyard_operation::Error| switchyard_errors::Catalogued::error_name(e);
+    for other in [
+        cell.document.blue.cluster_identifier.clone(),
+        cell.document.green.cluster_identifier.clone(),
+        format!(
+            "{}-blue-{}",
+            cell.document.blue.cluster_identifier, cell.green.major
+        ),
+    ] {
+        let refused = delete(&other, false).await.expect_err("not the old blue");
+        assert_eq!(
+            name(&refused),
+            switchyard_errors::ErrorName::InvalidInput,
+            "{other}: {refused}"
+        );
+    }
+    // moto matches a cluster's members by its current name, so the renamed old blue has
+    // none there; AWS keeps them, under the names they had: the old blue gets one so.
+    let instance = format!("{}-2", cell.document.blue.cluster_identifier);
+    rds.create_db_instance()
+        .db_instance_identifier(&instance)
+        .db_cluster_identifier(old_identifier)
+        .engine("aurora-postgresql")
+        .db_instance_class("db.r6g.large")
+        .send()
+        .await
+        .expect("the old blue's instance, named before the rename");
+    // The role may delete only instances named after the parked blue: nothing is deleted
+    // until the operator renames it.
+    let refused = delete(old_identifier, false)
+        .await
+        .expect_err("instance named after blue");
+    assert_eq!(
+        name(&refused),
+        switchyard_errors::ErrorName::PreconditionFailed,
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains(&format!(
+            "instances {instance} are not named {old_identifier}-<n>"
+        )),
+        "{refused}"
+    );
+    assert_eq!(clusters().await, before, "nothing was deleted");
+    rds.modify_db_instance()
+        .db_instance_identifier(&instance)
+        .new_db_instance_identifier(format!("{old_identifier}-2"))
+        .apply_immediately(true)
+        .send()
+        .await
+        .expect("the operator renames the instance");
+    rds.modify_db_cluster()
+        .db_cluster_identifier(old_identifier)
+        .deletion_protection(true)
+        .apply_immediately(true)
+        .send()
+        .await
+        .expect("protect the old blue");
+    let refused = delete(old_identifier, false).await.expect_err("protected");
+    assert_eq!(
+        name(&refused),
+        switchyard_errors::ErrorName::PreconditionFailed,
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("deletion protection"),
+        "{refused}"
+    );
+    assert_eq!(clusters().await, before, "nothing was deleted");
+    rds.modify_db_cluster()
+        .db_cluster_identifier(old_identifier)
+        .deletion_protection(false)
+        .apply_immediately(true)
+        .send()
+        .await
+        .expect("the operator turns protection off");
+
+    let plan = delete(old_identifier, true).await.expect("dry run");
+    assert_eq!(
+        plan["would"],
+        json!([
+            format!("delete instance {old_identifier}-2 of {old_identifier}"),
+            format!("delete cluster {old_identifier} without another snapshot: {old_identifier}-final keeps its data"),
+        ]),
+        "{plan}"
+    );
+    assert_eq!(clusters().await, before, "the dry run deleted nothing");
+    let deleted = delete(old_identifier, false).await.expect("delete");
+    assert_eq!(
+        deleted["instances_deleted"],
+        json!([format!("{old_identifier}-2")]),
+        "{deleted}"
+    );
+    assert_eq!(deleted["cluster_deleted"], true, "{deleted}");
+    assert_eq!(
+        clusters().await,
+        before
+            .iter()
+            .filter(|c| *c != old_identifier)
+            .cloned()
+            .collect::<Vec<_>>(),
+        "only the old blue went"
+    );
+    let again = delete(old_identifier, false).await.expect("again");
+    assert_eq!(
+        (
+            &again["instances_deleted"],
+            &again["cluster_deleted"],
+            &again["status"]
+        ),
+        (&json!([]), &json!(false), &json!("gone")),
+        "{again}"
+    );
+    assert_eq!(
+        cell.version_through_pgbouncer().await.expect("version"),
+        cell.green.version_num,
+        "green still serves"
     );
 }
 

@@ -9,7 +9,8 @@
 //! `state-machine/functions.json`; every policy grants no wildcard action, `"*"` resources
 //! only for actions AWS cannot scope, `rds:ModifyDBCluster` only to rename-clusters, and
 //! `rds:CreateDBClusterSnapshot` only to snapshot-cluster (blue) and close-rollback-window
-//! (the parked old blue).
+//! (the parked old blue), and `rds:DeleteDBCluster` / `rds:DeleteDBInstance` only to
+//! delete-old-cluster, on the parked old blue alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -998,6 +999,56 @@ fn policies_grant_only_named_actions_and_only_rename_clusters_renames() {
         );
     }
 
+    // Deletions: delete-old-cluster alone, and only the parked old blue `<blue>-blue-*` and
+    // instances so named: never blue's own identifier (green's, after the switch), never
+    // green's, never the account's `db:*`.
+    for action in ["rds:DeleteDBCluster", "rds:DeleteDBInstance"] {
+        let deleters: BTreeSet<String> = policies
+            .iter()
+            .filter(|(_, statements)| {
+                statements
+                    .iter()
+                    .any(|s| strings(&s["Action"]).iter().any(|a| a == action))
+            })
+            .map(|(owner, _)| owner.clone())
+            .collect();
+        assert_eq!(
+            deleters,
+            BTreeSet::from(["delete-old-cluster".to_owned()]),
+            "functions that may {action}"
+        );
+    }
+    let want: BTreeSet<String> = cells.iter().map(|c| format!("{rds}{c}-blue-*")).collect();
+    assert_eq!(
+        resources_of("delete-old-cluster", "rds:DeleteDBCluster"),
+        want,
+        "delete-old-cluster deletes the parked old blue only"
+    );
+    let db = format!("arn:aws:rds:{REGION}:{ACCOUNT}:db:");
+    let want: BTreeSet<String> = cells.iter().map(|c| format!("{db}{c}-blue-*")).collect();
+    assert_eq!(
+        resources_of("delete-old-cluster", "rds:DeleteDBInstance"),
+        want,
+        "delete-old-cluster deletes the parked old blue's instances only"
+    );
+    // It reads the final snapshot (never takes one) and takes no login: it never connects.
+    assert_eq!(
+        resources_of("delete-old-cluster", "rds:DescribeDBClusterSnapshots"),
+        finals,
+        "delete-old-cluster: rds:DescribeDBClusterSnapshots"
+    );
+    let journals: BTreeSet<String> = [
+        format!("arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/switchyard/cell-a/journal/*"),
+        format!("arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/ops/cell-b/journal/*"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        resources_of("delete-old-cluster", "ssm:GetParameter"),
+        journals,
+        "delete-old-cluster reads the journal and no other parameter"
+    );
+
     // Journal writes: only the functions whose code writes the journal.
     let writers: BTreeSet<String> = policies
         .iter()
@@ -1026,7 +1077,8 @@ fn policies_grant_only_named_actions_and_only_rename_clusters_renames() {
         "resume-pgbouncer",
         // Not the journal: the replication role's password, rotated once per run.
         "start-replication",
-        // Not close-rollback-window: it reads the switched decision and keeps it.
+        // Not close-rollback-window nor delete-old-cluster: they read the switched
+        // decision and keep it.
     ]
     .iter()
     .map(|s| (*s).to_owned())
