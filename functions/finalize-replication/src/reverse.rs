@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use start_replication::replicator::{self, Login};
-use start_replication::subscriptions::{conninfo_to, run_holding};
+use start_replication::subscriptions::{conninfo_to, create_slot, run_holding};
 use switchyard_aws::ClusterEndpoint;
 use switchyard_cell::{reverse_replication_name, CellDocument};
 use switchyard_errors::ErrorName;
@@ -154,19 +154,7 @@ pub async fn open_on_green(green: &mut Client, names: &[String]) -> Result<Rever
     )
     .await?;
     out.publication_changed = true;
-    let lsn: String = green
-        .query_one(
-            "SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&name],
-        )
-        .await
-        .map_err(|e| {
-            Error::query(
-                format!("creating slot {name} on green (it waits for every older transaction, up to lock_timeout)"),
-                e,
-            )
-        })?
-        .get(0);
+    let lsn = create_slot(green, &name, "green").await?;
     tracing::info!(slot = %name, %lsn, tables = tables.len(), "the way back: slot and publication ready on green");
     out.slot_changed = true;
     out.slot_lsn = Some(lsn);

@@ -426,7 +426,7 @@ async fn start_database(
         let name = &publication.name;
         // The slot before its subscription, which only attaches to it (create_slot = false).
         if !slot {
-            subscriptions::create_slot(&sessions.blue, name).await?;
+            subscriptions::create_slot(&sessions.blue, name, "blue").await?;
         }
         let mut connection_updated = false;
         if !subscribed {

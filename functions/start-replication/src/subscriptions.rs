@@ -106,10 +106,11 @@ pub(crate) async fn slot_exists(blue: &Client, name: &str) -> Result<bool, Error
     }
 }
 
-/// Creates the logical slot `name` from our session on blue (whose `lock_timeout` bounds
-/// the wait for older transactions).
-pub(crate) async fn create_slot(blue: &Client, name: &str) -> Result<(), Error> {
-    let lsn: String = blue
+/// Creates the `pgoutput` slot `name` from our session on `cluster` (named for messages),
+/// whose `lock_timeout` bounds the wait for older transactions; returns its consistent
+/// point. Blue's for green here; green's for the old blue in finalize-replication.
+pub async fn create_slot(client: &Client, name: &str, cluster: &str) -> Result<String, Error> {
+    let lsn: String = client
         .query_one(
             "SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')",
             &[&name],
@@ -117,13 +118,13 @@ pub(crate) async fn create_slot(blue: &Client, name: &str) -> Result<(), Error> 
         .await
         .map_err(|e| {
             Error::query(
-                format!("creating slot {name} on blue (it waits for every older transaction, up to lock_timeout)"),
+                format!("creating slot {name} on {cluster} (it waits for every older transaction, up to lock_timeout)"),
                 e,
             )
         })?
         .get(0);
-    tracing::info!(slot = %name, %lsn, "slot created");
-    Ok(())
+    tracing::info!(slot = %name, %cluster, %lsn, "slot created");
+    Ok(lsn)
 }
 
 /// Fails `PreconditionFailed` unless each table exists on green and is empty: the initial
