@@ -325,8 +325,108 @@ pub struct Report {
     /// Whether the pause window fits the cell's budgets and PgBouncer's
     /// `query_wait_timeout`; null when PgBouncer was never paused.
     pub window_fit: Option<WindowFit>,
+    /// The way back the switch left (the old blue following green); null when the
+    /// switchover never made one.
+    pub way_back: Option<WayBack>,
     /// Set when the run could not be carried out at all (the cell did not start, …).
     pub error: Option<String>,
+}
+
+/// The way back after a switch, from finalize-replication's outputs in the switchover's
+/// history: what making it cost inside the pause window (`disable`) and, once the old blue
+/// follows green (`reverse`), the WAL green's slot kept for it then, per database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WayBack {
+    /// The publication, slot (and guard) made on green inside the window, all databases.
+    pub made_in_window_ms: Option<u64>,
+    /// `finalize-replication reverse` succeeded: the old blue follows green.
+    pub following: bool,
+    pub databases: Vec<WayBackDatabase>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WayBackDatabase {
+    pub name: String,
+    /// WAL green's slot `switchyard_reverse` retained for the old blue once it streamed.
+    pub retained_bytes: Option<i64>,
+}
+
+/// The last successful output of `state` in `execution` (its Lambda payload).
+fn task_output<'a>(execution: &'a Execution, state: &str) -> Option<&'a serde_json::Value> {
+    task_event(execution, &[state], EventType::TaskSucceeded, false)
+        .and_then(|e| e.output.as_ref())
+        .map(|o| o.get("Payload").unwrap_or(o))
+}
+
+impl WayBack {
+    /// The states whose outputs say it.
+    const DISABLE: &'static str = "finalize-replication disable";
+    const REVERSE: &'static str = "finalize-replication reverse";
+
+    /// From a switchover execution; `None` unless it switched (PgBouncer resumed toward
+    /// green) after its `disable` step made the way back.
+    pub fn of(execution: &Execution) -> Option<Self> {
+        fn databases(output: &serde_json::Value) -> Vec<serde_json::Value> {
+            output
+                .get("databases")
+                .and_then(serde_json::Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        }
+        task_event(
+            execution,
+            &["resume-pgbouncer", "switched: resume-pgbouncer"],
+            EventType::TaskSucceeded,
+            false,
+        )?;
+        let disable = task_output(execution, Self::DISABLE)?;
+        let made: Vec<u64> = databases(disable)
+            .iter()
+            .filter_map(|d| {
+                d.pointer("/reverse/elapsed_ms")
+                    .and_then(serde_json::Value::as_u64)
+            })
+            .collect();
+        let reverse = task_output(execution, Self::REVERSE);
+        Some(Self {
+            made_in_window_ms: (!made.is_empty()).then(|| made.iter().sum()),
+            following: reverse.is_some(),
+            databases: reverse
+                .map(databases)
+                .unwrap_or_default()
+                .iter()
+                .map(|d| WayBackDatabase {
+                    name: d
+                        .get("name")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    retained_bytes: d
+                        .pointer("/reverse/retained_bytes")
+                        .and_then(serde_json::Value::as_i64),
+                })
+                .collect(),
+        })
+    }
+
+    /// One line for the summary.
+    fn describe(&self) -> String {
+        let made = opt(self.made_in_window_ms, " ms inside the pause window");
+        if !self.following {
+            return format!(
+                "made ({made}), but the old blue does not follow green: finalize-replication reverse did not succeed"
+            );
+        }
+        let kept: Vec<String> = self
+            .databases
+            .iter()
+            .map(|d| format!("{} {}", d.name, opt(d.retained_bytes, " bytes")))
+            .collect();
+        format!(
+            "the old blue follows green (WAL green kept for it: {}); made in {made}",
+            kept.join(", ")
+        )
+    }
 }
 
 /// The pause window against what the cell allows it: the pause budget (every forward step
@@ -796,6 +896,7 @@ impl Report {
             switchover: switchover.map(|(e, file)| ExecutionSummary::of(e, file)),
             steps: all_steps,
             window_fit: switchover.and_then(|(e, _)| WindowFit::of(e, &budgets_of(e), None, &[])),
+            way_back: switchover.and_then(|(e, _)| WayBack::of(e)),
             error: None,
         };
         report.judge();
@@ -1006,6 +1107,9 @@ impl Report {
         }
         if let Some(fit) = &self.window_fit {
             line(format!("  window      {}", fit.verdict));
+        }
+        if let Some(way_back) = &self.way_back {
+            line(format!("  way back    {}", way_back.describe()));
         }
         for stale in self.load.iter().flat_map(|l| &l.stale_names_after_window) {
             line(format!("  names       {stale}"));

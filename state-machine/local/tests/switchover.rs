@@ -1037,8 +1037,41 @@ async fn the_lag_gate_and_a_drop_racing_the_abort_path_lose_nothing() {
         "acquire-lock, then its release (if ours)"
     );
 
+    // An aborted run reports no way back: its abort path removed what disable made.
+    let report = |ran: &Ran| {
+        switchyard_local_run::report::Report::of_executions(None, Some((&ran.execution, "h.json")))
+    };
+    assert_eq!(report(&raced).way_back, None);
+
     let ran = Run::new(&cell, &deps, SWITCHOVER, "switch").go().await;
     assert_switched(&cell, ledger, &ran).await;
+    // The report says what the way back cost the window and what green keeps for it.
+    let switched = report(&ran);
+    let way_back = switched
+        .way_back
+        .clone()
+        .expect("the switch made a way back");
+    assert!(way_back.following, "{way_back:?}");
+    assert!(way_back.made_in_window_ms.is_some(), "{way_back:?}");
+    assert_eq!(
+        way_back
+            .databases
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>(),
+        ["app"]
+    );
+    assert!(
+        way_back.databases[0].retained_bytes.is_some(),
+        "{way_back:?}"
+    );
+    assert!(
+        switched
+            .summary()
+            .contains("way back    the old blue follows green (WAL green kept for it: app "),
+        "{}",
+        switched.summary()
+    );
     finalize_closes_the_rollback_window(&cell, &deps).await;
     cell.shutdown();
 }
