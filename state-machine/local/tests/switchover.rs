@@ -1843,7 +1843,12 @@ async fn abandon_prepare_leaves_blue_as_before_prepare() {
         "{text}"
     );
 
-    // A way back left on green by an abort that stopped before its enable step.
+    // A way back left on green by an abort that stopped before its enable step: the DDL
+    // guard disable installs there, then the publication and slot.
+    let mut guarded = cell.green.superuser_client("app").await.expect("green");
+    assert!(switchyard_operation::guard::install(&mut guarded)
+        .await
+        .expect("a guard left on green"));
     for sql in [
         "CREATE PUBLICATION switchyard_reverse FOR TABLE public.accounts",
         "SELECT pg_create_logical_replication_slot('switchyard_reverse', 'pgoutput')",
@@ -1866,6 +1871,7 @@ async fn abandon_prepare_leaves_blue_as_before_prepare() {
         "drop subscription \"switchyard_rest\" on green (database app), and with it its slots on blue",
         "drop slot \"switchyard_rest\" on blue (database app)",
         "drop publication \"switchyard_rest\" on blue (database app)",
+        "drop the DDL guard on green (database app): an unfinished abort left it",
         "drop slot and publication switchyard_reverse on green (database app): a way back an unfinished abort left",
     ] {
         assert!(
