@@ -14,6 +14,30 @@ pub trait OperationInput: DeserializeOwned {
     fn cell(&self) -> &CellDocument;
 }
 
+/// The payload preamble of an operation that changes the cell, once: implements
+/// [`OperationInput`] for its `Input` (field `cell`) and gives it `caller()`, the fence's
+/// view of who acts (fields `run_id` and `force`). Every such operation declares those
+/// fields itself, each with its own words on what `force` overrides there.
+#[macro_export]
+macro_rules! operation_input {
+    ($input:ty) => {
+        impl $crate::OperationInput for $input {
+            fn cell(&self) -> &::switchyard_cell::CellDocument {
+                &self.cell
+            }
+        }
+
+        impl $input {
+            fn caller(&self) -> $crate::Caller<'_> {
+                $crate::Caller {
+                    run_id: &self.run_id,
+                    force: self.force,
+                }
+            }
+        }
+    };
+}
+
 /// The payload field that carries the end of the pause budget (RFC 3339;
 /// `pause-pgbouncer`'s `pause_deadline`). The state machine passes it to every step
 /// between the pause and the resume; each of those declares it in its input

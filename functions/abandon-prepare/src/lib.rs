@@ -30,12 +30,12 @@ use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_operation::downstream::Journaled;
-use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::fence::{self, Direction};
 use switchyard_operation::teardown::{
     drop_role, drop_schema_if_empty, exists, function_exists, granted, publication_exists,
     refuse_to_drop, revoke_all, role_exists, MARKER, SCHEMA,
 };
-use switchyard_operation::{guard, saved_acls, Deps, Error, OperationInput, Plan, Side};
+use switchyard_operation::{guard, saved_acls, Deps, Error, Plan, Side};
 use switchyard_postgres::quote::ident;
 
 use finalize_replication::green as subscriptions;
@@ -58,20 +58,7 @@ pub struct Input {
     pub force: bool,
 }
 
-impl OperationInput for Input {
-    fn cell(&self) -> &CellDocument {
-        &self.cell
-    }
-}
-
-impl Input {
-    fn caller(&self) -> Caller<'_> {
-        Caller {
-            run_id: &self.run_id,
-            force: self.force,
-        }
-    }
-}
+switchyard_operation::operation_input!(Input);
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Output {

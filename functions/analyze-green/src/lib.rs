@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::fence::{self, Caller, Direction};
-use switchyard_operation::{Deps, Error, Listed, OperationInput, Plan, Side};
+use switchyard_operation::fence::{self, Direction};
+use switchyard_operation::{Deps, Error, Listed, Plan, Side};
 use switchyard_postgres::quote::qualified;
 
 /// ```json
@@ -73,20 +73,7 @@ pub struct Cursor {
 /// Lambda's 900 s with room to answer.
 pub const FIRST_STATEMENT: Duration = Duration::from_secs(720);
 
-impl OperationInput for Input {
-    fn cell(&self) -> &CellDocument {
-        &self.cell
-    }
-}
-
-impl Input {
-    fn caller(&self) -> Caller<'_> {
-        Caller {
-            run_id: &self.run_id,
-            force: self.force,
-        }
-    }
-}
+switchyard_operation::operation_input!(Input);
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Output {

@@ -37,8 +37,8 @@ use serde::{Deserialize, Serialize};
 use switchyard_cell::{replication_name, CellDocument, REST_GROUP};
 use switchyard_errors::ErrorName;
 use switchyard_operation::feedback;
-use switchyard_operation::fence::{self, Caller, Direction};
-use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
+use switchyard_operation::fence::{self, Direction};
+use switchyard_operation::{Deps, Error, Plan, Side};
 use switchyard_operation::{PauseDeadline, Timestamp};
 use tokio_postgres::Client;
 
@@ -74,20 +74,7 @@ fn default_wait_seconds() -> u64 {
     10
 }
 
-impl OperationInput for Input {
-    fn cell(&self) -> &CellDocument {
-        &self.cell
-    }
-}
-
-impl Input {
-    fn caller(&self) -> Caller<'_> {
-        Caller {
-            run_id: &self.run_id,
-            force: self.force,
-        }
-    }
-}
+switchyard_operation::operation_input!(Input);
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Output {

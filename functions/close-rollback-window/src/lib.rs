@@ -26,13 +26,13 @@
 use serde::{Deserialize, Serialize};
 use switchyard_cell::{reverse_replication_name, CellDocument};
 use switchyard_errors::ErrorName;
-use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::fence::{self, Direction};
 use switchyard_operation::guard;
 use switchyard_operation::teardown::{
     drop_role, drop_schema_if_empty, exists, granted, publication_exists, refuse_to_drop,
     revoke_all, role_exists, MARKER, SCHEMA,
 };
-use switchyard_operation::{Deps, Error, OperationInput, Plan};
+use switchyard_operation::{Deps, Error, Plan};
 use switchyard_postgres::quote::ident;
 
 use finalize_replication::old_blue::{self, OldBlue};
@@ -58,20 +58,7 @@ pub struct Input {
     pub old_blue_identifier: Option<String>,
 }
 
-impl OperationInput for Input {
-    fn cell(&self) -> &CellDocument {
-        &self.cell
-    }
-}
-
-impl Input {
-    fn caller(&self) -> Caller<'_> {
-        Caller {
-            run_id: &self.run_id,
-            force: self.force,
-        }
-    }
-}
+switchyard_operation::operation_input!(Input);
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Output {

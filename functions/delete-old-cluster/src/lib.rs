@@ -28,9 +28,9 @@ use aws_sdk_rds::types::DbCluster;
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::fence::{self, Direction};
 use switchyard_operation::rename;
-use switchyard_operation::{Deps, Error, OperationInput, Plan};
+use switchyard_operation::{Deps, Error, Plan};
 
 /// The longest wait one invocation may take: Lambda's own limit is 900 s.
 const MAX_WAIT_SECONDS: u64 = 840;
@@ -62,20 +62,7 @@ fn default_wait_seconds() -> u64 {
     600
 }
 
-impl OperationInput for Input {
-    fn cell(&self) -> &CellDocument {
-        &self.cell
-    }
-}
-
-impl Input {
-    fn caller(&self) -> Caller<'_> {
-        Caller {
-            run_id: &self.run_id,
-            force: self.force,
-        }
-    }
-}
+switchyard_operation::operation_input!(Input);
 
 /// Where the old blue stands after the call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]

@@ -25,9 +25,9 @@ use std::time::Duration;
 use switchyard_cell::{CellDocument, Downstream};
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_operation::feedback;
-use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::fence::{self, Direction};
 use switchyard_operation::PauseDeadline;
-use switchyard_operation::{Deps, Error, OperationInput, Plan, Side};
+use switchyard_operation::{Deps, Error, Plan, Side};
 use switchyard_postgres::quote::ident;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
@@ -72,20 +72,7 @@ const MAX_WAIT_SECONDS: u64 = 60;
 /// How often a slot is looked at again while waiting.
 const POLL: Duration = Duration::from_millis(50);
 
-impl OperationInput for Input {
-    fn cell(&self) -> &CellDocument {
-        &self.cell
-    }
-}
-
-impl Input {
-    fn caller(&self) -> Caller<'_> {
-        Caller {
-            run_id: &self.run_id,
-            force: self.force,
-        }
-    }
-}
+switchyard_operation::operation_input!(Input);
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Output {

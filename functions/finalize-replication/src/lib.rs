@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use switchyard_aws::ClusterEndpoint;
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::fence::{self, Caller, Direction};
-use switchyard_operation::{guard, Deps, Error, OperationInput, PauseDeadline, Plan, Side};
+use switchyard_operation::fence::{self, Direction};
+use switchyard_operation::{guard, Deps, Error, PauseDeadline, Plan, Side};
 
 /// ```json
 /// {"cell": { …the cell document… }, "mode": "drop", "old_blue_identifier": "local-a-blue-14"}
@@ -59,20 +59,7 @@ pub struct Input {
     pub old_blue_identifier: Option<String>,
 }
 
-impl OperationInput for Input {
-    fn cell(&self) -> &CellDocument {
-        &self.cell
-    }
-}
-
-impl Input {
-    fn caller(&self) -> Caller<'_> {
-        Caller {
-            run_id: &self.run_id,
-            force: self.force,
-        }
-    }
-}
+switchyard_operation::operation_input!(Input);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 use switchyard_cell::{CellDocument, Downstream};
 use switchyard_errors::ErrorName;
 use switchyard_operation::downstream::{self, Journaled, Recreated};
-use switchyard_operation::fence::{self, Caller, Way};
-use switchyard_operation::{Deps, Error, OperationInput, PauseDeadline, Plan, Side};
+use switchyard_operation::fence::{self, Way};
+use switchyard_operation::{Deps, Error, PauseDeadline, Plan, Side};
 use switchyard_postgres::quote::{conninfo_value, ident, literal};
 use switchyard_telemetry::Secret;
 use tokio_postgres::Client;
@@ -60,20 +60,7 @@ pub struct Input {
     pub direction: Way,
 }
 
-impl OperationInput for Input {
-    fn cell(&self) -> &CellDocument {
-        &self.cell
-    }
-}
-
-impl Input {
-    fn caller(&self) -> Caller<'_> {
-        Caller {
-            run_id: &self.run_id,
-            force: self.force,
-        }
-    }
-}
+switchyard_operation::operation_input!(Input);
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Output {

@@ -20,8 +20,8 @@ use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetHealthDescr
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::fence::{self, Caller, Way};
-use switchyard_operation::{Deps, Error, OperationInput, PauseDeadline, Plan, Side};
+use switchyard_operation::fence::{self, Way};
+use switchyard_operation::{Deps, Error, PauseDeadline, Plan, Side};
 use tokio::time::Instant;
 
 /// ```json
@@ -52,20 +52,7 @@ fn default_wait_seconds() -> u64 {
     300
 }
 
-impl OperationInput for Input {
-    fn cell(&self) -> &CellDocument {
-        &self.cell
-    }
-}
-
-impl Input {
-    fn caller(&self) -> Caller<'_> {
-        Caller {
-            run_id: &self.run_id,
-            force: self.force,
-        }
-    }
-}
+switchyard_operation::operation_input!(Input);
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Output {

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::fence::{self, Direction};
 use switchyard_operation::rename::{self, RenamePlan as Plan};
-use switchyard_operation::{Deps, Error, OperationInput, PauseDeadline, Side};
+use switchyard_operation::{Deps, Error, PauseDeadline, Side};
 
 /// The longest pause between two looks at a rename's progress.
 const MAX_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -62,20 +62,7 @@ fn default_wait_seconds() -> u64 {
     600
 }
 
-impl OperationInput for Input {
-    fn cell(&self) -> &CellDocument {
-        &self.cell
-    }
-}
-
-impl Input {
-    fn caller(&self) -> Caller<'_> {
-        Caller {
-            run_id: &self.run_id,
-            force: self.force,
-        }
-    }
-}
+switchyard_operation::operation_input!(Input);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -19,9 +19,9 @@
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::fence::{self, Direction};
 use switchyard_operation::saved_acls::{self, TABLE, UNRESTORED};
-use switchyard_operation::{guard, Deps, Error, OperationInput, Plan, Side};
+use switchyard_operation::{guard, Deps, Error, Plan, Side};
 use switchyard_postgres::quote::{ident, qualified};
 use tokio_postgres::Transaction;
 
@@ -41,20 +41,7 @@ pub struct Input {
     pub force: bool,
 }
 
-impl OperationInput for Input {
-    fn cell(&self) -> &CellDocument {
-        &self.cell
-    }
-}
-
-impl Input {
-    fn caller(&self) -> Caller<'_> {
-        Caller {
-            run_id: &self.run_id,
-            force: self.force,
-        }
-    }
-}
+switchyard_operation::operation_input!(Input);
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Output {

@@ -43,10 +43,10 @@ use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
 use switchyard_operation::downstream::Journaled;
-use switchyard_operation::fence::{self, Caller, Decision, Way};
+use switchyard_operation::fence::{self, Decision, Way};
 use switchyard_operation::fleet as instances;
 use switchyard_operation::fleet::Endpoint;
-use switchyard_operation::{Deps, Error, OperationInput, PauseDeadline, Plan, Side};
+use switchyard_operation::{Deps, Error, PauseDeadline, Plan, Side};
 use switchyard_postgres::{PgBouncerAdmin, Resumed};
 
 /// ```json
@@ -74,20 +74,7 @@ pub struct Input {
     pub expected_server_version_num: Option<i32>,
 }
 
-impl OperationInput for Input {
-    fn cell(&self) -> &CellDocument {
-        &self.cell
-    }
-}
-
-impl Input {
-    fn caller(&self) -> Caller<'_> {
-        Caller {
-            run_id: &self.run_id,
-            force: self.force,
-        }
-    }
-}
+switchyard_operation::operation_input!(Input);
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Output {

@@ -24,10 +24,10 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::fence::{self, Caller, Direction};
+use switchyard_operation::fence::{self, Direction};
 use switchyard_operation::saved_acls::{self, TABLE, UNRESTORED};
 use switchyard_operation::PauseDeadline;
-use switchyard_operation::{guard, Deps, Error, OperationInput, Plan, Side};
+use switchyard_operation::{guard, Deps, Error, Plan, Side};
 use switchyard_postgres::quote::{ident, qualified};
 use tokio_postgres::{Client, GenericClient, Transaction};
 
@@ -50,20 +50,7 @@ pub struct Input {
     pub pause_deadline: Option<PauseDeadline>,
 }
 
-impl OperationInput for Input {
-    fn cell(&self) -> &CellDocument {
-        &self.cell
-    }
-}
-
-impl Input {
-    fn caller(&self) -> Caller<'_> {
-        Caller {
-            run_id: &self.run_id,
-            force: self.force,
-        }
-    }
-}
+switchyard_operation::operation_input!(Input);
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Output {

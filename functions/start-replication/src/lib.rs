@@ -34,8 +34,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use switchyard_cell::{CellDocument, TableRef};
 use switchyard_errors::ErrorName;
-use switchyard_operation::fence::{self, Caller, Direction};
-use switchyard_operation::{Deps, Error, Listed, OperationInput, Plan, Side};
+use switchyard_operation::fence::{self, Direction};
+use switchyard_operation::{Deps, Error, Listed, Plan, Side};
 
 /// ```json
 /// {"cell": { …the cell document… }, "idle_transaction_seconds": 5, "lock_timeout_seconds": 30}
@@ -69,20 +69,7 @@ fn default_lock_timeout_seconds() -> u64 {
     30
 }
 
-impl OperationInput for Input {
-    fn cell(&self) -> &CellDocument {
-        &self.cell
-    }
-}
-
-impl Input {
-    fn caller(&self) -> Caller<'_> {
-        Caller {
-            run_id: &self.run_id,
-            force: self.force,
-        }
-    }
-}
+switchyard_operation::operation_input!(Input);
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Output {

@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
 use switchyard_operation::app_roles::{self as parameters, Attributes, Role};
-use switchyard_operation::fence::{self, Caller, Direction};
-use switchyard_operation::{green_fence, Deps, Error, Listed, OperationInput, Plan, Side};
+use switchyard_operation::fence::{self, Direction};
+use switchyard_operation::{green_fence, Deps, Error, Listed, Plan, Side};
 use switchyard_postgres::quote::{ident, literal};
 use switchyard_postgres::scram_verifier;
 use tokio_postgres::Client;
@@ -49,20 +49,7 @@ pub struct Input {
     pub force: bool,
 }
 
-impl OperationInput for Input {
-    fn cell(&self) -> &CellDocument {
-        &self.cell
-    }
-}
-
-impl Input {
-    fn caller(&self) -> Caller<'_> {
-        Caller {
-            run_id: &self.run_id,
-            force: self.force,
-        }
-    }
-}
+switchyard_operation::operation_input!(Input);
 
 /// What was done to each role named in SSM (each appears in exactly one of the first
 /// four lists) and what green holds beyond them.
