@@ -350,8 +350,9 @@ async fn assert_switched(cell: &LocalCell, ledger: Ledger, ran: &Ran) {
     assert_eq!(
         (tally.failed, tally.in_doubt.len()),
         (0, 0),
-        "no client transaction failed: {:?}",
-        tally.errors
+        "no client transaction failed: {:?}\n{}",
+        tally.errors,
+        cell.pgbouncer_troubles(30)
     );
     wait_keys_once(
         &cell.green.superuser_options("app"),
@@ -905,9 +906,11 @@ async fn the_pause_budget_is_a_deadline_and_one_run_owns_the_cell() {
     let cell = Arc::into_inner(cell).expect("the only owner");
     let tally = ledger.stop().await;
     assert_eq!(
-        tally.failed, 0,
-        "no client waited past query_wait_timeout: {:?}",
-        tally.errors
+        tally.failed,
+        0,
+        "no client waited past query_wait_timeout: {:?}\n{}",
+        tally.errors,
+        cell.pgbouncer_troubles(30)
     );
     cell.shutdown();
 }

@@ -122,9 +122,11 @@ async fn prepare_brings_an_empty_green_to_a_verified_replica_under_load() {
         tally.errors
     );
     assert_eq!(
-        tally.failed, 0,
-        "prepare must not disturb clients: {:?}",
-        tally.errors
+        tally.failed,
+        0,
+        "prepare must not disturb clients: {:?}\n{}",
+        tally.errors,
+        cell.pgbouncer_troubles(30)
     );
     check_until_caught_up(&cell, &deps).await;
     let keys = tally.keys();

@@ -236,8 +236,9 @@ async fn assert_switched_to_green(cell: &LocalCell, ledger: Ledger) {
     assert_eq!(
         (tally.failed, tally.in_doubt.len()),
         (0, 0),
-        "no client transaction failed: {:?}",
-        tally.errors
+        "no client transaction failed: {:?}\n{}",
+        tally.errors,
+        cell.pgbouncer_troubles(30)
     );
     assert_all_once(
         "ledger",

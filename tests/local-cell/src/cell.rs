@@ -485,6 +485,17 @@ impl LocalCell {
         SocketAddr::from(([127, 0, 0, 1], self.pgbouncer.port))
     }
 
+    /// What every PgBouncer instance logged going wrong lately (the last `n` lines of
+    /// each): a test names these next to a failed client transaction.
+    pub fn pgbouncer_troubles(&self, n: usize) -> String {
+        std::iter::once(&self.pgbouncer)
+            .chain(self.more_pgbouncers.iter().map(|(_, p)| p))
+            .enumerate()
+            .map(|(i, p)| format!("PgBouncer {}:\n{}", i + 1, p.troubles(n).join("\n")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// The link to fleet instance `n` (2 or above; the first has none), to break it.
     pub fn pgbouncer_link(&self, n: usize) -> Result<&Link, CellError> {
         n.checked_sub(2)

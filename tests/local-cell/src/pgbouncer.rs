@@ -42,6 +42,8 @@ pub struct PgBouncer {
     pub port: u16,
     /// Holds the auth file with plain passwords: removed when PgBouncer stops.
     dir: std::path::PathBuf,
+    /// PgBouncer's log: every server and client disconnection is there with its reason.
+    log: std::path::PathBuf,
     server: Server,
 }
 
@@ -85,7 +87,7 @@ impl PgBouncer {
              auth_type = scram-sha-256\nauth_file = {userlist}\nadmin_users = {admin}\n\
              pool_mode = transaction\nmax_client_conn = 500\ndefault_pool_size = 20\n\
              query_wait_timeout = {qwt}\nserver_connect_timeout = 5\nserver_login_retry = 1\n\
-             dns_max_ttl = 15\ndns_nxdomain_ttl = 15\nlog_connections = 0\nlog_disconnections = 0\n\
+             dns_max_ttl = 15\ndns_nxdomain_ttl = 15\nlog_connections = 0\nlog_disconnections = 1\n\
              ignore_startup_parameters = extra_float_digits\n",
             userlist = userlist_path.display(),
             admin = spec.admin_user,
@@ -123,11 +125,35 @@ impl PgBouncer {
         server
             .wait_listening(("127.0.0.1", port), Duration::from_secs(30))
             .await?;
-        Ok(Self { port, dir, server })
+        Ok(Self {
+            port,
+            dir,
+            log,
+            server,
+        })
     }
 
     pub fn pid(&self) -> Option<u32> {
         self.server.pid()
+    }
+
+    /// The last `n` disconnections PgBouncer logged for a reason other than the client's
+    /// own close, and its warnings and errors: what a failed client transaction is matched
+    /// against when a test reports one.
+    pub fn troubles(&self, n: usize) -> Vec<String> {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| {
+                (l.contains("closing because") && !l.contains("client close request"))
+                    || l.contains(" WARNING ")
+                    || l.contains(" ERROR ")
+            })
+            .map(str::to_owned)
+            .collect();
+        let skip = lines.len().saturating_sub(n);
+        lines.drain(..skip);
+        lines
     }
 
     pub fn stop(&mut self) {

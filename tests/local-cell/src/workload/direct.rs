@@ -235,7 +235,7 @@ fn job<'a>(
 ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
     Box::pin(async move {
         if let Err(e) = client.batch_execute("BEGIN").await {
-            return Outcome::Failed(format!("begin: {e}"));
+            return Outcome::Failed(format!("begin: {}", super::describe(&e)));
         }
         let invoice: i64 = match client
             .query_typed(INSERT_INVOICE, &[(&account, Type::INT8)])
@@ -247,7 +247,7 @@ fn job<'a>(
             },
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
-                return Outcome::Failed(format!("insert invoice: {e}"));
+                return Outcome::Failed(format!("insert invoice: {}", super::describe(&e)));
             }
         };
         if let Err(e) = client
@@ -255,7 +255,7 @@ fn job<'a>(
             .await
         {
             let _ = client.batch_execute("ROLLBACK").await;
-            return Outcome::Failed(format!("insert line: {e}"));
+            return Outcome::Failed(format!("insert line: {}", super::describe(&e)));
         }
         Outcome::of_commit(client.batch_execute("COMMIT").await)
     })

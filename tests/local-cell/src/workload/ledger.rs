@@ -85,7 +85,7 @@ fn pay<'a>(
         // Typed queries use the unnamed statement: named prepared statements do not
         // survive PgBouncer's transaction pooling (1.18 has no prepared-statement support).
         if let Err(e) = client.batch_execute("BEGIN").await {
-            return Outcome::Failed(format!("begin: {e}"));
+            return Outcome::Failed(format!("begin: {}", super::describe(&e)));
         }
         if let Err(e) = client
             .query_typed(
@@ -99,7 +99,7 @@ fn pay<'a>(
             .await
         {
             let _ = client.batch_execute("ROLLBACK").await;
-            return Outcome::Failed(format!("insert: {e}"));
+            return Outcome::Failed(format!("insert: {}", super::describe(&e)));
         }
         Outcome::of_commit(client.batch_execute("COMMIT").await)
     })

@@ -45,10 +45,25 @@ impl Tally {
         self.acks.iter().map(|a| a.key.clone()).collect()
     }
 
+    /// Keeps the first occurrence of each distinct message, stamped with when it was seen
+    /// (Unix ms), so a failure can be matched to the run's history and PgBouncer's log.
     fn error(&mut self, message: String) {
-        if self.errors.len() < 20 && !self.errors.contains(&message) {
-            self.errors.push(message);
+        let seen = self
+            .errors
+            .iter()
+            .any(|e| e.split_once(" @ ").is_some_and(|(m, _)| m == message));
+        if self.errors.len() < 20 && !seen {
+            self.errors.push(format!("{message} @ {}", unix_ms_now()));
         }
+    }
+}
+
+/// An error as a client would log it: a server's (or PgBouncer's) SQLSTATE and message,
+/// not tokio-postgres' bare "db error".
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => e.to_string(),
     }
 }
 
@@ -124,8 +139,10 @@ impl Outcome {
     fn of_commit(result: Result<(), tokio_postgres::Error>) -> Self {
         match result {
             Ok(()) => Self::Committed,
-            Err(e) if e.as_db_error().is_some() => Self::Failed(format!("commit: {e}")),
-            Err(e) => Self::InDoubt(format!("commit: {e}")),
+            Err(e) if e.as_db_error().is_some() => {
+                Self::Failed(format!("commit: {}", describe(&e)))
+            }
+            Err(e) => Self::InDoubt(format!("commit: {}", describe(&e))),
         }
     }
 }
