@@ -56,6 +56,21 @@ pub struct CellDocument {
     /// lock, saved counts, …). Default: `/switchyard/<cell_id>/journal/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal_path: Option<String>,
+    /// Set on a switch-back's document only ([`CellDocument::back`]): the upgrade this leg
+    /// undoes. Its blue is the cell's name (held by that upgrade's green), its green the
+    /// parked old blue, and its target the old blue's major.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undoes: Option<Upgrade>,
+}
+
+/// One upgrade of a cell: the green it switches to and that green's major.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upgrade {
+    /// The forward leg's `green.cluster_identifier`.
+    pub green_identifier: String,
+    /// The forward leg's `target_major_version`.
+    pub target_major_version: u32,
 }
 
 /// Where a cell runs.
@@ -343,8 +358,12 @@ impl CellDocument {
     }
 
     /// The replication pairs, in order: one per table group, then the rest. A
-    /// publication, its slot and its subscription share the name.
+    /// publication, its slot and its subscription share the name. A switch-back's green
+    /// (the old blue) follows through one: `switchyard_reverse`.
     pub fn replication_names(&self) -> Vec<String> {
+        if self.is_back() {
+            return vec![reverse_replication_name()];
+        }
         self.table_groups
             .iter()
             .map(|g| g.name.as_str())
@@ -352,7 +371,76 @@ impl CellDocument {
             .map(replication_name)
             .collect()
     }
+
+    /// The publication that carries `switchyard.switchover_marker` to green: the rest
+    /// group's, or on a switch-back the reverse one (it publishes every table green
+    /// subscribed to, the marker among them).
+    pub fn marker_replication_name(&self) -> String {
+        if self.is_back() {
+            reverse_replication_name()
+        } else {
+            replication_name(REST_GROUP)
+        }
+    }
+
+    /// The way back this leg makes inside its window (`switchyard_reverse`), or `None` on
+    /// a switch-back: it ends the rollback window rather than opening another.
+    pub fn way_back_name(&self) -> Option<String> {
+        (!self.is_back()).then(reverse_replication_name)
+    }
+
+    /// Whether this document is a switch-back's ([`CellDocument::back`]).
+    pub fn is_back(&self) -> bool {
+        self.undoes.is_some()
+    }
+
+    /// Where this leg's own journal entries live: the cell's journal path, or under
+    /// `back/` in it for a switch-back, so the two legs' decisions, saved grants and rename
+    /// plans never overwrite each other. The run lock stays cell-wide.
+    pub fn leg_journal_path(&self) -> String {
+        if self.is_back() {
+            format!("{}{BACK_JOURNAL}", self.journal_path())
+        } else {
+            self.journal_path()
+        }
+    }
+
+    /// The forward leg's document as this switch-back's was derived from it: the upgrade
+    /// it undoes, for reading that leg's journal. `None` for a forward document.
+    pub fn forward(&self) -> Option<CellDocument> {
+        let undoes = self.undoes.as_ref()?;
+        let mut forward = self.clone();
+        forward.green.cluster_identifier = undoes.green_identifier.clone();
+        forward.target_major_version = undoes.target_major_version;
+        forward.undoes = None;
+        Some(forward)
+    }
+
+    /// The switch-back's document for this (forward) upgrade, once it has switched: the
+    /// cell's name is held by green (blue here), and the old blue, of `blue_major`, is
+    /// parked as `parked_identifier` (the rename plan's). Everything else — credentials,
+    /// PgBouncer, downstream, budgets, the journal — is the cell's and stays.
+    pub fn back(&self, parked_identifier: &str, blue_major: u32) -> Result<Self, CellError> {
+        if self.is_back() {
+            return Err(CellError::Malformed {
+                path: "undoes".to_owned(),
+                message: "this document is a switch-back's already".to_owned(),
+            });
+        }
+        let mut back = self.clone();
+        back.green.cluster_identifier = parked_identifier.to_owned();
+        back.target_major_version = blue_major;
+        back.undoes = Some(Upgrade {
+            green_identifier: self.green.cluster_identifier.clone(),
+            target_major_version: self.target_major_version,
+        });
+        back.validate()?;
+        Ok(back)
+    }
 }
+
+/// Under the cell's journal path, where a switch-back's own entries live.
+pub const BACK_JOURNAL: &str = "back/";
 
 /// The pseudo-group of every table no table group names.
 pub const REST_GROUP: &str = "rest";
@@ -552,6 +640,61 @@ mod tests {
     fn blue_is_renamed_with_its_major() {
         let document = CellDocument::from_json(EXAMPLE).expect("example is valid");
         assert_eq!(document.blue_renamed_identifier(16), "local-a-blue-16");
+    }
+
+    #[test]
+    fn a_switch_back_reverses_the_upgrade_and_keeps_the_cell() {
+        let forward = CellDocument::from_json(EXAMPLE).expect("example is valid");
+        let back = forward.back("local-a-blue-14", 14).expect("valid back");
+        assert_eq!(
+            back.blue, forward.blue,
+            "the cell's name, held by green now"
+        );
+        assert_eq!(back.green.cluster_identifier, "local-a-blue-14");
+        assert_eq!(back.target_major_version, 14);
+        assert_eq!(
+            back.undoes,
+            Some(Upgrade {
+                green_identifier: "local-a-green".to_owned(),
+                target_major_version: 17
+            })
+        );
+        assert_eq!(back.credentials, forward.credentials);
+        assert_eq!(back.replication_names(), ["switchyard_reverse"]);
+        assert_eq!(back.marker_replication_name(), "switchyard_reverse");
+        assert_eq!(back.way_back_name(), None);
+        assert_eq!(
+            forward.way_back_name().as_deref(),
+            Some("switchyard_reverse")
+        );
+        assert_eq!(forward.marker_replication_name(), "switchyard_rest");
+        assert_eq!(back.journal_path(), forward.journal_path());
+        assert_eq!(back.leg_journal_path(), "/switchyard/local-a/journal/back/");
+        assert_eq!(forward.leg_journal_path(), "/switchyard/local-a/journal/");
+        assert_eq!(back.forward().as_ref(), Some(&forward));
+        assert_eq!(forward.forward(), None);
+        let json = serde_json::to_string(&back).expect("serialize");
+        assert_eq!(CellDocument::from_json(&json).expect("reparse"), back);
+        assert!(
+            back.back("local-a-blue-17", 17).is_err(),
+            "no back of a back"
+        );
+    }
+
+    #[test]
+    fn a_switch_back_goes_only_to_the_parked_old_blue_of_an_older_major() {
+        let forward = CellDocument::from_json(EXAMPLE).expect("example is valid");
+        let error = forward
+            .back("some-other-cluster", 14)
+            .expect_err("not the parked old blue")
+            .to_string();
+        assert!(error.contains("green.cluster_identifier"), "{error}");
+        assert!(error.contains("local-a-blue-14"), "{error}");
+        let error = forward
+            .back("local-a-blue-17", 17)
+            .expect_err("not an older major")
+            .to_string();
+        assert!(error.contains("undoes.target_major_version"), "{error}");
     }
 
     #[test]

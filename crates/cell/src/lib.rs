@@ -10,7 +10,8 @@ mod validation;
 pub use document::{
     replication_name, reverse_replication_name, Budgets, CellDocument, ClusterRef, Credentials,
     DirectWriter, Discovery, Downstream, Environment, PgBouncer, Replication, SubscriptionSslMode,
-    TableGroup, TableRef, DEFAULT_REPLICATION_ROLE, EXAMPLE, REST_GROUP, REVERSE_GROUP,
+    TableGroup, TableRef, Upgrade, BACK_JOURNAL, DEFAULT_REPLICATION_ROLE, EXAMPLE, REST_GROUP,
+    REVERSE_GROUP,
 };
 pub use error::{CellError, Problem};
 pub use validation::MAX_PAUSE_SECONDS;

@@ -70,6 +70,7 @@ impl CellDocument {
             problems.check("journal_path", ssm_path(path));
         }
 
+        self.check_undoes(&mut problems);
         self.check_pgbouncer(&mut problems);
         self.check_direct_writers(&mut problems);
         self.check_downstream(&mut problems);
@@ -78,6 +79,35 @@ impl CellDocument {
         check_budgets(&self.budgets, &mut problems);
 
         problems.finish()
+    }
+
+    /// A switch-back goes to the old blue parked by the upgrade it undoes, of an older
+    /// major: any other green is not where the cell came from.
+    fn check_undoes(&self, problems: &mut Problems) {
+        let Some(undoes) = &self.undoes else {
+            return;
+        };
+        problems.check(
+            "undoes.green_identifier",
+            cluster_identifier(&undoes.green_identifier),
+        );
+        problems.check(
+            "undoes.target_major_version",
+            major_version(undoes.target_major_version),
+        );
+        if undoes.target_major_version <= self.target_major_version {
+            problems.push(
+                "undoes.target_major_version",
+                "must be above target_major_version: a switch-back returns to the older major",
+            );
+        }
+        let parked = self.blue_renamed_identifier(self.target_major_version);
+        if self.green.cluster_identifier != parked {
+            problems.push(
+                "green.cluster_identifier",
+                format!("a switch-back's green is the parked old blue, {parked}"),
+            );
+        }
     }
 
     fn check_pgbouncer(&self, problems: &mut Problems) {
