@@ -14,10 +14,10 @@
 //!   (`AbortInProgress`) — a late forward step cannot undo what the abort path restored.
 
 use serde::{Deserialize, Serialize};
-use switchyard_cell::CellDocument;
+use switchyard_cell::{CellDocument, Upgrade};
 use switchyard_errors::ErrorName;
 
-use crate::journal::{now_rfc3339, Entry};
+use crate::journal::{decode_entry, now_rfc3339, Entry};
 use crate::{Deps, Error};
 
 /// Who holds the cell's run lock, and since when.
@@ -35,6 +35,8 @@ pub struct RunLock {
 impl Entry for RunLock {
     const KEY: &'static str = "lock";
     const WHAT: &'static str = "the run lock";
+    // One run owns the cell, whichever way it moves it.
+    const CELL_WIDE: bool = true;
 }
 
 impl RunLock {
@@ -69,6 +71,9 @@ pub struct Decision {
     /// another green, another target) does not bind this one.
     pub green_identifier: String,
     pub target_major_version: u32,
+    /// A switch-back's decision: the upgrade it undoes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undoes: Option<Upgrade>,
     /// RFC 3339, UTC.
     pub decided_at: String,
 }
@@ -85,8 +90,18 @@ impl Decision {
             verdict,
             green_identifier: cell.green.cluster_identifier.clone(),
             target_major_version: cell.target_major_version,
+            undoes: cell.undoes.clone(),
             decided_at: now_rfc3339(),
         }
+    }
+
+    /// A switch-back's switched decision that undid the upgrade `cell` describes.
+    pub fn switched_back(&self, cell: &CellDocument) -> bool {
+        self.verdict == Verdict::Switched
+            && self.undoes.as_ref().is_some_and(|u| {
+                u.green_identifier == cell.green.cluster_identifier
+                    && u.target_major_version == cell.target_major_version
+            })
     }
 
     /// Whether it belongs to the upgrade `cell` describes.
@@ -178,7 +193,18 @@ pub async fn check(
         ));
     }
     let journal = deps.journal(cell);
-    let (lock, decision) = journal.get_pair::<RunLock, Decision>().await?;
+    let other_leg = journal.other_leg();
+    let names = [
+        journal.parameter_of::<RunLock>(),
+        journal.parameter_of::<Decision>(),
+        other_leg.parameter_of::<Decision>(),
+    ];
+    let [lock, decision, other] = <[Option<String>; 3]>::try_from(journal.get_many(&names).await?)
+        .map_err(|_| Error::stop(ErrorName::AwsError, "SSM returned other than three entries"))?;
+    let lock = decode_entry::<RunLock>(&names[0], lock)?;
+    let decision = decode_entry::<Decision>(&names[1], decision)?;
+    let other = decode_entry::<Decision>(&names[2], other)?;
+    legs_allow(cell, other.as_ref(), caller.force)?;
     let mut forced = false;
     match &lock {
         Some(lock) if lock.run_id == caller.run_id => {}
@@ -233,6 +259,59 @@ pub async fn check(
         lock,
         decision,
     })
+}
+
+/// Whether the two legs of an upgrade let `cell`'s leg act, given the other leg's decision:
+/// a switch-back only once its upgrade has switched (its green follows through the way
+/// back only then), whatever `force` says; an upgrade's steps not once it was switched
+/// back, unless forced (they would move the cell toward a green it left).
+pub fn legs_allow(cell: &CellDocument, other: Option<&Decision>, force: bool) -> Result<(), Error> {
+    match &cell.undoes {
+        Some(undoes) => {
+            let forward_switched = other.is_some_and(|d| {
+                d.verdict == Verdict::Switched
+                    && d.green_identifier == undoes.green_identifier
+                    && d.target_major_version == undoes.target_major_version
+            });
+            if forward_switched {
+                Ok(())
+            } else {
+                Err(not_switched_to_undo(cell, undoes))
+            }
+        }
+        None => match other.filter(|d| d.switched_back(cell)) {
+            Some(back) if !force => Err(switched_back(cell, back)),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// A switch-back whose upgrade has not switched: there is no way back to take.
+fn not_switched_to_undo(cell: &CellDocument, undoes: &Upgrade) -> Error {
+    Error::stop(
+        ErrorName::PreconditionFailed,
+        format!(
+            "cell {} has not switched to {} (PostgreSQL {}): there is nothing to switch back (no way back exists) and nothing was changed",
+            cell.cell_id, undoes.green_identifier, undoes.target_major_version
+        ),
+    )
+}
+
+/// The error an upgrade's step gives once the cell was switched back from it.
+pub fn switched_back(cell: &CellDocument, back: &Decision) -> Error {
+    Error::stop(
+        ErrorName::PreconditionFailed,
+        format!(
+            "cell {} was switched back to {} (PostgreSQL {}) in run {} at {}: the upgrade to {} (PostgreSQL {}) is undone, its steps would move the cell toward a green it left, and nothing was changed. Start another attempt with prepare (docs/runbook.md)",
+            cell.cell_id,
+            back.green_identifier,
+            back.target_major_version,
+            back.run_id,
+            back.decided_at,
+            cell.green.cluster_identifier,
+            cell.target_major_version
+        ),
+    )
 }
 
 /// [`check`], then for an abort-direction caller the run is marked aborting — atomically,
@@ -322,6 +401,8 @@ pub fn already_switched(cell: &CellDocument, decision: &Decision) -> Error {
 
 #[cfg(test)]
 mod tests {
+    use switchyard_errors::Catalogued;
+
     use super::*;
 
     fn cell() -> CellDocument {
@@ -341,6 +422,48 @@ mod tests {
         assert!(aborting.aborting(&cell, "run-a"));
         assert!(!aborting.aborting(&cell, "run-b"), "another run's abort");
         assert!(!aborting.switched(&cell));
+    }
+
+    #[test]
+    fn a_switch_back_acts_only_after_its_upgrade_switched_and_then_fences_the_upgrade() {
+        let forward = cell();
+        let back = forward.back("local-a-blue-14", 14).expect("back");
+        let forward_switched = Decision::new(&forward, "up", Verdict::Switched);
+        let forward_aborting = Decision::new(&forward, "up", Verdict::Aborting);
+        assert!(legs_allow(&back, Some(&forward_switched), false).is_ok());
+        for other in [None, Some(&forward_aborting)] {
+            let error = legs_allow(&back, other, true).expect_err("nothing to undo, even forced");
+            assert_eq!(error.error_name(), ErrorName::PreconditionFailed);
+            assert!(
+                error.to_string().contains("nothing to switch back"),
+                "{error}"
+            );
+        }
+        let mut other_upgrade = forward.clone();
+        other_upgrade.green.cluster_identifier = "local-a-green-2".to_owned();
+        let other_switched = Decision::new(&other_upgrade, "up", Verdict::Switched);
+        assert!(
+            legs_allow(&back, Some(&other_switched), false).is_err(),
+            "another upgrade's switch is not the one this undoes"
+        );
+
+        let back_switched = Decision::new(&back, "down", Verdict::Switched);
+        assert!(back_switched.switched_back(&forward));
+        assert!(!back_switched.switched_back(&other_upgrade));
+        assert!(!Decision::new(&back, "down", Verdict::Aborting).switched_back(&forward));
+        let error = legs_allow(&forward, Some(&back_switched), false).expect_err("undone");
+        assert_eq!(error.error_name(), ErrorName::PreconditionFailed);
+        assert!(
+            error
+                .to_string()
+                .contains("switched back to local-a-blue-14"),
+            "{error}"
+        );
+        assert!(
+            legs_allow(&forward, Some(&back_switched), true).is_ok(),
+            "forced"
+        );
+        assert!(legs_allow(&forward, None, false).is_ok());
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub use deploy::{Deployment, CA_BUNDLE_ENV, PG_DUMP_ENV};
 pub use deps::{Deps, Side};
 pub use error::Error;
 pub use fence::{Caller, Direction};
-pub use journal::{now_rfc3339, Entry, Journal};
+pub use journal::{decode_entry, now_rfc3339, Entry, Journal};
 pub use lambda::{parse_input, serve, serve_planned, OperationInput, PAUSE_DEADLINE_FIELD};
 pub use listed::{Listed, LISTED};
 pub use pause::{bounded, PauseDeadline, PauseWindow, Timestamp};

@@ -39,6 +39,8 @@ pub fn parked_identifier(cell: &CellDocument, blue_major: u32) -> String {
 
 /// Whether `identifier` is a parked blue of this cell: `<id>-blue-<major>` with a major
 /// below the target (an older upgrade's parked cluster has a lower one, never the target).
+/// A switch-back parks the upgrade's green, of the undone upgrade's major: its own green,
+/// `<id>-blue-<target>`, is the old blue coming back, not a parked one.
 pub fn is_parked(cell: &CellDocument, identifier: &str) -> bool {
     parked_major(cell, identifier).is_some()
 }
@@ -49,7 +51,11 @@ pub fn parked_major(cell: &CellDocument, identifier: &str) -> Option<u32> {
         .strip_prefix(&format!("{}-blue-", cell.blue.cluster_identifier))
         .and_then(|major| major.parse::<u32>().ok())
         .filter(|major| {
-            *major < cell.target_major_version && parked_identifier(cell, *major) == identifier
+            let parks = match &cell.undoes {
+                None => *major < cell.target_major_version,
+                Some(undoes) => *major == undoes.target_major_version,
+            };
+            parks && parked_identifier(cell, *major) == identifier
         })
 }
 
@@ -74,5 +80,21 @@ mod tests {
         assert!(!is_parked(&cell, &format!("{blue}-blue-0{below}")));
         assert!(!is_parked(&cell, &format!("{blue}-blue-x")));
         assert!(!is_parked(&cell, &format!("other-blue-{below}")));
+    }
+
+    #[test]
+    fn a_switch_back_parks_the_upgrades_green_under_its_major() {
+        let forward = CellDocument::from_json(switchyard_cell::EXAMPLE).expect("example");
+        let back = forward.back("local-a-blue-14", 14).expect("back");
+        assert_eq!(parked_identifier(&back, 17), "local-a-blue-17");
+        assert_eq!(parked_major(&back, "local-a-blue-17"), Some(17));
+        assert!(
+            !is_parked(&back, "local-a-blue-14"),
+            "the old blue coming back"
+        );
+        assert!(
+            !is_parked(&back, "local-a-blue-16"),
+            "not the undone upgrade's major"
+        );
     }
 }

@@ -12,13 +12,20 @@
 //! decision an earlier run left (its `aborting`, or an earlier upgrade's `switched`) is
 //! cleared, so it cannot bind this run.
 //!
+//! The two legs of an upgrade: a switch-back's document takes the lock only once its
+//! upgrade has switched, and a switch-back's switch is kept like the upgrade's. An
+//! upgrade's run that is not after the switch finds a switch-back of it a finished attempt:
+//! both legs' decisions are cleared, so the cell can be prepared for the next one; an
+//! after-switch run of the undone upgrade is refused (there is no window left to close).
+//!
 //! Dry run ([`plan`]): reads the lock and says whether this run would take it; a lock held
 //! by another run is `LockHeld`, as for the real call.
 
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::fence::{already_switched, Decision, RunLock};
+use switchyard_operation::decode_entry;
+use switchyard_operation::fence::{already_switched, legs_allow, switched_back, Decision, RunLock};
 use switchyard_operation::{now_rfc3339, Deps, Error, OperationInput, Plan};
 
 /// ```json
@@ -56,6 +63,10 @@ pub struct Output {
     /// A decision left by an earlier run that this run cleared (`None`: there was none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleared: Option<Decision>,
+    /// The switch-back that undid this upgrade, cleared with the upgrade's own switch so
+    /// that another attempt can run (`None`: there was none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleared_switch_back: Option<Decision>,
 }
 
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id, run = %input.run_id))]
@@ -86,12 +97,25 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         }
     };
     // Ours now: a switch that landed between the check and the create is seen here.
-    let decision = journal.get::<Decision>().await?;
-    if let Err(e) = switch_allows(&input, decision.as_ref()) {
+    let (decision, other) = decisions(&input, deps).await?;
+    if let Err(e) = switch_allows(&input, decision.as_ref(), other.as_ref()) {
         journal.remove::<RunLock>().await?;
         return Err(e);
     }
+    let switched_back = other.filter(|d| d.switched_back(&input.cell));
+    let cleared_switch_back = match switched_back {
+        Some(back) => {
+            // The upgrade's switch first: were we to crash between the two, the next try
+            // sees no switch to undo rather than an undone switch without its record.
+            journal.remove::<Decision>().await?;
+            journal.other_leg().remove::<Decision>().await?;
+            tracing::info!(back_run = %back.run_id, "cleared a switched-back upgrade's decisions");
+            Some(back)
+        }
+        None => None,
+    };
     let cleared = match decision {
+        Some(d) if cleared_switch_back.is_some() => Some(d),
         // What an after-switch run acts on: kept.
         Some(d) if d.switched(&input.cell) => None,
         Some(d) if d.run_id != input.run_id => {
@@ -106,6 +130,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         parameter,
         acquired,
         cleared,
+        cleared_switch_back,
     })
 }
 
@@ -128,7 +153,16 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
             ));
         }
     }
-    if let Some(d) = journal.get::<Decision>().await? {
+    let (decision, other) = decisions(&input, deps).await?;
+    if let Some(back) = other.filter(|d| d.switched_back(&input.cell)) {
+        plan.would(format!(
+            "delete SSM parameters {} and {}: the upgrade's switch and run {}'s switch-back of it ({}), a finished attempt",
+            journal.parameter_of::<Decision>(),
+            journal.other_leg().parameter_of::<Decision>(),
+            back.run_id,
+            back.decided_at
+        ));
+    } else if let Some(d) = decision {
         if d.run_id != input.run_id && !d.switched(&input.cell) {
             plan.would(format!(
                 "delete SSM parameter {}: run {}'s decision ({:?} at {}), which does not bind this run",
@@ -152,15 +186,47 @@ fn check_run_id(input: &Input) -> Result<(), Error> {
     Ok(())
 }
 
-/// [`switch_allows`] with the decision the journal holds now.
-async fn check_switch(input: &Input, deps: &Deps) -> Result<(), Error> {
-    let decision = deps.journal(&input.cell).get::<Decision>().await?;
-    switch_allows(input, decision.as_ref())
+/// This leg's decision and the other leg's, in one call.
+async fn decisions(
+    input: &Input,
+    deps: &Deps,
+) -> Result<(Option<Decision>, Option<Decision>), Error> {
+    let journal = deps.journal(&input.cell);
+    let names = [
+        journal.parameter_of::<Decision>(),
+        journal.other_leg().parameter_of::<Decision>(),
+    ];
+    let mut values = journal.get_many(&names).await?.into_iter();
+    Ok((
+        decode_entry(&names[0], values.next().flatten())?,
+        decode_entry(&names[1], values.next().flatten())?,
+    ))
 }
 
-/// `AlreadySwitched` when this upgrade's switch has happened (nothing to take the lock
-/// for); for an after-switch run, `PreconditionFailed` until it has.
-fn switch_allows(input: &Input, decision: Option<&Decision>) -> Result<(), Error> {
+/// [`switch_allows`] with the decisions the journal holds now.
+async fn check_switch(input: &Input, deps: &Deps) -> Result<(), Error> {
+    let (decision, other) = decisions(input, deps).await?;
+    switch_allows(input, decision.as_ref(), other.as_ref())
+}
+
+/// `AlreadySwitched` when this leg's switch has happened (nothing to take the lock for);
+/// for an after-switch run, `PreconditionFailed` until it has. A switch-back needs its
+/// upgrade switched; an upgrade switched back is a finished attempt, except to an
+/// after-switch run, which is refused.
+fn switch_allows(
+    input: &Input,
+    decision: Option<&Decision>,
+    other: Option<&Decision>,
+) -> Result<(), Error> {
+    if input.cell.is_back() {
+        legs_allow(&input.cell, other, false)?;
+    } else if let Some(back) = other.filter(|d| d.switched_back(&input.cell)) {
+        return if input.after_switch {
+            Err(switched_back(&input.cell, back))
+        } else {
+            Ok(())
+        };
+    }
     let switched = decision.filter(|d| d.switched(&input.cell));
     match (switched, input.after_switch) {
         (Some(d), false) => Err(already_switched(&input.cell, d)),
