@@ -34,7 +34,7 @@
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use switchyard_cell::{replication_name, CellDocument, REST_GROUP};
+use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
 use switchyard_operation::feedback;
 use switchyard_operation::fence::{self, Direction};
@@ -389,7 +389,14 @@ async fn connect_checked(
 ) -> Result<(Client, Client), Error> {
     let blue = deps.connect(cell, Side::Blue, database).await?;
     let green = deps.connect(cell, Side::Green, database).await?;
-    require_replication(&blue, &green, database, names).await?;
+    require_replication(
+        &blue,
+        &green,
+        database,
+        names,
+        &cell.marker_replication_name(),
+    )
+    .await?;
     Ok((blue, green))
 }
 
@@ -448,6 +455,7 @@ async fn require_replication(
     green: &Client,
     database: &str,
     names: &[String],
+    marker_publication: &str,
 ) -> Result<(), Error> {
     let row = blue
         .query_one(
@@ -462,7 +470,7 @@ async fn require_replication(
                                                     AND s.database = pg_catalog.current_database())
                                ORDER BY u.i)"
             ),
-            &[&names, &replication_name(REST_GROUP)],
+            &[&names, &marker_publication],
         )
         .await
         .map_err(|e| Error::query("reading green's slots on blue", e))?;
@@ -475,8 +483,7 @@ async fn require_replication(
         problems.push("blue has no table switchyard.switchover_marker".to_owned());
     } else if !row.get::<_, bool>(1) {
         problems.push(format!(
-            "blue's publication {} does not carry switchyard.switchover_marker",
-            replication_name(REST_GROUP)
+            "blue's publication {marker_publication} does not carry switchyard.switchover_marker"
         ));
     }
     let row = green

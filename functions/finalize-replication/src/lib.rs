@@ -15,6 +15,11 @@
 //!   on green, so the cell can switch back without losing a write ([`reverse`]). `disable`
 //!   makes that slot and `enable` removes it first.
 //!
+//! On a switch-back (`cell.undoes`) green is the old blue and its one subscription is
+//! `switchyard_reverse`: `disable` and `enable` only pause and resume it (no guard, no way
+//! back of the way back), `drop` removes it and its slot on the parked upgrade's green, and
+//! `reverse` has nothing to do.
+//!
 //! Every mode finds what an earlier call did and keeps it: a second call changes nothing.
 //!
 //! A dry run ([`plan`]) reads the same catalogs (and, for `drop`, locates the old blue the
@@ -149,6 +154,28 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     let names = cell.replication_names();
     let mut databases = Vec::new();
     match input.mode {
+        // A switch-back's green is the old blue: it opens no way back (the rollback window
+        // ends with this leg) and carries no guard; its subscription is only paused.
+        Mode::Disable | Mode::Enable if cell.is_back() => {
+            let enabled = input.mode == Mode::Enable;
+            for database in &cell.databases {
+                let green = deps.connect(cell, Side::Green, database).await?;
+                green::prepare(&green).await?;
+                databases.push(DatabaseOutput {
+                    name: database.clone(),
+                    subscriptions: green::set_enabled(&green, &names, enabled).await?,
+                    slots_dropped: Vec::new(),
+                    slots_left: Vec::new(),
+                    guard_removed: false,
+                    reverse: None,
+                });
+            }
+            Ok(Output {
+                mode: input.mode,
+                old_blue_identifier: None,
+                databases,
+            })
+        }
         Mode::Disable => {
             for database in &cell.databases {
                 let mut green = deps.connect(cell, Side::Green, database).await?;
@@ -246,6 +273,15 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
                 databases,
             })
         }
+        // The switch-back's cluster it left needs to follow nothing: the way back was this.
+        Mode::Reverse if cell.is_back() => {
+            require_switched(cell, &admitted)?;
+            Ok(Output {
+                mode: input.mode,
+                old_blue_identifier: None,
+                databases,
+            })
+        }
         Mode::Reverse => {
             require_switched(cell, &admitted)?;
             let green = green::locate(cell, deps).await?;
@@ -325,6 +361,23 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
     let names = cell.replication_names();
     let mut plan = Plan::new();
     match input.mode {
+        Mode::Disable | Mode::Enable if cell.is_back() => {
+            let enable = input.mode == Mode::Enable;
+            for database in &cell.databases {
+                let client = deps.connect(cell, Side::Green, database).await?;
+                for (name, changes) in green::to_set(&client, &names, enable).await? {
+                    if changes {
+                        plan.would(format!(
+                            "ALTER SUBSCRIPTION {name} {} on the old blue {} (database {database}), then wait up to {} s for its apply worker",
+                            green::verb(enable),
+                            cell.green.cluster_identifier,
+                            green::WORKER_WAIT_SECONDS
+                        ));
+                    }
+                }
+            }
+        }
+        Mode::Reverse if cell.is_back() => require_switched(cell, &admitted)?,
         Mode::Disable | Mode::Enable => {
             let enable = input.mode == Mode::Enable;
             let verb = green::verb(enable);

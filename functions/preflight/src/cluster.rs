@@ -93,10 +93,16 @@ impl ClusterFacts {
     }
 }
 
-/// Green's major must be newer than blue's, and the one the cell targets.
-pub fn versions(blue: &ClusterFacts, green: &ClusterFacts, target: u32) -> Vec<Finding> {
+/// Green's major must be newer than blue's, and the one the cell targets. A switch-back's
+/// green is the older major it returns to (`back`).
+pub fn versions(
+    blue: &ClusterFacts,
+    green: &ClusterFacts,
+    target: u32,
+    back: bool,
+) -> Vec<Finding> {
     let mut findings = Vec::new();
-    if green.major() <= blue.major() {
+    if green.major() <= blue.major() && !back {
         findings.push(Finding::new(
             Code::GreenNotNewer,
             vec![format!("blue: {}", blue.version), format!("green: {}", green.version)],
@@ -360,10 +366,28 @@ mod tests {
     fn versions_need_a_newer_green_on_the_target() {
         let blue = facts(Side::Blue, 140_018, &[]);
         let green = facts(Side::Green, 170_005, &[]);
-        assert!(versions(&blue, &green, 17).is_empty());
-        let codes: Vec<Code> = versions(&green, &blue, 17).iter().map(|f| f.code).collect();
+        assert!(versions(&blue, &green, 17, false).is_empty());
+        let codes: Vec<Code> = versions(&green, &blue, 17, false)
+            .iter()
+            .map(|f| f.code)
+            .collect();
         assert_eq!(codes, [Code::GreenNotNewer, Code::GreenMajorMismatch]);
-        let codes: Vec<Code> = versions(&blue, &green, 18).iter().map(|f| f.code).collect();
+        let codes: Vec<Code> = versions(&blue, &green, 18, false)
+            .iter()
+            .map(|f| f.code)
+            .collect();
+        assert_eq!(codes, [Code::GreenMajorMismatch]);
+    }
+
+    #[test]
+    fn a_switch_back_goes_to_the_older_major_it_targets() {
+        let green17 = facts(Side::Blue, 170_005, &[]);
+        let old14 = facts(Side::Green, 140_018, &[]);
+        assert!(versions(&green17, &old14, 14, true).is_empty());
+        let codes: Vec<Code> = versions(&green17, &old14, 13, true)
+            .iter()
+            .map(|f| f.code)
+            .collect();
         assert_eq!(codes, [Code::GreenMajorMismatch]);
     }
 

@@ -32,7 +32,7 @@ pub async fn check(cell: &CellDocument, deps: &Deps) -> Result<Vec<Finding>, Err
         let green = Box::pin(deps.connect(cell, Side::Green, database)).await?;
         findings.extend(unpublished(&blue, database, &names).await?);
         findings.extend(missing_on_green(&blue, &green, database).await?);
-        findings.extend(ddl(&blue, database).await?);
+        findings.extend(ddl(&blue, database, cell.is_back()).await?);
         findings.extend(subscriptions(&green, database, &names).await?);
         findings.extend(extensions(&blue, &green, database).await?);
     }
@@ -165,8 +165,11 @@ async fn set_of<T: Ord>(
 }
 
 /// DDL on blue the guard journaled and switchyard did not vouch for.
-async fn ddl(blue: &Client, database: &str) -> Result<Vec<Finding>, Error> {
-    Ok(match journaled(blue, database, Watched::Blue).await? {
+async fn ddl(blue: &Client, database: &str, back: bool) -> Result<Vec<Finding>, Error> {
+    // A switch-back's blue is the upgrade's green: its guard is the rollback window's,
+    // which journals DDL the way green's does (subscription commands are switchyard's).
+    let watched = if back { Watched::Green } else { Watched::Blue };
+    Ok(match journaled(blue, database, watched).await? {
         Journaled::Clean => Vec::new(),
         Journaled::Unguarded => vec![Finding::new(
             Code::DdlGuardMissing,

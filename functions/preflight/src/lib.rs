@@ -171,7 +171,8 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         let all: Vec<schema::Installed> = installed.iter().flat_map(|(_, e)| e.clone()).collect();
         let offered = schema::Offered::read(&tx, &all).await?;
         finish(tx, Side::Green).await?;
-        for (db, extensions) in &installed {
+        // What copy-schema would install on green; a switch-back's green has them already.
+        for (db, extensions) in installed.iter().filter(|_| !cell.is_back()) {
             findings.extend(
                 extensions
                     .iter()
@@ -181,7 +182,12 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         facts
     };
 
-    findings.extend(cluster::versions(&blue, &green, cell.target_major_version));
+    findings.extend(cluster::versions(
+        &blue,
+        &green,
+        cell.target_major_version,
+        cell.is_back(),
+    ));
     if plan.downstream_subscriptions > 0 {
         findings.extend(cluster::logical_replication(
             &green,

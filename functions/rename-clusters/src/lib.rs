@@ -473,8 +473,10 @@ fn infer_plan(cell: &CellDocument, clusters: &[Cluster], now: &str) -> Result<Pl
         let candidates: Vec<&Cluster> = clusters
             .iter()
             .filter(|c| {
-                major(&c.engine_version)
-                    .is_some_and(|m| c.identifier == rename::parked_identifier(cell, m))
+                // A switch-back's green is itself named `<id>-blue-<major>`: not parked.
+                c.identifier != *green_id
+                    && major(&c.engine_version)
+                        .is_some_and(|m| c.identifier == rename::parked_identifier(cell, m))
             })
             .collect();
         match candidates[..] {

@@ -152,20 +152,30 @@ struct Saved {
     wanted: String,
 }
 
-#[tracing::instrument(skip_all, fields(database = %db))]
 async fn restore_database(
     cell: &CellDocument,
     deps: &Deps,
     db: &str,
 ) -> Result<DatabaseRestore, Error> {
     let mut blue = deps.connect(cell, Side::Blue, db).await?;
+    restore_on(&mut blue, db).await
+}
+
+/// Restores database `db`'s saved ACLs through `blue`, a connection to the cluster that
+/// saved them: blue on the abort path, or the old blue a switch-back returns to
+/// (`resume-pgbouncer`, after its point of no return).
+#[tracing::instrument(skip_all, fields(database = %db))]
+pub async fn restore_on(
+    blue: &mut tokio_postgres::Client,
+    db: &str,
+) -> Result<DatabaseRestore, Error> {
     let mut result = DatabaseRestore {
         name: db.to_owned(),
         restored: 0,
         unchanged: 0,
         missing: Vec::new(),
     };
-    if !saved_acls::exists(&blue).await? {
+    if !saved_acls::exists(&*blue).await? {
         // revoke-writes never committed here, so no ACL was changed.
         tracing::warn!("no saved ACLs: revoke-writes did not run in this database");
         return Ok(result);

@@ -25,6 +25,10 @@
 //!    server version: a mismatch is `ProbeMismatch` (writes may be on green: page; never
 //!    roll back). It cannot run earlier: queries wait while paused.
 //!
+//! On a switch-back (`cell.undoes`), step 5 also restores the old blue's write privileges,
+//! which the upgrade's `revoke-writes` saved and revoked there (`restore_writes::restore_on`):
+//! after the decision, before any RESUME, for the same reasons.
+//!
 //! A retry after step 4 (the decision already journaled) skips the all-reachable check,
 //! opens green's logins if they are not open yet, and goes on resuming what it can.
 //!
@@ -46,7 +50,7 @@ use switchyard_operation::downstream::Journaled;
 use switchyard_operation::fence::{self, Decision, Way};
 use switchyard_operation::fleet as instances;
 use switchyard_operation::fleet::Endpoint;
-use switchyard_operation::{Deps, Error, PauseDeadline, Plan, Side};
+use switchyard_operation::{green_fence, Deps, Error, PauseDeadline, Plan, Side};
 use switchyard_postgres::{PgBouncerAdmin, Resumed};
 
 /// ```json
@@ -86,6 +90,10 @@ pub struct Output {
     /// that found them open, and on the abort path).
     #[serde(default)]
     pub logins_opened: Vec<String>,
+    /// A switch-back's: the old blue's write privileges, revoked by the upgrade it undoes,
+    /// restored before the first RESUME (per database; a retry finds them unchanged).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writes_restored: Vec<restore_writes::DatabaseRestore>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -118,6 +126,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         .is_some_and(|d| d.switched(cell) && d.run_id == input.run_id);
     let reached = Box::pin(reach(cell, deps, &endpoints, &login)).await;
     let mut logins_opened = Vec::new();
+    let mut writes_restored = Vec::new();
     if input.direction == Way::Forward {
         let green = if switched_already {
             Box::pin(logins::Green::reach(cell, deps))
@@ -140,6 +149,11 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         let mut green = green;
         // After the decision (no abort can follow), before the first RESUME.
         logins_opened = green.open().await.map_err(|e| logins::after_switch(&e))?;
+        if cell.is_back() {
+            // The old blue's writes were revoked by the upgrade it undoes: back before the
+            // first RESUME, after the decision (a switch-back's abort must find it fenced).
+            writes_restored = Box::pin(restore_old_blue_writes(cell, deps)).await?;
+        }
     }
 
     let mut resumed_instances = Vec::new();
@@ -191,6 +205,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
             resumed_at,
             instances: resumed_instances,
             logins_opened,
+            writes_restored,
         });
     };
     let databases = &cell.pgbouncer.databases;
@@ -217,7 +232,29 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         resumed_at,
         instances: resumed_instances,
         logins_opened,
+        writes_restored,
     })
+}
+
+/// Restores the ACLs the upgrade's revoke-writes saved on the old blue, through a
+/// connection checked to reach it (the switch-back's green); past the point of no return,
+/// so a failure is `ResumeIncomplete`: retried forward, never aborted.
+async fn restore_old_blue_writes(
+    cell: &CellDocument,
+    deps: &Deps,
+) -> Result<Vec<restore_writes::DatabaseRestore>, Error> {
+    let mut restored = Vec::new();
+    for database in &cell.databases {
+        let mut client = Box::pin(green_fence::connect(cell, deps, database))
+            .await
+            .map_err(|e| logins::after_switch(&e))?;
+        let done = Box::pin(restore_writes::restore_on(&mut client, database))
+            .await
+            .map_err(|e| logins::after_switch(&e))?;
+        tracing::info!(%database, restored = done.restored, "the old blue's writes restored");
+        restored.push(done);
+    }
+    Ok(restored)
 }
 
 /// Each instance logged in to and checked, in discovery order; an instance that cannot be

@@ -224,7 +224,7 @@ pub async fn drift(cell: &CellDocument, deps: &Deps) -> Result<Drift, Error> {
         .journal(cell)
         .get_pair::<fence::RunLock, fence::Decision>()
         .await?;
-    let fencing = !decision.is_some_and(|d| d.switched(cell));
+    let fencing = !cell.is_back() && !decision.is_some_and(|d| d.switched(cell));
     let Survey { roles, green, .. } = Box::pin(survey(cell, deps)).await?;
     let changes = changes(&parameters::ordered(&roles)?, &green, fencing);
     let mut drift = Drift::default();
@@ -264,8 +264,10 @@ pub async fn drift(cell: &CellDocument, deps: &Deps) -> Result<Drift, Error> {
 }
 
 /// Whether the cell has switched to this green: its logins are then open.
+/// Green's logins are open: it has switched, or it is a switch-back's green — the old
+/// blue, whose logins served until the switch and which its revoked writes fence instead.
 fn switched(cell: &CellDocument, admitted: &fence::Admitted) -> bool {
-    admitted.decision.as_ref().is_some_and(|d| d.switched(cell))
+    cell.is_back() || admitted.decision.as_ref().is_some_and(|d| d.switched(cell))
 }
 
 /// The attributes `role` gets on green now: SSM's, without LOGIN while `fencing` and the

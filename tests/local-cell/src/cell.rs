@@ -264,11 +264,12 @@ impl LocalCell {
         }
         put_parameters(&moto, &doc, &secrets).await?;
         // Every identifier a switchover gives a cluster has a name: the cell's, green's own
-        // and blue's parked one.
+        // and blue's parked one, and green's parked one after a switch-back.
         let identifiers = vec![
             doc.blue.cluster_identifier.clone(),
             doc.green.cluster_identifier.clone(),
             switchyard_operation::rename::parked_identifier(&doc, blue.major),
+            doc.blue_renamed_identifier(green.major),
         ];
         let names = Names::start(
             clients.rds.clone(),
