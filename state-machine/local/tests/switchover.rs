@@ -1951,3 +1951,225 @@ async fn abandon_prepare_leaves_blue_as_before_prepare() {
     assert!(tally.errors.is_empty(), "{:?}", tally.errors);
     cell.shutdown();
 }
+
+/// The switch-back's document for `cell` once it has switched: the cell's name on green,
+/// the old blue parked under its major.
+fn back_document(cell: &LocalCell) -> switchyard_cell::CellDocument {
+    let parked = switchyard_operation::rename::parked_identifier(&cell.document, cell.blue.major);
+    cell.document
+        .back(&parked, cell.blue.major)
+        .expect("the switch-back's document")
+}
+
+/// Waits for `n` more writes acknowledged by the ledger, at most [`WAIT`].
+async fn more_writes(ledger: &Ledger, n: usize, what: &str) {
+    let before = ledger.acknowledged();
+    let started = Instant::now();
+    while ledger.acknowledged() < before + n {
+        assert!(
+            started.elapsed() < WAIT,
+            "{} of {n} writes acknowledged {what} in {WAIT:?}",
+            ledger.acknowledged() - before
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether the old blue's subscription to green's way back exists and is enabled.
+async fn old_blue_follows(cell: &LocalCell) -> bool {
+    let old_blue = cell.blue.superuser_client("app").await.expect("old blue");
+    old_blue
+        .query_opt(
+            "SELECT subenabled FROM pg_subscription WHERE subname = 'switchyard_reverse'",
+            &[],
+        )
+        .await
+        .expect("reading the old blue's subscription")
+        .is_some_and(|r| r.get::<_, bool>(0))
+}
+
+/// After a switch-back that did not switch: green still serves writes through PgBouncer,
+/// the lock is free, the services are back, every write acknowledged so far is on green,
+/// on the downstream and on the old blue exactly once, and the way back is intact.
+async fn assert_still_on_green(cell: &LocalCell, deps: &Deps, ledger: &Ledger) {
+    assert_eq!(
+        cell.version_through_pgbouncer().await.expect("version"),
+        cell.green.version_num,
+        "PgBouncer resumed, on green"
+    );
+    let before = ledger.acknowledged();
+    let started = Instant::now();
+    while ledger.acknowledged() <= before + 10 {
+        assert!(started.elapsed() < WAIT, "the ledger writes on green again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(lock_free(deps, cell).await, "the run released the lock");
+    let direct_before = cell.direct_writers()[0].acknowledged();
+    direct_writers_back(cell, direct_before).await;
+    let keys = ledger.keys();
+    for (what, opts) in [
+        ("green", cell.green.superuser_options("app")),
+        ("downstream", cell.search.superuser_options("search")),
+        ("old blue", cell.blue.superuser_options("app")),
+    ] {
+        wait_keys_once(&opts, PAYMENTS, "memo", &keys, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+    let green = cell.green.superuser_client("app").await.expect("green");
+    assert_eq!(
+        way_back_on_green(&green).await,
+        (true, true),
+        "green keeps the way back's publication and slot"
+    );
+    assert!(old_blue_follows(cell).await, "the old blue follows green");
+}
+
+/// Switch 14 → green under the ledger's load, write, then switch back through the same
+/// switchover definition with the reversed document: a crash after the side effect of
+/// every Task before the switch-back's point of no return ends `not started` or `aborted`
+/// with the cell on green, writable, the way back intact and nothing lost; then a clean
+/// switch-back returns the cell to the old blue with every acknowledged write on it once,
+/// PgBouncer serving it, the downstream equal to it, no sequence collision (a client would
+/// have failed), and the upgrade's own steps refused from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_back_returns_every_write_to_the_old_blue_and_a_crash_before_it_stays_on_green() {
+    let (cell, deps) = prepared_cell_with(|_| {}).await;
+    let ledger = cell
+        .start_ledger(4, Duration::from_millis(2))
+        .expect("ledger");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut outcomes = Outcomes::default();
+
+    // Before the upgrade switched there is nothing to switch back.
+    let back = back_document(&cell);
+    let early = Run::new(&cell, &deps, SWITCHOVER, "back-early")
+        .input(json!({ "cell": back }))
+        .go()
+        .await;
+    assert_eq!(early.end(), "not started", "{}", early.describe());
+    assert_eq!(early.execution.error.as_deref(), Some("PreconditionFailed"));
+    outcomes.record(
+        "switch-back before the switch",
+        "-",
+        "not started (PreconditionFailed)",
+    );
+
+    let switched = Run::new(&cell, &deps, SWITCHOVER, "switch").go().await;
+    assert_eq!(switched.end(), "switched", "{}", switched.describe());
+    outcomes.record("(upgrade)", "-", "switched");
+    // Writes land on green and reach the old blue through the way back.
+    more_writes(&ledger, 200, "on green after the switch").await;
+
+    let points = [
+        ("acquire-lock", "not started"),
+        ("preflight", "not started"),
+        ("scale-services down", "aborted"),
+        ("pause-pgbouncer", "aborted"),
+        ("revoke-writes", "aborted"),
+        ("drop-downstream-subscriptions", "aborted"),
+        ("check-slot-lag", "aborted"),
+        ("verify-data", "aborted"),
+        ("sync-sequences", "aborted"),
+        ("finalize-replication disable", "aborted"),
+        ("rename-clusters forward", "aborted"),
+        ("refresh-nlb-target", "aborted"),
+        ("recreate-downstream-subscriptions", "aborted"),
+    ];
+    for (i, (state, expected)) in points.into_iter().enumerate() {
+        let ran = Run::new(&cell, &deps, SWITCHOVER, &format!("back-crash-{i}"))
+            .input(json!({ "cell": back }))
+            .fault(Fault::crash_after(
+                state,
+                1,
+                CRASH,
+                "crashed after its side effect",
+            ))
+            .go()
+            .await;
+        assert_eq!(ran.end(), expected, "{state}: {}", ran.describe());
+        assert_eq!(ran.execution.error.as_deref(), Some(CRASH), "{state}");
+        assert_still_on_green(&cell, &deps, &ledger).await;
+        outcomes.record(
+            state,
+            "crash after side effect",
+            &format!("{expected}; on green, writable, way back intact, nothing lost"),
+        );
+    }
+
+    let back_run = Run::new(&cell, &deps, SWITCHOVER, "switch-back")
+        .input(json!({ "cell": back }))
+        .go()
+        .await;
+    assert_eq!(back_run.end(), "switched", "{}", back_run.describe());
+    outcomes.record("(switch-back)", "-", "switched back");
+    assert_eq!(
+        cell.version_through_pgbouncer().await.expect("version"),
+        cell.blue.version_num,
+        "PgBouncer serves the old blue"
+    );
+    // The old blue takes writes again, from the ledger's roles through PgBouncer.
+    more_writes(&ledger, 200, "on the old blue after the switch-back").await;
+
+    // The undone upgrade's steps are refused; a second switch-back changes nothing.
+    let finalize = Run::new(&cell, &deps, FINALIZE, "finalize-undone")
+        .go()
+        .await;
+    assert_eq!(finalize.end(), "not started", "{}", finalize.describe());
+    assert_eq!(
+        finalize.execution.error.as_deref(),
+        Some("PreconditionFailed")
+    );
+    outcomes.record(
+        "finalize of the undone upgrade",
+        "-",
+        "not started (PreconditionFailed)",
+    );
+    let again = Run::new(&cell, &deps, SWITCHOVER, "switch-back-again")
+        .input(json!({ "cell": back }))
+        .go()
+        .await;
+    assert_eq!(again.end(), "not started", "{}", again.describe());
+    assert_eq!(again.execution.error.as_deref(), Some("AlreadySwitched"));
+    outcomes.record("second switch-back", "-", "not started (AlreadySwitched)");
+    outcomes.print("switch 14 → green, then back, with a crash after each step of the way back");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let tally = ledger.stop().await;
+    assert_eq!(
+        (tally.failed, tally.in_doubt.len()),
+        (0, 0),
+        "no client transaction failed across both switches: {:?}\n{}",
+        tally.errors,
+        cell.pgbouncer_troubles(30)
+    );
+    wait_keys_once(
+        &cell.blue.superuser_options("app"),
+        PAYMENTS,
+        "memo",
+        &tally.keys(),
+        WAIT,
+    )
+    .await
+    .expect(
+        "every acknowledged write, before, between and after the switches, on the old blue once",
+    );
+    let jobs = cell.direct_writers()[0].tally();
+    wait_keys_once(
+        &cell.blue.superuser_options("app"),
+        ("billing", "invoice lines"),
+        "description",
+        &jobs.keys(),
+        WAIT,
+    )
+    .await
+    .expect("every direct-writer job on the old blue once");
+    cell.downstream_converges(&cell.blue, WAIT)
+        .await
+        .expect("downstream equals the old blue");
+    assert!(
+        !old_blue_follows(&cell).await,
+        "the old blue follows nothing once it serves"
+    );
+    cell.shutdown();
+}
