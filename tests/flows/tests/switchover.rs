@@ -5,6 +5,9 @@
 //! - forward: the cell ends on green; every acknowledged write is there exactly once, new
 //!   rows do not collide with sequences, the downstream holds what green holds, PgBouncer
 //!   reaches green's major, and the direct writers write again;
+//! - and back: the same steps with the switch-back's document move the cell to the old
+//!   blue (green the publisher, an older major the subscriber), nothing lost, sequences
+//!   ahead, the downstream holding what the old blue holds;
 //! - abort: stopped after `finalize-replication disable` and sent down the abort path, the
 //!   cell is blue again — writable, nothing lost, green still replicating — and a second
 //!   attempt then switches it.
@@ -15,6 +18,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use switchyard_cell::CellDocument;
 use switchyard_errors::{Catalogued, Retry};
 use switchyard_local_cell::{
     audit_keys, wait_keys_once, CellOptions, Install, KeyAudit, Ledger, LocalCell, Tally,
@@ -25,6 +29,8 @@ use switchyard_operation::Deps;
 struct Run<'a> {
     cell: &'a LocalCell,
     deps: &'a Deps,
+    /// The upgrade's document, or its switch-back's.
+    document: CellDocument,
     run_id: String,
     /// Every step's name and output, in order, for failure messages.
     log: Vec<(String, Value)>,
@@ -35,8 +41,23 @@ impl<'a> Run<'a> {
         Self {
             cell,
             deps,
+            document: cell.document.clone(),
             run_id: run_id.to_owned(),
             log: Vec::new(),
+        }
+    }
+
+    /// The switch-back of `cell`'s switched upgrade: the same steps, the document reversed.
+    fn back(cell: &'a LocalCell, deps: &'a Deps, run_id: &str) -> Self {
+        let parked =
+            switchyard_operation::rename::parked_identifier(&cell.document, cell.blue.major);
+        let document = cell
+            .document
+            .back(&parked, cell.blue.major)
+            .expect("the switch-back's document");
+        Self {
+            document,
+            ..Self::new(cell, deps, run_id)
         }
     }
 
@@ -46,7 +67,7 @@ impl<'a> Run<'a> {
         let budget = Duration::from_secs(120);
         let started = Instant::now();
         loop {
-            let mut input = payload(&self.cell.document, extra.clone());
+            let mut input = payload(&self.document, extra.clone());
             if !is_read_only(name) {
                 // The fencing token: every changing step acts as the lock's run.
                 input["run_id"] = json!(self.run_id);
@@ -88,7 +109,11 @@ impl<'a> Run<'a> {
     /// Steps 10–16: the rename, the downstream and PgBouncer on green, services back,
     /// replication cleaned up, the lock released.
     async fn switch(&mut self) {
-        let green_version = self.cell.green.version_num;
+        let green_version = if self.document.is_back() {
+            self.cell.blue.version_num
+        } else {
+            self.cell.green.version_num
+        };
         self.step("rename-clusters", json!({ "mode": "forward" }))
             .await;
         self.step("refresh-nlb-target", json!({ "direction": "forward" }))
@@ -288,7 +313,7 @@ async fn assert_switched_to_green(cell: &LocalCell, ledger: Ledger) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn switchover_moves_the_cell_to_green_under_load() {
+async fn switchover_moves_the_cell_to_green_and_the_switch_back_returns_it_under_load() {
     let (cell, deps) = prepared_cell().await;
     let ledger = cell
         .start_ledger(4, Duration::from_millis(2))
@@ -326,6 +351,50 @@ async fn switchover_moves_the_cell_to_green_under_load() {
         err.code(),
         Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
     );
+    drop(old_blue);
+
+    // And back: the same steps with the document reversed, under a fresh load. Green
+    // publishes, the old blue (an older major) subscribes and then serves again.
+    let ledger = cell
+        .start_ledger(4, Duration::from_millis(2))
+        .expect("ledger");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut back = Run::back(&cell, &deps, "switchback-flow");
+    back.freeze_and_disable().await;
+    let direct_before = cell.direct_writers()[0].acknowledged();
+    back.switch().await;
+    direct_writers_write_again(&cell, direct_before).await;
+    let tally = ledger.stop().await;
+    assert_eq!(
+        (tally.failed, tally.in_doubt.len()),
+        (0, 0),
+        "no client transaction failed across the switch-back: {:?}\n{}",
+        tally.errors,
+        cell.pgbouncer_troubles(30)
+    );
+    assert!(
+        !tally.keys().is_empty(),
+        "the ledger wrote across the switch-back"
+    );
+    assert_all_once("ledger", &cell.blue, ("public", "payments"), "memo", &tally).await;
+    let jobs = cell.direct_writers()[0].tally();
+    assert_all_once(
+        "direct writers",
+        &cell.blue,
+        ("billing", "invoice lines"),
+        "description",
+        &jobs,
+    )
+    .await;
+    assert_eq!(
+        cell.version_through_pgbouncer().await.expect("version"),
+        cell.blue.version_num,
+        "PgBouncer serves the old blue"
+    );
+    assert_sequences_ahead(&cell.blue).await;
+    cell.downstream_converges(&cell.blue, Duration::from_secs(60))
+        .await
+        .expect("downstream equals the old blue");
     cell.shutdown();
 }
 
