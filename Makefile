@@ -30,7 +30,7 @@ lint: ## rustfmt, clippy (warnings are errors), asl-validator, and infra/ (forma
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-rehearsal: setup ## prepare + switchover state machines on a local cell under load, audited (target/rehearsal/report.json)
+rehearsal: setup ## prepare + switchover state machines on a local cell under load, audited (target/rehearsal/report.json); REHEARSAL=roundtrip switches back too
 	$(CARGO) run --locked --profile rehearsal -p switchyard-local-run --bin rehearsal
 
 bench: setup ## time the switchover over RUNS=5 fresh local cells (target/rehearsal/bench.json)
@@ -49,7 +49,7 @@ cell-down: ## stop the local cell started by cell-up
 cell-status: ## is a local cell running?
 	@$(LOCAL_CELL) status
 
-start: ## start a run: CELL=cell.json STATE_MACHINE_ARN=… [PHASE=prepare|switchover] [FOLLOW=1]
+start: ## start a run: CELL=cell.json STATE_MACHINE_ARN=… [PHASE=prepare|switchover|switchback|abandon-prepare|finalize] [FOLLOW=1]
 	$(SWITCHYARD) start --cell "$(CELL)" --state-machine-arn "$(STATE_MACHINE_ARN)" --phase $(or $(PHASE),switchover) $(if $(FOLLOW),--follow)
 
 follow: ## follow an execution to its end: EXECUTION_ARN=… (or HISTORY=file to replay one)

@@ -371,6 +371,7 @@ async fn report_of_a_rehearsal_history_matches_the_rehearsal_and_draws_every_ste
         name_prefix: "report".to_owned(),
         bulk_bytes: 0,
         compare_pgcopydb: false,
+        roundtrip: false,
     };
     let rehearsal = rehearse_on(&cell, &run).await.expect("rehearsal ran");
     assert!(rehearsal.switchover.is_some(), "{:?}", rehearsal.failures);

@@ -46,6 +46,9 @@ pub struct RunOptions {
     /// Before prepare, fill `public.archive` on blue with this many bytes of table data
     /// (rows of ~1 KB that do not compress): a production-sized cell for `bench-scale`.
     pub bulk_bytes: u64,
+    /// After a switch, switch back (`REHEARSAL=roundtrip`): the switchover definition again
+    /// with the reversed document, under the same load; audited on the old blue.
+    pub roundtrip: bool,
     /// Before prepare, time `pgcopydb clone` of blue's application database into a
     /// scratch database on green's server: the initial copy's baseline (`bench-scale`).
     pub compare_pgcopydb: bool,
@@ -62,8 +65,18 @@ impl RunOptions {
                 .ok_or_else(|| format!("LEDGER_WORKERS={v} is not a positive number"))?,
             Err(_) => DEFAULT_WORKERS,
         };
+        let roundtrip = match std::env::var("REHEARSAL").as_deref() {
+            Ok("roundtrip") => true,
+            Ok("" | "switchover") | Err(_) => false,
+            Ok(other) => {
+                return Err(format!(
+                    "REHEARSAL={other}: expected switchover (the default) or roundtrip"
+                ))
+            }
+        };
         Ok(Self {
             workers,
+            roundtrip,
             load_during_prepare: true,
             out_dir,
             name_prefix: name_prefix.to_owned(),
@@ -225,6 +238,35 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
         }
         switched = Some(execution);
     }
+    let mut switchback = None;
+    if options.roundtrip && Outcome::of(switched.as_ref()) == Outcome::Switched {
+        // Writes on green for a while, reaching the old blue through the way back.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let parked =
+            switchyard_operation::rename::parked_identifier(&cell.document, cell.blue.major);
+        let back = cell
+            .document
+            .back(&parked, cell.blue.major)
+            .map_err(|e| format!("the switch-back's document: {e}"))?;
+        let name = format!("{}-switchback-{stamp}", options.name_prefix);
+        eprintln!("running the switch-back as {name} …");
+        let execution = Executor::new(&switchover, &handler)
+            .state_machine_name(SWITCHOVER)
+            .name(&name)
+            .run(json!({ "cell": serde_json::to_value(&back).map_err(|e| e.to_string())? }))
+            .await;
+        let file = options.out_dir.join("switchback-history.json");
+        execution
+            .write_history(&file)
+            .map_err(|e| format!("writing {}: {e}", file.display()))?;
+        eprintln!("switch-back: {:?}", execution.status);
+        let before = direct_acknowledged(cell);
+        if Outcome::of(Some(&execution)) != Outcome::Failed {
+            direct_resumed = wait_direct_writers(cell, before).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        switchback = Some(execution);
+    }
 
     let ledger_seconds = ledger_started.elapsed().as_secs_f64();
     let tally = match ledger {
@@ -240,6 +282,11 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
     // Past the point of no return a failed cleanup still leaves the cell on green.
     let on_green = outcome == Outcome::Switched
         || switched.as_ref().and_then(crate::report::failed_in) == Some(SWITCHED_UNCLEAN);
+    // A round trip that switched back ends on the old blue: every write is audited there.
+    let back_switched = switchback
+        .as_ref()
+        .is_some_and(|e| Outcome::of(Some(e)) == Outcome::Switched);
+    let on_green = on_green && !back_switched;
     let primary = if on_green { &cell.green } else { &cell.blue };
     let ledger_audit = audit(
         primary,
@@ -304,6 +351,9 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
         Some((&prepared, "prepare-history.json")),
         switched.as_ref().map(|e| (e, "switchover-history.json")),
     );
+    report.switchback = switchback
+        .as_ref()
+        .map(|e| crate::report::Switchback::of(e, "switchback-history.json"));
     let (emulated_aws_delays, spans) = emulated_delays(cell);
     let pause_window_emulated_aws_ms = match (
         report.pause_window_started_at.as_deref().and_then(unix_ms),

@@ -328,8 +328,34 @@ pub struct Report {
     /// The way back the switch left (the old blue following green); null when the
     /// switchover never made one.
     pub way_back: Option<WayBack>,
+    /// The switch-back a round trip ran after the switch (`REHEARSAL=roundtrip`): the
+    /// same definition with the reversed document, and its own pause window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switchback: Option<Switchback>,
     /// Set when the run could not be carried out at all (the cell did not start, …).
     pub error: Option<String>,
+}
+
+/// A switch-back's execution: how it ended and its pause window, part by part.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Switchback {
+    pub outcome: Outcome,
+    pub execution: ExecutionSummary,
+    pub pause_window_ms: Option<u64>,
+    pub pause_window_steps: Vec<WindowPart>,
+}
+
+impl Switchback {
+    pub fn of(execution: &Execution, history_file: &str) -> Self {
+        let (pause_window_ms, pause_window_steps) =
+            pause_window(execution, &steps(SWITCHBACK_LABEL, execution));
+        Self {
+            outcome: Outcome::of(Some(execution)),
+            execution: ExecutionSummary::of(execution, history_file),
+            pause_window_ms,
+            pause_window_steps,
+        }
+    }
 }
 
 /// The way back after a switch, from finalize-replication's outputs in the switchover's
@@ -897,6 +923,7 @@ impl Report {
             steps: all_steps,
             window_fit: switchover.and_then(|(e, _)| WindowFit::of(e, &budgets_of(e), None, &[])),
             way_back: switchover.and_then(|(e, _)| WayBack::of(e)),
+            switchback: None,
             error: None,
         };
         report.judge();
@@ -943,6 +970,17 @@ impl Report {
                 p.cause.as_deref().unwrap_or("")
             )),
             (_, None, None) => failures.push("nothing ran".to_owned()),
+        }
+        if let Some(back) = &self.switchback {
+            if back.outcome != Outcome::Switched {
+                failures.push(format!(
+                    "the switch-back did not switch: {} in `{}`: {} — {}",
+                    back.outcome.as_str(),
+                    back.execution.failed_in.as_deref().unwrap_or("?"),
+                    back.execution.error.as_deref().unwrap_or("?"),
+                    back.execution.cause.as_deref().unwrap_or("")
+                ));
+            }
         }
         if let Some(load) = &self.load {
             if load.failed_transactions > 0 {
@@ -1006,6 +1044,7 @@ impl Report {
 /// The execution labels steps and lag samples carry.
 pub const PREPARE_LABEL: &str = "prepare";
 pub const SWITCHOVER_LABEL: &str = "switchover";
+pub const SWITCHBACK_LABEL: &str = "switchback";
 
 /// Max and p99 (nearest rank) of `latencies_us`, in ms rounded to 0.1.
 pub fn latency_stats(mut latencies_us: Vec<u64>) -> (Option<f64>, Option<f64>) {
@@ -1050,10 +1089,17 @@ impl Report {
             out.push_str(&s);
             out.push('\n');
         };
+        // A round trip ends where it started: the served version after it is blue's.
+        let there = if self.switchback.is_some() {
+            format!("{} and back to", self.target_major)
+        } else {
+            String::new()
+        };
         match &self.load {
             Some(load) => line(format!(
-                "rehearsal: PostgreSQL {} → {} (target {}), {} fixture rows; ledger {} clients through PgBouncer at full speed ({:.0} tx/s), direct writers running",
+                "rehearsal: PostgreSQL {} → {there}{}{} (target {}), {} fixture rows; ledger {} clients through PgBouncer at full speed ({:.0} tx/s), direct writers running",
                 opt(self.blue_version.as_deref(), ""),
+                if there.is_empty() { "" } else { " " },
                 opt(self.green_version.as_deref(), ""),
                 self.target_major,
                 load.fixture_rows,
@@ -1107,6 +1153,29 @@ impl Report {
         }
         if let Some(fit) = &self.window_fit {
             line(format!("  window      {}", fit.verdict));
+        }
+        if let Some(back) = &self.switchback {
+            line(format!(
+                "  switchback  {} {:?} in {}: {}; pause {}",
+                back.execution.name,
+                back.execution.status,
+                opt(
+                    back.execution
+                        .duration_ms
+                        .map(|ms| format!("{:.1}", ms as f64 / 1000.0)),
+                    " s"
+                ),
+                back.outcome.as_str(),
+                opt(back.pause_window_ms, " ms")
+            ));
+            let parts: Vec<String> = back
+                .pause_window_steps
+                .iter()
+                .map(|p| format!("{} {}", p.name, p.duration_ms))
+                .collect();
+            if !parts.is_empty() {
+                line(format!("              ms: {}", parts.join(", ")));
+            }
         }
         if let Some(way_back) = &self.way_back {
             line(format!("  way back    {}", way_back.describe()));

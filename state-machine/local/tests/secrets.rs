@@ -86,12 +86,20 @@ async fn a_rehearsal_leaves_no_password_in_logs_payloads_or_reports() {
         name_prefix: "secrets".to_owned(),
         bulk_bytes: 0,
         compare_pgcopydb: false,
+        // The switch-back too: its payloads and outputs are checked like the rest.
+        roundtrip: true,
     };
     let report = rehearse_on(&cell, &run).await.expect("the rehearsal ran");
     assert_eq!(
         report.outcome,
         Outcome::Switched,
         "a whole run, every function called: {:?}",
+        report.failures
+    );
+    assert_eq!(
+        report.switchback.as_ref().map(|b| b.outcome),
+        Some(Outcome::Switched),
+        "and back: {:?}",
         report.failures
     );
 
@@ -108,6 +116,7 @@ async fn a_rehearsal_leaves_no_password_in_logs_payloads_or_reports() {
     for expected in [
         "prepare-history.json",
         "switchover-history.json",
+        "switchback-history.json",
         "report.json",
         "timeline.svg",
     ] {
@@ -132,7 +141,7 @@ async fn a_rehearsal_leaves_no_password_in_logs_payloads_or_reports() {
         .filter(|(name, _)| name.ends_with("history.json"))
         .map(|(_, text)| text)
         .collect::<Vec<_>>();
-    assert_eq!(histories.len(), 2, "both histories read");
+    assert_eq!(histories.len(), 3, "the three histories read");
     assert!(
         histories
             .iter()

@@ -3,6 +3,10 @@
 //! `target/rehearsal/report.json` with both histories and `timeline.svg` beside it. Exits non-zero if any
 //! guarantee failed.
 //!
+//! `REHEARSAL=roundtrip` switches back after the switch (the switchover definition again,
+//! with the reversed document, under the same load) and audits every write on the old
+//! blue; the report gives both pause windows.
+//!
 //! `BLUE_PG` / `GREEN_PG` choose the majors (default 14 → 17), `CELL_ROWS` the fixture
 //! size, `LEDGER_WORKERS` the ledger clients (default 8). `RUST_LOG=info` shows the
 //! functions' logs.
@@ -29,6 +33,7 @@ fn main() -> ExitCode {
         "timeline.svg",
         "prepare-history.json",
         "switchover-history.json",
+        "switchback-history.json",
     ] {
         let _ = std::fs::remove_file(out_dir.join(file));
     }
