@@ -39,7 +39,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Phase {
     Prepare,
     Switchover,
@@ -47,6 +47,9 @@ enum Phase {
     AbandonPrepare,
     /// Closing the rollback window after the soak, on a switched cell.
     Finalize,
+    /// Back to the old blue after a switch, through the switchover state machine with the
+    /// reversed document (derived from the upgrade's document and its journal).
+    Switchback,
 }
 
 impl Phase {
@@ -56,6 +59,7 @@ impl Phase {
             Self::Switchover => "switchover",
             Self::AbandonPrepare => "abandon-prepare",
             Self::Finalize => "finalize",
+            Self::Switchback => "switchback",
         }
     }
 }
@@ -120,6 +124,14 @@ enum Command {
         #[arg(long, default_value = "switchyard")]
         function_prefix: String,
     },
+    /// Print the switch-back's cell document for a switched upgrade (the upgrade's document
+    /// reversed: the old blue, read from the journal's rename plan, becomes green), e.g. to
+    /// repair a switch-back by hand with `invoke --cell`.
+    BackDocument {
+        /// The upgrade's cell document (JSON).
+        #[arg(long)]
+        cell: PathBuf,
+    },
     /// Report finished executions: report.json, a summary and timeline.svg.
     Report {
         /// The switchover's history file (local executor's or Step Functions').
@@ -168,7 +180,10 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             phase,
             follow,
         } => {
-            let cell = read_cell(&cell)?;
+            let mut cell = read_cell(&cell)?;
+            if phase == Phase::Switchback {
+                cell = back_document(&cell).await?;
+            }
             let client = aws::sfn(&cell.region).await;
             let started = aws::start(&client, &state_machine_arn, &cell, phase.as_str()).await?;
             println!("started {}", started.name);
@@ -238,6 +253,14 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             } else {
                 invoke_local(&function, payload).await
             }
+        }
+        Command::BackDocument { cell } => {
+            let back = back_document(&read_cell(&cell)?).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&back).map_err(|e| e.to_string())?
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Report {
             history,
@@ -361,6 +384,45 @@ fn fields_of(pairs: &[String]) -> Result<Value, String> {
         fields.insert(name.to_owned(), value);
     }
     Ok(Value::Object(fields))
+}
+
+/// The switch-back's document for `cell`'s upgrade, once it has switched: the old blue is
+/// the one the rename plan parked (SSM journal, the standard AWS chain).
+async fn back_document(cell: &CellDocument) -> Result<CellDocument, String> {
+    use switchyard_operation::fence::Decision;
+    use switchyard_operation::rename::{self, RenamePlan};
+    if cell.is_back() {
+        return Err(format!(
+            "InvalidInput: the cell document is a switch-back's already (it undoes {:?}): pass the upgrade's",
+            cell.undoes
+        ));
+    }
+    let aws = switchyard_aws::AwsClients::load(Some(&cell.region)).await;
+    let journal = switchyard_operation::Journal::new(&aws.ssm, cell);
+    let (decision, plan) = journal
+        .get_pair::<Decision, RenamePlan>()
+        .await
+        .map_err(|e| format!("reading the journal: {}: {e}", e.error_name()))?;
+    if !decision.as_ref().is_some_and(|d| d.switched(cell)) {
+        return Err(format!(
+            "PreconditionFailed: cell {} has not switched to {} (PostgreSQL {}): there is nothing to switch back",
+            cell.cell_id, cell.green.cluster_identifier, cell.target_major_version
+        ));
+    }
+    let parked = plan
+        .filter(|p| p.target_major_version == cell.target_major_version)
+        .map(|p| p.parked_identifier)
+        .ok_or_else(|| {
+            format!(
+                "PreconditionFailed: no rename plan of this upgrade in {}: the old blue cannot be named",
+                journal.parameter_of::<RenamePlan>()
+            )
+        })?;
+    let major = rename::parked_major(cell, &parked).ok_or_else(|| {
+        format!("PreconditionFailed: the rename plan's old blue {parked} is not a parked name of this cell")
+    })?;
+    cell.back(&parked, major)
+        .map_err(|e| format!("InvalidInput: the switch-back's document: {e}"))
 }
 
 /// Who holds the cell's run lock, read from its journal (SSM, the standard AWS chain).

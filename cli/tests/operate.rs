@@ -373,8 +373,37 @@ async fn report_of_a_rehearsal_history_matches_the_rehearsal_and_draws_every_ste
         compare_pgcopydb: false,
         roundtrip: false,
     };
+    let doc = cell_file(&cell);
+    let doc = doc.to_str().expect("path");
+    // Nothing to switch back before the switch: refused, with the reason.
+    let early = switchyard(&cell, &["back-document", "--cell", doc]);
+    assert_eq!(early.code, 2, "{}\n{}", early.stdout, early.stderr);
+    assert!(
+        early.stderr.contains("PreconditionFailed") && early.stderr.contains("has not switched"),
+        "{}",
+        early.stderr
+    );
     let rehearsal = rehearse_on(&cell, &run).await.expect("rehearsal ran");
     assert!(rehearsal.switchover.is_some(), "{:?}", rehearsal.failures);
+
+    // Switched: the switch-back's document names the parked old blue, from the journal.
+    let back = switchyard(&cell, &["back-document", "--cell", doc]);
+    assert_eq!(back.code, 0, "{}\n{}", back.stdout, back.stderr);
+    let back = back.json();
+    let parked = format!(
+        "{}-blue-{}",
+        cell.document.blue.cluster_identifier, cell.blue.major
+    );
+    assert_eq!(back["green"]["cluster_identifier"], parked.as_str());
+    assert_eq!(back["target_major_version"], cell.blue.major);
+    assert_eq!(
+        back["undoes"],
+        serde_json::json!({
+            "green_identifier": cell.document.green.cluster_identifier,
+            "target_major_version": cell.green.major,
+        })
+    );
+    assert_eq!(back["blue"], serde_json::json!(cell.document.blue));
 
     let report_dir = cell.run_dir.join("report");
     let prepare = out.join("prepare-history.json");
