@@ -15,7 +15,8 @@
 //! The two legs of an upgrade: a switch-back's document takes the lock only once its
 //! upgrade has switched, and a switch-back's switch is kept like the upgrade's. An
 //! upgrade's run that is not after the switch finds a switch-back of it a finished attempt:
-//! both legs' decisions are cleared, so the cell can be prepared for the next one; an
+//! both legs' decisions and rename plans are cleared, so the cell can be prepared for the
+//! next one; an
 //! after-switch run of the undone upgrade is refused (there is no window left to close).
 //!
 //! Dry run ([`plan`]): reads the lock and says whether this run would take it; a lock held
@@ -26,6 +27,7 @@ use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
 use switchyard_operation::decode_entry;
 use switchyard_operation::fence::{already_switched, legs_allow, switched_back, Decision, RunLock};
+use switchyard_operation::rename::RenamePlan;
 use switchyard_operation::{now_rfc3339, Deps, Error, OperationInput, Plan};
 
 /// ```json
@@ -105,8 +107,13 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     let switched_back = other.filter(|d| d.switched_back(&input.cell));
     let cleared_switch_back = match switched_back {
         Some(back) => {
-            // The upgrade's switch first: were we to crash between the two, the next try
-            // sees no switch to undo rather than an undone switch without its record.
+            // Both legs' rename plans are history: the switch-back renamed everything back,
+            // and a plan of another run would stop the next attempt's renames.
+            journal.remove::<RenamePlan>().await?;
+            journal.other_leg().remove::<RenamePlan>().await?;
+            // The upgrade's switch before the switch-back's: were we to crash between the
+            // two, the next try finds the switch-back and clears again, whereas a switch
+            // left without its switch-back would refuse every run of this upgrade.
             journal.remove::<Decision>().await?;
             journal.other_leg().remove::<Decision>().await?;
             tracing::info!(back_run = %back.run_id, "cleared a switched-back upgrade's decisions");
@@ -156,7 +163,9 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
     let (decision, other) = decisions(&input, deps).await?;
     if let Some(back) = other.filter(|d| d.switched_back(&input.cell)) {
         plan.would(format!(
-            "delete SSM parameters {} and {}: the upgrade's switch and run {}'s switch-back of it ({}), a finished attempt",
+            "delete SSM parameters {}, {}, {} and {}: both legs' rename plans, the upgrade's switch and run {}'s switch-back of it ({}), a finished attempt",
+            journal.parameter_of::<RenamePlan>(),
+            journal.other_leg().parameter_of::<RenamePlan>(),
             journal.parameter_of::<Decision>(),
             journal.other_leg().parameter_of::<Decision>(),
             back.run_id,

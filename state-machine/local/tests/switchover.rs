@@ -2031,7 +2031,8 @@ async fn assert_still_on_green(cell: &LocalCell, deps: &Deps, ledger: &Ledger) {
 /// with the cell on green, writable, the way back intact and nothing lost; then a clean
 /// switch-back returns the cell to the old blue with every acknowledged write on it once,
 /// PgBouncer serving it, the downstream equal to it, no sequence collision (a client would
-/// have failed), and the upgrade's own steps refused from then on.
+/// have failed), and the upgrade's own steps refused from then on — until the next attempt:
+/// green, renamed back and emptied, is prepared and switched again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_back_returns_every_write_to_the_old_blue_and_a_crash_before_it_stays_on_green() {
     let (cell, deps) = prepared_cell_with(|_| {}).await;
@@ -2171,5 +2172,53 @@ async fn a_switch_back_returns_every_write_to_the_old_blue_and_a_crash_before_it
         !old_blue_follows(&cell).await,
         "the old blue follows nothing once it serves"
     );
+
+    // Another attempt: the parked green, given its own name again and emptied as a new
+    // cluster is (no slot of ours may hold its database), is prepared and switched anew.
+    let parked_green = cell.document.blue_renamed_identifier(cell.green.major);
+    cell.moto
+        .clients
+        .rds
+        .modify_db_cluster()
+        .db_cluster_identifier(&parked_green)
+        .new_db_cluster_identifier(&cell.document.green.cluster_identifier)
+        .apply_immediately(true)
+        .send()
+        .await
+        .expect("green gets its own name back");
+    let admin = cell
+        .green
+        .superuser_client("postgres")
+        .await
+        .expect("green");
+    for database in &cell.document.databases {
+        let db = switchyard_postgres::quote::ident(database);
+        for sql in [
+            format!("DROP DATABASE {db} WITH (FORCE)"),
+            format!("CREATE DATABASE {db}"),
+        ] {
+            admin
+                .batch_execute(&sql)
+                .await
+                .unwrap_or_else(|e| panic!("green's database emptied: {sql}: {e}"));
+        }
+    }
+    let prepared = Run::new(&cell, &deps, PREPARE, "prepare-again").go().await;
+    assert_eq!(
+        prepared.execution.status,
+        Status::Succeeded,
+        "prepare after a switch-back: {}",
+        prepared.describe()
+    );
+    let ledger = cell
+        .start_ledger(4, Duration::from_millis(2))
+        .expect("ledger");
+    more_writes(&ledger, 100, "on the old blue before the second attempt").await;
+    let again = Run::new(&cell, &deps, SWITCHOVER, "switch-again")
+        .go()
+        .await;
+    assert_eq!(again.end(), "switched", "{}", again.describe());
+    more_writes(&ledger, 100, "on green after the second attempt").await;
+    assert_switched(&cell, ledger, &again).await;
     cell.shutdown();
 }
