@@ -29,8 +29,23 @@ pub async fn sfn(region: &str) -> aws_sdk_sfn::Client {
     aws_sdk_sfn::Client::new(&config(region).await)
 }
 
+/// Lambda's longest run (15 minutes) and a margin for the response to arrive.
+const INVOKE_TIMEOUT: Duration = Duration::from_secs(15 * 60 + 60);
+
+/// A Lambda client for synchronous invokes of functions that may run 15 minutes: one
+/// attempt (a retried invoke runs the function a second time) that waits as long as the
+/// function may run, rather than the SDK's defaults.
 pub async fn lambda(region: &str) -> aws_sdk_lambda::Client {
-    aws_sdk_lambda::Client::new(&config(region).await)
+    let config = aws_sdk_lambda::config::Builder::from(&config(region).await)
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_timeout(INVOKE_TIMEOUT)
+                .read_timeout(INVOKE_TIMEOUT)
+                .build(),
+        )
+        .build();
+    aws_sdk_lambda::Client::from_conf(config)
 }
 
 /// `arn:aws:states:<region>:…` → the region.
@@ -182,16 +197,8 @@ pub async fn follow(
             }
         }
         seen = converted.last().map_or(seen, |e| e.id.max(seen));
-        if follower.finished() {
-            let last = events
-                .last()
-                .and_then(|e| e.get("type"))
-                .and_then(Value::as_str);
-            return Ok(if last == Some("ExecutionSucceeded") {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
+        if let Some(outcome) = follower.outcome() {
+            return Ok(ExitCode::from(outcome.exit_code()));
         }
         let status = client
             .describe_execution()
@@ -200,13 +207,16 @@ pub async fn follow(
             .await
             .map_err(|e| sdk_error("describing the execution", &e))?;
         if status.status() != &ExecutionStatus::Running {
-            // Ended without an end event this history shows (aborted from the console).
-            println!("outcome: {}", status.status().as_str());
-            return Ok(if status.status() == &ExecutionStatus::Succeeded {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
+            // Ended without an end event this history shows (stopped from the console).
+            let outcome = follower.ended_without_event();
+            println!(
+                "outcome: {} (exit {}; execution {}): {}",
+                outcome.as_str(),
+                outcome.exit_code(),
+                status.status().as_str(),
+                outcome.next_step()
+            );
+            return Ok(ExitCode::from(outcome.exit_code()));
         }
         let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
         if let Some(line) = follower.tick(i64::try_from(now).unwrap_or(0)) {
