@@ -84,6 +84,11 @@ enum Command {
         follow: bool,
     },
     /// Follow an execution until it ends: states, durations, retries, lag, pause window.
+    /// Exits with the outcome's code: 0 switched / prepared / finalized / abandoned;
+    /// 10 switched_cleanup_incomplete, 11 switched_resume_incomplete, 12
+    /// switched_probe_mismatch, 20 aborted, 21 abort_incomplete, 22 not_started, 30
+    /// prepare_failed, 31 finalize_failed, 32 abandon_failed, 40 interrupted; 2 is the
+    /// command's own error.
     Follow {
         /// The execution's ARN (Step Functions).
         execution_arn: Option<String>,
@@ -132,7 +137,8 @@ enum Command {
         #[arg(long)]
         cell: PathBuf,
     },
-    /// Report finished executions: report.json, a summary and timeline.svg.
+    /// Report finished executions: report.json, a summary and timeline.svg; exits with the
+    /// outcome's code, as follow does.
     Report {
         /// The switchover's history file (local executor's or Step Functions').
         #[arg(long)]
@@ -296,7 +302,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                 switchover.as_ref().map(|(e, f)| (e, f.as_str())),
             );
             write_report(&report, &out)?;
-            Ok(ExitCode::SUCCESS)
+            Ok(ExitCode::from(report.outcome.exit_code()))
         }
     }
 }
@@ -347,17 +353,10 @@ fn replay(path: &Path) -> Result<ExitCode, String> {
             println!("{line}");
         }
     }
-    Ok(outcome_code(
-        execution.status == switchyard_state_machine::Status::Succeeded,
-    ))
-}
-
-fn outcome_code(succeeded: bool) -> ExitCode {
-    if succeeded {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    let outcome = follower
+        .outcome()
+        .unwrap_or_else(|| follower.ended_without_event());
+    Ok(ExitCode::from(outcome.exit_code()))
 }
 
 /// `--set name=value` pairs as payload fields: the value as JSON, or as a string when it

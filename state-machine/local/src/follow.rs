@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use switchyard_state_machine::{EventType, HistoryEvent};
 
-use crate::report::{lag_of_event, unix_ms, PAUSE_STATE, RESUME_STATES};
+use crate::report::{lag_of_event, unix_ms, Outcome, PAUSE_STATE, RESUME_STATES};
 
 /// Turns history events, fed in order as they arrive, into lines.
 #[derive(Debug, Default)]
@@ -15,7 +15,9 @@ pub struct Follower {
     entered: HashMap<String, (i64, u32)>,
     paused_at: Option<i64>,
     last_pause_note: Option<i64>,
-    done: bool,
+    /// The last state entered: an end state (Succeed/Fail) names the outcome.
+    last_state: Option<String>,
+    outcome: Option<Outcome>,
 }
 
 impl Follower {
@@ -25,7 +27,27 @@ impl Follower {
 
     /// The execution has ended (its last event was fed).
     pub fn finished(&self) -> bool {
-        self.done
+        self.outcome.is_some()
+    }
+
+    /// How it ended, once it has: `follow`'s exit code and last line.
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.outcome
+    }
+
+    /// The execution ended without an end event this history shows (stopped from the
+    /// console between two polls): the outcome from the states seen so far.
+    pub fn ended_without_event(&mut self) -> Outcome {
+        let outcome = self.end_outcome();
+        self.outcome = Some(outcome);
+        outcome
+    }
+
+    fn end_outcome(&self) -> Outcome {
+        self.last_state
+            .as_deref()
+            .and_then(Outcome::of_end_state)
+            .unwrap_or(Outcome::Interrupted)
     }
 
     /// The lines one event makes (often none).
@@ -42,6 +64,7 @@ impl Follower {
         match event.kind {
             EventType::ExecutionStarted => say("execution started".to_owned()),
             EventType::StateEntered(_) => {
+                self.last_state = Some(state.clone());
                 self.entered.insert(state.clone(), (at, 0));
                 say(format!("→ {state}"));
             }
@@ -84,22 +107,30 @@ impl Follower {
                 }
             }
             EventType::ExecutionSucceeded => {
-                self.done = true;
-                say("outcome: SUCCEEDED".to_owned());
+                let outcome = self.end_outcome();
+                self.outcome = Some(outcome);
+                say(format!(
+                    "outcome: {} (exit {}): {}",
+                    outcome.as_str(),
+                    outcome.exit_code(),
+                    outcome.next_step()
+                ));
             }
             EventType::ExecutionFailed | EventType::ExecutionTimedOut => {
-                self.done = true;
-                let open: Vec<&String> = self.entered.keys().collect();
+                let outcome = self.end_outcome();
+                self.outcome = Some(outcome);
                 say(format!(
-                    "outcome: {} in {}: {}",
-                    if event.kind == EventType::ExecutionFailed {
-                        "FAILED"
+                    "outcome: {} (exit {}){}: {}",
+                    outcome.as_str(),
+                    outcome.exit_code(),
+                    if event.kind == EventType::ExecutionTimedOut {
+                        " (timed out)"
                     } else {
-                        "TIMED OUT"
+                        ""
                     },
-                    open.first().map_or("?", |s| s.as_str()),
                     event.error.as_deref().unwrap_or("?")
                 ));
+                lines.push(format!("              {}", outcome.next_step()));
                 if let Some(cause) = &event.cause {
                     lines.push(format!("              {cause}"));
                 }
@@ -208,7 +239,8 @@ mod tests {
             "lag 0 bytes (check-slot-lag)",
             "✓ check-slot-lag 2400 ms (2 attempts)",
             "▶ pause window closed after 3000 ms",
-            "outcome: SUCCEEDED",
+            // Its last state was no end state of a definition: not "switched".
+            "outcome: interrupted (exit 40)",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }
@@ -236,10 +268,81 @@ mod tests {
         );
         assert_eq!(f.tick(start + 2_000), None, "at most every 5 s");
         assert!(f.tick(start + 6_500).is_some());
+        f.feed(&event(
+            EventType::StateEntered(StateType::Fail),
+            "abort incomplete",
+            "08.900",
+        ));
         let mut failed = event(EventType::ExecutionFailed, "", "09.000");
         failed.error = Some("States.TaskFailed".to_owned());
         let text = f.feed(&failed).join("\n");
-        assert!(text.contains("outcome: FAILED"), "{text}");
+        assert!(
+            text.contains("outcome: abort_incomplete (exit 21): States.TaskFailed"),
+            "{text}"
+        );
+        assert!(text.contains("resume-pgbouncer abort first"), "{text}");
         assert!(text.contains("PgBouncer still paused"), "{text}");
+        assert_eq!(f.outcome(), Some(Outcome::AbortIncomplete));
+    }
+
+    #[test]
+    fn the_end_state_names_the_outcome_and_its_exit_code() {
+        for (end, kind, outcome, code) in [
+            (
+                "switched",
+                EventType::ExecutionSucceeded,
+                Outcome::Switched,
+                0,
+            ),
+            (
+                "switched, cleanup incomplete",
+                EventType::ExecutionFailed,
+                Outcome::SwitchedCleanupIncomplete,
+                10,
+            ),
+            ("aborted", EventType::ExecutionFailed, Outcome::Aborted, 20),
+            (
+                "not started",
+                EventType::ExecutionFailed,
+                Outcome::NotStarted,
+                22,
+            ),
+            (
+                "prepared",
+                EventType::ExecutionSucceeded,
+                Outcome::Prepared,
+                0,
+            ),
+            (
+                "prepare failed",
+                EventType::ExecutionFailed,
+                Outcome::PrepareFailed,
+                30,
+            ),
+        ] {
+            let mut f = Follower::new();
+            let state = if code == 0 {
+                StateType::Succeed
+            } else {
+                StateType::Fail
+            };
+            f.feed(&event(EventType::StateEntered(state), end, "00.000"));
+            let text = f.feed(&event(kind, "", "00.100")).join("\n");
+            assert_eq!(f.outcome(), Some(outcome), "{end}");
+            assert_eq!(outcome.exit_code(), code, "{end}");
+            assert!(
+                text.contains(&format!("outcome: {} (exit {code})", outcome.as_str())),
+                "{end}: {text}"
+            );
+        }
+        // Stopped from the console in the middle of the window: interrupted, its own code.
+        let mut f = Follower::new();
+        f.feed(&event(
+            EventType::StateEntered(StateType::Task),
+            "rename-clusters forward",
+            "00.000",
+        ));
+        assert_eq!(f.ended_without_event(), Outcome::Interrupted);
+        assert_eq!(Outcome::Interrupted.exit_code(), 40);
     }
 }

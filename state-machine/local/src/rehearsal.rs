@@ -25,9 +25,6 @@ use crate::report::{
 };
 use crate::{load, LocalFunctions, PREPARE, SWITCHOVER};
 
-/// The Fail state of a switchover that switched but whose cleanup kept failing.
-const SWITCHED_UNCLEAN: &str = "switched, cleanup incomplete";
-
 /// Ledger clients by default: enough to keep PgBouncer's pool busy on a small machine.
 pub const DEFAULT_WORKERS: usize = 8;
 
@@ -231,7 +228,10 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
             .map_err(|e| format!("writing {}: {e}", file.display()))?;
         eprintln!("switchover: {:?}", execution.status);
         let before = direct_acknowledged(cell);
-        if Outcome::of(Some(&execution)) != Outcome::Failed {
+        if matches!(
+            Outcome::of(Some(&execution)),
+            Outcome::Switched | Outcome::Aborted
+        ) {
             direct_resumed = wait_direct_writers(cell, before).await;
             // Some ledger commits after PgBouncer resumed, on whichever side serves.
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -261,7 +261,10 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
             .map_err(|e| format!("writing {}: {e}", file.display()))?;
         eprintln!("switch-back: {:?}", execution.status);
         let before = direct_acknowledged(cell);
-        if Outcome::of(Some(&execution)) != Outcome::Failed {
+        if matches!(
+            Outcome::of(Some(&execution)),
+            Outcome::Switched | Outcome::Aborted
+        ) {
             direct_resumed = wait_direct_writers(cell, before).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -280,8 +283,7 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
 
     let outcome = Outcome::of(switched.as_ref());
     // Past the point of no return a failed cleanup still leaves the cell on green.
-    let on_green = outcome == Outcome::Switched
-        || switched.as_ref().and_then(crate::report::failed_in) == Some(SWITCHED_UNCLEAN);
+    let on_green = outcome.writes_moved();
     // A round trip that switched back ends on the old blue: every write is audited there.
     let back_switched = switchback
         .as_ref()
@@ -367,9 +369,7 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
     report.window_fit = switched
         .as_ref()
         .and_then(|e| WindowFit::of(e, &budgets_of(e), query_wait_timeout, &spans));
-    // What PgBouncer served, measured, beats preflight's readings; the outcome judged
-    // here also counts a switch whose cleanup failed.
-    report.outcome = outcome;
+    // What PgBouncer served, measured, beats preflight's readings.
     report.blue_version = blue_version;
     report.green_version = green_version;
     report.blue_major = cell.blue.major;

@@ -6,7 +6,7 @@
 //! each acknowledged commit's `at_unix_ms`.
 
 use serde::Serialize;
-use switchyard_state_machine::{EventType, Execution, HistoryEvent, Status};
+use switchyard_state_machine::{EventType, Execution, HistoryEvent, StateType, Status};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -20,35 +20,192 @@ pub const RESUME_STATES: [&str; 3] = [
 /// The Fail state the switchover ends in when its abort path went through.
 pub const ABORTED_STATE: &str = "aborted";
 
-/// How the switchover ended.
+/// How a run ended: one closed set for every state machine, named after the checked-in
+/// definitions' end states, and used everywhere a run's end is told (report.json, the
+/// summary, `follow`, exit codes). Each says what to do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
-    /// The switchover execution succeeded: the cell is on green.
+    /// The switchover (or switch-back) succeeded: the cell is on its new primary.
     Switched,
-    /// It failed in state `aborted`: the abort path put the cell back on blue.
+    /// Writes go to the new primary; a step after the point of no return kept failing.
+    SwitchedCleanupIncomplete,
+    /// Writes go to the new primary through the instances resumed; others stay paused.
+    SwitchedResumeIncomplete,
+    /// PgBouncer is resumed, but an instance reaches another server than the new primary.
+    SwitchedProbeMismatch,
+    /// The abort path put the cell back where it was, writable, nothing lost.
     Aborted,
-    /// Anything else: prepare failed, the switchover stopped elsewhere, or never ran.
-    Failed,
+    /// An abort step kept failing: PgBouncer may still be paused.
+    AbortIncomplete,
+    /// The run changed nothing (the lock was held, the cell had switched, preflight found
+    /// blockers).
+    NotStarted,
+    /// Green is a verified, streaming replica of blue.
+    Prepared,
+    /// The prepare phase stopped; it never touches clients.
+    PrepareFailed,
+    /// The rollback window is closed.
+    Finalized,
+    /// Closing the rollback window stopped part way.
+    FinalizeFailed,
+    /// A prepare was undone: blue is as before it.
+    Abandoned,
+    /// Undoing a prepare stopped part way.
+    AbandonFailed,
+    /// The execution ended without reaching any of the above (stopped by hand, timed out,
+    /// a States.Runtime error): where the cell is must be looked at.
+    Interrupted,
+    /// No execution at all.
+    NotRun,
 }
 
 impl Outcome {
-    /// The outcome of a switchover execution (`None`: it never ran).
-    pub fn of(switchover: Option<&Execution>) -> Self {
-        match switchover {
-            Some(e) if e.status == Status::Succeeded => Self::Switched,
-            Some(e) if failed_in(e) == Some(ABORTED_STATE) => Self::Aborted,
-            _ => Self::Failed,
+    /// Every outcome, for tables and tests.
+    pub const ALL: [Outcome; 15] = [
+        Self::Switched,
+        Self::SwitchedCleanupIncomplete,
+        Self::SwitchedResumeIncomplete,
+        Self::SwitchedProbeMismatch,
+        Self::Aborted,
+        Self::AbortIncomplete,
+        Self::NotStarted,
+        Self::Prepared,
+        Self::PrepareFailed,
+        Self::Finalized,
+        Self::FinalizeFailed,
+        Self::Abandoned,
+        Self::AbandonFailed,
+        Self::Interrupted,
+        Self::NotRun,
+    ];
+
+    /// The outcome of one execution, from the end state it entered (`None`: none ran).
+    pub fn of(execution: Option<&Execution>) -> Self {
+        let Some(execution) = execution else {
+            return Self::NotRun;
+        };
+        let end = execution
+            .history
+            .iter()
+            .rev()
+            .find(|e| {
+                matches!(
+                    e.kind,
+                    EventType::StateEntered(StateType::Fail | StateType::Succeed)
+                )
+            })
+            .and_then(|e| e.state.as_deref());
+        match end {
+            // Ended by a later event than its end state (stopped by hand): interrupted.
+            Some(state) if ended_in(execution, state) => {
+                Self::of_end_state(state).unwrap_or(Self::Interrupted)
+            }
+            _ => Self::Interrupted,
         }
+    }
+
+    /// The outcome an end state of a checked-in definition stands for.
+    pub fn of_end_state(state: &str) -> Option<Self> {
+        Some(match state {
+            "switched" => Self::Switched,
+            "switched, cleanup incomplete" => Self::SwitchedCleanupIncomplete,
+            "switched, resume incomplete" => Self::SwitchedResumeIncomplete,
+            "switched, probe mismatch" => Self::SwitchedProbeMismatch,
+            ABORTED_STATE => Self::Aborted,
+            "abort incomplete" => Self::AbortIncomplete,
+            "not started" => Self::NotStarted,
+            "prepared" => Self::Prepared,
+            "prepare failed" => Self::PrepareFailed,
+            "finalized" => Self::Finalized,
+            "finalize failed" => Self::FinalizeFailed,
+            "abandoned" => Self::Abandoned,
+            "abandon failed" => Self::AbandonFailed,
+            _ => return None,
+        })
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Switched => "switched",
+            Self::SwitchedCleanupIncomplete => "switched_cleanup_incomplete",
+            Self::SwitchedResumeIncomplete => "switched_resume_incomplete",
+            Self::SwitchedProbeMismatch => "switched_probe_mismatch",
             Self::Aborted => "aborted",
-            Self::Failed => "failed",
+            Self::AbortIncomplete => "abort_incomplete",
+            Self::NotStarted => "not_started",
+            Self::Prepared => "prepared",
+            Self::PrepareFailed => "prepare_failed",
+            Self::Finalized => "finalized",
+            Self::FinalizeFailed => "finalize_failed",
+            Self::Abandoned => "abandoned",
+            Self::AbandonFailed => "abandon_failed",
+            Self::Interrupted => "interrupted",
+            Self::NotRun => "not_run",
         }
     }
+
+    /// The process exit code that reports it: 0 only when the run did what it was for;
+    /// each other outcome its own code (2 stays the CLI's own usage and access errors).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Switched | Self::Prepared | Self::Finalized | Self::Abandoned => 0,
+            Self::SwitchedCleanupIncomplete => 10,
+            Self::SwitchedResumeIncomplete => 11,
+            Self::SwitchedProbeMismatch => 12,
+            Self::Aborted => 20,
+            Self::AbortIncomplete => 21,
+            Self::NotStarted => 22,
+            Self::PrepareFailed => 30,
+            Self::FinalizeFailed => 31,
+            Self::AbandonFailed => 32,
+            Self::Interrupted => 40,
+            Self::NotRun => 41,
+        }
+    }
+
+    /// Writes may be on the new primary: nothing routes the cell back.
+    pub fn writes_moved(self) -> bool {
+        matches!(
+            self,
+            Self::Switched
+                | Self::SwitchedCleanupIncomplete
+                | Self::SwitchedResumeIncomplete
+                | Self::SwitchedProbeMismatch
+        )
+    }
+
+    /// What to do now, in one line (docs/runbook.md says more).
+    pub fn next_step(self) -> &'static str {
+        match self {
+            Self::Switched => "nothing now: watch the rollback window with check-drift; after the soak, run finalize",
+            Self::SwitchedCleanupIncomplete => "writes are on the new primary: finish forward by hand — invoke the failed step again (never the abort path), then release-lock",
+            Self::SwitchedResumeIncomplete => "clients of the instances named in the error wait: invoke resume-pgbouncer forward again once they are reachable",
+            Self::SwitchedProbeMismatch => "PAGE: an instance reaches another server than the new primary; fix its DNS or configuration, never roll back",
+            Self::Aborted => "the cell is where it was, writable, nothing lost: fix the cause in the error, then start the run again",
+            Self::AbortIncomplete => "PgBouncer may still be paused: repair by hand in the abort path's order (docs/runbook.md), resume-pgbouncer abort first",
+            Self::NotStarted => "nothing was changed: act on the error (lock held, already switched, preflight findings), then start again",
+            Self::Prepared => "green is ready: run the switchover when it suits",
+            Self::PrepareFailed => "no client was touched: fix the cause in the error, then start prepare again",
+            Self::Finalized => "the rollback window is closed: delete the old cluster by hand (delete-old-cluster) once its final snapshot is all you keep",
+            Self::FinalizeFailed => "what is left is named in the error: fix it, then start finalize again",
+            Self::Abandoned => "blue is as before prepare: green can be deleted or prepared again",
+            Self::AbandonFailed => "what is left is named in the error: fix it, then start abandon-prepare again",
+            Self::Interrupted => "the execution ended outside its definition (stopped, timed out): read the journal and the cell before anything else (docs/runbook.md)",
+            Self::NotRun => "nothing ran",
+        }
+    }
+}
+
+/// Whether `state` is the one the execution ended in (no state entered after it).
+fn ended_in(execution: &Execution, state: &str) -> bool {
+    execution
+        .history
+        .iter()
+        .rev()
+        .find(|e| matches!(e.kind, EventType::StateEntered(_)))
+        .and_then(|e| e.state.as_deref())
+        == Some(state)
 }
 
 /// One state entered by an execution, in order.
@@ -290,6 +447,11 @@ pub fn covered_ms(from: i64, to: i64, spans: &[(i64, i64)]) -> u64 {
 /// their histories (`switchyard report`), which has the same fields but the load's.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
+    /// The shape of this file: raised when a field changes meaning or goes.
+    pub schema_version: u32,
+    /// The cell and region the executions ran for (from their input).
+    pub cell_id: Option<String>,
+    pub region: Option<String>,
     pub outcome: Outcome,
     /// Every guarantee held (the process exits 0 exactly then).
     pub passed: bool,
@@ -904,8 +1066,23 @@ impl Report {
             .and_then(|m| u32::try_from(m).ok())
             .or_else(|| major_of("green_version_num"))
             .unwrap_or(0);
+        let cell_field = |field: &str| {
+            executions
+                .iter()
+                .find_map(|e| cell_of(e))
+                .and_then(|c| c.get(field))
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
         let mut report = Self {
-            outcome: Outcome::of(switchover.map(|(e, _)| e)),
+            schema_version: REPORT_SCHEMA_VERSION,
+            cell_id: cell_field("cell_id"),
+            region: cell_field("region"),
+            // The run's end: the switchover's when there is one, else the prepare's.
+            outcome: match (switchover, prepare) {
+                (Some((e, _)), _) | (None, Some((e, _))) => Outcome::of(Some(e)),
+                (None, None) => Outcome::NotRun,
+            },
             passed: false,
             failures: Vec::new(),
             blue_version: version("blue_version"),
@@ -956,6 +1133,15 @@ impl Report {
             // that gave up at its pause budget and aborted cleanly is that run's honest
             // result, and `window_fit` says why.
             (Outcome::Aborted, Some(_), _) if cleanly_over_budget => {}
+            // Past the point of no return: the cell switched, and what did not finish is
+            // the failure — never "did not switch".
+            (outcome, Some(s), _) if outcome.writes_moved() => failures.push(format!(
+                "the switchover switched (writes are on green) but did not finish: {} in `{}`: {} — {}",
+                outcome.as_str(),
+                s.failed_in.as_deref().unwrap_or("?"),
+                s.error.as_deref().unwrap_or("?"),
+                s.cause.as_deref().unwrap_or("")
+            )),
             (_, Some(s), _) => failures.push(format!(
                 "the switchover did not switch: {} in `{}`: {} — {}",
                 self.outcome.as_str(),
@@ -963,13 +1149,19 @@ impl Report {
                 s.error.as_deref().unwrap_or("?"),
                 s.cause.as_deref().unwrap_or("")
             )),
+            // A prepare alone, reported from its history: it is what it says.
+            (Outcome::Prepared, None, Some(_)) if self.load.is_none() => {}
+            (Outcome::Prepared, None, Some(_)) => {
+                failures.push("prepared, but no switchover ran".to_owned())
+            }
             (_, None, Some(p)) => failures.push(format!(
-                "prepare did not succeed, so no switchover ran: failed in `{}`: {} — {}",
+                "{} in `{}`: {} — {}; no switchover ran",
+                self.outcome.as_str(),
                 p.failed_in.as_deref().unwrap_or("?"),
                 p.error.as_deref().unwrap_or("?"),
                 p.cause.as_deref().unwrap_or("")
             )),
-            (_, None, None) => failures.push("nothing ran".to_owned()),
+            (_, None, _) => failures.push("nothing ran".to_owned()),
         }
         if let Some(back) = &self.switchback {
             if back.outcome != Outcome::Switched {
@@ -1040,6 +1232,9 @@ impl Report {
         self.failures = failures;
     }
 }
+
+/// report.json's `schema_version`.
+pub const REPORT_SCHEMA_VERSION: u32 = 1;
 
 /// The execution labels steps and lag samples carry.
 pub const PREPARE_LABEL: &str = "prepare";
@@ -1131,7 +1326,12 @@ impl Report {
                 None => line(format!("  {label:<11} not run")),
             }
         }
-        line(format!("  outcome     {}", self.outcome.as_str()));
+        line(format!(
+            "  outcome     {} (exit {}): {}",
+            self.outcome.as_str(),
+            self.outcome.exit_code(),
+            self.outcome.next_step()
+        ));
         line(format!(
             "  pause       {} (pause-pgbouncer scheduled → resume-pgbouncer succeeded)",
             opt(self.pause_window_ms, " ms")
@@ -1396,7 +1596,9 @@ mod tests {
         assert_eq!(window, Some(100 + 1020 + 200));
         let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["pause-pgbouncer", "check", "resume-pgbouncer"]);
-        assert_eq!(Outcome::of(Some(&execution)), Outcome::Failed);
+        // "done" is no end state of a definition: the run cannot be said to have done
+        // what it was for.
+        assert_eq!(Outcome::of(Some(&execution)), Outcome::Interrupted);
         assert_eq!(failed_in(&execution), Some("done"));
     }
 
@@ -1426,6 +1628,91 @@ mod tests {
         switchyard_state_machine::Executor::new(&definition, &Sleepy)
             .run(serde_json::json!({"cell": {"budgets": {"pause_seconds": 1, "abort_seconds": 1}}}))
             .await
+    }
+
+    /// A definition that runs one Task then enters end state `end` (Succeed when `ok`).
+    async fn ending_in(end: &str, ok: bool) -> Execution {
+        let end_state = if ok {
+            r#"{"Type": "Succeed"}"#.to_owned()
+        } else {
+            r#"{"Type": "Fail", "Error": "ResumeIncomplete", "Cause": "one instance paused"}"#
+                .to_owned()
+        };
+        let json = format!(
+            r#"{{"StartAt": "step", "States": {{
+                "step": {{"Type": "Task", "Resource": "local", "Parameters": {{"ms": 10}}, "Next": "{end}"}},
+                "{end}": {end_state}
+            }}}}"#
+        );
+        let definition =
+            switchyard_state_machine::Definition::from_json(&json).expect("definition");
+        switchyard_state_machine::Executor::new(&definition, &Sleepy)
+            .run(serde_json::json!({"cell": {"cell_id": "local-a", "region": "us-east-1"}}))
+            .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_switch_whose_cleanup_failed_is_switched_and_a_prepare_alone_is_prepared() {
+        let unclean = ending_in("switched, cleanup incomplete", false).await;
+        let report = Report::of_executions(None, Some((&unclean, "s.json")));
+        assert_eq!(report.outcome, Outcome::SwitchedCleanupIncomplete);
+        assert!(report.outcome.writes_moved());
+        assert_eq!(report.outcome.exit_code(), 10);
+        assert!(!report.passed);
+        assert!(
+            report.failures[0].starts_with("the switchover switched (writes are on green)")
+                && !report.failures[0].contains("did not switch"),
+            "{:?}",
+            report.failures
+        );
+        assert!(report.summary().contains(
+            "outcome     switched_cleanup_incomplete (exit 10): writes are on the new primary"
+        ));
+        assert_eq!(report.schema_version, REPORT_SCHEMA_VERSION);
+        assert_eq!(report.cell_id.as_deref(), Some("local-a"));
+        assert_eq!(report.region.as_deref(), Some("us-east-1"));
+
+        let prepared = ending_in("prepared", true).await;
+        let report = Report::of_executions(Some((&prepared, "p.json")), None);
+        assert_eq!(report.outcome, Outcome::Prepared);
+        assert!(report.passed, "{:?}", report.failures);
+        assert!(report.summary().contains("outcome     prepared (exit 0)"));
+        let failed = ending_in("prepare failed", false).await;
+        let report = Report::of_executions(Some((&failed, "p.json")), None);
+        assert_eq!(report.outcome, Outcome::PrepareFailed);
+        assert!(report.failures[0].starts_with("prepare_failed in `prepare failed`"));
+    }
+
+    #[test]
+    fn every_outcome_has_its_own_name_and_code_and_the_definitions_name_them_all() {
+        let names: std::collections::HashSet<&str> =
+            Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(names.len(), Outcome::ALL.len());
+        let failing: Vec<u8> = Outcome::ALL
+            .iter()
+            .map(|o| o.exit_code())
+            .filter(|&c| c != 0)
+            .collect();
+        let distinct: std::collections::HashSet<u8> = failing.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            failing.len(),
+            "one code per failing outcome"
+        );
+        assert!(!distinct.contains(&2), "2 is the command's own error");
+        // Every end state of every checked-in definition is one of them.
+        for name in ["prepare", "switchover", "finalize", "abandon-prepare"] {
+            let text = std::fs::read_to_string(crate::definition_path(name)).expect("definition");
+            let definition: serde_json::Value = serde_json::from_str(&text).expect("json");
+            for (state, body) in definition["States"].as_object().expect("states") {
+                if matches!(body["Type"].as_str(), Some("Succeed" | "Fail")) {
+                    assert!(
+                        Outcome::of_end_state(state).is_some(),
+                        "{name}: end state {state:?} has no outcome"
+                    );
+                }
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]
