@@ -104,8 +104,14 @@ enum Command {
         /// The function's name, as in state-machine/ (e.g. `resume-pgbouncer`).
         function: String,
         /// The cell document (JSON).
-        #[arg(long)]
-        cell: PathBuf,
+        #[arg(long, required_unless_present = "payload")]
+        cell: Option<PathBuf>,
+        /// A whole payload as Step Functions sends it (`-`: standard input), e.g. a failed
+        /// state's input copied from the execution history — `run_id`, `pause_deadline` and
+        /// `force` included — to replay it exactly. The Task's parameters
+        /// (`{"FunctionName": …, "Payload": {…}}`) are taken too.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["cell", "fields", "run_id", "force"])]
+        payload: Option<PathBuf>,
         /// One of the function's own payload fields, `name=<JSON value>` (a bare word is a
         /// string): e.g. `--set mode=forward --set wait_seconds=30`.
         #[arg(long = "set", value_name = "NAME=VALUE")]
@@ -214,6 +220,7 @@ async fn run(command: Command) -> Result<ExitCode, String> {
         Command::Invoke {
             function,
             cell,
+            payload: payload_file,
             fields,
             run_id,
             force,
@@ -227,11 +234,32 @@ async fn run(command: Command) -> Result<ExitCode, String> {
                     switchyard_local_run::FUNCTIONS.join(", ")
                 ));
             }
-            let cell = read_cell(&cell)?;
+            let (cell, mut payload) = match (&cell, &payload_file) {
+                (_, Some(file)) => {
+                    let payload = read_payload(file)?;
+                    let cell = CellDocument::from_value(payload["cell"].clone())
+                        .map_err(|e| format!("InvalidInput: the payload's cell document: {e}"))?;
+                    (cell, payload)
+                }
+                (Some(path), None) => {
+                    let cell = read_cell(path)?;
+                    let payload = switchyard_local_run::payload(&cell, fields_of(&fields)?);
+                    (cell, payload)
+                }
+                (None, None) => return Err("invoke needs --cell or --payload".to_owned()),
+            };
             let holder = lock_holder(&cell).await?;
             eprintln!("switchyard: {holder}");
-            let mut payload = switchyard_local_run::payload(&cell, fields_of(&fields)?);
-            if !switchyard_local_run::is_read_only(&function) {
+            if payload_file.is_some() {
+                // Replayed as sent: its own run_id, force and deadline.
+                if !switchyard_local_run::is_read_only(&function)
+                    && !payload.get("run_id").is_some_and(Value::is_string)
+                {
+                    return Err(format!(
+                        "{function} changes the cell: the payload must name its run_id ({holder})"
+                    ));
+                }
+            } else if !switchyard_local_run::is_read_only(&function) {
                 let Some(run_id) = run_id else {
                     return Err(format!(
                         "{function} changes the cell: pass --run-id (the run to act as, which must hold the lock — {holder}), or --force"
@@ -359,6 +387,37 @@ fn replay(path: &Path) -> Result<ExitCode, String> {
     Ok(ExitCode::from(outcome.exit_code()))
 }
 
+/// A whole payload from `path` (`-`: standard input): an object with the cell document,
+/// or a Task's parameters holding one under `Payload`.
+fn read_payload(path: &Path) -> Result<Value, String> {
+    let text = if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| format!("reading the payload from standard input: {e}"))?;
+        text
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("reading the payload {}: {e}", path.display()))?
+    };
+    let value: Value = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "InvalidInput: the payload {} is not JSON: {e}",
+            path.display()
+        )
+    })?;
+    let payload = match value.get("Payload") {
+        Some(inner) if value.get("FunctionName").is_some() => inner.clone(),
+        _ => value,
+    };
+    if !payload.get("cell").is_some_and(Value::is_object) {
+        return Err(format!(
+            "InvalidInput: the payload {} holds no cell document (\"cell\": {{…}})",
+            path.display()
+        ));
+    }
+    Ok(payload)
+}
+
 /// `--set name=value` pairs as payload fields: the value as JSON, or as a string when it
 /// is not JSON. The cell and the reserved fields cannot be set this way.
 fn fields_of(pairs: &[String]) -> Result<Value, String> {
@@ -376,7 +435,7 @@ fn fields_of(pairs: &[String]) -> Result<Value, String> {
         ];
         if name.is_empty() || reserved.contains(&name) {
             return Err(format!(
-                "--set {name}: not a field to set by hand (the cell comes from --cell, the run from --run-id, --force and a dry run from their flags)"
+                "--set {name}: not a field to set by hand (the cell comes from --cell, the run from --run-id, --force and a dry run from their flags; to replay a payload with its own run_id and pause_deadline, pass it whole with --payload)"
             ));
         }
         let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned()));

@@ -160,6 +160,64 @@ async fn invoke_runs_one_function_with_dry_runs_and_typed_errors() {
     );
     assert_eq!(cluster_ids(&cell).await, before);
 
+    // A failed state's input replayed whole, as Step Functions sent it (the Task's
+    // parameters, its run_id and pause deadline included): a deadline passed stops it
+    // before anything, as in the window; the same payload with a live deadline acts.
+    let replay = |deadline: &str| {
+        let path = cell.run_dir.join("replay.json");
+        let parameters = serde_json::json!({
+            "FunctionName": "arn:aws:lambda:us-east-1:123456789012:function:switchyard-rename-clusters",
+            "Payload": {
+                "cell": cell.document,
+                "run_id": "manual-repair-1",
+                "mode": "forward",
+                "pause_deadline": deadline,
+            }
+        });
+        std::fs::write(&path, parameters.to_string()).expect("write");
+        path
+    };
+    let path = replay("2020-01-01T00:00:00Z");
+    let ran = switchyard(
+        &cell,
+        &[
+            "invoke",
+            "rename-clusters",
+            "--payload",
+            path.to_str().expect("path"),
+            "--dry-run",
+        ],
+    );
+    assert_eq!(ran.code, 1, "{}\n{}", ran.stdout, ran.stderr);
+    assert_eq!(ran.json()["errorType"], "PauseBudgetExceeded");
+    let path = replay("2999-01-01T00:00:00Z");
+    let ran = switchyard(
+        &cell,
+        &[
+            "invoke",
+            "rename-clusters",
+            "--payload",
+            path.to_str().expect("path"),
+            "--dry-run",
+        ],
+    );
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    assert_eq!(ran.json()["dry_run"], true);
+    assert_eq!(cluster_ids(&cell).await, before);
+    // A payload is whole: no --cell, --set, --run-id or --force beside it.
+    let ran = switchyard(
+        &cell,
+        &[
+            "invoke",
+            "rename-clusters",
+            "--payload",
+            path.to_str().expect("path"),
+            "--run-id",
+            "x",
+        ],
+    );
+    assert_eq!(ran.code, 2, "{}\n{}", ran.stdout, ran.stderr);
+
     // Bad input: the function's own typed error, exit 1, nothing changed.
     let ran = invoke(
         &cell,
