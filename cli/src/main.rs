@@ -460,7 +460,7 @@ async fn back_document(cell: &CellDocument) -> Result<CellDocument, String> {
     let (decision, plan) = journal
         .get_pair::<Decision, RenamePlan>()
         .await
-        .map_err(|e| format!("reading the journal: {}: {e}", e.error_name()))?;
+        .map_err(|e| format!("reading the journal: {}", e.to_failure()))?;
     if !decision.as_ref().is_some_and(|d| d.switched(cell)) {
         return Err(format!(
             "PreconditionFailed: cell {} has not switched to {} (PostgreSQL {}): there is nothing to switch back",
@@ -490,7 +490,7 @@ async fn lock_holder(cell: &CellDocument) -> Result<String, String> {
     let lock = journal
         .get::<switchyard_operation::fence::RunLock>()
         .await
-        .map_err(|e| format!("reading the run lock: {}: {e}", e.error_name()))?;
+        .map_err(|e| format!("reading the run lock: {}", e.to_failure()))?;
     Ok(match lock {
         Some(lock) => format!(
             "cell {}'s lock is held by {}",
@@ -507,7 +507,7 @@ async fn lock_holder(cell: &CellDocument) -> Result<String, String> {
 async fn invoke_local(function: &str, payload: Value) -> Result<ExitCode, String> {
     let deps = switchyard_operation::Deps::from_env()
         .await
-        .map_err(|e| format!("{}: {e}", e.error_name()))?;
+        .map_err(|e| e.to_failure().to_string())?;
     match switchyard_local_run::invoke(function, payload, &deps).await {
         Ok(output) => {
             println!(
@@ -517,9 +517,12 @@ async fn invoke_local(function: &str, payload: Value) -> Result<ExitCode, String
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
+            // As the Lambda runtime answers, and Step Functions' Cause reads: the name
+            // once, in errorType.
+            let failure = e.to_failure();
             let error = serde_json::json!({
-                "errorType": e.error_name().as_str(),
-                "errorMessage": e.to_string(),
+                "errorType": failure.name().as_str(),
+                "errorMessage": failure.message(),
             });
             println!(
                 "{}",

@@ -151,6 +151,14 @@ async fn invoke_runs_one_function_with_dry_runs_and_typed_errors() {
     assert_eq!(ran.code, 1, "{}\n{}", ran.stdout, ran.stderr);
     assert_eq!(ran.json()["errorType"], "LockHeld");
     assert!(
+        !ran.json()["errorMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("LockHeld"),
+        "the name once, in errorType, as the Lambda runtime answers: {}",
+        ran.stdout
+    );
+    assert!(
         ran.json()["errorMessage"]
             .as_str()
             .unwrap_or_default()

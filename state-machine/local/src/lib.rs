@@ -88,9 +88,11 @@ impl TaskHandler for LocalFunctions<'_> {
                 ));
             };
             let payload = parameters.get("Payload").cloned().unwrap_or(Value::Null);
-            invoke(&name, payload, self.deps)
-                .await
-                .map_err(|e| TaskFailure::new(e.error_name().as_str(), e.to_string()))
+            // As the Lambda runtime reports it: the name, and the message without it.
+            invoke(&name, payload, self.deps).await.map_err(|e| {
+                let failure = e.to_failure();
+                TaskFailure::new(failure.name().as_str(), failure.message())
+            })
         })
     }
 }
