@@ -16,6 +16,7 @@
 //! Secrets never pass through here: the cell document names SSM parameters only.
 
 mod aws;
+mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -62,6 +63,12 @@ impl Phase {
             Self::Switchback => "switchback",
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +141,18 @@ enum Command {
         /// The Lambda names' prefix (`<prefix>-<function>`, Terraform's `name_prefix`).
         #[arg(long, default_value = "switchyard")]
         function_prefix: String,
+    },
+    /// Where a cell is, read-only, in seconds: the run that owns it, both legs' decisions,
+    /// which cluster holds the cell's name, each PgBouncer instance (paused or not, where it
+    /// points), the write fence, subscriptions and slots with their lag, and the next safe
+    /// command. Exits 0 when healthy, 1 when something needs a person.
+    Status {
+        /// The cell document (JSON).
+        #[arg(long)]
+        cell: PathBuf,
+        /// `text` for people, `json` for scripts.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
     /// Print the switch-back's cell document for a switched upgrade (the upgrade's document
     /// reversed: the old blue, read from the journal's rename plan, becomes green), e.g. to
@@ -287,6 +306,25 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             } else {
                 invoke_local(&function, payload).await
             }
+        }
+        Command::Status { cell, output } => {
+            let cell = read_cell(&cell)?;
+            let deps = switchyard_operation::Deps::from_env()
+                .await
+                .map_err(|e| e.to_failure().to_string())?;
+            let status = status::read(&cell, &deps).await?;
+            match output {
+                Output::Text => print!("{}", status.text()),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?
+                ),
+            }
+            Ok(if status.healthy() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::BackDocument { cell } => {
             let back = back_document(&read_cell(&cell)?).await?;

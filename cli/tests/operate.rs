@@ -106,6 +106,27 @@ async fn invoke_runs_one_function_with_dry_runs_and_typed_errors() {
         ran.stderr
     );
 
+    // status on an idle cell: healthy, blue holds the name, PgBouncer serving, prepare next.
+    let ran = switchyard(&cell, &["status", "--cell", doc]);
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    for expected in [
+        "cell local-a: idle",
+        "lock        free",
+        &format!(
+            "cluster     {blue} (primary, PostgreSQL {}",
+            cell.blue.version
+        ),
+        ": holds the cell's name",
+        "serving →",
+        "next        switchyard start --cell cell.json --phase prepare",
+    ] {
+        assert!(
+            ran.stdout.contains(expected),
+            "{expected:?} in:\n{}",
+            ran.stdout
+        );
+    }
+
     // The repair takes the lock, then acts as its own run.
     let ran = invoke(&cell, doc, "acquire-lock", repair, &[], false);
     assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
@@ -268,6 +289,46 @@ async fn invoke_runs_one_function_with_dry_runs_and_typed_errors() {
     );
     assert_eq!(ran.code, 2);
     assert!(ran.stderr.contains("InvalidInput"), "{}", ran.stderr);
+
+    // Paused by the run (stopped there): status shows the pause, who owns the cell and
+    // what to run; as JSON too. Then resumed toward blue (the run is aborting from here), it serves again.
+    let ran = invoke(&cell, doc, "pause-pgbouncer", repair, &[], false);
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    let ran = switchyard(&cell, &["status", "--cell", doc]);
+    assert_eq!(
+        ran.code, 0,
+        "a run owns the pause: {}\n{}",
+        ran.stdout, ran.stderr
+    );
+    for expected in [
+        "cell local-a: running",
+        "lock        held by run manual-repair-1",
+        "pause       run manual-repair-1 paused at",
+        "PAUSED (app)",
+        "next        run manual-repair-1 holds the lock by hand",
+    ] {
+        assert!(
+            ran.stdout.contains(expected),
+            "{expected:?} in:\n{}",
+            ran.stdout
+        );
+    }
+    let ran = switchyard(&cell, &["status", "--cell", doc, "--output", "json"]);
+    let status = ran.json();
+    assert_eq!(status["phase"], "running");
+    assert_eq!(status["lock"]["run_id"], "manual-repair-1");
+    assert_eq!(status["pgbouncer"][0]["paused"], serde_json::json!(["app"]));
+    let ran = invoke(
+        &cell,
+        doc,
+        "resume-pgbouncer",
+        repair,
+        &["direction=abort"],
+        false,
+    );
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    let ran = switchyard(&cell, &["status", "--cell", doc]);
+    assert!(ran.stdout.contains("serving →"), "{}", ran.stdout);
 
     // A dry run of giving the lock back, then for real.
     let ran = invoke(&cell, doc, "release-lock", repair, &[], true);
@@ -454,6 +515,36 @@ async fn report_of_a_rehearsal_history_matches_the_rehearsal_and_draws_every_ste
     );
     let rehearsal = rehearse_on(&cell, &run).await.expect("rehearsal ran");
     assert!(rehearsal.switchover.is_some(), "{:?}", rehearsal.failures);
+
+    // status after the switch: green holds the cell's name, the old blue parked and
+    // following it, and what to do next.
+    let ran = switchyard(&cell, &["status", "--cell", doc]);
+    assert_eq!(ran.code, 0, "healthy: {}\n{}", ran.stdout, ran.stderr);
+    let parked = format!(
+        "{}-blue-{}",
+        cell.document.blue.cluster_identifier, cell.blue.major
+    );
+    for expected in [
+        "cell local-a: switched".to_owned(),
+        "decision    Switched by run".to_owned(),
+        format!(
+            "cluster     {} (primary, PostgreSQL {}",
+            cell.document.blue.cluster_identifier, cell.green.version
+        ),
+        format!(
+            "cluster     {parked} (parked, PostgreSQL {}",
+            cell.blue.version
+        ),
+        "app: subscription switchyard_reverse enabled, streaming".to_owned(),
+        "app: slot switchyard_reverse active".to_owned(),
+        "--phase finalize".to_owned(),
+    ] {
+        assert!(
+            ran.stdout.contains(&expected),
+            "{expected:?} in:\n{}",
+            ran.stdout
+        );
+    }
 
     // Switched: the switch-back's document names the parked old blue, from the journal.
     let back = switchyard(&cell, &["back-document", "--cell", doc]);
