@@ -5,6 +5,7 @@ locals {
     "switchover"      = "${path.module}/../state-machine/switchover.asl.json"
     "abandon-prepare" = "${path.module}/../state-machine/abandon-prepare.asl.json"
     "finalize"        = "${path.module}/../state-machine/finalize.asl.json"
+    "abort"           = "${path.module}/../state-machine/abort.asl.json"
   }
 }
 

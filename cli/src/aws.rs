@@ -80,7 +80,13 @@ pub fn execution_name(cell_id: &str, phase: &str, at: time::OffsetDateTime) -> S
 
 /// The state machines of one deployment, as Terraform names them: `<prefix>-<kind>`.
 /// `abandon-prepare` first: its name also ends in `-prepare`.
-const KINDS: [&str; 4] = ["abandon-prepare", "prepare", "switchover", "finalize"];
+const KINDS: [&str; 5] = [
+    "abandon-prepare",
+    "prepare",
+    "switchover",
+    "finalize",
+    "abort",
+];
 
 /// The other state machines of the same deployment: a run of any of them must not start
 /// while the cell has a run on another.
@@ -111,6 +117,24 @@ pub async fn start(
     state_machine_arn: &str,
     cell: &CellDocument,
     phase: &str,
+) -> Result<Started, String> {
+    start_with(
+        client,
+        state_machine_arn,
+        cell,
+        phase,
+        json!({ "cell": cell }),
+    )
+    .await
+}
+
+/// [`start`] with a whole input (the abort machine's names the run it acts as).
+pub async fn start_with(
+    client: &aws_sdk_sfn::Client,
+    state_machine_arn: &str,
+    cell: &CellDocument,
+    phase: &str,
+    input: Value,
 ) -> Result<Started, String> {
     let prefix = format!("{}-", cell.cell_id);
     let siblings = sibling_arns(state_machine_arn);
@@ -143,7 +167,7 @@ pub async fn start(
         }
     }
     let name = execution_name(&cell.cell_id, phase, time::OffsetDateTime::now_utc());
-    let input = json!({ "cell": cell }).to_string();
+    let input = input.to_string();
     let started = client
         .start_execution()
         .state_machine_arn(state_machine_arn)
@@ -156,6 +180,135 @@ pub async fn start(
         name,
         arn: started.execution_arn().to_owned(),
     })
+}
+
+/// Stops `execution_arn` if it still runs, then waits until no Lambda it invoked can still
+/// be running: Step Functions does not stop a Lambda with its execution, and a forward step
+/// already past its fence check would race the abort path. Each task still open in the
+/// history may run until its scheduled time plus the function's timeout (the Task's
+/// `TimeoutSeconds` bounds it); `max_wait` caps the wait, for an operator who has seen the
+/// function end in its logs.
+pub async fn stop_and_wait(
+    client: &aws_sdk_sfn::Client,
+    execution_arn: &str,
+    max_wait: Duration,
+) -> Result<(), String> {
+    let described = client
+        .describe_execution()
+        .execution_arn(execution_arn)
+        .send()
+        .await
+        .map_err(|e| sdk_error("describing the run's execution", &e))?;
+    if described.status() == &ExecutionStatus::Running {
+        client
+            .stop_execution()
+            .execution_arn(execution_arn)
+            .error("Aborted")
+            .cause("stopped by switchyard abort: the abort path runs as its own execution")
+            .send()
+            .await
+            .map_err(|e| sdk_error("stopping the run's execution", &e))?;
+        println!("stopped {execution_arn}");
+    }
+    let events = history(client, execution_arn).await?;
+    let now = time::OffsetDateTime::now_utc();
+    let until = open_tasks_end(&events, &lambda_timeouts()).map(|end| end.min(now + max_wait));
+    if let Some(until) = until.filter(|u| *u > now) {
+        let wait = until - now;
+        println!(
+            "waiting {} s for the stopped run's last step to end (its Lambda may still run; --wait-seconds caps this)",
+            wait.whole_seconds()
+        );
+        tokio::time::sleep(Duration::from_millis(
+            u64::try_from(wait.whole_milliseconds()).unwrap_or(0),
+        ))
+        .await;
+    }
+    Ok(())
+}
+
+/// Each function's Lambda timeout, from the checked-in `functions.json`.
+fn lambda_timeouts() -> std::collections::HashMap<String, i64> {
+    let text = include_str!("../../state-machine/functions.json");
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .map(|functions| {
+            functions
+                .into_iter()
+                .filter_map(|(name, f)| Some((name, f["timeout_seconds"].as_i64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// When the last task still open in `events` (scheduled, never answered) can end at the
+/// latest: its scheduling time plus its function's Lambda timeout (15 minutes when the
+/// function is unknown). `None` when every task was answered.
+fn open_tasks_end(
+    events: &[Value],
+    timeouts: &std::collections::HashMap<String, i64>,
+) -> Option<time::OffsetDateTime> {
+    let by_id: std::collections::HashMap<i64, &Value> = events
+        .iter()
+        .filter_map(|e| Some((e["id"].as_i64()?, e)))
+        .collect();
+    let mut answered = std::collections::HashSet::new();
+    for e in events {
+        let kind = e["type"].as_str().unwrap_or_default();
+        if !matches!(
+            kind,
+            "TaskSucceeded"
+                | "TaskFailed"
+                | "TaskTimedOut"
+                | "TaskStartFailed"
+                | "TaskSubmitFailed"
+        ) {
+            continue;
+        }
+        // Answer → TaskStarted → TaskScheduled.
+        let mut id = e["previousEventId"].as_i64();
+        while let Some(current) = id {
+            let Some(event) = by_id.get(&current) else {
+                break;
+            };
+            if event["type"] == "TaskScheduled" {
+                answered.insert(current);
+                break;
+            }
+            id = event["previousEventId"].as_i64();
+        }
+    }
+    events
+        .iter()
+        .filter(|e| e["type"] == "TaskScheduled")
+        .filter(|e| e["id"].as_i64().is_some_and(|id| !answered.contains(&id)))
+        .filter_map(|e| {
+            let at = time::OffsetDateTime::parse(
+                e["timestamp"].as_str()?,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .ok()?;
+            let parameters: Value = serde_json::from_str(
+                e["taskScheduledEventDetails"]["parameters"]
+                    .as_str()
+                    .unwrap_or("{}"),
+            )
+            .unwrap_or_default();
+            let timeout = parameters["FunctionName"]
+                .as_str()
+                .and_then(|f| {
+                    timeouts
+                        .iter()
+                        .find(|(name, _)| {
+                            f.ends_with(&format!("-{name}")) || f.ends_with(&format!(":{name}"))
+                        })
+                        .map(|(_, t)| *t)
+                })
+                .unwrap_or(900);
+            Some(at + time::Duration::seconds(timeout))
+        })
+        .max()
 }
 
 /// Every history event so far, in the API's JSON shape (what `aws stepfunctions
@@ -337,6 +490,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_open_task_is_waited_for_until_its_function_may_have_ended() {
+        let scheduled = |id: i64, at: &str, function: &str| {
+            json!({"id": id, "type": "TaskScheduled", "timestamp": at,
+                   "taskScheduledEventDetails": {"parameters":
+                       json!({"FunctionName": format!("arn:aws:lambda:us-east-1:1:function:switchyard-{function}")}).to_string()}})
+        };
+        let events = vec![
+            scheduled(2, "2026-12-07T10:00:00Z", "pause-pgbouncer"),
+            json!({"id": 3, "previousEventId": 2, "type": "TaskStarted", "timestamp": "2026-12-07T10:00:00Z"}),
+            json!({"id": 4, "previousEventId": 3, "type": "TaskSucceeded", "timestamp": "2026-12-07T10:00:01Z"}),
+            scheduled(5, "2026-12-07T10:00:02Z", "rename-clusters"),
+            json!({"id": 6, "previousEventId": 5, "type": "TaskStarted", "timestamp": "2026-12-07T10:00:02Z"}),
+        ];
+        let timeouts = lambda_timeouts();
+        let rename = timeouts["rename-clusters"];
+        assert_eq!(
+            open_tasks_end(&events, &timeouts),
+            Some(
+                time::macros::datetime!(2026-12-07 10:00:02 UTC) + time::Duration::seconds(rename)
+            ),
+            "the rename may still run; the pause answered"
+        );
+        assert_eq!(
+            open_tasks_end(&events[..2], &timeouts),
+            Some(
+                time::macros::datetime!(2026-12-07 10:00:00 UTC)
+                    + time::Duration::seconds(timeouts["pause-pgbouncer"])
+            ),
+            "started, never answered"
+        );
+        assert_eq!(open_tasks_end(&events[..3], &timeouts), None, "answered");
+        let mut answered = events.clone();
+        answered.push(json!({"id": 7, "previousEventId": 6, "type": "TaskFailed", "timestamp": "2026-12-07T10:00:03Z"}));
+        assert_eq!(open_tasks_end(&answered, &timeouts), None);
+    }
+
+    #[test]
     fn execution_names_say_cell_phase_and_time_within_80_characters() {
         let at = time::macros::datetime!(2026-11-22 10:05:09 UTC);
         assert_eq!(
@@ -358,7 +548,8 @@ mod tests {
             [
                 format!("{sm}-abandon-prepare"),
                 format!("{sm}-prepare"),
-                format!("{sm}-finalize")
+                format!("{sm}-finalize"),
+                format!("{sm}-abort")
             ]
         );
         assert_eq!(
@@ -366,7 +557,8 @@ mod tests {
             [
                 format!("{sm}-abandon-prepare"),
                 format!("{sm}-switchover"),
-                format!("{sm}-finalize")
+                format!("{sm}-finalize"),
+                format!("{sm}-abort")
             ]
         );
         assert_eq!(
@@ -374,7 +566,8 @@ mod tests {
             [
                 format!("{sm}-prepare"),
                 format!("{sm}-switchover"),
-                format!("{sm}-finalize")
+                format!("{sm}-finalize"),
+                format!("{sm}-abort")
             ]
         );
         assert_eq!(
@@ -382,7 +575,8 @@ mod tests {
             [
                 format!("{sm}-abandon-prepare"),
                 format!("{sm}-prepare"),
-                format!("{sm}-switchover")
+                format!("{sm}-switchover"),
+                format!("{sm}-abort")
             ]
         );
         assert!(sibling_arns(&format!("{sm}-other")).is_empty());

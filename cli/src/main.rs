@@ -154,6 +154,25 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Abort the cell's run by hand: stop its execution, wait until its last step's Lambda
+    /// can no longer be running, then run the switchover's abort path as its own execution
+    /// (`<prefix>-abort`), acting as that run. Refused on a switched cell, and when no run
+    /// holds the cell, with nothing changed.
+    Abort {
+        /// The cell document (JSON).
+        #[arg(long)]
+        cell: PathBuf,
+        /// The abort state machine (Terraform output `state_machine_arns`, `abort`).
+        #[arg(long)]
+        state_machine_arn: String,
+        /// The longest wait for the stopped run's last step (default: its function's Lambda
+        /// timeout); 0 once you have seen it end in its logs.
+        #[arg(long, default_value_t = 960)]
+        wait_seconds: u64,
+        /// Follow the abort execution once started.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Print the switch-back's cell document for a switched upgrade (the upgrade's document
     /// reversed: the old blue, read from the journal's rename plan, becomes green), e.g. to
     /// repair a switch-back by hand with `invoke --cell`.
@@ -325,6 +344,49 @@ async fn run(command: Command) -> Result<ExitCode, String> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Abort {
+            cell,
+            state_machine_arn,
+            wait_seconds,
+            follow,
+        } => {
+            let cell = read_cell(&cell)?;
+            let aws_clients = switchyard_aws::AwsClients::load(Some(&cell.region)).await;
+            let journal = switchyard_operation::Journal::new(&aws_clients.ssm, &cell);
+            let (lock, decision) = journal
+                .get_pair::<switchyard_operation::fence::RunLock, switchyard_operation::fence::Decision>()
+                .await
+                .map_err(|e| format!("reading the journal: {}", e.to_failure()))?;
+            if let Some(d) = decision.as_ref().filter(|d| d.switched(&cell)) {
+                return Err(switchyard_operation::fence::already_switched(&cell, d)
+                    .to_failure()
+                    .to_string());
+            }
+            let Some(lock) = lock else {
+                return Err(format!(
+                    "PreconditionFailed: no run holds cell {}: there is no run to abort and nothing was changed (switchyard status shows where the cell is)",
+                    cell.cell_id
+                ));
+            };
+            let client = aws::sfn(&cell.region).await;
+            if let Some(execution) = &lock.execution {
+                aws::stop_and_wait(
+                    &client,
+                    execution,
+                    std::time::Duration::from_secs(wait_seconds),
+                )
+                .await?;
+            }
+            let input = serde_json::json!({ "cell": cell, "run_id": lock.run_id });
+            let started =
+                aws::start_with(&client, &state_machine_arn, &cell, "abort", input).await?;
+            println!("aborting run {} as {}", lock.run_id, started.name);
+            println!("execution {}", started.arn);
+            if follow {
+                return aws::follow(&client, &started.arn, 1000).await;
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::BackDocument { cell } => {
             let back = back_document(&read_cell(&cell)?).await?;

@@ -377,7 +377,7 @@ async fn start_names_the_run_refuses_a_second_and_follow_ends_with_the_outcome()
         .await;
     let sfn = aws_sdk_sfn::Client::new(&config);
     let mut arns = Vec::new();
-    for phase in ["prepare", "switchover"] {
+    for phase in ["prepare", "switchover", "abort"] {
         let definition = std::fs::read_to_string(switchyard_local_run::definition_path(phase))
             .expect("definition");
         let created = sfn
@@ -390,7 +390,7 @@ async fn start_names_the_run_refuses_a_second_and_follow_ends_with_the_outcome()
             .expect("state machine in moto");
         arns.push(created.state_machine_arn().to_owned());
     }
-    let (prepare_arn, arn) = (arns[0].as_str(), arns[1].as_str());
+    let (prepare_arn, arn, abort_arn) = (arns[0].as_str(), arns[1].as_str(), arns[2].as_str());
 
     // While the cell's prepare runs, its switchover cannot start (and the reverse).
     let ran = switchyard(
@@ -470,6 +470,82 @@ async fn start_names_the_run_refuses_a_second_and_follow_ends_with_the_outcome()
         ran.stderr
     );
     assert_eq!(ran.code, 40, "the exit code follows the outcome");
+
+    // abort with no run holding the cell: refused, nothing started.
+    let abort = |cell: &LocalCell| {
+        switchyard(
+            cell,
+            &[
+                "abort",
+                "--cell",
+                doc,
+                "--state-machine-arn",
+                abort_arn,
+                "--wait-seconds",
+                "0",
+            ],
+        )
+    };
+    let ran = abort(&cell);
+    assert_eq!(ran.code, 2, "{}\n{}", ran.stdout, ran.stderr);
+    assert!(ran.stderr.contains("no run holds cell"), "{}", ran.stderr);
+    // The run holds the lock with its execution: abort stops that execution and starts the
+    // abort path acting as the run.
+    let run_id = execution_arn.rsplit(':').next().expect("name").to_owned();
+    let set_execution = format!("execution={execution_arn}");
+    let ran = invoke(
+        &cell,
+        doc,
+        "acquire-lock",
+        Some(&run_id),
+        &[&set_execution],
+        false,
+    );
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    let ran = abort(&cell);
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stdout.contains(&format!(
+            "aborting run {run_id} as {}-abort-",
+            cell.document.cell_id
+        )),
+        "{}",
+        ran.stdout
+    );
+    let stopped = sfn
+        .describe_execution()
+        .execution_arn(&execution_arn)
+        .send()
+        .await
+        .expect("describe");
+    assert_ne!(
+        stopped.status(),
+        &aws_sdk_sfn::types::ExecutionStatus::Running,
+        "the run's execution was stopped"
+    );
+    let aborts = sfn
+        .list_executions()
+        .state_machine_arn(abort_arn)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(aborts.executions().len(), 1, "one abort started");
+    let input = sfn
+        .describe_execution()
+        .execution_arn(aborts.executions()[0].execution_arn())
+        .send()
+        .await
+        .expect("describe")
+        .input()
+        .unwrap_or_default()
+        .to_owned();
+    let input: Value = serde_json::from_str(&input).expect("json");
+    assert_eq!(
+        input["run_id"],
+        run_id.as_str(),
+        "the abort acts as the run"
+    );
+    assert_eq!(input["cell"]["cell_id"], cell.document.cell_id.as_str());
     cell.shutdown();
 }
 

@@ -26,8 +26,10 @@ pub const SWITCHOVER: &str = "switchover";
 pub const ABANDON_PREPARE: &str = "abandon-prepare";
 /// Ends the rollback window after a switch.
 pub const FINALIZE: &str = "finalize";
+/// The switchover's abort path on its own, for a run stopped by hand.
+pub const ABORT: &str = "abort";
 /// Every checked-in definition.
-pub const DEFINITIONS: [&str; 4] = [PREPARE, SWITCHOVER, ABANDON_PREPARE, FINALIZE];
+pub const DEFINITIONS: [&str; 5] = [PREPARE, SWITCHOVER, ABANDON_PREPARE, FINALIZE, ABORT];
 
 /// `state-machine/<name>.asl.json`.
 pub fn definition_path(name: &str) -> std::path::PathBuf {

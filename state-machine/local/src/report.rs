@@ -114,7 +114,8 @@ impl Outcome {
             "switched, probe mismatch" => Self::SwitchedProbeMismatch,
             ABORTED_STATE => Self::Aborted,
             "abort incomplete" => Self::AbortIncomplete,
-            "not started" => Self::NotStarted,
+            // The abort machine on a switched cell: nothing was changed.
+            "not started" | "refused: switched" => Self::NotStarted,
             "prepared" => Self::Prepared,
             "prepare failed" => Self::PrepareFailed,
             "finalized" => Self::Finalized,
@@ -1701,7 +1702,7 @@ mod tests {
         );
         assert!(!distinct.contains(&2), "2 is the command's own error");
         // Every end state of every checked-in definition is one of them.
-        for name in ["prepare", "switchover", "finalize", "abandon-prepare"] {
+        for name in crate::DEFINITIONS {
             let text = std::fs::read_to_string(crate::definition_path(name)).expect("definition");
             let definition: serde_json::Value = serde_json::from_str(&text).expect("json");
             for (state, body) in definition["States"].as_object().expect("states") {

@@ -104,10 +104,16 @@ fn every_task_invokes_an_existing_function_with_a_timeout_above_its_lambdas() {
                 "{name}: {}: the payload carries the cell document",
                 task.name
             );
-            // The fencing token: every function that changes the cell acts as this run.
+            // The fencing token: every function that changes the cell acts as this run
+            // (the abort machine: as the stopped run its input names).
+            let run = if name == switchyard_local_run::ABORT {
+                "$.run_id"
+            } else {
+                "$$.Execution.Name"
+            };
             assert_eq!(
                 parameters["Payload"].get("run_id.$").and_then(Value::as_str),
-                (!is_read_only(&function)).then_some("$$.Execution.Name"),
+                (!is_read_only(&function)).then_some(run),
                 "{name}: {}: run_id is the execution's name exactly when {function} changes the cell",
                 task.name
             );
@@ -464,7 +470,12 @@ fn the_point_of_no_return_goes_forward_on_any_error_after_the_switch() {
 
 #[test]
 fn a_run_that_changed_nothing_gives_back_only_its_own_lock() {
-    for name in DEFINITIONS {
+    // The abort machine takes no lock: it acts as the stopped run that holds it (its first
+    // step refuses any other, LockHeld), and gives it back at its end.
+    for name in DEFINITIONS
+        .into_iter()
+        .filter(|n| *n != switchyard_local_run::ABORT)
+    {
         let definition = raw(name);
         let states = states(&definition);
         assert_eq!(
@@ -560,4 +571,56 @@ fn the_lag_gate_is_the_cells_budget_and_its_retries_outlast_the_longest_one() {
         "the retries cover {spent} s, less than the longest lag gate a cell may ask for"
     );
     assert!(Budgets::default().lag_gate_seconds < Budgets::default().pause_seconds);
+}
+
+/// The abort machine is the switchover's abort path, state for state: the same Tasks with
+/// the same retries, catches, timeouts and order; only where run_id comes from differs (the
+/// stopped run's, from the input, not this execution's name) and where a refusal on a
+/// switched cell goes (no forward path here: it ends, nothing changed).
+#[test]
+fn the_abort_machine_is_the_switchovers_abort_path() {
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(switchyard_local_run::definition_path(name)).expect("read"),
+        )
+        .expect("json")
+    };
+    let switchover = read(SWITCHOVER);
+    let abort = read(switchyard_local_run::ABORT);
+    let start = abort["StartAt"].as_str().expect("StartAt");
+    assert_eq!(start, "abort: rename-clusters back");
+    let mut state = start.to_owned();
+    let mut tasks = 0;
+    while state.starts_with("abort: ") {
+        let mut ours = abort["States"][&state].clone();
+        let theirs = &switchover["States"][&state];
+        assert!(theirs.is_object(), "{state} is no switchover state");
+        assert_eq!(
+            ours["Parameters"]["Payload"]["run_id.$"], "$.run_id",
+            "{state}: acts as the stopped run"
+        );
+        ours["Parameters"]["Payload"]["run_id.$"] =
+            theirs["Parameters"]["Payload"]["run_id.$"].clone();
+        for catch in ours["Catch"].as_array_mut().expect("Catch") {
+            if catch["Next"] == "refused: switched" {
+                catch["Next"] = "switched: resume-pgbouncer".into();
+            }
+        }
+        let object = ours.as_object_mut().expect("state");
+        match theirs.get("Comment") {
+            Some(comment) => object.insert("Comment".to_owned(), comment.clone()),
+            None => object.remove("Comment"),
+        };
+        assert_eq!(&ours, theirs, "{state} differs from the switchover's");
+        state = ours["Next"].as_str().expect("Next").to_owned();
+        tasks += 1;
+    }
+    assert_eq!(state, "aborted");
+    assert_eq!(tasks, 8, "every step of the abort path");
+    assert_eq!(abort["States"]["aborted"]["Type"], "Fail");
+    assert_eq!(abort["States"]["refused: switched"]["Type"], "Fail");
+    assert_eq!(
+        abort["States"]["abort incomplete"],
+        switchover["States"]["abort incomplete"]
+    );
 }

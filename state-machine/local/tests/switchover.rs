@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use switchyard_local_cell::{wait_keys_once, CellOptions, Install, Ledger, LocalCell};
-use switchyard_local_run::{load, LocalFunctions, ABANDON_PREPARE, FINALIZE, PREPARE, SWITCHOVER};
+use switchyard_local_run::{
+    load, LocalFunctions, ABANDON_PREPARE, ABORT, FINALIZE, PREPARE, SWITCHOVER,
+};
 use switchyard_operation::Deps;
 use switchyard_state_machine::{
     BoxFuture, EventType, Execution, Executor, Fault, StateType, Status, TaskFailure, TaskHandler,
@@ -413,6 +415,33 @@ async fn assert_switched(cell: &LocalCell, ledger: Ledger, ran: &Ran) {
     );
 }
 
+/// One function invoked by hand as run `run_id`, retried while it answers a not-yet error
+/// (as the state machine's Retry would), failing the test on anything else.
+async fn by_hand(
+    deps: &Deps,
+    cell: &LocalCell,
+    function: &str,
+    run_id: &str,
+    extra: Value,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let mut payload = switchyard_local_run::payload(&cell.document, extra.clone());
+        payload["run_id"] = json!(run_id);
+        match switchyard_local_run::invoke(function, payload, deps).await {
+            Ok(out) => return out,
+            Err(e)
+                if switchyard_errors::Catalogued::error_name(&e).retry()
+                    == switchyard_errors::Retry::NotYet
+                    && started.elapsed() < WAIT =>
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("{function} as {run_id}: {e}"),
+        }
+    }
+}
+
 /// Each injection point and what came of it, printed as a table at the end of a test.
 #[derive(Default)]
 struct Outcomes(Vec<(String, String, String)>);
@@ -484,6 +513,35 @@ async fn a_crash_after_each_forward_step_converges_and_a_switched_cell_stays_swi
         );
     }
 
+    // A run stopped by hand in its window, after its rename (its execution gone, its
+    // lock held): the abort machine, acting as that run, returns the cell to blue.
+    let stopped = "stopped-run";
+    for (function, extra) in [
+        ("acquire-lock", json!({})),
+        ("scale-services", json!({ "direction": "down" })),
+        ("pause-pgbouncer", json!({})),
+        ("revoke-writes", json!({})),
+        ("drop-downstream-subscriptions", json!({})),
+        ("check-slot-lag", json!({})),
+        ("sync-sequences", json!({})),
+        ("verify-data", json!({ "mode": "quick" })),
+        ("finalize-replication", json!({ "mode": "disable" })),
+        ("rename-clusters", json!({ "mode": "forward" })),
+    ] {
+        by_hand(&deps, &cell, function, stopped, extra).await;
+    }
+    let aborted = Run::new(&cell, &deps, ABORT, "abort-by-hand")
+        .input(json!({ "cell": cell.document, "run_id": stopped }))
+        .go()
+        .await;
+    assert_eq!(aborted.end(), "aborted", "{}", aborted.describe());
+    assert_on_blue(&cell, &deps, &ledger).await;
+    outcomes.record(
+        "run stopped after rename-clusters forward",
+        "switchyard abort",
+        "aborted; on blue, writable, nothing lost",
+    );
+
     let switched = Run::new(&cell, &deps, SWITCHOVER, "switch").go().await;
     assert_eq!(switched.end(), "switched", "{}", switched.describe());
     outcomes.record("(none)", "-", "switched");
@@ -539,6 +597,23 @@ async fn a_crash_after_each_forward_step_converges_and_a_switched_cell_stays_swi
             "AlreadySwitched, nothing changed",
         );
     }
+    // The abort machine on the switched cell: refused at its first step, nothing changed.
+    let refused = Run::new(&cell, &deps, ABORT, "abort-switched")
+        .input(json!({ "cell": cell.document, "run_id": "by-hand" }))
+        .go()
+        .await;
+    assert_eq!(refused.end(), "refused: switched", "{}", refused.describe());
+    assert_eq!(refused.execution.error.as_deref(), Some("AlreadySwitched"));
+    assert_eq!(
+        refused.calls.len(),
+        1,
+        "only its first step ran, and refused"
+    );
+    outcomes.record(
+        "switchyard abort",
+        "-",
+        "refused: switched (AlreadySwitched), nothing changed",
+    );
     assert_eq!(
         cell.cluster_identifiers().await.expect("clusters"),
         identifiers
