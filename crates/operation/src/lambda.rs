@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use switchyard_cell::CellDocument;
 use switchyard_errors::{ErrorName, Failure};
+use tracing::Instrument;
 
 use crate::{Deps, Error};
 
@@ -167,17 +168,39 @@ where
     };
     let handle = &handle;
     let deps = &deps;
+    let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_default();
+    let function = &function;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {
             let mut payload = event.payload;
-            let dry_run = crate::take_dry_run(&mut payload).map_err(Diagnostic::from)?;
-            let input = parse_input::<I>(payload).map_err(Diagnostic::from)?;
-            handle(input, deps.clone(), dry_run)
-                .await
-                .map_err(Diagnostic::from)
+            let span = invocation_span(function, &payload);
+            async move {
+                let dry_run = crate::take_dry_run(&mut payload).map_err(Diagnostic::from)?;
+                let input = parse_input::<I>(payload).map_err(Diagnostic::from)?;
+                handle(input, deps.clone(), dry_run)
+                    .await
+                    .map_err(Diagnostic::from)
+            }
+            .instrument(span)
+            .await
         },
     ))
     .await
+}
+
+/// The root span of one invocation: every line it logs carries the function, the cell and
+/// the run (`spans[0]` in the JSON logs), so one run can be followed across every
+/// function's log group (docs/runbook.md gives the Logs Insights query). Read from the
+/// raw payload, before it is parsed: a payload that fails to parse is found the same way.
+pub fn invocation_span(function: &str, payload: &serde_json::Value) -> tracing::Span {
+    let text =
+        |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    tracing::info_span!(
+        "invocation",
+        function = %function,
+        cell_id = %text(payload.get("cell").and_then(|c| c.get("cell_id"))),
+        run_id = %text(payload.get("run_id")),
+    )
 }
 
 #[cfg(test)]
@@ -204,6 +227,42 @@ mod tests {
 
     fn example() -> serde_json::Value {
         serde_json::from_str(switchyard_cell::EXAMPLE).expect("example")
+    }
+
+    #[test]
+    fn every_line_of_an_invocation_names_the_function_cell_and_run() {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("buffer").extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        let payload = serde_json::json!({ "cell": example(), "run_id": "switchover-local-a-1" });
+        tracing::subscriber::with_default(subscriber, || {
+            let _invocation = invocation_span("switchyard-rename-clusters", &payload).entered();
+            // An operation's own span inside it, as #[tracing::instrument] makes.
+            let _inner = tracing::info_span!("run", mode = "forward").entered();
+            tracing::info!("renaming");
+        });
+        let text = String::from_utf8(buffer.0.lock().expect("buffer").clone()).expect("utf-8");
+        let line: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
+        let root = &line["spans"][0];
+        assert_eq!(root["name"], "invocation");
+        assert_eq!(root["function"], "switchyard-rename-clusters");
+        assert_eq!(root["cell_id"], "local-a");
+        assert_eq!(root["run_id"], "switchover-local-a-1");
     }
 
     #[test]
