@@ -332,16 +332,65 @@ pub async fn history(
     Ok(events)
 }
 
+/// The execution's page in the Step Functions console, to share with whoever helps.
+pub fn console_url(execution_arn: &str) -> String {
+    let region = region_of_arn(execution_arn).unwrap_or_else(|_| "us-east-1".to_owned());
+    format!(
+        "https://{region}.console.aws.amazon.com/states/home?region={region}#/v2/executions/details/{execution_arn}"
+    )
+}
+
+/// The history events after event `after`, oldest first: read newest first (`reverseOrder`)
+/// and only as far back as `after`, so a poll costs one call however long the history is.
+/// An API that ignores `reverseOrder` is read whole, as before.
+async fn newer_events(
+    client: &aws_sdk_sfn::Client,
+    execution_arn: &str,
+    after: i64,
+) -> Result<Vec<Value>, String> {
+    let mut pages = client
+        .get_execution_history()
+        .execution_arn(execution_arn)
+        .include_execution_data(true)
+        .reverse_order(true)
+        .max_results(200)
+        .into_paginator()
+        .send();
+    let mut newer = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| sdk_error("reading the execution history", &e))?;
+        let ids: Vec<i64> = page.events().iter().map(HistoryEvent::id).collect();
+        let newest_first = ids.first() >= ids.last();
+        newer.extend(
+            page.events()
+                .iter()
+                .filter(|e| e.id() > after)
+                .map(event_json),
+        );
+        if newest_first && ids.iter().any(|&id| id <= after) {
+            break;
+        }
+    }
+    newer.sort_by_key(|e| e["id"].as_i64());
+    Ok(newer)
+}
+
 /// Polls the history every `poll_ms` and prints what happens until the execution ends.
 pub async fn follow(
     client: &aws_sdk_sfn::Client,
     execution_arn: &str,
     poll_ms: u64,
 ) -> Result<ExitCode, String> {
+    println!("console: {}", console_url(execution_arn));
     let mut follower = Follower::new();
     let mut seen = 0;
+    // Every raw event so far: each poll fetches only the newer ones (a long prepare's
+    // history has thousands; reading it whole every poll would be throttled), while the
+    // conversion needs them all to tie a task's events to its state.
+    let mut events: Vec<Value> = Vec::new();
     loop {
-        let events = history(client, execution_arn).await?;
+        let after = events.last().and_then(|e| e["id"].as_i64()).unwrap_or(0);
+        events.extend(newer_events(client, execution_arn, after).await?);
         let converted = aws_events(&events)?;
         // Converted events keep their ids: print only the ones not seen yet.
         for event in converted.iter().filter(|e| e.id > seen) {
@@ -542,6 +591,10 @@ mod tests {
             Ok("eu-west-1")
         );
         assert!(region_of_arn("nope").is_err());
+        assert_eq!(
+            console_url("arn:aws:states:eu-west-1:1:execution:sm:x"),
+            "https://eu-west-1.console.aws.amazon.com/states/home?region=eu-west-1#/v2/executions/details/arn:aws:states:eu-west-1:1:execution:sm:x"
+        );
         let sm = "arn:aws:states:eu-west-1:123456789012:stateMachine:switchyard";
         assert_eq!(
             sibling_arns(&format!("{sm}-switchover")),

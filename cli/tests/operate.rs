@@ -451,6 +451,14 @@ async fn start_names_the_run_refuses_a_second_and_follow_ends_with_the_outcome()
     // the same API calls it makes against Step Functions, and ends with the outcome.
     let ran = switchyard(&cell, &["follow", &execution_arn, "--poll-ms", "200"]);
     assert!(
+        ran.stdout.contains(&format!(
+            "console: https://{}.console.aws.amazon.com/states/",
+            cell.moto.region
+        )),
+        "{}",
+        ran.stdout
+    );
+    assert!(
         ran.stdout.contains("execution started"),
         "{}\n{}",
         ran.stdout,
