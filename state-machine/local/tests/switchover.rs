@@ -415,7 +415,7 @@ async fn assert_switched(cell: &LocalCell, ledger: Ledger, ran: &Ran) {
     );
 }
 
-/// One function invoked by hand as run `run_id`, retried while it answers a not-yet error
+/// One function invoked by hand as run `run_id` (a read-only one takes no run), retried while it answers a not-yet error
 /// (as the state machine's Retry would), failing the test on anything else.
 async fn by_hand(
     deps: &Deps,
@@ -427,7 +427,9 @@ async fn by_hand(
     let started = Instant::now();
     loop {
         let mut payload = switchyard_local_run::payload(&cell.document, extra.clone());
-        payload["run_id"] = json!(run_id);
+        if !switchyard_local_run::is_read_only(function) {
+            payload["run_id"] = json!(run_id);
+        }
         match switchyard_local_run::invoke(function, payload, deps).await {
             Ok(out) => return out,
             Err(e)
