@@ -216,26 +216,16 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
         // Let the clients reach full speed before the switchover starts.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let name = format!("{}-switchover-{stamp}", options.name_prefix);
-        eprintln!("running switchover as {name} …");
-        let execution = Executor::new(&switchover, &handler)
-            .state_machine_name(SWITCHOVER)
-            .name(&name)
-            .run(input.clone())
-            .await;
-        let file = options.out_dir.join("switchover-history.json");
-        execution
-            .write_history(&file)
-            .map_err(|e| format!("writing {}: {e}", file.display()))?;
-        eprintln!("switchover: {:?}", execution.status);
-        let before = direct_acknowledged(cell);
-        if matches!(
-            Outcome::of(Some(&execution)),
-            Outcome::Switched | Outcome::Aborted
-        ) {
-            direct_resumed = wait_direct_writers(cell, before).await;
-            // Some ledger commits after PgBouncer resumed, on whichever side serves.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        let (execution, resumed) = switch(
+            cell,
+            &switchover,
+            &handler,
+            &name,
+            input.clone(),
+            &options.out_dir.join("switchover-history.json"),
+        )
+        .await?;
+        direct_resumed = resumed;
         switched = Some(execution);
     }
     let mut switchback = None;
@@ -249,25 +239,17 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
             .back(&parked, cell.blue.major)
             .map_err(|e| format!("the switch-back's document: {e}"))?;
         let name = format!("{}-switchback-{stamp}", options.name_prefix);
-        eprintln!("running the switch-back as {name} …");
-        let execution = Executor::new(&switchover, &handler)
-            .state_machine_name(SWITCHOVER)
-            .name(&name)
-            .run(json!({ "cell": serde_json::to_value(&back).map_err(|e| e.to_string())? }))
-            .await;
-        let file = options.out_dir.join("switchback-history.json");
-        execution
-            .write_history(&file)
-            .map_err(|e| format!("writing {}: {e}", file.display()))?;
-        eprintln!("switch-back: {:?}", execution.status);
-        let before = direct_acknowledged(cell);
-        if matches!(
-            Outcome::of(Some(&execution)),
-            Outcome::Switched | Outcome::Aborted
-        ) {
-            direct_resumed = wait_direct_writers(cell, before).await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        let input = json!({ "cell": serde_json::to_value(&back).map_err(|e| e.to_string())? });
+        let (execution, resumed) = switch(
+            cell,
+            &switchover,
+            &handler,
+            &name,
+            input,
+            &options.out_dir.join("switchback-history.json"),
+        )
+        .await?;
+        direct_resumed = resumed;
         switchback = Some(execution);
     }
 
@@ -417,6 +399,41 @@ async fn measure(cell: &LocalCell, options: &RunOptions) -> Result<Report, Strin
     });
     report.judge();
     Ok(report)
+}
+
+/// One run of the switchover definition (a switchover, or a switch-back with the reversed
+/// document) named `name`, its history written to `file`; then, if it switched or aborted,
+/// a wait for the direct writers to write again (whether they did) and a moment of ledger
+/// commits on whichever side serves.
+async fn switch(
+    cell: &LocalCell,
+    definition: &switchyard_state_machine::Definition,
+    handler: &LocalFunctions<'_>,
+    name: &str,
+    input: serde_json::Value,
+    file: &Path,
+) -> Result<(Execution, bool), String> {
+    eprintln!("running {name} …");
+    let execution = Executor::new(definition, handler)
+        .state_machine_name(SWITCHOVER)
+        .name(name)
+        .run(input)
+        .await;
+    execution
+        .write_history(file)
+        .map_err(|e| format!("writing {}: {e}", file.display()))?;
+    eprintln!("{name}: {:?}", execution.status);
+    let before = direct_acknowledged(cell);
+    let mut resumed = false;
+    if matches!(
+        Outcome::of(Some(&execution)),
+        Outcome::Switched | Outcome::Aborted
+    ) {
+        resumed = wait_direct_writers(cell, before).await;
+        // Some ledger commits after PgBouncer resumed, on whichever side serves.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok((execution, resumed))
 }
 
 /// The cell's emulated name delays, for the report and as Unix-ms spans.

@@ -85,18 +85,7 @@ impl Outcome {
         let Some(execution) = execution else {
             return Self::NotRun;
         };
-        let end = execution
-            .history
-            .iter()
-            .rev()
-            .find(|e| {
-                matches!(
-                    e.kind,
-                    EventType::StateEntered(StateType::Fail | StateType::Succeed)
-                )
-            })
-            .and_then(|e| e.state.as_deref());
-        match end {
+        match end_state(execution) {
             // Ended by a later event than its end state (stopped by hand): interrupted.
             Some(state) if ended_in(execution, state) => {
                 Self::of_end_state(state).unwrap_or(Self::Interrupted)
@@ -196,6 +185,21 @@ impl Outcome {
             Self::NotRun => "nothing ran",
         }
     }
+}
+
+/// The last Fail or Succeed state the execution entered, if any.
+pub fn end_state(execution: &Execution) -> Option<&str> {
+    execution
+        .history
+        .iter()
+        .rev()
+        .find(|e| {
+            matches!(
+                e.kind,
+                EventType::StateEntered(StateType::Fail | StateType::Succeed)
+            )
+        })
+        .and_then(|e| e.state.as_deref())
 }
 
 /// Whether `state` is the one the execution ended in (no state entered after it).
