@@ -8,14 +8,18 @@
 //! fail: `clean` is false when there is a blocker, and each finding names its objects and
 //! the fix.
 //!
+//! On a cell switched back (the upgrade undone) it refuses, `PreconditionFailed`: there is
+//! nothing of the upgrade left to check.
+//!
 //! On a switched cell it watches the rollback window instead ([`preflight::rollback`]):
 //! green's slot `switchyard_reverse` streaming to the old blue, and the WAL it keeps
 //! against `budgets.rollback_wal_bytes` (each database's in `rollback_slots`).
 
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
+use switchyard_errors::ErrorName;
 use switchyard_operation::fence::Decision;
-use switchyard_operation::{Deps, Error, OperationInput};
+use switchyard_operation::{decode_entry, Deps, Error, OperationInput};
 
 pub use preflight::rollback::Slot as RollbackSlot;
 pub use preflight::{Code, Finding};
@@ -49,11 +53,36 @@ pub struct Output {
 #[tracing::instrument(skip_all, fields(cell = %input.cell.cell_id))]
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     let cell = &input.cell;
-    let switched = deps
-        .journal(cell)
-        .get::<Decision>()
-        .await?
-        .is_some_and(|d| d.switched(cell));
+    let journal = deps.journal(cell);
+    let other_leg = journal.other_leg();
+    let names = [
+        journal.parameter_of::<Decision>(),
+        other_leg.parameter_of::<Decision>(),
+    ];
+    let mut values = journal.get_many(&names).await?.into_iter();
+    let decision: Option<Decision> = decode_entry(&names[0], values.next().flatten())?;
+    let other: Option<Decision> = decode_entry(&names[1], values.next().flatten())?;
+    // A switched-back cell has neither a prepare nor a rollback window of this upgrade:
+    // a report of either would mislead.
+    let back = match (&cell.undoes, &decision, &other) {
+        (None, _, Some(back)) if back.switched_back(cell) => Some(back),
+        (Some(_), Some(back), _) if back.switched(cell) => Some(back),
+        _ => None,
+    };
+    if let Some(back) = back {
+        return Err(Error::stop(
+            ErrorName::PreconditionFailed,
+            format!(
+                "cell {} was switched back to {} (PostgreSQL {}) in run {} at {}: there is no prepare and no rollback window of this upgrade to check (nothing was read). For another attempt, prepare again (docs/runbook.md, Switching back)",
+                cell.cell_id,
+                back.green_identifier,
+                back.target_major_version,
+                back.run_id,
+                back.decided_at
+            ),
+        ));
+    }
+    let switched = decision.is_some_and(|d| d.switched(cell));
     let (findings, rollback_slots) = if switched {
         Box::pin(preflight::rollback::check(cell, deps)).await?
     } else {

@@ -30,7 +30,7 @@ use switchyard_local_run::{
 };
 use switchyard_operation::Deps;
 use switchyard_state_machine::{
-    BoxFuture, EventType, Execution, Executor, Fault, StateType, Status, TaskFailure, TaskHandler,
+    BoxFuture, EventType, Execution, Executor, Fault, Status, TaskFailure, TaskHandler,
 };
 
 const PAYMENTS: (&str, &str) = ("public", "payments");
@@ -204,18 +204,9 @@ impl<'a> Run<'a> {
 impl Ran {
     /// The Fail (or Succeed) state the execution ended in.
     fn end(&self) -> String {
-        self.execution
-            .history
-            .iter()
-            .rev()
-            .find(|e| {
-                matches!(
-                    e.kind,
-                    EventType::StateEntered(StateType::Fail | StateType::Succeed)
-                )
-            })
-            .and_then(|e| e.state.clone())
+        switchyard_local_run::report::end_state(&self.execution)
             .unwrap_or_default()
+            .to_owned()
     }
 
     fn entered(&self, state: &str) -> bool {
@@ -287,30 +278,7 @@ async fn lock_free(deps: &Deps, cell: &LocalCell) -> bool {
 /// the services are back, and every write acknowledged so far is on blue, on the
 /// downstream and on green exactly once (so both still follow blue).
 async fn assert_on_blue(cell: &LocalCell, deps: &Deps, ledger: &Ledger) {
-    assert_eq!(
-        cell.version_through_pgbouncer().await.expect("version"),
-        cell.blue.version_num,
-        "PgBouncer resumed, on blue"
-    );
-    let before = ledger.acknowledged();
-    let started = Instant::now();
-    while ledger.acknowledged() <= before + 10 {
-        assert!(started.elapsed() < WAIT, "the ledger writes on blue again");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(lock_free(deps, cell).await, "the run released the lock");
-    let direct_before = cell.direct_writers()[0].acknowledged();
-    direct_writers_back(cell, direct_before).await;
-    let keys = ledger.keys();
-    for (what, opts) in [
-        ("blue", cell.blue.superuser_options("app")),
-        ("downstream", cell.search.superuser_options("search")),
-        ("green", cell.green.superuser_options("app")),
-    ] {
-        wait_keys_once(&opts, PAYMENTS, "memo", &keys, WAIT)
-            .await
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
-    }
+    assert_still_serving(cell, deps, ledger, &cell.blue, ("green", &cell.green)).await;
     // Green follows blue again, so no way back may remain on it: with both directions
     // live, blue's changes would come back to blue.
     let green = cell.green.superuser_client("app").await.expect("green");
@@ -319,6 +287,38 @@ async fn assert_on_blue(cell: &LocalCell, deps: &Deps, ledger: &Ledger) {
         (false, false),
         "the abort path dropped green's reverse publication and slot"
     );
+}
+
+/// After a run that did not switch: `serving` serves writes through PgBouncer, the lock is
+/// free, the direct writers write again, and every write acknowledged so far is on
+/// `serving`, on the downstream and on the follower exactly once.
+async fn assert_still_serving(
+    cell: &LocalCell,
+    deps: &Deps,
+    ledger: &Ledger,
+    serving: &switchyard_local_cell::PgServer,
+    (follower_name, follower): (&str, &switchyard_local_cell::PgServer),
+) {
+    assert_eq!(
+        cell.version_through_pgbouncer().await.expect("version"),
+        serving.version_num,
+        "PgBouncer resumed, on {}",
+        serving.name
+    );
+    more_writes(ledger, 10, &format!("on {} again", serving.name)).await;
+    assert!(lock_free(deps, cell).await, "the run released the lock");
+    let direct_before = cell.direct_writers()[0].acknowledged();
+    direct_writers_back(cell, direct_before).await;
+    let keys = ledger.keys();
+    for (what, opts) in [
+        (serving.name.as_str(), serving.superuser_options("app")),
+        ("downstream", cell.search.superuser_options("search")),
+        (follower_name, follower.superuser_options("app")),
+    ] {
+        wait_keys_once(&opts, PAYMENTS, "memo", &keys, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
 }
 
 /// Whether green has the reverse publication, and the reverse slot.
@@ -2069,30 +2069,7 @@ async fn old_blue_follows(cell: &LocalCell) -> bool {
 /// the lock is free, the services are back, every write acknowledged so far is on green,
 /// on the downstream and on the old blue exactly once, and the way back is intact.
 async fn assert_still_on_green(cell: &LocalCell, deps: &Deps, ledger: &Ledger) {
-    assert_eq!(
-        cell.version_through_pgbouncer().await.expect("version"),
-        cell.green.version_num,
-        "PgBouncer resumed, on green"
-    );
-    let before = ledger.acknowledged();
-    let started = Instant::now();
-    while ledger.acknowledged() <= before + 10 {
-        assert!(started.elapsed() < WAIT, "the ledger writes on green again");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(lock_free(deps, cell).await, "the run released the lock");
-    let direct_before = cell.direct_writers()[0].acknowledged();
-    direct_writers_back(cell, direct_before).await;
-    let keys = ledger.keys();
-    for (what, opts) in [
-        ("green", cell.green.superuser_options("app")),
-        ("downstream", cell.search.superuser_options("search")),
-        ("old blue", cell.blue.superuser_options("app")),
-    ] {
-        wait_keys_once(&opts, PAYMENTS, "memo", &keys, WAIT)
-            .await
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
-    }
+    assert_still_serving(cell, deps, ledger, &cell.green, ("old blue", &cell.blue)).await;
     let green = cell.green.superuser_client("app").await.expect("green");
     assert_eq!(
         way_back_on_green(&green).await,
@@ -2138,6 +2115,12 @@ async fn a_switch_back_returns_every_write_to_the_old_blue_and_a_crash_before_it
     outcomes.record("(upgrade)", "-", "switched");
     // Writes land on green and reach the old blue through the way back.
     more_writes(&ledger, 200, "on green after the switch").await;
+
+    // The switch-back's own drift check, as the runbook has it run first: clean.
+    let drift = switchyard_local_run::invoke("check-drift", json!({ "cell": back }), &deps)
+        .await
+        .expect("check-drift of the switch-back");
+    assert_eq!(drift["clean"], true, "{drift}");
 
     let points = [
         ("acquire-lock", "not started"),
@@ -2188,6 +2171,19 @@ async fn a_switch_back_returns_every_write_to_the_old_blue_and_a_crash_before_it
     );
     // The old blue takes writes again, from the ledger's roles through PgBouncer.
     more_writes(&ledger, 200, "on the old blue after the switch-back").await;
+
+    // Nothing of the undone upgrade is left to check, by either document.
+    for document in [json!(cell.document), json!(back)] {
+        let error = switchyard_local_run::invoke("check-drift", json!({ "cell": document }), &deps)
+            .await
+            .expect_err("switched back");
+        assert_eq!(
+            switchyard_errors::Catalogued::error_name(&error),
+            switchyard_errors::ErrorName::PreconditionFailed,
+            "{error}"
+        );
+        assert!(error.to_string().contains("was switched back"), "{error}");
+    }
 
     // The undone upgrade's steps are refused; a second switch-back changes nothing.
     let finalize = Run::new(&cell, &deps, FINALIZE, "finalize-undone")
