@@ -16,8 +16,8 @@
 //! upgrade has switched, and a switch-back's switch is kept like the upgrade's. An
 //! upgrade's run that is not after the switch finds a switch-back of it a finished attempt:
 //! both legs' decisions and rename plans are cleared, so the cell can be prepared for the
-//! next one; an
-//! after-switch run of the undone upgrade is refused (there is no window left to close).
+//! next one; an after-switch run of the undone upgrade is refused (there is no window left
+//! to close).
 //!
 //! Dry run ([`plan`]): reads the lock and says whether this run would take it; a lock held
 //! by another run is `LockHeld`, as for the real call.

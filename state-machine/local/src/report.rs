@@ -204,13 +204,17 @@ pub fn end_state(execution: &Execution) -> Option<&str> {
 
 /// Whether `state` is the one the execution ended in (no state entered after it).
 fn ended_in(execution: &Execution, state: &str) -> bool {
+    last_state(execution) == Some(state)
+}
+
+/// The last state the execution entered, whatever its type.
+fn last_state(execution: &Execution) -> Option<&str> {
     execution
         .history
         .iter()
         .rev()
         .find(|e| matches!(e.kind, EventType::StateEntered(_)))
         .and_then(|e| e.state.as_deref())
-        == Some(state)
 }
 
 /// One state entered by an execution, in order.
@@ -804,12 +808,7 @@ pub fn failed_in(execution: &Execution) -> Option<&str> {
     if execution.status == Status::Succeeded {
         return None;
     }
-    execution
-        .history
-        .iter()
-        .rev()
-        .find(|e| matches!(e.kind, EventType::StateEntered(_)))
-        .and_then(|e| e.state.as_deref())
+    last_state(execution)
 }
 
 /// The states an execution entered, in order, with their attempts and outcomes.
