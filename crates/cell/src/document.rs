@@ -1,7 +1,5 @@
 //! The cell document's shape: what a run is told about one cell.
 
-use std::fmt;
-
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -244,8 +242,8 @@ pub struct TableGroup {
     pub tables: Vec<TableRef>,
 }
 
-/// A table, unquoted. `Display` prints `schema.table`; quoting for SQL is done where SQL is
-/// built.
+/// A table, unquoted. No `Display`: `schema.table` unquoted is ambiguous (`a.b` + `c` vs
+/// `a` + `b.c`); messages render it with `switchyard_postgres::quote::qualified_name`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableRef {
@@ -253,12 +251,6 @@ pub struct TableRef {
     pub schema: String,
     /// The table name.
     pub table: String,
-}
-
-impl fmt::Display for TableRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.schema, self.table)
-    }
 }
 
 /// Time and size limits of a run. Every field has a default.
@@ -695,14 +687,5 @@ mod tests {
             .expect_err("not an older major")
             .to_string();
         assert!(error.contains("undoes.target_major_version"), "{error}");
-    }
-
-    #[test]
-    fn table_ref_displays_unquoted() {
-        let table = TableRef {
-            schema: "public".to_owned(),
-            table: "payments".to_owned(),
-        };
-        assert_eq!(table.to_string(), "public.payments");
     }
 }

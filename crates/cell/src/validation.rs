@@ -258,7 +258,11 @@ impl CellDocument {
                 match owner.get(table) {
                     Some(&first) => problems.push(
                         field,
-                        format!("{table} is already in table_groups[{first}]; a table belongs to one group"),
+                        // As the document spells it: `schema.table` unquoted is ambiguous.
+                        format!(
+                            "{} is already in table_groups[{first}]; a table belongs to one group",
+                            serde_json::to_string(table).unwrap_or_default()
+                        ),
                     ),
                     None => {
                         owner.insert(table, i);

@@ -9,6 +9,7 @@ use crate::Error;
 use aws_sdk_ssm::types::ParameterType;
 use serde::Deserialize;
 use switchyard_errors::ErrorName;
+use switchyard_postgres::quote;
 use switchyard_telemetry::Secret;
 
 /// The attributes a role parameter may set, each with its negation, in the order of the
@@ -299,7 +300,7 @@ pub fn ordered(roles: &[Role]) -> Result<Vec<&Role>, Error> {
             .map(|(name, _)| *name)
             .collect();
         if ready.is_empty() {
-            let stuck: Vec<&str> = waiting.keys().copied().collect();
+            let stuck: Vec<String> = waiting.keys().map(|name| quote::name(name)).collect();
             return Err(Error::stop(
                 ErrorName::InvalidInput,
                 format!(

@@ -8,7 +8,7 @@ use crate::{Deps, Error};
 use serde::{Deserialize, Serialize};
 use switchyard_cell::{CellDocument, Downstream};
 use switchyard_errors::ErrorName;
-use switchyard_postgres::ConnectOptions;
+use switchyard_postgres::{quote, ConnectOptions};
 use tokio_postgres::Client;
 
 /// How long a connection attempt to the downstream may take.
@@ -265,7 +265,7 @@ pub async fn hold(client: &Client, name: &str) -> Result<(), Error> {
                 &[&name],
             )
             .await
-            .map_err(|e| Error::query(format!("locking subscription {name}"), e))?
+            .map_err(|e| Error::query(format!("locking subscription {}", quote::name(name)), e))?
             .get(0);
         if taken {
             return Ok(());
@@ -274,7 +274,8 @@ pub async fn hold(client: &Client, name: &str) -> Result<(), Error> {
             return Err(Error::stop(
                 ErrorName::DatabaseUnavailable,
                 format!(
-                    "another switchyard step has held subscription {name} for {}s; retry",
+                    "another switchyard step has held subscription {} for {}s; retry",
+                    quote::name(name),
                     HOLD_WAIT.as_secs()
                 ),
             ));
@@ -291,7 +292,7 @@ pub async fn release(client: &Client, name: &str) -> Result<(), Error> {
             &[&name],
         )
         .await
-        .map_err(|e| Error::query(format!("unlocking subscription {name}"), e))?;
+        .map_err(|e| Error::query(format!("unlocking subscription {}", quote::name(name)), e))?;
     Ok(())
 }
 
@@ -304,7 +305,7 @@ pub async fn exists(client: &Client, name: &str) -> Result<bool, Error> {
             &[&name],
         )
         .await
-        .map_err(|e| Error::query(format!("looking up subscription {name}"), e))?;
+        .map_err(|e| Error::query(format!("looking up subscription {}", quote::name(name)), e))?;
     Ok(row.get(0))
 }
 

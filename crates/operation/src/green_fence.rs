@@ -18,7 +18,7 @@
 use switchyard_aws::ClusterEndpoint;
 use switchyard_cell::CellDocument;
 use switchyard_errors::{Catalogued, ErrorName};
-use switchyard_postgres::quote::ident;
+use switchyard_postgres::quote::{self, ident};
 use tokio_postgres::Client;
 
 use crate::app_roles::Role;
@@ -114,12 +114,18 @@ pub async fn open(client: &mut Client, roles: &[Role]) -> Result<Vec<String>, Er
     for name in &closed {
         tx.batch_execute(&format!("ALTER ROLE {} LOGIN", ident(name)))
             .await
-            .map_err(|e| Error::query(format!("ALTER ROLE {name} LOGIN on green"), e))?;
+            .map_err(|e| {
+                Error::query(
+                    format!("ALTER ROLE {} LOGIN on green", quote::name(name)),
+                    e,
+                )
+            })?;
     }
     tx.commit()
         .await
         .map_err(|e| Error::query("COMMIT (opening green's logins)", e))?;
-    tracing::warn!(roles = ?closed, "green's application logins opened");
+    let opened: Vec<String> = closed.iter().map(|name| quote::name(name)).collect();
+    tracing::warn!(roles = %opened.join(", "), "green's application logins opened");
     Ok(closed)
 }
 

@@ -19,7 +19,7 @@
 //! would hide a user's DDL that ran between our steps) or a session setting (which any
 //! session could set).
 
-use switchyard_postgres::quote::{ident, literal};
+use switchyard_postgres::quote::{self, ident, literal};
 use tokio_postgres::{Client, Transaction};
 
 use crate::Error;
@@ -232,7 +232,7 @@ pub async fn remove(client: &Client, cluster: &str) -> Result<Vec<String>, Error
         dropped.extend(
             trigger_names()
                 .iter()
-                .map(|n| format!("event trigger {}", ident(n))),
+                .map(|n| format!("event trigger {}", quote::name(n))),
         );
     }
     let row = client
@@ -393,7 +393,7 @@ pub async fn journaled(
             format!(
                 "{} {tag} by {}: {}",
                 r.get::<_, String>(1),
-                r.get::<_, String>(3),
+                quote::name(r.get(3)),
                 shown(&tag, &r.get::<_, String>(4))
             )
         })
@@ -407,6 +407,7 @@ pub async fn journaled(
     let acknowledge = format!(
         "then acknowledge them with DELETE FROM {JOURNAL} WHERE id <= {last_id} on {side} and check again."
     );
+    let database = quote::name(database);
     Ok(Journaled::Unvouched(match watched {
         Watched::Blue => format!(
             "DDL ran on blue (database {database}) after replication started, and logical replication does not carry it{more}: {}. Apply the same changes to green (or redo copy-schema and replication), {acknowledge}",

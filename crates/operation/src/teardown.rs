@@ -3,7 +3,7 @@
 //! Each looks first, so a call interrupted anywhere is finished by the next.
 
 use switchyard_errors::ErrorName;
-use switchyard_postgres::quote::ident;
+use switchyard_postgres::quote::{self, ident};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
@@ -101,7 +101,7 @@ pub async fn granted(blue: &Client, role: &str) -> Result<Vec<(&'static str, Str
             &[&role],
         )
         .await
-        .map_err(|e| Error::query(format!("reading {role}'s privileges"), e))?;
+        .map_err(|e| Error::query(format!("reading {}'s privileges", quote::name(role)), e))?;
     Ok(rows
         .iter()
         .map(|row| {
@@ -135,7 +135,7 @@ pub async fn owned_objects(blue: &Client, role: &str) -> Result<i64, Error> {
             &[&role],
         )
         .await
-        .map_err(|e| Error::query(format!("reading what {role} owns"), e))?
+        .map_err(|e| Error::query(format!("reading what {} owns", quote::name(role)), e))?
         .get(0))
 }
 
@@ -161,7 +161,7 @@ pub async fn drop_role(blue: &Client, role: &str, rerun: &str) -> Result<bool, E
                 ErrorName::PreconditionFailed,
                 format!(
                     "the replication role {} keeps privileges outside the cell's databases ({detail}): revoke them by hand, then run {rerun} again (everything else is done)",
-                    ident(role)
+                    quote::name(role)
                 ),
             ))
         }
@@ -182,7 +182,7 @@ pub async fn refuse_to_drop(client: &Client, role: &str, cluster: &str) -> Resul
             ErrorName::PreconditionFailed,
             format!(
                 "replication.role {} is the orchestrator's own login: it is not dropped; nothing was changed",
-                ident(role)
+                quote::name(role)
             ),
         ));
     }
@@ -192,7 +192,7 @@ pub async fn refuse_to_drop(client: &Client, role: &str, cluster: &str) -> Resul
             ErrorName::PreconditionFailed,
             format!(
                 "the replication role {} owns {owned} objects on {cluster}: it is not only switchyard's to drop. Reassign them (REASSIGN OWNED BY) or drop the role by hand; nothing was changed",
-                ident(role)
+                quote::name(role)
             ),
         ));
     }

@@ -57,6 +57,72 @@ pub fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", ident(schema), ident(name))
 }
 
+/// Renders a name for a message, quoted only where needed, so it pastes into psql.
+///
+/// PostgreSQL's `quote_ident` rule: bare only when it is `[a-z_][a-z0-9_]*` and not in
+/// [`QUOTED_KEYWORDS`]; otherwise double-quoted with embedded `"` doubled. For SQL text,
+/// use [`ident`].
+///
+/// ```
+/// assert_eq!(switchyard_postgres::quote::name("orders"), "orders");
+/// assert_eq!(switchyard_postgres::quote::name("plain heap"), r#""plain heap""#);
+/// assert_eq!(switchyard_postgres::quote::name("user"), r#""user""#);
+/// ```
+pub fn name(name: &str) -> String {
+    let mut chars = name.chars();
+    let bare = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && QUOTED_KEYWORDS.binary_search(&name).is_err();
+    if bare {
+        name.to_owned()
+    } else {
+        ident(name)
+    }
+}
+
+/// Renders a schema-qualified name for a message: [`name`] of each part, joined by `.`.
+///
+/// ```
+/// assert_eq!(
+///     switchyard_postgres::quote::qualified_name("Weird \"Schema\"", "plain heap"),
+///     r#""Weird ""Schema"""."plain heap""#
+/// );
+/// ```
+pub fn qualified_name(schema: &str, object: &str) -> String {
+    format!("{}.{}", name(schema), name(object))
+}
+
+/// The keywords `quote_ident` quotes (every category but unreserved), sorted.
+///
+/// The union over the majors switchyard supports (14 to 18): quoting a word one major
+/// would leave bare is harmless, leaving bare a word another major reserves is not.
+#[rustfmt::skip]
+pub const QUOTED_KEYWORDS: &[&str] = &[
+    "all", "analyse", "analyze", "and", "any", "array", "as", "asc", "asymmetric",
+    "authorization", "between", "bigint", "binary", "bit", "boolean", "both", "case", "cast",
+    "char", "character", "check", "coalesce", "collate", "collation", "column", "concurrently",
+    "constraint", "create", "cross", "current_catalog", "current_date", "current_role",
+    "current_schema", "current_time", "current_timestamp", "current_user", "dec", "decimal",
+    "default", "deferrable", "desc", "distinct", "do", "else", "end", "except", "exists",
+    "extract", "false", "fetch", "float", "for", "foreign", "freeze", "from", "full", "grant",
+    "greatest", "group", "grouping", "having", "ilike", "in", "initially", "inner", "inout",
+    "int", "integer", "intersect", "interval", "into", "is", "isnull", "join", "json",
+    "json_array", "json_arrayagg", "json_exists", "json_object", "json_objectagg", "json_query",
+    "json_scalar", "json_serialize", "json_table", "json_value", "lateral", "leading", "least",
+    "left", "like", "limit", "localtime", "localtimestamp", "merge_action", "national",
+    "natural", "nchar", "none", "normalize", "not", "notnull", "null", "nullif", "numeric",
+    "offset", "on", "only", "or", "order", "out", "outer", "overlaps", "overlay", "placing",
+    "position", "precision", "primary", "real", "references", "returning", "right", "row",
+    "select", "session_user", "setof", "similar", "smallint", "some", "substring", "symmetric",
+    "system_user", "table", "tablesample", "then", "time", "timestamp", "to", "trailing",
+    "treat", "trim", "true", "union", "unique", "user", "using", "values", "varchar",
+    "variadic", "verbose", "when", "where", "window", "with", "xmlattributes", "xmlconcat",
+    "xmlelement", "xmlexists", "xmlforest", "xmlnamespaces", "xmlparse", "xmlpi", "xmlroot",
+    "xmlserialize", "xmltable",
+];
+
 /// Quotes a text literal the way PostgreSQL's `quote_literal` does: single quotes
 /// doubled and, when the value holds a backslash, the `E'…'` form with backslashes
 /// doubled — so the result means the same whatever `standard_conforming_strings` is.
@@ -83,7 +149,7 @@ pub fn literal(value: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{ident, literal, qualified};
+    use super::{ident, literal, name, qualified, qualified_name, QUOTED_KEYWORDS};
 
     #[test]
     fn ident_cases() {
@@ -122,6 +188,59 @@ mod tests {
                 "qualified({schema:?}, {name:?})"
             );
         }
+    }
+
+    #[test]
+    fn name_cases() {
+        // Expected values are what PostgreSQL's quote_ident returns (on 18 for keywords).
+        let cases: &[(&str, &str)] = &[
+            ("orders", "orders"),
+            ("_x1", "_x1"),
+            ("invoice_lines_2", "invoice_lines_2"),
+            ("Orders", r#""Orders""#),
+            ("UPPER", r#""UPPER""#),
+            ("plain heap", r#""plain heap""#),
+            ("a.b", r#""a.b""#),
+            ("_x1$", r#""_x1$""#),
+            ("1abc", r#""1abc""#),
+            ("café", r#""café""#),
+            ("ÄÖ", r#""ÄÖ""#),
+            ("", r#""""#),
+            (r#"""#, r#""""""#),
+            (r#"Weird "Schema""#, r#""Weird ""Schema""""#),
+            ("user", r#""user""#),
+            ("select", r#""select""#),
+            ("json_table", r#""json_table""#),
+            // Unreserved keywords stay bare.
+            ("name", "name"),
+            ("schema", "schema"),
+            ("sequence", "sequence"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(name(input), *expected, "name({input:?})");
+        }
+    }
+
+    /// The issue's examples: a name pastes into psql, and `a.b` + `c` is never `a` + `b.c`.
+    #[test]
+    fn qualified_name_cases() {
+        assert_eq!(
+            qualified_name(r#"Weird "Schema""#, "plain heap"),
+            r#""Weird ""Schema"""."plain heap""#
+        );
+        assert_eq!(qualified_name("public", "orders"), "public.orders");
+        assert_eq!(qualified_name("a.b", "c"), r#""a.b".c"#);
+        assert_eq!(qualified_name("a", "b.c"), r#"a."b.c""#);
+        assert_ne!(qualified_name("a.b", "c"), qualified_name("a", "b.c"));
+    }
+
+    /// `name` finds keywords by binary search.
+    #[test]
+    fn keywords_are_sorted_lowercase_and_unique() {
+        assert!(QUOTED_KEYWORDS.windows(2).all(|w| w[0] < w[1]));
+        assert!(QUOTED_KEYWORDS
+            .iter()
+            .all(|w| w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
     }
 
     #[test]

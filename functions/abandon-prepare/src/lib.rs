@@ -36,7 +36,7 @@ use switchyard_operation::teardown::{
     refuse_to_drop, revoke_all, role_exists, MARKER, SCHEMA,
 };
 use switchyard_operation::{guard, saved_acls, Deps, Error, Plan, Side};
-use switchyard_postgres::quote::ident;
+use switchyard_postgres::quote::{self, ident};
 
 use finalize_replication::green as subscriptions;
 use finalize_replication::old_blue as slots;
@@ -133,60 +133,59 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
     let role = &cell.replication.role;
     let mut plan = Plan::new();
     for database in &cell.databases {
+        let db = quote::name(database);
         let green = Box::pin(deps.connect(cell, Side::Green, database)).await?;
         for (name, _) in subscriptions::to_drop(&green, &names).await? {
             plan.would(format!(
-                "drop subscription {} on green (database {database}), and with it its slots on blue",
-                ident(&name)
+                "drop subscription {} on green (database {db}), and with it its slots on blue",
+                quote::name(&name)
             ));
         }
         if guard::present(&green).await? {
             plan.would(format!(
-                "drop the DDL guard on green (database {database}): an unfinished abort left it"
+                "drop the DDL guard on green (database {db}): an unfinished abort left it"
             ));
         }
         let found = reverse::on_green(&green).await?;
         if found.publication || found.slot.is_some() {
             plan.would(format!(
-                "drop slot and publication {} on green (database {database}): a way back an unfinished abort left",
-                switchyard_cell::reverse_replication_name()
+                "drop slot and publication {} on green (database {db}): a way back an unfinished abort left",
+                quote::name(&switchyard_cell::reverse_replication_name())
             ));
         }
         let blue = Box::pin(deps.connect(cell, Side::Blue, database)).await?;
         if guard::present(&blue).await? {
             plan.would(format!(
-                "drop the DDL guard's event triggers on blue (database {database})"
+                "drop the DDL guard's event triggers on blue (database {db})"
             ));
         }
         for name in &names {
             if slots::slot_active(&blue, name).await?.is_some() {
                 plan.would(format!(
-                    "drop slot {} on blue (database {database})",
-                    ident(name)
+                    "drop slot {} on blue (database {db})",
+                    quote::name(name)
                 ));
             }
             if publication_exists(&blue, name).await? {
                 plan.would(format!(
-                    "drop publication {} on blue (database {database})",
-                    ident(name)
+                    "drop publication {} on blue (database {db})",
+                    quote::name(name)
                 ));
             }
         }
         for table in blue_tables() {
             if exists(&blue, table).await? {
-                plan.would(format!("drop table {table} on blue (database {database})"));
+                plan.would(format!("drop table {table} on blue (database {db})"));
             }
         }
         for (kind, object) in granted(&blue, role).await? {
             plan.would(format!(
-                "revoke {}'s privileges on {kind} {object} on blue (database {database})",
-                ident(role)
+                "revoke {}'s privileges on {kind} {object} on blue (database {db})",
+                quote::name(role)
             ));
         }
         if exists(&green, MARKER).await? {
-            plan.would(format!(
-                "drop table {MARKER} on green (database {database})"
-            ));
+            plan.would(format!("drop table {MARKER} on green (database {db})"));
         }
     }
     let blue = deps
@@ -197,7 +196,7 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
         )
         .await?;
     if role_exists(&blue, role).await? {
-        plan.would(format!("drop role {} on blue", ident(role)));
+        plan.would(format!("drop role {} on blue", quote::name(role)));
     }
     Ok(plan)
 }
@@ -239,7 +238,7 @@ async fn refusals(input: &Input, deps: &Deps) -> Result<(), Error> {
                         ErrorName::PreconditionFailed,
                         format!(
                             "subscription {} of downstream {} was dropped by run {} at {} and not recreated: run recreate-downstream-subscriptions (abort) first; nothing was changed",
-                            ident(subscription),
+                            quote::name(subscription),
                             downstream.name,
                             entry.run_id,
                             entry.recorded_at
@@ -256,7 +255,8 @@ async fn refusals(input: &Input, deps: &Deps) -> Result<(), Error> {
             return Err(Error::stop(
                 ErrorName::PreconditionFailed,
                 format!(
-                    "blue's writes are still revoked on {revoked} relations in database {database} ({} rows with {}): run restore-writes first; nothing was changed",
+                    "blue's writes are still revoked on {revoked} relations in database {} ({} rows with {}): run restore-writes first; nothing was changed",
+                    quote::name(database),
                     saved_acls::TABLE,
                     saved_acls::UNRESTORED
                 ),
@@ -298,10 +298,10 @@ async fn abandon_database(
     let way_back = reverse::close_on_green(&green).await?;
     let reverse_name = switchyard_cell::reverse_replication_name();
     if way_back.slot_changed {
-        green_objects_dropped.push(format!("slot {reverse_name}"));
+        green_objects_dropped.push(format!("slot {}", quote::name(&reverse_name)));
     }
     if way_back.publication_changed {
-        green_objects_dropped.push(format!("publication {reverse_name}"));
+        green_objects_dropped.push(format!("publication {}", quote::name(&reverse_name)));
     }
 
     let blue = deps.connect(cell, Side::Blue, database).await?;
@@ -340,7 +340,7 @@ async fn abandon_database(
         out.blue_objects_dropped.push(function);
     }
     if drop_schema_if_empty(&blue).await? {
-        out.blue_objects_dropped.push(ident(SCHEMA));
+        out.blue_objects_dropped.push(quote::name(SCHEMA));
     }
     out.privileges_revoked = revoke_all(&blue, role).await?;
 
@@ -353,7 +353,7 @@ async fn abandon_database(
         out.green_objects_dropped.push(MARKER.to_owned());
     }
     if drop_schema_if_empty(&green).await? {
-        out.green_objects_dropped.push(ident(SCHEMA));
+        out.green_objects_dropped.push(quote::name(SCHEMA));
     }
     tracing::info!(
         slots = out.slots_dropped.len(),

@@ -29,7 +29,7 @@ use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
 use switchyard_operation::fence::{self, Direction};
 use switchyard_operation::{Deps, Error, Listed, Plan, Side};
-use switchyard_postgres::quote::qualified;
+use switchyard_postgres::quote::{self, qualified};
 
 /// ```json
 /// {"cell": { …the cell document… }, "vacuum": false}
@@ -93,7 +93,7 @@ pub struct DatabaseStatistics {
     pub total_millis: u64,
 }
 
-/// One table, `schema.name` as green's catalog spells it (unquoted).
+/// One table, `schema.name` quoted where SQL needs it (as psql would take it).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct TableStatistics {
     pub table: String,
@@ -161,7 +161,7 @@ fn databases_from(input: &Input) -> Result<&[String], Error> {
                     ErrorName::PreconditionFailed,
                     format!(
                         "resume: database {} is not one of the cell's databases; start again without resume",
-                        cursor.database
+                        quote::name(&cursor.database)
                     ),
                 )
             }),
@@ -182,8 +182,9 @@ fn tables_from(
                 Error::stop(
                     ErrorName::PreconditionFailed,
                     format!(
-                        "resume: {} (database {db}) is no longer replicated on green; start again without resume",
-                        qualified(&cursor.schema, &cursor.table)
+                        "resume: {} (database {}) is no longer replicated on green; start again without resume",
+                        quote::qualified_name(&cursor.schema, &cursor.table),
+                        quote::name(db)
                     ),
                 )
             })?;
@@ -213,7 +214,7 @@ async fn analyze_database(
         pace.resume.take().as_ref(),
     )?;
     for table in to_analyze {
-        let name = qualified(&table.schema, &table.name);
+        let name = quote::qualified_name(&table.schema, &table.name);
         let cursor = Cursor {
             database: db.to_owned(),
             schema: table.schema.clone(),
@@ -260,7 +261,7 @@ async fn analyze_database(
         pace.finished_one = true;
         tracing::info!(table = %name, millis, partitioned = table.partitioned, "statistics refreshed");
         tables.push(TableStatistics {
-            table: format!("{}.{}", table.schema, table.name),
+            table: name,
             millis,
         });
     }
@@ -284,7 +285,8 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
         let all = tables::to_analyze(&green).await?;
         for table in tables_from(all, db, input.resume.as_ref())? {
             plan.would(format!(
-                "on green's database {db}: {}",
+                "on green's database {}: {}",
+                quote::name(db),
                 statement(&table, input.vacuum)
             ));
         }

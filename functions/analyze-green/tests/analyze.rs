@@ -135,7 +135,7 @@ async fn analyzes_every_replicated_table_and_partitioned_root_twice() {
         "public.events_2026_h2",
         "public.events_default",
         "billing.invoices",
-        "billing.invoice lines",
+        "billing.\"invoice lines\"",
     ] {
         assert!(names.contains(&expected), "{expected} analyzed: {names:?}");
     }
@@ -294,7 +294,7 @@ async fn hands_over_between_invocations_and_covers_what_one_pass_does() {
         started.elapsed() < Duration::from_secs(30),
         "cancelled at the budget, not left waiting"
     );
-    assert_eq!(tables(&cut), ["billing.invoice lines"]);
+    assert_eq!(tables(&cut), ["billing.\"invoice lines\""]);
     assert!(!cut.done);
     assert_eq!(
         cut.cursor,
@@ -328,7 +328,7 @@ async fn hands_over_between_invocations_and_covers_what_one_pass_does() {
     assert_eq!(err.error_name(), ErrorName::PreconditionFailed, "{err}");
     assert!(
         err.to_string()
-            .contains(r#""public"."no such table" (database app)"#),
+            .contains(r#"public."no such table" (database app)"#),
         "{err}"
     );
 }

@@ -13,7 +13,7 @@ pub(crate) async fn recorded(blue: &Client, database: &str) -> Result<String, Er
         Journaled::Unvouched(message) => Ok(message),
         Journaled::Unguarded => Err(Error::stop(
             ErrorName::PreconditionFailed,
-            format!("the DDL guard is missing or disabled on blue (database {database}), so DDL could go unseen; run start-replication"),
+            format!("the DDL guard is missing or disabled on blue (database {}), so DDL could go unseen; run start-replication", switchyard_postgres::quote::name(database)),
         )),
     }
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_cell::{CellDocument, TableRef};
 use switchyard_errors::ErrorName;
 use switchyard_operation::{Deps, Error, Listed, OperationInput, Side};
+use switchyard_postgres::quote;
 use tokio_postgres::Client;
 
 /// ```json
@@ -132,7 +133,13 @@ fn behind(o: &Observed, budget: u64) -> Option<String> {
         let listed: Vec<String> = o
             .waiting
             .iter()
-            .map(|(t, state)| format!("{t} ({})", state_name(state)))
+            .map(|(t, state)| {
+                format!(
+                    "{} ({})",
+                    quote::qualified_name(&t.schema, &t.table),
+                    state_name(state)
+                )
+            })
             .collect();
         let more = s.tables_total - s.tables_ready - listed.len() as u64;
         reasons.push(format!(
@@ -149,10 +156,13 @@ fn behind(o: &Observed, budget: u64) -> Option<String> {
         ));
     }
     match s.lag_bytes {
-        None => reasons.push(format!("slot {} has confirmed nothing yet", s.slot)),
+        None => reasons.push(format!(
+            "slot {} has confirmed nothing yet",
+            quote::name(&s.slot)
+        )),
         Some(lag) if lag > budget => reasons.push(format!(
             "slot {} lags {lag} bytes (budget {budget})",
-            s.slot
+            quote::name(&s.slot)
         )),
         Some(_) => {}
     }
@@ -168,8 +178,8 @@ fn behind(o: &Observed, budget: u64) -> Option<String> {
     };
     Some(format!(
         "{} in {}: {}{errors}",
-        s.name,
-        s.database,
+        quote::name(&s.name),
+        quote::name(&s.database),
         reasons.join(", ")
     ))
 }
@@ -192,6 +202,7 @@ async fn observe(
     name: &str,
     version_num: i32,
 ) -> Result<Observed, Error> {
+    let shown = quote::name(name);
     let not_started = |what: String| {
         Error::stop(
             ErrorName::PreconditionFailed,
@@ -206,21 +217,24 @@ async fn observe(
             &[&name],
         )
         .await
-        .map_err(|e| Error::query(format!("reading subscription {name} on green"), e))?
+        .map_err(|e| Error::query(format!("reading subscription {shown} on green"), e))?
     else {
-        return Err(not_started(format!("green has no subscription {name} in database {database}")));
+        return Err(not_started(format!(
+            "green has no subscription {shown} in database {}",
+            quote::name(database)
+        )));
     };
     let oid: u32 = row.get(0);
     let enabled: bool = row.get(1);
     let Some(slot) = row.get::<_, Option<String>>(2) else {
         return Err(not_started(format!(
-            "green's subscription {name} has no slot"
+            "green's subscription {shown} has no slot"
         )));
     };
     if !enabled {
         return Err(Error::stop(
             ErrorName::PreconditionFailed,
-            format!("green's subscription {name} is disabled, so it cannot catch up; enable it (ALTER SUBSCRIPTION … ENABLE) if that is safe, then check again"),
+            format!("green's subscription {shown} is disabled, so it cannot catch up; enable it (ALTER SUBSCRIPTION … ENABLE) if that is safe, then check again"),
         ));
     }
 
@@ -234,7 +248,7 @@ async fn observe(
             &[&oid],
         )
         .await
-        .map_err(|e| Error::query(format!("reading subscription {name}'s tables on green"), e))?;
+        .map_err(|e| Error::query(format!("reading subscription {shown}'s tables on green"), e))?;
     let mut states = BTreeMap::new();
     let mut waiting = Vec::new();
     for row in &tables {
@@ -256,7 +270,12 @@ async fn observe(
             &[&oid],
         )
         .await
-        .map_err(|e| Error::query(format!("reading subscription {name}'s workers on green"), e))?
+        .map_err(|e| {
+            Error::query(
+                format!("reading subscription {shown}'s workers on green"),
+                e,
+            )
+        })?
         .get(0);
     // pg_stat_subscription_stats exists from PostgreSQL 15.
     let (apply_errors, sync_errors) = if version_num >= 150_000 {
@@ -269,7 +288,7 @@ async fn observe(
             .await
             .map_err(|e| {
                 Error::query(
-                    format!("reading subscription {name}'s error counts on green"),
+                    format!("reading subscription {shown}'s error counts on green"),
                     e,
                 )
             })?;
@@ -288,11 +307,11 @@ async fn observe(
             &[&slot],
         )
         .await
-        .map_err(|e| Error::query(format!("reading slot {slot} on blue"), e))?
+        .map_err(|e| Error::query(format!("reading slot {} on blue", quote::name(&slot)), e))?
     else {
         return Err(Error::stop(
             ErrorName::PreconditionFailed,
-            format!("green's subscription {name} reads slot {slot}, which is missing on blue, so green has missed changes; drop the subscription on green, empty its tables, then rerun start-replication"),
+            format!("green's subscription {shown} reads slot {}, which is missing on blue, so green has missed changes; drop the subscription on green, empty its tables, then rerun start-replication", quote::name(&slot)),
         ));
     };
     let lag_bytes = lag

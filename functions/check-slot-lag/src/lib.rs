@@ -40,6 +40,7 @@ use switchyard_operation::feedback;
 use switchyard_operation::fence::{self, Direction};
 use switchyard_operation::{Deps, Error, Plan, Side};
 use switchyard_operation::{PauseDeadline, Timestamp};
+use switchyard_postgres::quote;
 use tokio_postgres::Client;
 
 /// ```json
@@ -136,15 +137,16 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
             .await?
             .iter()
             .map(|s| match s.bytes_behind {
-                Some(bytes) => format!("{} {bytes} bytes behind now", s.name),
-                None => format!("{} nothing confirmed yet", s.name),
+                Some(bytes) => format!("{} {bytes} bytes behind now", quote::name(&s.name)),
+                None => format!("{} nothing confirmed yet", quote::name(&s.name)),
             })
             .collect();
+        let db = quote::name(database);
         plan.would(format!(
-            "insert a marker row with a fresh id into switchyard.switchover_marker on blue (database {database}) and read blue's WAL position after its commit (now {lsn})"
+            "insert a marker row with a fresh id into switchyard.switchover_marker on blue (database {db}) and read blue's WAL position after its commit (now {lsn})"
         ));
         plan.would(format!(
-            "then wait up to {} s for slots {} to confirm that position and the marker to arrive on green (database {database}), else LagNotZero",
+            "then wait up to {} s for slots {} to confirm that position and the marker to arrive on green (database {db}), else LagNotZero",
             input.wait_seconds,
             lag.join(", ")
         ));
@@ -483,7 +485,8 @@ async fn require_replication(
         problems.push("blue has no table switchyard.switchover_marker".to_owned());
     } else if !row.get::<_, bool>(1) {
         problems.push(format!(
-            "blue's publication {marker_publication} does not carry switchyard.switchover_marker"
+            "blue's publication {} does not carry switchyard.switchover_marker",
+            quote::name(marker_publication)
         ));
     }
     let row = green
@@ -508,7 +511,7 @@ async fn require_replication(
     if !unsubscribed.is_empty() {
         problems.push(format!(
             "green has no subscription {}",
-            unsubscribed.join(", ")
+            names_of(&unsubscribed)
         ));
     }
     if problems.is_empty() {
@@ -517,7 +520,8 @@ async fn require_replication(
     Err(Error::stop(
         ErrorName::PreconditionFailed,
         format!(
-            "database {database}: {}, so green can never be shown caught up; let the switchover abort, then rerun start-replication (and check-replication) before the next attempt",
+            "database {}: {}, so green can never be shown caught up; let the switchover abort, then rerun start-replication (and check-replication) before the next attempt",
+            quote::name(database),
             problems.join("; ")
         ),
     ))
@@ -527,8 +531,9 @@ fn missing_slots(database: &str, missing: &[String]) -> Error {
     Error::stop(
         ErrorName::PreconditionFailed,
         format!(
-            "database {database}: blue has no replication slot {} for green's subscription of that name, so green may have missed changes; let the switchover abort, then rebuild replication (drop green's subscription, empty its tables, rerun start-replication)",
-            missing.join(", ")
+            "database {}: blue has no replication slot {} for green's subscription of that name, so green may have missed changes; let the switchover abort, then rebuild replication (drop green's subscription, empty its tables, rerun start-replication)",
+            quote::name(database),
+            names_of(missing)
         ),
     )
 }
@@ -550,10 +555,13 @@ fn describe(
                 (Some(confirmed), Some(bytes)) => {
                     format!(
                         "slot {} {bytes} bytes behind {lsn} (confirmed {confirmed})",
-                        s.name
+                        quote::name(&s.name)
                     )
                 }
-                _ => format!("slot {} has confirmed nothing yet (target {lsn})", s.name),
+                _ => format!(
+                    "slot {} has confirmed nothing yet (target {lsn})",
+                    quote::name(&s.name)
+                ),
             };
             if !s.active {
                 line.push_str(", no walsender streaming from it");
@@ -563,7 +571,8 @@ fn describe(
         .collect();
     for name in disabled {
         parts.push(format!(
-            "subscription {name} is disabled on green and never catches up until enabled (finalize-replication mode enable)"
+            "subscription {} is disabled on green and never catches up until enabled (finalize-replication mode enable)",
+            quote::name(name)
         ));
     }
     parts.push(if state.marker_on_green {
@@ -571,7 +580,13 @@ fn describe(
     } else {
         format!("marker {marker_id} not on green yet")
     });
-    format!("database {database}: {}", parts.join(", "))
+    format!("database {}: {}", quote::name(database), parts.join(", "))
+}
+
+/// Names as messages show them, joined.
+fn names_of(names: &[String]) -> String {
+    let shown: Vec<String> = names.iter().map(|n| quote::name(n)).collect();
+    shown.join(", ")
 }
 
 #[cfg(test)]
@@ -625,6 +640,16 @@ mod tests {
              slot switchyard_new has confirmed nothing yet (target 0/3000100), \
              subscription switchyard_rest is disabled on green and never catches up until enabled (finalize-replication mode enable), \
              marker m-1 not on green yet"
+        );
+        let weird = State {
+            slots: vec![slot("Weird slot", None, None, true)],
+            marker_on_green: true,
+        };
+        assert_eq!(
+            describe("my db", "0/1", "m-2", &weird, &["user".into()]),
+            "database \"my db\": slot \"Weird slot\" has confirmed nothing yet (target 0/1), \
+             subscription \"user\" is disabled on green and never catches up until enabled (finalize-replication mode enable), \
+             marker m-2 arrived on green"
         );
     }
 

@@ -33,7 +33,7 @@ use switchyard_operation::teardown::{
     revoke_all, role_exists, MARKER, SCHEMA,
 };
 use switchyard_operation::{Deps, Error, Plan};
-use switchyard_postgres::quote::ident;
+use switchyard_postgres::quote;
 
 use finalize_replication::old_blue::{self, OldBlue};
 use finalize_replication::{green, reverse};
@@ -134,62 +134,61 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
     let clusters = refusals(&input, deps).await?;
     let cell = &input.cell;
     let role = &cell.replication.role;
-    let name = reverse_replication_name();
+    let role_name = quote::name(role);
+    let name = quote::name(&reverse_replication_name());
     let names = cell.replication_names();
     let old = &clusters.identifier;
     let mut plan = Plan::new();
     for database in &cell.databases {
+        let db = quote::name(database);
         let green_client = green::open(cell, deps, &clusters.green, database).await?;
         let old_client = old_blue::require(cell, deps, &clusters.old_blue, database).await?;
         if reverse::subscription(&old_client).await?.is_some() {
             plan.would(format!(
-                "detach subscription {name} on the old blue {old} (database {database}) from green's slot and drop it"
+                "detach subscription {name} on the old blue {old} (database {db}) from green's slot and drop it"
             ));
         }
         if guard::present(&green_client).await? {
             plan.would(format!(
-                "drop the DDL guard on green (database {database}): its event triggers, function and journal"
+                "drop the DDL guard on green (database {db}): its event triggers, function and journal"
             ));
         }
         let found = reverse::on_green(&green_client).await?;
         if found.slot.is_some() {
-            plan.would(format!("drop slot {name} on green (database {database})"));
+            plan.would(format!("drop slot {name} on green (database {db})"));
         }
         if found.publication {
-            plan.would(format!(
-                "drop publication {name} on green (database {database})"
-            ));
+            plan.would(format!("drop publication {name} on green (database {db})"));
         }
         for slot in &names {
             if old_blue::slot_active(&old_client, slot).await?.is_some() {
                 plan.would(format!(
-                    "drop slot {} on the old blue (database {database})",
-                    ident(slot)
+                    "drop slot {} on the old blue (database {db})",
+                    quote::name(slot)
                 ));
             }
             if publication_exists(&old_client, slot).await? {
                 plan.would(format!(
-                    "drop publication {} on the old blue (database {database})",
-                    ident(slot)
+                    "drop publication {} on the old blue (database {db})",
+                    quote::name(slot)
                 ));
             }
         }
         if guard::present(&old_client).await? {
             plan.would(format!(
-                "drop the DDL guard's event triggers on the old blue (database {database})"
+                "drop the DDL guard's event triggers on the old blue (database {db})"
             ));
         }
         for (cluster, client) in [("old blue", &old_client), ("green", &green_client)] {
             for (kind, object) in granted(client, role).await? {
                 plan.would(format!(
-                    "revoke {}'s privileges on {kind} {object} on the {cluster} (database {database})",
-                    ident(role)
+                    "revoke {role_name}'s privileges on {kind} {object} on the {cluster} (database {db})"
                 ));
             }
         }
         if exists(&green_client, MARKER).await? {
             plan.would(format!(
-                "drop table {MARKER} on green (database {database}), and schema {SCHEMA} if then empty"
+                "drop table {MARKER} on green (database {db}), and schema {SCHEMA} if then empty"
             ));
         }
     }
@@ -198,7 +197,7 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
     let old_client = old_blue::require(cell, deps, &clusters.old_blue, first).await?;
     for (cluster, client) in [("green", &green_client), ("old blue", &old_client)] {
         if role_exists(client, role).await? {
-            plan.would(format!("drop role {} on the {cluster}", ident(role)));
+            plan.would(format!("drop role {role_name} on the {cluster}"));
         }
     }
     let id = snapshot_cluster::final_snapshot_identifier(old);
@@ -286,7 +285,7 @@ async fn close_database(
         out.green_objects_dropped.push(MARKER.to_owned());
     }
     if drop_schema_if_empty(&green_client).await? {
-        out.green_objects_dropped.push(ident(SCHEMA));
+        out.green_objects_dropped.push(quote::name(SCHEMA));
     }
     tracing::info!(
         subscription_dropped = out.subscription_dropped,

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use tokio_postgres::Transaction;
 
 use switchyard_operation::Error;
+use switchyard_postgres::quote;
 
 /// Session settings under which every name prints schema-qualified and every value
 /// prints the same on both servers (partition bounds are timestamps, for one).
@@ -291,7 +292,7 @@ pub(crate) fn extension_versions(blue: &Catalog, green: &Catalog) -> Vec<String>
         .iter()
         .filter_map(|(name, b)| {
             let g = green.extension_versions.get(name)?;
-            (b != g).then(|| format!("extension {name}: blue {b}, green {g}"))
+            (b != g).then(|| format!("extension {}: blue {b}, green {g}", quote::name(name)))
         })
         .collect()
 }

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
 use switchyard_operation::{Deps, Error, Side};
-use switchyard_postgres::{ConnectOptions, Tls};
+use switchyard_postgres::{quote, ConnectOptions, Tls};
 
 /// How long pg_dump waits for a table's ACCESS SHARE lock before giving up: a pending
 /// ACCESS EXCLUSIVE (a migration) would otherwise hold the dump, and the Lambda, forever.
@@ -71,7 +71,8 @@ pub(crate) async fn schema(
         return Err(Error::stop(
             name,
             format!(
-                "pg_dump of blue's database {database} failed ({}): {stderr}",
+                "pg_dump of blue's database {} failed ({}): {stderr}",
+                quote::name(database),
                 out.status
             ),
         ));
@@ -80,7 +81,8 @@ pub(crate) async fn schema(
         Error::stop(
             ErrorName::DatabaseError,
             format!(
-                "pg_dump of blue's database {database} is not UTF-8 although UTF8 was asked for"
+                "pg_dump of blue's database {} is not UTF-8 although UTF8 was asked for",
+                quote::name(database)
             ),
         )
     })

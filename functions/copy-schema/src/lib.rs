@@ -20,6 +20,7 @@ use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
 use switchyard_operation::fence::{self, Direction};
 use switchyard_operation::{Deps, Error, Plan, Side};
+use switchyard_postgres::quote;
 use tokio_postgres::error::ErrorPosition;
 use tokio_postgres::Client;
 
@@ -107,7 +108,8 @@ async fn plan_database(
         .map(|(kind, count)| format!("{kind} ×{count}"))
         .collect();
     Ok(Some(format!(
-        "on green's database {database}: run blue's schema dump in one transaction, {} statements creating {}; commit only if green's catalog then equals blue's",
+        "on green's database {}: run blue's schema dump in one transaction, {} statements creating {}; commit only if green's catalog then equals blue's",
+        quote::name(database),
         script.statements().len(),
         objects.join(", ")
     )))
@@ -272,9 +274,10 @@ fn failed_statement(
     });
     Error::query(
         format!(
-            "statement {} of blue's schema dump (`{}`) on green's database {database}, so nothing was committed",
+            "statement {} of blue's schema dump (`{}`) on green's database {}, so nothing was committed",
             index + 1,
-            dump::excerpt(statement, position)
+            dump::excerpt(statement, position),
+            quote::name(database)
         ),
         error,
     )
@@ -292,7 +295,8 @@ fn mismatch(database: &str, what: &str, differences: &[String]) -> Error {
     Error::stop(
         ErrorName::SchemaMismatch,
         format!(
-            "database {database}: {what} ({} difference{}):\n{}",
+            "database {}: {what} ({} difference{}):\n{}",
+            quote::name(database),
             differences.len(),
             if differences.len() == 1 { "" } else { "s" },
             lines.join("\n")

@@ -28,7 +28,7 @@ use switchyard_operation::feedback;
 use switchyard_operation::fence::{self, Direction};
 use switchyard_operation::PauseDeadline;
 use switchyard_operation::{Deps, Error, Plan, Side};
-use switchyard_postgres::quote::ident;
+use switchyard_postgres::quote::{self, ident};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
@@ -184,30 +184,35 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
                 continue;
             };
             let position = slot_position(&p.blue, downstream, name, &p.slot, &p.target_lsn).await?;
+            let (shown, slot) = (quote::name(name), quote::name(&p.slot));
             if !position.reached {
                 plan.would(format!(
                     "wait up to {} s for slot {} on blue to confirm {} (confirmed {} now, {} bytes behind); if it does not, stop with DownstreamBehind and do nothing below",
                     input.wait_seconds,
-                    p.slot,
+                    slot,
                     position.target,
                     position.confirmed.as_deref().unwrap_or("nothing"),
                     position.behind,
                 ));
             }
             plan.would(format!(
-                "journal subscription {name} of downstream {} under {} (publications {}, slot {}, connection {}@{}:{}/{}, no password)",
+                "journal subscription {shown} of downstream {} under {} (publications {}, slot {slot}, connection {}@{}:{}/{}, no password)",
                 downstream.name,
                 Journaled::parameter(deps, cell, downstream, name),
-                p.definition.publications.join(", "),
-                p.slot,
+                p.definition
+                    .publications
+                    .iter()
+                    .map(|p| quote::name(p))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 p.target.user,
                 p.target.host,
                 p.target.port,
                 p.target.dbname,
             ));
             plan.would(format!(
-                "DROP SUBSCRIPTION {name} on downstream {}, which drops slot {} on blue",
-                downstream.name, p.slot
+                "DROP SUBSCRIPTION {shown} on downstream {}, which drops slot {slot} on blue",
+                downstream.name
             ));
         }
     }
@@ -224,29 +229,30 @@ async fn find(
     name: &str,
 ) -> Result<Found, Error> {
     let cell = &input.cell;
+    let shown = quote::name(name);
     let Some(definition) = read(client, name).await? else {
         let what = format!(
-            "subscription {name} of downstream {}, which does not exist now,",
+            "subscription {shown} of downstream {}, which does not exist now,",
             downstream.name
         );
         return match Journaled::read(deps, cell, downstream, name).await? {
             Some(entry) => Ok(Found::Dropped(entry.of_run(&input.run_id, input.force, &what)?)),
             None => Err(Error::stop(
                 ErrorName::PreconditionFailed,
-                format!("subscription {name} of downstream {} does not exist and no journal entry records it: recreate it by hand or remove it from the cell document", downstream.name),
+                format!("subscription {shown} of downstream {} does not exist and no journal entry records it: recreate it by hand or remove it from the cell document", downstream.name),
             )),
         };
     };
     let target = Target::from_conninfo(&definition.conninfo).map_err(|why| {
         Error::stop(
             ErrorName::PreconditionFailed,
-            format!("the connection string of subscription {name} on downstream {} cannot be read ({why}); drop and journal it by hand", downstream.name),
+            format!("the connection string of subscription {shown} on downstream {} cannot be read ({why}); drop and journal it by hand", downstream.name),
         )
     })?;
     let Some(slot) = definition.slot_name.clone() else {
         return Err(Error::stop(
             ErrorName::PreconditionFailed,
-            format!("subscription {name} on downstream {} has no slot (slot_name = NONE): it cannot have caught up; fix it by hand", downstream.name),
+            format!("subscription {shown} on downstream {} has no slot (slot_name = NONE): it cannot have caught up; fix it by hand", downstream.name),
         ));
     };
     let blue = deps.connect(cell, Side::Blue, &target.dbname).await?;
@@ -301,8 +307,9 @@ async fn drop_one(
             Err(e) if e.error_name() == ErrorName::DownstreamBehind => {
                 if let Some(pause) = input.pause_deadline.filter(|d| d.passed()) {
                     return Err(pause.exceeded(&format!(
-                        "waiting for downstream {}'s slot {slot}",
-                        downstream.name
+                        "waiting for downstream {}'s slot {}",
+                        downstream.name,
+                        quote::name(&slot)
                     )));
                 }
                 return Err(e);
@@ -333,7 +340,7 @@ async fn drop_one(
     if read(client, name).await?.is_none() {
         return Err(Error::stop(
             ErrorName::PreconditionFailed,
-            format!("subscription {name} of downstream {} disappeared while its slot was checked: someone else dropped it; find out why", downstream.name),
+            format!("subscription {} of downstream {} disappeared while its slot was checked: someone else dropped it; find out why", quote::name(name), downstream.name),
         ));
     }
     // Journaled before the drop: afterwards the definition exists nowhere else.
@@ -372,7 +379,7 @@ async fn read(client: &Client, name: &str) -> Result<Option<Definition>, Error> 
     let row = client
         .query_opt(&sql, &[&name])
         .await
-        .map_err(|e| Error::query(format!("reading subscription {name}"), e))?;
+        .map_err(|e| Error::query(format!("reading subscription {}", quote::name(name)), e))?;
     Ok(row.map(|row| Definition {
         publications: row.get(0),
         slot_name: row.get(1),
@@ -414,11 +421,16 @@ async fn slot_position(
             &[&slot, &target_lsn],
         )
         .await
-        .map_err(|e| Error::query(format!("reading slot {slot} on blue"), e))?;
+        .map_err(|e| Error::query(format!("reading slot {} on blue", quote::name(slot)), e))?;
     let Some(row) = row else {
         return Err(Error::stop(
             ErrorName::PreconditionFailed,
-            format!("subscription {name} of downstream {} uses slot {slot}, which blue does not have; find out why before dropping it", downstream.name),
+            format!(
+                "subscription {} of downstream {} uses slot {}, which blue does not have; find out why before dropping it",
+                quote::name(name),
+                downstream.name,
+                quote::name(slot)
+            ),
         ));
     };
     Ok(SlotPosition {
@@ -444,7 +456,8 @@ async fn caught_up(
         confirmed => Err(Error::stop(
             ErrorName::DownstreamBehind,
             format!(
-                "subscription {name} of downstream {} has confirmed {} on blue, {} bytes behind {}; retry once it catches up",
+                "subscription {} of downstream {} has confirmed {} on blue, {} bytes behind {}; retry once it catches up",
+                quote::name(name),
                 downstream.name,
                 confirmed.as_deref().unwrap_or("nothing"),
                 position.behind,
@@ -472,12 +485,21 @@ async fn drop_subscription(
                 n = ident(name)
             );
             client.batch_execute(&detach).await.map_err(|e| {
-                Error::query(format!("dropping subscription {name} without its slot"), e)
+                Error::query(
+                    format!(
+                        "dropping subscription {} without its slot",
+                        quote::name(name)
+                    ),
+                    e,
+                )
             })?;
             Ok(true)
         }
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => Ok(false),
-        Err(e) => Err(Error::query(format!("DROP SUBSCRIPTION {name}"), e)),
+        Err(e) => Err(Error::query(
+            format!("DROP SUBSCRIPTION {}", quote::name(name)),
+            e,
+        )),
     }
 }
 

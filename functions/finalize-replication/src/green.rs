@@ -6,7 +6,7 @@ use switchyard_aws::ClusterEndpoint;
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
 use switchyard_operation::{green_fence, Deps, Error};
-use switchyard_postgres::quote::ident;
+use switchyard_postgres::quote::{self, ident};
 use tokio_postgres::Client;
 
 use crate::SubscriptionOutput;
@@ -71,7 +71,12 @@ async fn enabled(green: &Client, name: &str) -> Result<Option<bool>, Error> {
             &[&name],
         )
         .await
-        .map_err(|e| Error::query(format!("reading subscription {name} on green"), e))?;
+        .map_err(|e| {
+            Error::query(
+                format!("reading subscription {} on green", quote::name(name)),
+                e,
+            )
+        })?;
     Ok(row.map(|r| r.get(0)))
 }
 
@@ -87,7 +92,10 @@ pub(crate) async fn to_set(
         let Some(is_enabled) = enabled(green, name).await? else {
             return Err(Error::stop(
                 ErrorName::PreconditionFailed,
-                format!("green has no subscription {name}; run start-replication"),
+                format!(
+                    "green has no subscription {}; run start-replication",
+                    quote::name(name)
+                ),
             ));
         };
         out.push((name.clone(), is_enabled != enable));
@@ -119,7 +127,10 @@ pub(crate) async fn set_enabled(
                 .batch_execute(&format!("ALTER SUBSCRIPTION {} {verb}", ident(&name)))
                 .await
                 .map_err(|e| {
-                    Error::query(format!("ALTER SUBSCRIPTION {name} {verb} on green"), e)
+                    Error::query(
+                        format!("ALTER SUBSCRIPTION {} {verb} on green", quote::name(&name)),
+                        e,
+                    )
                 })?;
             tracing::info!(subscription = %name, "subscription {past}");
         }
@@ -157,6 +168,7 @@ async fn wait_for_workers(green: &Client, names: &[String], running: bool) -> Re
             return Ok(());
         }
         if started.elapsed() >= WORKER_WAIT {
+            let pending: Vec<String> = pending.iter().map(|name| quote::name(name)).collect();
             let message = if running {
                 format!(
                     "no apply worker started within {} s for green's subscriptions {}; read green's log for why (blue unreachable, slot missing), fix it, then rerun finalize-replication (enable)",

@@ -37,6 +37,7 @@ use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
 use switchyard_operation::fence::{self, Direction};
 use switchyard_operation::{guard, Deps, Error, PauseDeadline, Plan, Side};
+use switchyard_postgres::quote;
 
 /// ```json
 /// {"cell": { …the cell document… }, "mode": "drop", "old_blue_identifier": "local-a-blue-14"}
@@ -345,7 +346,7 @@ async fn replication_login(
                 format!(
                     "SSM parameter {} holds no login for the replication role {}: run start-replication (it rotates one); nothing was changed",
                     cell.replication_credentials_parameter(),
-                    cell.replication.role
+                    quote::name(&cell.replication.role)
                 ),
             )
         })
@@ -368,7 +369,9 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
                 for (name, changes) in green::to_set(&client, &names, enable).await? {
                     if changes {
                         plan.would(format!(
-                            "ALTER SUBSCRIPTION {name} {} on the old blue {} (database {database}), then wait up to {} s for its apply worker",
+                            "ALTER SUBSCRIPTION {} {} on the old blue {} (database {db}), then wait up to {} s for its apply worker",
+                            quote::name(&name),
+                let db = quote::name(database);
                             green::verb(enable),
                             cell.green.cluster_identifier,
                             green::WORKER_WAIT_SECONDS
@@ -381,15 +384,16 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
         Mode::Disable | Mode::Enable => {
             let enable = input.mode == Mode::Enable;
             let verb = green::verb(enable);
-            let way_back = switchyard_cell::reverse_replication_name();
+            let way_back = quote::name(&switchyard_cell::reverse_replication_name());
             for database in &cell.databases {
                 let client = deps.connect(cell, Side::Green, database).await?;
                 let states = green::to_set(&client, &names, enable).await?;
                 let running = states.iter().any(|(_, changes)| *changes && !enable);
                 let found = reverse::on_green(&client).await?;
                 if (enable || running) && guard::present(&client).await? {
+                let db = quote::name(database);
                     plan.would(format!(
-                        "drop the DDL guard on green (database {database}) first: {}",
+                        "drop the DDL guard on green (database {db}) first: {}",
                         if enable {
                             "green is blue's replica again"
                         } else {
@@ -399,34 +403,38 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
                 }
                 if (enable || running) && (found.publication || found.slot.is_some()) {
                     plan.would(format!(
-                        "drop slot and publication {way_back} on green (database {database}) first{}",
-                        if enable { ": blue's changes must not come back to blue" } else { ": made before this disable" }
+                        "drop slot and publication {way_back} on green (database {db}) first{}",
+                        if enable {
+                            ": blue's changes must not come back to blue"
+                        } else {
+                            ": made before this disable"
+                        }
                     ));
                 }
                 let changing: Vec<String> = states
                     .into_iter()
-                    .filter_map(|(name, changes)| changes.then_some(name))
+                    .filter_map(|(name, changes)| changes.then(|| quote::name(&name)))
                     .collect();
                 for name in &changing {
                     plan.would(format!(
-                        "ALTER SUBSCRIPTION {name} {verb} on green (database {database})"
+                        "ALTER SUBSCRIPTION {name} {verb} on green (database {db})"
                     ));
                 }
                 if !changing.is_empty() {
                     plan.would(format!(
-                        "then wait up to {} s for their apply workers to {} (database {database})",
+                        "then wait up to {} s for their apply workers to {} (database {db})",
                         green::WORKER_WAIT_SECONDS,
                         if enable { "start" } else { "stop" }
                     ));
                 }
                 if !enable && (running || !guard::in_place(&client).await?) {
                     plan.would(format!(
-                        "install the DDL guard on green (database {database}) once its subscriptions stopped: DDL on green in the rollback window is journaled"
+                        "install the DDL guard on green (database {db}) once its subscriptions stopped: DDL on green in the rollback window is journaled"
                     ));
                 }
                 if !enable && (running || found.slot.is_none()) {
                     plan.would(format!(
-                        "then create publication {way_back} (the tables green's subscriptions replicate) and slot {way_back} on green (database {database}): the way back after the switch"
+                        "then create publication {way_back} (the tables green's subscriptions replicate) and slot {way_back} on green (database {db}): the way back after the switch"
                     ));
                 }
             }
@@ -440,7 +448,9 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
                 for (name, enabled) in green::to_drop(&client, &names).await? {
                     let disable = if enabled { "DISABLE, " } else { "" };
                     plan.would(format!(
-                        "drop subscription {name} on green {} (database {database}) without touching its publisher: {disable}SET (slot_name = NONE), DROP",
+                        "drop subscription {} on green {} (database {db}) without touching its publisher: {disable}SET (slot_name = NONE), DROP",
+                        quote::name(&name),
+                let db = quote::name(database);
                         green.identifier
                     ));
                 }
@@ -453,28 +463,29 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
             let old_blue =
                 old_blue::locate(cell, deps, &green, input.old_blue_identifier.as_deref()).await?;
             replication_login(cell, deps).await?;
-            let way_back = switchyard_cell::reverse_replication_name();
+            let way_back = quote::name(&switchyard_cell::reverse_replication_name());
             for database in &cell.databases {
                 let green_client = green::open(cell, deps, &green, database).await?;
                 let blue_client = old_blue::require(cell, deps, &old_blue, database).await?;
                 let found = reverse::on_green(&green_client).await?;
                 if !found.publication || found.slot.is_none() {
                     plan.would(format!(
-                        "stop: green has no publication and slot {way_back} (database {database}); the old blue cannot follow green"
+                let db = quote::name(database);
+                        "stop: green has no publication and slot {way_back} (database {db}); the old blue cannot follow green"
                     ));
                     continue;
                 }
                 plan.would(format!(
-                    "create or update the replication role {} on green (database {database})",
-                    cell.replication.role
+                    "create or update the replication role {} on green (database {db})",
+                    quote::name(&cell.replication.role)
                 ));
                 let change = match reverse::subscription(&blue_client).await? {
                     None => format!(
-                        "CREATE SUBSCRIPTION {way_back} on the old blue {} (database {database}) on green's slot, copy_data = false, then wait for it to stream",
+                        "CREATE SUBSCRIPTION {way_back} on the old blue {} (database {db}) on green's slot, copy_data = false, then wait for it to stream",
                         old_blue.identifier().unwrap_or_default()
                     ),
                     Some(enabled) => format!(
-                        "rewrite subscription {way_back}'s connection on the old blue (database {database}){}",
+                        "rewrite subscription {way_back}'s connection on the old blue (database {db}){}",
                         if enabled { "" } else { ", then ENABLE it" }
                     ),
                 };

@@ -9,7 +9,7 @@ use switchyard_cell::CellDocument;
 use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_operation::rename::{self, RenamePlan};
 use switchyard_operation::{guard, teardown, Deps, Error};
-use switchyard_postgres::quote::ident;
+use switchyard_postgres::quote::{self, ident};
 use tokio_postgres::Client;
 
 /// How long a slot may stay active (its walsender ending) before it is left to drop by hand.
@@ -150,8 +150,9 @@ pub async fn require(
         (None, _) => Err(Error::stop(
             ErrorName::PreconditionFailed,
             format!(
-                "the old blue {} is unreachable (database {database}): it cannot follow green until it is; green's slot keeps every write meanwhile. Rerun finalize-replication (reverse) once it answers",
-                old_blue.identifier().unwrap_or_default()
+                "the old blue {} is unreachable (database {}): it cannot follow green until it is; green's slot keeps every write meanwhile. Rerun finalize-replication (reverse) once it answers",
+                old_blue.identifier().unwrap_or_default(),
+                quote::name(database)
             ),
         )),
     }
@@ -201,17 +202,19 @@ pub(crate) async fn plan(
         return Ok(());
     };
     let identifier = old_blue.identifier().unwrap_or_default();
+    let database = quote::name(database);
     for name in names {
+        let shown = quote::name(name);
         match slot_active(&client, name).await? {
             None => {}
             Some(false) => {
                 plan.would(format!(
-                    "drop slot {name} on the old blue {identifier} (database {database})"
+                    "drop slot {shown} on the old blue {identifier} (database {database})"
                 ));
             }
             Some(true) => {
                 plan.would(format!(
-                    "wait up to {} s for slot {name} on the old blue {identifier} (database {database}) to be released by its walsender, then drop it (left to drop by hand if still in use)",
+                    "wait up to {} s for slot {shown} on the old blue {identifier} (database {database}) to be released by its walsender, then drop it (left to drop by hand if still in use)",
                     SLOT_RELEASE_WAIT.as_secs()
                 ));
             }
@@ -220,7 +223,11 @@ pub(crate) async fn plan(
     if guard::present(&client).await? {
         plan.would(format!(
             "drop the DDL guard's event triggers {} on the old blue {identifier} (database {database}); its journal table stays",
-            guard::trigger_names().join(", ")
+            guard::trigger_names()
+                .iter()
+                .map(|n| quote::name(n))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     Ok(())
@@ -235,7 +242,12 @@ pub async fn slot_active(blue: &Client, name: &str) -> Result<Option<bool>, Erro
             &[&name],
         )
         .await
-        .map_err(|e| Error::query(format!("reading slot {name} on the old blue"), e))?
+        .map_err(|e| {
+            Error::query(
+                format!("reading slot {} on the old blue", quote::name(name)),
+                e,
+            )
+        })?
         .map(|r| r.get(0)))
 }
 
@@ -257,7 +269,12 @@ pub async fn drop_slot(blue: &Client, name: &str) -> Result<Option<bool>, Error>
     }
     blue.execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &[&name])
         .await
-        .map_err(|e| Error::query(format!("dropping slot {name} on the old blue"), e))?;
+        .map_err(|e| {
+            Error::query(
+                format!("dropping slot {} on the old blue", quote::name(name)),
+                e,
+            )
+        })?;
     tracing::info!(slot = %name, "slot dropped on the old blue");
     Ok(Some(true))
 }

@@ -26,7 +26,7 @@ use switchyard_aws::ClusterEndpoint;
 use switchyard_cell::{reverse_replication_name, CellDocument};
 use switchyard_errors::ErrorName;
 use switchyard_operation::{guard, Error};
-use switchyard_postgres::quote::{ident, literal, qualified};
+use switchyard_postgres::quote::{self, ident, literal, qualified};
 use tokio_postgres::Client;
 
 /// How long green's slot may stay in use once its subscriber was detached.
@@ -89,7 +89,7 @@ pub async fn on_green(green: &Client) -> Result<OnGreen, Error> {
             &[&name],
         )
         .await
-        .map_err(|e| Error::query(format!("reading {name} on green"), e))?;
+        .map_err(|e| Error::query(format!("reading {} on green", quote::name(&name)), e))?;
     Ok(OnGreen {
         publication: row.get(0),
         slot: row.get(1),
@@ -135,7 +135,11 @@ pub async fn open_on_green(green: &mut Client, names: &[String]) -> Result<Rever
             ErrorName::PreconditionFailed,
             format!(
                 "green's subscriptions {} replicate no table: nothing to publish back to blue; rerun start-replication",
-                names.join(", ")
+                names
+                    .iter()
+                    .map(|n| quote::name(n))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ));
     }
@@ -146,7 +150,7 @@ pub async fn open_on_green(green: &mut Client, names: &[String]) -> Result<Rever
     let n = ident(&name);
     guard::own_ddl(
         green,
-        &format!("create publication {name} on green"),
+        &format!("create publication {} on green", quote::name(&name)),
         &format!(
             "DROP PUBLICATION IF EXISTS {n}; CREATE PUBLICATION {n} FOR TABLE {} WITH (publish_via_partition_root = true)",
             tables.join(", ")
@@ -179,7 +183,8 @@ pub async fn close_on_green(green: &Client) -> Result<ReverseOutput, Error> {
             return Err(Error::stop(
                 ErrorName::PreconditionFailed,
                 format!(
-                    "slot {name} on green is streaming to a subscriber (the old blue's subscription {name}?): drop that subscription first; nothing was changed"
+                    "slot {n} on green is streaming to a subscriber (the old blue's subscription {n}?): drop that subscription first; nothing was changed",
+                    n = quote::name(&name)
                 ),
             ))
         }
@@ -187,7 +192,9 @@ pub async fn close_on_green(green: &Client) -> Result<ReverseOutput, Error> {
             green
                 .execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &[&name])
                 .await
-                .map_err(|e| Error::query(format!("dropping slot {name} on green"), e))?;
+                .map_err(|e| {
+                    Error::query(format!("dropping slot {} on green", quote::name(&name)), e)
+                })?;
             out.slot_changed = true;
         }
         None => {}
@@ -196,7 +203,12 @@ pub async fn close_on_green(green: &Client) -> Result<ReverseOutput, Error> {
         green
             .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(&name)))
             .await
-            .map_err(|e| Error::query(format!("dropping publication {name} on green"), e))?;
+            .map_err(|e| {
+                Error::query(
+                    format!("dropping publication {} on green", quote::name(&name)),
+                    e,
+                )
+            })?;
         out.publication_changed = true;
     }
     if out.slot_changed || out.publication_changed {
@@ -217,7 +229,12 @@ pub async fn subscription(old_blue: &Client) -> Result<Option<bool>, Error> {
             &[&name],
         )
         .await
-        .map_err(|e| Error::query(format!("reading subscription {name} on the old blue"), e))?
+        .map_err(|e| {
+            Error::query(
+                format!("reading subscription {} on the old blue", quote::name(&name)),
+                e,
+            )
+        })?
         .map(|r| r.get(0)))
 }
 
@@ -251,8 +268,10 @@ pub async fn follow_green(
         return Err(Error::stop(
             ErrorName::PreconditionFailed,
             format!(
-                "green has no {} {name} (database {database}): the switchover makes both inside the pause, before the first write on green, and nothing made later holds every write since. The old blue cannot follow green; nothing was changed",
-                if found.publication { "slot" } else { "publication" }
+                "green has no {} {} (database {}): the switchover makes both inside the pause, before the first write on green, and nothing made later holds every write since. The old blue cannot follow green; nothing was changed",
+                if found.publication { "slot" } else { "publication" },
+                quote::name(&name),
+                quote::name(database)
             ),
         ));
     }
@@ -293,7 +312,7 @@ pub async fn follow_green(
                 old_blue,
                 &sql,
                 &login.password,
-                &format!("CREATE SUBSCRIPTION {name} on the old blue"),
+                &format!("CREATE SUBSCRIPTION {} on the old blue", quote::name(&name)),
                 "the old blue",
             )
             .await?;
@@ -311,7 +330,10 @@ pub async fn follow_green(
                 old_blue,
                 &sql,
                 &login.password,
-                &format!("ALTER SUBSCRIPTION {name} CONNECTION on the old blue"),
+                &format!(
+                    "ALTER SUBSCRIPTION {} CONNECTION on the old blue",
+                    quote::name(&name)
+                ),
                 "the old blue",
             )
             .await?;
@@ -321,7 +343,10 @@ pub async fn follow_green(
                     .await
                     .map_err(|e| {
                         Error::query(
-                            format!("ALTER SUBSCRIPTION {name} ENABLE on the old blue"),
+                            format!(
+                                "ALTER SUBSCRIPTION {} ENABLE on the old blue",
+                                quote::name(&name)
+                            ),
                             e,
                         )
                     })?;
@@ -336,6 +361,7 @@ pub async fn follow_green(
 /// Waits until green's slot is streaming to a subscriber; returns the WAL it retains.
 async fn wait_streaming(green: &Client, database: &str) -> Result<i64, Error> {
     let name = reverse_replication_name();
+    let (shown, database) = (quote::name(&name), quote::name(database));
     let started = Instant::now();
     loop {
         let row = green
@@ -347,7 +373,7 @@ async fn wait_streaming(green: &Client, database: &str) -> Result<i64, Error> {
                 &[&name],
             )
             .await
-            .map_err(|e| Error::query(format!("reading slot {name} on green"), e))?;
+            .map_err(|e| Error::query(format!("reading slot {shown} on green"), e))?;
         match row {
             Some(row) if row.get::<_, bool>(0) => return Ok(row.get::<_, Option<i64>>(1).unwrap_or(0)),
             Some(_) if started.elapsed() < STREAM_WAIT => tokio::time::sleep(POLL).await,
@@ -355,7 +381,7 @@ async fn wait_streaming(green: &Client, database: &str) -> Result<i64, Error> {
                 return Err(Error::stop(
                     ErrorName::PreconditionFailed,
                     format!(
-                        "the old blue's subscription {name} (database {database}) did not start streaming from green within {} s; read the old blue's log for why (green unreachable from it, the replication role refused), fix it, then rerun finalize-replication (reverse). Green's slot keeps every write meanwhile",
+                        "the old blue's subscription {shown} (database {database}) did not start streaming from green within {} s; read the old blue's log for why (green unreachable from it, the replication role refused), fix it, then rerun finalize-replication (reverse). Green's slot keeps every write meanwhile",
                         STREAM_WAIT.as_secs()
                     ),
                 ))
@@ -363,7 +389,7 @@ async fn wait_streaming(green: &Client, database: &str) -> Result<i64, Error> {
             None => {
                 return Err(Error::stop(
                     ErrorName::PreconditionFailed,
-                    format!("slot {name} vanished from green (database {database}) while the old blue's subscription started"),
+                    format!("slot {shown} vanished from green (database {database}) while the old blue's subscription started"),
                 ))
             }
         }

@@ -305,7 +305,11 @@ pub async fn idle_in_transaction(
         .map(|r| {
             let (pid, user, app, db, age): (i32, String, String, String, i64) =
                 (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-            format!("pid {pid} (user {user}, application {app:?}, database {db}, transaction open {age} s)")
+            format!(
+                "pid {pid} (user {}, application {app:?}, database {}, transaction open {age} s)",
+                switchyard_postgres::quote::name(&user),
+                switchyard_postgres::quote::name(&db)
+            )
         })
         .collect();
     let pids: Vec<String> = rows

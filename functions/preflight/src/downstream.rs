@@ -18,7 +18,11 @@ pub async fn check(cell: &CellDocument, deps: &Deps) -> Result<Vec<Finding>, Err
             if downstream::exists(&client, name).await? {
                 continue;
             }
-            let object = format!("downstream {}: subscription {name}", subscriber.name);
+            let object = format!(
+                "downstream {}: subscription {}",
+                subscriber.name,
+                switchyard_postgres::quote::name(name)
+            );
             let finding = match Journaled::read(deps, cell, subscriber, name).await? {
                 Some(entry) => Finding::new(
                     Code::DownstreamSubscriptionMissing,

@@ -18,9 +18,11 @@ use std::collections::BTreeSet;
 use switchyard_cell::CellDocument;
 use switchyard_operation::guard::{journaled, Journaled, Watched};
 use switchyard_operation::{Deps, Error, Side};
+use switchyard_postgres::quote;
 use tokio_postgres::Client;
 
 use crate::finding::{Code, Finding};
+use crate::schema::{in_database, object};
 
 /// Every drift finding for the cell: blockers, and a warning where a password cannot be
 /// compared. Connects to each of the cell's databases on both sides.
@@ -56,7 +58,7 @@ const USER_RELATIONS: &str = "FROM pg_catalog.pg_class c
 fn objects(database: &str, names: &[(String, String)]) -> Vec<String> {
     names
         .iter()
-        .map(|(schema, name)| format!("{database}: {schema}.{name}"))
+        .map(|(schema, name)| object(database, schema, name))
         .collect()
 }
 
@@ -78,10 +80,11 @@ async fn unpublished(
         .map_err(|e| Error::query("reading blue's publications", e))?
         .get(0);
     if existing < i64::try_from(publications.len()).unwrap_or(i64::MAX) {
+        let names: Vec<String> = publications.iter().map(|p| quote::name(p)).collect();
         return Ok(vec![Finding::new(
             Code::ReplicationMissing,
-            vec![format!("{database}: publications {}", publications.join(", "))],
-            format!("Blue (database {database}) lacks some of the cell's publications: replication was not set up, or was undone, since prepare."),
+            vec![in_database(database, &format!("publications {}", names.join(", ")))],
+            format!("Blue (database {}) lacks some of the cell's publications: replication was not set up, or was undone, since prepare.", quote::name(database)),
             "Run the prepare state machine (or start-replication) again, and wait for check-replication.",
         )]);
     }
@@ -110,7 +113,7 @@ async fn unpublished(
     Ok(vec![Finding::new(
         Code::TableNotPublished,
         objects(database, &tables),
-        format!("{} table(s) on blue (database {database}) are in none of the cell's publications, so their rows do not reach green: switched now, they would be lost.", tables.len()),
+        format!("{} table(s) on blue (database {}) are in none of the cell's publications, so their rows do not reach green: switched now, they would be lost.", tables.len(), quote::name(database)),
         "Create them on green too, then redo replication for the cell (abandon the prepare and run it again) so they are published and copied; or drop them on blue if they are not needed.",
     )])
 }
@@ -143,7 +146,7 @@ async fn missing_on_green(
         findings.push(Finding::new(
             Code::MissingOnGreen,
             objects(database, &names),
-            format!("{} {kind}(s) on blue (database {database}) do not exist on green: created since copy-schema ran.", names.len()),
+            format!("{} {kind}(s) on blue (database {}) do not exist on green: created since copy-schema ran.", names.len(), quote::name(database)),
             format!("Create each {kind} on green as it is on blue (pg_dump --schema-only -t), then run check-drift again; a table must also be published and copied (redo replication)."),
         ));
     }
@@ -173,13 +176,13 @@ async fn ddl(blue: &Client, database: &str, back: bool) -> Result<Vec<Finding>, 
         Journaled::Clean => Vec::new(),
         Journaled::Unguarded => vec![Finding::new(
             Code::DdlGuardMissing,
-            vec![format!("{database}: DDL guard")],
-            format!("The DDL guard is missing or disabled on blue (database {database}): DDL since prepare could have gone unseen."),
+            vec![in_database(database, "DDL guard")],
+            format!("The DDL guard is missing or disabled on blue (database {}): DDL since prepare could have gone unseen.", quote::name(database)),
             "Run start-replication again (it reinstalls the guard), compare blue's and green's schemas, then check-drift again.",
         )],
         Journaled::Unvouched(message) => vec![Finding::new(
             Code::UnvouchedDdl,
-            vec![format!("{database}: DDL journal")],
+            vec![in_database(database, "DDL journal")],
             message,
             "Apply the same DDL to green, then acknowledge the journal rows as the message says.",
         )],
@@ -208,17 +211,19 @@ async fn subscriptions(
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             state = subscription_state(green, name).await?;
         }
-        match state {
-            None => problems.push(format!("{database}: subscription {name} does not exist on green")),
-            Some((false, _, _)) => problems.push(format!("{database}: subscription {name} is disabled")),
-            Some((true, _, false)) => problems.push(format!(
-                "{database}: subscription {name} has no apply worker running (erroring? see green's log)"
-            )),
-            Some((true, not_ready, true)) if not_ready > 0 => problems.push(format!(
-                "{database}: subscription {name} has {not_ready} table(s) not yet past their initial copy"
-            )),
-            Some(_) => {}
-        }
+        let subscription = format!("subscription {}", quote::name(name));
+        let problem = match state {
+            None => format!("{subscription} does not exist on green"),
+            Some((false, _, _)) => format!("{subscription} is disabled"),
+            Some((true, _, false)) => {
+                format!("{subscription} has no apply worker running (erroring? see green's log)")
+            }
+            Some((true, not_ready, true)) if not_ready > 0 => {
+                format!("{subscription} has {not_ready} table(s) not yet past their initial copy")
+            }
+            Some(_) => continue,
+        };
+        problems.push(in_database(database, &problem));
     }
     if problems.is_empty() {
         return Ok(Vec::new());
@@ -226,7 +231,7 @@ async fn subscriptions(
     Ok(vec![Finding::new(
         Code::SubscriptionNotStreaming,
         problems,
-        format!("Green (database {database}) is not streaming everything blue publishes: switched now, changes not yet applied would be lost."),
+        format!("Green (database {}) is not streaming everything blue publishes: switched now, changes not yet applied would be lost.", quote::name(database)),
         "Enable the subscription (ALTER SUBSCRIPTION … ENABLE), fix what stops its worker (green's log), or wait for check-replication to pass; then check-drift again.",
     )])
 }
@@ -251,7 +256,12 @@ async fn subscription_state(
             &[&name],
         )
         .await
-        .map_err(|e| Error::query(format!("reading subscription {name} on green"), e))?;
+        .map_err(|e| {
+            Error::query(
+                format!("reading subscription {} on green", quote::name(name)),
+                e,
+            )
+        })?;
     Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
 }
 
@@ -262,7 +272,7 @@ async fn extensions(blue: &Client, green: &Client, database: &str) -> Result<Vec
     let on_green: BTreeSet<String> = set_of(green, SQL, "green's extensions", |r| r.get(0)).await?;
     let missing: Vec<String> = on_blue
         .difference(&on_green)
-        .map(|e| format!("{database}: extension {e}"))
+        .map(|e| in_database(database, &format!("extension {}", quote::name(e))))
         .collect();
     if missing.is_empty() {
         return Ok(Vec::new());
@@ -270,7 +280,7 @@ async fn extensions(blue: &Client, green: &Client, database: &str) -> Result<Vec
     Ok(vec![Finding::new(
         Code::ExtensionMissingOnGreen,
         missing,
-        format!("Extensions installed on blue (database {database}) since copy-schema ran are not installed on green: objects using them cannot be served there."),
+        format!("Extensions installed on blue (database {}) since copy-schema ran are not installed on green: objects using them cannot be served there.", quote::name(database)),
         "CREATE EXTENSION each of them on green (the version blue runs, where green offers it), then check-drift again.",
     )])
 }

@@ -265,15 +265,13 @@ fn missing_database(side: Side, db: &str) -> Finding {
         Side::Blue => (
             Code::BlueDatabaseMissing,
             format!(
+    let db = switchyard_postgres::quote::name(db);
                 "Remove {db} from the cell document's databases, or check blue.cluster_identifier."
             ),
         ),
         Side::Green => (
             Code::GreenDatabaseMissing,
-            format!(
-                "CREATE DATABASE {} on green (owned as on blue), then run preflight again.",
-                switchyard_postgres::quote::ident(db)
-            ),
+            format!("CREATE DATABASE {db} on green (owned as on blue), then run preflight again."),
         ),
     };
     Finding::new(
@@ -350,6 +348,6 @@ mod tests {
         let finding = missing_database(Side::Green, "app");
         assert_eq!(finding.code, Code::GreenDatabaseMissing);
         assert_eq!(finding.objects, ["green: database app"]);
-        assert!(finding.fix.starts_with("CREATE DATABASE \"app\""));
+        assert!(finding.fix.starts_with("CREATE DATABASE app "));
     }
 }

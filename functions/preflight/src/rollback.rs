@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 use switchyard_cell::{reverse_replication_name, CellDocument};
 use switchyard_operation::guard::{journaled, Journaled, Watched};
 use switchyard_operation::{green_fence, Deps, Error};
+use switchyard_postgres::quote;
 
 use crate::finding::{Code, Finding};
+use crate::schema::in_database;
 
 /// Green's reverse slot in one database, as read now.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -43,8 +45,8 @@ pub async fn check(cell: &CellDocument, deps: &Deps) -> Result<(Vec<Finding>, Ve
                 &[&name],
             )
             .await
-            .map_err(|e| Error::query(format!("reading slot {name} on green"), e))?;
-        let object = vec![format!("{database}: {name}")];
+            .map_err(|e| Error::query(format!("reading slot {} on green", quote::name(&name)), e))?;
+        let object = vec![in_database(database, &quote::name(&name))];
         let Some(row) = row else {
             findings.push(Finding::new(
                 Code::RollbackWindowClosed,
@@ -89,13 +91,13 @@ pub async fn check(cell: &CellDocument, deps: &Deps) -> Result<(Vec<Finding>, Ve
 
 /// DDL on green since the switch that the guard journaled and switchyard did not vouch for.
 async fn ddl(green: &tokio_postgres::Client, database: &str) -> Result<Vec<Finding>, Error> {
-    let object = vec![format!("{database}: DDL journal on green")];
+    let object = vec![in_database(database, "DDL journal on green")];
     Ok(match journaled(green, database, Watched::Green).await? {
         Journaled::Clean => Vec::new(),
         Journaled::Unguarded => vec![Finding::new(
             Code::RollbackUnguarded,
             object,
-            format!("green has no DDL guard (database {database}): DDL there since the switch could have gone unseen, and the old blue cannot follow it"),
+            format!("green has no DDL guard (database {}): DDL there since the switch could have gone unseen, and the old blue cannot follow it", quote::name(database)),
             "compare green's and the old blue's schemas before switching back",
         )],
         Journaled::Unvouched(message) => vec![Finding::new(

@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use switchyard_operation::Error;
+use switchyard_postgres::quote;
 use tokio_postgres::Transaction;
 
 use crate::finding::{Code, Finding};
@@ -17,9 +18,14 @@ macro_rules! user_schemas {
 }
 pub(crate) use user_schemas;
 
-/// `db: schema.name`, unquoted, as findings name objects.
+/// `db: schema.name`, as findings name objects (quoted where psql needs it).
 pub fn object(db: &str, schema: &str, name: &str) -> String {
-    format!("{db}: {schema}.{name}")
+    in_database(db, &quote::qualified_name(schema, name))
+}
+
+/// `db: what`, as findings name what is in a database; `what` is already rendered.
+pub fn in_database(db: &str, what: &str) -> String {
+    format!("{}: {what}", quote::name(db))
 }
 
 /// What makes a table's UPDATEs and DELETEs publishable.
@@ -59,7 +65,7 @@ pub async fn tables(tx: &Transaction<'_>, db: &str) -> Result<Vec<Finding>, Erro
             &[],
         )
         .await
-        .map_err(|e| Error::query(format!("listing tables of {db} on blue"), e))?;
+        .map_err(|e| Error::query(format!("listing tables of {} on blue", quote::name(db)), e))?;
     let (mut missing, mut full, mut unlogged) = (Vec::new(), Vec::new(), Vec::new());
     for row in &rows {
         let name = object(db, row.get(0), row.get(1));
@@ -110,7 +116,7 @@ pub async fn large_objects(tx: &Transaction<'_>, db: &str) -> Result<Option<Find
             &[],
         )
         .await
-        .map_err(|e| Error::query(format!("counting large objects of {db} on blue"), e))?;
+        .map_err(|e| Error::query(format!("counting large objects of {} on blue", quote::name(db)), e))?;
     let count: i64 = row.get(0);
     if count == 0 {
         return Ok(None);
@@ -118,15 +124,18 @@ pub async fn large_objects(tx: &Transaction<'_>, db: &str) -> Result<Option<Find
     let first: Vec<u32> = row.get(1);
     let mut objects: Vec<String> = first
         .iter()
-        .map(|oid| format!("{db}: large object {oid}"))
+        .map(|oid| in_database(db, &format!("large object {oid}")))
         .collect();
     if count > 10 {
-        objects.push(format!("{db}: … and {} more large objects", count - 10));
+        objects.push(in_database(
+            db,
+            &format!("… and {} more large objects", count - 10),
+        ));
     }
     Ok(Some(Finding::new(
         Code::LargeObjects,
         objects,
-        format!("{db} holds {count} large object(s) (pg_largeobject_metadata): logical replication does not carry them, so green would lose them."),
+        format!("{} holds {count} large object(s) (pg_largeobject_metadata): logical replication does not carry them, so green would lose them.", quote::name(db)),
         "Move them into bytea columns (or object storage) and lo_unlink them, or copy them to green yourself during the switchover window.",
     )))
 }
@@ -144,7 +153,7 @@ pub async fn materialized_views(tx: &Transaction<'_>, db: &str) -> Result<Option
             &[],
         )
         .await
-        .map_err(|e| Error::query(format!("listing materialized views of {db} on blue"), e))?;
+        .map_err(|e| Error::query(format!("listing materialized views of {} on blue", quote::name(db)), e))?;
     if rows.is_empty() {
         return Ok(None);
     }
@@ -174,7 +183,7 @@ pub async fn leftover_slots(
             &[&names],
         )
         .await
-        .map_err(|e| Error::query(format!("looking for earlier slots in {db} on blue"), e))?;
+        .map_err(|e| Error::query(format!("looking for earlier slots in {} on blue", quote::name(db)), e))?;
     if rows.is_empty() {
         return Ok(None);
     }
@@ -183,14 +192,14 @@ pub async fn leftover_slots(
         .map(|r| {
             format!(
                 "{} retains {} bytes of WAL",
-                r.get::<_, String>(0),
+                quote::name(r.get(0)),
                 r.get::<_, i64>(1)
             )
         })
         .collect();
     Ok(Some(Finding::new(
         Code::LeftoverSlot,
-        rows.iter().map(|r| format!("{db}: {}", r.get::<_, String>(0))).collect(),
+        rows.iter().map(|r| in_database(db, &quote::name(r.get(0)))).collect(),
         format!(
             "Blue already has this cell's replication slots before prepare ({}): an earlier prepare left them, and they keep blue's WAL until they are dropped.",
             retained.join(", ")
@@ -213,7 +222,12 @@ pub async fn installed_extensions(tx: &Transaction<'_>, db: &str) -> Result<Vec<
             &[],
         )
         .await
-        .map_err(|e| Error::query(format!("listing extensions of {db} on blue"), e))?;
+        .map_err(|e| {
+            Error::query(
+                format!("listing extensions of {} on blue", quote::name(db)),
+                e,
+            )
+        })?;
     Ok(rows
         .iter()
         .map(|r| Installed {
@@ -284,7 +298,10 @@ impl Offered {
                 .await
                 .map_err(|e| {
                     Error::query(
-                        format!("reading green's update paths of extension {}", ext.name),
+                        format!(
+                            "reading green's update paths of extension {}",
+                            quote::name(&ext.name)
+                        ),
                         e,
                     )
                 })?
@@ -311,18 +328,20 @@ impl Offered {
 /// - otherwise (green does not know blue's version, or its default is older): blocker —
 ///   green would run a version the data and schema were not made with.
 pub fn extension(db: &str, ext: &Installed, offered: &Offered) -> Option<Finding> {
-    let object = vec![format!("{db}: extension {} {}", ext.name, ext.version)];
+    let name = quote::name(&ext.name);
+    let object = vec![in_database(
+        db,
+        &format!("extension {name} {}", ext.version),
+    )];
     let Some(default) = offered.defaults.get(&ext.name) else {
         return Some(Finding::new(
             Code::ExtensionUnavailable,
             object,
             format!(
-                "Extension {} is installed on blue but green's installation does not offer it.",
-                ext.name
+                "Extension {name} is installed on blue but green's installation does not offer it."
             ),
             format!(
-                "DROP EXTENSION {} on blue if nothing uses it, or make it available on green (a supported version of it for green's major).",
-                ext.name
+                "DROP EXTENSION {name} on blue if nothing uses it, or make it available on green (a supported version of it for green's major)."
             ),
         ));
     };
@@ -337,12 +356,11 @@ pub fn extension(db: &str, ext: &Installed, offered: &Offered) -> Option<Finding
             Code::ExtensionVersionDiffers,
             object,
             format!(
-                "Blue runs {} {}; copy-schema will create green's default {default}.",
-                ext.name, ext.version
+                "Blue runs {name} {}; copy-schema will create green's default {default}.",
+                ext.version
             ),
             format!(
-                "ALTER EXTENSION {} UPDATE on blue first if blue offers {default}, so both run the same version; otherwise expect its objects to differ in copy-schema's comparison.",
-                ext.name
+                "ALTER EXTENSION {name} UPDATE on blue first if blue offers {default}, so both run the same version; otherwise expect its objects to differ in copy-schema's comparison."
             ),
         ));
     }
@@ -355,14 +373,13 @@ pub fn extension(db: &str, ext: &Installed, offered: &Offered) -> Option<Finding
         Code::ExtensionVersionUnavailable,
         object,
         format!(
-            "Blue runs {} {}, which green cannot provide or update from (green offers {}; default {default}).",
-            ext.name,
+            "Blue runs {name} {}, which green cannot provide or update from (green offers {}; default {default}).",
             ext.version,
             known.join(", ")
         ),
         format!(
-            "ALTER EXTENSION {} UPDATE TO a version green offers on blue first, or install version {} on green.",
-            ext.name, ext.version
+            "ALTER EXTENSION {name} UPDATE TO a version green offers on blue first, or install version {} on green.",
+            ext.version
         ),
     ))
 }

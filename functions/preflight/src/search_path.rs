@@ -19,11 +19,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use switchyard_operation::Error;
-use switchyard_postgres::quote::ident;
+use switchyard_postgres::quote;
 use tokio_postgres::Transaction;
 
 use crate::finding::{list, Code, Finding};
-use crate::schema::{object, user_schemas};
+use crate::schema::{in_database, user_schemas};
 
 /// User functions without a pinned `search_path`, in languages with a body to read.
 macro_rules! candidates {
@@ -63,11 +63,12 @@ const NAMES: &str = concat!(
     " AND t.typname NOT IN (SELECT typname FROM pg_type WHERE typnamespace = 'pg_catalog'::regnamespace)"
 );
 
-/// Where each function is used, and whether the apply worker evaluates that place.
+/// Where each function is used, and whether the apply worker evaluates that place (named
+/// as psql would take it).
 const USES: &str = "
     SELECT d.refobjid, true,
            CASE WHEN a.attgenerated <> '' THEN 'generated column ' ELSE 'default of ' END
-             || n.nspname || '.' || c.relname || '.' || a.attname
+             || quote_ident(n.nspname) || '.' || quote_ident(c.relname) || '.' || quote_ident(a.attname)
       FROM pg_depend d
       JOIN pg_attrdef ad ON d.classid = 'pg_attrdef'::regclass AND ad.oid = d.objid
       JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
@@ -75,22 +76,23 @@ const USES: &str = "
      WHERE d.refclassid = 'pg_proc'::regclass AND d.refobjid = ANY($1)
     UNION ALL
     SELECT d.refobjid, true,
-           'constraint ' || con.conname || ' on '
-             || coalesce(cn.nspname || '.' || cc.relname, 'domain ' || tn.nspname || '.' || t.typname)
+           'constraint ' || quote_ident(con.conname) || ' on '
+             || coalesce(quote_ident(cn.nspname) || '.' || quote_ident(cc.relname),
+                         'domain ' || quote_ident(tn.nspname) || '.' || quote_ident(t.typname))
       FROM pg_depend d
       JOIN pg_constraint con ON d.classid = 'pg_constraint'::regclass AND con.oid = d.objid
       LEFT JOIN pg_class cc ON cc.oid = con.conrelid LEFT JOIN pg_namespace cn ON cn.oid = cc.relnamespace
       LEFT JOIN pg_type t ON t.oid = con.contypid LEFT JOIN pg_namespace tn ON tn.oid = t.typnamespace
      WHERE d.refclassid = 'pg_proc'::regclass AND d.refobjid = ANY($1)
     UNION ALL
-    SELECT d.refobjid, true, 'index ' || n.nspname || '.' || i.relname
+    SELECT d.refobjid, true, 'index ' || quote_ident(n.nspname) || '.' || quote_ident(i.relname)
       FROM pg_depend d
       JOIN pg_class i ON d.classid = 'pg_class'::regclass AND i.oid = d.objid AND i.relkind IN ('i', 'I')
       JOIN pg_namespace n ON n.oid = i.relnamespace
      WHERE d.refclassid = 'pg_proc'::regclass AND d.refobjid = ANY($1)
     UNION ALL
     SELECT d.refobjid, tg.tgenabled IN ('A', 'R'),
-           'trigger ' || tg.tgname || ' on ' || n.nspname || '.' || c.relname
+           'trigger ' || quote_ident(tg.tgname) || ' on ' || quote_ident(n.nspname) || '.' || quote_ident(c.relname)
              || CASE WHEN tg.tgenabled IN ('A', 'R') THEN ' (fires on the subscriber)' ELSE '' END
       FROM pg_depend d
       JOIN pg_trigger tg ON d.classid = 'pg_trigger'::regclass AND tg.oid = d.objid
@@ -113,8 +115,13 @@ struct Function {
 }
 
 impl Function {
+    /// `schema.name(args)` as psql would take it (the arguments come so from the server).
     fn display(&self) -> String {
-        format!("{}.{}({})", self.schema, self.name, self.args)
+        format!(
+            "{}({})",
+            quote::qualified_name(&self.schema, &self.name),
+            self.args
+        )
     }
 }
 
@@ -345,7 +352,12 @@ pub async fn functions(
     let functions: Vec<Function> = tx
         .query(query, &[])
         .await
-        .map_err(|e| Error::query(format!("listing functions of {db} on blue"), e))?
+        .map_err(|e| {
+            Error::query(
+                format!("listing functions of {} on blue", quote::name(db)),
+                e,
+            )
+        })?
         .iter()
         .map(|r| Function {
             oid: r.get(0),
@@ -360,11 +372,12 @@ pub async fn functions(
         return Ok(Vec::new());
     }
     let mut names: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for row in tx
-        .query(NAMES, &[])
-        .await
-        .map_err(|e| Error::query(format!("listing object names of {db} on blue"), e))?
-    {
+    for row in tx.query(NAMES, &[]).await.map_err(|e| {
+        Error::query(
+            format!("listing object names of {} on blue", quote::name(db)),
+            e,
+        )
+    })? {
         names.entry(row.get(0)).or_default().insert(row.get(1));
     }
     let oids: Vec<u32> = functions.iter().map(|f| f.oid).collect();
@@ -372,7 +385,10 @@ pub async fn functions(
     let mut other_uses: HashMap<u32, Vec<String>> = HashMap::new();
     for row in tx.query(USES, &[&oids]).await.map_err(|e| {
         Error::query(
-            format!("listing where functions of {db} are used on blue"),
+            format!(
+                "listing where functions of {} are used on blue",
+                quote::name(db)
+            ),
             e,
         )
     })? {
@@ -414,23 +430,21 @@ fn finding(
     evaluated: Option<&String>,
     other_uses: Option<&Vec<String>>,
 ) -> Finding {
-    let words: Vec<String> = unqualified.iter().cloned().collect();
+    let words: Vec<String> = unqualified.iter().map(|w| quote::name(w)).collect();
     let schemas: BTreeSet<&String> = unqualified
         .iter()
         .filter_map(|w| names.get(w))
         .flatten()
         .collect();
-    let search_path: Vec<String> = schemas.into_iter().map(|s| ident(s)).collect();
+    let search_path: Vec<String> = schemas.into_iter().map(|s| quote::name(s)).collect();
     let routine = if f.kind == "p" {
         "PROCEDURE"
     } else {
         "FUNCTION"
     };
     let fix = format!(
-        "ALTER {routine} {}.{}({}) SET search_path = {}, or qualify every name in its body with its schema.",
-        ident(&f.schema),
-        ident(&f.name),
-        f.args,
+        "ALTER {routine} {} SET search_path = {}, or qualify every name in its body with its schema.",
+        f.display(),
         search_path.join(", ")
     );
     let names_unqualified = format!(
@@ -440,13 +454,13 @@ fn finding(
     match evaluated {
         Some(reason) => Finding::new(
             Code::FunctionSearchPathApply,
-            vec![object(db, &f.schema, &format!("{}({})", f.name, f.args))],
+            vec![in_database(db, &f.display())],
             format!("{names_unqualified}; it is {reason}, and green's apply worker runs with an empty search_path, so replication would stop with an error."),
             fix,
         ),
         None => Finding::new(
             Code::FunctionSearchPath,
-            vec![object(db, &f.schema, &format!("{}({})", f.name, f.args))],
+            vec![in_database(db, &f.display())],
             format!(
                 "{names_unqualified}. Nothing the apply worker evaluates uses it{}, but it fails wherever it runs with an empty search_path.",
                 other_uses.map(|u| format!(" (used by {}, which does not fire on the subscriber)", list(u))).unwrap_or_default()
@@ -594,13 +608,46 @@ mod tests {
             .detail
             .contains("default of public.payments.currency"));
         assert!(
-            blocker.fix.starts_with(
-                "ALTER FUNCTION \"public\".\"default_currency\"() SET search_path = \"public\""
-            ),
+            blocker
+                .fix
+                .starts_with("ALTER FUNCTION public.default_currency() SET search_path = public,"),
             "{}",
             blocker.fix
         );
         let warning = finding("app", &f, &unqualified, &names, None, None);
         assert_eq!(warning.code, Code::FunctionSearchPath);
+    }
+
+    /// Names in the finding paste into psql: `a.b` + `c` is never `a` + `b.c`.
+    #[test]
+    fn findings_quote_names_where_psql_needs_it() {
+        let f = Function {
+            schema: "Weird \"Schema\"".to_owned(),
+            name: "plain heap".to_owned(),
+            args: "a integer".to_owned(),
+            kind: "p".to_owned(),
+            ..function(8, "")
+        };
+        let unqualified: BTreeSet<String> = ["invoice lines".to_owned(), "user".to_owned()].into();
+        let names = names(&[("invoice lines", "billing"), ("user", "a.b")]);
+        let found = finding("my db", &f, &unqualified, &names, None, None);
+        assert_eq!(
+            found.objects,
+            [r#""my db": "Weird ""Schema"""."plain heap"(a integer)"#]
+        );
+        assert!(
+            found
+                .detail
+                .starts_with(r#"Its body names "invoice lines", "user" without a schema"#),
+            "{}",
+            found.detail
+        );
+        assert!(
+            found.fix.starts_with(
+                r#"ALTER PROCEDURE "Weird ""Schema"""."plain heap"(a integer) SET search_path = "a.b", billing,"#
+            ),
+            "{}",
+            found.fix
+        );
     }
 }

@@ -33,7 +33,7 @@ use switchyard_errors::ErrorName;
 use switchyard_operation::downstream::{self, Journaled, Recreated};
 use switchyard_operation::fence::{self, Way};
 use switchyard_operation::{Deps, Error, PauseDeadline, Plan, Side};
-use switchyard_postgres::quote::{conninfo_value, ident, literal};
+use switchyard_postgres::quote::{self, conninfo_value, ident, literal};
 use switchyard_telemetry::Secret;
 use tokio_postgres::Client;
 
@@ -101,7 +101,11 @@ async fn assess(
     name: &str,
 ) -> Result<Standing, Error> {
     let cell = &input.cell;
-    let what = format!("subscription {name} of downstream {}", downstream.name);
+    let what = format!(
+        "subscription {} of downstream {}",
+        quote::name(name),
+        downstream.name
+    );
     let entry = Journaled::read(deps, cell, downstream, name).await?;
     let exists = downstream::exists(client, name).await?;
     // Another run's entry is never used to create anything.
@@ -137,7 +141,7 @@ async fn assess(
         let Some(entry) = &entry else {
             return Err(Error::stop(
                 ErrorName::PreconditionFailed,
-                format!("subscription {name} of downstream {} neither exists nor is journaled: run drop-downstream-subscriptions first, or recreate it by hand", downstream.name),
+                format!("{what} neither exists nor is journaled: run drop-downstream-subscriptions first, or recreate it by hand"),
             ));
         };
         let primary = deps
@@ -192,7 +196,8 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
             let streaming = enabled && wait_streaming(&client, name, streaming_wait).await?;
             if enabled && !streaming {
                 let waiting = format!(
-                    "waiting for subscription {name} on downstream {} to stream",
+                    "waiting for subscription {} on downstream {} to stream",
+                    quote::name(name),
                     downstream.name
                 );
                 if let Some(pause) = input.pause_deadline.filter(|d| d.passed()) {
@@ -200,7 +205,7 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
                 }
                 return Err(Error::stop(
                     ErrorName::TargetNotHealthy,
-                    format!("subscription {name} on downstream {} has no running apply worker after {}s: read the downstream's log (publication, slot, NLB target), then retry", downstream.name, streaming_wait.as_secs()),
+                    format!("subscription {} on downstream {} has no running apply worker after {}s: read the downstream's log (publication, slot, NLB target), then retry", quote::name(name), downstream.name, streaming_wait.as_secs()),
                 ));
             }
             if let Some(mut entry) = entry.filter(|e| e.run_id == input.run_id) {
@@ -247,25 +252,31 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
             let (Some(entry), false) = (&standing.entry, standing.kept) else {
                 continue;
             };
+            let (shown, slot) = (quote::name(name), quote::name(&entry.slot_name));
             if standing.replace {
                 plan.would(format!(
-                    "drop subscription {name} on downstream {} without contacting any publisher (DISABLE, SET (slot_name = NONE), DROP): the slot it reads is not on the current primary {}",
+                    "drop subscription {shown} on downstream {} without contacting any publisher (DISABLE, SET (slot_name = NONE), DROP): the slot it reads is not on the current primary {}",
                     downstream.name, cell.blue.cluster_identifier
                 ));
             }
             let green = &cell.green.cluster_identifier;
             if let Some((_, active)) = Box::pin(orphan_slot(cell, deps, entry)).await? {
                 plan.would(if active {
-                    format!("wait up to {} s for slot {} on {green} to be released, then drop it (left if still in use)", SLOT_RELEASE_WAIT.as_secs(), entry.slot_name)
+                    format!("wait up to {} s for slot {slot} on {green} to be released, then drop it (left if still in use)", SLOT_RELEASE_WAIT.as_secs())
                 } else {
-                    format!("drop the inactive slot {} left on {green}", entry.slot_name)
+                    format!("drop the inactive slot {slot} left on {green}")
                 });
             }
             let target = &entry.connection;
             plan.would(format!(
-                "CREATE SUBSCRIPTION {name} on downstream {} for publications {} through {}@{}:{}/{} (password from {}), {}",
+                "CREATE SUBSCRIPTION {shown} on downstream {} for publications {} through {}@{}:{}/{} (password from {}), {}",
                 downstream.name,
-                entry.publications.join(", "),
+                entry
+                    .publications
+                    .iter()
+                    .map(|p| quote::name(p))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 target.user,
                 target.host,
                 target.port,
@@ -345,10 +356,17 @@ async fn create(
         if leaks {
             Error::stop(
                 ErrorName::DatabaseError,
-                format!("creating subscription {name} on downstream {} failed; the server's message quoted the connection string and is withheld: see the downstream's log", downstream.name),
+                format!("creating subscription {} on downstream {} failed; the server's message quoted the connection string and is withheld: see the downstream's log", quote::name(name), downstream.name),
             )
         } else {
-            Error::query(format!("CREATE SUBSCRIPTION {name} on downstream {}", downstream.name), e)
+            Error::query(
+                format!(
+                    "CREATE SUBSCRIPTION {} on downstream {}",
+                    quote::name(name),
+                    downstream.name
+                ),
+                e,
+            )
         }
     })?;
     tracing::info!(downstream = %downstream.name, subscription = %name, "downstream subscription created");
@@ -371,7 +389,12 @@ async fn reads_the_primary(
             &[&name],
         )
         .await
-        .map_err(|e| Error::query(format!("reading subscription {name}'s slot"), e))?
+        .map_err(|e| {
+            Error::query(
+                format!("reading subscription {}'s slot", quote::name(name)),
+                e,
+            )
+        })?
         .get(0);
     let Some(slot) = slot else {
         return Ok(false); // slot_name = NONE: it cannot stream from anywhere
@@ -385,7 +408,12 @@ async fn reads_the_primary(
             &[&slot],
         )
         .await
-        .map_err(|e| Error::query(format!("looking up slot {slot} on the primary"), e))?
+        .map_err(|e| {
+            Error::query(
+                format!("looking up slot {} on the primary", quote::name(&slot)),
+                e,
+            )
+        })?
         .get(0))
 }
 
@@ -441,7 +469,12 @@ async fn slot_active(client: &Client, cluster: &str, slot: &str) -> Result<Optio
             &[&slot],
         )
         .await
-        .map_err(|e| Error::query(format!("looking up slot {slot} on {cluster}"), e))?
+        .map_err(|e| {
+            Error::query(
+                format!("looking up slot {} on {cluster}", quote::name(slot)),
+                e,
+            )
+        })?
         .map(|r| r.get(0)))
 }
 
@@ -471,7 +504,12 @@ async fn drop_orphan_slot(
     client
         .execute("SELECT pg_drop_replication_slot($1)", &[&entry.slot_name])
         .await
-        .map_err(|e| Error::query(format!("dropping slot {} on {other}", entry.slot_name), e))?;
+        .map_err(|e| {
+            Error::query(
+                format!("dropping slot {} on {other}", quote::name(&entry.slot_name)),
+                e,
+            )
+        })?;
     tracing::info!(cluster = %other, slot = %entry.slot_name, "orphaned downstream slot dropped");
     Ok(Some(other.clone()))
 }
@@ -496,8 +534,13 @@ async fn require_publications(
     Err(Error::stop(
         ErrorName::PreconditionFailed,
         format!(
-            "publication(s) {} missing in database {dbname} of the current primary: copy-schema should have created it; create it there, then retry",
-            missing.join(", ")
+            "publication(s) {} missing in database {} of the current primary: copy-schema should have created it; create it there, then retry",
+            missing
+                .iter()
+                .map(|p| quote::name(p))
+                .collect::<Vec<_>>()
+                .join(", "),
+            quote::name(dbname)
         ),
     ))
 }
@@ -512,7 +555,12 @@ async fn wait_streaming(client: &Client, name: &str, wait: Duration) -> Result<b
                 &[&name],
             )
             .await
-            .map_err(|e| Error::query(format!("reading pg_stat_subscription for {name}"), e))?
+            .map_err(|e| {
+                Error::query(
+                    format!("reading pg_stat_subscription for {}", quote::name(name)),
+                    e,
+                )
+            })?
             .get(0);
         if running || tokio::time::Instant::now() >= deadline {
             return Ok(running);

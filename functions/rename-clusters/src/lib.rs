@@ -27,6 +27,7 @@ use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_operation::fence::{self, Direction};
 use switchyard_operation::rename::{self, RenamePlan as Plan};
 use switchyard_operation::{Deps, Error, PauseDeadline, Side};
+use switchyard_postgres::quote;
 
 /// The longest pause between two looks at a rename's progress.
 const MAX_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -605,10 +606,7 @@ async fn refuse_enabled_subscriptions(cell: &CellDocument, deps: &Deps) -> Resul
             )
             .await
             .map_err(|e| Error::query("listing green's enabled subscriptions", e))?;
-        enabled.extend(
-            rows.iter()
-                .map(|r| format!("{db}.{}", r.get::<_, String>(0))),
-        );
+        enabled.extend(rows.iter().map(|r| quote::qualified_name(db, r.get(0))));
     }
     if enabled.is_empty() {
         return Ok(());

@@ -22,7 +22,7 @@ use switchyard_errors::ErrorName;
 use switchyard_operation::fence::{self, Direction};
 use switchyard_operation::saved_acls::{self, TABLE, UNRESTORED};
 use switchyard_operation::{guard, Deps, Error, Plan, Side};
-use switchyard_postgres::quote::{ident, qualified};
+use switchyard_postgres::quote::{self, ident, qualified};
 use tokio_postgres::Transaction;
 
 /// ```json
@@ -56,7 +56,7 @@ pub struct DatabaseRestore {
     pub restored: usize,
     /// Saved relations whose ACL already was the saved one.
     pub unchanged: usize,
-    /// Saved relations (`schema.name`, quoted) that no longer exist.
+    /// Saved relations (`schema.name`, quoted where SQL needs it) that no longer exist.
     pub missing: Vec<String>,
 }
 
@@ -108,6 +108,7 @@ async fn plan_database(
     if !saved_acls::exists(&blue).await? {
         return Ok(());
     }
+    let db = quote::name(db);
     // Read-only: a dry run cannot write even by mistake.
     let tx = blue
         .build_transaction()
@@ -121,7 +122,7 @@ async fn plan_database(
             rebuilt += 1;
             plan.would(format!(
                 "in database {db}: rebuild the ACL of {} {} → {} (every entry revoked, each saved one granted again in order by its grantor)",
-                s.relation, s.current, s.wanted
+                s.shown, s.current, s.wanted
             ));
         }
     }
@@ -143,7 +144,10 @@ async fn plan_database(
 /// One saved relation as it stands now.
 struct Saved {
     oid: u32,
+    /// Quoted for SQL.
     relation: String,
+    /// As messages name it.
+    shown: String,
     sequence: bool,
     matches: bool,
     /// The ACL in force, a NULL spelled as its default.
@@ -200,13 +204,14 @@ pub async fn restore_on(
         .into_iter()
         .flatten()
         .filter(|s| !s.matches)
-        .map(|s| s.relation)
+        .map(|s| s.shown)
         .collect();
     if !differences.is_empty() {
         return Err(Error::stop(
             ErrorName::PreconditionFailed,
             format!(
-                "ACLs in database {db} still differ from {TABLE} after regranting (nothing was changed): {}; compare relacl with the saved text and restore them by hand",
+                "ACLs in database {} still differ from {TABLE} after regranting (nothing was changed): {}; compare relacl with the saved text and restore them by hand",
+                quote::name(db),
                 differences.join(", ")
             ),
         ));
@@ -225,7 +230,7 @@ pub async fn restore_on(
         .await
         .map_err(|e| Error::query("COMMIT (restore writes)", e))?;
     if !result.missing.is_empty() {
-        tracing::warn!(relations = ?result.missing, "saved relations no longer exist");
+        tracing::warn!(relations = %result.missing.join(", "), "saved relations no longer exist");
     }
     tracing::info!(
         restored = result.restored,
@@ -236,7 +241,7 @@ pub async fn restore_on(
     Ok(result)
 }
 
-/// Every saved row: the relation now (Err: its quoted name, when it no longer exists).
+/// Every saved row: the relation now (Err: its name for messages, when it no longer exists).
 async fn saved(tx: &Transaction<'_>) -> Result<Vec<Result<Saved, String>>, Error> {
     let rows = tx
         .query(
@@ -257,14 +262,15 @@ async fn saved(tx: &Transaction<'_>) -> Result<Vec<Result<Saved, String>>, Error
     Ok(rows
         .iter()
         .map(|r| {
-            let relation = qualified(r.get(0), r.get(1));
+            let shown = quote::qualified_name(r.get(0), r.get(1));
             match r.get::<_, Option<u32>>(2) {
-                None => Err(relation),
+                None => Err(shown),
                 Some(oid) => {
                     let (current, wanted): (String, String) = (r.get(4), r.get(5));
                     Ok(Saved {
                         oid,
-                        relation,
+                        relation: qualified(r.get(0), r.get(1)),
+                        shown,
                         sequence: r.get(3),
                         matches: current == wanted,
                         current,
@@ -361,7 +367,7 @@ async fn rebuild(tx: &Transaction<'_>, saved: &Saved) -> Result<(), Error> {
     }
     tx.batch_execute(&sql)
         .await
-        .map_err(|e| Error::query(format!("regranting the saved ACL of {}", saved.relation), e))
+        .map_err(|e| Error::query(format!("regranting the saved ACL of {}", saved.shown), e))
 }
 
 fn grantee(e: &Entry) -> String {

@@ -120,7 +120,7 @@ async fn puts_every_acl_back_byte_identically_once() {
     let payments = dry
         .would
         .iter()
-        .find(|l| l.starts_with(r#"in database app: rebuild the ACL of "public"."payments" "#))
+        .find(|l| l.starts_with(r#"in database app: rebuild the ACL of public.payments "#))
         .unwrap_or_else(|| panic!("payments: {dry:?}"));
     let (now, saved) = (
         fenced["public.payments"].clone().expect("an ACL"),

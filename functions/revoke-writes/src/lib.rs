@@ -28,7 +28,7 @@ use switchyard_operation::fence::{self, Direction};
 use switchyard_operation::saved_acls::{self, TABLE, UNRESTORED};
 use switchyard_operation::PauseDeadline;
 use switchyard_operation::{guard, Deps, Error, Plan, Side};
-use switchyard_postgres::quote::{ident, qualified};
+use switchyard_postgres::quote::{self, ident, qualified};
 use tokio_postgres::{Client, GenericClient, Transaction};
 
 /// ```json
@@ -133,6 +133,7 @@ async fn plan_database(
 ) -> Result<(), Error> {
     let mut blue = deps.connect(cell, Side::Blue, db).await?;
     let fenced = fenced_roles(&blue, db, roles).await?;
+    let shown_db = quote::name(db);
     // Read-only: a dry run cannot write even by mistake.
     let tx = blue
         .build_transaction()
@@ -149,7 +150,7 @@ async fn plan_database(
                 " (schema switchyard and that table created first)"
             };
             plan.would(format!(
-                "in database {db}: save the ACLs of {} relations into {TABLE}{created}",
+                "in database {shown_db}: save the ACLs of {} relations into {TABLE}{created}",
                 pending.to_save
             ));
         }
@@ -157,16 +158,16 @@ async fn plan_database(
             let grantor = if h.by_owner {
                 String::new()
             } else {
-                format!(" (as its grantor {})", h.grantor)
+                format!(" (as its grantor {})", quote::name(&h.grantor))
             };
             plan.would(format!(
-                "in database {db}: {}{grantor}",
+                "in database {shown_db}: {}{grantor}",
                 revoke_statement(h)?
             ));
         }
         if pending.guarded {
             plan.would(format!(
-                "in database {db}: in the same transaction, record its id in {} (switchyard's own DDL)",
+                "in database {shown_db}: in the same transaction, record its id in {} (switchyard's own DDL)",
                 guard::OWN_TRANSACTIONS
             ));
         }
@@ -181,8 +182,8 @@ async fn plan_database(
         .get(0);
     if !pending.is_empty() || backends > 0 {
         plan.would(format!(
-            "in database {db}: then terminate every backend of {} (walsenders excepted; {backends} now)",
-            fenced.join(", ")
+            "in database {shown_db}: then terminate every backend of {} (walsenders excepted; {backends} now)",
+            names(&fenced)
         ));
     }
     Ok(())
@@ -300,7 +301,8 @@ async fn fence_database(
         return Err(Error::stop(
             ErrorName::PreconditionFailed,
             format!(
-                "write privileges in database {db} could not be revoked (nothing was changed): {}; revoke them by hand or fix their grantors, then rerun",
+                "write privileges in database {} could not be revoked (nothing was changed): {}; revoke them by hand or fix their grantors, then rerun",
+                quote::name(db),
                 left.iter().map(Holder::describe).collect::<Vec<_>>().join("; ")
             ),
         ));
@@ -345,15 +347,17 @@ async fn fenced_roles(blue: &Client, db: &str, roles: &[String]) -> Result<Vec<S
         return Err(Error::stop(
             ErrorName::PreconditionFailed,
             format!(
-                "application roles in database {db} reach {} (superuser or pg_write_all_data), which no REVOKE can fence; remove those memberships, then rerun",
-                unfenceable.join(", ")
+                "application roles in database {} reach {} (superuser or pg_write_all_data), which no REVOKE can fence; remove those memberships, then rerun",
+                quote::name(db),
+                names(&unfenceable)
             ),
         ));
     }
     let fenced: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     let missing: Vec<&String> = roles.iter().filter(|r| !fenced.contains(r)).collect();
     if !missing.is_empty() {
-        tracing::warn!(roles = ?missing, "application roles absent on blue: nothing to revoke");
+        let missing: Vec<String> = missing.into_iter().cloned().collect();
+        tracing::warn!(roles = %names(&missing), "application roles absent on blue: nothing to revoke");
     }
     Ok(fenced)
 }
@@ -385,7 +389,10 @@ async fn save(tx: &Transaction<'_>) -> Result<usize, Error> {
 /// One ACL entry that grants writes: `privileges` on `relation` to `grantee` (None:
 /// PUBLIC) from `grantor`.
 struct Holder {
+    /// Quoted for SQL.
     relation: String,
+    /// As messages name it.
+    shown: String,
     sequence: bool,
     grantor: String,
     by_owner: bool,
@@ -402,9 +409,11 @@ impl Holder {
         format!(
             "{} on {} to {} granted by {}",
             self.privileges.join(", "),
-            self.relation,
-            self.grantee.as_deref().unwrap_or("PUBLIC"),
-            self.grantor
+            self.shown,
+            self.grantee
+                .as_deref()
+                .map_or("PUBLIC".to_owned(), quote::name),
+            quote::name(&self.grantor)
         )
     }
 }
@@ -445,6 +454,7 @@ async fn write_holders(
         .iter()
         .map(|r| Holder {
             relation: qualified(r.get(0), r.get(1)),
+            shown: quote::qualified_name(r.get(0), r.get(1)),
             sequence: r.get(2),
             grantor: r.get(3),
             by_owner: r.get(4),
@@ -468,6 +478,12 @@ async fn revoke(tx: &Transaction<'_>, fenced: &[String]) -> Result<usize, Error>
             .map_err(|e| Error::query(format!("revoking {}", h.describe()), e))?;
     }
     Ok(holders.len())
+}
+
+/// Role names as messages show them, joined.
+fn names(roles: &[String]) -> String {
+    let shown: Vec<String> = roles.iter().map(|r| quote::name(r)).collect();
+    shown.join(", ")
 }
 
 /// `REVOKE … FROM … CASCADE` of one write-granting entry, run as its grantor.
@@ -516,8 +532,9 @@ async fn terminate(blue: &Client, db: &str, fenced: &[String]) -> Result<usize, 
         return Err(Error::stop(
             ErrorName::DrainTimeout,
             format!(
-                "{} application backends in database {db} did not exit within {TERMINATE_WAIT_MS} ms of pg_terminate_backend; writes are already revoked — rerun revoke-writes",
-                found - ended
+                "{} application backends in database {} did not exit within {TERMINATE_WAIT_MS} ms of pg_terminate_backend; writes are already revoked — rerun revoke-writes",
+                found - ended,
+                quote::name(db)
             ),
         ));
     }

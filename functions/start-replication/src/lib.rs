@@ -36,6 +36,7 @@ use switchyard_cell::{CellDocument, TableRef};
 use switchyard_errors::ErrorName;
 use switchyard_operation::fence::{self, Direction};
 use switchyard_operation::{Deps, Error, Listed, Plan, Side};
+use switchyard_postgres::quote;
 
 /// ```json
 /// {"cell": { …the cell document… }, "idle_transaction_seconds": 5, "lock_timeout_seconds": 30}
@@ -211,7 +212,7 @@ async fn plan_login(
     if login.is_none() {
         plan.would(format!(
             "in SSM: a new password for the replication role {} for this run, in {parameter}",
-            cell.replication.role
+            quote::name(&cell.replication.role)
         ));
     }
     let role =
@@ -220,7 +221,7 @@ async fn plan_login(
         let verb = if role.exists { "alter" } else { "create" };
         plan.would(format!(
             "on blue: {verb} role {} (LOGIN, {}, the password from {parameter})",
-            cell.replication.role,
+            quote::name(&cell.replication.role),
             if role.rds {
                 "member of rds_replication"
             } else {
@@ -294,8 +295,10 @@ async fn survey(input: &Input, database: &str, sessions: &Sessions) -> Result<Su
                 return Err(Error::stop(
                     ErrorName::PreconditionFailed,
                     format!(
-                        "green's subscription {n} does not read publication and slot {n} of blue (slot {:?}, publications {:?}); drop it on green, empty its tables, then rerun start-replication",
-                        sub.slot, sub.publications, n = publication.name
+                        "green's subscription {n} does not read publication and slot {n} of blue (slot {}, publications {}); drop it on green, empty its tables, then rerun start-replication",
+                        sub.slot.as_deref().map_or_else(|| "none".to_owned(), quote::name),
+                        sub.publications.iter().map(|p| quote::name(p)).collect::<Vec<_>>().join(", "),
+                        n = quote::name(&publication.name)
                     ),
                 ));
             }
@@ -333,7 +336,7 @@ async fn survey(input: &Input, database: &str, sessions: &Sessions) -> Result<Su
                 ErrorName::PreconditionFailed,
                 format!(
                     "green's subscription {n} exists but its slot {n} is gone from blue, so green has missed changes; drop the subscription on green, empty its tables, then rerun start-replication",
-                    n = publication.name
+                    n = quote::name(&publication.name)
                 ),
             ));
         }
@@ -467,9 +470,10 @@ async fn plan_database(
     plan: &mut Plan,
 ) -> Result<(), Error> {
     let sessions = connect(input, deps, database).await?;
+    let db = quote::name(database);
     if !guard::in_place(&sessions.blue).await? {
         plan.would(format!(
-            "on blue's database {database}: install the DDL guard (schema switchyard; tables ddl_journal, replication_state, switchover_marker; event triggers switchyard_ddl_guard, switchyard_ddl_guard_drop)"
+            "on blue's database {db}: install the DDL guard (schema switchyard; tables ddl_journal, replication_state, switchover_marker; event triggers switchyard_ddl_guard, switchyard_ddl_guard_drop)"
         ));
     }
     let survey = survey(input, database, &sessions).await?;
@@ -495,9 +499,10 @@ async fn plan_database(
     let role = &input.cell.replication.role;
     let ungranted =
         replicator::unreadable(&sessions.blue, role, &published_tables(&survey)).await?;
+    let role = quote::name(role);
     if !ungranted.is_empty() {
         plan.would(format!(
-            "on blue's database {database}: grant {role} SELECT on {} published table(s) (and USAGE on their schemas)",
+            "on blue's database {db}: grant {role} SELECT on {} published table(s) (and USAGE on their schemas)",
             ungranted.len()
         ));
     }
@@ -516,7 +521,7 @@ async fn plan_database(
         .zip(&survey.subscribed)
         .zip(&survey.slots)
     {
-        let name = &publication.name;
+        let name = quote::name(&publication.name);
         if !slot {
             plan.would(format!(
                 "on blue: create logical slot {name} (pgoutput), waiting for every older transaction up to lock_timeout {lock_timeout} s"
@@ -528,7 +533,7 @@ async fn plan_database(
                 publication.tables.len()
             ));
         } else {
-            let stored = subscriptions::stored_conninfo(&sessions.green, name).await?;
+            let stored = subscriptions::stored_conninfo(&sessions.green, &publication.name).await?;
             let current = match (&stored, &conninfo) {
                 (Some(stored), Some(conninfo)) => stored.expose() == conninfo.expose(),
                 _ => false,

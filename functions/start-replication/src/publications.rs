@@ -6,11 +6,11 @@ use std::collections::HashSet;
 use switchyard_cell::TableRef;
 use switchyard_errors::ErrorName;
 use switchyard_operation::Error;
-use switchyard_postgres::quote::{ident, qualified};
+use switchyard_postgres::quote::{self, ident, qualified};
 use tokio_postgres::Client;
 
 use crate::guard::own_ddl;
-use crate::tables::Publication;
+use crate::tables::{shown, Publication};
 
 /// Root publishing: a partitioned table's rows travel as the root's, so green may
 /// partition differently and each row is sent once.
@@ -31,11 +31,12 @@ pub(crate) enum Change {
 impl Change {
     /// The dry run's line for it, `None` for `Keep`.
     pub(crate) fn would(&self, publication: &Publication) -> Option<String> {
-        let name = &publication.name;
+        let name = quote::name(&publication.name);
         let tables = if publication.tables.is_empty() {
             "no tables".to_owned()
         } else {
-            table_list(&publication.tables)
+            let names: Vec<String> = publication.tables.iter().map(shown).collect();
+            names.join(", ")
         };
         match self {
             Self::Keep => None,
@@ -57,10 +58,10 @@ pub(crate) async fn decide(
     subscribed: bool,
     version_num: i32,
 ) -> Result<Change, Error> {
-    let name = &publication.name;
-    let Some(current) = describe(blue, name, version_num).await? else {
+    let Some(current) = describe(blue, &publication.name, version_num).await? else {
         return Ok(Change::Create);
     };
+    let name = quote::name(&publication.name);
     if current.all_tables {
         return Err(Error::stop(
             ErrorName::PreconditionFailed,
@@ -113,7 +114,12 @@ pub(crate) async fn apply(
                 "CREATE PUBLICATION {}{tables} WITH ({OPTIONS})",
                 ident(name)
             );
-            own_ddl(blue, &format!("create publication {name}"), &sql).await?;
+            own_ddl(
+                blue,
+                &format!("create publication {}", quote::name(name)),
+                &sql,
+            )
+            .await?;
             tracing::info!(publication = %name, tables = publication.tables.len(), "publication created");
             Ok(())
         }
@@ -127,7 +133,12 @@ pub(crate) async fn apply(
                 table_list(&publication.tables),
                 n = ident(name),
             );
-            own_ddl(blue, &format!("correct publication {name}"), &sql).await?;
+            own_ddl(
+                blue,
+                &format!("correct publication {}", quote::name(name)),
+                &sql,
+            )
+            .await?;
             tracing::info!(publication = %name, change = %difference, "publication corrected");
             Ok(())
         }
@@ -143,6 +154,7 @@ struct Current {
 }
 
 async fn describe(blue: &Client, name: &str, version_num: i32) -> Result<Option<Current>, Error> {
+    let shown_name = quote::name(name);
     let Some(row) = blue
         .query_opt(
             "SELECT puballtables, pubviaroot AND pubinsert AND pubupdate AND pubdelete AND pubtruncate
@@ -150,7 +162,7 @@ async fn describe(blue: &Client, name: &str, version_num: i32) -> Result<Option<
             &[&name],
         )
         .await
-        .map_err(|e| Error::query(format!("reading publication {name}"), e))?
+        .map_err(|e| Error::query(format!("reading publication {shown_name}"), e))?
     else {
         return Ok(None);
     };
@@ -166,7 +178,7 @@ async fn describe(blue: &Client, name: &str, version_num: i32) -> Result<Option<
                 &[&name],
             )
             .await
-            .map_err(|e| Error::query(format!("reading publication {name}'s filters"), e))?
+            .map_err(|e| Error::query(format!("reading publication {shown_name}'s filters"), e))?
             .get(0);
         exact_options &= !filtered;
     }
@@ -177,7 +189,7 @@ async fn describe(blue: &Client, name: &str, version_num: i32) -> Result<Option<
             &[&name],
         )
         .await
-        .map_err(|e| Error::query(format!("reading publication {name}'s tables"), e))?
+        .map_err(|e| Error::query(format!("reading publication {shown_name}'s tables"), e))?
         .iter()
         .map(|r| TableRef {
             schema: r.get(0),
@@ -201,7 +213,7 @@ fn table_list(tables: &[TableRef]) -> String {
 
 fn difference(wanted: &HashSet<&TableRef>, have: &HashSet<&TableRef>) -> String {
     let list = |set: Vec<&&TableRef>| {
-        let mut names: Vec<String> = set.iter().map(|t| t.to_string()).collect();
+        let mut names: Vec<String> = set.iter().map(|t| shown(t)).collect();
         names.sort();
         names.join(", ")
     };
@@ -237,7 +249,7 @@ mod tests {
         assert_eq!(Change::Keep.would(&publication), None);
         assert_eq!(
             Change::Create.would(&publication).as_deref(),
-            Some("on blue: create publication switchyard_rest for \"billing\".\"invoice lines\", \"public\".\"accounts\" (publish insert, update, delete, truncate; via partition root)")
+            Some("on blue: create publication switchyard_rest for billing.\"invoice lines\", public.accounts (publish insert, update, delete, truncate; via partition root)")
         );
         let have = [publication.tables[1].clone()];
         let correct = Change::Correct {
@@ -245,7 +257,7 @@ mod tests {
         };
         assert_eq!(
             correct.would(&publication).as_deref(),
-            Some("on blue: correct publication switchyard_rest (missing billing.invoice lines) to publish exactly \"billing\".\"invoice lines\", \"public\".\"accounts\", every operation, via partition root")
+            Some("on blue: correct publication switchyard_rest (missing billing.\"invoice lines\") to publish exactly billing.\"invoice lines\", public.accounts, every operation, via partition root")
         );
     }
 }

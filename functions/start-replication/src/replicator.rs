@@ -16,7 +16,7 @@ use serde::Deserialize;
 use switchyard_cell::{CellDocument, TableRef};
 use switchyard_errors::ErrorName;
 use switchyard_operation::{Deps, Error};
-use switchyard_postgres::quote::{ident, literal, qualified};
+use switchyard_postgres::quote::{self, ident, literal, qualified};
 use switchyard_telemetry::Secret;
 use tokio_postgres::Client;
 
@@ -209,7 +209,12 @@ pub async fn ensure_role(blue: &Client, login: &Login) -> Result<bool, Error> {
         ident(&login.user)
     ))
     .await
-    .map_err(|e| Error::query(format!("{verb} ROLE {} on blue", login.user), e))?;
+    .map_err(|e| {
+        Error::query(
+            format!("{verb} ROLE {} on blue", quote::name(&login.user)),
+            e,
+        )
+    })?;
     if state.rds && !state.can_replicate {
         blue.batch_execute(&format!(
             "GRANT {} TO {}",
@@ -217,7 +222,12 @@ pub async fn ensure_role(blue: &Client, login: &Login) -> Result<bool, Error> {
             ident(&login.user)
         ))
         .await
-        .map_err(|e| Error::query(format!("granting {RDS_REPLICATION} to {}", login.user), e))?;
+        .map_err(|e| {
+            Error::query(
+                format!("granting {RDS_REPLICATION} to {}", quote::name(&login.user)),
+                e,
+            )
+        })?;
     }
     tracing::info!(role = %login.user, created = !state.exists, "replication role ready on blue");
     Ok(true)
@@ -253,7 +263,16 @@ pub(crate) async fn unreadable(
                 ],
             )
             .await
-            .map_err(|e| Error::query(format!("checking {role}'s SELECT on {table}"), e))?
+            .map_err(|e| {
+                Error::query(
+                    format!(
+                        "checking {}'s SELECT on {}",
+                        quote::name(role),
+                        crate::tables::shown(table)
+                    ),
+                    e,
+                )
+            })?
             .get(0);
         if !readable {
             missing.push(table.clone());
@@ -292,7 +311,8 @@ pub(crate) fn check_role(cell: &CellDocument, orchestrator: &str) -> Result<(), 
         return Err(Error::stop(
             ErrorName::InvalidInput,
             format!(
-                "replication.role is the orchestrator's login ({orchestrator}); name a role of its own (default switchyard_replication)"
+                "replication.role is the orchestrator's login ({}); name a role of its own (default switchyard_replication)",
+                quote::name(orchestrator)
             ),
         ));
     }

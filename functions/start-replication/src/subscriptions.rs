@@ -10,7 +10,7 @@ use std::time::Duration;
 use switchyard_cell::{Replication, TableRef};
 use switchyard_errors::ErrorName;
 use switchyard_operation::Error;
-use switchyard_postgres::quote::{conninfo_value, ident, literal, qualified};
+use switchyard_postgres::quote::{self, conninfo_value, ident, literal, qualified};
 use switchyard_postgres::ConnectOptions;
 use switchyard_telemetry::Secret;
 use tokio_postgres::Client;
@@ -34,7 +34,12 @@ pub(crate) async fn find(green: &Client, name: &str) -> Result<Option<Subscripti
             &[&name],
         )
         .await
-        .map_err(|e| Error::query(format!("reading subscription {name} on green"), e))?;
+        .map_err(|e| {
+            Error::query(
+                format!("reading subscription {} on green", quote::name(name)),
+                e,
+            )
+        })?;
     Ok(row.map(|row| Subscription {
         slot: row.get(0),
         publications: row.get(1),
@@ -68,9 +73,9 @@ pub(crate) async fn refuse_idle_transactions(blue: &Client, idle: Duration) -> R
             format!(
                 "pid {} (user {}, application {:?}, database {}, idle {} s)",
                 r.get::<_, i32>(0),
-                r.get::<_, String>(1),
+                quote::name(r.get(1)),
                 r.get::<_, String>(2),
-                r.get::<_, String>(3),
+                quote::name(r.get(3)),
                 r.get::<_, i64>(4)
             )
         })
@@ -95,13 +100,13 @@ pub(crate) async fn slot_exists(blue: &Client, name: &str) -> Result<bool, Error
             &[&name],
         )
         .await
-        .map_err(|e| Error::query(format!("reading slot {name} on blue"), e))?;
+        .map_err(|e| Error::query(format!("reading slot {} on blue", quote::name(name)), e))?;
     match row.map(|r| r.get::<_, Option<bool>>(0).unwrap_or(false)) {
         None => Ok(false),
         Some(true) => Ok(true),
         Some(false) => Err(Error::stop(
             ErrorName::PreconditionFailed,
-            format!("blue has a slot named {name} that is not a pgoutput slot of this database; drop it (pg_drop_replication_slot) and rerun start-replication"),
+            format!("blue has a slot named {} that is not a pgoutput slot of this database; drop it (pg_drop_replication_slot) and rerun start-replication", quote::name(name)),
         )),
     }
 }
@@ -118,7 +123,7 @@ pub async fn create_slot(client: &Client, name: &str, cluster: &str) -> Result<S
         .await
         .map_err(|e| {
             Error::query(
-                format!("creating slot {name} on {cluster} (it waits for every older transaction, up to lock_timeout)"),
+                format!("creating slot {} on {cluster} (it waits for every older transaction, up to lock_timeout)", quote::name(name)),
                 e,
             )
         })?
@@ -135,22 +140,23 @@ pub(crate) async fn require_empty(green: &Client, tables: &[TableRef]) -> Result
     let mut filled = Vec::new();
     for table in tables {
         let name = qualified(&table.schema, &table.table);
+        let shown = crate::tables::shown(table);
         let exists: bool = green
             .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&name])
             .await
-            .map_err(|e| Error::query(format!("looking up {table} on green"), e))?
+            .map_err(|e| Error::query(format!("looking up {shown} on green"), e))?
             .get(0);
         if !exists {
-            missing.push(table.to_string());
+            missing.push(shown);
             continue;
         }
         let has_rows: bool = green
             .query_one(&format!("SELECT EXISTS (SELECT FROM {name})"), &[])
             .await
-            .map_err(|e| Error::query(format!("reading {table} on green"), e))?
+            .map_err(|e| Error::query(format!("reading {shown} on green"), e))?
             .get(0);
         if has_rows {
-            filled.push(table.to_string());
+            filled.push(shown);
         }
     }
     if !missing.is_empty() {
@@ -191,7 +197,7 @@ pub(crate) async fn create(
         green,
         &sql,
         password,
-        &format!("CREATE SUBSCRIPTION {name} on green"),
+        &format!("CREATE SUBSCRIPTION {} on green", quote::name(name)),
         "green",
     )
     .await?;
@@ -247,7 +253,12 @@ pub(crate) async fn stored_conninfo(green: &Client, name: &str) -> Result<Option
             &[&name],
         )
         .await
-        .map_err(|e| Error::query(format!("reading subscription {name}'s connection"), e))?;
+        .map_err(|e| {
+            Error::query(
+                format!("reading subscription {}'s connection", quote::name(name)),
+                e,
+            )
+        })?;
     Ok(row.map(|r| Secret::new(r.get::<_, String>(0))))
 }
 
@@ -264,7 +275,10 @@ pub(crate) async fn alter_connection(
         ident(name),
         literal(conninfo.expose())
     );
-    let what = format!("ALTER SUBSCRIPTION {name} CONNECTION on green");
+    let what = format!(
+        "ALTER SUBSCRIPTION {} CONNECTION on green",
+        quote::name(name)
+    );
     run_holding(green, &sql, password, &what, "green").await?;
     tracing::info!(subscription = %name, "subscription's connection updated");
     Ok(())

@@ -11,9 +11,15 @@ use std::collections::{HashMap, HashSet};
 use switchyard_cell::{TableGroup, TableRef};
 use switchyard_errors::ErrorName;
 use switchyard_operation::Error;
+use switchyard_postgres::quote;
 use tokio_postgres::Client;
 
 use switchyard_cell::{replication_name as publication_name, REST_GROUP as REST};
+
+/// `schema.table` as messages name it: quoted where psql needs it.
+pub(crate) fn shown(table: &TableRef) -> String {
+    quote::qualified_name(&table.schema, &table.table)
+}
 
 /// A table or partitioned table on blue, as far as publishing it goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,19 +105,24 @@ pub(crate) fn plan(
     let mut wrong = Vec::new();
     let mut grouped = HashSet::new();
     let mut publications = Vec::new();
+    let db = quote::name(database);
     for group in groups {
         for table in &group.tables {
             match by_name.get(table) {
                 None => wrong.push(format!(
-                    "{table} (group {}) is not a table in database {database} on blue",
+                    "{} (group {}) is not a table in database {db} on blue",
+                    shown(table),
                     group.name
                 )),
                 Some(Relation { root: Some(root), .. }) => wrong.push(format!(
-                    "{table} (group {}) is a partition of {root}: name {root} instead, which publishes all its partitions",
-                    group.name
+                    "{} (group {}) is a partition of {root}: name {root} instead, which publishes all its partitions",
+                    shown(table),
+                    group.name,
+                    root = shown(root)
                 )),
                 Some(r) if r.extension_member => wrong.push(format!(
-                    "{table} (group {}) belongs to an extension, which creates it on green",
+                    "{} (group {}) belongs to an extension, which creates it on green",
+                    shown(table),
                     group.name
                 )),
                 Some(_) => {
@@ -134,13 +145,13 @@ pub(crate) fn plan(
     let unlogged: Vec<String> = catalog
         .iter()
         .filter(|r| r.unlogged && !r.extension_member)
-        .map(|r| r.table.to_string())
+        .map(|r| shown(&r.table))
         .collect();
     if !unlogged.is_empty() {
         return Err(Error::stop(
             ErrorName::PreconditionFailed,
             format!(
-                "unlogged tables cannot be replicated (database {database}): {}; make them logged (ALTER TABLE … SET LOGGED) or drop them, then rerun (preflight reports these)",
+                "unlogged tables cannot be replicated (database {db}): {}; make them logged (ALTER TABLE … SET LOGGED) or drop them, then rerun (preflight reports these)",
                 unlogged.join(", ")
             ),
         ));
@@ -150,13 +161,13 @@ pub(crate) fn plan(
     let no_identity: Vec<String> = catalog
         .iter()
         .filter(|r| !r.has_identity && !r.extension_member)
-        .map(|r| r.table.to_string())
+        .map(|r| shown(&r.table))
         .collect();
     if !no_identity.is_empty() {
         return Err(Error::stop(
             ErrorName::PreconditionFailed,
             format!(
-                "tables without a replica identity (database {database}), whose UPDATE/DELETE would fail on blue once published: {}; add a primary key or REPLICA IDENTITY FULL, then rerun",
+                "tables without a replica identity (database {db}), whose UPDATE/DELETE would fail on blue once published: {}; add a primary key or REPLICA IDENTITY FULL, then rerun",
                 no_identity.join(", ")
             ),
         ));
@@ -284,6 +295,20 @@ mod tests {
             "{text}"
         );
         assert!(matches!(err, Error::Failed(ref f) if f.name() == ErrorName::InvalidInput));
+    }
+
+    /// A group table is named as psql would take it: `a.b` + `c` is not `a` + `b.c`.
+    #[test]
+    fn messages_quote_table_names_where_needed() {
+        let groups = [group(&[t("Weird \"Schema\"", "plain heap"), t("a.b", "c")])];
+        let text = plan(&groups, &catalog(), "my db")
+            .expect_err("rejected")
+            .to_string();
+        assert!(
+            text.contains(r#""Weird ""Schema"""."plain heap" (group payments) is not a table in database "my db" on blue"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""a.b".c (group payments)"#), "{text}");
     }
 
     #[test]

@@ -337,20 +337,20 @@ async fn the_marker_table_exists_on_both_sides_and_replicates_in_the_rest() {
     let before = replication_state(&cell).await;
     let dry = plan(input(&cell), &deps).await.expect("plan");
     assert!(dry.dry_run);
-    let rest_tables = "\"billing\".\"invoice lines\"";
+    let rest_tables = "billing.\"invoice lines\"";
     let expected_start = [
         "on blue's database app: install the DDL guard (schema switchyard; tables ddl_journal, replication_state, switchover_marker; event triggers switchyard_ddl_guard, switchyard_ddl_guard_drop)",
         "on green: delete 1 leftover row(s) from switchyard.switchover_marker",
         "in SSM: a new password for the replication role switchyard_replication for this run, in /switchyard/local-a/replication",
         "on blue: create role switchyard_replication (LOGIN, REPLICATION, the password from /switchyard/local-a/replication)",
-        "on blue: create publication switchyard_payments for \"public\".\"payments\" (publish insert, update, delete, truncate; via partition root)",
+        "on blue: create publication switchyard_payments for public.payments (publish insert, update, delete, truncate; via partition root)",
     ];
     assert_eq!(dry.would[..5], expected_start, "{:#?}", dry.would);
     assert!(
         dry.would[5].starts_with("on blue: create publication switchyard_rest for ")
             && dry.would[5].contains(rest_tables)
-            && dry.would[5].contains("\"switchyard\".\"switchover_marker\"")
-            && !dry.would[5].contains("\"public\".\"payments\""),
+            && dry.would[5].contains("switchyard.switchover_marker")
+            && !dry.would[5].contains("public.payments"),
         "{:#?}",
         dry.would
     );

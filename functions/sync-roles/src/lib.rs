@@ -29,7 +29,7 @@ use switchyard_errors::ErrorName;
 use switchyard_operation::app_roles::{self as parameters, Attributes, Role};
 use switchyard_operation::fence::{self, Direction};
 use switchyard_operation::{green_fence, Deps, Error, Listed, Plan, Side};
-use switchyard_postgres::quote::{ident, literal};
+use switchyard_postgres::quote::{self, ident, literal};
 use switchyard_postgres::scram_verifier;
 use tokio_postgres::Client;
 
@@ -127,15 +127,22 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     for (member, group) in &changes.grants {
         tx.batch_execute(&format!("GRANT {} TO {}", ident(group), ident(member)))
             .await
-            .map_err(|e| Error::query(format!("GRANT {group} TO {member}"), e))?;
+            .map_err(|e| {
+                Error::query(
+                    format!("GRANT {} TO {}", quote::name(group), quote::name(member)),
+                    e,
+                )
+            })?;
         tracing::info!(member = %member, group = %group, "membership granted");
-        output.memberships_granted.push(format!("{member}→{group}"));
+        output
+            .memberships_granted
+            .push(format!("{}→{}", quote::name(member), quote::name(group)));
     }
     tx.commit().await.map_err(|e| Error::query("COMMIT", e))?;
     // After the commit: a session opened before its role lost LOGIN outlives the change.
     output.sessions_ended = green_fence::end_sessions(&client, &fenced).await?;
     if !output.extra_roles.is_empty() {
-        tracing::warn!(roles = ?output.extra_roles, "green has roles that ssm does not describe; left in place");
+        tracing::warn!(roles = %names(&output.extra_roles.first), total = output.extra_roles.total, "green has roles that ssm does not describe; left in place");
     }
     Ok(output)
 }
@@ -164,7 +171,7 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
                 };
                 plan.would(format!(
                     "on green: CREATE ROLE {} {}{password}",
-                    role.name,
+                    quote::name(&role.name),
                     wanted(role, fencing).keywords().join(" ")
                 ));
             }
@@ -184,14 +191,18 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
                 let what: Vec<&str> = attributes.iter().copied().chain(password).collect();
                 plan.would(format!(
                     "on green: ALTER ROLE {}: {}",
-                    role.name,
+                    quote::name(&role.name),
                     what.join(", ")
                 ));
             }
         }
     }
     for (member, group) in &changes.grants {
-        plan.would(format!("on green: GRANT {group} TO {member}"));
+        plan.would(format!(
+            "on green: GRANT {} TO {}",
+            quote::name(group),
+            quote::name(member)
+        ));
     }
     if fencing {
         let fenced = green_fence::fenced(&roles);
@@ -199,7 +210,7 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
         if sessions > 0 {
             plan.would(format!(
                 "on green: end every session of {} ({sessions} now; kept from logging in until the switch)",
-                fenced.join(", ")
+                names(&fenced)
             ));
         }
     }
@@ -229,7 +240,7 @@ pub async fn drift(cell: &CellDocument, deps: &Deps) -> Result<Drift, Error> {
     let changes = changes(&parameters::ordered(&roles)?, &green, fencing);
     let mut drift = Drift::default();
     for (role, change) in &changes.roles {
-        let name = &role.name;
+        let name = quote::name(&role.name);
         match change {
             RoleChange::None => {}
             RoleChange::Create => drift
@@ -249,18 +260,26 @@ pub async fn drift(cell: &CellDocument, deps: &Deps) -> Result<Drift, Error> {
                     PasswordState::Differs => drift.differences.push(format!(
                         "role {name}: the password in SSM does not verify against green's (rotated since sync-roles ran?)"
                     )),
-                    PasswordState::Unknown => drift.unverifiable.push(name.clone()),
+                    PasswordState::Unknown => drift.unverifiable.push(role.name.clone()),
                     PasswordState::Absent | PasswordState::Verified => {}
                 }
             }
         }
     }
     for (member, group) in &changes.grants {
-        drift
-            .differences
-            .push(format!("role {member} is not a member of {group} on green"));
+        drift.differences.push(format!(
+            "role {} is not a member of {} on green",
+            quote::name(member),
+            quote::name(group)
+        ));
     }
     Ok(drift)
+}
+
+/// Role names as messages show them, joined.
+fn names<S: AsRef<str>>(roles: &[S]) -> String {
+    let shown: Vec<String> = roles.iter().map(|r| quote::name(r.as_ref())).collect();
+    shown.join(", ")
 }
 
 /// Whether the cell has switched to this green: its logins are then open.

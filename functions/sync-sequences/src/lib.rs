@@ -21,7 +21,7 @@ use switchyard_errors::ErrorName;
 use switchyard_operation::fence::{self, Direction};
 use switchyard_operation::PauseDeadline;
 use switchyard_operation::{Deps, Error, Listed, Plan, Side};
-use switchyard_postgres::quote::qualified;
+use switchyard_postgres::quote::{self, qualified};
 
 /// ```json
 /// {"cell": { …the cell document… }, "gap": 1000}
@@ -62,11 +62,12 @@ pub struct DatabaseSequences {
     pub sequences: Listed<SequenceSync>,
     /// How many of them this call moved on green.
     pub changed: usize,
-    /// Sequences on green that blue lacks (`schema.name`): reported, never touched.
+    /// Sequences on green that blue lacks (`schema.name`, quoted where SQL needs it):
+    /// reported, never touched.
     pub green_only: Listed<String>,
 }
 
-/// One sequence, `schema.name` as the catalog spells it (unquoted). Values are the last
+/// One sequence, `schema.name` quoted where SQL needs it. Values are the last
 /// value handed out; `None` when the sequence has not been used since it was created
 /// (or last set with `setval(…, false)`), i.e. its next value is its start.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -103,8 +104,9 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
         for seq in &assessed.sequences {
             if let Decision::Set(target) = seq.decision {
                 plan.would(format!(
-                    "setval {} in database {db} on green: {} → {} (blue {}, gap {gap})",
-                    seq.regclass,
+                    "setval {} in database {} on green: {} → {} (blue {}, gap {gap})",
+                    seq.shown,
+                    quote::name(db),
                     shown(seq.green),
                     shown(target),
                     shown(seq.blue),
@@ -131,10 +133,10 @@ struct Assessed {
 }
 
 struct Assessment {
-    schema: String,
-    name: String,
-    /// Quoted `schema.name`.
+    /// Quoted `schema.name`, for SQL.
     regclass: String,
+    /// `schema.name` for messages.
+    shown: String,
     blue: State,
     green: State,
     decision: Decision,
@@ -164,13 +166,13 @@ async fn sync_database(
                         &[regclass, &target.last_value, &target.is_called],
                     )
                     .await
-                    .map_err(|e| Error::query(format_args!("setval on {regclass}"), e))?;
-                tracing::info!(sequence = %regclass, value = target.last_value, is_called = target.is_called, "sequence advanced");
+                    .map_err(|e| Error::query(format_args!("setval on {}", seq.shown), e))?;
+                tracing::info!(sequence = %seq.shown, value = target.last_value, is_called = target.is_called, "sequence advanced");
                 target
             }
         };
         sequences.push(SequenceSync {
-            sequence: format!("{}.{}", seq.schema, seq.name),
+            sequence: seq.shown,
             blue: seq.blue.used(),
             green_before: seq.green.used(),
             green_after: after.used(),
@@ -206,53 +208,56 @@ async fn assess_database(
                 return Err(Error::stop(
                     ErrorName::SchemaMismatch,
                     format!(
-                        "sequence {} in database {db} counts {} on blue but {} on green; make green's INCREMENT match blue's, then retry",
-                        qualified(&key.0, &key.1),
+                        "sequence {} in database {} counts {} on blue but {} on green; make green's INCREMENT match blue's, then retry",
+                        quote::qualified_name(&key.0, &key.1),
+                        quote::name(db),
                         direction(blue_def.increment),
                         direction(green_def.increment),
                     ),
                 ));
             }
             Some(green_def) => pairs.push((key, green_def)),
-            None => missing.push(qualified(&key.0, &key.1)),
+            None => missing.push(quote::qualified_name(&key.0, &key.1)),
         }
     }
     if !missing.is_empty() {
         return Err(Error::stop(
             ErrorName::SchemaMismatch,
             format!(
-                "sequences on blue missing on green in database {db}: {}; create them on green (copy-schema), then retry",
+                "sequences on blue missing on green in database {}: {}; create them on green (copy-schema), then retry",
+                quote::name(db),
                 missing.join(", ")
             ),
         ));
     }
     let green_only: Vec<String> = green_defs
         .into_keys()
-        .map(|(schema, name)| format!("{schema}.{name}"))
+        .map(|(schema, name)| quote::qualified_name(&schema, &name))
         .collect();
     if !green_only.is_empty() {
-        tracing::warn!(sequences = ?green_only, "sequences only on green left alone");
+        tracing::warn!(sequences = %green_only.join(", "), "sequences only on green left alone");
     }
 
     let mut sequences = Vec::with_capacity(pairs.len());
     for ((schema, name), green_def) in pairs {
         let regclass = qualified(&schema, &name);
+        let shown = quote::qualified_name(&schema, &name);
         // Blue is read after the freeze (check-slot-lag ran): its values no longer move.
-        let blue_state = state(&blue, &regclass).await?;
-        let green_state = state(&green, &regclass).await?;
+        let blue_state = state(&blue, &regclass, &shown).await?;
+        let green_state = state(&green, &regclass, &shown).await?;
         let decision = decide(blue_state, green_state, &green_def, gap).map_err(|limit| {
             Error::stop(
                 ErrorName::PreconditionFailed,
                 format!(
-                    "sequence {regclass} in database {db} cannot be set {gap} increments past blue's value {}: it would pass its {limit}; widen the sequence (ALTER SEQUENCE … AS bigint, MAXVALUE/MINVALUE) on both sides or lower the gap, then retry",
+                    "sequence {shown} in database {} cannot be set {gap} increments past blue's value {}: it would pass its {limit}; widen the sequence (ALTER SEQUENCE … AS bigint, MAXVALUE/MINVALUE) on both sides or lower the gap, then retry",
+                    quote::name(db),
                     blue_state.last_value
                 ),
             )
         })?;
         sequences.push(Assessment {
-            schema,
-            name,
             regclass,
+            shown,
             blue: blue_state,
             green: green_state,
             decision,
@@ -390,12 +395,16 @@ async fn definitions(
 /// Reads the sequence relation itself: `pg_sequences.last_value` is NULL both for a
 /// sequence never used and for one set with `setval(…, false)`, so it cannot tell
 /// green's next value.
-async fn state(client: &tokio_postgres::Client, regclass: &str) -> Result<State, Error> {
+async fn state(
+    client: &tokio_postgres::Client,
+    regclass: &str,
+    shown: &str,
+) -> Result<State, Error> {
     let sql = format!("SELECT last_value, is_called FROM {regclass}");
     let row = client
         .query_one(&sql, &[])
         .await
-        .map_err(|e| Error::query(format_args!("reading sequence {regclass}"), e))?;
+        .map_err(|e| Error::query(format_args!("reading sequence {shown}"), e))?;
     Ok(State {
         last_value: row.get(0),
         is_called: row.get(1),

@@ -54,7 +54,7 @@ fn input(cell: &LocalCell) -> Input {
 
 fn find<'a>(output: &'a Output, schema: &str, name: &str) -> &'a SequenceSync {
     assert_eq!(output.databases.len(), 1);
-    let wanted = format!("{schema}.{name}");
+    let wanted = switchyard_postgres::quote::qualified_name(schema, name);
     output.databases[0]
         .sequences
         .iter()
@@ -113,7 +113,7 @@ async fn raises_green_past_blue_once_and_never_backwards() {
     let first = run(input(&cell), &deps).await.expect("first run");
     for (schema, name) in WATCHED {
         let reported = find(&first, schema, name);
-        let quoted = format!("\"{schema}\".\"{name}\"");
+        let quoted = switchyard_postgres::quote::qualified_name(schema, name);
         let head = format!("setval {quoted} in database app on green: unused, next ");
         let tail = format!(
             " → {} (blue {}, gap 1000)",
@@ -289,10 +289,7 @@ async fn a_sequence_missing_on_green_is_a_schema_mismatch() {
         .expect_err("a missing sequence stops");
     assert_eq!(error.error_name(), ErrorName::SchemaMismatch);
     let message = error.to_failure().message().to_owned();
-    assert!(
-        message.contains(r#""billing"."invoice_number_seq""#),
-        "{message}"
-    );
+    assert!(message.contains("billing.invoice_number_seq"), "{message}");
     // Checked before any setval: green's other sequences are as copy-schema left them.
     let client = cell.green.superuser_client("app").await.expect("green");
     assert_eq!(

@@ -2,12 +2,12 @@
 //! green, each table's columns and key from blue.
 
 use switchyard_operation::Error;
-use switchyard_postgres::quote::{ident, qualified};
+use switchyard_postgres::quote::{self, ident, qualified};
 
 /// The schema that belongs to switchyard itself: never compared.
 const OWN_SCHEMA: &str = "switchyard";
 
-/// A table by name, the same on both sides.
+/// A table by name, the same on both sides. `Display` names it as psql would take it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct TableName {
     pub schema: String,
@@ -16,7 +16,7 @@ pub(crate) struct TableName {
 
 impl std::fmt::Display for TableName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.schema, self.name)
+        f.write_str(&quote::qualified_name(&self.schema, &self.name))
     }
 }
 
@@ -282,7 +282,7 @@ impl Shape {
 
     /// `(a, b)`: the key's columns, for messages.
     pub(crate) fn key_names(&self) -> String {
-        let names: Vec<&str> = self.key.iter().map(|k| k.name.as_str()).collect();
+        let names: Vec<String> = self.key.iter().map(|k| quote::name(&k.name)).collect();
         format!("({})", names.join(", "))
     }
 }
@@ -354,5 +354,27 @@ mod tests {
             links().max_key_sql(),
             r#"SELECT ARRAY["parent_id"::text, "kind"::text] FROM "public"."account_links" ORDER BY "parent_id" DESC, "kind" COLLATE "C" DESC LIMIT 1"#
         );
+    }
+
+    /// Messages name a table and its key as psql would take them.
+    #[test]
+    fn names_are_quoted_where_needed() {
+        let weird = TableName {
+            schema: "Weird \"Schema\"".to_owned(),
+            name: "plain heap".to_owned(),
+        };
+        assert_eq!(weird.to_string(), r#""Weird ""Schema"""."plain heap""#);
+        assert_eq!(links().table.to_string(), "public.account_links");
+        let dotted = |schema: &str, name: &str| {
+            TableName {
+                schema: schema.to_owned(),
+                name: name.to_owned(),
+            }
+            .to_string()
+        };
+        assert_ne!(dotted("a.b", "c"), dotted("a", "b.c"));
+        let mut shape = links();
+        shape.key[1].name = "Kind".to_owned();
+        assert_eq!(shape.key_names(), r#"(parent_id, "Kind")"#);
     }
 }

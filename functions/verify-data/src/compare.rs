@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_errors::ErrorName;
 use switchyard_operation::{Error, Side};
+use switchyard_postgres::quote;
 use tokio_postgres::types::{PgLsn, ToSql};
 use tokio_postgres::{Client, Statement};
 
@@ -367,10 +368,10 @@ async fn wait_confirmed(blue: &Client, method: Method<'_>, lsn: PgLsn) -> Result
             .map_err(|e| Error::query("reading green's slots on blue", e))?;
         let confirmed: Vec<(String, Option<PgLsn>)> =
             rows.iter().map(|row| (row.get(0), row.get(1))).collect();
-        let missing: Vec<&str> = slots
+        let missing: Vec<String> = slots
             .iter()
             .filter(|slot| !confirmed.iter().any(|(name, _)| name == *slot))
-            .map(String::as_str)
+            .map(|slot| quote::name(slot))
             .collect();
         if !missing.is_empty() {
             return Err(Error::stop(
@@ -385,8 +386,8 @@ async fn wait_confirmed(blue: &Client, method: Method<'_>, lsn: PgLsn) -> Result
             .iter()
             .filter(|(_, at)| at.is_none_or(|at| at < lsn))
             .map(|(name, at)| match at {
-                Some(at) => format!("{name} at {at}"),
-                None => format!("{name} at none"),
+                Some(at) => format!("{} at {at}", quote::name(name)),
+                None => format!("{} at none", quote::name(name)),
             })
             .collect();
         if behind.is_empty() {

@@ -31,6 +31,7 @@ use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
 use switchyard_operation::PauseDeadline;
 use switchyard_operation::{Deps, Error, Listed, OperationInput, Side};
+use switchyard_postgres::quote;
 use tokio_postgres::types::PgLsn;
 
 use crate::catalog::TableName;
@@ -122,7 +123,7 @@ pub struct DatabaseVerification {
     pub tables: Listed<TableVerification>,
 }
 
-/// One table, `schema.name` as the catalogs spell it (unquoted).
+/// One table, `schema.name` quoted where SQL needs it (as psql would take it).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct TableVerification {
     pub table: String,
@@ -341,8 +342,9 @@ async fn verify_database(
                 Error::stop(
                     ErrorName::PreconditionFailed,
                     format!(
-                        "resume: {}.{} (database {db}) is no longer replicated on green; start the full check again without resume",
-                        cursor.schema, cursor.table
+                        "resume: {} (database {}) is no longer replicated on green; start the full check again without resume",
+                        quote::qualified_name(&cursor.schema, &cursor.table),
+                        quote::name(db)
                     ),
                 )
             })?;
@@ -440,7 +442,8 @@ fn describe(mismatch: &Mismatch) -> String {
     } = mismatch;
     match found {
         Found::NotOnBlue => format!(
-            "{table} (database {database}) is replicated on green but is not a table on blue"
+            "{table} (database {}) is replicated on green but is not a table on blue",
+            quote::name(database)
         ),
         Found::Chunk { key, difference } => {
             let range = format!(" rows with {}", range(key, &difference.chunk));
@@ -450,8 +453,10 @@ fn describe(mismatch: &Mismatch) -> String {
                 ""
             };
             format!(
-                "{table} (database {database}){range}: blue {} rows, green {} rows{checksums}",
-                difference.blue.rows, difference.green.rows
+                "{table} (database {}){range}: blue {} rows, green {} rows{checksums}",
+                quote::name(database),
+                difference.blue.rows,
+                difference.green.rows
             )
         }
     }
@@ -545,12 +550,12 @@ mod tests {
     fn the_message_names_tables_and_ranges_and_stays_bounded() {
         let one = mismatch_message(&[chunk_mismatch(2, "100")], Mode::Full, 3);
         assert!(
-            one.contains("billing.invoice lines (database app) rows with (id) > (100) and <= (200): blue 100 rows, green 100 rows, checksums differ"),
+            one.contains("billing.\"invoice lines\" (database app) rows with (id) > (100) and <= (200): blue 100 rows, green 100 rows, checksums differ"),
             "{one}"
         );
         let quick = mismatch_message(&[chunk_mismatch(1, "0")], Mode::Quick, 3);
         assert!(
-            quick.contains("billing.invoice lines (database app) rows with (id) > (0) and <= (100): blue 100 rows, green 99 rows."),
+            quick.contains("billing.\"invoice lines\" (database app) rows with (id) > (0) and <= (100): blue 100 rows, green 99 rows."),
             "{quick}"
         );
         let huge = "x".repeat(10_000);

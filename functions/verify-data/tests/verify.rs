@@ -102,7 +102,7 @@ async fn quick_and_full_agree_while_the_ledger_writes() {
     assert_eq!(
         names,
         [
-            "billing.invoice lines",
+            "billing.\"invoice lines\"",
             "billing.invoices",
             "public.account_links",
             "public.accounts",
@@ -114,8 +114,8 @@ async fn quick_and_full_agree_while_the_ledger_writes() {
         "leaves, not the partitioned root; not switchyard's schema; not the matview"
     );
     assert_eq!(
-        find(&full_tables, "billing.invoice lines"),
-        &("billing.invoice lines".to_owned(), 600, 6)
+        find(&full_tables, "billing.\"invoice lines\""),
+        &("billing.\"invoice lines\"".to_owned(), 600, 6)
     );
     assert_eq!(
         find(&full_tables, "public.account_links"),
@@ -224,7 +224,7 @@ async fn a_changed_row_fails_full_mode_anywhere_and_quick_mode_among_the_newest(
     let lines = quick.databases[0]
         .tables
         .iter()
-        .find(|t| t.table == "billing.invoice lines")
+        .find(|t| t.table == "billing.\"invoice lines\"")
         .expect("compared");
     assert_eq!(
         (lines.rows, lines.chunks, lines.evidence.as_str()),
@@ -249,7 +249,7 @@ async fn a_changed_row_fails_full_mode_anywhere_and_quick_mode_among_the_newest(
         assert_eq!(err.error_name(), ErrorName::DataMismatch, "{err}");
         let message = err.to_failure().message().to_owned();
         assert!(
-            message.contains("billing.invoice lines (database app) rows with (id) <= (100): blue 100 rows, green 100 rows, checksums differ"),
+            message.contains("billing.\"invoice lines\" (database app) rows with (id) <= (100): blue 100 rows, green 100 rows, checksums differ"),
             "{message}"
         );
         assert!(
@@ -274,7 +274,7 @@ async fn a_changed_row_fails_full_mode_anywhere_and_quick_mode_among_the_newest(
     assert_eq!(err.error_name(), ErrorName::DataMismatch, "{err}");
     let message = err.to_failure().message().to_owned();
     assert!(
-        message.contains("billing.invoice lines (database app) rows with (id) > (600) and <= (1600): blue 1000 rows, green 1000 rows, checksums differ"),
+        message.contains("billing.\"invoice lines\" (database app) rows with (id) > (600) and <= (1600): blue 1000 rows, green 1000 rows, checksums differ"),
         "{message}"
     );
 }
@@ -362,7 +362,7 @@ async fn waits_for_green_to_confirm_the_snapshot_lsn() {
         started.elapsed() >= Duration::from_secs(2),
         "it waited for green"
     );
-    assert_eq!(find(&tables(&output), "billing.invoice lines").1, 601);
+    assert_eq!(find(&tables(&output), "billing.\"invoice lines\"").1, 601);
     released.await.expect("released");
 }
 
@@ -447,7 +447,7 @@ async fn a_full_check_resumed_across_invocations_equals_one_pass() {
     assert_eq!(err.error_name(), ErrorName::DataMismatch, "{err}");
     let message = err.to_failure().message().to_owned();
     assert!(
-        message.contains("billing.invoice lines (database app) rows with (id) > (390) and <= (400): blue 10 rows, green 10 rows, checksums differ"),
+        message.contains("billing.\"invoice lines\" (database app) rows with (id) > (390) and <= (400): blue 10 rows, green 10 rows, checksums differ"),
         "{message}"
     );
 

@@ -1636,7 +1636,7 @@ async fn a_resumed_full_check_then_drift_since_prepare_stops_the_switchover_befo
         .expect("count")
         .get(0);
     assert_eq!(
-        rows.get("billing.invoice lines").copied(),
+        rows.get("billing.\"invoice lines\"").copied(),
         u64::try_from(lines).ok(),
         "every row compared once across the invocations: {rows:?}"
     );
@@ -1948,9 +1948,9 @@ async fn abandon_prepare_leaves_blue_as_before_prepare() {
         .await
         .expect("dry run");
     for expected in [
-        "drop subscription \"switchyard_rest\" on green (database app), and with it its slots on blue",
-        "drop slot \"switchyard_rest\" on blue (database app)",
-        "drop publication \"switchyard_rest\" on blue (database app)",
+        "drop subscription switchyard_rest on green (database app), and with it its slots on blue",
+        "drop slot switchyard_rest on blue (database app)",
+        "drop publication switchyard_rest on blue (database app)",
         "drop the DDL guard on green (database app): an unfinished abort left it",
         "drop slot and publication switchyard_reverse on green (database app): a way back an unfinished abort left",
     ] {

@@ -10,7 +10,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use serde_json::json;
 use switchyard_aws::{EndpointResolver, LocalEndpoints, LOCAL_ENDPOINTS_ENV};
 use switchyard_cell::CellDocument;
-use switchyard_postgres::quote::{conninfo_value, ident, literal, qualified};
+use switchyard_postgres::quote::{self, conninfo_value, ident, literal, qualified};
 use switchyard_postgres::{scram_verifier, ConnectOptions};
 use switchyard_telemetry::Secret;
 
@@ -162,7 +162,9 @@ impl CellSecrets {
             .iter()
             .find(|r| r.name == name)
             .and_then(|r| r.password.as_ref().map(|p| (r.name.as_str(), p)))
-            .ok_or_else(|| CellError::Setup(format!("no login role {name} in the cell")))
+            .ok_or_else(|| {
+                CellError::Setup(format!("no login role {} in the cell", quote::name(name)))
+            })
     }
 
     /// Every password of the cell: what a leak check greps for.
@@ -1114,7 +1116,9 @@ async fn prepare_green(green: &PgServer, databases: &[String]) -> Result<(), Cel
         admin
             .batch_execute(&format!("CREATE DATABASE {}", ident(db)))
             .await
-            .map_err(|e| CellError::Setup(format!("green: creating database {db}: {e}")))?;
+            .map_err(|e| {
+                CellError::Setup(format!("green: creating database {}: {e}", quote::name(db)))
+            })?;
     }
     Ok(())
 }
@@ -1197,13 +1201,21 @@ pub async fn wait_subscription_ready(
                 &[&subscription],
             )
             .await
-            .map_err(|e| CellError::Setup(format!("subscription {subscription} state: {e}")))?;
+            .map_err(|e| {
+                CellError::Setup(format!(
+                    "subscription {} state: {e}",
+                    quote::name(subscription)
+                ))
+            })?;
         let (not_ready, total): (i64, i64) = (row.get(0), row.get(1));
         if total > 0 && not_ready == 0 {
             return Ok(());
         }
         if started.elapsed() > budget {
-            return Err(CellError::Setup(format!("subscription {subscription}: {not_ready} of {total} tables not ready after {budget:?}")));
+            return Err(CellError::Setup(format!(
+                "subscription {}: {not_ready} of {total} tables not ready after {budget:?}",
+                quote::name(subscription)
+            )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

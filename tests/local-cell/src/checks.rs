@@ -70,10 +70,12 @@ pub async fn fingerprint(
             "SELECT count(*), coalesce(md5(string_agg(id::text, ',' ORDER BY id)), '') FROM {}",
             switchyard_postgres::quote::qualified("public", table)
         );
-        let row = client
-            .query_one(&sql, &[])
-            .await
-            .map_err(|e| CellError::Workload(format!("fingerprint of {table}: {e}")))?;
+        let row = client.query_one(&sql, &[]).await.map_err(|e| {
+            CellError::Workload(format!(
+                "fingerprint of {}: {e}",
+                switchyard_postgres::quote::qualified_name("public", table)
+            ))
+        })?;
         out.push((table.to_owned(), row.get(0), row.get(1)));
     }
     Ok(out)

@@ -41,6 +41,19 @@ impl Install {
         )
     }
 
+    /// The PostgreSQL majors installed (each with a `bin/postgres`), ascending.
+    pub fn pg_majors(&self) -> Vec<u32> {
+        let mut majors: Vec<u32> = std::fs::read_dir(self.cache.join("pg"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| entry.path().join("bin").join("postgres").exists())
+            .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+            .collect();
+        majors.sort_unstable();
+        majors
+    }
+
     /// psql from Debian's postgresql-client-15: the npm server builds ship no client tools.
     pub fn psql(&self) -> Result<PathBuf, CellError> {
         existing(PathBuf::from("/usr/lib/postgresql/15/bin/psql"), "psql 15")

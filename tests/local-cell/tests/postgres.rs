@@ -1,5 +1,6 @@
 //! Postgres access against real servers: verify-full TLS and the quoting helper.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use switchyard_errors::{Catalogued, ErrorName};
@@ -9,6 +10,7 @@ use switchyard_telemetry::Secret;
 
 async fn standalone(
     name: &str,
+    major: u32,
     tls: Option<ServerTls>,
     password: &Secret,
 ) -> (PgServer, tempdir::Dir) {
@@ -17,7 +19,7 @@ async fn standalone(
     let server = PgServer::start(
         &PgServerSpec {
             name,
-            major: 17,
+            major,
             ip: "127.0.0.1",
             superuser: "switchyard",
             superuser_password: password,
@@ -87,7 +89,7 @@ async fn verify_full_accepts_the_right_ca_and_host_and_rejects_everything_else()
     let other = CellCa::generate("other", &cas.path().join("other-ca.pem")).expect("CA");
     let password = Secret::new("tls-test-password");
     let cert: ServerTls = trusted.issue(&["localhost"]).expect("certificate");
-    let (server, dir) = standalone("tls", Some(cert), &password).await;
+    let (server, dir) = standalone("tls", 17, Some(cert), &password).await;
     let bundle = trusted.bundle().to_owned();
     let other_bundle = other.bundle().to_owned();
 
@@ -164,7 +166,7 @@ async fn verify_full_accepts_the_right_ca_and_host_and_rejects_everything_else()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quoting_agrees_with_the_server_and_round_trips() {
     let password = Secret::new("quote-test-password");
-    let (server, _dir) = standalone("quote", None, &password).await;
+    let (server, _dir) = standalone("quote", 17, None, &password).await;
     let client = connect(&options(&server, "127.0.0.1", &password, Tls::Disabled))
         .await
         .expect("connect");
@@ -207,4 +209,96 @@ async fn quoting_agrees_with_the_server_and_round_trips() {
                 .unwrap_or_else(|e| panic!("ident of {s:?}: {e}"));
         }
     }
+}
+
+/// `quote::name` renders names as every installed major's `quote_ident` does, and its
+/// keyword list is exactly the union of what those majors quote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn display_names_quote_where_every_major_does() {
+    let install = Install::from_env();
+    let majors = install.pg_majors();
+    assert!(
+        (14..=18).all(|m| majors.contains(&m)),
+        "QUOTED_KEYWORDS covers majors 14 to 18, but only {majors:?} are installed: run `make setup`"
+    );
+    let ours: BTreeSet<&str> = quote::QUOTED_KEYWORDS.iter().copied().collect();
+    let password = Secret::new("names-test-password");
+    let mut quoted_somewhere = BTreeSet::new();
+    for major in majors {
+        // One server at a time; dropping it (also on a panic) stops it.
+        let (mut server, _dir) =
+            standalone(&format!("names-{major}"), major, None, &password).await;
+        let client = connect(&options(&server, "127.0.0.1", &password, Tls::Disabled))
+            .await
+            .expect("connect");
+        let keywords: Vec<(String, String)> = client
+            .query("SELECT word, catcode::text FROM pg_get_keywords()", &[])
+            .await
+            .expect("keywords")
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        let quoted_here: BTreeSet<&str> = keywords
+            .iter()
+            .filter(|(_, category)| category != "U")
+            .map(|(word, _)| word.as_str())
+            .collect();
+        let missing: Vec<_> = quoted_here.difference(&ours).collect();
+        assert!(
+            missing.is_empty(),
+            "PostgreSQL {major} quotes keywords missing from QUOTED_KEYWORDS: {missing:?}"
+        );
+        quoted_somewhere.extend(quoted_here.iter().map(|w| w.to_string()));
+
+        let mut names: Vec<&str> = keywords.iter().map(|(word, _)| word.as_str()).collect();
+        names.extend([
+            "plain",
+            "Weird \"Schema\"",
+            "a.b",
+            "plain heap",
+            "_x1$",
+            "_x1",
+            "x$",
+            "1abc",
+            "abc1",
+            "ÄÖ",
+            "café",
+            "",
+            "\"",
+            "UPPER",
+            "Mixed",
+            "_",
+            "a-b",
+            "user",
+            "lateral",
+        ]);
+        let rows = client
+            .query(
+                "SELECT n, quote_ident(n) FROM unnest($1::text[]) n",
+                &[&names],
+            )
+            .await
+            .expect("quote_ident");
+        assert_eq!(rows.len(), names.len());
+        for row in rows {
+            let (n, theirs): (String, String) = (row.get(0), row.get(1));
+            let mine = quote::name(&n);
+            // Quoted for another major that reserves it; this one leaves it bare.
+            let reserved_elsewhere =
+                theirs == n && mine == quote::ident(&n) && ours.contains(n.as_str());
+            assert!(
+                mine == theirs || reserved_elsewhere,
+                "PostgreSQL {major}: quote_ident({n:?}) = {theirs}, quote::name = {mine}"
+            );
+        }
+        server.stop();
+    }
+    let stale: Vec<_> = ours
+        .iter()
+        .filter(|w| !quoted_somewhere.contains(**w))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "QUOTED_KEYWORDS lists words no installed major quotes: {stale:?}"
+    );
 }

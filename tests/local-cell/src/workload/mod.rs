@@ -96,7 +96,10 @@ pub async fn audit_keys(
         col = switchyard_postgres::quote::ident(column),
     );
     let rows = client.query(&sql, &[&keys]).await.map_err(|e| {
-        crate::CellError::Workload(format!("auditing keys in {schema}.{table}: {e}"))
+        crate::CellError::Workload(format!(
+            "auditing keys in {}: {e}",
+            switchyard_postgres::quote::qualified_name(schema, table)
+        ))
     })?;
     let mut audit = KeyAudit {
         present_once: 0,
