@@ -6,6 +6,8 @@ CARGO ?= cargo
 LOCAL_CELL := target/debug/local-cell
 # The operator CLI (cli/): `switchyard <command> --help` for every option.
 SWITCHYARD := $(CARGO) run --quiet --locked -p switchyard-cli --
+# The same commands with every function linked (state-machine/local): `invoke` in-process.
+SWITCHYARD_LOCAL := $(CARGO) run --quiet --locked -p switchyard-local-run --bin switchyard-local --
 
 .PHONY: help setup build test test-unit test-cell lint fmt cell-up cell-down cell-status clean-cell rehearsal bench bench-scale start follow invoke report
 
@@ -55,8 +57,8 @@ start: ## start a run: CELL=cell.json STATE_MACHINE_ARN=… [PHASE=prepare|switc
 follow: ## follow an execution to its end: EXECUTION_ARN=… (or HISTORY=file to replay one)
 	$(SWITCHYARD) follow $(if $(HISTORY),--history "$(HISTORY)","$(EXECUTION_ARN)")
 
-invoke: ## one function: FUNCTION=… CELL=cell.json [SET="mode=forward wait_seconds=30"] [DRY_RUN=1] [REMOTE=1]
-	$(SWITCHYARD) invoke "$(FUNCTION)" --cell "$(CELL)" $(foreach f,$(SET),--set $(f)) $(if $(DRY_RUN),--dry-run) $(if $(REMOTE),--remote)
+invoke: ## one function, in-process (REMOTE=1: its Lambda): FUNCTION=… CELL=cell.json [SET="mode=forward wait_seconds=30"] [RUN_ID=…] [DRY_RUN=1]
+	$(SWITCHYARD_LOCAL) invoke "$(FUNCTION)" --cell "$(CELL)" $(foreach f,$(SET),--set $(f)) $(if $(RUN_ID),--run-id "$(RUN_ID)") $(if $(DRY_RUN),--dry-run) $(if $(REMOTE),--remote)
 
 report: ## report finished executions: HISTORY=… [PREPARE_HISTORY=…] or EXECUTION_ARN=… [PREPARE_EXECUTION_ARN=…] [OUT=target/report]
 	$(SWITCHYARD) report $(if $(HISTORY),--history "$(HISTORY)") $(if $(PREPARE_HISTORY),--prepare-history "$(PREPARE_HISTORY)") $(if $(EXECUTION_ARN),--execution-arn "$(EXECUTION_ARN)") $(if $(PREPARE_EXECUTION_ARN),--prepare-execution-arn "$(PREPARE_EXECUTION_ARN)") --out $(or $(OUT),target/report)

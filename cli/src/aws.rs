@@ -12,8 +12,8 @@ use aws_sdk_sfn::types::{ExecutionStatus, HistoryEvent};
 use aws_smithy_types::date_time::Format;
 use serde_json::{json, Value};
 use switchyard_cell::CellDocument;
-use switchyard_local_run::follow::Follower;
-use switchyard_local_run::history::{aws_events, from_aws_events};
+use switchyard_history::follow::Follower;
+use switchyard_history::history::{aws_events, from_aws_events};
 
 /// Step Functions caps execution names at 80 characters.
 const MAX_EXECUTION_NAME: usize = 80;
@@ -312,7 +312,7 @@ fn open_tasks_end(
 }
 
 /// Every history event so far, in the API's JSON shape (what `aws stepfunctions
-/// get-execution-history` prints), which `switchyard_local_run::history` reads.
+/// get-execution-history` prints), which `switchyard_history::history` reads.
 pub async fn history(
     client: &aws_sdk_sfn::Client,
     execution_arn: &str,

@@ -8,6 +8,22 @@ use crate::CellError;
 /// The checked-in example (`cells/local.json`), which the local rehearsal runs.
 pub const EXAMPLE: &str = include_str!("../../../cells/local.json");
 
+/// A payload's `cell`, for the payload listings (`switchyard invoke FUNCTION --help`):
+/// described, not spelled out — its fields are the cell document's own (README, and
+/// `cells/local.json` for a whole one).
+impl schemars::JsonSchema for CellDocument {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "CellDocument".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "description": "The cell document (--cell FILE): clusters, PgBouncer, budgets and SSM parameter names, never secrets; cells/local.json is a whole one."
+        })
+    }
+}
+
 /// Everything a run needs to know about one cell. It travels as execution input, so it
 /// holds SSM parameter names only, never secrets.
 ///

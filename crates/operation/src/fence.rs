@@ -136,10 +136,12 @@ pub enum Direction {
 /// The `direction` payload field of the steps both paths run (`refresh-nlb-target`,
 /// `recreate-downstream-subscriptions`, `resume-pgbouncer`): the forward path toward
 /// green, or the abort path back to blue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Way {
+    /// The forward path, toward green.
     Forward,
+    /// The abort path, back to blue.
     Abort,
 }
 

@@ -90,6 +90,31 @@ impl<'de> Deserialize<'de> for PauseDeadline {
     }
 }
 
+/// An RFC 3339 time in the payload listings.
+fn time_schema(description: &str) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "format": "date-time", "description": description})
+}
+
+impl schemars::JsonSchema for PauseDeadline {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "PauseDeadline".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        time_schema("The end of the run's pause budget, set by pause-pgbouncer (RFC 3339).")
+    }
+}
+
+impl schemars::JsonSchema for Timestamp {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Timestamp".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        time_schema("A point in time (RFC 3339).")
+    }
+}
+
 /// A point in time given in a payload (RFC 3339), e.g. when a state was entered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Timestamp(pub OffsetDateTime);

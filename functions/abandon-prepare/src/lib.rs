@@ -46,7 +46,7 @@ use finalize_replication::reverse;
 /// {"cell": { …the cell document… }, "run_id": "abandon-prepare-local-a-20261203T120000Z"}
 /// ```
 /// (`payloads/input.json` holds a whole one.)
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,

@@ -34,7 +34,7 @@ use switchyard_operation::{now_rfc3339, Deps, Error, OperationInput, Plan};
 /// {"cell": { …the cell document… }, "run_id": "switchover-local-a-20261122T050000Z",
 ///  "execution": "arn:aws:states:…:execution:switchyard-switchover:switchover-local-a-20261122T050000Z"}
 /// ```
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,

@@ -35,7 +35,7 @@ use switchyard_postgres::quote::{self, qualified};
 /// {"cell": { …the cell document… }, "vacuum": false}
 /// ```
 /// (`payloads/input.json` holds a whole one.)
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
@@ -61,7 +61,7 @@ pub struct Input {
 
 /// The table an invocation handed over: the next one to refresh (not yet, or not wholly,
 /// done), as green's catalog names it.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cursor {
     pub database: String,

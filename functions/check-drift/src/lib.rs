@@ -27,7 +27,7 @@ pub use preflight::{Code, Finding};
 /// ```json
 /// {"cell": { …the cell document… }}
 /// ```
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,

@@ -47,7 +47,7 @@ use tokio_postgres::Client;
 /// {"cell": { …the cell document… }, "wait_seconds": 10}
 /// ```
 /// (`payloads/input.json` holds a whole one.)
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,

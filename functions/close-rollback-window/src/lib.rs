@@ -42,7 +42,7 @@ use finalize_replication::{green, reverse};
 /// {"cell": { …the cell document… }, "run_id": "finalize-local-a-20261210T090000Z"}
 /// ```
 /// (`payloads/input.json` holds a whole one.)
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,

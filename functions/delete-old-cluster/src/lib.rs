@@ -40,7 +40,7 @@ const POLL: Duration = Duration::from_secs(1);
 /// {"cell": { …the cell document… }, "run_id": "delete-local-a", "old_blue_identifier": "local-a-blue-14"}
 /// ```
 /// (`payloads/input.json` holds a whole one.)
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,

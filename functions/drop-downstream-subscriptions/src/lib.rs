@@ -37,7 +37,7 @@ use switchyard_operation::downstream::{self, Journaled, Target};
 /// ```json
 /// {"cell": { …the cell document… }, "target_lsn": "3/4A0012F8"}
 /// ```
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,

@@ -43,7 +43,7 @@ use switchyard_postgres::quote;
 /// {"cell": { …the cell document… }, "mode": "drop", "old_blue_identifier": "local-a-blue-14"}
 /// ```
 /// (`payloads/input.json` holds a whole one.)
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
@@ -56,6 +56,7 @@ pub struct Input {
     /// The end of the pause budget (`pause-pgbouncer`'s): every wait stops at it.
     #[serde(default)]
     pub pause_deadline: Option<PauseDeadline>,
+    /// Which step around the rename this call is.
     pub mode: Mode,
     /// `drop` and `reverse` only: the cluster that was blue, holding the slots. Default: the `rename`
     /// journal entry's `parked_identifier` (written by rename-clusters); else, if
@@ -67,12 +68,16 @@ pub struct Input {
 
 switchyard_operation::operation_input!(Input);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
+    /// Step 9, before the rename: pause green's subscriptions (their slots on blue stay).
     Disable,
+    /// The abort path: green resumes from its slots on blue.
     Enable,
+    /// Step 15, after the point of no return: green's subscriptions and blue's slots go.
     Drop,
+    /// After `drop`: the old blue follows green, so the cell can switch back.
     Reverse,
 }
 
@@ -365,13 +370,13 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
         Mode::Disable | Mode::Enable if cell.is_back() => {
             let enable = input.mode == Mode::Enable;
             for database in &cell.databases {
+                let db = quote::name(database);
                 let client = deps.connect(cell, Side::Green, database).await?;
                 for (name, changes) in green::to_set(&client, &names, enable).await? {
                     if changes {
                         plan.would(format!(
                             "ALTER SUBSCRIPTION {} {} on the old blue {} (database {db}), then wait up to {} s for its apply worker",
                             quote::name(&name),
-                let db = quote::name(database);
                             green::verb(enable),
                             cell.green.cluster_identifier,
                             green::WORKER_WAIT_SECONDS
@@ -386,12 +391,12 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
             let verb = green::verb(enable);
             let way_back = quote::name(&switchyard_cell::reverse_replication_name());
             for database in &cell.databases {
+                let db = quote::name(database);
                 let client = deps.connect(cell, Side::Green, database).await?;
                 let states = green::to_set(&client, &names, enable).await?;
                 let running = states.iter().any(|(_, changes)| *changes && !enable);
                 let found = reverse::on_green(&client).await?;
                 if (enable || running) && guard::present(&client).await? {
-                let db = quote::name(database);
                     plan.would(format!(
                         "drop the DDL guard on green (database {db}) first: {}",
                         if enable {
@@ -444,13 +449,13 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
             let old_blue =
                 old_blue::locate(cell, deps, &green, input.old_blue_identifier.as_deref()).await?;
             for database in &cell.databases {
+                let db = quote::name(database);
                 let client = green::open(cell, deps, &green, database).await?;
                 for (name, enabled) in green::to_drop(&client, &names).await? {
                     let disable = if enabled { "DISABLE, " } else { "" };
                     plan.would(format!(
                         "drop subscription {} on green {} (database {db}) without touching its publisher: {disable}SET (slot_name = NONE), DROP",
                         quote::name(&name),
-                let db = quote::name(database);
                         green.identifier
                     ));
                 }
@@ -465,12 +470,12 @@ pub async fn plan(input: Input, deps: &Deps) -> Result<Plan, Error> {
             replication_login(cell, deps).await?;
             let way_back = quote::name(&switchyard_cell::reverse_replication_name());
             for database in &cell.databases {
+                let db = quote::name(database);
                 let green_client = green::open(cell, deps, &green, database).await?;
                 let blue_client = old_blue::require(cell, deps, &old_blue, database).await?;
                 let found = reverse::on_green(&green_client).await?;
                 if !found.publication || found.slot.is_none() {
                     plan.would(format!(
-                let db = quote::name(database);
                         "stop: green has no publication and slot {way_back} (database {db}); the old blue cannot follow green"
                     ));
                     continue;

@@ -36,7 +36,7 @@ use switchyard_operation::fleet::{self as instances, Endpoint};
 /// {"cell": { …the cell document… }, "run_id": "switchover-local-a-20261122T050000Z"}
 /// ```
 /// The drain budget is `cell.budgets.drain_seconds`.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,

@@ -44,7 +44,7 @@ const MAINTENANCE_DATABASE: &str = "postgres";
 /// {"cell": { …the cell document… }, "idle_transaction_seconds": 60}
 /// ```
 /// (`payloads/input.json` holds a whole one.)
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
@@ -59,11 +59,15 @@ pub struct Input {
 }
 
 /// Which state machine runs preflight.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// Before the prepare: nothing is replicating yet.
     #[default]
     Prepare,
+    /// Before the switchover: also refuse on what changed since the prepare.
     Switchover,
 }
 
@@ -261,11 +265,11 @@ async fn open(
 }
 
 fn missing_database(side: Side, db: &str) -> Finding {
+    let db = switchyard_postgres::quote::name(db);
     let (code, fix) = match side {
         Side::Blue => (
             Code::BlueDatabaseMissing,
             format!(
-    let db = switchyard_postgres::quote::name(db);
                 "Remove {db} from the cell document's databases, or check blue.cluster_identifier."
             ),
         ),

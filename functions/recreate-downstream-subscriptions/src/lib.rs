@@ -43,7 +43,7 @@ const STREAMING_WAIT: Duration = Duration::from_secs(30);
 /// ```json
 /// {"cell": { …the cell document… }, "run_id": "switchover-local-a-20261122T050000Z", "direction": "forward"}
 /// ```
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,

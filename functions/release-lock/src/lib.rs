@@ -15,7 +15,7 @@ use switchyard_operation::{Deps, Error, OperationInput, Plan};
 /// ```json
 /// {"cell": { …the cell document… }, "run_id": "switchover-local-a-20261122T050000Z", "force": false}
 /// ```
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,

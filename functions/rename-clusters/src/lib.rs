@@ -39,7 +39,7 @@ const MAX_WAIT_SECONDS: u64 = 840;
 /// {"cell": { …the cell document… }, "run_id": "switchover-local-a-20261122T050000Z", "mode": "forward", "wait_seconds": 600}
 /// ```
 /// (`payloads/input.json` holds a whole one.)
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
@@ -52,6 +52,7 @@ pub struct Input {
     /// The end of the pause budget (`pause-pgbouncer`'s): every wait stops at it.
     #[serde(default)]
     pub pause_deadline: Option<PauseDeadline>,
+    /// Which way the names move: toward green (the switch) or back to blue (the abort).
     pub mode: Mode,
     /// How long this invocation may wait for renames and the endpoint to settle before
     /// failing `ClusterNotAvailable` (retry resumes); at most 840.
@@ -65,7 +66,7 @@ fn default_wait_seconds() -> u64 {
 
 switchyard_operation::operation_input!(Input);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Blue → parked name, green → the cell's identifier.

@@ -57,7 +57,7 @@ use switchyard_postgres::{PgBouncerAdmin, Resumed};
 /// {"cell": { …the cell document… }, "run_id": "switchover-local-a-20261122T050000Z",
 ///  "direction": "forward", "expected_server_version_num": 170007}
 /// ```
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,

@@ -35,7 +35,7 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// {"cell": { …the cell document… }, "run_id": "switchover-local-a-20261122T050000Z", "direction": "down"}
 /// ```
 /// (`payloads/input.json` holds a whole one.)
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
@@ -45,6 +45,7 @@ pub struct Input {
     /// made sure no run is live.
     #[serde(default)]
     pub force: bool,
+    /// Down before the pause (and its record kept), up after the resume or the abort.
     pub direction: Direction,
 }
 
@@ -71,7 +72,7 @@ impl OperationInput for Input {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// Record the desired counts, scale every direct writer to 0, wait until drained.

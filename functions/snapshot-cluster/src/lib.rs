@@ -18,7 +18,7 @@ use switchyard_operation::{Deps, Error, OperationInput, Plan};
 /// {"cell": { …the cell document… }, "run_id": "2026-11-22T05-00-00-local-a"}
 /// ```
 /// (`payloads/input.json` holds a whole one.)
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,

@@ -41,13 +41,14 @@ use crate::compare::{Chunk, Difference, Method};
 /// {"cell": { …the cell document… }, "mode": "full", "chunk_rows": 10000, "attempts": 3}
 /// ```
 /// (`payloads/input.json` holds a whole one.)
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub cell: CellDocument,
     /// The end of the pause budget (`pause-pgbouncer`'s): every wait stops at it.
     #[serde(default)]
     pub pause_deadline: Option<PauseDeadline>,
+    /// How much to compare: row counts, or checksums too.
     pub mode: Mode,
     /// Rows per checksummed chunk in full mode (at least 1); the cell's
     /// `budgets.verify_chunk_rows` when absent.
@@ -77,7 +78,7 @@ impl OperationInput for Input {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Row counts.
@@ -89,7 +90,7 @@ pub enum Mode {
 /// Where a full check stopped: every database before `database` (in the cell's order),
 /// every table before `table` in it (in name order), and `table`'s rows up to key `after`
 /// (none: nothing of it yet) are compared.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cursor {
     pub database: String,

@@ -36,6 +36,25 @@ macro_rules! functions {
                 )),
             }
         }
+
+        /// Function `name`'s payload as a JSON Schema, from its own `Input` type.
+        pub fn payload_schema(name: &str) -> Option<Value> {
+            match name {
+                $($name => serde_json::to_value(schemars::schema_for!($krate::Input)).ok(),)*
+                _ => None,
+            }
+        }
+
+        /// Whether `payload` has the shape of function `name`'s `Input` (no deadline or
+        /// cell rule is checked).
+        pub fn check_payload(name: &str, payload: Value) -> Result<(), String> {
+            match name {
+                $($name => serde_json::from_value::<$krate::Input>(payload)
+                    .map(drop)
+                    .map_err(|e| e.to_string()),)*
+                other => Err(format!("no function named {other:?}")),
+            }
+        }
     };
     (@read_only read_only) => { true };
     (@read_only planned) => { false };
@@ -118,6 +137,53 @@ mod tests {
         let mut names: Vec<String> = FUNCTIONS.iter().map(|n| (*n).to_owned()).collect();
         names.sort();
         assert_eq!(names, crates);
+    }
+
+    /// `cli/functions.json` — what `switchyard invoke FUNCTION --help` lists — as each
+    /// function's own `Input` type describes it now; `SWITCHYARD_BLESS=1` rewrites it.
+    #[test]
+    fn the_cli_catalogue_is_current() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../functions");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../cli/functions.json");
+        let mut current = Vec::new();
+        for name in FUNCTIONS {
+            let manifest =
+                std::fs::read_to_string(format!("{dir}/{name}/Cargo.toml")).expect("Cargo.toml");
+            let summary = manifest
+                .lines()
+                .find_map(|l| l.strip_prefix("description = "))
+                .and_then(|d| serde_json::from_str::<String>(d).ok())
+                .unwrap_or_else(|| panic!("{name}: its Cargo.toml has no one-line description"));
+            let schema = payload_schema(name).expect("schema");
+            // The example is the crate's own, which it parses as its Input.
+            let example: Value = serde_json::from_str(
+                &std::fs::read_to_string(format!("{dir}/{name}/payloads/input.json"))
+                    .expect("payloads/input.json"),
+            )
+            .expect("payloads/input.json is JSON");
+            if let Err(e) = check_payload(name, example.clone()) {
+                panic!("{name}: payloads/input.json is refused: {e}");
+            }
+            current.push(switchyard_cli::catalog::Function::from_schema(
+                name,
+                &summary,
+                !is_read_only(name),
+                &schema,
+                &example,
+            ));
+        }
+        let text = format!(
+            "{}\n",
+            serde_json::to_string_pretty(&current).expect("catalogue")
+        );
+        if std::env::var_os("SWITCHYARD_BLESS").is_some() {
+            std::fs::write(path, &text).expect("write cli/functions.json");
+        }
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            checked_in == text,
+            "cli/functions.json is not what the functions' Input types say: run `SWITCHYARD_BLESS=1 cargo nextest run --workspace -E 'test(the_cli_catalogue_is_current)'` and commit it"
+        );
     }
 
     #[test]

@@ -3,12 +3,13 @@
 //! (`switchyard-state-machine`), each Task's Lambda replaced by the function's `run`
 //! called in-process through [`LocalFunctions`].
 
-pub mod follow;
 pub mod functions;
-pub mod history;
 pub mod rehearsal;
-pub mod report;
-pub mod timeline;
+
+pub use switchyard_history::{
+    definition_path, follow, history, report, timeline, ABANDON_PREPARE, ABORT, DEFINITIONS,
+    FINALIZE, PREPARE, SWITCHOVER,
+};
 
 use serde_json::Value;
 use switchyard_errors::Catalogued;
@@ -18,25 +19,6 @@ use switchyard_state_machine::{
 };
 
 pub use functions::{invoke, is_read_only, payload, FUNCTIONS};
-
-/// The checked-in definitions.
-pub const PREPARE: &str = "prepare";
-pub const SWITCHOVER: &str = "switchover";
-/// Undoes a prepare that will not be switched.
-pub const ABANDON_PREPARE: &str = "abandon-prepare";
-/// Ends the rollback window after a switch.
-pub const FINALIZE: &str = "finalize";
-/// The switchover's abort path on its own, for a run stopped by hand.
-pub const ABORT: &str = "abort";
-/// Every checked-in definition.
-pub const DEFINITIONS: [&str; 5] = [PREPARE, SWITCHOVER, ABANDON_PREPARE, FINALIZE, ABORT];
-
-/// `state-machine/<name>.asl.json`.
-pub fn definition_path(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(format!("{name}.asl.json"))
-}
 
 /// Loads `state-machine/<name>.asl.json` as checked in.
 pub fn load(name: &str) -> Result<Definition, String> {

@@ -1,4 +1,4 @@
-//! The `switchyard` binary against a local cell: invoke (with and without dry runs, bad
+//! `switchyard-local` (the operator commands with the functions in-process) against a local cell: invoke (with and without dry runs, bad
 //! input), start and follow against Step Functions (moto), and report over the histories
 //! of a real run of both state machines.
 
@@ -38,7 +38,7 @@ impl Ran {
 /// Runs the binary with the cell's environment (moto, local endpoints), as an operator
 /// on the cell's network would.
 fn switchyard(cell: &LocalCell, args: &[&str]) -> Ran {
-    let output = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    let output = Command::new(env!("CARGO_BIN_EXE_switchyard-local"))
         .args(args)
         .envs(cell.env())
         .env_remove("RUST_LOG")
