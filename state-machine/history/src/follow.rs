@@ -17,6 +17,9 @@ pub struct Follower {
     last_pause_note: Option<i64>,
     /// The last state entered: an end state (Succeed/Fail) names the outcome.
     last_state: Option<String>,
+    /// The last lag reading (bytes) and when: the wait lines repeat it.
+    last_lag: Option<u64>,
+    last_wait_note: Option<i64>,
     outcome: Option<Outcome>,
 }
 
@@ -144,23 +147,48 @@ impl Follower {
             _ => {}
         }
         if let Some(sample) = lag_of_event(event) {
+            self.last_lag = Some(sample);
             lines.push(format!("{clock}    lag {sample} bytes ({state})"));
         }
         lines
     }
 
-    /// While PgBouncer is paused, a reminder of how long, at most every 5 s: the line an
-    /// operator watches during the window. `now_ms`: Unix ms.
+    /// What a person watching wants while nothing new happens: during the pause window,
+    /// how long it has been open (at most every 5 s); otherwise the state still running
+    /// and for how long (at most every 30 s: a prepare waits hours). Each with the last lag
+    /// reading. `now_ms`: Unix ms.
     pub fn tick(&mut self, now_ms: i64) -> Option<String> {
-        let paused = self.paused_at?;
-        if self
-            .last_pause_note
-            .is_some_and(|last| now_ms - last < 5_000)
+        if self.finished() {
+            return None;
+        }
+        let lag = self
+            .last_lag
+            .map(|bytes| format!("; last lag {bytes} bytes"))
+            .unwrap_or_default();
+        if let Some(paused) = self.paused_at {
+            if self
+                .last_pause_note
+                .is_some_and(|last| now_ms - last < 5_000)
+            {
+                return None;
+            }
+            self.last_pause_note = Some(now_ms);
+            return Some(format!("  … paused for {} ms so far{lag}", now_ms - paused));
+        }
+        let state = self.last_state.as_ref()?;
+        let (since, attempts) = self.entered.get(state)?;
+        if now_ms - since < 30_000
+            || self
+                .last_wait_note
+                .is_some_and(|last| now_ms - last < 30_000)
         {
             return None;
         }
-        self.last_pause_note = Some(now_ms);
-        Some(format!("  … paused for {} ms so far", now_ms - paused))
+        self.last_wait_note = Some(now_ms);
+        Some(format!(
+            "  … in {state} for {} s (attempt {attempts}){lag}",
+            (now_ms - since) / 1000
+        ))
     }
 }
 
@@ -246,6 +274,38 @@ mod tests {
         }
         assert!(f.finished());
         assert_eq!(f.tick(0), None, "no reminder once resumed");
+    }
+
+    #[test]
+    fn a_long_wait_says_where_it_waits_and_the_last_lag() {
+        let mut f = Follower::new();
+        f.feed(&event(
+            EventType::StateEntered(StateType::Task),
+            "check-replication",
+            "00.000",
+        ));
+        f.feed(&event(
+            EventType::TaskScheduled,
+            "check-replication",
+            "00.000",
+        ));
+        let start = unix_ms("2026-11-22T10:00:00.000Z").expect("time");
+        assert_eq!(f.tick(start + 10_000), None, "a short wait is no news");
+        let mut failed = event(EventType::TaskFailed, "check-replication", "40.000");
+        failed.error = Some("NotCaughtUp".to_owned());
+        failed.cause = Some("green lags 5120 bytes behind blue".to_owned());
+        f.feed(&failed);
+        f.feed(&event(
+            EventType::TaskScheduled,
+            "check-replication",
+            "45.000",
+        ));
+        assert_eq!(
+            f.tick(start + 50_000).as_deref(),
+            Some("  … in check-replication for 50 s (attempt 2); last lag 5120 bytes")
+        );
+        assert_eq!(f.tick(start + 60_000), None, "at most every 30 s");
+        assert!(f.tick(start + 81_000).is_some());
     }
 
     #[test]
