@@ -452,6 +452,25 @@ pub async fn invoke(
     function_name: &str,
     payload: &Value,
 ) -> Result<ExitCode, String> {
+    let (answer, failed) = call(client, function_name, payload).await?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&answer).unwrap_or_else(|_| answer.to_string())
+    );
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Invokes a deployed function synchronously: its answer (the output, or Lambda's
+/// `{"errorType", "errorMessage"}`) and whether it is an error.
+pub async fn call(
+    client: &aws_sdk_lambda::Client,
+    function_name: &str,
+    payload: &Value,
+) -> Result<(Value, bool), String> {
     let response = client
         .invoke()
         .function_name(function_name)
@@ -463,16 +482,8 @@ pub async fn invoke(
         .payload()
         .map(|b| String::from_utf8_lossy(b.as_ref()).into_owned())
         .unwrap_or_default();
-    let pretty = serde_json::from_str::<Value>(&body)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or(body);
-    println!("{pretty}");
-    Ok(if response.function_error().is_some() {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    let answer = serde_json::from_str::<Value>(&body).unwrap_or(Value::String(body));
+    Ok((answer, response.function_error().is_some()))
 }
 
 fn sdk_error<E, R>(what: &str, err: &aws_sdk_sfn::error::SdkError<E, R>) -> String

@@ -190,6 +190,9 @@ enum Command {
         /// `text` for people, `json` for scripts.
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
+        /// The Lambda names' prefix, for `check-drift` (`<prefix>-check-drift`).
+        #[arg(long, default_value = "switchyard")]
+        function_prefix: String,
     },
     /// Abort the cell's run by hand: stop its execution, wait until its last step's Lambda
     /// can no longer be running, then run the switchover's abort path as its own execution
@@ -395,12 +398,39 @@ async fn run(tool: Tool, command: Command) -> Result<ExitCode, String> {
                 }
             }
         }
-        Command::Status { cell, output } => {
+        Command::Status {
+            cell,
+            output,
+            function_prefix,
+        } => {
             let cell = read_cell(&cell)?;
             let deps = switchyard_operation::Deps::from_env()
                 .await
                 .map_err(|e| e.to_failure().to_string())?;
-            let status = status::read(&cell, &deps).await?;
+            let mut status = status::read(&cell, &deps).await?;
+            if status.wants_drift() {
+                // Read-only: the same check-drift the runbook runs, where invoke runs it.
+                let payload = payload_of(&cell, Value::Null);
+                let answer = match tool.in_process {
+                    Some(in_process) => in_process("check-drift", payload, &deps)
+                        .await
+                        .map_err(|e| e.to_failure().to_string()),
+                    None => {
+                        let client = aws::lambda(&cell.region).await;
+                        let name = format!("{function_prefix}-check-drift");
+                        match aws::call(&client, &name, &payload).await {
+                            Ok((output, false)) => Ok(output),
+                            Ok((error, true)) => Err(format!(
+                                "{}: {}",
+                                error["errorType"].as_str().unwrap_or("error"),
+                                error["errorMessage"].as_str().unwrap_or_default()
+                            )),
+                            Err(e) => Err(e),
+                        }
+                    }
+                };
+                status.set_drift(answer);
+            }
             match output {
                 Output::Text => print!("{}", status.text()),
                 Output::Json => println!(

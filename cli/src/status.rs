@@ -1,15 +1,18 @@
 //! `switchyard status`: where a cell is, in one read-only look — the run that owns it, both
 //! legs' decisions, which cluster holds the cell's name, every PgBouncer instance (paused
 //! or not, and where it points), the write fence on each cluster, the subscriptions and
-//! slots of ours with their lag, the journal, and the next safe command. Nothing is
-//! changed; whatever cannot be read is said, not guessed.
+//! slots of ours with their lag, the journal, what `check-drift` finds (once there is a
+//! prepare or a rollback window to check), and the next safe command. Nothing is changed;
+//! whatever cannot be read is said, not guessed.
 
 use serde::Serialize;
+use serde_json::Value;
 use switchyard_cell::CellDocument;
 use switchyard_errors::Catalogued;
 use switchyard_operation::fence::{Decision, RunLock, Verdict};
 use switchyard_operation::rename::{self, RenamePlan};
 use switchyard_operation::{fleet, saved_acls, Deps, PauseWindow};
+use switchyard_postgres::quote;
 
 /// What `status` found.
 #[derive(Debug, Serialize)]
@@ -27,6 +30,9 @@ pub struct Status {
     pub rename_plan: Option<RenamePlan>,
     pub clusters: Vec<Cluster>,
     pub pgbouncer: Vec<Instance>,
+    /// What check-drift says (the prepare's drift, or on a switched cell the rollback
+    /// window).
+    pub drift: Drift,
     /// Everything that needs a person, one sentence each; empty when healthy.
     pub attention: Vec<String>,
     /// The next safe command.
@@ -76,6 +82,21 @@ pub struct Slot {
     pub lag_bytes: Option<i64>,
 }
 
+/// check-drift's answer, as `status` shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum Drift {
+    /// Nothing replicates to green and the cell has not switched: nothing to check.
+    NothingPrepared,
+    /// Blockers and warnings, each `CODE (objects)`.
+    Checked {
+        blockers: Vec<String>,
+        warnings: Vec<String>,
+    },
+    /// check-drift could not answer: why (its typed error, or the invoke's).
+    NotChecked { why: String },
+}
+
 /// One PgBouncer instance.
 #[derive(Debug, Serialize)]
 pub struct Instance {
@@ -90,6 +111,57 @@ pub struct Instance {
 impl Status {
     pub fn healthy(&self) -> bool {
         self.attention.is_empty()
+    }
+
+    /// Whether there is drift to check: a prepare replicating to green, or a switch's
+    /// rollback window. (Before any prepare, check-drift would report every table as
+    /// unpublished: true, and no news.)
+    pub fn wants_drift(&self) -> bool {
+        self.phase == "switched"
+            || self.clusters.iter().any(|c| {
+                c.role == "green" && c.databases.iter().any(|d| !d.subscriptions.is_empty())
+            })
+    }
+
+    /// Takes check-drift's answer (its output, or its error as text): blockers need a
+    /// person.
+    pub fn set_drift(&mut self, answer: Result<Value, String>) {
+        let findings = |output: &Value, which: &str| -> Vec<String> {
+            output[which]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| {
+                    let objects: Vec<&str> = f["objects"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    format!(
+                        "{} ({})",
+                        f["code"].as_str().unwrap_or("?"),
+                        objects.join("; ")
+                    )
+                })
+                .collect()
+        };
+        self.drift = match answer {
+            Ok(output) => {
+                let blockers = findings(&output, "blockers");
+                if !blockers.is_empty() {
+                    self.attention.push(format!(
+                        "check-drift finds blockers: {} (switchyard invoke check-drift --cell cell.json for each one's fix)",
+                        blockers.join(", ")
+                    ));
+                }
+                Drift::Checked {
+                    blockers,
+                    warnings: findings(&output, "warnings"),
+                }
+            }
+            Err(why) => Drift::NotChecked { why },
+        };
     }
 
     /// The human-readable form.
@@ -137,14 +209,15 @@ impl Status {
                 if d.writes_revoked > 0 {
                     out.push(format!(
                         "                {}: writes revoked on {} relations",
-                        d.name, d.writes_revoked
+                        quote::name(&d.name),
+                        d.writes_revoked
                     ));
                 }
                 for s in &d.subscriptions {
                     out.push(format!(
                         "                {}: subscription {} {}{}",
-                        d.name,
-                        s.name,
+                        quote::name(&d.name),
+                        quote::name(&s.name),
                         if s.enabled { "enabled" } else { "disabled" },
                         if s.streaming { ", streaming" } else { "" }
                     ));
@@ -152,8 +225,8 @@ impl Status {
                 for s in &d.slots {
                     out.push(format!(
                         "                {}: slot {} {}, {} bytes behind",
-                        d.name,
-                        s.name,
+                        quote::name(&d.name),
+                        quote::name(&s.name),
                         if s.active { "active" } else { "inactive" },
                         s.lag_bytes.map_or("?".to_owned(), |b| b.to_string())
                     ));
@@ -175,6 +248,21 @@ impl Status {
                 )),
             }
         }
+        out.push(match &self.drift {
+            Drift::NothingPrepared => "  drift       nothing prepared to check".to_owned(),
+            Drift::Checked { blockers, warnings } if blockers.is_empty() => format!(
+                "  drift       clean{}",
+                if warnings.is_empty() {
+                    String::new()
+                } else {
+                    format!("; warnings: {}", warnings.join(", "))
+                }
+            ),
+            Drift::Checked { blockers, .. } => {
+                format!("  drift       BLOCKERS: {}", blockers.join(", "))
+            }
+            Drift::NotChecked { why } => format!("  drift       not checked: {why}"),
+        });
         for a in &self.attention {
             out.push(format!("  ATTENTION   {a}"));
         }
@@ -241,7 +329,9 @@ pub async fn read(cell: &CellDocument, deps: &Deps) -> Result<Status, String> {
             if lock.is_none() {
                 attention.push(format!(
                     "{} serves the cell but {} relations of database {} have their writes revoked",
-                    c.identifier, d.writes_revoked, d.name
+                    c.identifier,
+                    d.writes_revoked,
+                    quote::name(&d.name)
                 ));
             }
         }
@@ -257,9 +347,9 @@ pub async fn read(cell: &CellDocument, deps: &Deps) -> Result<Status, String> {
             for s in d.slots.iter().filter(|s| !s.active) {
                 attention.push(format!(
                     "slot {} on {} (database {}) is not streaming: it keeps WAL ({} bytes)",
-                    s.name,
+                    quote::name(&s.name),
                     c.identifier,
-                    d.name,
+                    quote::name(&d.name),
                     s.lag_bytes.map_or("?".to_owned(), |b| b.to_string())
                 ));
             }
@@ -304,6 +394,7 @@ pub async fn read(cell: &CellDocument, deps: &Deps) -> Result<Status, String> {
         rename_plan,
         clusters,
         pgbouncer,
+        drift: Drift::NothingPrepared,
         attention,
         next,
     })

@@ -118,6 +118,7 @@ async fn invoke_runs_one_function_with_dry_runs_and_typed_errors() {
         ),
         ": holds the cell's name",
         "serving →",
+        "drift       nothing prepared to check",
         "next        switchyard start --cell cell.json --phase prepare",
     ] {
         assert!(
@@ -621,6 +622,7 @@ async fn report_of_a_rehearsal_history_matches_the_rehearsal_and_draws_every_ste
         ),
         "app: subscription switchyard_reverse enabled, streaming".to_owned(),
         "app: slot switchyard_reverse active".to_owned(),
+        "drift       clean".to_owned(),
         "--phase finalize".to_owned(),
     ] {
         assert!(
@@ -629,6 +631,50 @@ async fn report_of_a_rehearsal_history_matches_the_rehearsal_and_draws_every_ste
             ran.stdout
         );
     }
+
+    // The old blue stops following: status says so through check-drift's rollback
+    // blockers too, and needs a person (exit 1). Then it follows again.
+    let old_blue = cell.blue.superuser_client("app").await.expect("old blue");
+    old_blue
+        .batch_execute("ALTER SUBSCRIPTION switchyard_reverse DISABLE")
+        .await
+        .expect("the old blue stops following");
+    let started = std::time::Instant::now();
+    let ran = loop {
+        let ran = switchyard(&cell, &["status", "--cell", doc]);
+        if ran
+            .stdout
+            .contains("drift       BLOCKERS: ROLLBACK_NOT_STREAMING")
+        {
+            break ran;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{}\n{}",
+            ran.stdout,
+            ran.stderr
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert_eq!(ran.code, 1, "{}", ran.stdout);
+    assert!(
+        ran.stdout
+            .contains("ATTENTION   check-drift finds blockers: ROLLBACK_NOT_STREAMING"),
+        "{}",
+        ran.stdout
+    );
+    let json = switchyard(&cell, &["status", "--cell", doc, "--output", "json"]).json();
+    assert_eq!(json["drift"]["state"], "checked", "{json}");
+    assert!(
+        json["drift"]["blockers"]
+            .to_string()
+            .contains("ROLLBACK_NOT_STREAMING"),
+        "{json}"
+    );
+    old_blue
+        .batch_execute("ALTER SUBSCRIPTION switchyard_reverse ENABLE")
+        .await
+        .expect("the old blue follows again");
 
     // Switched: the switch-back's document names the parked old blue, from the journal.
     let back = switchyard(&cell, &["back-document", "--cell", doc]);
