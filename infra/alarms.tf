@@ -26,4 +26,5 @@ resource "aws_cloudwatch_metric_alarm" "execution" {
 
   alarm_actions = var.alarm_actions
   ok_actions    = var.alarm_actions
+  tags          = var.tags
 }

@@ -20,9 +20,11 @@ data "aws_iam_policy_document" "lambda_assume" {
 resource "aws_iam_role" "function" {
   for_each = local.functions
 
-  name               = local.function_names[each.key]
-  description        = "switchyard ${each.key}: only the calls its code makes"
-  assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
+  name                 = local.function_names[each.key]
+  description          = "switchyard ${each.key}: only the calls its code makes"
+  assume_role_policy   = data.aws_iam_policy_document.lambda_assume.json
+  permissions_boundary = var.permissions_boundary_arn
+  tags                 = var.tags
 }
 
 resource "aws_iam_role_policy" "function" {

@@ -4,6 +4,7 @@ resource "aws_cloudwatch_log_group" "function" {
   name              = "/aws/lambda/${local.function_names[each.key]}"
   retention_in_days = var.log_retention_days
   kms_key_id        = var.kms_key_arn
+  tags              = var.tags
 }
 
 resource "aws_lambda_function" "function" {
@@ -24,6 +25,19 @@ resource "aws_lambda_function" "function" {
 
   timeout     = each.value.timeout_seconds
   memory_size = each.value.memory_mb
+
+  # Every apply that changes the code or configuration publishes a version: the state
+  # machines invoke that version (functions.tf), the `live` alias follows it.
+  publish = true
+
+  # JSON lines at var.log_level: the runtime sets AWS_LAMBDA_LOG_FORMAT and
+  # AWS_LAMBDA_LOG_LEVEL from this, which the functions' tracing honours.
+  logging_config {
+    log_format            = "JSON"
+    log_group             = aws_cloudwatch_log_group.function[each.key].name
+    application_log_level = var.log_level
+    system_log_level      = "WARN"
+  }
 
   reserved_concurrent_executions = var.reserved_concurrent_executions
   kms_key_arn                    = var.kms_key_arn
@@ -49,6 +63,20 @@ resource "aws_lambda_function" "function" {
     mode = "Active"
   }
 
+  tags = var.tags
+
   # The log group exists (with retention and KMS) before the first invocation could create it.
   depends_on = [aws_cloudwatch_log_group.function, aws_iam_role_policy.function]
+}
+
+# For invokes by hand (`aws lambda invoke --qualifier live`): the version the state
+# machines of the last apply call. A run that started before that apply calls the version
+# named in its own execution's definition.
+resource "aws_lambda_alias" "live" {
+  for_each = local.functions
+
+  name             = "live"
+  description      = "The version the state machines of the last apply invoke"
+  function_name    = aws_lambda_function.function[each.key].function_name
+  function_version = aws_lambda_function.function[each.key].version
 }

@@ -3,6 +3,11 @@ output "function_arns" {
   value       = { for fn, f in aws_lambda_function.function : fn => f.arn }
 }
 
+output "function_versions" {
+  description = "The version of each function this apply published, which the state machines invoke (and the live alias names)."
+  value       = { for fn, f in aws_lambda_function.function : fn => f.version }
+}
+
 output "function_names" {
   description = "Lambda function name by operation name: <name_prefix>-<operation>."
   value       = { for fn, f in aws_lambda_function.function : fn => f.function_name }

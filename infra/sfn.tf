@@ -27,9 +27,11 @@ data "aws_iam_policy_document" "states_assume" {
 }
 
 resource "aws_iam_role" "states" {
-  name               = "${var.name_prefix}-states"
-  description        = "switchyard state machines: invoke the functions, log, trace"
-  assume_role_policy = data.aws_iam_policy_document.states_assume.json
+  name                 = "${var.name_prefix}-states"
+  description          = "switchyard state machines: invoke the functions, log, trace"
+  assume_role_policy   = data.aws_iam_policy_document.states_assume.json
+  permissions_boundary = var.permissions_boundary_arn
+  tags                 = var.tags
 }
 
 resource "aws_iam_role_policy" "states" {
@@ -80,6 +82,7 @@ resource "aws_cloudwatch_log_group" "state_machine" {
   name              = "/aws/vendedlogs/states/${var.name_prefix}-${each.key}"
   retention_in_days = var.log_retention_days
   kms_key_id        = var.kms_key_arn
+  tags              = var.tags
 }
 
 resource "aws_sfn_state_machine" "state_machine" {
@@ -90,8 +93,13 @@ resource "aws_sfn_state_machine" "state_machine" {
   type     = "STANDARD"
   role_arn = aws_iam_role.states.arn
 
-  # Each ${<function>} placeholder (dashes as underscores) becomes that function's ARN.
+  # Each ${<function>} placeholder (dashes as underscores) becomes the ARN of the version
+  # of that function this apply published.
   definition = templatefile(each.value, local.state_machine_functions)
+
+  # Each apply that changes a definition publishes a state machine version: what ran
+  # when is on record.
+  publish = true
 
   logging_configuration {
     log_destination = "${aws_cloudwatch_log_group.state_machine[each.key].arn}:*"
@@ -105,6 +113,8 @@ resource "aws_sfn_state_machine" "state_machine" {
   tracing_configuration {
     enabled = true
   }
+
+  tags = var.tags
 
   depends_on = [aws_iam_role_policy.states]
 }

@@ -104,6 +104,34 @@ variable "log_retention_days" {
   default     = 365
 }
 
+variable "log_level" {
+  description = "Application log level of every function (Lambda's logging_config): TRACE, DEBUG, INFO, WARN, ERROR or FATAL."
+  type        = string
+  default     = "INFO"
+
+  validation {
+    condition     = contains(["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"], var.log_level)
+    error_message = "log_level must be one of TRACE, DEBUG, INFO, WARN, ERROR, FATAL."
+  }
+}
+
+variable "tags" {
+  description = "Tags on every resource this module creates that takes tags."
+  type        = map(string)
+  default     = {}
+}
+
+variable "permissions_boundary_arn" {
+  description = "IAM permissions boundary (policy ARN) of every role this module creates; null for none."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.permissions_boundary_arn == null ? true : can(regex("^arn:aws[a-z-]*:iam::", var.permissions_boundary_arn))
+    error_message = "permissions_boundary_arn must be an IAM policy ARN."
+  }
+}
+
 variable "alarm_actions" {
   description = "ARNs (e.g. SNS topics) notified when an execution fails, times out or is aborted."
   type        = list(string)

@@ -27,6 +27,14 @@ fn function_arn(function: &str) -> String {
     format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:switchyard-{function}")
 }
 
+/// The dummy version an apply published of every function.
+const PUBLISHED_VERSION: &str = "7";
+
+/// The dummy ARN of the version of `function` an apply published.
+fn function_version_arn(function: &str) -> String {
+    format!("{}:{PUBLISHED_VERSION}", function_arn(function))
+}
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
@@ -79,14 +87,14 @@ fn placeholders(text: &str) -> Vec<String> {
     found
 }
 
-/// The ASL with each placeholder filled by its function's dummy ARN, by plain string
-/// replacement: independent of the renderer.
+/// The ASL with each placeholder filled by the dummy ARN of its function's published
+/// version, by plain string replacement: independent of the renderer.
 fn filled(asl: &str) -> String {
     let mut text = asl.to_owned();
     for name in placeholders(asl) {
         text = text.replace(
             &format!("${{{name}}}"),
-            &function_arn(&name.replace('_', "-")),
+            &function_version_arn(&name.replace('_', "-")),
         );
     }
     text
@@ -302,7 +310,11 @@ fn fake_instance(kind: &str, name: &str, key: &str) -> Value {
             "function_name".to_owned(),
             Value::from(format!("switchyard-{key}")),
         );
-        object.insert("qualified_arn".to_owned(), Value::from(format!("{arn}:1")));
+        object.insert(
+            "qualified_arn".to_owned(),
+            Value::from(format!("{arn}:{PUBLISHED_VERSION}")),
+        );
+        object.insert("version".to_owned(), Value::from(PUBLISHED_VERSION));
     }
     Value::Object(object)
 }
@@ -685,10 +697,11 @@ fn state_machines_render_to_the_checked_in_asl_with_function_arns() {
                 serde_json::from_str(&filled(asl)).expect("the filled ASL is JSON");
             assert_eq!(got, want, "definition of {key} differs from its filled ASL");
             // Every definition gives the run lock back at its end (the abort machine acts
-            // as a run that took it): its ARN is filled in.
+            // as a run that took it): the ARN of its published version is filled in, so a
+            // run keeps the code it started with across an apply.
             assert!(
-                text.contains(&function_arn("release-lock")),
-                "definition of {key} invokes no function by ARN"
+                text.contains(&format!("\"{}\"", function_version_arn("release-lock"))),
+                "definition of {key} invokes no published function version"
             );
             rendered_names.insert(key);
         }
@@ -698,6 +711,69 @@ fn state_machines_render_to_the_checked_in_asl_with_function_arns() {
         rendered_names, asl_names,
         "one state machine per state-machine/*.asl.json"
     );
+}
+
+/// `true` when `body` sets `key` to the literal `true`.
+fn is_true(body: &Body, key: &str) -> bool {
+    matches!(attribute(body, key), Some(Expression::Bool(true)))
+}
+
+/// The nested block `name` of `body`, if any.
+fn nested<'a>(body: &'a Body, name: &str) -> Option<&'a Body> {
+    body.blocks()
+        .find(|b| b.identifier() == name)
+        .map(|b| b.body())
+}
+
+#[test]
+fn deploys_publish_versions_log_json_and_bound_every_role() {
+    let (module, evaluated) = module();
+    for lambda in module.resources_of("aws_lambda_function") {
+        assert!(
+            is_true(&lambda.body, "publish"),
+            "{}: publish = true, so the state machines can name a version",
+            lambda.name
+        );
+        let logging = nested(&lambda.body, "logging_config")
+            .unwrap_or_else(|| panic!("{}: no logging_config", lambda.name));
+        assert!(
+            matches!(attribute(logging, "log_format"), Some(Expression::String(f)) if f == "JSON"),
+            "{}: JSON logs",
+            lambda.name
+        );
+        assert!(
+            attribute(logging, "application_log_level").is_some(),
+            "{}: the log level is the deployment's",
+            lambda.name
+        );
+    }
+    for machine in module.resources_of("aws_sfn_state_machine") {
+        assert!(is_true(&machine.body, "publish"), "{}", machine.name);
+    }
+    // The live alias: one per function, for invokes by hand.
+    let want: BTreeMap<String, usize> = functions().into_iter().map(|f| (f, 1)).collect();
+    assert_eq!(instance_keys(&module, &evaluated, "aws_lambda_alias"), want);
+    // Every role takes the permissions boundary, and everything that takes tags the tags.
+    let roles = module.resources_of("aws_iam_role");
+    assert!(!roles.is_empty());
+    for role in roles {
+        assert!(
+            attribute(&role.body, "permissions_boundary").is_some(),
+            "role {}: permissions_boundary",
+            role.name
+        );
+    }
+    for kind in [
+        "aws_lambda_function",
+        "aws_iam_role",
+        "aws_cloudwatch_log_group",
+        "aws_sfn_state_machine",
+        "aws_cloudwatch_metric_alarm",
+    ] {
+        for r in module.resources_of(kind) {
+            assert!(attribute(&r.body, "tags").is_some(), "{kind}.{}: tags", r.name);
+        }
+    }
 }
 
 /// Every instance key of resources of `kind`, with how many times each occurs.
