@@ -138,6 +138,18 @@ variable "alarm_actions" {
   default     = []
 }
 
+variable "replication_slot_lag_alarm_bytes" {
+  description = "OldestReplicationSlotLag (bytes) above which each cell's writer alarms after 15 minutes. The default matches budgets.rollback_wal_bytes' (10 GiB)."
+  type        = number
+  default     = 10737418240
+}
+
+variable "transaction_logs_alarm_bytes" {
+  description = "TransactionLogsDiskUsage (bytes) above which each cell's writer alarms after 15 minutes."
+  type        = number
+  default     = 21474836480
+}
+
 variable "cells" {
   description = <<-EOT
     The cells the functions may act on, keyed by cell_id (as in the cell document). Each names

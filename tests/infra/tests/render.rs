@@ -771,9 +771,68 @@ fn deploys_publish_versions_log_json_and_bound_every_role() {
         "aws_cloudwatch_metric_alarm",
     ] {
         for r in module.resources_of(kind) {
-            assert!(attribute(&r.body, "tags").is_some(), "{kind}.{}: tags", r.name);
+            assert!(
+                attribute(&r.body, "tags").is_some(),
+                "{kind}.{}: tags",
+                r.name
+            );
         }
     }
+}
+
+/// Between prepare and switchover nothing else watches replication: each cell's writer
+/// (the cluster holding the cell's name) alarms on slot lag and WAL kept.
+#[test]
+fn every_cells_writer_alarms_on_slot_lag_and_wal_kept() {
+    let (module, evaluated) = module();
+    let alarms: Vec<&Block> = module
+        .resources_of("aws_cloudwatch_metric_alarm")
+        .into_iter()
+        .filter(|a| {
+            attribute(&a.body, "namespace")
+                .is_some_and(|n| matches!(n, Expression::String(s) if s == "AWS/RDS"))
+        })
+        .collect();
+    assert_eq!(
+        alarms.len(),
+        1,
+        "one AWS/RDS alarm resource, for_each cell × metric"
+    );
+    let alarm = alarms[0];
+    let dimensions = attribute(&alarm.body, "dimensions").expect("dimensions");
+    let metric = attribute(&alarm.body, "metric_name").expect("metric_name");
+    let metrics = evaluated.per_instance(alarm, metric);
+    let mut got = BTreeMap::new();
+    for (key, dims) in evaluated.per_instance(alarm, dimensions) {
+        let dims: serde_json::Value =
+            serde_json::to_value(&dims).expect("dimensions are an object");
+        got.insert(
+            key.clone(),
+            (
+                metrics[&key].as_str().expect("metric name").to_owned(),
+                dims["DBClusterIdentifier"]
+                    .as_str()
+                    .expect("cluster")
+                    .to_owned(),
+                dims["Role"].as_str().expect("role").to_owned(),
+            ),
+        );
+    }
+    let mut want = BTreeMap::new();
+    for cell in ["cell-a", "cell-b"] {
+        for m in ["OldestReplicationSlotLag", "TransactionLogsDiskUsage"] {
+            want.insert(
+                format!("{cell}-{m}"),
+                (m.to_owned(), cell.to_owned(), "WRITER".to_owned()),
+            );
+        }
+    }
+    assert_eq!(got, want);
+    assert_eq!(
+        module.resources_of("aws_cloudwatch_dashboard").len(),
+        1,
+        "one dashboard for the deployment"
+    );
 }
 
 /// Every instance key of resources of `kind`, with how many times each occurs.
