@@ -21,7 +21,7 @@ pub struct Definition {
     pub(crate) machine: Machine,
 }
 
-/// The top level or one Parallel branch: states in definition order.
+/// The top level, one Parallel branch or a Map's processor: states in definition order.
 #[derive(Debug, Clone)]
 pub(crate) struct Machine {
     pub(crate) start_at: String,
@@ -74,6 +74,7 @@ pub(crate) enum Kind {
         cause: Option<Source>,
     },
     Parallel(Box<Parallel>),
+    Map(Box<MapState>),
 }
 
 impl Kind {
@@ -86,6 +87,17 @@ impl Kind {
             Self::Succeed => StateType::Succeed,
             Self::Fail { .. } => StateType::Fail,
             Self::Parallel(_) => StateType::Parallel,
+            Self::Map(_) => StateType::Map,
+        }
+    }
+
+    /// Task, Parallel and Map: what they share.
+    pub(crate) fn work(&self) -> Option<&Work> {
+        match self {
+            Self::Task(task) => Some(&task.work),
+            Self::Parallel(parallel) => Some(&parallel.work),
+            Self::Map(map) => Some(&map.work),
+            _ => None,
         }
     }
 }
@@ -100,6 +112,7 @@ pub enum StateType {
     Succeed,
     Fail,
     Parallel,
+    Map,
 }
 
 impl std::fmt::Display for StateType {
@@ -112,11 +125,12 @@ impl std::fmt::Display for StateType {
             Self::Succeed => "Succeed",
             Self::Fail => "Fail",
             Self::Parallel => "Parallel",
+            Self::Map => "Map",
         })
     }
 }
 
-/// What Task and Parallel share: templates, ResultPath and error handling.
+/// What Task, Parallel and Map share: templates, ResultPath and error handling.
 #[derive(Debug, Clone)]
 pub(crate) struct Work {
     pub(crate) parameters: Option<Template>,
@@ -139,6 +153,43 @@ pub(crate) struct Task {
 pub(crate) struct Parallel {
     pub(crate) branches: Vec<Machine>,
     pub(crate) work: Work,
+}
+
+/// A Map state: one run of `processor` per item of the array `items_path` selects.
+#[derive(Debug, Clone)]
+pub(crate) struct MapState {
+    /// A reference path into the effective input; `$` when absent.
+    pub(crate) items_path: PathExpr,
+    /// `ItemSelector` (or the older `Parameters`): each iteration's input, evaluated with
+    /// `$$.Map.Item.Index` and `$$.Map.Item.Value`; the item itself when absent.
+    pub(crate) item_selector: Option<Template>,
+    /// `ItemProcessor` (or the older `Iterator`).
+    pub(crate) processor: Machine,
+    pub(crate) max_concurrency: Concurrency,
+    /// `Some` for `ProcessorConfig.Mode: DISTRIBUTED`: the failure thresholds of its Map
+    /// Run. An inline Map fails on its first failed iteration.
+    pub(crate) distributed: Option<Tolerance>,
+    pub(crate) work: Work,
+}
+
+/// `MaxConcurrency` or `MaxConcurrencyPath`; 0 is no limit.
+#[derive(Debug, Clone)]
+pub(crate) enum Concurrency {
+    Fixed(u64),
+    Path(PathExpr),
+}
+
+/// A Distributed Map's `ToleratedFailureCount[Path]` and `ToleratedFailurePercentage[Path]`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tolerance {
+    pub(crate) count: Option<Threshold>,
+    pub(crate) percentage: Option<Threshold>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Threshold {
+    Fixed(u64),
+    Path(PathExpr),
 }
 
 #[derive(Debug, Clone)]
@@ -218,14 +269,14 @@ impl Definition {
         &self.machine.start_at
     }
 
-    /// Every state, Parallel branches included, in definition order (depth first).
+    /// Every state, Parallel branches and Map processors included, in definition order (depth first).
     pub fn states(&self) -> impl Iterator<Item = (&str, StateType)> {
         self.all_states()
             .into_iter()
             .map(|state| (state.name.as_str(), state.kind.state_type()))
     }
 
-    /// Every Task state, Parallel branches included.
+    /// Every Task state, Parallel branches and Map processors included.
     pub fn task_states(&self) -> impl Iterator<Item = TaskState<'_>> {
         self.all_states()
             .into_iter()
@@ -240,15 +291,11 @@ impl Definition {
             })
     }
 
-    /// Every name in every `ErrorEquals` (Retry and Catch), Parallel branches included.
+    /// Every name in every `ErrorEquals` (Retry and Catch), Parallel branches and Map
+    /// processors included.
     pub fn error_equals(&self) -> impl Iterator<Item = ErrorEquals<'_>> {
         self.all_states().into_iter().flat_map(|state| {
-            let work = match &state.kind {
-                Kind::Task(task) => Some(&task.work),
-                Kind::Parallel(parallel) => Some(&parallel.work),
-                _ => None,
-            };
-            work.into_iter().flat_map(move |work| {
+            state.kind.work().into_iter().flat_map(move |work| {
                 let retry = work.retry.iter().flat_map(move |retrier| {
                     retrier.errors.iter().map(move |error| ErrorEquals {
                         state: &state.name,
@@ -272,10 +319,14 @@ impl Definition {
         fn walk<'a>(machine: &'a Machine, out: &mut Vec<&'a State>) {
             for state in &machine.states {
                 out.push(state);
-                if let Kind::Parallel(parallel) = &state.kind {
-                    for branch in &parallel.branches {
-                        walk(branch, out);
+                match &state.kind {
+                    Kind::Parallel(parallel) => {
+                        for branch in &parallel.branches {
+                            walk(branch, out);
+                        }
                     }
+                    Kind::Map(map) => walk(&map.processor, out),
+                    _ => {}
                 }
             }
         }

@@ -14,16 +14,26 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::definition::{
-    Definition, Kind, Machine, Source, State, Task, Transition, WaitFor, Work,
+    Concurrency, Definition, Kind, Machine, MapState, Source, State, Task, Threshold, Transition,
+    WaitFor, Work,
 };
 use crate::error::{
-    StateError, DATA_LIMIT_EXCEEDED, NO_CHOICE_MATCHED, RESULT_PATH_MATCH_FAILURE, RUNTIME, TIMEOUT,
+    StateError, DATA_LIMIT_EXCEEDED, NO_CHOICE_MATCHED, RESULT_PATH_MATCH_FAILURE, RUNTIME,
+    TASK_FAILED, TIMEOUT,
 };
 use crate::history::{EventType, HistoryEvent};
 use crate::path::{self, type_name, PathExpr};
 
 /// The optimized Lambda integration: results are wrapped, function errors reshaped.
 pub const LAMBDA_INVOKE: &str = "arn:aws:states:::lambda:invoke";
+
+/// Starts a child execution and waits for its end; its output is a JSON string.
+pub const START_EXECUTION_SYNC: &str = "arn:aws:states:::states:startExecution.sync";
+/// As [`START_EXECUTION_SYNC`], the child's output parsed as JSON.
+pub const START_EXECUTION_SYNC_2: &str = "arn:aws:states:::states:startExecution.sync:2";
+
+/// A Distributed Map's failures went over its tolerated count or percentage.
+const EXCEED_TOLERATED_FAILURE_THRESHOLD: &str = "States.ExceedToleratedFailureThreshold";
 
 /// Step Functions' payload limit for a state's input or output, in bytes.
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
@@ -147,6 +157,9 @@ pub struct Execution {
     pub error: Option<String>,
     pub cause: Option<String>,
     pub history: Vec<HistoryEvent>,
+    /// The executions its `startExecution.sync` Tasks ran, in the order they ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<Execution>,
 }
 
 impl Execution {
@@ -174,6 +187,15 @@ pub struct Executor<'a> {
     name: Option<String>,
     state_machine_name: String,
     faults: Vec<Fault>,
+    state_machines: Vec<StateMachine<'a>>,
+}
+
+/// A definition a `startExecution.sync` Task may start, by the ARN it names.
+#[derive(Clone, Copy)]
+struct StateMachine<'a> {
+    arn: &'a str,
+    name: &'a str,
+    definition: &'a Definition,
 }
 
 impl std::fmt::Debug for Executor<'_> {
@@ -194,7 +216,25 @@ impl<'a> Executor<'a> {
             name: None,
             state_machine_name: "local".to_owned(),
             faults: Vec::new(),
+            state_machines: Vec::new(),
         }
+    }
+
+    /// A state machine that `startExecution.sync` / `.sync:2` Tasks can start by
+    /// `StateMachineArn` `arn`: run here as a child execution (with the same handler and
+    /// state machines, no faults), whose [`Execution`] lands in the parent's `children`.
+    pub fn state_machine(
+        mut self,
+        arn: &'a str,
+        name: &'a str,
+        definition: &'a Definition,
+    ) -> Self {
+        self.state_machines.push(StateMachine {
+            arn,
+            name,
+            definition,
+        });
+        self
     }
 
     /// The execution name (`$$.Execution.Name`); a UUID if not set.
@@ -253,6 +293,8 @@ impl<'a> Executor<'a> {
         let run = Run {
             handler: self.handler,
             faults: &self.faults,
+            state_machines: &self.state_machines,
+            children: std::sync::Arc::new(Mutex::new(Vec::new())),
             orphans,
             invocations: Mutex::new(HashMap::new()),
             history: Mutex::new(Vec::new()),
@@ -337,6 +379,7 @@ impl<'a> Executor<'a> {
             .history
             .into_inner()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let children = std::mem::take(&mut *run.children.lock().unwrap_or_else(|p| p.into_inner()));
         Execution {
             name,
             status,
@@ -344,6 +387,7 @@ impl<'a> Executor<'a> {
             error,
             cause,
             history,
+            children,
         }
     }
 }
@@ -448,6 +492,9 @@ const STOPPED: &str = "States.BranchFailed";
 struct Run<'a> {
     handler: &'a dyn TaskHandler,
     faults: &'a [Fault],
+    state_machines: &'a [StateMachine<'a>],
+    /// Child executions that ended (shared with calls that outlive their state).
+    children: std::sync::Arc<Mutex<Vec<Execution>>>,
     /// Calls no state waits for any more, handed to `Executor::run` to finish.
     orphans: tokio::sync::mpsc::UnboundedSender<BoxFuture<'a, ()>>,
     invocations: Mutex<HashMap<String, u32>>,
@@ -537,7 +584,7 @@ impl<'a> Run<'a> {
                 let output = apply_result_path(input, result_path.as_ref(), result)?;
                 (next, apply_output_path(state, output)?)
             }
-            Kind::Task(_) | Kind::Parallel(_) => {
+            Kind::Task(_) | Kind::Parallel(_) | Kind::Map(_) => {
                 self.run_work(state, input, &entered, stop).await?
             }
             Kind::Choice { choices, default } => {
@@ -655,7 +702,7 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// Task and Parallel: attempts with Retry, then Catch.
+    /// Task, Parallel and Map: attempts with Retry, then Catch.
     async fn run_work<'s>(
         &'s self,
         state: &'s State,
@@ -663,10 +710,8 @@ impl<'a> Run<'a> {
         entered: &str,
         stop: &'s Stop,
     ) -> Result<(Option<&'s str>, Value), StateError> {
-        let work = match &state.kind {
-            Kind::Task(task) => &task.work,
-            Kind::Parallel(parallel) => &parallel.work,
-            _ => unreachable!("run_work is called for Task and Parallel only"),
+        let Some(work) = state.kind.work() else {
+            unreachable!("run_work is called for Task, Parallel and Map only")
         };
         let next = match &state.transition {
             Transition::Next(next) => Some(next.as_str()),
@@ -790,7 +835,11 @@ impl<'a> Run<'a> {
                     }
                 }
             }
-            _ => unreachable!("attempt is called for Task and Parallel only"),
+            Kind::Map(map) => {
+                self.run_map(state, map, &parameters, &context, stop)
+                    .await?
+            }
+            _ => unreachable!("attempt is called for Task, Parallel and Map only"),
         };
         let result = match &work.result_selector {
             Some(template) => template.eval(&raw, &context)?,
@@ -800,6 +849,170 @@ impl<'a> Run<'a> {
         let output = apply_output_path(state, output)?;
         check_size(&output, &format!("the output of `{}`", state.name))?;
         Ok(output)
+    }
+
+    /// A Map: every item through the processor, at most `MaxConcurrency` at once, outputs
+    /// in item order. Inline, the first failed iteration fails the Map; distributed, the
+    /// Map fails once its failures exceed the tolerated count or percentage
+    /// (`States.ExceedToleratedFailureThreshold`), and until then a failed item's output
+    /// is its error object. Either way the other iterations start no new state, and a Task
+    /// running in one goes on to its end, its result unused (as for Parallel branches).
+    async fn run_map(
+        &self,
+        state: &State,
+        map: &MapState,
+        effective: &Value,
+        context: &Value,
+        stop: &Stop,
+    ) -> Result<Value, StateError> {
+        let number = |what: &str, path: &PathExpr| -> Result<u64, StateError> {
+            path.select(effective, &Value::Null)
+                .and_then(|v| v.as_u64())
+                .ok_or_else(|| {
+                    StateError::new(
+                        RUNTIME,
+                        format!(
+                            "{what} `{}` of `{}` must select a non-negative integer",
+                            path.text, state.name
+                        ),
+                    )
+                })
+        };
+        let items = match map.items_path.select(effective, &Value::Null) {
+            Some(Value::Array(items)) => items,
+            other => {
+                return Err(StateError::new(
+                    RUNTIME,
+                    format!(
+                        "ItemsPath `{}` of `{}` must select an array, got {}",
+                        map.items_path.text,
+                        state.name,
+                        other.as_ref().map_or("nothing", type_name)
+                    ),
+                ))
+            }
+        };
+        let limit = match &map.max_concurrency {
+            Concurrency::Fixed(n) => *n,
+            Concurrency::Path(path) => number("MaxConcurrencyPath", path)?,
+        };
+        let threshold = |t: &Option<Threshold>, what: &str| -> Result<Option<u64>, StateError> {
+            match t {
+                None => Ok(None),
+                Some(Threshold::Fixed(n)) => Ok(Some(*n)),
+                Some(Threshold::Path(path)) => number(what, path).map(Some),
+            }
+        };
+        let tolerance = match &map.distributed {
+            None => None,
+            Some(t) => Some((
+                threshold(&t.count, "ToleratedFailureCountPath")?,
+                threshold(&t.percentage, "ToleratedFailurePercentagePath")?,
+            )),
+        };
+        let total = items.len() as u64;
+        // Whether `failed` failures fail the Map: inline, any; distributed, over a given
+        // threshold (both absent: the default 0 %).
+        let exceeded = |failed: u64| match tolerance {
+            None => failed > 0,
+            Some((None, None)) => failed > 0,
+            Some((count, percentage)) => {
+                count.is_some_and(|c| failed > c)
+                    || percentage.is_some_and(|p| failed * 100 > p * total)
+            }
+        };
+        self.record(EventType::MapStateStarted, Some(&state.name), |_| {});
+        let map_stop = stop.child();
+        let permits = tokio::sync::Semaphore::new(if limit == 0 {
+            tokio::sync::Semaphore::MAX_PERMITS
+        } else {
+            usize::try_from(limit).unwrap_or(tokio::sync::Semaphore::MAX_PERMITS)
+        });
+        // (failures so far, the error that fails the Map)
+        let failures: Mutex<(u64, Option<StateError>)> = Mutex::new((0, None));
+        let iterations = items.into_iter().enumerate().map(|(index, item)| {
+            let (map_stop, permits, failures, exceeded) = (&map_stop, &permits, &failures, &exceeded);
+            async move {
+                let permit = tokio::select! {
+                    permit = permits.acquire() => permit.ok(),
+                    () = map_stop.stopped() => None,
+                };
+                if permit.is_none() || map_stop.is_stopped() {
+                    return None;
+                }
+                self.record(EventType::MapIterationStarted, Some(&state.name), |e| {
+                    e.index = Some(index as u64)
+                });
+                let input = match &map.item_selector {
+                    None => Ok(item),
+                    Some(selector) => {
+                        let mut context = context.clone();
+                        context["Map"] = json!({"Item": {"Index": index, "Value": item}});
+                        selector.eval(effective, &context)
+                    }
+                };
+                let result = match input {
+                    Ok(input) => self.run_machine(&map.processor, input, map_stop).await,
+                    Err(err) => Err(err),
+                };
+                match &result {
+                    Ok(_) => self.record(EventType::MapIterationSucceeded, Some(&state.name), |e| {
+                        e.index = Some(index as u64)
+                    }),
+                    Err(err) if err.error == STOPPED => {
+                        self.record(EventType::MapIterationAborted, Some(&state.name), |e| {
+                            e.index = Some(index as u64)
+                        });
+                        return None;
+                    }
+                    Err(err) => {
+                        self.record(EventType::MapIterationFailed, Some(&state.name), |e| {
+                            e.index = Some(index as u64);
+                            e.error = Some(err.error.clone());
+                            e.cause = Some(err.cause.clone());
+                        });
+                        let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
+                        failures.0 += 1;
+                        if failures.1.is_none() && exceeded(failures.0) {
+                            failures.1 = Some(if map.distributed.is_some() {
+                                StateError::new(
+                                    EXCEED_TOLERATED_FAILURE_THRESHOLD,
+                                    format!(
+                                        "{} of the {total} items of `{}` failed, over the tolerated threshold; the last: {}",
+                                        failures.0, state.name, err.error
+                                    ),
+                                )
+                            } else {
+                                err.clone()
+                            });
+                            map_stop.stop();
+                        }
+                    }
+                }
+                drop(permit);
+                Some(result)
+            }
+        });
+        let results = futures_util::future::join_all(iterations).await;
+        let (_, failure) = failures.into_inner().unwrap_or_else(|p| p.into_inner());
+        if let Some(err) = failure {
+            self.record(EventType::MapStateFailed, Some(&state.name), |e| {
+                e.error = Some(err.error.clone());
+                e.cause = Some(err.cause.clone());
+            });
+            return Err(err);
+        }
+        let mut outputs = Vec::with_capacity(results.len());
+        for result in results {
+            match result {
+                Some(Ok(output)) => outputs.push(output),
+                Some(Err(err)) => outputs.push(json!({"Error": err.error, "Cause": err.cause})),
+                // Stopped from outside: the enclosing Parallel or Map failed.
+                None => return Err(Stop::error()),
+            }
+        }
+        self.record(EventType::MapStateSucceeded, Some(&state.name), |_| {});
+        Ok(Value::Array(outputs))
     }
 
     async fn invoke(
@@ -826,21 +1039,36 @@ impl<'a> Run<'a> {
             .iter()
             .find(|f| f.state == state.name && f.attempt == attempt);
         let handler: &'a dyn TaskHandler = self.handler;
+        let state_machines: &'a [StateMachine<'a>] = self.state_machines;
+        let children = std::sync::Arc::clone(&self.children);
         let owned_resource = resource.to_owned();
         let mut call: BoxFuture<'a, Result<Value, TaskFailure>> = Box::pin(async move {
             let resource = owned_resource.as_str();
+            let work = |parameters: Value| -> BoxFuture<'a, Result<Value, TaskFailure>> {
+                if resource == START_EXECUTION_SYNC || resource == START_EXECUTION_SYNC_2 {
+                    child_execution(
+                        handler,
+                        state_machines,
+                        resource == START_EXECUTION_SYNC_2,
+                        parameters,
+                        children,
+                    )
+                } else {
+                    handler.invoke(resource, parameters)
+                }
+            };
             match fault.map(|f| &f.kind) {
                 Some(FaultKind::Error { error, cause }) => Err(TaskFailure::new(error, cause)),
                 Some(FaultKind::CrashAfter { error, cause }) => {
                     // The work is done; only the answer is lost.
-                    let _discarded = handler.invoke(resource, parameters).await;
+                    let _discarded = work(parameters).await;
                     Err(TaskFailure::new(error, cause))
                 }
                 Some(FaultKind::Delay(delay)) => {
                     tokio::time::sleep(*delay).await;
-                    handler.invoke(resource, parameters).await
+                    work(parameters).await
                 }
-                None => handler.invoke(resource, parameters).await,
+                None => work(parameters).await,
             }
         });
         let timeout = async {
@@ -916,6 +1144,96 @@ impl<'a> Run<'a> {
             }
         }
     }
+}
+
+/// A `startExecution.sync` Task: runs the state machine its `StateMachineArn` names to its
+/// end, as Step Functions does for a nested workflow. Succeeded: the result is the
+/// `DescribeExecution` answer (`Output` parsed as JSON for `.sync:2`, a string for
+/// `.sync`). Anything else: `States.TaskFailed`, whose cause is that answer as a JSON
+/// string, the child's `Error` and `Cause` included.
+fn child_execution<'a>(
+    handler: &'a dyn TaskHandler,
+    state_machines: &'a [StateMachine<'a>],
+    json_output: bool,
+    parameters: Value,
+    children: std::sync::Arc<Mutex<Vec<Execution>>>,
+) -> BoxFuture<'a, Result<Value, TaskFailure>> {
+    Box::pin(async move {
+        let arn = parameters
+            .get("StateMachineArn")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let Some(machine) = state_machines.iter().find(|m| m.arn == arn) else {
+            return Err(TaskFailure::new(
+                "StepFunctions.StateMachineDoesNotExistException",
+                format!("State Machine Does Not Exist: '{arn}'"),
+            ));
+        };
+        let input = match parameters.get("Input") {
+            None => json!({}),
+            Some(Value::String(text)) => serde_json::from_str(text).map_err(|e| {
+                TaskFailure::new(
+                    "StepFunctions.InvalidExecutionInputException",
+                    format!("Input is not JSON: {e}"),
+                )
+            })?,
+            Some(value) => value.clone(),
+        };
+        let name = parameters
+            .get("Name")
+            .and_then(Value::as_str)
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        let mut executor = Executor::new(machine.definition, handler)
+            .name(&name)
+            .state_machine_name(machine.name);
+        executor.state_machines = state_machines.to_vec();
+        let execution = executor.run(input.clone()).await;
+        let epoch_ms = |event: Option<&HistoryEvent>| {
+            event
+                .and_then(|e| OffsetDateTime::parse(&e.timestamp, &Rfc3339).ok())
+                .map_or(0, |at| at.unix_timestamp_nanos() / 1_000_000)
+        };
+        let text = |value: &Value| serde_json::to_string(value).unwrap_or_default();
+        let mut described = json!({
+            "ExecutionArn": format!(
+                "arn:aws:states:local:000000000000:execution:{}:{name}",
+                machine.name
+            ),
+            "Input": if json_output { input.clone() } else { Value::String(text(&input)) },
+            "InputDetails": {"Included": true},
+            "Name": name,
+            "StartDate": epoch_ms(execution.history.first()),
+            "StateMachineArn": arn,
+            "Status": execution.status,
+            "StopDate": epoch_ms(execution.history.last()),
+        });
+        let outcome = match execution.status {
+            Status::Succeeded => {
+                let output = execution.output.clone().unwrap_or(Value::Null);
+                described["Output"] = if json_output {
+                    output
+                } else {
+                    Value::String(text(&output))
+                };
+                described["OutputDetails"] = json!({"Included": true});
+                Ok(described)
+            }
+            Status::Failed | Status::TimedOut => {
+                if let Some(error) = &execution.error {
+                    described["Error"] = json!(error);
+                }
+                if let Some(cause) = &execution.cause {
+                    described["Cause"] = json!(cause);
+                }
+                Err(TaskFailure::new(TASK_FAILED, text(&described)))
+            }
+        };
+        children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(execution);
+        outcome
+    })
 }
 
 /// Sleeps in tokio time, unless the branch is stopped first.

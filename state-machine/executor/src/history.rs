@@ -10,8 +10,10 @@ use crate::definition::StateType;
 /// The subset recorded: `ExecutionStarted`, then per state `<Type>StateEntered`, for a
 /// Task each attempt's `TaskScheduled` and one of `TaskSucceeded` / `TaskFailed` /
 /// `TaskTimedOut`, for a Parallel `ParallelStateStarted` and `ParallelStateSucceeded` /
-/// `ParallelStateFailed`, then `<Type>StateExited` when the state produced an output (a
-/// caught error included); last `ExecutionSucceeded`, `ExecutionFailed` or
+/// `ParallelStateFailed`, for a Map `MapStateStarted`, each iteration's
+/// `MapIterationStarted` and `MapIterationSucceeded` / `MapIterationFailed` /
+/// `MapIterationAborted` (with its `index`) and `MapStateSucceeded` / `MapStateFailed`,
+/// then `<Type>StateExited` when the state produced an output (a caught error included); last `ExecutionSucceeded`, `ExecutionFailed` or
 /// `ExecutionTimedOut`. A state that fails the execution has no `StateExited`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
@@ -28,6 +30,14 @@ pub enum EventType {
     ParallelStateStarted,
     ParallelStateSucceeded,
     ParallelStateFailed,
+    MapStateStarted,
+    MapStateSucceeded,
+    MapStateFailed,
+    MapIterationStarted,
+    MapIterationSucceeded,
+    MapIterationFailed,
+    /// An iteration stopped unfinished because the Map failed.
+    MapIterationAborted,
 }
 
 impl std::fmt::Display for EventType {
@@ -47,6 +57,13 @@ impl std::fmt::Display for EventType {
                 Self::ParallelStateStarted => "ParallelStateStarted",
                 Self::ParallelStateSucceeded => "ParallelStateSucceeded",
                 Self::ParallelStateFailed => "ParallelStateFailed",
+                Self::MapStateStarted => "MapStateStarted",
+                Self::MapStateSucceeded => "MapStateSucceeded",
+                Self::MapStateFailed => "MapStateFailed",
+                Self::MapIterationStarted => "MapIterationStarted",
+                Self::MapIterationSucceeded => "MapIterationSucceeded",
+                Self::MapIterationFailed => "MapIterationFailed",
+                Self::MapIterationAborted => "MapIterationAborted",
                 Self::StateEntered(_) | Self::StateExited(_) => unreachable!("handled above"),
             }),
         }
@@ -71,6 +88,13 @@ impl std::str::FromStr for EventType {
             Self::ParallelStateStarted,
             Self::ParallelStateSucceeded,
             Self::ParallelStateFailed,
+            Self::MapStateStarted,
+            Self::MapStateSucceeded,
+            Self::MapStateFailed,
+            Self::MapIterationStarted,
+            Self::MapIterationSucceeded,
+            Self::MapIterationFailed,
+            Self::MapIterationAborted,
         ];
         if let Some(kind) = simple.into_iter().find(|k| k.to_string() == name) {
             return Ok(kind);
@@ -83,6 +107,7 @@ impl std::str::FromStr for EventType {
             StateType::Succeed,
             StateType::Fail,
             StateType::Parallel,
+            StateType::Map,
         ];
         for kind in types {
             let prefix = kind.to_string();
@@ -134,6 +159,9 @@ pub struct HistoryEvent {
     /// Exited events: the state output; `TaskSucceeded`: the raw result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
+    /// Map iteration events: the item's index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -153,6 +181,7 @@ impl HistoryEvent {
             attempt: None,
             input: None,
             output: None,
+            index: None,
             error: None,
             cause: None,
         }

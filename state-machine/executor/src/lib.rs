@@ -18,18 +18,23 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Implemented: Task, Pass, Choice, Wait, Succeed, Fail and Parallel; InputPath,
+//! Implemented: Task, Pass, Choice, Wait, Succeed, Fail, Parallel and Map; InputPath,
 //! Parameters (paths, `$$` context paths, intrinsic functions), ResultSelector, ResultPath,
 //! OutputPath; Retry (with BackoffRate, MaxDelaySeconds, `JitterStrategy: NONE`) and
-//! Catch; Task and execution `TimeoutSeconds`; the 256 KiB payload limit. As in Step
-//! Functions, a Task that times out, or runs in a Parallel branch whose sibling failed, is
-//! not cancelled: the call runs to its end and its result is discarded (the branch starts
-//! no new state); [`Executor::run`] returns once every call it started has ended. Faults
+//! Catch; Task and execution `TimeoutSeconds`; the 256 KiB payload limit. Map: ItemsPath,
+//! ItemSelector (`$$.Map.Item`), ItemProcessor, MaxConcurrency[Path]; an inline Map fails
+//! with its first failed iteration, a distributed one (run here in-process) once its
+//! failures exceed `ToleratedFailureCount`/`ToleratedFailurePercentage` (or their paths).
+//! `states:startExecution.sync` and `.sync:2` run a state machine registered with
+//! [`Executor::state_machine`] as a child execution. As in Step Functions, a Task that
+//! times out, or runs in a Parallel branch or Map iteration whose sibling failed, is not
+//! cancelled: the call runs to its end and its result is discarded (the branch starts no
+//! new state); [`Executor::run`] returns once every call it started has ended. Faults
 //! replace a call with an error, delay it, or let it run and then lose its answer
-//! ([`FaultKind::CrashAfter`]: a crash after the side effect). Anything else in
-//! a definition (Map, heartbeats, JSONata, jitter, callback integrations, an unknown
-//! field) is refused by [`Definition::from_json`] with a [`LoadError`] naming the state
-//! and field.
+//! ([`FaultKind::CrashAfter`]: a crash after the side effect). Anything else in a
+//! definition (ItemReader, ItemBatcher, ResultWriter, heartbeats, JSONata, jitter, callback
+//! integrations, an unknown field) is refused by [`Definition::from_json`] with a
+//! [`LoadError`] naming the state and field.
 
 mod choice;
 mod definition;
@@ -44,7 +49,7 @@ mod template;
 pub use definition::{Definition, ErrorEquals, ErrorHandler, StateType, TaskState};
 pub use execute::{
     BoxFuture, Execution, Executor, Fault, FaultError, FaultKind, Status, TaskFailure, TaskHandler,
-    LAMBDA_INVOKE, MAX_PAYLOAD_BYTES,
+    LAMBDA_INVOKE, MAX_PAYLOAD_BYTES, START_EXECUTION_SYNC, START_EXECUTION_SYNC_2,
 };
 pub use history::{EventType, HistoryEvent};
 pub use load::{LoadError, LoadErrorKind};

@@ -8,8 +8,8 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::choice::{self, Branch};
 use crate::definition::{
-    Catcher, Definition, Kind, Machine, Parallel, Retrier, Source, State, Task, Transition,
-    WaitFor, Work,
+    Catcher, Concurrency, Definition, Kind, Machine, MapState, Parallel, Retrier, Source, State,
+    Task, Threshold, Tolerance, Transition, WaitFor, Work,
 };
 use crate::error::{ALL, KNOWN};
 use crate::path::PathExpr;
@@ -26,7 +26,7 @@ pub enum LoadErrorKind {
     UnsupportedField,
     /// A `Type` that ASL does not define.
     UnknownStateType,
-    /// An ASL state type this executor does not implement (Map).
+    /// An ASL state type this executor does not implement.
     UnsupportedStateType,
     MissingField,
     InvalidValue,
@@ -68,19 +68,9 @@ const UNSUPPORTED: &[&str] = &[
     "Arguments",
     "Output",
     "Assign",
-    "ItemsPath",
-    "ItemSelector",
-    "ItemProcessor",
-    "Iterator",
     "ItemReader",
     "ItemBatcher",
     "ResultWriter",
-    "MaxConcurrency",
-    "MaxConcurrencyPath",
-    "ToleratedFailurePercentage",
-    "ToleratedFailureCount",
-    "Label",
-    "ProcessorConfig",
     "JitterStrategy",
     "QueryLanguage",
 ];
@@ -307,8 +297,7 @@ fn check_targets(fields: &Fields<'_>, machine: &Machine) -> Result<(), LoadError
             out.push(("Next".to_owned(), next.clone()));
         }
         let work = match &state.kind {
-            Kind::Task(task) => Some(&task.work),
-            Kind::Parallel(parallel) => Some(&parallel.work),
+            Kind::Task(_) | Kind::Parallel(_) | Kind::Map(_) => state.kind.work(),
             Kind::Choice { choices, default } => {
                 for (i, branch) in choices.iter().enumerate() {
                     out.push((format!("Choices[{i}].Next"), branch.next.clone()));
@@ -339,7 +328,7 @@ fn check_targets(fields: &Fields<'_>, machine: &Machine) -> Result<(), LoadError
                     field: Some(field),
                     message: format!(
                         "names `{target}`, which is not a state of the same scope \
-                         (a branch cannot jump out of its Parallel)"
+                         (a branch cannot jump out of its Parallel or Map)"
                     ),
                 });
             }
@@ -409,7 +398,11 @@ fn load_state(name: &str, value: &Value, names: &mut HashSet<String>) -> Result<
         },
         "Task" => {
             let resource = f.required_string("Resource")?.to_owned();
-            if resource.ends_with(".waitForTaskToken") || resource.ends_with(".sync") {
+            let child_execution = resource == crate::execute::START_EXECUTION_SYNC
+                || resource == crate::execute::START_EXECUTION_SYNC_2;
+            if resource.ends_with(".waitForTaskToken")
+                || (resource.contains(".sync") && !child_execution)
+            {
                 return Err(f.err(
                     LoadErrorKind::UnsupportedField,
                     "Resource",
@@ -544,19 +537,13 @@ fn load_state(name: &str, value: &Value, names: &mut HashSet<String>) -> Result<
             let cause = source("Cause", "CausePath")?;
             Kind::Fail { error, cause }
         }
-        "Map" => {
-            return Err(f.err(
-                LoadErrorKind::UnsupportedStateType,
-                "Type",
-                "Map states are not implemented by the local executor",
-            ))
-        }
+        "Map" => Kind::Map(Box::new(load_map(name, &mut f, names)?)),
         other => {
             return Err(f.err(
                 LoadErrorKind::UnknownStateType,
                 "Type",
                 format!(
-                "`{other}` is not a state type (Task, Pass, Choice, Wait, Succeed, Fail, Parallel)"
+                "`{other}` is not a state type (Task, Pass, Choice, Wait, Succeed, Fail, Parallel, Map)"
             ),
             ))
         }
@@ -603,6 +590,190 @@ fn load_state(name: &str, value: &Value, names: &mut HashSet<String>) -> Result<
         output_path,
         kind,
         transition,
+    })
+}
+
+/// A Map's fields; its `Parameters` is the older name of `ItemSelector`.
+fn load_map(
+    name: &str,
+    f: &mut Fields<'_>,
+    names: &mut HashSet<String>,
+) -> Result<MapState, LoadError> {
+    let items_path = match f.take("ItemsPath") {
+        None => PathExpr::parse_reference("$")
+            .map_err(|e| f.err(LoadErrorKind::InvalidValue, "ItemsPath", e))?,
+        Some(Value::String(text)) => PathExpr::parse_reference(text)
+            .map_err(|e| f.err(LoadErrorKind::InvalidValue, "ItemsPath", e))?,
+        Some(_) => {
+            return Err(f.err(
+                LoadErrorKind::InvalidValue,
+                "ItemsPath",
+                "must be a reference path string",
+            ))
+        }
+    };
+    let selector = f.template("ItemSelector")?;
+    let legacy = f.template("Parameters")?;
+    let item_selector =
+        match (selector, legacy) {
+            (Some(_), Some(_)) => return Err(f.err(
+                LoadErrorKind::InvalidValue,
+                "ItemSelector",
+                "`ItemSelector` and `Parameters` exclude each other (Parameters is its older name)",
+            )),
+            (selector, legacy) => selector.or(legacy),
+        };
+    let processor_field =
+        match (
+            f.map.contains_key("ItemProcessor"),
+            f.map.contains_key("Iterator"),
+        ) {
+            (true, true) => return Err(f.err(
+                LoadErrorKind::InvalidValue,
+                "ItemProcessor",
+                "`ItemProcessor` and `Iterator` exclude each other (Iterator is its older name)",
+            )),
+            (true, false) => "ItemProcessor",
+            (false, true) => "Iterator",
+            (false, false) => {
+                return Err(f.err(LoadErrorKind::MissingField, "ItemProcessor", "is required"))
+            }
+        };
+    let processor = f
+        .take(processor_field)
+        .and_then(Value::as_object)
+        .ok_or_else(|| {
+            f.err(
+                LoadErrorKind::InvalidValue,
+                processor_field,
+                "must be an object",
+            )
+        })?;
+    let mut pf = Fields::new(Some(name), &format!("{processor_field}."), processor);
+    pf.string("Comment")?;
+    let mut distributed = false;
+    if let Some(config) = pf.take("ProcessorConfig") {
+        let config = config.as_object().ok_or_else(|| {
+            pf.err(
+                LoadErrorKind::InvalidValue,
+                "ProcessorConfig",
+                "must be an object",
+            )
+        })?;
+        let mut cf = Fields::new(
+            Some(name),
+            &format!("{processor_field}.ProcessorConfig."),
+            config,
+        );
+        distributed = match cf.string("Mode")? {
+            None | Some("INLINE") => false,
+            Some("DISTRIBUTED") => true,
+            Some(other) => {
+                return Err(cf.err(
+                    LoadErrorKind::InvalidValue,
+                    "Mode",
+                    format!("must be INLINE or DISTRIBUTED, not {other}"),
+                ))
+            }
+        };
+        match cf.string("ExecutionType")? {
+            None | Some("STANDARD") => {}
+            Some(other) => {
+                return Err(cf.err(
+                    LoadErrorKind::UnsupportedField,
+                    "ExecutionType",
+                    format!("only STANDARD child executions are implemented, not {other}"),
+                ))
+            }
+        }
+        cf.finish("a ProcessorConfig")?;
+    }
+    let processor = load_machine(&mut pf, names)?;
+    pf.finish(&format!("a Map's {processor_field}"))?;
+    let max_concurrency = match (
+        f.integer("MaxConcurrency", 0, u64::from(u32::MAX))?,
+        f.string("MaxConcurrencyPath")?,
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(f.err(
+                LoadErrorKind::InvalidValue,
+                "MaxConcurrencyPath",
+                "`MaxConcurrency` and `MaxConcurrencyPath` exclude each other",
+            ))
+        }
+        (Some(n), None) => Concurrency::Fixed(n),
+        (None, Some(text)) => Concurrency::Path(
+            PathExpr::parse_reference(text)
+                .map_err(|e| f.err(LoadErrorKind::InvalidValue, "MaxConcurrencyPath", e))?,
+        ),
+        (None, None) => Concurrency::Fixed(0),
+    };
+    let threshold = |f: &mut Fields<'_>,
+                     field: &'static str,
+                     path_field: &'static str,
+                     max: u64|
+     -> Result<Option<Threshold>, LoadError> {
+        match (f.integer(field, 0, max)?, f.string(path_field)?) {
+            (Some(_), Some(_)) => Err(f.err(
+                LoadErrorKind::InvalidValue,
+                path_field,
+                format!("`{field}` and `{path_field}` exclude each other"),
+            )),
+            (Some(n), None) => Ok(Some(Threshold::Fixed(n))),
+            (None, Some(text)) => PathExpr::parse_reference(text)
+                .map(|p| Some(Threshold::Path(p)))
+                .map_err(|e| f.err(LoadErrorKind::InvalidValue, path_field, e)),
+            (None, None) => Ok(None),
+        }
+    };
+    let tolerance = Tolerance {
+        count: threshold(
+            f,
+            "ToleratedFailureCount",
+            "ToleratedFailureCountPath",
+            u64::from(u32::MAX),
+        )?,
+        percentage: threshold(
+            f,
+            "ToleratedFailurePercentage",
+            "ToleratedFailurePercentagePath",
+            100,
+        )?,
+    };
+    let label = f.string("Label")?;
+    if !distributed {
+        // Step Functions refuses these on an inline Map: a failed iteration fails it.
+        let field = if tolerance.count.is_some() {
+            Some("ToleratedFailureCount")
+        } else if tolerance.percentage.is_some() {
+            Some("ToleratedFailurePercentage")
+        } else if label.is_some() {
+            Some("Label")
+        } else {
+            None
+        };
+        if let Some(field) = field {
+            return Err(f.err(
+                LoadErrorKind::InvalidValue,
+                field,
+                "belongs to a Distributed Map (ProcessorConfig.Mode DISTRIBUTED) only",
+            ));
+        }
+    }
+    Ok(MapState {
+        items_path,
+        item_selector,
+        processor,
+        max_concurrency,
+        distributed: distributed.then_some(tolerance),
+        work: Work {
+            parameters: None,
+            parameters_json: None,
+            result_selector: f.template("ResultSelector")?,
+            result_path: f.reference_path("ResultPath")?,
+            retry: load_list(f, "Retry", load_retrier)?,
+            catch: load_list(f, "Catch", load_catcher)?,
+        },
     })
 }
 

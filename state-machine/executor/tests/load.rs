@@ -223,10 +223,20 @@ fn unimplemented_fields_and_types_are_refused() {
         Some("QueryLanguage"),
     );
     assert_refused(
-        with_state(json!({"Type": "Map", "ItemsPath": "$.items", "Next": "Done"})),
-        LoadErrorKind::UnsupportedStateType,
+        with_state(
+            json!({"Type": "Map", "ItemsPath": "$.items", "Next": "Done",
+                          "ItemReader": {"Resource": "arn:aws:states:::s3:getObject"},
+                          "ItemProcessor": {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}}}),
+        ),
+        LoadErrorKind::UnsupportedField,
         Some("S"),
-        Some("Type"),
+        Some("ItemReader"),
+    );
+    assert_refused(
+        with_state(json!({"Type": "Map", "ItemsPath": "$.items", "Next": "Done"})),
+        LoadErrorKind::MissingField,
+        Some("S"),
+        Some("ItemProcessor"),
     );
     assert_refused(
         with_state(json!({"Type": "Sleep", "Next": "Done"})),

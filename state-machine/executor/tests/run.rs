@@ -1078,3 +1078,435 @@ async fn an_execution_future_can_move_between_threads() {
     let execution = assert_send(executor.run(json!({"a": 1}))).await;
     assert_eq!(execution.output, Some(json!({"a": 1})));
 }
+
+// Map and child executions, checked against the Step Functions Developer Guide's own
+// examples ("Map state in inline mode", "Tolerated failure threshold for Distributed Map
+// state", "Start a new AWS Step Functions state machine from a running execution").
+
+/// The guide's inline Map example: InputPath narrows to `detail`, each item of `shipped`
+/// reaches the processor through ItemSelector with the partner beside it, and the results
+/// replace `detail.shipped` in the whole input.
+#[tokio::test(start_paused = true)]
+async fn map_item_selector_builds_each_iteration_input_as_the_guide_shows() {
+    let functions = Functions::default().on("ship-val", |_, payload| {
+        Ok(json!({"validated": payload["parcel"]["prod"], "by": payload["courier"]}))
+    });
+    let definition = json!({
+        "StartAt": "Validate-All",
+        "States": {"Validate-All": {
+            "Type": "Map",
+            "InputPath": "$.detail",
+            "ItemsPath": "$.shipped",
+            "MaxConcurrency": 0,
+            "ItemSelector": {"parcel.$": "$$.Map.Item.Value", "courier.$": "$.delivery-partner"},
+            "ItemProcessor": {"StartAt": "Validate", "States": {"Validate": {
+                "Type": "Task", "Resource": "ship-val", "End": true
+            }}},
+            "ResultPath": "$.detail.shipped",
+            "End": true
+        }}
+    });
+    let input = json!({
+        "ship-date": "2016-03-14T01:59:00Z",
+        "detail": {
+            "delivery-partner": "UQS",
+            "shipped": [
+                {"prod": "R31", "dest-code": 9511, "quantity": 1344},
+                {"prod": "S39", "dest-code": 9511, "quantity": 40},
+                {"prod": "R31", "dest-code": 9833, "quantity": 12}
+            ]
+        }
+    });
+    let execution = run(definition, &functions, input).await;
+    assert_eq!(execution.status, Status::Succeeded, "{execution:?}");
+    let payloads: Vec<Value> = functions
+        .calls("ship-val")
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(payloads.len(), 3);
+    assert!(payloads.contains(
+        &json!({"parcel": {"prod": "S39", "dest-code": 9511, "quantity": 40}, "courier": "UQS"})
+    ));
+    assert_eq!(
+        execution.output.clone().expect("output"),
+        json!({
+            "ship-date": "2016-03-14T01:59:00Z",
+            "detail": {
+                "delivery-partner": "UQS",
+                "shipped": [
+                    {"validated": "R31", "by": "UQS"},
+                    {"validated": "S39", "by": "UQS"},
+                    {"validated": "R31", "by": "UQS"}
+                ]
+            }
+        })
+    );
+    let kinds = types(&execution);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "MapIterationStarted").count(),
+        3
+    );
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| *k == "MapIterationSucceeded")
+            .count(),
+        3
+    );
+    assert!(
+        kinds.contains(&"MapStateStarted".to_owned())
+            && kinds.contains(&"MapStateSucceeded".to_owned())
+    );
+}
+
+/// The guide's context-object example: `$$.Map.Item.Index` and `$$.Map.Item.Value`; with
+/// no ItemSelector an iteration gets the item itself.
+#[tokio::test(start_paused = true)]
+async fn map_context_gives_each_items_index_and_value() {
+    let functions = Functions::default();
+    let pass_map = |selector: Option<Value>| {
+        let mut map = json!({
+            "Type": "Map",
+            "ItemProcessor": {"StartAt": "Same", "States": {"Same": {"Type": "Pass", "End": true}}},
+            "End": true
+        });
+        if let Some(selector) = selector {
+            map["ItemSelector"] = selector;
+        }
+        json!({"StartAt": "Each", "States": {"Each": map}})
+    };
+    let selected = run(
+        pass_map(Some(
+            json!({"ContextIndex.$": "$$.Map.Item.Index", "ContextValue.$": "$$.Map.Item.Value"}),
+        )),
+        &functions,
+        json!([{"who": "bob"}, {"who": "meg"}, {"who": "joe"}]),
+    )
+    .await;
+    assert_eq!(
+        selected.output.expect("output"),
+        json!([
+            {"ContextIndex": 0, "ContextValue": {"who": "bob"}},
+            {"ContextIndex": 1, "ContextValue": {"who": "meg"}},
+            {"ContextIndex": 2, "ContextValue": {"who": "joe"}}
+        ])
+    );
+    let plain = run(pass_map(None), &functions, json!([1, "two", {"three": 3}])).await;
+    assert_eq!(
+        plain.output.expect("output"),
+        json!([1, "two", {"three": 3}])
+    );
+    let empty = run(pass_map(None), &functions, json!([])).await;
+    assert_eq!(empty.output.expect("output"), json!([]));
+    let not_array = run(pass_map(None), &functions, json!({"a": 1})).await;
+    assert_eq!(not_array.error.as_deref(), Some("States.Runtime"));
+}
+
+/// MaxConcurrency bounds the iterations in flight (0 is no bound, and MaxConcurrencyPath
+/// reads it from the input); outputs keep the items' order whatever order they end in.
+#[tokio::test(start_paused = true)]
+async fn map_max_concurrency_bounds_iterations_in_flight() {
+    let definition = |concurrency: Value| {
+        let mut map = json!({
+            "Type": "Map",
+            "ItemsPath": "$.items",
+            "ItemProcessor": {"StartAt": "Slow", "States": {"Slow": {
+                "Type": "Task", "Resource": "slow", "End": true
+            }}},
+            "End": true
+        });
+        for (k, v) in concurrency.as_object().expect("object") {
+            map[k] = v.clone();
+        }
+        json!({"StartAt": "Each", "States": {"Each": map}})
+    };
+    let input = json!({"items": [1, 2, 3, 4, 5], "limit": 2});
+    for (concurrency, starts) in [
+        (json!({"MaxConcurrency": 2}), vec![0, 0, 10, 10, 20]),
+        (
+            json!({"MaxConcurrencyPath": "$.limit"}),
+            vec![0, 0, 10, 10, 20],
+        ),
+        (json!({"MaxConcurrency": 1}), vec![0, 10, 20, 30, 40]),
+        (json!({"MaxConcurrency": 0}), vec![0, 0, 0, 0, 0]),
+    ] {
+        let functions = Functions::default()
+            .on("slow", echo)
+            .sleeping("slow", Duration::from_secs(10));
+        let begin = Instant::now();
+        let execution = run(definition(concurrency.clone()), &functions, input.clone()).await;
+        assert_eq!(execution.status, Status::Succeeded, "{concurrency}");
+        assert_eq!(
+            execution.output,
+            Some(json!([1, 2, 3, 4, 5])),
+            "{concurrency}"
+        );
+        let mut at: Vec<u64> = functions
+            .calls("slow")
+            .iter()
+            .map(|(_, t)| (*t - begin).as_secs())
+            .collect();
+        at.sort_unstable();
+        assert_eq!(at, starts, "{concurrency}");
+    }
+}
+
+/// An inline Map fails with its first failed iteration's error: no other iteration starts
+/// a new state (a Task already running goes on to its end, unused), Retry and Catch on the
+/// Map see that error, and ToleratedFailureCount is refused on an inline Map.
+#[tokio::test(start_paused = true)]
+async fn an_inline_map_fails_with_its_first_failed_iteration() {
+    let functions = Functions::default()
+        .on("work", echo)
+        .on("fail-fast", |_, payload| {
+            Err(TaskFailure::new("Broken", format!("item {payload}")))
+        })
+        .on("after", echo)
+        .sleeping("work", Duration::from_secs(10));
+    let definition = json!({
+        "StartAt": "Each",
+        "States": {
+            "Each": {
+                "Type": "Map",
+                "MaxConcurrency": 2,
+                "ItemProcessor": {"StartAt": "Which", "States": {
+                    "Which": {"Type": "Choice", "Choices": [
+                        {"Variable": "$", "NumericEquals": 2, "Next": "Fail fast"}
+                    ], "Default": "Work"},
+                    "Fail fast": {"Type": "Task", "Resource": "fail-fast", "End": true},
+                    "Work": {"Type": "Task", "Resource": "work", "Next": "After"},
+                    "After": {"Type": "Task", "Resource": "after", "End": true}
+                }},
+                "Catch": [{"ErrorEquals": ["Broken"], "ResultPath": "$", "Next": "Caught"}],
+                "Next": "Caught"
+            },
+            "Caught": {"Type": "Pass", "End": true}
+        }
+    });
+    let execution = run(definition, &functions, json!([1, 2, 3, 4])).await;
+    assert_eq!(execution.status, Status::Succeeded);
+    assert_eq!(
+        execution.output,
+        Some(json!({"Error": "Broken", "Cause": "item 2"}))
+    );
+    // Items 1 and 2 started together; 2 failed at once, so 3 and 4 never started and 1's
+    // next state never ran, though its Task ran to its end.
+    let started: Vec<Value> = functions.calls("work").into_iter().map(|c| c.0).collect();
+    assert_eq!(started, vec![json!(1)]);
+    assert_eq!(functions.finished("work").len(), 1);
+    assert!(functions.calls("after").is_empty());
+    let kinds = types(&execution);
+    assert!(kinds.contains(&"MapIterationFailed".to_owned()));
+    assert!(kinds.contains(&"MapIterationAborted".to_owned()));
+    assert!(kinds.contains(&"MapStateFailed".to_owned()));
+
+    let refused = Definition::from_json(
+        &json!({"StartAt": "Each", "States": {"Each": {
+            "Type": "Map", "ToleratedFailureCount": 1,
+            "ItemProcessor": {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}},
+            "End": true
+        }}})
+        .to_string(),
+    )
+    .expect_err("inline Maps have no failure threshold");
+    assert_eq!(refused.field.as_deref(), Some("ToleratedFailureCount"));
+    let refused = Definition::from_json(
+        &json!({"StartAt": "Each", "States": {"Each": {
+            "Type": "Map", "ItemReader": {},
+            "ItemProcessor": {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": true}}},
+            "End": true
+        }}})
+        .to_string(),
+    )
+    .expect_err("ItemReader is not implemented");
+    assert_eq!(refused.field.as_deref(), Some("ItemReader"));
+}
+
+/// The guide's thresholds for a Distributed Map: the Map Run fails with
+/// `States.ExceedToleratedFailureThreshold` once failures exceed the count, or the
+/// percentage of all items; at or under it the Map succeeds. Both absent: 0 %.
+#[tokio::test(start_paused = true)]
+async fn a_distributed_map_tolerates_failures_up_to_its_threshold() {
+    let definition = |threshold: Value| {
+        let mut map = json!({
+            "Type": "Map",
+            "ItemsPath": "$.items",
+            "MaxConcurrency": 1,
+            "ItemProcessor": {
+                "ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+                "StartAt": "Work",
+                "States": {"Work": {"Type": "Task", "Resource": "work", "End": true}}
+            },
+            "Label": "cells",
+            "End": true
+        });
+        for (k, v) in threshold.as_object().expect("object") {
+            map[k] = v.clone();
+        }
+        json!({"StartAt": "Each", "States": {"Each": map}})
+    };
+    let failing = |bad: &'static [i64]| {
+        Functions::default().on("work", move |_, payload| {
+            if bad.contains(&payload.as_i64().unwrap_or_default()) {
+                Err(TaskFailure::new("Broken", format!("item {payload}")))
+            } else {
+                Ok(payload)
+            }
+        })
+    };
+    let input = json!({"items": [1, 2, 3, 4], "tolerate": 1});
+    for (threshold, bad, ok, calls) in [
+        (json!({"ToleratedFailureCount": 1}), &[2][..], true, 4),
+        (
+            json!({"ToleratedFailureCountPath": "$.tolerate"}),
+            &[2][..],
+            true,
+            4,
+        ),
+        (json!({"ToleratedFailureCount": 1}), &[2, 3][..], false, 3),
+        (
+            json!({"ToleratedFailurePercentage": 50}),
+            &[1, 2][..],
+            true,
+            4,
+        ),
+        (
+            json!({"ToleratedFailurePercentage": 50}),
+            &[1, 2, 3][..],
+            false,
+            3,
+        ),
+        (json!({"ToleratedFailureCount": 0}), &[4][..], false, 4),
+        (json!({}), &[1][..], false, 1),
+    ] {
+        let functions = failing(bad);
+        let execution = run(definition(threshold.clone()), &functions, input.clone()).await;
+        assert_eq!(functions.calls("work").len(), calls, "{threshold} {bad:?}");
+        if ok {
+            assert_eq!(execution.status, Status::Succeeded, "{threshold} {bad:?}");
+            let output = execution.output.expect("output");
+            let failed = output
+                .as_array()
+                .expect("array")
+                .iter()
+                .filter(|o| o.get("Error") == Some(&json!("Broken")))
+                .count();
+            assert_eq!(failed, bad.len(), "{output}");
+        } else {
+            assert_eq!(
+                execution.error.as_deref(),
+                Some("States.ExceedToleratedFailureThreshold"),
+                "{threshold} {bad:?}"
+            );
+        }
+    }
+}
+
+/// `startExecution.sync:2` runs the named state machine to its end: its output comes back
+/// as JSON in the DescribeExecution shape; a failed child fails the Task with
+/// `States.TaskFailed` whose cause carries the child's own error and cause (what a Catch
+/// sees); `.sync` gives the output as a string; an unknown ARN is the service's error.
+#[tokio::test(start_paused = true)]
+async fn child_executions_run_to_their_end_and_their_failure_reaches_the_parent() {
+    let functions = Functions::default().on("child-work", |_, payload| {
+        if payload["fail"] == json!(true) {
+            Err(TaskFailure::new("ChildBroke", "the child's reason"))
+        } else {
+            Ok(json!({"done": payload["cell"]}))
+        }
+    });
+    let child = Definition::from_json(
+        &json!({"StartAt": "Work", "States": {
+            "Work": {"Type": "Task", "Resource": "child-work", "Catch": [
+                {"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "Failed"}
+            ], "End": true},
+            "Failed": {"Type": "Fail", "ErrorPath": "$.error.Error", "CausePath": "$.error.Cause"}
+        }})
+        .to_string(),
+    )
+    .expect("child loads");
+    let parent = |resource: &str, arn: &str| {
+        Definition::from_json(
+            &json!({"StartAt": "Start child", "States": {
+                "Start child": {
+                    "Type": "Task",
+                    "Resource": resource,
+                    "Parameters": {
+                        "StateMachineArn": arn,
+                        "Input": {"cell.$": "$.cell", "fail.$": "$.fail"},
+                        "Name.$": "States.Format('child-{}', $.cell)"
+                    },
+                    "Catch": [{"ErrorEquals": ["States.TaskFailed"], "ResultPath": "$.error", "Next": "Caught"}],
+                    "End": true
+                },
+                "Caught": {"Type": "Pass", "End": true}
+            }})
+            .to_string(),
+        )
+        .expect("parent loads")
+    };
+    let arn = "arn:aws:states:us-east-1:111122223333:stateMachine:child";
+    let run_parent = |definition: &Definition, input: Value| {
+        let definition = definition.clone();
+        let child = child.clone();
+        let functions = &functions;
+        async move {
+            Executor::new(&definition, functions)
+                .name("parent")
+                .state_machine(arn, "child", &child)
+                .run(input)
+                .await
+        }
+    };
+
+    let sync2 = parent("arn:aws:states:::states:startExecution.sync:2", arn);
+    let ok = run_parent(&sync2, json!({"cell": "c1", "fail": false})).await;
+    assert_eq!(ok.status, Status::Succeeded);
+    let described = ok.output.expect("output");
+    assert_eq!(described["Status"], json!("SUCCEEDED"));
+    assert_eq!(described["Output"], json!({"done": "c1"}));
+    assert_eq!(described["Input"], json!({"cell": "c1", "fail": false}));
+    assert_eq!(described["Name"], json!("child-c1"));
+    assert_eq!(described["StateMachineArn"], json!(arn));
+    assert!(described["StopDate"].as_i64() >= described["StartDate"].as_i64());
+    assert_eq!(ok.children.len(), 1);
+    assert_eq!(ok.children[0].name, "child-c1");
+
+    let failed = run_parent(&sync2, json!({"cell": "c2", "fail": true})).await;
+    let error = &failed.output.expect("caught")["error"];
+    assert_eq!(error["Error"], json!("States.TaskFailed"));
+    let cause: Value =
+        serde_json::from_str(error["Cause"].as_str().expect("cause")).expect("cause is JSON");
+    assert_eq!(cause["Status"], json!("FAILED"));
+    assert_eq!(cause["Error"], json!("ChildBroke"));
+    assert_eq!(cause["Cause"], json!("the child's reason"));
+    assert_eq!(failed.children[0].status, Status::Failed);
+
+    let sync1 = parent("arn:aws:states:::states:startExecution.sync", arn);
+    let text = run_parent(&sync1, json!({"cell": "c3", "fail": false})).await;
+    assert_eq!(
+        text.output.expect("output")["Output"],
+        json!("{\"done\":\"c3\"}")
+    );
+
+    let unknown = parent(
+        "arn:aws:states:::states:startExecution.sync:2",
+        "arn:aws:states:us-east-1:111122223333:stateMachine:nope",
+    );
+    let missing = run_parent(&unknown, json!({"cell": "c4", "fail": false})).await;
+    assert_eq!(
+        missing.output.expect("caught")["error"]["Error"],
+        json!("StepFunctions.StateMachineDoesNotExistException")
+    );
+    assert!(missing.children.is_empty());
+    assert!(functions.calls("child-work").len() == 3);
+
+    let waiting = Definition::from_json(
+        &json!({"StartAt": "T", "States": {"T": {
+            "Type": "Task", "Resource": "arn:aws:states:::lambda:invoke.waitForTaskToken", "End": true
+        }}})
+        .to_string(),
+    );
+    assert!(waiting.is_err(), "callbacks stay refused");
+}

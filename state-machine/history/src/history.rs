@@ -68,6 +68,8 @@ pub fn from_aws_events(events: &[Value], name: &str) -> Result<Execution, String
         error,
         cause,
         history,
+        // Step Functions keeps a child's history with the child: fetched by its own ARN.
+        children: Vec::new(),
     })
 }
 
