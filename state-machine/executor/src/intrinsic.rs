@@ -19,6 +19,7 @@ enum Func {
     ArrayGetItem,
     ArrayContains,
     ArrayRange,
+    ArrayPartition,
     MathAdd,
     StringSplit,
     Uuid,
@@ -36,6 +37,7 @@ impl Func {
             "States.ArrayGetItem" => Self::ArrayGetItem,
             "States.ArrayContains" => Self::ArrayContains,
             "States.ArrayRange" => Self::ArrayRange,
+            "States.ArrayPartition" => Self::ArrayPartition,
             "States.MathAdd" => Self::MathAdd,
             "States.StringSplit" => Self::StringSplit,
             "States.UUID" => Self::Uuid,
@@ -50,7 +52,11 @@ impl Func {
             Self::Array => (0, usize::MAX),
             Self::Uuid => (0, 0),
             Self::StringToJson | Self::JsonToString | Self::ArrayLength => (1, 1),
-            Self::ArrayGetItem | Self::ArrayContains | Self::MathAdd | Self::StringSplit => (2, 2),
+            Self::ArrayGetItem
+            | Self::ArrayContains
+            | Self::ArrayPartition
+            | Self::MathAdd
+            | Self::StringSplit => (2, 2),
             Self::ArrayRange | Self::JsonMerge => (3, 3),
         }
     }
@@ -171,6 +177,20 @@ impl Call {
                     next += step;
                 }
                 Ok(Value::Array(items))
+            }
+            Func::ArrayPartition => {
+                let items = as_array(&values[0]).map_err(fail)?;
+                let size = as_int(&values[1]).map_err(fail)?;
+                let size = usize::try_from(size)
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| fail(format!("the chunk size must be positive, got {size}")))?;
+                Ok(Value::Array(
+                    items
+                        .chunks(size)
+                        .map(|chunk| Value::Array(chunk.to_vec()))
+                        .collect(),
+                ))
             }
             Func::MathAdd => {
                 let (a, b) = (
@@ -461,6 +481,18 @@ mod tests {
             eval("States.ArrayRange(1, 9, 4)", json!({})),
             Ok(json!([1, 5, 9]))
         );
+        assert_eq!(
+            eval(
+                "States.ArrayPartition($.a, 2)",
+                json!({"a": [1, 2, 3, 4, 5]})
+            ),
+            Ok(json!([[1, 2], [3, 4], [5]]))
+        );
+        assert_eq!(
+            eval("States.ArrayPartition($.a, 3)", json!({"a": []})),
+            Ok(json!([]))
+        );
+        assert!(eval("States.ArrayPartition($.a, 0)", json!({"a": [1]})).is_err());
         assert_eq!(
             eval("States.ArrayGetItem($.a, 1)", json!({"a": ["x", "y"]})),
             Ok(json!("y"))

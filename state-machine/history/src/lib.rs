@@ -4,6 +4,7 @@
 //! picture ([`timeline`]). It links no function and no local cell: the operator CLI
 //! depends on this, not on the harness that runs the definitions locally.
 
+pub mod fleet;
 pub mod follow;
 pub mod history;
 pub mod report;
@@ -18,7 +19,9 @@ pub const ABANDON_PREPARE: &str = "abandon-prepare";
 pub const FINALIZE: &str = "finalize";
 /// The switchover's abort path on its own, for a run stopped by hand.
 pub const ABORT: &str = "abort";
-/// Every checked-in definition.
+/// A fleet of cells: each cell's prepare or switchover as a child execution, in waves.
+pub const FLEET: &str = "fleet";
+/// Every checked-in definition of one cell's run.
 pub const DEFINITIONS: [&str; 5] = [PREPARE, SWITCHOVER, ABANDON_PREPARE, FINALIZE, ABORT];
 
 /// `state-machine/<name>.asl.json`.

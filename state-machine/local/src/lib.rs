@@ -3,12 +3,13 @@
 //! (`switchyard-state-machine`), each Task's Lambda replaced by the function's `run`
 //! called in-process through [`LocalFunctions`].
 
+pub mod fleet;
 pub mod functions;
 pub mod rehearsal;
 
 pub use switchyard_history::{
-    definition_path, follow, history, report, timeline, ABANDON_PREPARE, ABORT, DEFINITIONS,
-    FINALIZE, PREPARE, SWITCHOVER,
+    definition_path, fleet as fleet_report, follow, history, report, timeline, ABANDON_PREPARE,
+    ABORT, DEFINITIONS, FINALIZE, FLEET, PREPARE, SWITCHOVER,
 };
 
 use serde_json::Value;

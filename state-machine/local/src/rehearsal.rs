@@ -841,7 +841,7 @@ async fn downstream_converges(cell: &LocalCell, primary: &PgServer, database: &s
 
 /// `SHOW server_version` as an application role sees it through PgBouncer (first word:
 /// `14.18`), or `None` if PgBouncer does not answer within 10 s.
-async fn version_through_pgbouncer(cell: &LocalCell) -> Option<String> {
+pub async fn version_through_pgbouncer(cell: &LocalCell) -> Option<String> {
     let options = cell.via_pgbouncer("app_writer").ok()?;
     let ask = async {
         let client = switchyard_postgres::connect(&options).await.ok()?;

@@ -8,10 +8,11 @@ use std::collections::BTreeSet;
 use serde_json::{json, Value};
 use switchyard_cell::Budgets;
 use switchyard_errors::{ErrorName, Retry};
+use switchyard_local_run::fleet::{PREPARE_STATE_MACHINE, SWITCHOVER_STATE_MACHINE};
 use switchyard_local_run::{
-    function_name, is_read_only, load, DEFINITIONS, FUNCTIONS, PREPARE, SWITCHOVER,
+    function_name, is_read_only, load, DEFINITIONS, FLEET, FUNCTIONS, PREPARE, SWITCHOVER,
 };
-use switchyard_state_machine::LAMBDA_INVOKE;
+use switchyard_state_machine::{LAMBDA_INVOKE, START_EXECUTION_SYNC_2};
 
 const LAMBDA_SERVICE_ERRORS: [&str; 5] = [
     "Lambda.ServiceException",
@@ -623,4 +624,107 @@ fn the_abort_machine_is_the_switchovers_abort_path() {
         abort["States"]["abort incomplete"],
         switchover["States"]["abort incomplete"]
     );
+}
+
+/// The fleet: its Lambda Tasks call existing read-only functions with the standard Retry
+/// and a timeout above the Lambda's; its child Tasks start the checked-in prepare and
+/// switchover; and no iteration of its Map can fail. An inline Map that fails stops its
+/// running iterations, and a switchover stopped halfway skips its abort path with
+/// PgBouncer paused: so every Task of a cell catches every error into an outcome state
+/// that ends the iteration, and those end states read only paths that exist.
+#[test]
+fn the_fleet_starts_checked_in_runs_and_no_cell_can_fail_its_wave() {
+    let timeouts = lambda_timeouts();
+    let definition = load(FLEET).expect("fleet loads");
+    for task in definition.task_states() {
+        let parameters = task.parameters.expect("Parameters");
+        if task.resource == START_EXECUTION_SYNC_2 {
+            let machine = parameters["StateMachineArn"].as_str().expect("an ARN");
+            assert!(
+                [PREPARE_STATE_MACHINE, SWITCHOVER_STATE_MACHINE].contains(&machine),
+                "{}: starts {machine}",
+                task.name
+            );
+            assert_eq!(parameters["Input"]["cell.$"], "$.cell", "{}", task.name);
+            assert!(
+                parameters["Name.$"].as_str().is_some_and(
+                    |n| n.contains("$$.Execution.Name") && n.contains("$.cell.cell_id")
+                ),
+                "{}: a name per fleet and cell makes a retried start the same execution",
+                task.name
+            );
+            continue;
+        }
+        assert_eq!(task.resource, LAMBDA_INVOKE, "{}", task.name);
+        let function = function_name(parameters["FunctionName"].as_str().expect("name"))
+            .unwrap_or_else(|| panic!("{}: names no function", task.name));
+        assert!(
+            is_read_only(&function),
+            "{}: the fleet itself changes nothing",
+            task.name
+        );
+        let lambda = timeouts[&function]["timeout_seconds"]
+            .as_u64()
+            .expect("timeout");
+        assert!(
+            task.timeout.expect("TimeoutSeconds").as_secs() > lambda,
+            "{}",
+            task.name
+        );
+    }
+
+    let raw = raw(FLEET);
+    let wave = &raw["States"]["run wave"];
+    assert_eq!(wave["Type"], "Map");
+    assert_eq!(wave["ItemProcessor"]["ProcessorConfig"]["Mode"], "INLINE");
+    let cell_states = wave["ItemProcessor"]["States"].as_object().expect("States");
+    for (name, state) in cell_states {
+        match state["Type"].as_str() {
+            Some("Task") => {
+                let catch = state["Catch"].as_array().expect("Catch");
+                let last = catch.last().expect("a Catch");
+                assert_eq!(last["ErrorEquals"], json!(["States.ALL"]), "{name}");
+                let target = &cell_states[last["Next"].as_str().expect("Next")];
+                assert_eq!(target["Type"], "Pass", "{name}: caught into an outcome");
+                assert_eq!(
+                    target["End"], true,
+                    "{name}: the outcome ends the iteration"
+                );
+                assert_eq!(last["ResultPath"], "$.error", "{name}");
+                if name != "cell preflight" {
+                    assert!(
+                        state["TimeoutSeconds"].is_null(),
+                        "{name}: a run is never cut short"
+                    );
+                }
+            }
+            Some("Pass") => {
+                let paths: Vec<&str> = state["Parameters"]
+                    .as_object()
+                    .expect("Parameters")
+                    .iter()
+                    .filter(|(k, _)| k.ends_with(".$"))
+                    .filter_map(|(_, v)| v.as_str())
+                    .collect();
+                for path in paths {
+                    assert!(
+                        [
+                            "$.cell.cell_id",
+                            "$.wave",
+                            "$.error",
+                            "$.child.execution_arn"
+                        ]
+                        .contains(&path),
+                        "{name}: {path} is not sure to exist"
+                    );
+                }
+                assert_eq!(state["End"], true, "{name}");
+            }
+            Some("Choice") => assert!(state["Default"].is_string(), "{name}: a default"),
+            other => panic!("{name}: a {other:?} state in a cell's iteration"),
+        }
+    }
+    assert_eq!(cell_states["cell failed"]["Parameters"]["ok"], false);
+    assert_eq!(cell_states["cell not started"]["Parameters"]["ok"], false);
+    assert_eq!(cell_states["cell done"]["Parameters"]["ok"], true);
 }

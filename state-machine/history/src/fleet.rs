@@ -1,0 +1,257 @@
+//! A fleet run read back: one row per cell of its input — the wave it was in, its
+//! outcome, its child execution, pause window and duration — from the fleet's history and
+//! its children's ([`switchyard_state_machine::Execution::children`] locally; fetched by
+//! ARN from Step Functions). A cell the fleet never reached (a halt before its wave) is a
+//! row too: "not started: fleet halted".
+
+use serde::Serialize;
+use serde_json::Value;
+use switchyard_state_machine::{EventType, Execution, Status};
+
+use crate::report::{between, pause_window, steps, Outcome};
+
+/// The states of `fleet.asl.json` whose output is a cell's outcome.
+const OUTCOME_STATES: [&str; 3] = ["cell done", "cell failed", "cell not started"];
+
+/// One cell of a fleet run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FleetRow {
+    pub cell_id: String,
+    /// 0 is the canary.
+    pub wave: u64,
+    /// `succeeded`, `failed`, `not started` (its preflight refused it) or
+    /// `not started: fleet halted`.
+    pub outcome: String,
+    /// The child execution's own outcome (`switched`, `aborted`, `prepared`, …).
+    pub run_outcome: Option<String>,
+    pub execution: Option<String>,
+    pub pause_window_ms: Option<u64>,
+    pub duration_ms: Option<u64>,
+    /// The error that stopped the cell and its message, shortened to one line.
+    pub error: Option<String>,
+    pub why: Option<String>,
+}
+
+/// A whole fleet run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FleetReport {
+    pub execution: String,
+    pub phase: String,
+    pub status: Status,
+    pub halted: bool,
+    pub tolerated_failures: u64,
+    pub wall_ms: Option<u64>,
+    pub cells: Vec<FleetRow>,
+}
+
+impl FleetReport {
+    /// Reads a fleet execution; `children` are the child executions it started (by name).
+    pub fn of(fleet: &Execution, children: &[Execution]) -> Result<Self, String> {
+        let input = fleet
+            .history
+            .iter()
+            .find(|e| e.kind == EventType::ExecutionStarted)
+            .and_then(|e| e.input.clone())
+            .ok_or("the fleet's history has no input")?;
+        let cells = |key: &str| -> Vec<String> {
+            input
+                .get(key)
+                .and_then(Value::as_array)
+                .map(|cells| {
+                    cells
+                        .iter()
+                        .filter_map(|c| c.get("cell_id").and_then(Value::as_str))
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let width = input
+            .get("max_concurrency")
+            .and_then(Value::as_u64)
+            .filter(|&n| n > 0)
+            .ok_or("the fleet's input has no max_concurrency")?;
+        // The same waves `plan waves` makes: the canary, then the rest by max_concurrency.
+        let mut planned: Vec<(String, u64)> = cells("canary").into_iter().map(|c| (c, 0)).collect();
+        for (i, cell) in cells("rest").into_iter().enumerate() {
+            planned.push((cell, 1 + i as u64 / width));
+        }
+        let outcomes: Vec<&Value> = fleet
+            .history
+            .iter()
+            .filter(|e| {
+                matches!(e.kind, EventType::StateExited(_))
+                    && e.state
+                        .as_deref()
+                        .is_some_and(|s| OUTCOME_STATES.contains(&s))
+            })
+            .filter_map(|e| e.output.as_ref())
+            .collect();
+        let mut rows = Vec::with_capacity(planned.len());
+        for (cell_id, wave) in planned {
+            let outcome = outcomes
+                .iter()
+                .find(|o| o.get("cell_id").and_then(Value::as_str) == Some(cell_id.as_str()));
+            let child_name = format!("{}-{cell_id}", fleet.name);
+            let child = children.iter().find(|c| c.name == child_name);
+            let (error, why) = outcome
+                .and_then(|o| o.get("error"))
+                .map(describe_error)
+                .unwrap_or_default();
+            let (pause_window_ms, duration_ms) = child.map_or((None, None), |child| {
+                let (window, _) = pause_window(child, &steps("run", child));
+                let duration = between(
+                    child.history.first().map(|e| e.timestamp.as_str()),
+                    child.history.last().map(|e| e.timestamp.as_str()),
+                );
+                (window, duration)
+            });
+            rows.push(FleetRow {
+                outcome: outcome
+                    .and_then(|o| o.get("outcome").and_then(Value::as_str))
+                    .unwrap_or("not started: fleet halted")
+                    .to_owned(),
+                run_outcome: child.map(|c| Outcome::of(Some(c)).as_str().to_owned()),
+                execution: child.map(|c| c.name.clone()).or_else(|| {
+                    outcome.and_then(|o| o.get("execution_arn")?.as_str().map(str::to_owned))
+                }),
+                pause_window_ms,
+                duration_ms,
+                error,
+                why,
+                cell_id,
+                wave,
+            });
+        }
+        Ok(Self {
+            execution: fleet.name.clone(),
+            phase: input
+                .get("phase")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            status: fleet.status,
+            halted: fleet.error.as_deref() == Some("FleetHalted"),
+            tolerated_failures: input
+                .get("tolerated_failures")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            wall_ms: between(
+                fleet.history.first().map(|e| e.timestamp.as_str()),
+                fleet.history.last().map(|e| e.timestamp.as_str()),
+            ),
+            cells: rows,
+        })
+    }
+
+    /// The table a person reads: one line per cell, then the verdict.
+    pub fn table(&self) -> String {
+        let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{v} ms"));
+        let mut out = format!(
+            "fleet {} ({}): {}{}\n",
+            self.execution,
+            self.phase,
+            match self.status {
+                Status::Succeeded => "SUCCEEDED",
+                Status::Failed => "FAILED",
+                Status::TimedOut => "TIMED OUT",
+            },
+            self.wall_ms
+                .map_or(String::new(), |w| format!(" in {:.1} s", w as f64 / 1000.0))
+        );
+        out.push_str(&format!(
+            "{:<16} {:>4}  {:<26} {:<20} {:>12} {:>12}  {}\n",
+            "cell", "wave", "outcome", "run", "pause", "duration", "why"
+        ));
+        for row in &self.cells {
+            let why = match (&row.error, &row.why) {
+                (Some(e), Some(w)) => format!("{e}: {w}"),
+                (Some(e), None) => e.clone(),
+                _ => String::new(),
+            };
+            out.push_str(&format!(
+                "{:<16} {:>4}  {:<26} {:<20} {:>12} {:>12}  {}\n",
+                row.cell_id,
+                if row.wave == 0 {
+                    "can".to_owned()
+                } else {
+                    row.wave.to_string()
+                },
+                row.outcome,
+                row.run_outcome.as_deref().unwrap_or("-"),
+                ms(row.pause_window_ms),
+                ms(row.duration_ms),
+                why
+            ));
+        }
+        if self.halted {
+            let failed: Vec<String> = self
+                .cells
+                .iter()
+                .filter(|r| r.outcome == "failed" || r.outcome == "not started")
+                .map(|r| {
+                    format!(
+                        "{} ({}{})",
+                        r.cell_id,
+                        r.outcome,
+                        r.error.as_ref().map_or(String::new(), |e| format!(": {e}"))
+                    )
+                })
+                .collect();
+            let skipped = self
+                .cells
+                .iter()
+                .filter(|r| r.outcome == "not started: fleet halted")
+                .count();
+            out.push_str(&format!(
+                "HALTED: {} failed (more than the {} tolerated); {skipped} cell(s) not started\n",
+                failed.join(", "),
+                self.tolerated_failures
+            ));
+        }
+        out
+    }
+}
+
+/// A caught error object (`{"Error", "Cause"}`) as (name, one-line message). A child's
+/// failure is `States.TaskFailed` whose cause is the child's description: its own error
+/// and cause are what matters.
+fn describe_error(error: &Value) -> (Option<String>, Option<String>) {
+    let name = error
+        .get("Error")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let cause = error
+        .get("Cause")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let child: Option<Value> = serde_json::from_str(cause).ok();
+    let (name, cause) = match child.as_ref().and_then(|c| c.get("Error")) {
+        Some(inner) => (
+            inner.as_str().map(str::to_owned),
+            child
+                .as_ref()
+                .and_then(|c| c.get("Cause"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        None => (name, cause.to_owned()),
+    };
+    // A function's error reaches Step Functions as {"errorMessage", "errorType"}.
+    let message = serde_json::from_str::<Value>(&cause)
+        .ok()
+        .and_then(|v| {
+            v.get("errorMessage")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or(cause);
+    let line: String = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    let line = if line.chars().count() > 160 {
+        format!("{}…", line.chars().take(160).collect::<String>())
+    } else {
+        line
+    };
+    (name, (!line.is_empty()).then_some(line))
+}
