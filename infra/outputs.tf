@@ -20,7 +20,7 @@ output "function_role_arns" {
 
 output "state_machine_arns" {
   description = "State machine ARN by name: prepare, switchover, abandon-prepare, finalize, abort."
-  value       = { for name, sm in aws_sfn_state_machine.state_machine : name => sm.arn }
+  value       = merge({ for name, sm in aws_sfn_state_machine.state_machine : name => sm.arn }, { fleet = aws_sfn_state_machine.fleet.arn })
 }
 
 output "state_machine_role_arn" {

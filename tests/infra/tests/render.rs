@@ -87,15 +87,26 @@ fn placeholders(text: &str) -> Vec<String> {
     found
 }
 
-/// The ASL with each placeholder filled by the dummy ARN of its function's published
-/// version, by plain string replacement: independent of the renderer.
+/// `${<name>_state_machine}`: the fleet's child state machines, by their ASL file's name.
+fn child_state_machine(placeholder: &str) -> Option<&str> {
+    placeholder.strip_suffix("_state_machine")
+}
+
+/// The dummy ARN of the version of state machine `name` an apply published.
+fn state_machine_version_arn(name: &str) -> String {
+    format!("arn:aws:fake:{REGION}:{ACCOUNT}:aws_sfn_state_machine/state_machine/{name}:{PUBLISHED_VERSION}")
+}
+
+/// The ASL with each placeholder filled by the dummy ARN of its function's (or child state
+/// machine's) published version, by plain string replacement: independent of the renderer.
 fn filled(asl: &str) -> String {
     let mut text = asl.to_owned();
     for name in placeholders(asl) {
-        text = text.replace(
-            &format!("${{{name}}}"),
-            &function_version_arn(&name.replace('_', "-")),
-        );
+        let arn = match child_state_machine(&name) {
+            Some(machine) => state_machine_version_arn(machine),
+            None => function_version_arn(&name.replace('_', "-")),
+        };
+        text = text.replace(&format!("${{{name}}}"), &arn);
     }
     text
 }
@@ -315,6 +326,12 @@ fn fake_instance(kind: &str, name: &str, key: &str) -> Value {
             Value::from(format!("{arn}:{PUBLISHED_VERSION}")),
         );
         object.insert("version".to_owned(), Value::from(PUBLISHED_VERSION));
+    }
+    if kind == "aws_sfn_state_machine" {
+        object.insert(
+            "state_machine_version_arn".to_owned(),
+            Value::from(format!("{arn}:{PUBLISHED_VERSION}")),
+        );
     }
     Value::Object(object)
 }
@@ -657,8 +674,16 @@ fn tf_keys(args: FuncArgs) -> Result<Value, String> {
 #[test]
 fn every_asl_placeholder_names_a_function() {
     let functions = functions();
-    for (name, asl) in asl_files() {
-        for placeholder in placeholders(&asl) {
+    let files = asl_files();
+    for (name, asl) in &files {
+        for placeholder in placeholders(asl) {
+            if let Some(machine) = child_state_machine(&placeholder) {
+                assert!(
+                    files.contains_key(machine) && machine != name,
+                    "state-machine/{name}.asl.json: ${{{placeholder}}} names no other checked-in state machine"
+                );
+                continue;
+            }
             let function = placeholder.replace('_', "-");
             assert!(
                 functions.contains(&function),
@@ -681,6 +706,12 @@ fn state_machines_render_to_the_checked_in_asl_with_function_arns() {
         let definition = attribute(&machine.body, "definition")
             .unwrap_or_else(|| panic!("{} has no definition", machine.name));
         for (key, rendered) in evaluated.per_instance(machine, definition) {
+            // A state machine without for_each (the fleet) is named by its block.
+            let key = if key.is_empty() {
+                machine.name.clone()
+            } else {
+                key
+            };
             let text = rendered
                 .as_str()
                 .unwrap_or_else(|| panic!("definition of {key} is not a string: {rendered}"));
@@ -699,10 +730,23 @@ fn state_machines_render_to_the_checked_in_asl_with_function_arns() {
             // Every definition gives the run lock back at its end (the abort machine acts
             // as a run that took it): the ARN of its published version is filled in, so a
             // run keeps the code it started with across an apply.
+            // The fleet takes no lock: it calls preflight and starts the cells' own runs,
+            // each the version this apply published.
+            let (function, machines) = if key == "fleet" {
+                ("preflight", vec!["prepare", "switchover"])
+            } else {
+                ("release-lock", vec![])
+            };
             assert!(
-                text.contains(&format!("\"{}\"", function_version_arn("release-lock"))),
+                text.contains(&format!("\"{}\"", function_version_arn(function))),
                 "definition of {key} invokes no published function version"
             );
+            for machine in machines {
+                assert!(
+                    text.contains(&format!("\"{}\"", state_machine_version_arn(machine))),
+                    "definition of {key} does not start the published version of {machine}"
+                );
+            }
             rendered_names.insert(key);
         }
     }
