@@ -9,7 +9,7 @@ SWITCHYARD := $(CARGO) run --quiet --locked -p switchyard-cli --
 # The same commands with every function linked (state-machine/local): `invoke` in-process.
 SWITCHYARD_LOCAL := $(CARGO) run --quiet --locked -p switchyard-local-run --bin switchyard-local --
 
-.PHONY: help setup build test test-unit test-cell lint fmt cell-up cell-down cell-status clean-cell rehearsal bench bench-scale start follow invoke report
+.PHONY: help setup build test test-unit test-cell lint fmt cell-up cell-down cell-status clean-cell rehearsal rehearsal-fleet bench bench-scale start follow invoke report
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ fmt: ## format the code
 
 rehearsal: setup ## prepare + switchover state machines on a local cell under load, audited (target/rehearsal/report.json); REHEARSAL=roundtrip switches back too
 	$(CARGO) run --locked --profile rehearsal -p switchyard-local-run --bin rehearsal
+
+rehearsal-fleet: setup ## CELLS=3 local cells through fleet.asl.json (prepare, then switchover), canary first; FLEET_FAIL=1 gives the canary a preflight blocker (target/rehearsal/fleet/)
+	CELLS=$(or $(CELLS),3) $(CARGO) run --locked --profile rehearsal -p switchyard-local-run --bin rehearsal-fleet
 
 bench: setup ## time the switchover over RUNS=5 fresh local cells (target/rehearsal/bench.json)
 	RUNS=$(or $(RUNS),5) $(CARGO) run --locked --profile rehearsal -p switchyard-local-run --bin bench-switchover

@@ -171,12 +171,14 @@ locals {
         Resource = local.parked_instances
       }
     }
+    # Logins are read with GetParameters, several names a call, once per invocation: SSM's
+    # rate is per account and a fleet shares it.
     orchestrator_login = {
       needed = true
       statement = {
         Sid      = "ReadOrchestratorLogin"
         Effect   = "Allow"
-        Action   = ["ssm:GetParameter"]
+        Action   = ["ssm:GetParameters"]
         Resource = local.orchestrator_parameters
       }
     }
@@ -194,7 +196,7 @@ locals {
       statement = {
         Sid      = "ReadPgBouncerAdminLogin"
         Effect   = "Allow"
-        Action   = ["ssm:GetParameter"]
+        Action   = ["ssm:GetParameters"]
         Resource = local.pgbouncer_parameters
       }
     }
@@ -252,7 +254,7 @@ locals {
       statement = {
         Sid      = "ReadDownstreamLogin"
         Effect   = "Allow"
-        Action   = ["ssm:GetParameter"]
+        Action   = ["ssm:GetParameters"]
         Resource = local.downstream_parameters
       }
     }
@@ -261,7 +263,7 @@ locals {
       statement = {
         Sid      = "ReadDownstreamPublisherLogin"
         Effect   = "Allow"
-        Action   = ["ssm:GetParameter"]
+        Action   = ["ssm:GetParameters"]
         Resource = local.downstream_publisher_params
       }
     }
@@ -386,7 +388,7 @@ locals {
     "rename-clusters"                   = ["list_clusters", "rename_clusters", "orchestrator_login", "journal_read", "journal_create", "journal_delete", "decrypt_secrets"]
     "refresh-nlb-target"                = ["describe_cell_clusters", "describe_instances", "describe_target_groups", "refresh_targets", "journal_read", "journal_create"]
     "recreate-downstream-subscriptions" = ["describe_cell_clusters", "orchestrator_login", "downstream_login", "downstream_publisher_login", "journal_read", "journal_create", "decrypt_secrets"]
-    "resume-pgbouncer"                  = ["describe_cell_clusters", "pgbouncer_login", "pgbouncer_list_tasks", "pgbouncer_describe_tasks", "application_roles", "journal_read", "journal_create", "decrypt_secrets"]
+    "resume-pgbouncer"                  = ["describe_cell_clusters", "orchestrator_login", "pgbouncer_login", "pgbouncer_list_tasks", "pgbouncer_describe_tasks", "application_roles", "journal_read", "journal_create", "decrypt_secrets"]
     "close-rollback-window"             = ["list_clusters", "snapshot_old_blue", "tag_final_snapshots", "describe_final_snapshots", "orchestrator_login", "journal_read", "decrypt_secrets"]
     "delete-old-cluster"                = ["list_clusters", "describe_final_snapshots", "delete_old_blue", "delete_old_blue_instances", "journal_read"]
   }

@@ -14,4 +14,6 @@ pub use endpoints::{
     ClusterEndpoint, EndpointResolver, LocalEndpoints, WriterEndpoint, LOCAL_ENDPOINTS_ENV,
 };
 pub use error::AwsError;
-pub use secrets::{read_credentials, read_secure_string, DbCredentials};
+pub use secrets::{
+    read_credentials, read_credentials_batch, read_secure_string, DbCredentials, GET_PARAMETERS_MAX,
+};

@@ -66,8 +66,58 @@ pub async fn read_credentials(
     ssm: &aws_sdk_ssm::Client,
     name: &str,
 ) -> Result<DbCredentials, AwsError> {
-    let value = read_secure_string(ssm, name).await?;
-    DbCredentials::parse(name, &value)
+    let mut read = read_credentials_batch(ssm, &[name]).await?;
+    Ok(read.remove(0).1)
+}
+
+/// The most names one `GetParameters` call takes.
+pub const GET_PARAMETERS_MAX: usize = 10;
+
+/// Reads and parses several [`DbCredentials`] parameters, [`GET_PARAMETERS_MAX`] names a
+/// call: SSM's rate is per account, and a fleet switching many cells at once shares it.
+/// The answers keep the order of `names`; a name SSM does not have is `SecretUnavailable`.
+pub async fn read_credentials_batch(
+    ssm: &aws_sdk_ssm::Client,
+    names: &[&str],
+) -> Result<Vec<(String, DbCredentials)>, AwsError> {
+    let mut out = Vec::with_capacity(names.len());
+    for chunk in names.chunks(GET_PARAMETERS_MAX) {
+        let context = format!("reading SSM parameters {}", chunk.join(", "));
+        let answer = ssm
+            .get_parameters()
+            .set_names(Some(chunk.iter().map(|n| (*n).to_owned()).collect()))
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk(&context, &e))?;
+        if !answer.invalid_parameters().is_empty() {
+            return Err(AwsError::new(
+                ErrorName::SecretUnavailable,
+                format!(
+                    "reading SSM parameter {}",
+                    answer.invalid_parameters().join(", ")
+                ),
+                "parameter not found: create it or fix the cell document",
+            ));
+        }
+        for name in chunk {
+            let value = answer
+                .parameters()
+                .iter()
+                .find(|p| p.name() == Some(*name))
+                .and_then(|p| p.value())
+                .ok_or_else(|| {
+                    AwsError::new(
+                        ErrorName::SecretUnavailable,
+                        format!("reading SSM parameter {name}"),
+                        "parameter has no value",
+                    )
+                })?;
+            let credentials = DbCredentials::parse(name, &Secret::new(value.to_owned()))?;
+            out.push(((*name).to_owned(), credentials));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -358,6 +358,22 @@ impl CellDocument {
             .unwrap_or_else(|| format!("/switchyard/{}/replication", self.cell_id))
     }
 
+    /// Every SSM parameter that holds one of the cell's logins: the orchestrator's,
+    /// PgBouncer's admin, the replication role's, each downstream's two. (Application
+    /// roles are read by path.)
+    pub fn secret_parameters(&self) -> Vec<String> {
+        let mut names = vec![
+            self.credentials.orchestrator_parameter.clone(),
+            self.pgbouncer.admin_credentials_parameter.clone(),
+            self.replication_credentials_parameter(),
+        ];
+        for downstream in &self.downstream {
+            names.push(downstream.credentials_parameter.clone());
+            names.push(downstream.publisher_credentials_parameter.clone());
+        }
+        names
+    }
+
     /// Where this cell's run journal lives in SSM.
     pub fn journal_path(&self) -> String {
         self.journal_path

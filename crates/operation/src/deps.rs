@@ -44,6 +44,21 @@ pub struct Deps {
     /// Server identities read through writer instance endpoints, by resource id and address:
     /// a cluster's identity never changes, so a warm Lambda reads each one once.
     identities: Arc<Mutex<HashMap<(String, String), String>>>,
+    /// Logins read in this invocation, by SSM parameter name ([`Deps::for_invocation`]):
+    /// each read once per invocation, none kept past it (the next invocation sees a
+    /// rotated password). `None`: every read goes to SSM.
+    logins: Option<Arc<tokio::sync::Mutex<HashMap<String, DbCredentials>>>>,
+}
+
+/// The kinds of login a cell document names, for [`Deps::read_logins`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Login {
+    Orchestrator,
+    PgBouncerAdmin,
+    /// Every downstream database's admin login.
+    DownstreamAdmins,
+    /// Every downstream's login on the publisher (the subscription's connection).
+    DownstreamPublishers,
 }
 
 /// How long a connection attempt may take before it counts as unavailable.
@@ -56,7 +71,73 @@ impl Deps {
             endpoints,
             deployment,
             identities: Arc::default(),
+            logins: None,
         }
+    }
+
+    /// These dependencies for one invocation: the same clients and identities, and a
+    /// fresh set of logins read once each ([`Deps::logins`]). What the Lambda runtime and
+    /// the local task handler give each invocation.
+    pub fn for_invocation(&self) -> Self {
+        let mut deps = self.clone();
+        deps.logins = Some(Arc::default());
+        deps
+    }
+
+    /// The logins kept in SSM parameters `names`, in order: read in batches
+    /// (`GetParameters`, ten names a call), each at most once per invocation. A function
+    /// that needs several asks for them together.
+    pub async fn logins(&self, names: &[&str]) -> Result<Vec<DbCredentials>, Error> {
+        let Some(cache) = &self.logins else {
+            let read = switchyard_aws::read_credentials_batch(&self.aws.ssm, names).await?;
+            return Ok(read.into_iter().map(|(_, login)| login).collect());
+        };
+        // Held across the read: a second caller waits for it rather than reading again.
+        let mut cache = cache.lock().await;
+        let mut missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !cache.contains_key(*n))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            cache.extend(switchyard_aws::read_credentials_batch(&self.aws.ssm, &missing).await?);
+        }
+        Ok(names.iter().map(|n| cache[*n].clone()).collect())
+    }
+
+    /// Reads these kinds of the cell's logins together, in one batch, for a function that
+    /// will need them in this invocation: each is then served from the invocation's set.
+    /// Does nothing outside an invocation ([`Deps::for_invocation`]): there nothing is kept.
+    pub async fn read_logins(&self, cell: &CellDocument, kinds: &[Login]) -> Result<(), Error> {
+        if self.logins.is_none() {
+            return Ok(());
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for kind in kinds {
+            match kind {
+                Login::Orchestrator => names.push(&cell.credentials.orchestrator_parameter),
+                Login::PgBouncerAdmin => names.push(&cell.pgbouncer.admin_credentials_parameter),
+                Login::DownstreamAdmins => names.extend(
+                    cell.downstream
+                        .iter()
+                        .map(|d| d.credentials_parameter.as_str()),
+                ),
+                Login::DownstreamPublishers => names.extend(
+                    cell.downstream
+                        .iter()
+                        .map(|d| d.publisher_credentials_parameter.as_str()),
+                ),
+            }
+        }
+        self.logins(&names).await.map(drop)
+    }
+
+    /// The login kept in SSM parameter `name` ([`Deps::logins`]).
+    pub async fn login(&self, name: &str) -> Result<DbCredentials, Error> {
+        let mut logins = self.logins(&[name]).await?;
+        Ok(logins.remove(0))
     }
 
     /// From the environment: the standard AWS chain (honouring `AWS_ENDPOINT_URL`), the
@@ -85,13 +166,10 @@ impl Deps {
             .await?)
     }
 
-    /// The orchestrator's login, read from SSM at call time (never cached, never logged).
+    /// The orchestrator's login, read from SSM at call time (once per invocation, never
+    /// logged).
     pub async fn orchestrator(&self, cell: &CellDocument) -> Result<DbCredentials, Error> {
-        Ok(switchyard_aws::read_credentials(
-            &self.aws.ssm,
-            &cell.credentials.orchestrator_parameter,
-        )
-        .await?)
+        self.login(&cell.credentials.orchestrator_parameter).await
     }
 
     /// TLS for every database connection: verify-full with the deployment's CA bundle

@@ -232,8 +232,7 @@ pub async fn connect(
                 ),
             )
         })?;
-    let login =
-        switchyard_aws::read_credentials(&deps.aws.ssm, &downstream.credentials_parameter).await?;
+    let login = deps.login(&downstream.credentials_parameter).await?;
     let options = ConnectOptions {
         host: host.to_owned(),
         port,

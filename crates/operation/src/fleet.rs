@@ -110,15 +110,10 @@ pub async fn discover(cell: &CellDocument, deps: &Deps) -> Result<Vec<Endpoint>,
     Ok(endpoints)
 }
 
-/// The admin console login, read from SSM at call time.
+/// The admin console login, read from SSM at call time (once per invocation).
 pub async fn admin_login(cell: &CellDocument, deps: &Deps) -> Result<DbCredentials, Error> {
-    Ok(
-        switchyard_aws::read_credentials(
-            &deps.aws.ssm,
-            &cell.pgbouncer.admin_credentials_parameter,
-        )
-        .await?,
-    )
+    deps.login(&cell.pgbouncer.admin_credentials_parameter)
+        .await
 }
 
 /// Logs in to every endpoint at once; the result keeps the endpoints' order. The error

@@ -177,7 +177,8 @@ where
             async move {
                 let dry_run = crate::take_dry_run(&mut payload).map_err(Diagnostic::from)?;
                 let input = parse_input::<I>(payload).map_err(Diagnostic::from)?;
-                handle(input, deps.clone(), dry_run)
+                // Each invocation reads its logins afresh, once each.
+                handle(input, deps.for_invocation(), dry_run)
                     .await
                     .map_err(Diagnostic::from)
             }

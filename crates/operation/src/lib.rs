@@ -26,7 +26,7 @@ pub mod saved_acls;
 pub mod teardown;
 
 pub use deploy::{Deployment, CA_BUNDLE_ENV, PG_DUMP_ENV};
-pub use deps::{Deps, Side};
+pub use deps::{Deps, Login, Side};
 pub use error::Error;
 pub use fence::{Caller, Direction};
 pub use journal::{decode_entry, now_rfc3339, Entry, Journal};

@@ -27,7 +27,7 @@ use switchyard_errors::{Catalogued, ErrorName};
 use switchyard_operation::feedback;
 use switchyard_operation::fence::{self, Direction};
 use switchyard_operation::PauseDeadline;
-use switchyard_operation::{Deps, Error, Plan, Side};
+use switchyard_operation::{Deps, Error, Login, Plan, Side};
 use switchyard_postgres::quote::{self, ident};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
@@ -134,6 +134,9 @@ fn check_wait(input: &Input) -> Result<(), Error> {
 pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     fence::admit(deps, &input.cell, input.caller(), Direction::Forward).await?;
     check_wait(&input)?;
+    // Every login this run uses, in one SSM call.
+    deps.read_logins(&input.cell, &[Login::Orchestrator, Login::DownstreamAdmins])
+        .await?;
     let deadline = tokio::time::Instant::now()
         + switchyard_operation::bounded(
             input.pause_deadline,

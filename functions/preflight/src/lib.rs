@@ -27,7 +27,7 @@ mod search_path;
 use serde::{Deserialize, Serialize};
 use switchyard_cell::CellDocument;
 use switchyard_errors::ErrorName;
-use switchyard_operation::{Deps, Error, OperationInput, Side, LISTED};
+use switchyard_operation::{Deps, Error, Login, OperationInput, Side, LISTED};
 use tokio_postgres::{Client, IsolationLevel, Transaction};
 
 use crate::cluster::{ClusterFacts, Plan};
@@ -117,6 +117,16 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
         downstream_subscriptions: u32::try_from(downstream).unwrap_or(u32::MAX),
     };
     let mut findings = Findings::default();
+    // Every login preflight uses, in one SSM call.
+    deps.read_logins(
+        cell,
+        &[
+            Login::Orchestrator,
+            Login::PgBouncerAdmin,
+            Login::DownstreamAdmins,
+        ],
+    )
+    .await?;
 
     // The SDK-heavy steps are boxed: nested, their futures exceed the compiler's layout
     // depth.

@@ -17,11 +17,9 @@ pub async fn check(cell: &CellDocument, deps: &Deps) -> Result<Vec<Finding>, Err
         Ok(hosts) => hosts,
         Err(finding) => return Ok(vec![finding]),
     };
-    let login = switchyard_aws::read_credentials(
-        &deps.aws.ssm,
-        &cell.pgbouncer.admin_credentials_parameter,
-    )
-    .await?;
+    let login = deps
+        .login(&cell.pgbouncer.admin_credentials_parameter)
+        .await?;
     // Clients queue for the whole pause, and for the abort path after a pause that ran
     // its budget out.
     let pause = cell.budgets.pause_seconds + cell.budgets.abort_seconds;

@@ -32,7 +32,7 @@ use switchyard_cell::{CellDocument, Downstream};
 use switchyard_errors::ErrorName;
 use switchyard_operation::downstream::{self, Journaled, Recreated};
 use switchyard_operation::fence::{self, Way};
-use switchyard_operation::{Deps, Error, PauseDeadline, Plan, Side};
+use switchyard_operation::{Deps, Error, Login, PauseDeadline, Plan, Side};
 use switchyard_postgres::quote::{self, conninfo_value, ident, literal};
 use switchyard_telemetry::Secret;
 use tokio_postgres::Client;
@@ -166,6 +166,16 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     )
     .await?;
     let cell = &input.cell;
+    // Every login this run uses, in one SSM call.
+    deps.read_logins(
+        cell,
+        &[
+            Login::Orchestrator,
+            Login::DownstreamAdmins,
+            Login::DownstreamPublishers,
+        ],
+    )
+    .await?;
     let streaming_wait = switchyard_operation::bounded(input.pause_deadline, STREAMING_WAIT);
     let mut subscriptions = Vec::new();
     for downstream in &cell.downstream {
@@ -319,11 +329,9 @@ async fn create(
     entry: &Journaled,
 ) -> Result<(), Error> {
     let target = &entry.connection;
-    let login = switchyard_aws::read_credentials(
-        &deps.aws.ssm,
-        &downstream.publisher_credentials_parameter,
-    )
-    .await?;
+    let login = deps
+        .login(&downstream.publisher_credentials_parameter)
+        .await?;
     let mut parts = vec![
         format!("host={}", conninfo_value(&target.host)),
         format!("port={}", conninfo_value(&target.port.to_string())),

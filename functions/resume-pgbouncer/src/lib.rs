@@ -50,7 +50,7 @@ use switchyard_operation::downstream::Journaled;
 use switchyard_operation::fence::{self, Decision, Way};
 use switchyard_operation::fleet as instances;
 use switchyard_operation::fleet::Endpoint;
-use switchyard_operation::{green_fence, Deps, Error, PauseDeadline, Plan, Side};
+use switchyard_operation::{green_fence, Deps, Error, Login, PauseDeadline, Plan, Side};
 use switchyard_postgres::{PgBouncerAdmin, Resumed};
 
 /// ```json
@@ -118,6 +118,9 @@ pub async fn run(input: Input, deps: &Deps) -> Result<Output, Error> {
     )
     .await?;
     let cell = &input.cell;
+    // Every login this run uses (green's fence needs the orchestrator), in one SSM call.
+    deps.read_logins(cell, &[Login::PgBouncerAdmin, Login::Orchestrator])
+        .await?;
     let endpoints = Box::pin(instances::discover(cell, deps)).await?;
     let login = Box::pin(instances::admin_login(cell, deps)).await?;
     let switched_already = admitted

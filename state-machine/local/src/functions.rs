@@ -27,6 +27,8 @@ macro_rules! functions {
         /// Lambda would: a payload with `"dry_run": true` returns what the function would
         /// change (its `Plan`) and changes nothing.
         pub async fn invoke(name: &str, mut payload: Value, deps: &Deps) -> Result<Value, Error> {
+            // As the Lambda runtime does: each invocation reads its logins afresh, once each.
+            let deps = &deps.for_invocation();
             let dry_run = take_dry_run(&mut payload)?;
             match name {
                 $($name => functions!(@call $krate $kind, name, payload, deps, dry_run),)*

@@ -15,6 +15,7 @@ mod forwarder;
 mod install;
 mod link;
 mod moto;
+pub use moto::RecordedCall;
 mod names;
 mod pg;
 mod pgbouncer;

@@ -20,6 +20,8 @@ pub struct Moto {
     pub region: String,
     pub clients: AwsClients,
     server: Server,
+    /// Where moto's recorder writes the requests it sees while recording.
+    recording: std::path::PathBuf,
 }
 
 impl Moto {
@@ -27,6 +29,10 @@ impl Moto {
         let port = free_port("127.0.0.1")?;
         let mut cmd = Command::new(install.moto_server()?);
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        // Off until `start_recording`: the set-up's PutParameter bodies hold passwords.
+        let recording = run_dir.join("logs").join("moto-requests.jsonl");
+        cmd.env("MOTO_RECORDER_FILEPATH", &recording);
+        cmd.env_remove("MOTO_ENABLE_RECORDING");
         // moto refuses nothing as root and holds no data of ours worth isolating.
         let log = run_dir.join("logs").join("moto.log");
         let mut server = Server::spawn(
@@ -47,7 +53,28 @@ impl Moto {
             region: region.to_owned(),
             clients,
             server,
+            recording,
         })
+    }
+
+    /// Starts recording every request from now on (moto's recorder), from an empty record.
+    pub async fn start_recording(&self) -> Result<(), CellError> {
+        self.post("/moto-api/recorder/reset-recording", &[], "")
+            .await?;
+        self.post("/moto-api/recorder/start-recording", &[], "")
+            .await
+            .map(|_| ())
+    }
+
+    /// Stops recording and returns each request in order: its API call and, for SSM, the
+    /// parameter names it named. The record is then deleted: request bodies can hold
+    /// whatever a call sent.
+    pub async fn stop_recording(&self) -> Result<Vec<RecordedCall>, CellError> {
+        self.post("/moto-api/recorder/stop-recording", &[], "")
+            .await?;
+        let text = std::fs::read_to_string(&self.recording).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.recording);
+        Ok(text.lines().filter_map(recorded_call).collect())
     }
 
     /// Environment that points the standard AWS config chain at this moto: what an
@@ -149,6 +176,90 @@ impl Moto {
     pub fn stop(&mut self) {
         self.server.stop(Duration::from_secs(10));
     }
+}
+
+/// One request moto's recorder saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedCall {
+    /// `service:Operation`, e.g. `ssm:GetParameter`, `rds:DescribeDBClusters`.
+    pub call: String,
+    /// The SSM parameter names the request named (`Name`, `Names`); nothing else of its
+    /// body is kept.
+    pub names: Vec<String>,
+}
+
+fn recorded_call(line: &str) -> Option<RecordedCall> {
+    let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+    let call = api_call(&entry)?;
+    let names = match decoded_body(&entry)
+        .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+    {
+        Some(body) if call.starts_with("ssm:") => body
+            .get("Name")
+            .and_then(|n| n.as_str())
+            .map(|n| vec![n.to_owned()])
+            .or_else(|| {
+                body.get("Names").and_then(|n| n.as_array()).map(|names| {
+                    names
+                        .iter()
+                        .filter_map(|n| n.as_str().map(str::to_owned))
+                        .collect()
+                })
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    Some(RecordedCall { call, names })
+}
+
+fn decoded_body(entry: &serde_json::Value) -> Option<String> {
+    let body = entry.get("body").and_then(|b| b.as_str())?;
+    if entry
+        .get("body_encoded")
+        .and_then(serde_json::Value::as_bool)
+        == Some(true)
+    {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+    } else {
+        Some(body.to_owned())
+    }
+}
+
+/// A recorded request as `service:Operation`: the JSON protocol's `X-Amz-Target`
+/// (`AmazonSSM.GetParameter`), else the query protocol's `Action` with the service from
+/// the request's SigV4 scope.
+fn api_call(entry: &serde_json::Value) -> Option<String> {
+    let headers = entry.get("headers")?.as_object()?;
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.as_str())
+    };
+    let service = header("Authorization")
+        .and_then(|auth| auth.split("Credential=").nth(1))
+        .and_then(|scope| scope.split('/').nth(3))
+        .unwrap_or("unknown");
+    if let Some(target) = header("X-Amz-Target") {
+        let operation = target.rsplit('.').next()?;
+        return Some(format!("{service}:{operation}"));
+    }
+    let body = decoded_body(entry).unwrap_or_default();
+    let action = body
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("Action="))
+        .or_else(|| {
+            entry
+                .get("url")
+                .and_then(|u| u.as_str())
+                .and_then(|u| u.split("Action=").nth(1))
+                .and_then(|a| a.split('&').next())
+        })?;
+    Some(format!("{service}:{action}"))
 }
 
 /// SDK config for moto: explicit endpoint and dummy keys, so parallel cells in one test
