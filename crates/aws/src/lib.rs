@@ -8,7 +8,7 @@ mod error;
 mod secrets;
 
 pub use aws_sdk_rds::error::{ProvideErrorMetadata, SdkError};
-pub use clients::AwsClients;
+pub use clients::{retry_config, AwsClients, INITIAL_BACKOFF, MAX_ATTEMPTS, MAX_BACKOFF};
 pub use ecs::{live_tasks, running_tasks, service_group, LiveTask, ServiceTask};
 pub use endpoints::{
     ClusterEndpoint, EndpointResolver, LocalEndpoints, WriterEndpoint, LOCAL_ENDPOINTS_ENV,
