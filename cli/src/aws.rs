@@ -66,16 +66,38 @@ pub struct Started {
 
 /// `<cell>-<phase>-<utc>`: which cell, which phase, when — two runs never share a name.
 pub fn execution_name(cell_id: &str, phase: &str, at: time::OffsetDateTime) -> String {
-    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] =
-        time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
-    let stamp = at
-        .to_offset(time::UtcOffset::UTC)
-        .format(FORMAT)
-        .unwrap_or_default();
+    let stamp = utc_stamp(at);
     let suffix = format!("-{phase}-{stamp}");
     let room = MAX_EXECUTION_NAME - suffix.len();
     let cell: String = cell_id.chars().take(room).collect();
     format!("{cell}{suffix}")
+}
+
+/// `20250102T030405Z`: a time as execution names carry it.
+pub fn utc_stamp(at: time::OffsetDateTime) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] =
+        time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    at.to_offset(time::UtcOffset::UTC)
+        .format(FORMAT)
+        .unwrap_or_default()
+}
+
+/// Starts `state_machine_arn` as execution `name` with `input`; returns its ARN.
+pub async fn start_named(
+    client: &aws_sdk_sfn::Client,
+    state_machine_arn: &str,
+    name: &str,
+    input: &Value,
+) -> Result<String, String> {
+    let started = client
+        .start_execution()
+        .state_machine_arn(state_machine_arn)
+        .name(name)
+        .input(input.to_string())
+        .send()
+        .await
+        .map_err(|e| sdk_error("starting the execution", &e))?;
+    Ok(started.execution_arn().to_owned())
 }
 
 /// The state machines of one deployment, as Terraform names them: `<prefix>-<kind>`.
@@ -343,7 +365,7 @@ pub fn console_url(execution_arn: &str) -> String {
 /// The history events after event `after`, oldest first: read newest first (`reverseOrder`)
 /// and only as far back as `after`, so a poll costs one call however long the history is.
 /// An API that ignores `reverseOrder` is read whole, as before.
-async fn newer_events(
+pub async fn newer_events(
     client: &aws_sdk_sfn::Client,
     execution_arn: &str,
     after: i64,

@@ -22,6 +22,7 @@
 
 mod aws;
 pub mod catalog;
+mod fleet;
 mod status;
 
 use std::future::Future;
@@ -220,6 +221,11 @@ enum Command {
         /// The upgrade's cell document (JSON).
         #[arg(long)]
         cell: PathBuf,
+    },
+    /// Many cells through the fleet state machine, canary first: start, follow, report.
+    Fleet {
+        #[command(subcommand)]
+        command: fleet::FleetCommand,
     },
     /// Report finished executions: report.json, a summary and timeline.svg; exits with the
     /// outcome's code, as follow does.
@@ -487,6 +493,7 @@ async fn run(tool: Tool, command: Command) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Fleet { command } => fleet::run(command).await,
         Command::BackDocument { cell } => {
             let back = back_document(&read_cell(&cell)?).await?;
             println!(

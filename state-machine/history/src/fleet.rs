@@ -5,10 +5,107 @@
 //! row too: "not started: fleet halted".
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Value};
+use switchyard_cell::CellDocument;
 use switchyard_state_machine::{EventType, Execution, Status};
 
 use crate::report::{between, pause_window, steps, Outcome};
+
+/// The longest execution name Step Functions takes.
+pub const MAX_EXECUTION_NAME: usize = 80;
+
+/// How to run a fleet.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// `prepare` or `switchover`.
+    pub phase: String,
+    /// The first this many cells form the canary wave.
+    pub canary: usize,
+    pub max_concurrency: usize,
+    pub tolerated_failures: u64,
+}
+
+/// `fleet.asl.json`'s input for `cells` in order, checked: a named error and nothing
+/// started for a phase other than prepare or switchover, no cells, a cell twice, a zero
+/// `max_concurrency`, or a cell whose run name (`<fleet>-<cell_id>`) Step Functions would
+/// refuse.
+pub fn fleet_input(
+    fleet_name: &str,
+    cells: &[&CellDocument],
+    options: &FleetOptions,
+) -> Result<Value, String> {
+    if !["prepare", "switchover"].contains(&options.phase.as_str()) {
+        return Err(format!(
+            "InvalidInput: phase {:?}: a fleet runs prepare or switchover",
+            options.phase
+        ));
+    }
+    if cells.is_empty() {
+        return Err("InvalidInput: a fleet needs at least one cell".to_owned());
+    }
+    if options.max_concurrency == 0 {
+        return Err("InvalidInput: max_concurrency must be at least 1".to_owned());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for cell in cells {
+        if !seen.insert(cell.cell_id.as_str()) {
+            return Err(format!(
+                "InvalidInput: cell {} is listed twice",
+                cell.cell_id
+            ));
+        }
+        let run = format!("{fleet_name}-{}", cell.cell_id);
+        if run.len() > MAX_EXECUTION_NAME {
+            return Err(format!(
+                "InvalidInput: cell {}'s run would be named {run} ({} characters, Step Functions takes {MAX_EXECUTION_NAME}): use a shorter fleet name",
+                cell.cell_id,
+                run.len()
+            ));
+        }
+    }
+    let split = options.canary.min(cells.len());
+    Ok(json!({
+        "phase": options.phase,
+        "canary": cells[..split],
+        "rest": cells[split..],
+        "max_concurrency": options.max_concurrency,
+        "tolerated_failures": options.tolerated_failures,
+    }))
+}
+
+/// The ARNs of the cells' runs a fleet execution started, as its history records them:
+/// each succeeded run's, and each failed run's from its description in the error.
+pub fn child_arns(fleet: &Execution) -> Vec<String> {
+    let mut arns = Vec::new();
+    for event in &fleet.history {
+        if !matches!(event.kind, EventType::StateExited(_))
+            || !event
+                .state
+                .as_deref()
+                .is_some_and(|s| OUTCOME_STATES.contains(&s))
+        {
+            continue;
+        }
+        let Some(output) = &event.output else {
+            continue;
+        };
+        if let Some(arn) = output.get("execution_arn").and_then(Value::as_str) {
+            arns.push(arn.to_owned());
+        } else if let Some(arn) = output
+            .pointer("/error/Cause")
+            .and_then(Value::as_str)
+            .and_then(|c| serde_json::from_str::<Value>(c).ok())
+            .and_then(|c| {
+                c.get("ExecutionArn")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+        {
+            arns.push(arn);
+        }
+    }
+    arns
+}
 
 /// The states of `fleet.asl.json` whose output is a cell's outcome.
 const OUTCOME_STATES: [&str; 3] = ["cell done", "cell failed", "cell not started"];
@@ -254,4 +351,69 @@ fn describe_error(error: &Value) -> (Option<String>, Option<String>) {
         line
     };
     (name, (!line.is_empty()).then_some(line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(id: &str) -> CellDocument {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../cells/local.json"
+        ))
+        .expect("cells/local.json");
+        let mut value: Value = serde_json::from_str(&text).expect("JSON");
+        value["cell_id"] = json!(id);
+        serde_json::from_value(value).expect("a cell document")
+    }
+
+    fn options(phase: &str, canary: usize, max_concurrency: usize) -> FleetOptions {
+        FleetOptions {
+            phase: phase.to_owned(),
+            canary,
+            max_concurrency,
+            tolerated_failures: 0,
+        }
+    }
+
+    #[test]
+    fn the_input_splits_the_canary_from_the_rest() {
+        let (a, b, c) = (cell("a"), cell("b"), cell("c"));
+        let input =
+            fleet_input("fleet-x", &[&a, &b, &c], &options("switchover", 1, 2)).expect("valid");
+        let ids = |key: &str| -> Vec<String> {
+            input[key]
+                .as_array()
+                .expect("array")
+                .iter()
+                .map(|c| c["cell_id"].as_str().expect("id").to_owned())
+                .collect()
+        };
+        assert_eq!(ids("canary"), ["a"]);
+        assert_eq!(ids("rest"), ["b", "c"]);
+        assert_eq!(input["max_concurrency"], 2);
+        assert_eq!(input["tolerated_failures"], 0);
+        // A canary larger than the fleet is the whole fleet.
+        let all = fleet_input("fleet-x", &[&a, &b], &options("prepare", 5, 1)).expect("valid");
+        assert_eq!(all["rest"], json!([]));
+    }
+
+    #[test]
+    fn bad_fleets_are_refused_by_name() {
+        let (a, b) = (cell("a"), cell("b"));
+        let refused = |cells: &[&CellDocument], options: FleetOptions, name: &str| {
+            fleet_input(name, cells, &options).expect_err("refused")
+        };
+        assert!(refused(&[&a], options("finalize", 1, 1), "f").contains("phase"));
+        assert!(refused(&[], options("prepare", 1, 1), "f").contains("at least one cell"));
+        assert!(refused(&[&a, &a], options("prepare", 1, 1), "f").contains("listed twice"));
+        assert!(refused(&[&a, &b], options("prepare", 1, 0), "f").contains("max_concurrency"));
+        let long = "f".repeat(79);
+        let err = refused(&[&a], options("prepare", 1, 1), &long);
+        assert!(
+            err.starts_with("InvalidInput") && err.contains("80"),
+            "{err}"
+        );
+    }
 }

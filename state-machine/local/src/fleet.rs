@@ -2,8 +2,9 @@
 //! `switchover` its child execution, every function called in-process with the
 //! dependencies of the cell its payload names.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use switchyard_cell::CellDocument;
+pub use switchyard_history::fleet::{fleet_input, FleetOptions};
 use switchyard_operation::Deps;
 use switchyard_state_machine::{BoxFuture, Execution, Executor, TaskFailure, TaskHandler};
 
@@ -56,29 +57,6 @@ impl TaskHandler for FleetFunctions<'_> {
     }
 }
 
-/// How to run a fleet.
-#[derive(Debug, Clone)]
-pub struct FleetOptions {
-    /// `prepare` or `switchover`.
-    pub phase: String,
-    /// The first this many cells form the canary wave.
-    pub canary: usize,
-    pub max_concurrency: usize,
-    pub tolerated_failures: u64,
-}
-
-/// The fleet definition's input for `cells` in order.
-pub fn fleet_input(cells: &[&CellDocument], options: &FleetOptions) -> Value {
-    let split = options.canary.min(cells.len());
-    json!({
-        "phase": options.phase,
-        "canary": cells[..split],
-        "rest": cells[split..],
-        "max_concurrency": options.max_concurrency,
-        "tolerated_failures": options.tolerated_failures,
-    })
-}
-
 /// Runs `fleet.asl.json` over `cells` (each with its dependencies) as execution `name`.
 pub async fn run_fleet(
     name: &str,
@@ -95,12 +73,13 @@ pub async fn run_fleet(
             .collect(),
     };
     let documents: Vec<&CellDocument> = cells.iter().map(|(doc, _)| *doc).collect();
+    let input = fleet_input(name, &documents, options)?;
     Ok(Executor::new(&fleet, &handler)
         .name(name)
         .state_machine_name(FLEET)
         .state_machine(PREPARE_STATE_MACHINE, PREPARE, &prepare)
         .state_machine(SWITCHOVER_STATE_MACHINE, SWITCHOVER, &switchover)
-        .run(fleet_input(&documents, options))
+        .run(input)
         .await)
 }
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use switchyard_local_cell::{CellOptions, Install, LocalCell};
 use switchyard_local_run::rehearsal::{rehearse_on, RunOptions};
 
@@ -785,4 +785,101 @@ async fn report_of_a_rehearsal_history_matches_the_rehearsal_and_draws_every_ste
         );
     }
     cell.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_start_sends_the_canary_apart_and_refuses_a_bad_fleet_starting_nothing() {
+    let cell = LocalCell::start_quiet(50).await.expect("cell");
+    let first = cell_file(&cell);
+    let mut other = cell.document.clone();
+    other.cell_id = format!("{}-2", cell.document.cell_id);
+    let second = cell.run_dir.join("cell-2.json");
+    std::fs::write(
+        &second,
+        serde_json::to_vec_pretty(&other).expect("document"),
+    )
+    .expect("write");
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&cell.moto.endpoint)
+        .region(aws_config::Region::new(cell.moto.region.clone()))
+        .credentials_provider(aws_sdk_sfn::config::Credentials::new(
+            "testing", "testing", None, None, "moto",
+        ))
+        .load()
+        .await;
+    let sfn = aws_sdk_sfn::Client::new(&config);
+    let definition =
+        std::fs::read_to_string(switchyard_local_run::definition_path("fleet")).expect("fleet");
+    let arn = sfn
+        .create_state_machine()
+        .name("switchyard-fleet")
+        .definition(definition)
+        .role_arn("arn:aws:iam::123456789012:role/switchyard-fleet")
+        .send()
+        .await
+        .expect("state machine in moto")
+        .state_machine_arn()
+        .to_owned();
+    let (first, second) = (
+        first.to_str().expect("path"),
+        second.to_str().expect("path"),
+    );
+    let fleet = |phase: &str| {
+        switchyard(
+            &cell,
+            &[
+                "fleet",
+                "start",
+                "--cell",
+                first,
+                second,
+                "--state-machine-arn",
+                &arn,
+                "--phase",
+                phase,
+                "--canary",
+                "1",
+                "--max-concurrency",
+                "3",
+            ],
+        )
+    };
+    let refused = fleet("finalize");
+    assert_eq!(refused.code, 2, "{}\n{}", refused.stdout, refused.stderr);
+    assert!(
+        refused.stderr.contains("InvalidInput"),
+        "{}",
+        refused.stderr
+    );
+    let executions = || async {
+        sfn.list_executions()
+            .state_machine_arn(&arn)
+            .send()
+            .await
+            .expect("list")
+            .executions()
+            .len()
+    };
+    assert_eq!(executions().await, 0, "a refused fleet starts nothing");
+
+    let ran = fleet("switchover");
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stdout.starts_with("started fleet-switchover-20"),
+        "{}",
+        ran.stdout
+    );
+    let described = sfn
+        .describe_execution()
+        .execution_arn(ran.started_arn())
+        .send()
+        .await
+        .expect("describe");
+    let input: Value = serde_json::from_str(described.input().expect("input")).expect("JSON");
+    assert_eq!(input["phase"], "switchover");
+    assert_eq!(input["canary"][0]["cell_id"], json!(cell.document.cell_id));
+    assert_eq!(input["rest"][0]["cell_id"], json!(other.cell_id));
+    assert_eq!(input["max_concurrency"], 3);
+    assert_eq!(input["tolerated_failures"], 0);
+    assert_eq!(executions().await, 1);
 }

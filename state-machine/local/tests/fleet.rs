@@ -118,6 +118,20 @@ async fn a_canary_refused_by_preflight_halts_the_fleet_and_the_report_says_which
         table.contains("HALTED: fleet-a (not started: PreflightFailed)"),
         "{table}"
     );
+    // The operator's command reads the same history: the same table, exit 1.
+    let history = dir.join("fleet-halt-history.json");
+    fleet.write_history(&history).expect("history");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard-local"))
+        .args(["fleet", "report", "--history"])
+        .arg(&history)
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .expect("switchyard-local fleet report");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    assert!(printed.contains(table.trim_end()), "{printed}");
+    assert!(dir.join("fleet-report.json").is_file());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
