@@ -27,3 +27,8 @@ output "state_machine_role_arn" {
   description = "The role every state machine runs as."
   value       = aws_iam_role.states.arn
 }
+
+output "cell_document_parameters" {
+  description = "Each cell's document in SSM, by cell_id: what `switchyard --cell-id` reads"
+  value       = { for id, p in aws_ssm_parameter.cell_document : id => p.name }
+}

@@ -180,11 +180,20 @@ variable "cells" {
     # writes once per run; null is /switchyard/<cell_id>/replication, as in the cell document.
     journal_path          = optional(string)
     replication_parameter = optional(string)
+    # document: the cell document itself (JSON text, e.g. file("cells/cell-a.json")).
+    # Kept in SSM at /<name_prefix>/cells/<cell_id> for `switchyard --cell-id`; the plan
+    # refuses one whose names differ from the fields above, so there is one description.
+    document = optional(string)
   }))
 
   validation {
     condition     = length(var.cells) > 0
     error_message = "cells must name at least one cell."
+  }
+
+  validation {
+    condition     = alltrue([for c in values(var.cells) : c.document == null ? true : can(jsondecode(c.document).cell_id)])
+    error_message = "a cell's document must be a cell document (JSON with a cell_id)."
   }
 
   validation {

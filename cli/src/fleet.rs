@@ -22,8 +22,15 @@ pub enum FleetCommand {
     /// to its end).
     Start {
         /// The cells' documents (JSON), canary first.
-        #[arg(long = "cell", required = true, num_args = 1..)]
+        #[arg(long = "cell", num_args = 1.., required_unless_present = "cell_ids", conflicts_with = "cell_ids")]
         cells: Vec<PathBuf>,
+        /// The cells by id, canary first: their documents are read from SSM, where
+        /// Terraform keeps them (`<cells-path><id>`).
+        #[arg(long = "cell-id", num_args = 1..)]
+        cell_ids: Vec<String>,
+        /// Where the cell documents are in SSM: `/<name_prefix>/cells/`.
+        #[arg(long, default_value = "/switchyard/cells/")]
+        cells_path: String,
         /// The fleet state machine (Terraform output `state_machine_arns`, `fleet`).
         #[arg(long)]
         state_machine_arn: String,
@@ -71,6 +78,8 @@ pub async fn run(command: FleetCommand) -> Result<ExitCode, String> {
     match command {
         FleetCommand::Start {
             cells,
+            cell_ids,
+            cells_path,
             state_machine_arn,
             phase,
             canary,
@@ -78,10 +87,13 @@ pub async fn run(command: FleetCommand) -> Result<ExitCode, String> {
             tolerated_failures,
             follow,
         } => {
-            let documents = cells
+            let mut documents = cells
                 .iter()
                 .map(|path| crate::read_cell(path))
                 .collect::<Result<Vec<CellDocument>, _>>()?;
+            for id in &cell_ids {
+                documents.push(crate::read_cell_from_ssm(&cells_path, id).await?);
+            }
             let stamp = aws::utc_stamp(time::OffsetDateTime::now_utc());
             let name = format!("fleet-{phase}-{stamp}");
             let options = FleetOptions {

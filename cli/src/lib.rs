@@ -113,9 +113,8 @@ enum Command {
     /// deployment's state machines (`<prefix>-prepare`, `-switchover`, `-abandon-prepare`,
     /// `-finalize`).
     Start {
-        /// The cell document (JSON).
-        #[arg(long)]
-        cell: PathBuf,
+        #[command(flatten)]
+        cell: CellArg,
         /// The state machine to run (Terraform output `state_machine_arns`).
         #[arg(long)]
         state_machine_arn: String,
@@ -185,9 +184,8 @@ enum Command {
     /// points), the write fence, subscriptions and slots with their lag, and the next safe
     /// command. Exits 0 when healthy, 1 when something needs a person.
     Status {
-        /// The cell document (JSON).
-        #[arg(long)]
-        cell: PathBuf,
+        #[command(flatten)]
+        cell: CellArg,
         /// `text` for people, `json` for scripts.
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
@@ -200,9 +198,8 @@ enum Command {
     /// (`<prefix>-abort`), acting as that run. Refused on a switched cell, and when no run
     /// holds the cell, with nothing changed.
     Abort {
-        /// The cell document (JSON).
-        #[arg(long)]
-        cell: PathBuf,
+        #[command(flatten)]
+        cell: CellArg,
         /// The abort state machine (Terraform output `state_machine_arns`, `abort`).
         #[arg(long)]
         state_machine_arn: String,
@@ -218,9 +215,9 @@ enum Command {
     /// reversed: the old blue, read from the journal's rename plan, becomes green), e.g. to
     /// repair a switch-back by hand with `invoke --cell`.
     BackDocument {
-        /// The upgrade's cell document (JSON).
-        #[arg(long)]
-        cell: PathBuf,
+        /// The upgrade's cell document.
+        #[command(flatten)]
+        cell: CellArg,
     },
     /// Many cells through the fleet state machine, canary first: start, follow, report.
     Fleet {
@@ -308,7 +305,7 @@ async fn run(tool: Tool, command: Command) -> Result<ExitCode, String> {
             phase,
             follow,
         } => {
-            let mut cell = read_cell(&cell)?;
+            let mut cell = cell.read().await?;
             if phase == Phase::Switchback {
                 cell = back_document(&cell).await?;
             }
@@ -409,7 +406,7 @@ async fn run(tool: Tool, command: Command) -> Result<ExitCode, String> {
             output,
             function_prefix,
         } => {
-            let cell = read_cell(&cell)?;
+            let cell = cell.read().await?;
             let deps = switchyard_operation::Deps::from_env()
                 .await
                 .map_err(|e| e.to_failure().to_string())?;
@@ -456,7 +453,7 @@ async fn run(tool: Tool, command: Command) -> Result<ExitCode, String> {
             wait_seconds,
             follow,
         } => {
-            let cell = read_cell(&cell)?;
+            let cell = cell.read().await?;
             let aws_clients = switchyard_aws::AwsClients::load(Some(&cell.region)).await;
             let journal = switchyard_operation::Journal::new(&aws_clients.ssm, &cell);
             let (lock, decision) = journal
@@ -495,7 +492,7 @@ async fn run(tool: Tool, command: Command) -> Result<ExitCode, String> {
         }
         Command::Fleet { command } => fleet::run(command).await,
         Command::BackDocument { cell } => {
-            let back = back_document(&read_cell(&cell)?).await?;
+            let back = back_document(&cell.read().await?).await?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&back).map_err(|e| e.to_string())?
@@ -554,6 +551,64 @@ fn write_report(report: &Report, out: &Path) -> Result<(), String> {
     println!("report:   {}", report_path.display());
     println!("timeline: {}", svg_path.display());
     Ok(())
+}
+
+/// Which cell: its document's file, or its id, whose document Terraform keeps in SSM.
+#[derive(Debug, clap::Args)]
+struct CellArg {
+    /// The cell document (JSON).
+    #[arg(long, required_unless_present = "cell_id", conflicts_with = "cell_id")]
+    cell: Option<PathBuf>,
+    /// The cell's id: its document is read from SSM, where Terraform keeps it
+    /// (`<cells-path><id>`, Terraform output `cell_document_parameters`).
+    #[arg(long)]
+    cell_id: Option<String>,
+    /// Where the cell documents are in SSM: `/<name_prefix>/cells/`.
+    #[arg(long, default_value = "/switchyard/cells/")]
+    cells_path: String,
+}
+
+impl CellArg {
+    async fn read(&self) -> Result<CellDocument, String> {
+        match (&self.cell, &self.cell_id) {
+            (Some(path), _) => read_cell(path),
+            (None, Some(id)) => read_cell_from_ssm(&self.cells_path, id).await,
+            (None, None) => Err("InvalidInput: name the cell: --cell FILE or --cell-id ID".into()),
+        }
+    }
+}
+
+/// Cell `id`'s document from SSM parameter `<path><id>` (the default AWS region).
+async fn read_cell_from_ssm(path: &str, id: &str) -> Result<CellDocument, String> {
+    let name = format!("{}/{id}", path.trim_end_matches('/'));
+    let clients = switchyard_aws::AwsClients::load(None).await;
+    let answer = clients
+        .ssm
+        .get_parameter()
+        .name(&name)
+        .send()
+        .await
+        .map_err(|e| match e.as_service_error() {
+            Some(s) if s.is_parameter_not_found() => format!(
+                "InvalidInput: no cell document for cell {id} at SSM parameter {name} (Terraform writes one per cell that has a document in var.cells)"
+            ),
+            _ => format!("reading SSM parameter {name}: {}", switchyard_aws::AwsError::from_sdk(&name, &e)),
+        })?;
+    let text = answer
+        .parameter()
+        .and_then(|p| p.value())
+        .ok_or_else(|| format!("SSM parameter {name} has no value"))?;
+    let cell = CellDocument::from_json(text)
+        .map_err(|e| format!("InvalidInput: the cell document at {name}: {e}"))?;
+    cell.validate()
+        .map_err(|e| format!("InvalidInput: the cell document at {name}: {e}"))?;
+    if cell.cell_id != id {
+        return Err(format!(
+            "InvalidInput: SSM parameter {name} holds the document of cell {}, not {id}",
+            cell.cell_id
+        ));
+    }
+    Ok(cell)
 }
 
 fn read_cell(path: &Path) -> Result<CellDocument, String> {

@@ -103,3 +103,88 @@ pub fn cell_document(
     std::fs::write(&path, renamed).map_err(|e| format!("writing {}: {e}", path.display()))?;
     Ok(path)
 }
+
+/// Counts the requests an SSM client sends (every attempt, retries included), when: how
+/// close a fleet comes to SSM's account-wide rate (40 calls a second by default).
+#[derive(Debug, Clone, Default)]
+pub struct SsmCalls(std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>);
+
+impl SsmCalls {
+    /// `deps` with its SSM client counting into this.
+    pub fn count(&self, deps: &Deps) -> Deps {
+        let mut deps = deps.clone();
+        let config = deps
+            .aws
+            .ssm
+            .config()
+            .to_builder()
+            .interceptor(self.clone())
+            .build();
+        deps.aws.ssm = aws_sdk_ssm::Client::from_conf(config);
+        deps
+    }
+
+    /// Every request so far.
+    pub fn total(&self) -> usize {
+        self.0.lock().map_or(0, |calls| calls.len())
+    }
+
+    /// Requests so far per operation (`GetParameters`, `PutParameter`, …).
+    pub fn by_operation(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        if let Ok(calls) = self.0.lock() {
+            for (_, operation) in calls.iter() {
+                *out.entry(operation.clone()).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    /// The most requests of the operations `counted` accepts in any one second.
+    pub fn peak_per_second(&self, counted: impl Fn(&str) -> bool) -> usize {
+        let Ok(calls) = self.0.lock().map(|c| c.clone()) else {
+            return 0;
+        };
+        let mut calls: Vec<std::time::Instant> = calls
+            .into_iter()
+            .filter(|(_, operation)| counted(operation))
+            .map(|(at, _)| at)
+            .collect();
+        calls.sort_unstable();
+        let mut peak = 0;
+        let mut start = 0;
+        for end in 0..calls.len() {
+            while calls[end] - calls[start] >= std::time::Duration::from_secs(1) {
+                start += 1;
+            }
+            peak = peak.max(end - start + 1);
+        }
+        peak
+    }
+}
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for SsmCalls {
+    fn name(&self) -> &'static str {
+        "SsmCalls"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        // SSM's JSON protocol names the operation: `X-Amz-Target: AmazonSSM.GetParameters`.
+        let operation = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .and_then(|t| t.rsplit('.').next())
+            .unwrap_or("unknown")
+            .to_owned();
+        if let Ok(mut calls) = self.0.lock() {
+            calls.push((std::time::Instant::now(), operation));
+        }
+        Ok(())
+    }
+}

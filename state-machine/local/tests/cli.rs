@@ -882,4 +882,46 @@ async fn fleet_start_sends_the_canary_apart_and_refuses_a_bad_fleet_starting_not
     assert_eq!(input["max_concurrency"], 3);
     assert_eq!(input["tolerated_failures"], 0);
     assert_eq!(executions().await, 1);
+
+    // By id: the documents Terraform keeps in SSM (`/<prefix>/cells/<id>`) give the same
+    // input; an id with no document is refused, nothing started.
+    for document in [&cell.document, &other] {
+        cell.moto
+            .clients
+            .ssm
+            .put_parameter()
+            .name(format!("/switchyard/cells/{}", document.cell_id))
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .value(serde_json::to_string(document).expect("JSON"))
+            .send()
+            .await
+            .expect("put the cell document");
+    }
+    let by_id = |ids: &[&str]| {
+        let mut args = vec!["fleet", "start", "--cell-id"];
+        args.extend_from_slice(ids);
+        args.extend_from_slice(&["--state-machine-arn", &arn, "--phase", "prepare"]);
+        switchyard(&cell, &args)
+    };
+    let missing = by_id(&[&cell.document.cell_id, "no-such-cell"]);
+    assert_eq!(missing.code, 2, "{}\n{}", missing.stdout, missing.stderr);
+    assert!(
+        missing
+            .stderr
+            .contains("no cell document for cell no-such-cell"),
+        "{}",
+        missing.stderr
+    );
+    assert_eq!(executions().await, 1);
+    let ran = by_id(&[&cell.document.cell_id, &other.cell_id]);
+    assert_eq!(ran.code, 0, "{}\n{}", ran.stdout, ran.stderr);
+    let described = sfn
+        .describe_execution()
+        .execution_arn(ran.started_arn())
+        .send()
+        .await
+        .expect("describe");
+    let by_id_input: Value = serde_json::from_str(described.input().expect("input")).expect("JSON");
+    assert_eq!(by_id_input["canary"], input["canary"]);
+    assert_eq!(by_id_input["rest"], input["rest"]);
 }

@@ -238,6 +238,12 @@ impl Evaluated {
     }
 }
 
+/// Cell a's document: the example document as cell `cell-a`, naming what `inputs()`'s
+/// `cells` map names for it.
+fn cell_a_document() -> String {
+    read(&repo().join("cells/local.json")).replace("local-a", "cell-a")
+}
+
 /// The inputs a test gives the module: its required variables.
 fn inputs() -> Map<String, Value> {
     let cells: serde_json::Value = serde_json::json!({
@@ -255,7 +261,8 @@ fn inputs() -> Map<String, Value> {
                 "nlb_target_group_arn": format!("arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:targetgroup/cell-a-search/0123456789abcdef")
             }],
             "journal_path": null,
-            "replication_parameter": null
+            "replication_parameter": null,
+            "document": cell_a_document()
         },
         "cell-b": {
             "blue_cluster_identifier": "cell-b",
@@ -267,7 +274,8 @@ fn inputs() -> Map<String, Value> {
             "direct_writers": [],
             "downstream": [],
             "journal_path": "/ops/cell-b/journal/",
-            "replication_parameter": "/ops/cell-b/replication"
+            "replication_parameter": "/ops/cell-b/replication",
+            "document": null
         }
     });
     let mut inputs = Map::new();
@@ -523,6 +531,13 @@ fn terraform_functions() -> Context<'static> {
         FuncDef::builder().variadic_param(any()).build(tf_concat),
     );
     ctx.declare_func("flatten", FuncDef::builder().param(any()).build(tf_flatten));
+    ctx.declare_func("alltrue", FuncDef::builder().param(any()).build(tf_alltrue));
+    ctx.declare_func(
+        "lookup",
+        FuncDef::builder()
+            .params([any(), string(), any()])
+            .build(tf_lookup),
+    );
     ctx.declare_func(
         "distinct",
         FuncDef::builder().param(any()).build(tf_distinct),
@@ -641,6 +656,21 @@ fn tf_distinct(args: FuncArgs) -> Result<Value, String> {
         }
     }
     Ok(Value::Array(out))
+}
+
+fn tf_alltrue(args: FuncArgs) -> Result<Value, String> {
+    match &args[0] {
+        Value::Array(items) => Ok(Value::Bool(items.iter().all(|v| *v == Value::Bool(true)))),
+        other => Err(format!("alltrue of {other}")),
+    }
+}
+
+fn tf_lookup(args: FuncArgs) -> Result<Value, String> {
+    let key = arg_str(&args, 1)?;
+    match &args[0] {
+        Value::Object(map) => Ok(map.get(key).cloned().unwrap_or_else(|| args[2].clone())),
+        other => Err(format!("lookup in {other}")),
+    }
 }
 
 fn tf_length(args: FuncArgs) -> Result<Value, String> {
@@ -1360,4 +1390,71 @@ fn templatefile_refuses_an_undefined_variable() {
         Value::from("{\"a\": \"x\", \"b\": \"y\", \"c\": \"${escaped}\"}")
     );
     std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// Each cell's document lands in SSM at `/<prefix>/cells/<cell_id>`, as given; and the
+/// plan refuses a document that names other clusters or parameters than the `cells` map
+/// the policies are scoped to: there is one description of a cell, not two that drift.
+#[test]
+fn cell_documents_are_kept_in_ssm_and_must_name_what_the_policies_are_scoped_to() {
+    let (module, evaluated) = module();
+    let parameter = module
+        .resources_of("aws_ssm_parameter")
+        .into_iter()
+        .find(|r| r.name == "cell_document")
+        .expect("aws_ssm_parameter.cell_document");
+    let names =
+        evaluated.per_instance(parameter, attribute(&parameter.body, "name").expect("name"));
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        vec![("cell-a".to_owned(), Value::from("/switchyard/cells/cell-a"))],
+        "one parameter per cell that has a document"
+    );
+    let values = evaluated.per_instance(
+        parameter,
+        attribute(&parameter.body, "value").expect("value"),
+    );
+    assert_eq!(values["cell-a"], Value::from(cell_a_document()));
+
+    let condition = nested(&parameter.body, "lifecycle")
+        .and_then(|l| nested(l, "precondition"))
+        .and_then(|p| attribute(p, "condition"))
+        .expect("a precondition");
+    let holds = |document: serde_json::Value| {
+        let mut ctx = evaluated.context();
+        let mut each = Map::new();
+        each.insert("key".to_owned(), Value::from("cell-a"));
+        each.insert("value".to_owned(), json_to_value(document));
+        ctx.declare_var("each", Value::Object(each));
+        condition.evaluate(&ctx).expect("the condition evaluates")
+    };
+    let good: serde_json::Value = serde_json::from_str(&cell_a_document()).expect("JSON");
+    assert_eq!(holds(good.clone()), Value::Bool(true));
+    for (field, pointer, other) in [
+        ("green", "/green/cluster_identifier", "cell-a-green-2"),
+        (
+            "orchestrator",
+            "/credentials/orchestrator_parameter",
+            "/other/orchestrator",
+        ),
+        (
+            "pgbouncer",
+            "/pgbouncer/admin_credentials_parameter",
+            "/other/admin",
+        ),
+        (
+            "downstream",
+            "/downstream/0/credentials_parameter",
+            "/other/search",
+        ),
+        ("cell_id", "/cell_id", "cell-z"),
+    ] {
+        let mut drifted = good.clone();
+        *drifted.pointer_mut(pointer).expect(field) = serde_json::Value::from(other);
+        assert_eq!(
+            holds(drifted),
+            Value::Bool(false),
+            "{field} differs from the map"
+        );
+    }
 }

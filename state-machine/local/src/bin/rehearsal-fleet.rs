@@ -16,10 +16,13 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use switchyard_local_cell::{CellOptions, Install, LocalCell};
-use switchyard_local_run::fleet::{cell_document, run_fleet, FleetOptions};
+use switchyard_local_run::fleet::{cell_document, run_fleet, FleetOptions, SsmCalls};
 use switchyard_local_run::fleet_report::FleetReport;
 use switchyard_local_run::rehearsal::{default_out_dir, write_json};
 use switchyard_state_machine::Status;
+
+/// SSM's default throughput for GetParameter and GetParameters, per account and region.
+const SSM_DEFAULT_TPS: usize = 40;
 
 fn number(name: &str, default: usize) -> Result<usize, String> {
     match std::env::var(name) {
@@ -121,9 +124,12 @@ async fn rehearse(plan: &Plan) -> Result<bool, String> {
             cell.document.cell_id
         );
     }
+    // Every cell's SSM calls, counted together: in AWS the fleet's cells share one
+    // account's rate.
+    let ssm = SsmCalls::default();
     let deps = cells
         .iter()
-        .map(|c| c.deps().map_err(|e| e.to_string()))
+        .map(|c| c.deps().map(|d| ssm.count(&d)).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     let members: Vec<_> = cells.iter().map(|c| &c.document).zip(deps.iter()).collect();
     let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -149,6 +155,25 @@ async fn rehearse(plan: &Plan) -> Result<bool, String> {
             break;
         }
     }
+    // SSM's default rate for GetParameter and GetParameters together, per account.
+    let reads = ssm.peak_per_second(|op| op == "GetParameter" || op == "GetParameters");
+    let all = ssm.peak_per_second(|_| true);
+    println!(
+        "SSM: {} calls ({:?}); at most {reads} GetParameter(s) in one second ({} the default {SSM_DEFAULT_TPS} a second), {all} calls of any kind",
+        ssm.total(),
+        ssm.by_operation(),
+        if reads <= SSM_DEFAULT_TPS { "under" } else { "OVER" },
+    );
+    write_json(
+        &out.join("ssm-calls.json"),
+        &serde_json::json!({
+            "calls": ssm.total(),
+            "by_operation": ssm.by_operation(),
+            "peak_reads_per_second": reads,
+            "peak_calls_per_second": all,
+            "default_read_rate_per_second": SSM_DEFAULT_TPS,
+        }),
+    )?;
     println!(
         "fleet rehearsal: {} cells, {} in {:.1} s; reports and histories in {}",
         plan.cells,
