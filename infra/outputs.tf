@@ -32,3 +32,8 @@ output "cell_document_parameters" {
   description = "Each cell's document in SSM, by cell_id: what `switchyard --cell-id` reads"
   value       = { for id, p in aws_ssm_parameter.cell_document : id => p.name }
 }
+
+output "executions_topic_arn" {
+  description = "SNS topic told of every execution that ends: its ARN, name (cell and phase) and status"
+  value       = aws_sns_topic.executions.arn
+}

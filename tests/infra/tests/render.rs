@@ -1458,3 +1458,74 @@ fn cell_documents_are_kept_in_ssm_and_must_name_what_the_policies_are_scoped_to(
         );
     }
 }
+
+/// Every execution that ends, of every state machine of the deployment (the fleet and
+/// published versions included), reaches the executions topic with its ARN.
+#[test]
+fn every_ended_execution_reaches_the_executions_topic_with_its_arn() {
+    let (module, evaluated) = module();
+    let one = |kind: &str, name: &str| {
+        module
+            .resources_of(kind)
+            .into_iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("{kind}.{name}"))
+    };
+    let rule = one("aws_cloudwatch_event_rule", "execution_ended");
+    let pattern = evaluated.per_instance(
+        rule,
+        attribute(&rule.body, "event_pattern").expect("pattern"),
+    );
+    let pattern: serde_json::Value =
+        serde_json::from_str(pattern[""].as_str().expect("JSON text")).expect("JSON");
+    assert_eq!(pattern["source"], serde_json::json!(["aws.states"]));
+    let statuses = pattern["detail"]["status"].as_array().expect("statuses");
+    for status in ["SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"] {
+        assert!(statuses.contains(&serde_json::json!(status)), "{status}");
+    }
+    let prefix = pattern["detail"]["stateMachineArn"][0]["prefix"]
+        .as_str()
+        .expect("a prefix");
+    // Each state machine's ARN (and so each version's) starts with the prefix.
+    for machine in module.resources_of("aws_sfn_state_machine") {
+        for (key, name) in
+            evaluated.per_instance(machine, attribute(&machine.body, "name").expect("name"))
+        {
+            let arn = format!(
+                "arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{}",
+                name.as_str().expect("name")
+            );
+            assert!(
+                arn.starts_with(prefix),
+                "{}[{key}]: {arn} does not match {prefix}",
+                machine.name
+            );
+            assert!(format!("{arn}:3").starts_with(prefix));
+        }
+    }
+    let target = one("aws_cloudwatch_event_target", "execution_ended");
+    let arn = evaluated.per_instance(target, attribute(&target.body, "arn").expect("arn"));
+    assert_eq!(
+        arn[""],
+        Value::from("arn:aws:fake:eu-west-1:123456789012:aws_sns_topic/executions/")
+    );
+    let transformer = nested(&target.body, "input_transformer").expect("input_transformer");
+    let paths = evaluated.per_instance(
+        target,
+        attribute(transformer, "input_paths").expect("paths"),
+    );
+    let Value::Object(paths) = &paths[""] else {
+        panic!("input_paths is an object")
+    };
+    assert_eq!(paths["execution"], Value::from("$.detail.executionArn"));
+    let template = evaluated.per_instance(
+        target,
+        attribute(transformer, "input_template").expect("template"),
+    );
+    let template = template[""].as_str().expect("text");
+    assert!(
+        template.contains("\"execution\": <execution>")
+            && template.contains("report --execution-arn <execution>"),
+        "{template}"
+    );
+}
