@@ -1,4 +1,30 @@
 locals {
+  # What every state machine's role needs to log and trace. Step Functions' log delivery
+  # calls have no resource-level permissions: AWS requires Resource "*" (Step Functions
+  # developer guide, "IAM policies for logging"); nor has X-Ray.
+  state_machine_logging_statements = [
+    {
+      Sid    = "LogDelivery"
+      Effect = "Allow"
+      Action = [
+        "logs:CreateLogDelivery",
+        "logs:GetLogDelivery",
+        "logs:UpdateLogDelivery",
+        "logs:DeleteLogDelivery",
+        "logs:ListLogDeliveries",
+        "logs:PutResourcePolicy",
+        "logs:DescribeResourcePolicies",
+        "logs:DescribeLogGroups",
+      ]
+      Resource = ["*"]
+    },
+    {
+      Sid      = "XRayTraces"
+      Effect   = "Allow"
+      Action   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules", "xray:GetSamplingTargets"]
+      Resource = ["*"]
+    },
+  ]
   state_machines = {
     # The key is the ASL file's name and the state machine's (<name_prefix>-<key>).
     "prepare"         = "${path.module}/../state-machine/prepare.asl.json"
@@ -39,38 +65,14 @@ resource "aws_iam_role_policy" "states" {
   role = aws_iam_role.states.id
   policy = jsonencode({
     Version = "2012-10-17"
-    Statement = [
+    Statement = concat(local.state_machine_logging_statements, [
       {
         Sid      = "InvokeFunctions"
         Effect   = "Allow"
         Action   = ["lambda:InvokeFunction"]
         Resource = flatten([for fn in aws_lambda_function.function : [fn.arn, "${fn.arn}:*"]])
       },
-      # Step Functions' log delivery calls have no resource-level permissions: AWS requires
-      # Resource "*" (Step Functions developer guide, "IAM policies for logging").
-      {
-        Sid    = "LogDelivery"
-        Effect = "Allow"
-        Action = [
-          "logs:CreateLogDelivery",
-          "logs:GetLogDelivery",
-          "logs:UpdateLogDelivery",
-          "logs:DeleteLogDelivery",
-          "logs:ListLogDeliveries",
-          "logs:PutResourcePolicy",
-          "logs:DescribeResourcePolicies",
-          "logs:DescribeLogGroups",
-        ]
-        Resource = ["*"]
-      },
-      # X-Ray has no resource-level permissions: AWS requires Resource "*".
-      {
-        Sid      = "XRayTraces"
-        Effect   = "Allow"
-        Action   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules", "xray:GetSamplingTargets"]
-        Resource = ["*"]
-      },
-    ]
+    ])
   })
 }
 
@@ -141,7 +143,7 @@ resource "aws_iam_role_policy" "fleet" {
   role = aws_iam_role.fleet.id
   policy = jsonencode({
     Version = "2012-10-17"
-    Statement = [
+    Statement = concat(local.state_machine_logging_statements, [
       {
         Sid      = "Preflight"
         Effect   = "Allow"
@@ -173,28 +175,7 @@ resource "aws_iam_role_policy" "fleet" {
         Action   = ["events:PutTargets", "events:PutRule", "events:DescribeRule"]
         Resource = ["arn:${local.partition}:events:${local.region}:${local.account}:rule/StepFunctionsGetEventsForStepFunctionsExecutionRule"]
       },
-      {
-        Sid    = "LogDelivery"
-        Effect = "Allow"
-        Action = [
-          "logs:CreateLogDelivery",
-          "logs:GetLogDelivery",
-          "logs:UpdateLogDelivery",
-          "logs:DeleteLogDelivery",
-          "logs:ListLogDeliveries",
-          "logs:PutResourcePolicy",
-          "logs:DescribeResourcePolicies",
-          "logs:DescribeLogGroups",
-        ]
-        Resource = ["*"]
-      },
-      {
-        Sid      = "XRayTraces"
-        Effect   = "Allow"
-        Action   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules", "xray:GetSamplingTargets"]
-        Resource = ["*"]
-      },
-    ]
+    ])
   })
 }
 

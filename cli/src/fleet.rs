@@ -59,8 +59,9 @@ pub enum FleetCommand {
         #[arg(long, default_value_t = 5000)]
         poll_ms: u64,
     },
-    /// The fleet's table (every cell's wave, outcome, run, pause window, duration and why)
-    /// and fleet-report.json, from a finished fleet run. Exits as follow does.
+    /// The fleet's table (every cell's wave, outcome, run, pause window, duration and why),
+    /// fleet-report.json and fleet-timeline.svg (cells as rows), from a finished fleet run.
+    /// Exits as follow does.
     Report {
         /// A local fleet history (`make rehearsal-fleet` writes them), children included.
         #[arg(long)]
@@ -176,6 +177,10 @@ fn print_report(
         let json = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(&path, json).map_err(|e| format!("writing {}: {e}", path.display()))?;
         println!("report: {}", path.display());
+        let svg = out.join("fleet-timeline.svg");
+        std::fs::write(&svg, report.svg())
+            .map_err(|e| format!("writing {}: {e}", svg.display()))?;
+        println!("timeline: {}", svg.display());
     }
     let all_succeeded =
         report.status == Status::Succeeded && report.cells.iter().all(|c| c.outcome == "succeeded");

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use switchyard_cell::CellDocument;
 use switchyard_state_machine::{EventType, Execution, Status};
 
-use crate::report::{between, pause_window, steps, Outcome};
+use crate::report::{between, pause_bounds, pause_window, steps, unix_ms, Outcome};
 
 /// The longest execution name Step Functions takes.
 pub const MAX_EXECUTION_NAME: usize = 80;
@@ -127,6 +127,10 @@ pub struct FleetRow {
     /// The error that stopped the cell and its message, shortened to one line.
     pub error: Option<String>,
     pub why: Option<String>,
+    /// When its run started and ended, and its pause window opened and closed, in ms
+    /// since the fleet started (the timeline's axis).
+    pub run_span_ms: Option<(i64, i64)>,
+    pub pause_span_ms: Option<(i64, i64)>,
 }
 
 /// A whole fleet run.
@@ -184,6 +188,8 @@ impl FleetReport {
             })
             .filter_map(|e| e.output.as_ref())
             .collect();
+        let fleet_start = fleet.history.first().and_then(|e| unix_ms(&e.timestamp));
+        let since = |stamp: Option<&str>| -> Option<i64> { Some(unix_ms(stamp?)? - fleet_start?) };
         let mut rows = Vec::with_capacity(planned.len());
         for (cell_id, wave) in planned {
             let outcome = outcomes
@@ -203,7 +209,19 @@ impl FleetReport {
                 );
                 (window, duration)
             });
+            let run_span_ms = child.and_then(|c| {
+                Some((
+                    since(c.history.first().map(|e| e.timestamp.as_str()))?,
+                    since(c.history.last().map(|e| e.timestamp.as_str()))?,
+                ))
+            });
+            let pause_span_ms = child.and_then(|c| {
+                let (opened, closed) = pause_bounds(c);
+                Some((since(opened.as_deref())?, since(closed.as_deref())?))
+            });
             rows.push(FleetRow {
+                run_span_ms,
+                pause_span_ms,
                 outcome: outcome
                     .and_then(|o| o.get("outcome").and_then(Value::as_str))
                     .unwrap_or("not started: fleet halted")
@@ -306,6 +324,107 @@ impl FleetReport {
                 self.tolerated_failures
             ));
         }
+        out
+    }
+}
+
+impl FleetReport {
+    /// The timeline picture: one row per cell, its run as a bar on the fleet's time axis
+    /// (green succeeded, red failed, grey not started), its pause window as a dark band
+    /// inside it, the waves as they came. Plain SVG 1.1 text.
+    pub fn svg(&self) -> String {
+        const WIDTH: f64 = 1100.0;
+        const LABEL: f64 = 190.0;
+        const RIGHT: f64 = 250.0;
+        const ROW: f64 = 22.0;
+        let span = self
+            .cells
+            .iter()
+            .filter_map(|r| r.run_span_ms.map(|(_, end)| end))
+            .chain(self.wall_ms.map(|w| i64::try_from(w).unwrap_or(i64::MAX)))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let x = |ms: i64| LABEL + (WIDTH - LABEL - RIGHT) * (ms as f64 / span as f64);
+        let height = 70.0 + ROW * self.cells.len() as f64 + 30.0;
+        let escape = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+        };
+        let mut out = format!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="11">
+<rect width="100%" height="100%" fill="white"/>
+<text x="20" y="24" font-size="15" font-weight="bold">fleet {} ({}): {}{}</text>
+"#,
+            escape(&self.execution),
+            escape(&self.phase),
+            match self.status {
+                Status::Succeeded => "succeeded",
+                Status::Failed if self.halted => "HALTED",
+                Status::Failed => "failed",
+                Status::TimedOut => "timed out",
+            },
+            self.wall_ms
+                .map_or(String::new(), |w| format!(", {:.1} s", w as f64 / 1000.0))
+        );
+        for (i, row) in self.cells.iter().enumerate() {
+            let y = 50.0 + ROW * i as f64;
+            let wave = if row.wave == 0 {
+                "canary".to_owned()
+            } else {
+                format!("wave {}", row.wave)
+            };
+            out.push_str(&format!(
+                "<text x=\"20\" y=\"{:.1}\">{} · {wave}</text>\n",
+                y + 14.0,
+                escape(&row.cell_id)
+            ));
+            let colour = match row.outcome.as_str() {
+                "succeeded" => "#3c9d5d",
+                "failed" | "not started" => "#c8453c",
+                _ => "#b8b8b8",
+            };
+            match row.run_span_ms {
+                Some((start, end)) => out.push_str(&format!(
+                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"14\" fill=\"{colour}\"/>\n",
+                    x(start),
+                    y + 3.0,
+                    (x(end) - x(start)).max(2.0)
+                )),
+                None => out.push_str(&format!(
+                    "<rect x=\"{LABEL:.1}\" y=\"{:.1}\" width=\"6\" height=\"14\" fill=\"{colour}\"/>\n",
+                    y + 3.0
+                )),
+            }
+            if let Some((opened, closed)) = row.pause_span_ms {
+                out.push_str(&format!(
+                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"14\" fill=\"#1d3557\"/>\n",
+                    x(opened),
+                    y + 3.0,
+                    (x(closed) - x(opened)).max(2.0)
+                ));
+            }
+            let note = match (row.pause_window_ms, &row.error) {
+                (_, Some(error)) => format!("{}: {error}", row.outcome),
+                (Some(pause), None) => format!("{}, pause {pause} ms", row.outcome),
+                (None, None) => row.outcome.clone(),
+            };
+            out.push_str(&format!(
+                "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#333\">{}</text>\n",
+                WIDTH - RIGHT + 10.0,
+                y + 14.0,
+                escape(&note)
+            ));
+        }
+        out.push_str(&format!(
+            "<text x=\"{LABEL:.1}\" y=\"{:.1}\" fill=\"#555\" font-size=\"10\">0 s</text>\n<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#555\" font-size=\"10\" text-anchor=\"end\">{:.1} s</text>\n</svg>\n",
+            height - 12.0,
+            WIDTH - RIGHT,
+            height - 12.0,
+            span as f64 / 1000.0
+        ));
         out
     }
 }

@@ -51,6 +51,19 @@ fn switchyard(cell: &LocalCell, args: &[&str]) -> Ran {
     }
 }
 
+/// A Step Functions client at the cell's moto.
+async fn sfn_at(cell: &LocalCell) -> aws_sdk_sfn::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&cell.moto.endpoint)
+        .region(aws_config::Region::new(cell.moto.region.clone()))
+        .credentials_provider(aws_sdk_sfn::config::Credentials::new(
+            "testing", "testing", None, None, "moto",
+        ))
+        .load()
+        .await;
+    aws_sdk_sfn::Client::new(&config)
+}
+
 fn cell_file(cell: &LocalCell) -> PathBuf {
     let path = cell.run_dir.join("cell.json");
     std::fs::write(
@@ -368,15 +381,7 @@ async fn start_names_the_run_refuses_a_second_and_follow_ends_with_the_outcome()
     let cell = LocalCell::start_quiet(50).await.expect("cell");
     let doc = cell_file(&cell);
     let doc = doc.to_str().expect("path");
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&cell.moto.endpoint)
-        .region(aws_config::Region::new(cell.moto.region.clone()))
-        .credentials_provider(aws_sdk_sfn::config::Credentials::new(
-            "testing", "testing", None, None, "moto",
-        ))
-        .load()
-        .await;
-    let sfn = aws_sdk_sfn::Client::new(&config);
+    let sfn = sfn_at(&cell).await;
     let mut arns = Vec::new();
     for phase in ["prepare", "switchover", "abort"] {
         let definition = std::fs::read_to_string(switchyard_local_run::definition_path(phase))
@@ -799,15 +804,7 @@ async fn fleet_start_sends_the_canary_apart_and_refuses_a_bad_fleet_starting_not
         serde_json::to_vec_pretty(&other).expect("document"),
     )
     .expect("write");
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&cell.moto.endpoint)
-        .region(aws_config::Region::new(cell.moto.region.clone()))
-        .credentials_provider(aws_sdk_sfn::config::Credentials::new(
-            "testing", "testing", None, None, "moto",
-        ))
-        .load()
-        .await;
-    let sfn = aws_sdk_sfn::Client::new(&config);
+    let sfn = sfn_at(&cell).await;
     let definition =
         std::fs::read_to_string(switchyard_local_run::definition_path("fleet")).expect("fleet");
     let arn = sfn

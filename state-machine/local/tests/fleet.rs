@@ -173,6 +173,16 @@ async fn a_fleet_prepares_then_switches_every_cell_canary_first() {
                 .find(|c| c.name == format!("{name}-{cell}"))
                 .unwrap_or_else(|| panic!("{cell}'s run in {table}"))
         };
+        // The picture: a row per cell, its run as a bar, the pause window inside it.
+        let svg = report.svg();
+        for cell in ["fleet-c · canary", "fleet-d · wave 1"] {
+            assert!(svg.contains(cell), "{cell}: {svg}");
+        }
+        assert_eq!(
+            svg.matches("fill=\"#1d3557\"").count(),
+            if want == Outcome::Switched { 2 } else { 0 },
+            "one pause band per switched cell: {svg}"
+        );
         let ended = &child("fleet-c").history.last().expect("events").timestamp;
         let started = &child("fleet-d").history.first().expect("events").timestamp;
         assert!(started >= ended, "{started} < {ended}: {table}");

@@ -147,6 +147,9 @@ async fn rehearse(plan: &Plan) -> Result<bool, String> {
         let report = FleetReport::of(&fleet, &fleet.children)?;
         print!("{}", report.table());
         write_json(&out.join(format!("{phase}-report.json")), &report)?;
+        let svg = out.join(format!("{phase}-timeline.svg"));
+        std::fs::write(&svg, report.svg())
+            .map_err(|e| format!("writing {}: {e}", svg.display()))?;
         fleet
             .write_history(&out.join(format!("{phase}-history.json")))
             .map_err(|e| e.to_string())?;
